@@ -1,0 +1,329 @@
+//! Daemon configuration: embedded defaults, an optional TOML file, and command-line
+//! overrides, validated once at start so a bad value stops the daemon before it touches
+//! anything.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the config file is looked for when `--config` is not given. Its absence is fine.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wharf/wharf.toml";
+
+/// The kernel's limit on a UNIX socket path (`sun_path` is 108 bytes, NUL included).
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole daemon configuration. Every field has a default, so an empty file (or no
+/// file at all) is a valid configuration. Unknown keys are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data: metadata database, content store, snapshots, volumes.
+    pub root: PathBuf,
+    /// Runtime state on tmpfs: sockets, monitor state, namespace pins.
+    pub state: PathBuf,
+    pub cri: CriConfig,
+    pub log: LogConfig,
+    /// How pod and container cgroups are managed.
+    pub cgroup_driver: CgroupDriver,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    /// The UNIX socket serving runtime.v1.RuntimeService and ImageService.
+    pub socket: PathBuf,
+    /// How long a SIGTERM waits for in-flight calls before the daemon exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`) or a tracing filter directive
+    /// such as `info,wharf::store=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Only the cgroupfs driver exists today; `systemd` is rejected at parse time rather
+/// than accepted and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/wharf"),
+            state: PathBuf::from("/run/wharf"),
+            cri: CriConfig::default(),
+            log: LogConfig::default(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            socket: PathBuf::from("/run/wharf/wharf.sock"),
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Values given on the command line; each one that is set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub cri_socket: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads the effective configuration: defaults, then the file, then `overrides`.
+    /// `explicit_path` is the `--config` flag: a file named there must exist, while the
+    /// default path is read only if present.
+    pub fn load(
+        explicit_path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match explicit_path {
+            Some(path) => Config::from_file(path)?,
+            None => {
+                let default_path = Path::new(DEFAULT_CONFIG_PATH);
+                if default_path.exists() {
+                    Config::from_file(default_path)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error message names the offending key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
+    }
+
+    fn apply(&mut self, overrides: &Overrides) {
+        if let Some(root) = &overrides.root {
+            self.root = root.clone();
+        }
+        if let Some(state) = &overrides.state {
+            self.state = state.clone();
+        }
+        if let Some(socket) = &overrides.cri_socket {
+            self.cri.socket = socket.clone();
+        }
+        if let Some(level) = &overrides.log_level {
+            self.log.level = level.clone();
+        }
+        if let Some(format) = overrides.log_format {
+            self.log.format = format;
+        }
+    }
+
+    /// Checks what can be checked without touching the filesystem: paths are absolute,
+    /// the socket path fits in `sun_path`, the log filter parses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_absolute("root", &self.root)?;
+        require_absolute("state", &self.state)?;
+        require_absolute("cri.socket", &self.cri.socket)?;
+        let socket_len = self.cri.socket.as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH_LEN {
+            return Err(ConfigError::Invalid {
+                key: "cri.socket",
+                message: format!(
+                    "{} is {socket_len} bytes long; a UNIX socket path may be at most {MAX_SOCKET_PATH_LEN}",
+                    self.cri.socket.display()
+                ),
+            });
+        }
+        if self.root == self.state {
+            return Err(ConfigError::Invalid {
+                key: "state",
+                message: format!(
+                    "{} is also the root directory; state must be a separate (tmpfs) directory",
+                    self.state.display()
+                ),
+            });
+        }
+        parse_log_filter(&self.log.level).map_err(|message| ConfigError::Invalid {
+            key: "log.level",
+            message,
+        })?;
+        Ok(())
+    }
+
+    /// The configuration as JSON, for `Status(verbose)` and `wharfd --print-config`.
+    pub fn to_json(&self) -> serde_json::Value {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn require_absolute(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            message: format!("{} is not an absolute path", path.display()),
+        })
+    }
+}
+
+/// Parses a log level or filter directive. Plain levels are checked strictly, so a typo
+/// such as `inf` is an error instead of a filter that silently matches nothing.
+pub fn parse_log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let looks_like_directive = level.contains(['=', ',', ':', '[']);
+    if !looks_like_directive {
+        tracing::level_filters::LevelFilter::from_str(level).map_err(|_| {
+            format!("{level:?} is not a log level (error, warn, info, debug, trace, off) or filter directive")
+        })?;
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|err| format!("{level:?} is not a valid log filter: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let config = Config::from_toml(
+            r#"
+            root = "/srv/wharf"
+            state = "/run/wharf-test"
+            [cri]
+            socket = "/run/wharf-test/cri.sock"
+            [log]
+            level = "debug"
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.root, PathBuf::from("/srv/wharf"));
+        assert_eq!(config.cri.socket, PathBuf::from("/run/wharf-test/cri.sock"));
+        assert_eq!(config.cri.shutdown_timeout_secs, 30);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[cri]\nsokcet = \"/x\"\n").unwrap_err();
+        assert!(err.contains("sokcet"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_named() {
+        let err = Config::from_toml("cgroup_driver = \"systemd\"\n").unwrap_err();
+        assert!(err.contains("systemd") && err.contains("cgroupfs"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let mut config = Config::from_toml("root = \"/a\"\n[log]\nlevel = \"warn\"\n").unwrap();
+        config.apply(&Overrides {
+            root: Some("/b".into()),
+            log_level: Some("trace".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(config.root, PathBuf::from("/b"));
+        assert_eq!(config.log.level, "trace");
+    }
+
+    #[test]
+    fn relative_paths_are_rejected() {
+        let config = Config {
+            root: "var/lib/wharf".into(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("root") && err.contains("not an absolute path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overlong_socket_path_is_rejected() {
+        let mut config = Config::default();
+        config.cri.socket = PathBuf::from(format!("/run/{}.sock", "x".repeat(120)));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cri.socket"), "{err}");
+    }
+
+    #[test]
+    fn log_levels() {
+        assert!(parse_log_filter("info").is_ok());
+        assert!(parse_log_filter("info,wharf::store=trace").is_ok());
+        assert!(parse_log_filter("inf").is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! The Kubernetes CRI front-end: tonic services for `runtime.v1.RuntimeService` and
+//! `runtime.v1.ImageService`. Handlers translate CRI messages into core calls and core
+//! errors into `tonic::Status` (in `status.rs`, the one place that mapping lives).
+
+/// Implements a CRI service trait from its handwritten methods, answering every RPC
+/// listed under `pending` with UNIMPLEMENTED and a message naming it, until its issue
+/// lands. (One macro instead of a dozen identical method bodies.)
+macro_rules! cri_service {
+    (
+        impl $trait:path as $service:literal for $ty:ty;
+        pending { $($method:ident($req:ident) -> $resp:ident;)* }
+        $($implemented:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl $trait for $ty {
+            $($implemented)*
+            $(
+                async fn $method(
+                    &self,
+                    _request: tonic::Request<k8s_cri::v1::$req>,
+                ) -> Result<tonic::Response<k8s_cri::v1::$resp>, tonic::Status> {
+                    Err($crate::cri::status::not_implemented(
+                        $service,
+                        stringify!($req).trim_end_matches("Request"),
+                    ))
+                }
+            )*
+        }
+    };
+}
+
+mod client;
+mod image_service;
+mod runtime_service;
+mod status;
+
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+
+use crate::config::Config;
+use crate::store::Store;
+
+pub use client::connect;
+
+/// The name reported by `Version`.
+pub const RUNTIME_NAME: &str = "wharf";
+/// The CRI API version wharf serves.
+pub const RUNTIME_API_VERSION: &str = "v1";
+
+/// State shared by the CRI handlers.
+#[derive(Debug)]
+pub struct CriServer {
+    config: Arc<Config>,
+    store: Arc<Store>,
+}
+
+impl CriServer {
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Arc<CriServer> {
+        Arc::new(CriServer { config, store })
+    }
+}
+
+/// Both CRI services, ready to add to a tonic router.
+pub fn services(
+    server: Arc<CriServer>,
+) -> (
+    RuntimeServiceServer<runtime_service::Runtime>,
+    ImageServiceServer<image_service::Images>,
+) {
+    (
+        RuntimeServiceServer::new(runtime_service::Runtime(server)),
+        ImageServiceServer::new(image_service::Images),
+    )
+}

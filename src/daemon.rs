@@ -1,0 +1,333 @@
+//! The wharfd process: prepares its directories, takes the root lock, opens the store,
+//! serves the CRI socket, and shuts down cleanly on SIGTERM/SIGINT.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::{self, CriServer};
+use crate::store::{Store, StoreError};
+
+/// The lock file in the root dir that keeps a second daemon off the same data.
+pub const LOCK_FILE: &str = "wharfd.lock";
+
+/// API sockets are root-only by default: owner root, group root, mode 0660.
+const SOCKET_MODE: u32 = 0o660;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists and is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot open lock file {path}: {source}")]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another wharfd{holder} is already running on root {root} (lock {lock} is held)")]
+    AlreadyRunning {
+        root: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("socket {path} is in use by another process; stop it or choose another cri.socket")]
+    SocketInUse { path: PathBuf },
+    #[error("cannot create socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("CRI server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("CRI server task failed: {0}")]
+    ServerTask(tokio::task::JoinError),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns once in-flight calls have finished
+/// (or `cri.shutdown_timeout_secs` passed) and the sockets are removed.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    create_dir(&config.root, 0o711)?;
+    create_dir(&config.state, 0o711)?;
+    let _lock = RootLock::acquire(&config.root)?;
+
+    // Opening blocks briefly (a migration at most); nothing is being served yet.
+    let store = Store::open(&config.root)?;
+    store.set_meta("last_started_version", env!("CARGO_PKG_VERSION"))?;
+    let store = Arc::new(store);
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+
+    let socket = ServedSocket::bind(&config.cri.socket)?;
+    let (runtime_service, image_service) = cri::services(CriServer::new(config.clone(), store));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(runtime_service)
+        .add_service(image_service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(socket.listener()?), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        cri_socket = %config.cri.socket.display(),
+        "wharfd is ready"
+    );
+
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        result = &mut server => {
+            // The server stopped by itself: an accept error. Clean up and report it.
+            socket.remove();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.into()),
+                Err(join) => Err(DaemonError::ServerTask(join)),
+            };
+        }
+    };
+    let timeout = Duration::from_secs(config.cri.shutdown_timeout_secs);
+    tracing::info!(
+        signal = signal_name,
+        timeout_secs = timeout.as_secs(),
+        "shutting down: no new connections, finishing in-flight calls"
+    );
+    // New connections stop now, whatever the drain does next.
+    socket.remove();
+    let _ = stop_tx.send(());
+    tokio::select! {
+        result = &mut server => match result {
+            Ok(Ok(())) => tracing::info!("all calls finished"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "CRI server ended with an error"),
+            Err(err) => tracing::warn!(error = %err, "CRI server task failed"),
+        },
+        _ = tokio::time::sleep(timeout) => {
+            tracing::warn!("in-flight calls did not finish within the shutdown timeout; exiting anyway");
+        }
+        _ = terminate.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),
+        _ = interrupt.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
+    }
+    tracing::info!("wharfd stopped");
+    Ok(())
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(DaemonError::NotADirectory {
+            path: path.to_path_buf(),
+        }),
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|source| DaemonError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            }),
+    }
+}
+
+/// An exclusive `flock` on `<root>/wharfd.lock`, held for the daemon's lifetime. The
+/// kernel releases it when the process dies, so a crash never leaves a stale lock.
+struct RootLock {
+    _file: File,
+}
+
+impl RootLock {
+    fn acquire(root: &Path) -> Result<RootLock, DaemonError> {
+        let path = root.join(LOCK_FILE);
+        let lock_err = |source| DaemonError::LockFile {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(DaemonError::AlreadyRunning {
+                    root: root.to_path_buf(),
+                    lock: path,
+                    holder: if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(lock_err(err)),
+        }
+        // Record our pid for the message a second daemon prints.
+        file.set_len(0).map_err(lock_err)?;
+        file.rewind().map_err(lock_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+        Ok(RootLock { _file: file })
+    }
+}
+
+/// A listening UNIX socket created with its final owner and mode already set, that is
+/// removed on shutdown only if the path still names it.
+struct ServedSocket {
+    path: PathBuf,
+    listener: std::sync::Mutex<Option<std::os::unix::net::UnixListener>>,
+    inode: u64,
+}
+
+impl ServedSocket {
+    fn bind(path: &Path) -> Result<ServedSocket, DaemonError> {
+        let socket_err = |source| DaemonError::Socket {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            create_dir(parent, 0o711)?;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::SocketInUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Left behind by a daemon that was killed: nobody answers on it.
+            std::fs::remove_file(path).map_err(socket_err)?;
+        }
+        // Bind under a temporary name and rename into place once owner and mode are
+        // right, so the socket is never reachable with looser permissions.
+        let mut temp_name = path.as_os_str().to_os_string();
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = PathBuf::from(temp_name);
+        let _ = std::fs::remove_file(&temp);
+        let listener = std::os::unix::net::UnixListener::bind(&temp).map_err(socket_err)?;
+        let prepared = std::os::unix::fs::chown(&temp, Some(0), Some(0))
+            .and_then(|()| {
+                std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(SOCKET_MODE))
+            })
+            .and_then(|()| std::fs::rename(&temp, path));
+        if let Err(err) = prepared {
+            let _ = std::fs::remove_file(&temp);
+            return Err(socket_err(err));
+        }
+        let inode = std::fs::symlink_metadata(path).map_err(socket_err)?.ino();
+        listener.set_nonblocking(true).map_err(socket_err)?;
+        Ok(ServedSocket {
+            path: path.to_path_buf(),
+            listener: std::sync::Mutex::new(Some(listener)),
+            inode,
+        })
+    }
+
+    fn listener(&self) -> Result<UnixListener, DaemonError> {
+        let std_listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .ok_or_else(|| DaemonError::Socket {
+                path: self.path.clone(),
+                source: std::io::Error::other("listener already taken"),
+            })?;
+        UnixListener::from_std(std_listener).map_err(|source| DaemonError::Socket {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Removes the socket file unless another process has since put its own there.
+    fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.ino() == self.inode => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %err, "cannot remove socket");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_same_root_is_refused_with_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RootLock::acquire(dir.path()).unwrap();
+        let err = RootLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("already running"), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        RootLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn socket_is_root_only_and_replaces_a_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cri.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A stale socket from a killed daemon: bound once, nobody listening.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = ServedSocket::bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, SOCKET_MODE);
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        // Someone is listening now: a second bind is refused and the socket kept.
+        let err = ServedSocket::bind(&path).err().unwrap();
+        assert!(matches!(err, DaemonError::SocketInUse { .. }), "{err}");
+        assert!(path.exists());
+        socket.remove();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn remove_leaves_a_socket_that_is_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cri.sock");
+        let socket = ServedSocket::bind(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        socket.remove();
+        assert!(
+            path.exists(),
+            "another process's socket must survive our shutdown"
+        );
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("root");
+        std::fs::write(&file, b"").unwrap();
+        let err = create_dir(&file, 0o711).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("not a directory"));
+    }
+}

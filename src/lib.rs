@@ -1,0 +1,8 @@
+//! wharf: a container runtime for Linux nodes. `wharfd` serves the Kubernetes CRI over a
+//! UNIX socket; see docs/architecture.md for the layers.
+
+pub mod config;
+pub mod cri;
+pub mod daemon;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,70 @@
+//! Pods and containers. Today: the host prerequisites the runtime needs, which back the
+//! CRI `RuntimeReady` / `NetworkReady` conditions. Pod and container lifecycle land here
+//! with the runtime core issue.
+
+mod host;
+
+pub use host::{CgroupLayout, HostInfo};
+
+use std::path::Path;
+
+use crate::store::Store;
+
+/// A readiness condition as the CRI reports it: when not ready, `reason` is a CamelCase
+/// word and `message` says what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Condition {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    fn ready() -> Condition {
+        Condition {
+            ready: true,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
+    fn not_ready(reason: &str, message: String) -> Condition {
+        Condition {
+            ready: false,
+            reason: reason.to_string(),
+            message,
+        }
+    }
+}
+
+/// Whether this node can run containers: the kernel features wharf builds on are there,
+/// its directories are usable and its metadata store answers. Every failed check is
+/// named in the message.
+pub fn runtime_condition(root: &Path, state: &Path, store: &Store) -> Condition {
+    let host = HostInfo::probe();
+    let mut problems = host.problems();
+    for dir in [root, state] {
+        if let Err(err) = host::check_writable_dir(dir) {
+            problems.push(err);
+        }
+    }
+    if let Err(err) = store.check() {
+        problems.push(format!("metadata store {}: {err}", store.path().display()));
+    }
+    if problems.is_empty() {
+        Condition::ready()
+    } else {
+        Condition::not_ready("RuntimePrerequisitesMissing", problems.join("; "))
+    }
+}
+
+/// Whether pods can be given a network. No pod network (CNI or the built-in bridge)
+/// exists in wharf yet, so this is false, and says so.
+pub fn network_condition() -> Condition {
+    Condition::not_ready(
+        "NetworkPluginNotReady",
+        "wharf does not attach pods to a network yet: neither the CNI executor nor the \
+         built-in bridge is implemented; only host-network pods could be served"
+            .to_string(),
+    )
+}
