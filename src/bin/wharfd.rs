@@ -10,6 +10,8 @@ use wharf::config::{self, Config, LogFormat, Overrides};
 
 #[derive(Debug, Parser)]
 #[command(name = "wharfd", version, about = "The wharf container runtime daemon")]
+// The last of a repeated flag wins, so wrappers can append overrides.
+#[command(args_override_self = true)]
 struct Args {
     /// TOML configuration file [default: /etc/wharf/wharf.toml, if it exists]
     #[arg(long, value_name = "FILE")]
@@ -75,7 +77,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wharf::daemon::run(config)) {
+    let result = runtime.block_on(wharf::daemon::run(config));
+    // Idle client connections are still open: drop them rather than wait.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "wharfd failed");

@@ -16,6 +16,10 @@ use crate::config::Config;
 use crate::cri::{self, CriServer};
 use crate::store::{Store, StoreError};
 
+mod in_flight;
+
+use in_flight::InFlight;
+
 /// The lock file in the root dir that keeps a second daemon off the same data.
 pub const LOCK_FILE: &str = "wharfd.lock";
 
@@ -78,7 +82,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = ServedSocket::bind(&config.cri.socket)?;
     let (runtime_service, image_service) = cri::services(CriServer::new(config.clone(), store));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let in_flight = InFlight::default();
     let server = tonic::transport::Server::builder()
+        .layer(in_flight.layer())
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(socket.listener()?), async {
@@ -115,12 +121,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // New connections stop now, whatever the drain does next.
     socket.remove();
     let _ = stop_tx.send(());
+    // Wait for the calls being handled, not for idle connections: clients keep those
+    // open, and they are closed when the process exits.
     tokio::select! {
         result = &mut server => match result {
-            Ok(Ok(())) => tracing::info!("all calls finished"),
+            Ok(Ok(())) => tracing::info!("all connections closed"),
             Ok(Err(err)) => tracing::warn!(error = %err, "CRI server ended with an error"),
             Err(err) => tracing::warn!(error = %err, "CRI server task failed"),
         },
+        _ = in_flight.wait_idle() => tracing::info!("all in-flight calls finished"),
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("in-flight calls did not finish within the shutdown timeout; exiting anyway");
         }

@@ -1,0 +1,264 @@
+//! wharfd start-up, refusal of a second daemon, bad configuration, signals and restart.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use k8s_cri::v1::VersionRequest;
+use support::daemon::{require_root, run_wharfd, Daemon};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn socket_is_root_only() {
+    let daemon = Daemon::start().await;
+    let meta = std::fs::metadata(&daemon.paths.cri_socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+}
+
+#[tokio::test]
+async fn second_daemon_on_the_same_root_is_refused_and_the_first_keeps_serving() {
+    let daemon = Daemon::start().await;
+    // Same root, but its own state dir and socket: only the lock can stop it.
+    let other_state = daemon.dir().join("other-state");
+    let args = vec![
+        "--config".to_string(),
+        daemon.paths.config.display().to_string(),
+        "--root".to_string(),
+        daemon.paths.root.display().to_string(),
+        "--state".to_string(),
+        other_state.display().to_string(),
+        "--cri-socket".to_string(),
+        other_state.join("wharf.sock").display().to_string(),
+    ];
+    let output = run_wharfd(&args, EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "second daemon must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("already running on root")
+            && stderr.contains(&daemon.paths.root.display().to_string())
+            && stderr.contains(&format!("pid {}", daemon.pid())),
+        "{stderr}"
+    );
+    assert!(!other_state.join("wharf.sock").exists());
+
+    let version = daemon
+        .runtime_client()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("the first daemon still serves")
+        .into_inner();
+    assert_eq!(version.runtime_name, "wharf");
+}
+
+#[tokio::test]
+async fn second_daemon_on_the_same_socket_is_refused() {
+    let daemon = Daemon::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--config".to_string(),
+        daemon.paths.config.display().to_string(),
+        "--root".to_string(),
+        other.path().join("root").display().to_string(),
+        "--state".to_string(),
+        other.path().join("state").display().to_string(),
+        "--cri-socket".to_string(),
+        daemon.paths.cri_socket.display().to_string(),
+    ];
+    let output = run_wharfd(&args, EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use")
+            && stderr.contains(&daemon.paths.cri_socket.display().to_string()),
+        "{stderr}"
+    );
+    daemon
+        .runtime_client()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("the first daemon's socket was left alone");
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_removes_the_socket() {
+    let mut daemon = Daemon::start().await;
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    assert!(
+        !daemon.paths.cri_socket.exists(),
+        "socket {} left behind",
+        daemon.paths.cri_socket.display()
+    );
+    assert!(daemon.log().contains("wharfd stopped"));
+}
+
+#[tokio::test]
+async fn restart_after_kill_9_reuses_the_root_and_replaces_the_stale_socket() {
+    let mut daemon = Daemon::start().await;
+    daemon.kill9();
+    // The socket file survives a SIGKILL; the lock does not.
+    assert!(daemon.paths.cri_socket.exists());
+    daemon.restart().await;
+    let version = daemon
+        .runtime_client()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("Version after restart")
+        .into_inner();
+    assert_eq!(version.runtime_name, "wharf");
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+/// Runs wharfd with a config file and extra flags in a fresh dir; asserts that it fails
+/// with a message containing every one of `expected`, and creates nothing.
+fn assert_start_fails(config_toml: &str, extra_args: &[&str], expected: &[&str]) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, config_toml).unwrap();
+    let root = dir.path().join("root");
+    let state = dir.path().join("state");
+    let mut args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--root".to_string(),
+        root.display().to_string(),
+        "--state".to_string(),
+        state.display().to_string(),
+        "--cri-socket".to_string(),
+        state.join("wharf.sock").display().to_string(),
+    ];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    let output = run_wharfd(&args, EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "wharfd started with bad input: {stderr}"
+    );
+    for needle in expected {
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        !root.exists() && !state.exists(),
+        "a rejected configuration must not create directories"
+    );
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    assert_start_fails(
+        "[cri]\nsokcet = \"/tmp/x.sock\"\n",
+        &[],
+        &["sokcet", "wharf.toml"],
+    );
+}
+
+#[test]
+fn bad_config_value_is_named() {
+    assert_start_fails("[log]\nformat = \"xml\"\n", &[], &["format", "xml"]);
+    assert_start_fails(
+        "cgroup_driver = \"systemd\"\n",
+        &[],
+        &["cgroup_driver", "systemd"],
+    );
+    assert_start_fails(
+        "[cri]\nshutdown_timeout_secs = -1\n",
+        &[],
+        &["shutdown_timeout_secs"],
+    );
+}
+
+#[test]
+fn bad_flag_values_are_named() {
+    assert_start_fails(
+        "",
+        &["--root", "relative/root"],
+        &["root", "relative/root", "absolute"],
+    );
+    assert_start_fails("", &["--log-level", "loud"], &["log.level", "loud"]);
+    let long_socket = format!("/tmp/{}.sock", "s".repeat(120));
+    assert_start_fails(
+        "",
+        &["--cri-socket", &long_socket],
+        &["cri.socket", "at most"],
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml");
+    let output = run_wharfd(
+        &["--config".to_string(), missing.display().to_string()],
+        EXIT_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn unusable_root_path_is_named() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, "").unwrap();
+    let state = dir.path().join("state");
+    let output = run_wharfd(
+        &[
+            "--config".to_string(),
+            config.display().to_string(),
+            "--root".to_string(),
+            file.display().to_string(),
+            "--state".to_string(),
+            state.display().to_string(),
+            "--cri-socket".to_string(),
+            state.join("wharf.sock").display().to_string(),
+        ],
+        EXIT_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+    assert!(!state.join("wharf.sock").exists());
+}
+
+#[test]
+fn print_config_shows_file_and_flag_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, "[log]\nformat = \"json\"\n").unwrap();
+    let output = run_wharfd(
+        &[
+            "--config".to_string(),
+            config.display().to_string(),
+            "--root".to_string(),
+            "/srv/wharf-elsewhere".to_string(),
+            "--print-config".to_string(),
+        ],
+        EXIT_TIMEOUT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    assert_eq!(printed["root"].as_str(), Some("/srv/wharf-elsewhere"));
+    assert_eq!(printed["log"]["format"].as_str(), Some("json"));
+    assert_eq!(printed["state"].as_str(), Some("/run/wharf"));
+}

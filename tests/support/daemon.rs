@@ -1,0 +1,268 @@
+//! A real `wharfd` on a fresh temporary root, with its own state dir, sockets and config
+//! file, so tests run in parallel without touching the host's /var/lib/wharf or
+//! /etc/wharf. The daemon is always stopped (SIGTERM, then SIGKILL) when the fixture is
+//! dropped, and its log is printed when the test failed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::VersionRequest;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn wharfd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wharfd")
+}
+
+pub fn wharf_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wharf")
+}
+
+/// wharfd creates root-owned sockets, and later namespaces, cgroups and mounts.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "wharf's integration tests must run as root (they start wharfd, which creates \
+         root-owned sockets, mounts, namespaces and cgroups): run them with ./scripts/test as root"
+    );
+}
+
+/// Paths of one daemon instance, all inside one temporary directory.
+#[derive(Debug, Clone)]
+pub struct DaemonPaths {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cri_socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonPaths {
+    fn in_dir(dir: &Path) -> DaemonPaths {
+        DaemonPaths {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            cri_socket: dir.join("state/wharf.sock"),
+            config: dir.join("wharf.toml"),
+            log: dir.join("wharfd.log"),
+        }
+    }
+
+    /// The flags that put a daemon on these paths.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--config".into(),
+            self.config.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+            "--state".into(),
+            self.state.display().to_string(),
+            "--cri-socket".into(),
+            self.cri_socket.display().to_string(),
+            "--log-level".into(),
+            "debug".into(),
+        ]
+    }
+}
+
+pub struct Daemon {
+    pub paths: DaemonPaths,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts wharfd with an empty config file and waits until it answers `Version`.
+    pub async fn start() -> Daemon {
+        Daemon::start_with_config("").await
+    }
+
+    /// Starts wharfd with `config_toml` as its config file (paths still come from flags).
+    pub async fn start_with_config(config_toml: &str) -> Daemon {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("wharf-test-")
+            .tempdir()
+            .expect("create temporary dir for wharfd");
+        let paths = DaemonPaths::in_dir(dir.path());
+        std::fs::write(&paths.config, config_toml).expect("write wharfd config");
+        let mut daemon = Daemon {
+            paths,
+            dir,
+            child: None,
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Starts wharfd again on the same root and sockets (after `stop` or `kill9`).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: the daemon is still running");
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.paths.log)
+            .expect("open wharfd log file");
+        let child = Command::new(wharfd_binary())
+            .args(self.paths.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn wharfd");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child_mut().try_wait().expect("poll wharfd") {
+                self.child = None;
+                panic!(
+                    "wharfd exited with {status} before it was ready; its log:\n{}",
+                    self.log()
+                );
+            }
+            if self.paths.cri_socket.exists() {
+                if let Ok(channel) = wharf::cri::connect(&self.paths.cri_socket).await {
+                    let mut client = RuntimeServiceClient::new(channel);
+                    if client.version(VersionRequest::default()).await.is_ok() {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "wharfd did not answer Version on {} within {READY_TIMEOUT:?}; its log:\n{}",
+                    self.paths.cri_socket.display(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("wharfd is not running").id()
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("wharfd is not running")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        wharf::cri::connect(&self.paths.cri_socket)
+            .await
+            .unwrap_or_else(|err| panic!("connect to {}: {err}", self.paths.cri_socket.display()))
+    }
+
+    pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    pub async fn image_client(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns its status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal_and_wait(Signal::SIGTERM)
+    }
+
+    /// SIGKILL: the crash every component must survive.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal_and_wait(Signal::SIGKILL)
+    }
+
+    fn signal_and_wait(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("wharfd is not running");
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, signal).expect("signal wharfd");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll wharfd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wharfd did not exit within {STOP_TIMEOUT:?} of {signal}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- wharfd log ({}) ----\n{}---- end of wharfd log ----",
+                self.paths.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Runs wharfd with `args` to completion (for starts that must fail), killing it if it
+/// is still running after `timeout`.
+pub fn run_wharfd(args: &[String], timeout: Duration) -> Output {
+    let mut child = Command::new(wharfd_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wharfd");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("poll wharfd").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect wharfd output");
+            panic!(
+                "wharfd was expected to exit but still ran after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect wharfd output")
+}
