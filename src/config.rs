@@ -2,6 +2,7 @@
 //! overrides, validated once at start so a bad value stops the daemon before it touches
 //! anything.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,8 +39,26 @@ pub struct Config {
     pub state: PathBuf,
     pub cri: CriConfig,
     pub log: LogConfig,
+    pub registry: RegistryConfig,
     /// How pod and container cgroups are managed.
     pub cgroup_driver: CgroupDriver,
+}
+
+/// How images are fetched from registries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Mirrors per registry host (`docker.io`, `quay.io:443`, ...): endpoint URLs tried
+    /// in order before the registry itself, as containerd's `hosts.toml` mirrors are.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registry hosts reached over plain HTTP. Loopback hosts (`localhost`,
+    /// `127.0.0.0/8`, `[::1]`) are always allowed plain HTTP, as Docker does.
+    pub insecure: Vec<String>,
+    /// Layers of one pull downloaded at the same time.
+    pub max_concurrent_downloads: usize,
+    /// Attempts per request on a transient error (connection failure, 5xx, 429),
+    /// with exponential backoff between them.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,7 +101,19 @@ impl Default for Config {
             state: PathBuf::from("/run/wharf"),
             cri: CriConfig::default(),
             log: LogConfig::default(),
+            registry: RegistryConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            mirrors: BTreeMap::new(),
+            insecure: Vec::new(),
+            max_concurrent_downloads: 3,
+            max_attempts: 3,
         }
     }
 }
@@ -211,13 +242,43 @@ impl Config {
             key: "log.level",
             message,
         })?;
-        Ok(())
+        self.registry.validate()
     }
 
     /// The configuration as JSON, for `Status(verbose)` and `wharfd --print-config`.
     pub fn to_json(&self) -> serde_json::Value {
         // Serializing plain structs of strings and numbers cannot fail.
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl RegistryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (host, endpoints) in &self.mirrors {
+            for endpoint in endpoints {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        key: "registry.mirrors",
+                        message: format!(
+                            "mirror {endpoint:?} of {host:?} is not an http:// or https:// URL"
+                        ),
+                    });
+                }
+            }
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.max_concurrent_downloads",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.max_attempts",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +379,29 @@ mod tests {
         config.cri.socket = PathBuf::from(format!("/run/{}.sock", "x".repeat(120)));
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("cri.socket"), "{err}");
+    }
+
+    #[test]
+    fn registry_section() {
+        let config = Config::from_toml(
+            "[registry]\ninsecure = [\"reg.local:5000\"]\n\
+             [registry.mirrors]\n\"docker.io\" = [\"http://127.0.0.1:5001\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.registry.mirrors["docker.io"],
+            ["http://127.0.0.1:5001"]
+        );
+        config.validate().unwrap();
+        let mut bad = config.clone();
+        bad.registry
+            .mirrors
+            .insert("quay.io".into(), vec!["quay-mirror:5000".into()]);
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.mirrors") && err.contains("quay-mirror"),
+            "{err}"
+        );
     }
 
     #[test]

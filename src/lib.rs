@@ -4,5 +4,6 @@
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod image;
 pub mod runtime;
 pub mod store;

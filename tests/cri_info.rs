@@ -3,7 +3,7 @@
 mod support;
 
 use k8s_cri::v1::{
-    CgroupDriver, ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
+    CgroupDriver, ListContainersRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
     VersionRequest,
 };
 use support::daemon::{wharf_binary, Daemon};
@@ -151,14 +151,14 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
         "{status:?}"
     );
     let status = daemon
-        .image_client()
+        .runtime_client()
         .await
-        .list_images(ListImagesRequest::default())
+        .list_containers(ListContainersRequest::default())
         .await
-        .expect_err("ListImages has not landed");
+        .expect_err("ListContainers has not landed");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status.message().contains("ImageService/ListImages"),
+        status.message().contains("RuntimeService/ListContainers"),
         "{status:?}"
     );
 }

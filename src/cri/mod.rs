@@ -40,6 +40,7 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
 use crate::config::Config;
+use crate::image::ImageService;
 use crate::store::Store;
 
 pub use client::connect;
@@ -54,11 +55,20 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 pub struct CriServer {
     config: Arc<Config>,
     store: Arc<Store>,
+    images: Arc<ImageService>,
 }
 
 impl CriServer {
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Arc<CriServer> {
-        Arc::new(CriServer { config, store })
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        images: Arc<ImageService>,
+    ) -> Arc<CriServer> {
+        Arc::new(CriServer {
+            config,
+            store,
+            images,
+        })
     }
 }
 
@@ -70,7 +80,7 @@ pub fn services(
     ImageServiceServer<image_service::Images>,
 ) {
     (
-        RuntimeServiceServer::new(runtime_service::Runtime(server)),
-        ImageServiceServer::new(image_service::Images),
+        RuntimeServiceServer::new(runtime_service::Runtime(server.clone())),
+        ImageServiceServer::new(image_service::Images(server)),
     )
 }

@@ -2,6 +2,9 @@
 
 use tonic::{Code, Status};
 
+use crate::image::content::ContentError;
+use crate::image::registry::RegistryError;
+use crate::image::ImageError;
 use crate::store::StoreError;
 
 /// The answer for an RPC whose implementation has not landed yet.
@@ -13,7 +16,11 @@ pub fn not_implemented(service: &str, rpc: &str) -> Status {
 }
 
 pub fn from_store(err: StoreError) -> Status {
-    let code = match &err {
+    Status::new(store_code(&err), err.to_string())
+}
+
+fn store_code(err: &StoreError) -> Code {
+    match err {
         StoreError::NameTaken { .. } | StoreError::IdTaken { .. } => Code::AlreadyExists,
         StoreError::NewerSchema { .. } => Code::FailedPrecondition,
         StoreError::Open { .. }
@@ -21,6 +28,38 @@ pub fn from_store(err: StoreError) -> Status {
         | StoreError::Corrupt { .. }
         | StoreError::Encode { .. }
         | StoreError::Sqlite(_) => Code::Internal,
+    }
+}
+
+pub fn from_image(err: ImageError) -> Status {
+    let code = match &err {
+        ImageError::Registry(registry) => match registry {
+            RegistryError::InvalidReference { .. } => Code::InvalidArgument,
+            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
+                Code::NotFound
+            }
+            RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+            RegistryError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                Code::DataLoss
+            }
+            RegistryError::Transport { .. } => Code::Unavailable,
+            #[allow(unreachable_patterns)]
+            _ => Code::Unknown,
+        },
+        ImageError::Content(content) => match content {
+            ContentError::InvalidDigest(_) => Code::InvalidArgument,
+            ContentError::NotFound(_) => Code::NotFound,
+            ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } => {
+                Code::DataLoss
+            }
+            ContentError::Io { .. } => Code::Internal,
+        },
+        ImageError::NotFound(_) => Code::NotFound,
+        ImageError::InvalidImage { .. } | ImageError::Unpack { .. } => Code::FailedPrecondition,
+        ImageError::DiffIdMismatch { .. } => Code::DataLoss,
+        ImageError::Store(store) => store_code(store),
+        ImageError::Snapshot(_) | ImageError::Task(_) => Code::Internal,
     };
     Status::new(code, err.to_string())
 }

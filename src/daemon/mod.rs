@@ -14,6 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, CriServer};
+use crate::image::{ImageError, ImageService};
 use crate::store::{Store, StoreError};
 
 mod in_flight;
@@ -55,6 +56,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error("CRI server failed: {0}")]
@@ -75,12 +78,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let store = Store::open(&config.root)?;
     store.set_meta("last_started_version", env!("CARGO_PKG_VERSION"))?;
     let store = Arc::new(store);
+    let images = Arc::new(ImageService::open(
+        &config.root,
+        store.clone(),
+        &config.registry,
+    )?);
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
     let socket = ServedSocket::bind(&config.cri.socket)?;
-    let (runtime_service, image_service) = cri::services(CriServer::new(config.clone(), store));
+    let (runtime_service, image_service) =
+        cri::services(CriServer::new(config.clone(), store, images));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
     let server = tonic::transport::Server::builder()

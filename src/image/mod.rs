@@ -1,0 +1,706 @@
+//! Images: pull from registries into the content store and snapshots, list, inspect,
+//! remove, garbage-collect. A pull is containerd's "fetch blobs into content, then apply
+//! layers into snapshots", except that each layer is unpacked while it downloads.
+//!
+//! Image records live in the metadata store (kind `image`, id = config digest, as
+//! containerd's CRI image IDs), and are mirrored in memory so that List/Status never
+//! touch the disk.
+
+pub mod content;
+pub mod registry;
+pub mod snapshot;
+pub mod unpack;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::{Buf, Bytes};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RegistryConfig;
+use crate::store::{Kind, Store, StoreError};
+use content::{ContentError, ContentStore};
+use registry::{
+    Credentials, ImageReference, LayerDescriptor, Platform, RegistryClient, RegistryError,
+    ResolvedImage,
+};
+use snapshot::{SnapshotError, Snapshotter};
+use unpack::{Compression, UnpackError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("layer {digest}: {source}")]
+    Unpack { digest: String, source: UnpackError },
+    #[error("image {0:?} not found")]
+    NotFound(String),
+    #[error("image {reference}: {message}")]
+    InvalidImage { reference: String, message: String },
+    #[error("layer {digest} unpacks to {actual}, but the image config lists diff_id {expected}")]
+    DiffIdMismatch {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image operation failed: {0}")]
+    Task(String),
+}
+
+/// One layer of a stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub diff_id: String,
+    pub chain_id: String,
+}
+
+/// An image as recorded: what CRI and Docker image calls report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The config digest: the image ID.
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    /// The index (manifest list) digest when the image was resolved through one.
+    pub index_digest: Option<String>,
+    pub layers: Vec<Layer>,
+    /// Bytes of all blobs (layers, config, manifest), as containerd counts it.
+    pub size: u64,
+    /// The config's `User` (e.g. "1000", "wharf", "1000:1000").
+    pub user: String,
+    pub pinned: bool,
+}
+
+impl Image {
+    /// The references by which the image can be found, tags first.
+    fn references(&self) -> impl Iterator<Item = &String> {
+        self.repo_tags.iter().chain(self.repo_digests.iter())
+    }
+
+    /// Every blob digest the image needs.
+    fn blobs(&self) -> impl Iterator<Item = &String> {
+        [&self.id, &self.manifest_digest]
+            .into_iter()
+            .chain(self.index_digest.iter())
+            .chain(self.layers.iter().map(|l| &l.digest))
+    }
+
+    /// Snapshot chain IDs, base layer first.
+    pub fn chain_ids(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.chain_id.clone()).collect()
+    }
+}
+
+/// In-memory view of one namespace's images.
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Image>,
+    /// Tag or digest reference -> image id.
+    by_ref: HashMap<String, String>,
+}
+
+impl Index {
+    fn insert(&mut self, image: Image) {
+        for reference in image.references() {
+            self.by_ref.insert(reference.clone(), image.id.clone());
+        }
+        self.by_id.insert(image.id.clone(), image);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Image> {
+        let image = self.by_id.remove(id)?;
+        for reference in image.references() {
+            if self.by_ref.get(reference).map(String::as_str) == Some(id) {
+                self.by_ref.remove(reference);
+            }
+        }
+        Some(image)
+    }
+
+    /// Finds an image by full ID, unique ID prefix (with or without `sha256:`), or a
+    /// tag / digest reference (normalized as Docker does).
+    fn find(&self, query: &str) -> Option<&Image> {
+        if let Some(image) = self.by_id.get(query) {
+            return Some(image);
+        }
+        if let Ok(reference) = ImageReference::parse(query) {
+            if let Some(id) = self.by_ref.get(&reference.to_string()) {
+                return self.by_id.get(id);
+            }
+        }
+        let hex = query.strip_prefix("sha256:").unwrap_or(query);
+        if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut matches = self
+                .by_id
+                .values()
+                .filter(|image| image.id["sha256:".len()..].starts_with(hex));
+            if let (Some(image), None) = (matches.next(), matches.next()) {
+                return Some(image);
+            }
+        }
+        None
+    }
+}
+
+/// Blobs and snapshots that an in-flight pull is using: garbage collection skips them.
+#[derive(Default)]
+struct Leases {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+struct Lease<'a> {
+    leases: &'a Leases,
+    keys: Vec<String>,
+}
+
+impl Leases {
+    fn take(&self, keys: Vec<String>) -> Lease<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &keys {
+            *held.entry(key.clone()).or_default() += 1;
+        }
+        Lease { leases: self, keys }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut held = self.leases.held.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            if let Some(count) = held.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcStats {
+    pub blobs_removed: usize,
+    pub snapshots_removed: usize,
+}
+
+pub struct ImageService {
+    store: Arc<Store>,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    registry: RegistryClient,
+    max_concurrent_downloads: usize,
+    namespaces: RwLock<HashMap<String, Index>>,
+    leases: Leases,
+    /// Serializes record updates and GC decisions (not downloads).
+    records: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ImageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageService").finish_non_exhaustive()
+    }
+}
+
+impl ImageService {
+    /// Opens the content store and snapshotter under `root` and loads image records.
+    pub fn open(
+        root: &Path,
+        store: Arc<Store>,
+        registry_config: &RegistryConfig,
+    ) -> Result<ImageService, ImageError> {
+        let content = ContentStore::open(&root.join("content"))?;
+        let snapshots = Snapshotter::open(&root.join("snapshots"))?;
+        let mut namespaces: HashMap<String, Index> = HashMap::new();
+        for record in store.list::<Image>(None, Kind::Image)? {
+            namespaces
+                .entry(record.namespace)
+                .or_default()
+                .insert(record.value);
+        }
+        Ok(ImageService {
+            store,
+            content,
+            snapshots,
+            registry: RegistryClient::new(registry_config),
+            max_concurrent_downloads: registry_config.max_concurrent_downloads.max(1),
+            namespaces: RwLock::new(namespaces),
+            leases: Leases::default(),
+            records: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn snapshots(&self) -> &Snapshotter {
+        &self.snapshots
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    /// Every image of `namespace`, from memory.
+    pub fn list(&self, namespace: &str) -> Vec<Image> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        let mut images: Vec<Image> = namespaces
+            .get(namespace)
+            .map(|index| index.by_id.values().cloned().collect())
+            .unwrap_or_default();
+        images.sort_by(|a, b| a.id.cmp(&b.id));
+        images
+    }
+
+    /// Finds an image by ID, ID prefix, tag or digest reference, from memory.
+    pub fn get(&self, namespace: &str, query: &str) -> Option<Image> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        namespaces.get(namespace)?.find(query).cloned()
+    }
+
+    /// The image's config JSON from the content store.
+    pub fn config_json(&self, image: &Image) -> Result<Vec<u8>, ImageError> {
+        Ok(self.content.read(&image.id)?)
+    }
+
+    /// Pulls `reference` for this host's platform; returns the stored image.
+    pub async fn pull(
+        &self,
+        namespace: &str,
+        reference: &str,
+        credentials: &Credentials,
+    ) -> Result<Image, ImageError> {
+        let reference = ImageReference::parse(reference)?;
+        let resolved = self
+            .registry
+            .resolve(&reference, credentials, &Platform::host())
+            .await?;
+        let layers = layers_of(&resolved)?;
+        let _lease = self.leases.take(
+            layers
+                .iter()
+                .flat_map(|l| [l.digest.clone(), l.chain_id.clone()])
+                .chain([
+                    resolved.config_digest.clone(),
+                    resolved.manifest_digest.clone(),
+                ])
+                .collect(),
+        );
+        // Collected first: a lazy `map` closure here makes the future not `Send`.
+        let fetches: Vec<_> = layers
+            .iter()
+            .map(|layer| self.ensure_layer(&resolved, layer, credentials))
+            .collect();
+        futures_util::stream::iter(fetches)
+            .buffer_unordered(self.max_concurrent_downloads)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.content
+            .write_blob(&resolved.config_digest, &resolved.config)?;
+        self.content
+            .write_blob(&resolved.manifest_digest, &resolved.manifest)?;
+        let user = serde_json::from_slice::<serde_json::Value>(&resolved.config)
+            .ok()
+            .and_then(|config| config["config"]["User"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let repo_digest = reference.with_digest(
+            resolved
+                .index_digest
+                .as_deref()
+                .unwrap_or(&resolved.manifest_digest),
+        );
+        let size = layers.iter().map(|l| l.size).sum::<u64>()
+            + resolved.config.len() as u64
+            + resolved.manifest.len() as u64;
+        let pulled = Image {
+            id: resolved.config_digest.clone(),
+            repo_tags: reference.repo_tag().into_iter().collect(),
+            repo_digests: vec![repo_digest.to_string()],
+            manifest_digest: resolved.manifest_digest.clone(),
+            manifest_media_type: resolved.manifest_media_type.clone(),
+            index_digest: resolved.index_digest.clone(),
+            layers,
+            size,
+            user,
+            pinned: false,
+        };
+        self.record_pulled(namespace, pulled).await
+    }
+
+    /// Downloads one layer into the content store while unpacking it into a snapshot;
+    /// skips whatever is already there. Concurrent pulls of one layer fetch it once.
+    async fn ensure_layer(
+        &self,
+        resolved: &ResolvedImage,
+        layer: &Layer,
+        credentials: &Credentials,
+    ) -> Result<(), ImageError> {
+        // Locks on the blob and on the snapshot: garbage collection takes the same ones
+        // before deleting, so what is seen here as present stays present.
+        let _writer = self.content.lock_digest(&layer.digest).await;
+        let _snapshot = self.content.lock_digest(&layer.chain_id).await;
+        let have_blob = self.content.exists(&layer.digest);
+        let have_snapshot = self.snapshots.exists(&layer.chain_id);
+        if have_blob && have_snapshot {
+            return Ok(());
+        }
+        let compression = Compression::from_media_type(&layer.media_type).map_err(|source| {
+            ImageError::Unpack {
+                digest: layer.digest.clone(),
+                source,
+            }
+        })?;
+        if have_blob {
+            // Only the snapshot is missing (removed, or a crash before its commit):
+            // unpack from the stored blob.
+            let pending = self.snapshots.prepare()?;
+            let blob = self.content.path(&layer.digest)?;
+            let file = std::fs::File::open(&blob)
+                .map_err(|source| ContentError::Io { path: blob, source })?;
+            let dir = pending.path().to_path_buf();
+            let stats = join_unpack(
+                tokio::task::spawn_blocking(move || {
+                    unpack::apply_layer(std::io::BufReader::new(file), compression, &dir)
+                }),
+                &layer.digest,
+            )
+            .await?;
+            check_diff_id(layer, &stats.diff_id)?;
+            self.snapshots.commit(pending, &layer.chain_id)?;
+            return Ok(());
+        }
+
+        // Download into the content store; unless the snapshot exists, feed the same
+        // bytes to an unpacker on a blocking thread as they arrive.
+        let pending = if have_snapshot {
+            None
+        } else {
+            Some(self.snapshots.prepare()?)
+        };
+        let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let unpacker = pending.as_ref().map(|pending| {
+            let dir = pending.path().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                unpack::apply_layer(ChannelReader::new(chunks_rx), compression, &dir)
+            })
+        });
+        let mut ingest = self.content.ingest(&layer.digest, Some(layer.size))?;
+        let mut stream = self
+            .registry
+            .fetch_blob(resolved, &layer.digest, layer.size, credentials)
+            .await?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            ingest.write(&chunk)?;
+            if unpacker.is_some() && chunks_tx.send(chunk).await.is_err() {
+                // The unpacker stopped early: its error is reported below.
+                break;
+            }
+        }
+        drop(chunks_tx);
+        if let Some(unpacker) = unpacker {
+            let stats = join_unpack(unpacker, &layer.digest).await?;
+            check_diff_id(layer, &stats.diff_id)?;
+        }
+        // Verifies size and digest: a mismatch stores nothing, and the pending
+        // snapshot is dropped with it.
+        tokio::task::spawn_blocking(move || ingest.commit())
+            .await
+            .map_err(|err| ImageError::Task(err.to_string()))??;
+        if let Some(pending) = pending {
+            self.snapshots.commit(pending, &layer.chain_id)?;
+        }
+        Ok(())
+    }
+
+    /// Records a pulled image: its references move to it from any image that had them,
+    /// and an image left with no reference is dropped (as containerd's CRI does).
+    async fn record_pulled(&self, namespace: &str, pulled: Image) -> Result<Image, ImageError> {
+        let _records = self.records.lock().await;
+        let mut updated: Vec<Image> = Vec::new();
+        let mut dropped: Vec<String> = Vec::new();
+        let image = {
+            let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+            let index = namespaces.get(namespace);
+            let mut image = index
+                .and_then(|index| index.by_id.get(&pulled.id).cloned())
+                .unwrap_or_else(|| pulled.clone());
+            merge_refs(&mut image.repo_tags, &pulled.repo_tags);
+            merge_refs(&mut image.repo_digests, &pulled.repo_digests);
+            if let Some(index) = index {
+                for other in index.by_id.values().filter(|other| other.id != pulled.id) {
+                    let mut other = other.clone();
+                    let before = other.repo_tags.len();
+                    other
+                        .repo_tags
+                        .retain(|tag| !pulled.repo_tags.contains(tag));
+                    if other.repo_tags.len() != before {
+                        if other.references().next().is_none() {
+                            dropped.push(other.id.clone());
+                        } else {
+                            updated.push(other);
+                        }
+                    }
+                }
+            }
+            image
+        };
+        let is_new = self.get(namespace, &image.id).is_none();
+        self.store.update(|tx| -> Result<(), StoreError> {
+            if is_new {
+                tx.insert(namespace, Kind::Image, &image.id, None, &image)?;
+            } else {
+                tx.replace(namespace, Kind::Image, &image.id, &image)?;
+            }
+            for other in &updated {
+                tx.replace(namespace, Kind::Image, &other.id, other)?;
+            }
+            for id in &dropped {
+                tx.delete(namespace, Kind::Image, id)?;
+            }
+            Ok(())
+        })?;
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let index = namespaces.entry(namespace.to_string()).or_default();
+        for id in dropped.iter().chain(updated.iter().map(|i| &i.id)) {
+            index.remove(id);
+        }
+        for other in updated {
+            index.insert(other);
+        }
+        index.remove(&image.id);
+        index.insert(image.clone());
+        Ok(image)
+    }
+
+    /// Removes an image reference. A tag or digest reference of an image that has
+    /// others only untags; an ID (or the last reference) removes the image. Returns
+    /// false if nothing matched (removal is idempotent, as in containerd's CRI).
+    /// Blobs and snapshots no image needs any more are garbage-collected.
+    pub async fn remove(&self, namespace: &str, query: &str) -> Result<bool, ImageError> {
+        {
+            let _records = self.records.lock().await;
+            let Some(image) = self.get(namespace, query) else {
+                return Ok(false);
+            };
+            let normalized = ImageReference::parse(query).ok().map(|r| r.to_string());
+            let mut remaining = image.clone();
+            let by_reference = normalized
+                .as_ref()
+                .filter(|r| image.references().any(|own| own == *r));
+            if let Some(reference) = by_reference {
+                remaining.repo_tags.retain(|t| t != reference);
+                remaining.repo_digests.retain(|d| d != reference);
+            } else {
+                remaining.repo_tags.clear();
+                remaining.repo_digests.clear();
+            }
+            // A tag removed from an image that still has other tags only untags; the
+            // digest references alone do not keep an image whose last tag is removed.
+            let keep = !remaining.repo_tags.is_empty();
+            self.store.update(|tx| {
+                if keep {
+                    tx.replace(namespace, Kind::Image, &image.id, &remaining)
+                } else {
+                    tx.delete(namespace, Kind::Image, &image.id)
+                }
+            })?;
+            let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(index) = namespaces.get_mut(namespace) {
+                index.remove(&image.id);
+                if keep {
+                    index.insert(remaining);
+                }
+            }
+        }
+        self.gc().await?;
+        Ok(true)
+    }
+
+    /// Deletes blobs and snapshots that no image (in any namespace) and no in-flight
+    /// pull references.
+    pub async fn gc(&self) -> Result<GcStats, ImageError> {
+        let _records = self.records.lock().await;
+        let (blobs, chains): (HashSet<String>, HashSet<String>) = {
+            let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+            let images = namespaces.values().flat_map(|index| index.by_id.values());
+            let mut blobs = HashSet::new();
+            let mut chains = HashSet::new();
+            for image in images {
+                blobs.extend(image.blobs().cloned());
+                chains.extend(image.chain_ids());
+            }
+            (blobs, chains)
+        };
+        let mut stats = GcStats::default();
+        for (digest, _) in self.content.list()? {
+            if !blobs.contains(&digest) && !self.leases.contains(&digest) {
+                let _writer = self.content.lock_digest(&digest).await;
+                if !self.leases.contains(&digest) && self.content.delete(&digest)? {
+                    stats.blobs_removed += 1;
+                }
+            }
+        }
+        for chain_id in self.snapshots.list()? {
+            if !chains.contains(&chain_id) && !self.leases.contains(&chain_id) {
+                let _writer = self.content.lock_digest(&chain_id).await;
+                if !self.leases.contains(&chain_id) {
+                    self.snapshots.remove(&chain_id)?;
+                    stats.snapshots_removed += 1;
+                }
+            }
+        }
+        if stats != GcStats::default() {
+            tracing::info!(
+                blobs = stats.blobs_removed,
+                snapshots = stats.snapshots_removed,
+                "image garbage collection"
+            );
+        }
+        Ok(stats)
+    }
+
+    /// Bytes and inodes used by images on disk (content store and snapshots).
+    pub fn usage(&self) -> Result<(u64, u64), ImageError> {
+        let (content_bytes, content_inodes) = self.content.usage()?;
+        let (snapshot_bytes, snapshot_inodes) = self.snapshots.usage()?;
+        Ok((
+            content_bytes + snapshot_bytes,
+            content_inodes + snapshot_inodes,
+        ))
+    }
+}
+
+fn merge_refs(refs: &mut Vec<String>, new: &[String]) {
+    let mut set: BTreeSet<String> = refs.drain(..).collect();
+    set.extend(new.iter().cloned());
+    refs.extend(set);
+}
+
+/// Pairs the manifest's layers with the config's diff_ids and computes chain IDs.
+fn layers_of(resolved: &ResolvedImage) -> Result<Vec<Layer>, ImageError> {
+    let invalid = |message: String| ImageError::InvalidImage {
+        reference: resolved.reference.to_string(),
+        message,
+    };
+    let config: serde_json::Value = serde_json::from_slice(&resolved.config).map_err(|err| {
+        invalid(format!(
+            "config {} is not JSON: {err}",
+            resolved.config_digest
+        ))
+    })?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .ok_or_else(|| invalid("config has no rootfs.diff_ids".to_string()))?
+        .iter()
+        .map(|d| d.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| invalid("config rootfs.diff_ids holds a non-string".to_string()))?;
+    if diff_ids.len() != resolved.layers.len() {
+        return Err(invalid(format!(
+            "manifest has {} layers but config lists {} diff_ids",
+            resolved.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    for diff_id in &diff_ids {
+        content::digest_hex(diff_id).map_err(|err| invalid(err.to_string()))?;
+    }
+    let chain_ids = Snapshotter::chain_ids(&diff_ids);
+    Ok(resolved
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .zip(chain_ids)
+        .map(
+            |(
+                (
+                    LayerDescriptor {
+                        digest,
+                        size,
+                        media_type,
+                    },
+                    diff_id,
+                ),
+                chain_id,
+            )| Layer {
+                digest: digest.clone(),
+                size: *size,
+                media_type: media_type.clone(),
+                diff_id,
+                chain_id,
+            },
+        )
+        .collect())
+}
+
+async fn join_unpack(
+    task: tokio::task::JoinHandle<Result<unpack::UnpackStats, UnpackError>>,
+    digest: &str,
+) -> Result<unpack::UnpackStats, ImageError> {
+    task.await
+        .map_err(|err| ImageError::Task(err.to_string()))?
+        .map_err(|source| ImageError::Unpack {
+            digest: digest.to_string(),
+            source,
+        })
+}
+
+fn check_diff_id(layer: &Layer, actual: &str) -> Result<(), ImageError> {
+    if actual == layer.diff_id {
+        Ok(())
+    } else {
+        Err(ImageError::DiffIdMismatch {
+            digest: layer.digest.clone(),
+            expected: layer.diff_id.clone(),
+            actual: actual.to_string(),
+        })
+    }
+}
+
+/// A blocking `Read` over chunks sent from async code.
+struct ChannelReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(chunks: tokio::sync::mpsc::Receiver<Bytes>) -> ChannelReader {
+        ChannelReader {
+            chunks,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}

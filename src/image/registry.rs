@@ -1,0 +1,3135 @@
+//! The registry client wharf pulls and pushes with.
+//!
+//! [`RegistryClient::resolve`] turns an [`ImageReference`] into one platform's manifest
+//! and verified config, [`RegistryClient::fetch_blob`] streams a blob with its size and
+//! digest checked (and resumes an interrupted download with a `Range` request), and
+//! [`RegistryClient::push`] uploads an image (skipping blobs the registry has, mounting
+//! from other repositories when it can, uploading monolithically or in chunks).
+//!
+//! The distribution API calls go through `oci-client`. What it does not do is done here:
+//! - authentication: the `/v2/` ping, the `WWW-Authenticate` challenge and the token
+//!   request (GET with Basic credentials, or the OAuth2 POST with an identity token), with
+//!   the scope of the operation (`pull`, or `pull,push` plus `pull` on the repositories a
+//!   push mounts from). oci-client then only ever sees a ready bearer token or Basic
+//!   credentials. Clients are cached per (endpoint, credentials, scope), so two pulls with
+//!   different credentials never share a token;
+//! - endpoint selection: configured mirrors in order (`?ns=<registry>`, as containerd
+//!   sends), then the registry itself; plain HTTP only for registries listed as insecure
+//!   and for loopback hosts, as Docker does;
+//! - retries with exponential backoff on transient errors (connection failures, 5xx, 429)
+//!   on the origin; a failing mirror falls through to the next endpoint at once;
+//! - verification: manifest digests (the asked digest, the index entry's digest), the
+//!   config blob, and every streamed blob (size and sha256).
+//!
+//! No error message ever carries credentials: authentication failures only name the
+//! registry, and free-text messages are scrubbed of the secrets the call was given.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, warn};
+
+use crate::config::RegistryConfig;
+
+/// OCI image manifest.
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker image manifest, schema 2.
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list.
+pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image config.
+pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Docker image config.
+pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// Manifest media types wharf pulls and pushes (also the `Accept` header of a pull).
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    MEDIA_TYPE_OCI_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+];
+/// Config media types of a runnable image.
+pub const CONFIG_MEDIA_TYPES: &[&str] = &[MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_DOCKER_CONFIG];
+/// Layer media types wharf can unpack: tar, gzip or zstd, OCI or Docker spelling.
+pub const LAYER_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+];
+
+/// Manifests and indexes larger than this are refused (containerd's limit).
+const MAX_MANIFEST_SIZE: usize = 4 << 20;
+/// Image configs larger than this are refused: they are held in memory.
+const MAX_CONFIG_SIZE: u64 = 32 << 20;
+/// oci-client never sends more than this in one PATCH.
+const MAX_UPLOAD_CHUNK: usize = 4 << 20;
+/// Cached authenticated clients; beyond this, expired ones and then all are dropped.
+const MAX_SESSIONS: usize = 64;
+const USER_AGENT: &str = concat!("wharf/", env!("CARGO_PKG_VERSION"));
+/// The OAuth2 `client_id` sent with identity-token requests.
+const OAUTH_CLIENT_ID: &str = "wharf";
+
+// ---------------------------------------------------------------------------
+// errors
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("invalid digest {digest:?}: {reason}")]
+    InvalidDigest { digest: String, reason: String },
+    #[error("invalid platform {platform:?}: {reason}")]
+    InvalidPlatform { platform: String, reason: String },
+    #[error("{reference} not found in repository {repository} of registry {registry}")]
+    NotFound {
+        registry: String,
+        repository: String,
+        reference: String,
+    },
+    #[error("authentication failed for registry {registry}")]
+    Unauthorized { registry: String },
+    #[error("unsupported media type {media_type:?}; supported: {}", .supported.join(", "))]
+    UnsupportedMediaType {
+        media_type: String,
+        supported: Vec<String>,
+    },
+    #[error("no image for platform {wanted} in the index; it offers: {}", list_or_none(.available))]
+    PlatformNotFound {
+        wanted: String,
+        available: Vec<String>,
+    },
+    #[error("content of {expected} does not match its digest: it hashes to {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("size of {digest} is {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("invalid manifest {reference}: {reason}")]
+    InvalidManifest { reference: String, reason: String },
+    #[error("registry {registry} unreachable: {message}")]
+    Transport { registry: String, message: String },
+    #[error("registry {registry} refused the request: {message}")]
+    Registry { registry: String, message: String },
+    #[error("blob {digest} at {}: {source}", .path.display())]
+    BlobFile {
+        digest: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "no platform at all".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+impl RegistryError {
+    /// The registry (or mirror) has no such manifest or blob.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RegistryError::NotFound { .. })
+    }
+
+    /// Replaces every secret of `credentials` in free-text messages (defence in depth:
+    /// the messages come from registries and transports that never see them in clear).
+    fn scrub(self, credentials: &Credentials) -> RegistryError {
+        let secrets = credentials.secrets();
+        if secrets.is_empty() {
+            return self;
+        }
+        let clean = |mut s: String| {
+            for secret in &secrets {
+                if !secret.is_empty() {
+                    s = s.replace(secret, "<redacted>");
+                }
+            }
+            s
+        };
+        match self {
+            RegistryError::Transport { registry, message } => RegistryError::Transport {
+                registry,
+                message: clean(message),
+            },
+            RegistryError::Registry { registry, message } => RegistryError::Registry {
+                registry,
+                message: clean(message),
+            },
+            RegistryError::InvalidManifest { reference, reason } => {
+                RegistryError::InvalidManifest {
+                    reference,
+                    reason: clean(reason),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// An error plus whether trying again may help.
+struct Failure {
+    error: RegistryError,
+    transient: bool,
+}
+
+impl Failure {
+    fn fatal(error: RegistryError) -> Failure {
+        Failure {
+            error,
+            transient: false,
+        }
+    }
+
+    fn transient(error: RegistryError) -> Failure {
+        Failure {
+            error,
+            transient: true,
+        }
+    }
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Failure {
+        Failure::fatal(error)
+    }
+}
+
+/// An error and its sources, for transport messages ("error sending request: ...:
+/// connection refused").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = inner.source();
+    }
+    message
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// references
+
+/// A normalized image reference: `docker.io/library/busybox:latest`,
+/// `127.0.0.1:5000/test/busybox@sha256:...`. Parsed as Docker does: a first path
+/// component with a `.` or `:` (or `localhost`, or `[ipv6]`) is the registry, otherwise
+/// the registry is `docker.io`, whose one-component names live under `library/`; no tag
+/// and no digest means `latest`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ImageReference {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+const DOCKER_HUB: &str = "docker.io";
+const NAME_MAX_LEN: usize = 255;
+
+impl ImageReference {
+    pub fn parse(s: &str) -> Result<ImageReference, RegistryError> {
+        let invalid = |reason: String| RegistryError::InvalidReference {
+            reference: s.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(invalid("the reference is empty".to_string()));
+        }
+        if s.len() > 4096 {
+            return Err(invalid("the reference is too long".to_string()));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "the reference contains whitespace or control characters".to_string(),
+            ));
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((rest, digest)) => (rest, Some(digest)),
+            None => (s, None),
+        };
+        if let Some(digest) = digest {
+            check_digest(digest).map_err(invalid)?;
+        }
+        let last_slash = rest.rfind('/');
+        let (name, tag) = match rest.rfind(':') {
+            Some(colon) if last_slash.is_none_or(|slash| colon > slash) => {
+                (&rest[..colon], Some(&rest[colon + 1..]))
+            }
+            _ => (rest, None),
+        };
+        if let Some(tag) = tag {
+            check_tag(tag).map_err(invalid)?;
+        }
+        if name.is_empty() {
+            return Err(invalid("the repository name is empty".to_string()));
+        }
+        let (registry, path) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains(['.', ':']) || first == "localhost" || first.starts_with('[') =>
+            {
+                check_registry_host(first).map_err(invalid)?;
+                (first.to_string(), path)
+            }
+            _ => (DOCKER_HUB.to_string(), name),
+        };
+        let registry = if registry == "index.docker.io" {
+            DOCKER_HUB.to_string()
+        } else {
+            registry
+        };
+        if path.is_empty() {
+            return Err(invalid("the repository name is empty".to_string()));
+        }
+        for component in path.split('/') {
+            check_path_component(component).map_err(invalid)?;
+        }
+        if registry == DOCKER_HUB
+            && !name.contains('/')
+            && path.len() == 64
+            && path.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(invalid(
+                "a 64-character hexadecimal string is an image ID, not a repository name"
+                    .to_string(),
+            ));
+        }
+        let repository = if registry == DOCKER_HUB && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_string()
+        };
+        if registry.len() + 1 + repository.len() > NAME_MAX_LEN {
+            return Err(invalid(format!(
+                "the repository name is longer than {NAME_MAX_LEN} characters"
+            )));
+        }
+        let tag = match (tag, digest) {
+            (None, None) => Some("latest".to_string()),
+            (tag, _) => tag.map(str::to_string),
+        };
+        Ok(ImageReference {
+            registry,
+            repository,
+            tag,
+            digest: digest.map(str::to_string),
+        })
+    }
+
+    /// `docker.io`, `127.0.0.1:5000`, `[::1]:5000`.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// `library/busybox`.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// `docker.io/library/busybox`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same repository at `digest`, without tag (a RepoDigest).
+    pub fn with_digest(&self, digest: &str) -> ImageReference {
+        ImageReference {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(digest.to_string()),
+        }
+    }
+
+    /// `docker.io/library/busybox:latest` when tagged (a RepoTag).
+    pub fn repo_tag(&self) -> Option<String> {
+        self.tag
+            .as_ref()
+            .map(|tag| format!("{}/{}:{tag}", self.registry, self.repository))
+    }
+
+    /// The tag or digest a manifest request asks for (the digest when both are set).
+    fn manifest_reference(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+}
+
+impl fmt::Display for ImageReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ImageReference {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImageReference::parse(s)
+    }
+}
+
+/// `sha256:<64 lowercase hex>`: digests become URLs and file names, nothing else passes.
+fn check_digest(digest: &str) -> Result<(), String> {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return Err(format!("digest {digest:?} is not of the form sha256:<hex>"));
+    };
+    if algorithm != "sha256" {
+        return Err(format!(
+            "digest algorithm {algorithm:?} is not supported (only sha256)"
+        ));
+    }
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "digest {digest:?} is not sha256: followed by 64 lowercase hex digits"
+        ));
+    }
+    Ok(())
+}
+
+fn valid_digest(digest: &str) -> Result<(), RegistryError> {
+    check_digest(digest).map_err(|reason| RegistryError::InvalidDigest {
+        digest: digest.to_string(),
+        reason,
+    })
+}
+
+fn check_tag(tag: &str) -> Result<(), String> {
+    let bytes = tag.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 128
+        && word(bytes[0])
+        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tag {tag:?} is invalid: 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        ))
+    }
+}
+
+fn check_path_component(component: &str) -> Result<(), String> {
+    if component.is_empty() {
+        return Err("the repository name has an empty path component".to_string());
+    }
+    if component.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "repository name must be lowercase (component {component:?})"
+        ));
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = component.as_bytes();
+    let mut ok = alnum(bytes[0]) && alnum(bytes[bytes.len() - 1]);
+    let mut i = 0;
+    while ok && i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "repository path component {component:?} is invalid: lowercase letters and digits, \
+             separated by '.', '_', '__' or '-'"
+        ))
+    }
+}
+
+fn check_registry_host(registry: &str) -> Result<(), String> {
+    let bad = || format!("registry {registry:?} is not a valid host[:port]");
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+        ip.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        match after {
+            "" => (None, None),
+            _ => (None, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match registry.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(registry), None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+    }
+    if let Some(host) = host {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// `host` of `host:port` or `[v6]:port` (brackets kept).
+fn host_part(registry: &str) -> &str {
+    if registry.starts_with('[') {
+        match registry.find(']') {
+            Some(end) => &registry[..=end],
+            None => registry,
+        }
+    } else {
+        registry.split(':').next().unwrap_or(registry)
+    }
+}
+
+fn host_ip(registry: &str) -> Option<IpAddr> {
+    host_part(registry)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// `addr/prefix` contains `ip`.
+fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+    let Some((addr, prefix)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(prefix)) = (addr.parse::<IpAddr>(), prefix.parse::<u32>()) else {
+        return false;
+    };
+    match (addr, ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            u128::from(net) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// credentials and platforms
+
+/// How to authenticate to a registry. `Debug` never shows a secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    #[default]
+    Anonymous,
+    /// Sent as HTTP Basic to registries that ask for it, or exchanged for a bearer
+    /// token at the token endpoint.
+    Basic { username: String, password: String },
+    /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged for a bearer token
+    /// with `grant_type=refresh_token` at the token endpoint.
+    IdentityToken(String),
+    /// A bearer token sent as is.
+    RegistryToken(String),
+}
+
+impl Credentials {
+    fn secrets(&self) -> Vec<&str> {
+        match self {
+            Credentials::Anonymous => Vec::new(),
+            Credentials::Basic { password, .. } => vec![password.as_str()],
+            Credentials::IdentityToken(token) | Credentials::RegistryToken(token) => {
+                vec![token.as_str()]
+            }
+        }
+    }
+
+    /// Session cache key: credentials are compared by hash, not kept as keys.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        match self {
+            Credentials::Anonymous => field(b"anonymous"),
+            Credentials::Basic { username, password } => {
+                field(b"basic");
+                field(username.as_bytes());
+                field(password.as_bytes());
+            }
+            Credentials::IdentityToken(token) => {
+                field(b"identity");
+                field(token.as_bytes());
+            }
+            Credentials::RegistryToken(token) => {
+                field(b"registry");
+                field(token.as_bytes());
+            }
+        }
+        hasher.finalize().into()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::IdentityToken(_) => {
+                f.debug_tuple("IdentityToken").field(&"<redacted>").finish()
+            }
+            Credentials::RegistryToken(_) => {
+                f.debug_tuple("RegistryToken").field(&"<redacted>").finish()
+            }
+        }
+    }
+}
+
+/// An OS/architecture(/variant) in OCI (GOOS/GOARCH) spelling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Platform {
+        Platform {
+            os: os.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// This machine: `linux/amd64`, `linux/arm64/v8`, ...
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "x86" => ("386", None),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
+            "loongarch64" => ("loong64", None),
+            other => (other, None),
+        };
+        Platform::new("linux", architecture, variant)
+    }
+
+    /// `os/arch[/variant]`, or `arch` alone for Linux.
+    pub fn parse(s: &str) -> Result<Platform, RegistryError> {
+        let invalid = |reason: &str| RegistryError::InvalidPlatform {
+            platform: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let parts: Vec<&str> = s.split('/').collect();
+        let word = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        };
+        if !parts.iter().all(word) {
+            return Err(invalid(
+                "expected os/architecture[/variant] of letters and digits",
+            ));
+        }
+        match parts.as_slice() {
+            [arch] => Ok(Platform::new("linux", arch, None)),
+            [os, arch] => Ok(Platform::new(os, arch, None)),
+            [os, arch, variant] => Ok(Platform::new(os, arch, Some(variant))),
+            _ => Err(invalid("expected os/architecture[/variant]")),
+        }
+    }
+
+    /// Lowercase, GOARCH names, default variants made explicit (arm64 -> v8, arm -> v7,
+    /// amd64 v1 -> none), so equal platforms compare equal.
+    fn normalized(&self) -> (String, String, Option<String>) {
+        let os = self.os.to_ascii_lowercase();
+        let arch = self.architecture.to_ascii_lowercase();
+        let variant = self
+            .variant
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .filter(|v| !v.is_empty());
+        let (arch, variant) = match arch.as_str() {
+            "x86_64" | "x86-64" | "amd64" => ("amd64".to_string(), variant.filter(|v| v != "v1")),
+            "aarch64" | "arm64" => (
+                "arm64".to_string(),
+                Some(match variant.as_deref() {
+                    None | Some("8") | Some("v8") => "v8".to_string(),
+                    Some(other) => other.to_string(),
+                }),
+            ),
+            "armhf" => ("arm".to_string(), Some("v7".to_string())),
+            "armel" => ("arm".to_string(), Some("v6".to_string())),
+            "arm" => (
+                "arm".to_string(),
+                Some(match variant.as_deref() {
+                    None | Some("7") | Some("v7") => "v7".to_string(),
+                    Some(v) if v.len() == 1 => format!("v{v}"),
+                    Some(other) => other.to_string(),
+                }),
+            ),
+            "i386" | "i486" | "i586" | "i686" | "386" => ("386".to_string(), variant),
+            _ => (arch, variant),
+        };
+        (os, arch, variant)
+    }
+
+    /// How well an index entry for `offered` suits `self`: `Some(0)` for the same
+    /// platform, `Some(n)` for an older variant this machine also runs (arm v6 on v7,
+    /// amd64 v2 on v3), `None` when it does not run here.
+    fn rank(&self, offered: &Platform) -> Option<u32> {
+        let (os, arch, variant) = self.normalized();
+        let (offered_os, offered_arch, offered_variant) = offered.normalized();
+        if os != offered_os || arch != offered_arch {
+            return None;
+        }
+        if variant == offered_variant {
+            return Some(0);
+        }
+        let level = |v: &Option<String>| match v {
+            None => Some(1),
+            Some(v) => v.strip_prefix('v').unwrap_or(v).parse::<u32>().ok(),
+        };
+        match (level(&variant), level(&offered_variant)) {
+            (Some(wanted), Some(offered)) if offered < wanted => Some(wanted - offered),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Platform::parse(s)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// resolved images and push input
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDescriptor {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// One platform's image as the registry serves it, manifest and config verified.
+#[derive(Clone)]
+pub struct ResolvedImage {
+    /// As asked.
+    pub reference: ImageReference,
+    /// Digest of the platform manifest.
+    pub manifest_digest: String,
+    /// Digest of the index (or manifest list) the manifest was picked from, if any:
+    /// containerd uses it for RepoDigests.
+    pub index_digest: Option<String>,
+    pub manifest: Vec<u8>,
+    pub manifest_media_type: String,
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    pub layers: Vec<LayerDescriptor>,
+    /// The endpoint that served it: a mirror URL as configured, or the registry's own
+    /// (`https://index.docker.io`, `http://127.0.0.1:5000`).
+    pub endpoint: String,
+}
+
+impl ResolvedImage {
+    /// `registry/repository@<index digest, or manifest digest>`, as containerd records
+    /// RepoDigests.
+    pub fn repo_digest(&self) -> String {
+        let digest = self
+            .index_digest
+            .as_deref()
+            .unwrap_or(&self.manifest_digest);
+        self.reference.with_digest(digest).to_string()
+    }
+}
+
+impl fmt::Debug for ResolvedImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolvedImage")
+            .field("reference", &self.reference.to_string())
+            .field("manifest_digest", &self.manifest_digest)
+            .field("index_digest", &self.index_digest)
+            .field("manifest_media_type", &self.manifest_media_type)
+            .field("manifest_len", &self.manifest.len())
+            .field("config_digest", &self.config_digest)
+            .field("config_len", &self.config.len())
+            .field("layers", &self.layers)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// A blob to push, read from a file (the content store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushBlob {
+    pub digest: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+// ---------------------------------------------------------------------------
+// manifests
+
+#[derive(Deserialize)]
+struct RawPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDescriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    platform: Option<RawPlatform>,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<i64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<RawDescriptor>,
+    #[serde(default)]
+    layers: Option<Vec<RawDescriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<RawDescriptor>>,
+}
+
+#[derive(Clone, Debug)]
+struct IndexEntry {
+    digest: String,
+    size: u64,
+    platform: Option<Platform>,
+}
+
+#[derive(Debug)]
+enum ParsedManifest {
+    Image {
+        media_type: String,
+        config: LayerDescriptor,
+        layers: Vec<LayerDescriptor>,
+    },
+    Index {
+        entries: Vec<IndexEntry>,
+    },
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn descriptor(
+    raw: RawDescriptor,
+    what: &str,
+    reference: &str,
+) -> Result<LayerDescriptor, RegistryError> {
+    let invalid = |reason: String| RegistryError::InvalidManifest {
+        reference: reference.to_string(),
+        reason,
+    };
+    check_digest(&raw.digest).map_err(|reason| invalid(format!("{what}: {reason}")))?;
+    let size = u64::try_from(raw.size)
+        .map_err(|_| invalid(format!("{what} {} has a negative size", raw.digest)))?;
+    Ok(LayerDescriptor {
+        digest: raw.digest,
+        size,
+        media_type: raw.media_type,
+    })
+}
+
+/// Parses a manifest or index, checking media types and descriptors. `reference` names
+/// it in errors.
+fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, RegistryError> {
+    let invalid = |reason: String| RegistryError::InvalidManifest {
+        reference: reference.to_string(),
+        reason,
+    };
+    let raw: RawManifest =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a JSON manifest: {e}")))?;
+    if raw.schema_version == Some(1) {
+        return Err(RegistryError::UnsupportedMediaType {
+            media_type: raw
+                .media_type
+                .unwrap_or_else(|| MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.to_string()),
+            supported: strings(MANIFEST_MEDIA_TYPES),
+        });
+    }
+    let media_type = match raw.media_type.filter(|m| !m.is_empty()) {
+        Some(media_type) => media_type,
+        // OCI allows leaving mediaType out: tell manifests from indexes by shape.
+        None if raw.manifests.is_some() => MEDIA_TYPE_OCI_INDEX.to_string(),
+        None if raw.config.is_some() => MEDIA_TYPE_OCI_MANIFEST.to_string(),
+        None => {
+            return Err(invalid(
+                "neither an image manifest nor an index".to_string(),
+            ))
+        }
+    };
+    if let Some(version) = raw.schema_version.filter(|v| *v != 2) {
+        return Err(invalid(format!("unsupported schemaVersion {version}")));
+    }
+    match media_type.as_str() {
+        MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => {
+            let config = raw
+                .config
+                .ok_or_else(|| invalid("the manifest has no config".to_string()))?;
+            let config = descriptor(config, "config", reference)?;
+            if !CONFIG_MEDIA_TYPES.contains(&config.media_type.as_str()) {
+                return Err(RegistryError::UnsupportedMediaType {
+                    media_type: config.media_type,
+                    supported: strings(CONFIG_MEDIA_TYPES),
+                });
+            }
+            let layers = raw
+                .layers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|layer| descriptor(layer, "layer", reference))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(layer) = layers
+                .iter()
+                .find(|l| !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+            {
+                return Err(RegistryError::UnsupportedMediaType {
+                    media_type: layer.media_type.clone(),
+                    supported: strings(LAYER_MEDIA_TYPES),
+                });
+            }
+            Ok(ParsedManifest::Image {
+                media_type,
+                config,
+                layers,
+            })
+        }
+        MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => {
+            let mut entries = Vec::new();
+            for raw in raw.manifests.unwrap_or_default() {
+                let platform = raw
+                    .platform
+                    .as_ref()
+                    .map(|p| Platform::new(&p.os, &p.architecture, p.variant.as_deref()));
+                let media_type = raw.media_type.clone();
+                let desc = descriptor(raw, "index entry", reference)?;
+                // Nested indexes, artifacts and attestations are not images to run here.
+                if matches!(
+                    media_type.as_str(),
+                    MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST | ""
+                ) {
+                    entries.push(IndexEntry {
+                        digest: desc.digest,
+                        size: desc.size,
+                        platform,
+                    });
+                } else {
+                    debug!(%reference, %media_type, digest = %desc.digest, "skipping index entry");
+                }
+            }
+            Ok(ParsedManifest::Index { entries })
+        }
+        // Docker schema 1, artifacts, anything else.
+        _ => Err(RegistryError::UnsupportedMediaType {
+            media_type,
+            supported: strings(MANIFEST_MEDIA_TYPES),
+        }),
+    }
+}
+
+/// The best entry of an index for `wanted`; entries without a platform come last and
+/// are checked against the config afterwards.
+fn select_platform<'a>(
+    entries: &'a [IndexEntry],
+    wanted: &Platform,
+) -> Result<&'a IndexEntry, RegistryError> {
+    let best = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| match &entry.platform {
+            Some(platform) => wanted.rank(platform).map(|rank| (rank, i, entry)),
+            None => Some((u32::MAX, i, entry)),
+        })
+        .min_by_key(|(rank, i, _)| (*rank, *i));
+    match best {
+        Some((_, _, entry)) => Ok(entry),
+        None => Err(platform_not_found(entries, wanted)),
+    }
+}
+
+fn platform_not_found(entries: &[IndexEntry], wanted: &Platform) -> RegistryError {
+    let mut available: Vec<String> = Vec::new();
+    for entry in entries {
+        let name = match &entry.platform {
+            Some(p) if p.os == "unknown" && p.architecture == "unknown" => continue,
+            Some(p) => p.to_string(),
+            None => "unknown".to_string(),
+        };
+        if !available.contains(&name) {
+            available.push(name);
+        }
+    }
+    RegistryError::PlatformNotFound {
+        wanted: wanted.to_string(),
+        available,
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+// ---------------------------------------------------------------------------
+// endpoints
+
+/// Where requests for a registry go: one of its mirrors or the registry itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    /// `http://127.0.0.1:5000`: the mirror URL as configured, or the origin's.
+    url: String,
+    /// `host[:port]` requests go to.
+    host: String,
+    http: bool,
+    mirror: bool,
+    /// How errors name it: the registry name for the origin, the URL for a mirror.
+    name: String,
+}
+
+fn parse_mirror(url: &str) -> Result<Endpoint, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    let http = match parsed.scheme() {
+        "http" => true,
+        "https" => false,
+        other => return Err(format!("scheme {other:?} is not http or https")),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("credentials in the URL are not supported".to_string());
+    }
+    if !matches!(parsed.path(), "" | "/" | "/v2" | "/v2/") || parsed.query().is_some() {
+        return Err("a path or query other than /v2 is not supported".to_string());
+    }
+    let host = parsed.host_str().ok_or("no host")?;
+    let host = match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    Ok(Endpoint {
+        url: url
+            .trim_end_matches('/')
+            .trim_end_matches("/v2")
+            .to_string(),
+        host,
+        http,
+        mirror: true,
+        name: url.to_string(),
+    })
+}
+
+/// What a session may do, which decides the token scope.
+#[derive(Clone, Debug)]
+enum Access {
+    Pull,
+    /// Push to the repository, and mount from these repositories of the same registry.
+    Push {
+        mount_from: Vec<String>,
+    },
+}
+
+fn scopes(repository: &str, access: &Access) -> Vec<String> {
+    match access {
+        Access::Pull => vec![format!("repository:{repository}:pull")],
+        Access::Push { mount_from } => {
+            std::iter::once(format!("repository:{repository}:pull,push"))
+                .chain(mount_from.iter().map(|r| format!("repository:{r}:pull")))
+                .collect()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// authentication
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: HashMap<String, String>,
+}
+
+/// Parses `WWW-Authenticate`: `Bearer realm="...",service="...",scope="..."`,
+/// `Basic realm="..."`, several challenges possibly in one value.
+fn parse_challenges(value: &str) -> Vec<Challenge> {
+    let bytes = value.as_bytes();
+    let mut challenges: Vec<Challenge> = Vec::new();
+    let mut i = 0;
+    let is_sep = |b: u8| b == b',' || b.is_ascii_whitespace();
+    loop {
+        while i < bytes.len() && is_sep(bytes[i]) {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let start = i;
+        while i < bytes.len() && !is_sep(bytes[i]) && bytes[i] != b'=' {
+            i += 1;
+        }
+        let token = &value[start..i];
+        let mut j = i;
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        if j < bytes.len() && bytes[j] == b'=' {
+            // key=value of the current challenge
+            i = j + 1;
+            while i < bytes.len() && bytes[i] == b' ' {
+                i += 1;
+            }
+            let mut param = String::new();
+            if i < bytes.len() && bytes[i] == b'"' {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                        i += 1;
+                    }
+                    let ch_len = value[i..].chars().next().map_or(1, char::len_utf8);
+                    param.push_str(&value[i..i + ch_len]);
+                    i += ch_len;
+                }
+                i += 1;
+            } else {
+                let vstart = i;
+                while i < bytes.len() && !is_sep(bytes[i]) {
+                    i += 1;
+                }
+                param.push_str(&value[vstart..i]);
+            }
+            if let Some(challenge) = challenges.last_mut() {
+                challenge.params.insert(token.to_ascii_lowercase(), param);
+            }
+        } else {
+            challenges.push(Challenge {
+                scheme: token.to_ascii_lowercase(),
+                params: HashMap::new(),
+            });
+        }
+    }
+    challenges
+}
+
+/// application/x-www-form-urlencoded
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A token goes into an `Authorization` header: visible ASCII only.
+fn usable_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Authenticated oci-client clients for one endpoint, credentials and scope.
+struct Session {
+    auth: RegistryAuth,
+    /// Monolithic blob uploads and every non-upload request.
+    client: Client,
+    /// Chunked blob uploads (push sessions only).
+    chunked: Option<Client>,
+    /// When the bearer token runs out (with a margin).
+    expires: Option<Instant>,
+    /// The token came from our negotiation: renegotiate once on a 401.
+    negotiated: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    endpoint: String,
+    credentials: [u8; 32],
+    scope: String,
+}
+
+// ---------------------------------------------------------------------------
+// the client
+
+/// Knobs that are not in the daemon config (tests lower the thresholds).
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Blobs larger than this are uploaded in chunks (a PATCH per chunk); smaller ones
+    /// in one streamed PUT.
+    pub chunked_upload_threshold: u64,
+    /// Size of one PATCH of a chunked upload (at most 4 MiB, oci-client's limit).
+    pub upload_chunk_size: usize,
+    /// First retry delay; doubled at each attempt, capped at 10 s.
+    pub retry_base_delay: Duration,
+    /// Blobs of one push uploaded at the same time.
+    pub max_concurrent_uploads: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for any read from a registry.
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            chunked_upload_threshold: 32 << 20,
+            upload_chunk_size: MAX_UPLOAD_CHUNK,
+            retry_base_delay: Duration::from_millis(200),
+            max_concurrent_uploads: 3,
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The registry client. Cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mirrors: HashMap<String, Vec<Endpoint>>,
+    insecure: Vec<String>,
+    max_attempts: u32,
+    max_concurrent_downloads: usize,
+    options: ClientOptions,
+    /// For the `/v2/` ping and token requests.
+    http: Result<reqwest::Client, String>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut mirrors: Vec<(&String, Vec<&str>)> = self
+            .inner
+            .mirrors
+            .iter()
+            .map(|(k, v)| (k, v.iter().map(|e| e.url.as_str()).collect()))
+            .collect();
+        mirrors.sort();
+        f.debug_struct("RegistryClient")
+            .field("mirrors", &mirrors)
+            .field("insecure", &self.inner.insecure)
+            .field("max_attempts", &self.inner.max_attempts)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+/// Registry names that mean Docker Hub, as mirror keys.
+fn mirror_key(registry: &str) -> &str {
+    match registry {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+        other => other,
+    }
+}
+
+impl RegistryClient {
+    pub fn new(config: &RegistryConfig) -> RegistryClient {
+        RegistryClient::with_options(config, ClientOptions::default())
+    }
+
+    pub fn with_options(config: &RegistryConfig, options: ClientOptions) -> RegistryClient {
+        let mut mirrors: HashMap<String, Vec<Endpoint>> = HashMap::new();
+        for (registry, urls) in &config.mirrors {
+            let endpoints = urls
+                .iter()
+                .filter_map(|url| match parse_mirror(url) {
+                    Ok(endpoint) => Some(endpoint),
+                    Err(reason) => {
+                        warn!(%registry, mirror = %url, %reason, "ignoring registry mirror");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>();
+            mirrors
+                .entry(mirror_key(registry).to_string())
+                .or_default()
+                .extend(endpoints);
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(options.connect_timeout)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| error_chain(&e));
+        let options = ClientOptions {
+            upload_chunk_size: options.upload_chunk_size.clamp(1, MAX_UPLOAD_CHUNK),
+            max_concurrent_uploads: options.max_concurrent_uploads.max(1),
+            ..options
+        };
+        RegistryClient {
+            inner: Arc::new(Inner {
+                mirrors,
+                insecure: config.insecure.clone(),
+                max_attempts: config.max_attempts.max(1),
+                max_concurrent_downloads: config.max_concurrent_downloads.max(1),
+                options,
+                http,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Layers of one pull to download at the same time (`registry.max_concurrent_downloads`).
+    pub fn max_concurrent_downloads(&self) -> usize {
+        self.inner.max_concurrent_downloads
+    }
+
+    /// Resolves a reference (tag or digest) to one platform's manifest, fetches and
+    /// verifies its config blob. Mirrors of the registry are tried first, in order.
+    ///
+    /// (The public futures are boxed: `Send` is proven here once, and callers' futures
+    /// stay small.)
+    pub fn resolve<'a>(
+        &'a self,
+        reference: &'a ImageReference,
+        credentials: &'a Credentials,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<ResolvedImage, RegistryError>> {
+        Box::pin(self.resolve_inner(reference, credentials, platform))
+    }
+
+    async fn resolve_inner(
+        &self,
+        reference: &ImageReference,
+        credentials: &Credentials,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let endpoints = self.endpoints(reference);
+        let mut last = None;
+        for endpoint in &endpoints {
+            match self
+                .resolve_at(endpoint, reference, credentials, platform)
+                .await
+            {
+                Ok(image) => return Ok(image),
+                Err(error) if endpoint.mirror => {
+                    warn!(
+                        reference = %reference, mirror = %endpoint.url, %error,
+                        "mirror failed, trying the next endpoint"
+                    );
+                    last = Some(error);
+                }
+                Err(error) => return Err(error.scrub(credentials)),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| RegistryError::Transport {
+                registry: reference.registry().to_string(),
+                message: "no endpoint".to_string(),
+            })
+            .scrub(credentials))
+    }
+
+    /// Streams one blob from the endpoint `image` was resolved from (falling back to the
+    /// other endpoints of the registry if it cannot be opened there). The stream checks
+    /// the size as it goes and the sha256 at the end, yielding an error item on a
+    /// mismatch; a download cut short is resumed with a `Range` request.
+    pub fn fetch_blob<'a>(
+        &'a self,
+        image: &'a ResolvedImage,
+        digest: &'a str,
+        size: u64,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError>>
+    {
+        Box::pin(self.fetch_blob_inner(image, digest, size, credentials))
+    }
+
+    async fn fetch_blob_inner(
+        &self,
+        image: &ResolvedImage,
+        digest: &str,
+        size: u64,
+        credentials: &Credentials,
+    ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        valid_digest(digest)?;
+        let mut endpoints = self.endpoints(&image.reference);
+        if let Some(position) = endpoints.iter().position(|e| e.url == image.endpoint) {
+            endpoints.drain(..position);
+        }
+        let mut last = None;
+        let count = endpoints.len();
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            let download = BlobDownload::new(
+                self.clone(),
+                endpoint.clone(),
+                image.reference.clone(),
+                credentials.clone(),
+                digest,
+                size,
+            );
+            match download.open().await {
+                Ok(download) => return Ok(download.into_stream()),
+                Err(error) if i + 1 < count => {
+                    warn!(%digest, endpoint = %endpoint.url, %error, "blob fetch failed, trying the next endpoint");
+                    last = Some(error);
+                }
+                Err(error) => return Err(error.scrub(credentials)),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| RegistryError::Transport {
+                registry: image.reference.registry().to_string(),
+                message: "no endpoint".to_string(),
+            })
+            .scrub(credentials))
+    }
+
+    /// Pushes an image: for each blob, skip it if the repository has it, else mount it
+    /// from one of `mount_from` (repositories of the same registry: `library/busybox`
+    /// or `registry/library/busybox[:tag]`), else upload it (one streamed PUT up to
+    /// `chunked_upload_threshold`, PATCH chunks above); then put the manifest under the
+    /// target's tag (or digest). Returns the manifest digest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push<'a>(
+        &'a self,
+        target: &'a ImageReference,
+        credentials: &'a Credentials,
+        manifest: &'a [u8],
+        manifest_media_type: &'a str,
+        blobs: &'a [PushBlob],
+        mount_from: &'a [String],
+    ) -> BoxFuture<'a, Result<String, RegistryError>> {
+        Box::pin(async move {
+            self.push_inner(
+                target,
+                credentials,
+                manifest,
+                manifest_media_type,
+                blobs,
+                mount_from,
+            )
+            .await
+            .map_err(|e| e.scrub(credentials))
+        })
+    }
+
+    // -- endpoints ----------------------------------------------------------
+
+    fn plain_http(&self, registry: &str) -> bool {
+        let host = host_part(registry);
+        if host == "localhost" || host_ip(registry).is_some_and(|ip| ip.is_loopback()) {
+            return true;
+        }
+        self.inner.insecure.iter().any(|entry| {
+            entry == registry
+                || entry == host
+                || host_ip(registry).is_some_and(|ip| cidr_contains(entry, ip))
+        })
+    }
+
+    fn origin(&self, reference: &ImageReference) -> Endpoint {
+        let host = Reference::with_tag(
+            reference.registry.clone(),
+            reference.repository.clone(),
+            "latest".to_string(),
+        )
+        .resolve_registry()
+        .to_string();
+        let http = self.plain_http(&reference.registry);
+        Endpoint {
+            url: format!("{}://{host}", if http { "http" } else { "https" }),
+            host,
+            http,
+            mirror: false,
+            name: reference.registry.clone(),
+        }
+    }
+
+    /// Mirrors in order, then the registry itself.
+    fn endpoints(&self, reference: &ImageReference) -> Vec<Endpoint> {
+        let mut endpoints = self
+            .inner
+            .mirrors
+            .get(mirror_key(&reference.registry))
+            .cloned()
+            .unwrap_or_default();
+        endpoints.push(self.origin(reference));
+        endpoints
+    }
+
+    /// An oci-client reference for `reference`'s repository at `object` (tag or digest)
+    /// on `endpoint`.
+    fn oci_reference(reference: &ImageReference, endpoint: &Endpoint, object: &str) -> Reference {
+        let mut oci = if object.starts_with("sha256:") {
+            Reference::with_digest(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                object.to_string(),
+            )
+        } else {
+            Reference::with_tag(
+                reference.registry.clone(),
+                reference.repository.clone(),
+                object.to_string(),
+            )
+        };
+        if endpoint.mirror {
+            oci.set_mirror_registry(endpoint.host.clone());
+        }
+        oci
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(10);
+        (self.inner.options.retry_base_delay * factor).min(Duration::from_secs(10))
+    }
+
+    // -- sessions -----------------------------------------------------------
+
+    fn build_client(&self, endpoint: &Endpoint, monolithic: bool) -> Result<Client, Failure> {
+        let config = ClientConfig {
+            protocol: if endpoint.http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            use_monolithic_push: monolithic,
+            platform_resolver: None,
+            max_concurrent_upload: self.inner.options.max_concurrent_uploads,
+            max_concurrent_download: self.inner.max_concurrent_downloads,
+            connect_timeout: Some(self.inner.options.connect_timeout),
+            read_timeout: Some(self.inner.options.read_timeout),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        Client::try_from(config).map_err(|e| {
+            Failure::fatal(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("cannot create an HTTP client: {}", error_chain(&e)),
+            })
+        })
+    }
+
+    /// A cached session for (endpoint, credentials, scope), or a new one after the
+    /// `/v2/` ping and, for token registries, a token request. The flag tells whether it
+    /// came from the cache.
+    async fn session(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        repository: &str,
+        access: &Access,
+    ) -> Result<(Arc<Session>, bool), Failure> {
+        let scopes = scopes(repository, access);
+        let key = SessionKey {
+            endpoint: endpoint.url.clone(),
+            credentials: credentials.fingerprint(),
+            scope: scopes.join(" "),
+        };
+        if let Some(session) = self.cached_session(&key) {
+            return Ok((session, true));
+        }
+        let (auth, expires, negotiated) = self.negotiate(endpoint, credentials, &scopes).await?;
+        let client = self.build_client(endpoint, true)?;
+        client.store_auth_if_needed(&endpoint.host, &auth).await;
+        let chunked = match access {
+            Access::Push { .. } => {
+                let chunked = self.build_client(endpoint, false)?;
+                chunked.store_auth_if_needed(&endpoint.host, &auth).await;
+                Some(chunked)
+            }
+            Access::Pull => None,
+        };
+        let session = Arc::new(Session {
+            auth,
+            client,
+            chunked,
+            expires,
+            negotiated,
+        });
+        if let Ok(mut sessions) = self.inner.sessions.lock() {
+            if sessions.len() >= MAX_SESSIONS {
+                let now = Instant::now();
+                sessions.retain(|_, s| s.expires.is_none_or(|e| e > now));
+                if sessions.len() >= MAX_SESSIONS {
+                    sessions.clear();
+                }
+            }
+            sessions.insert(key, session.clone());
+        }
+        Ok((session, false))
+    }
+
+    fn cached_session(&self, key: &SessionKey) -> Option<Arc<Session>> {
+        let sessions = self.inner.sessions.lock().ok()?;
+        let session = sessions.get(key)?;
+        if session.expires.is_some_and(|e| e <= Instant::now()) {
+            return None;
+        }
+        Some(session.clone())
+    }
+
+    fn forget_session(&self, session: &Arc<Session>) {
+        if let Ok(mut sessions) = self.inner.sessions.lock() {
+            sessions.retain(|_, s| !Arc::ptr_eq(s, session));
+        }
+    }
+
+    fn http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
+        self.inner.http.as_ref().map_err(|message| {
+            Failure::fatal(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("cannot create an HTTP client: {message}"),
+            })
+        })
+    }
+
+    fn request_failure(endpoint: &Endpoint, what: &str, err: &reqwest::Error) -> Failure {
+        let error = RegistryError::Transport {
+            registry: endpoint.name.clone(),
+            message: format!("{what}: {}", error_chain(err)),
+        };
+        if err.is_builder() || err.is_redirect() {
+            Failure::fatal(error)
+        } else {
+            Failure::transient(error)
+        }
+    }
+
+    /// The auth oci-client is to use: pings `/v2/` and follows the challenge.
+    async fn negotiate(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        scopes: &[String],
+    ) -> Result<(RegistryAuth, Option<Instant>, bool), Failure> {
+        let unauthorized = || {
+            Failure::fatal(RegistryError::Unauthorized {
+                registry: endpoint.name.clone(),
+            })
+        };
+        if let Credentials::RegistryToken(token) = credentials {
+            if !usable_token(token) {
+                return Err(unauthorized());
+            }
+            return Ok((RegistryAuth::Bearer(token.clone()), None, false));
+        }
+        let http = self.http(endpoint)?;
+        let url = format!("{}/v2/", endpoint.url);
+        let response = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Self::request_failure(endpoint, "GET /v2/", &e))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(Failure::transient(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("GET /v2/ answered HTTP {status}"),
+            }));
+        }
+        if status.as_u16() != 401 {
+            debug!(endpoint = %endpoint.url, %status, "registry needs no authentication");
+            return Ok((RegistryAuth::Anonymous, None, false));
+        }
+        let challenges: Vec<Challenge> = response
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        let bearer = challenges
+            .iter()
+            .find(|c| c.scheme == "bearer" && c.params.contains_key("realm"));
+        match (bearer, credentials) {
+            (Some(challenge), _) => {
+                let realm = challenge
+                    .params
+                    .get("realm")
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let service = challenge.params.get("service").map(String::as_str);
+                let (token, expires) = self
+                    .fetch_token(endpoint, realm, service, scopes, credentials)
+                    .await?;
+                Ok((RegistryAuth::Bearer(token), Some(expires), true))
+            }
+            (None, Credentials::Basic { username, password }) => Ok((
+                RegistryAuth::Basic(username.clone(), password.clone()),
+                None,
+                false,
+            )),
+            // Identity tokens only work with a token server; without credentials the
+            // registry will refuse, which is the error the caller gets.
+            (None, _) => Ok((RegistryAuth::Anonymous, None, false)),
+        }
+    }
+
+    /// Gets a bearer token for `scopes` from the token server at `realm`.
+    async fn fetch_token(
+        &self,
+        endpoint: &Endpoint,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        credentials: &Credentials,
+    ) -> Result<(String, Instant), Failure> {
+        let refused = |message: String| {
+            Failure::fatal(RegistryError::Registry {
+                registry: endpoint.name.clone(),
+                message,
+            })
+        };
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| refused(format!("token realm {realm:?} is not a URL: {e}")))?;
+        let realm_loopback = url
+            .host_str()
+            .is_some_and(|h| h == "localhost" || host_ip(h).is_some_and(|ip| ip.is_loopback()));
+        match url.scheme() {
+            "https" => {}
+            "http" if endpoint.http || realm_loopback => {}
+            _ => {
+                return Err(refused(format!(
+                    "token realm {realm:?} is not https: credentials are not sent in clear"
+                )))
+            }
+        }
+        let http = self.http(endpoint)?;
+        let request = match credentials {
+            Credentials::IdentityToken(refresh_token) => {
+                let scope = scopes.join(" ");
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token.as_str()),
+                    ("client_id", OAUTH_CLIENT_ID),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service));
+                }
+                http.post(url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form_encode(&form))
+            }
+            _ => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    for scope in scopes {
+                        query.append_pair("scope", scope);
+                    }
+                }
+                let request = http.get(url);
+                match credentials {
+                    Credentials::Basic { username, password } => {
+                        request.basic_auth(username, Some(password))
+                    }
+                    _ => request,
+                }
+            }
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Self::request_failure(endpoint, "token request", &e))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(Failure::transient(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("token server answered HTTP {status}"),
+            }));
+        }
+        if !status.is_success() {
+            debug!(endpoint = %endpoint.url, %status, "token request refused");
+            return Err(Failure::fatal(RegistryError::Unauthorized {
+                registry: endpoint.name.clone(),
+            }));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Self::request_failure(endpoint, "token response", &e))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("token server sent an unreadable answer: {e}")))?;
+        let token = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token)
+            .unwrap_or_default();
+        if !usable_token(&token) {
+            return Err(refused("token server sent no usable token".to_string()));
+        }
+        let lifetime = parsed.expires_in.unwrap_or(60).max(60);
+        let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(10));
+        Ok((token, expires))
+    }
+
+    /// Runs `op` with a session for `endpoint`, retrying transient failures with backoff
+    /// (the origin only: a mirror gets one attempt) and renegotiating a cached token once
+    /// when the registry refuses it.
+    async fn with_session<T, F, Fut>(
+        &self,
+        endpoint: &Endpoint,
+        credentials: &Credentials,
+        repository: &str,
+        access: &Access,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(Arc<Session>) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let attempts = if endpoint.mirror {
+            1
+        } else {
+            self.inner.max_attempts
+        };
+        let mut attempt = 1;
+        let mut renewed = false;
+        loop {
+            let result = match self
+                .session(endpoint, credentials, repository, access)
+                .await
+            {
+                Ok((session, cached)) => match op(session.clone()).await {
+                    Err(failure)
+                        if matches!(failure.error, RegistryError::Unauthorized { .. })
+                            && session.negotiated
+                            && cached
+                            && !renewed =>
+                    {
+                        debug!(endpoint = %endpoint.url, "token refused, getting a new one");
+                        self.forget_session(&session);
+                        renewed = true;
+                        continue;
+                    }
+                    other => other,
+                },
+                Err(failure) => Err(failure),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(failure) if failure.transient && attempt < attempts => {
+                    let delay = self.backoff(attempt);
+                    debug!(endpoint = %endpoint.url, attempt, ?delay, error = %failure.error, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    // -- pull ---------------------------------------------------------------
+
+    async fn fetch_manifest(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        credentials: &Credentials,
+        object: &str,
+    ) -> Result<Bytes, RegistryError> {
+        let oci = Self::oci_reference(reference, endpoint, object);
+        let repository = reference.repository.as_str();
+        let body = self
+            .with_session(
+                endpoint,
+                credentials,
+                repository,
+                &Access::Pull,
+                |session| {
+                    let oci = &oci;
+                    async move {
+                        session
+                            .client
+                            .pull_manifest_raw(oci, &session.auth, MANIFEST_MEDIA_TYPES)
+                            .await
+                            .map(|(body, _)| body)
+                            .map_err(|e| oci_failure(e, endpoint, repository, object))
+                    }
+                },
+            )
+            .await?;
+        if body.len() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::InvalidManifest {
+                reference: format!("{}@{object}", reference.name()),
+                reason: format!(
+                    "{} bytes is more than the {MAX_MANIFEST_SIZE} bytes a manifest may have",
+                    body.len()
+                ),
+            });
+        }
+        if object.starts_with("sha256:") {
+            let actual = sha256_digest(&body);
+            if actual != object {
+                return Err(RegistryError::DigestMismatch {
+                    expected: object.to_string(),
+                    actual,
+                });
+            }
+        }
+        Ok(body)
+    }
+
+    async fn resolve_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        credentials: &Credentials,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let asked = reference.manifest_reference();
+        let body = self
+            .fetch_manifest(endpoint, reference, credentials, asked)
+            .await?;
+        let top_digest = sha256_digest(&body);
+        let (manifest, manifest_digest, index_digest, media_type, config, layers, check_platform) =
+            match parse_manifest(&body, &reference.to_string())? {
+                ParsedManifest::Image {
+                    media_type,
+                    config,
+                    layers,
+                } => (body, top_digest, None, media_type, config, layers, false),
+                ParsedManifest::Index { entries } => {
+                    let entry = select_platform(&entries, platform)?.clone();
+                    let child = self
+                        .fetch_manifest(endpoint, reference, credentials, &entry.digest)
+                        .await?;
+                    if child.len() as u64 != entry.size {
+                        return Err(RegistryError::SizeMismatch {
+                            digest: entry.digest,
+                            expected: entry.size,
+                            actual: child.len() as u64,
+                        });
+                    }
+                    let name = reference.with_digest(&entry.digest).to_string();
+                    match parse_manifest(&child, &name)? {
+                        ParsedManifest::Image {
+                            media_type,
+                            config,
+                            layers,
+                        } => (
+                            child,
+                            entry.digest,
+                            Some(top_digest),
+                            media_type,
+                            config,
+                            layers,
+                            entry.platform.is_none(),
+                        ),
+                        ParsedManifest::Index { .. } => {
+                            return Err(RegistryError::InvalidManifest {
+                                reference: name,
+                                reason: "an index entry points to another index".to_string(),
+                            })
+                        }
+                    }
+                }
+            };
+        if config.size > MAX_CONFIG_SIZE {
+            return Err(RegistryError::InvalidManifest {
+                reference: reference.to_string(),
+                reason: format!(
+                    "config {} of {} bytes is larger than {MAX_CONFIG_SIZE} bytes",
+                    config.digest, config.size
+                ),
+            });
+        }
+        let download = BlobDownload::new(
+            self.clone(),
+            endpoint.clone(),
+            reference.clone(),
+            credentials.clone(),
+            &config.digest,
+            config.size,
+        );
+        let config_bytes: Vec<u8> = download
+            .open()
+            .await?
+            .into_stream()
+            .try_fold(Vec::new(), |mut all, chunk| async move {
+                all.extend_from_slice(&chunk);
+                Ok(all)
+            })
+            .await?;
+        if check_platform {
+            // The index entry had no platform: the config says what the image is.
+            #[derive(Deserialize)]
+            struct ConfigPlatform {
+                #[serde(default)]
+                os: String,
+                #[serde(default)]
+                architecture: String,
+                #[serde(default)]
+                variant: Option<String>,
+            }
+            let offered = serde_json::from_slice::<ConfigPlatform>(&config_bytes)
+                .map(|c| Platform::new(&c.os, &c.architecture, c.variant.as_deref()))
+                .ok();
+            if offered.as_ref().and_then(|p| platform.rank(p)).is_none() {
+                return Err(RegistryError::PlatformNotFound {
+                    wanted: platform.to_string(),
+                    available: offered.map(|p| p.to_string()).into_iter().collect(),
+                });
+            }
+        }
+        Ok(ResolvedImage {
+            reference: reference.clone(),
+            manifest_digest,
+            index_digest,
+            manifest: manifest.to_vec(),
+            manifest_media_type: media_type,
+            config: config_bytes,
+            config_digest: config.digest,
+            layers,
+            endpoint: endpoint.url.clone(),
+        })
+    }
+
+    /// Opens a blob at `offset`: the byte stream, its announced length and whether the
+    /// registry honoured the range (206) or sent the whole blob (200).
+    async fn open_blob(
+        &self,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        credentials: &Credentials,
+        digest: &str,
+        offset: u64,
+    ) -> Result<OpenedBlob, RegistryError> {
+        let oci = Self::oci_reference(reference, endpoint, reference.manifest_reference());
+        let repository = reference.repository.as_str();
+        let descriptor = OciDescriptor {
+            digest: digest.to_string(),
+            ..OciDescriptor::default()
+        };
+        self.with_session(
+            endpoint,
+            credentials,
+            repository,
+            &Access::Pull,
+            |session| {
+                let (oci, descriptor) = (&oci, &descriptor);
+                async move {
+                    let map =
+                        |e: OciDistributionError| oci_failure(e, endpoint, repository, digest);
+                    if offset == 0 {
+                        let sized = session
+                            .client
+                            .pull_blob_stream(oci, descriptor)
+                            .await
+                            .map_err(map)?;
+                        Ok(OpenedBlob {
+                            length: sized.content_length,
+                            stream: sized.stream,
+                            partial: false,
+                        })
+                    } else {
+                        match session
+                            .client
+                            .pull_blob_stream_partial(oci, descriptor, offset, None)
+                            .await
+                            .map_err(map)?
+                        {
+                            BlobResponse::Full(sized) => Ok(OpenedBlob {
+                                length: sized.content_length,
+                                stream: sized.stream,
+                                partial: false,
+                            }),
+                            BlobResponse::Partial(sized) => Ok(OpenedBlob {
+                                length: sized.content_length,
+                                stream: sized.stream,
+                                partial: true,
+                            }),
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    // -- push ---------------------------------------------------------------
+
+    /// Repositories of `mount_from` that are on `target`'s registry, without tag or
+    /// digest, deduplicated, the target itself left out.
+    fn mount_sources(target: &ImageReference, mount_from: &[String]) -> Vec<String> {
+        let mut sources: Vec<String> = Vec::new();
+        for entry in mount_from {
+            let without_digest = entry.split('@').next().unwrap_or(entry);
+            let first = without_digest.split('/').next().unwrap_or("");
+            let path =
+                if first.contains(['.', ':']) || first == "localhost" || first.starts_with('[') {
+                    if mirror_key(first) != mirror_key(&target.registry) {
+                        continue;
+                    }
+                    without_digest.split_once('/').map_or("", |(_, path)| path)
+                } else {
+                    without_digest
+                };
+            let path = match path.rfind(':') {
+                Some(colon) if !path[colon..].contains('/') => &path[..colon],
+                _ => path,
+            };
+            let path = if target.registry == DOCKER_HUB && !path.contains('/') {
+                format!("library/{path}")
+            } else {
+                path.to_string()
+            };
+            if path.is_empty()
+                || path == target.repository
+                || path.split('/').any(|c| check_path_component(c).is_err())
+                || sources.contains(&path)
+            {
+                continue;
+            }
+            sources.push(path);
+        }
+        sources
+    }
+
+    async fn push_inner(
+        &self,
+        target: &ImageReference,
+        credentials: &Credentials,
+        manifest: &[u8],
+        manifest_media_type: &str,
+        blobs: &[PushBlob],
+        mount_from: &[String],
+    ) -> Result<String, RegistryError> {
+        let manifest_digest = sha256_digest(manifest);
+        if let Some(expected) = target.digest() {
+            if expected != manifest_digest {
+                return Err(RegistryError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: manifest_digest,
+                });
+            }
+        }
+        if !MANIFEST_MEDIA_TYPES.contains(&manifest_media_type) {
+            return Err(RegistryError::UnsupportedMediaType {
+                media_type: manifest_media_type.to_string(),
+                supported: strings(MANIFEST_MEDIA_TYPES),
+            });
+        }
+        parse_manifest(manifest, &target.to_string())?;
+        let content_type =
+            reqwest::header::HeaderValue::from_str(manifest_media_type).map_err(|_| {
+                RegistryError::UnsupportedMediaType {
+                    media_type: manifest_media_type.to_string(),
+                    supported: strings(MANIFEST_MEDIA_TYPES),
+                }
+            })?;
+        for blob in blobs {
+            valid_digest(&blob.digest)?;
+        }
+        let endpoint = self.origin(target);
+        let sources = Self::mount_sources(target, mount_from);
+        let access = Access::Push {
+            mount_from: sources.clone(),
+        };
+        // One session (and token) for the whole push, before the parallel uploads.
+        self.with_session(
+            &endpoint,
+            credentials,
+            &target.repository,
+            &access,
+            |_| async { Ok::<(), Failure>(()) },
+        )
+        .await?;
+        // Indexes, not `&PushBlob`: a closure over references here trips rustc's
+        // "FnOnce is not general enough" when the future must be Send.
+        stream::iter(0..blobs.len())
+            .map(|i| self.push_blob(&endpoint, target, credentials, &access, &blobs[i], &sources))
+            .buffer_unordered(self.inner.options.max_concurrent_uploads)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        // Pushing by digest: oci-client's fallback for a registry that omits Location
+        // strips the tag from the URL, so the digest goes in as the "tag".
+        let object = target
+            .tag()
+            .map(str::to_string)
+            .unwrap_or_else(|| manifest_digest.clone());
+        let oci = Reference::with_tag(
+            target.registry.clone(),
+            target.repository.clone(),
+            object.clone(),
+        );
+        let body = Bytes::copy_from_slice(manifest);
+        let repository = target.repository.as_str();
+        self.with_session(&endpoint, credentials, repository, &access, |session| {
+            let (oci, body, content_type, object) =
+                (&oci, body.clone(), content_type.clone(), &object);
+            let endpoint = &endpoint;
+            async move {
+                session
+                    .client
+                    .push_manifest_raw(oci, body, content_type)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| oci_failure(e, endpoint, repository, object))
+            }
+        })
+        .await?;
+        debug!(target = %target, digest = %manifest_digest, "pushed manifest");
+        Ok(manifest_digest)
+    }
+
+    async fn push_blob(
+        &self,
+        endpoint: &Endpoint,
+        target: &ImageReference,
+        credentials: &Credentials,
+        access: &Access,
+        blob: &PushBlob,
+        sources: &[String],
+    ) -> Result<(), RegistryError> {
+        let file_error = |source| RegistryError::BlobFile {
+            digest: blob.digest.clone(),
+            path: blob.path.clone(),
+            source,
+        };
+        let actual = tokio::fs::metadata(&blob.path)
+            .await
+            .map_err(file_error)?
+            .len();
+        if actual != blob.size {
+            return Err(RegistryError::SizeMismatch {
+                digest: blob.digest.clone(),
+                expected: blob.size,
+                actual,
+            });
+        }
+        let repository = target.repository.as_str();
+        let digest = blob.digest.as_str();
+        let oci = Reference::with_tag(
+            target.registry.clone(),
+            target.repository.clone(),
+            "latest".to_string(),
+        );
+        let exists = self
+            .with_session(endpoint, credentials, repository, access, |session| {
+                let oci = &oci;
+                async move {
+                    session
+                        .client
+                        .blob_exists(oci, digest)
+                        .await
+                        .map_err(|e| oci_failure(e, endpoint, repository, digest))
+                }
+            })
+            .await?;
+        if exists {
+            debug!(%digest, %target, "blob already in the repository");
+            return Ok(());
+        }
+        for source in sources {
+            let from = Reference::with_tag(
+                target.registry.clone(),
+                source.clone(),
+                "latest".to_string(),
+            );
+            let mounted = self
+                .with_session(endpoint, credentials, repository, access, |session| {
+                    let (oci, from) = (&oci, &from);
+                    async move {
+                        session
+                            .client
+                            .mount_blob(oci, from, digest)
+                            .await
+                            .map_err(|e| oci_failure(e, endpoint, repository, digest))
+                    }
+                })
+                .await;
+            match mounted {
+                Ok(()) => {
+                    debug!(%digest, %target, from = %source, "blob mounted");
+                    return Ok(());
+                }
+                Err(error) => debug!(%digest, from = %source, %error, "blob mount failed"),
+            }
+        }
+        let chunked = blob.size > self.inner.options.chunked_upload_threshold;
+        let chunk_size = self.inner.options.upload_chunk_size;
+        let size = blob.size;
+        let path = blob.path.clone();
+        self.with_session(endpoint, credentials, repository, access, |session| {
+            let (oci, path) = (&oci, path.clone());
+            async move {
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|source| Failure::fatal(file_error(source)))?;
+                let body = tokio_util::io::ReaderStream::with_capacity(file, chunk_size)
+                    .map_err(OciDistributionError::IoError);
+                let result = match (chunked, &session.chunked) {
+                    (true, Some(client)) => client.push_blob_stream(oci, body, digest, None).await,
+                    _ => {
+                        session
+                            .client
+                            .push_blob_stream(oci, body, digest, Some(size))
+                            .await
+                    }
+                };
+                result
+                    .map(|_| ())
+                    .map_err(|e| oci_failure(e, endpoint, repository, digest))
+            }
+        })
+        .await?;
+        debug!(%digest, %target, chunked, "blob uploaded");
+        Ok(())
+    }
+}
+
+/// Maps an oci-client error to ours, deciding whether to retry.
+fn oci_failure(
+    err: OciDistributionError,
+    endpoint: &Endpoint,
+    repository: &str,
+    object: &str,
+) -> Failure {
+    let registry = endpoint.name.clone();
+    let unauthorized = || {
+        Failure::fatal(RegistryError::Unauthorized {
+            registry: endpoint.name.clone(),
+        })
+    };
+    let not_found = || {
+        Failure::fatal(RegistryError::NotFound {
+            registry: endpoint.name.clone(),
+            repository: repository.to_string(),
+            reference: object.to_string(),
+        })
+    };
+    let by_status = |code: u16, message: String| match code {
+        401 | 403 => unauthorized(),
+        404 => not_found(),
+        408 | 429 | 500..=599 => Failure::transient(RegistryError::Transport {
+            registry: endpoint.name.clone(),
+            message: truncate(format!("HTTP {code}: {message}"), 512),
+        }),
+        _ => Failure::fatal(RegistryError::Registry {
+            registry: endpoint.name.clone(),
+            message: truncate(format!("HTTP {code}: {message}"), 512),
+        }),
+    };
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
+        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                unauthorized()
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                not_found()
+            } else {
+                let message = truncate(envelope.to_string(), 512);
+                if codes.contains(&&OciErrorCode::Toomanyrequests) {
+                    Failure::transient(RegistryError::Transport { registry, message })
+                } else {
+                    Failure::fatal(RegistryError::Registry { registry, message })
+                }
+            }
+        }
+        OciDistributionError::ServerError { code, message, .. } => by_status(code, message),
+        OciDistributionError::RequestError(e) => match e.status() {
+            Some(status) => by_status(status.as_u16(), String::new()),
+            None => {
+                let error = RegistryError::Transport {
+                    registry,
+                    message: error_chain(&e),
+                };
+                if e.is_builder() || e.is_redirect() {
+                    Failure::fatal(error)
+                } else {
+                    Failure::transient(error)
+                }
+            }
+        },
+        OciDistributionError::IoError(e) => Failure::transient(RegistryError::Transport {
+            registry,
+            message: error_chain(&e),
+        }),
+        OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+            expected,
+            actual,
+        }) => Failure::fatal(RegistryError::DigestMismatch { expected, actual }),
+        OciDistributionError::UnsupportedMediaTypeError(media_type) => {
+            Failure::fatal(RegistryError::UnsupportedMediaType {
+                media_type,
+                supported: strings(MANIFEST_MEDIA_TYPES),
+            })
+        }
+        other => Failure::fatal(RegistryError::Registry {
+            registry,
+            message: truncate(error_chain(&other), 512),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// verified, resumable blob downloads
+
+struct OpenedBlob {
+    stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    length: Option<u64>,
+    partial: bool,
+}
+
+struct BlobDownload {
+    client: RegistryClient,
+    endpoint: Endpoint,
+    reference: ImageReference,
+    credentials: Credentials,
+    digest: String,
+    size: u64,
+    inner: Option<BoxStream<'static, Result<Bytes, std::io::Error>>>,
+    received: u64,
+    /// Bytes to drop: a resumed request that got the whole blob again.
+    skip: u64,
+    hasher: Sha256,
+    failures: u32,
+    finished: bool,
+}
+
+impl BlobDownload {
+    fn new(
+        client: RegistryClient,
+        endpoint: Endpoint,
+        reference: ImageReference,
+        credentials: Credentials,
+        digest: &str,
+        size: u64,
+    ) -> BlobDownload {
+        BlobDownload {
+            client,
+            endpoint,
+            reference,
+            credentials,
+            digest: digest.to_string(),
+            size,
+            inner: None,
+            received: 0,
+            skip: 0,
+            hasher: Sha256::new(),
+            failures: 0,
+            finished: false,
+        }
+    }
+
+    /// Sends the request (at the current offset) and checks the announced length.
+    async fn open(mut self) -> Result<BlobDownload, RegistryError> {
+        self.reopen().await?;
+        Ok(self)
+    }
+
+    async fn reopen(&mut self) -> Result<(), RegistryError> {
+        let opened = self
+            .client
+            .open_blob(
+                &self.endpoint,
+                &self.reference,
+                &self.credentials,
+                &self.digest,
+                self.received,
+            )
+            .await?;
+        let (expected, base) = if opened.partial {
+            (self.size - self.received, self.received)
+        } else {
+            (self.size, 0)
+        };
+        if let Some(length) = opened.length {
+            if length != expected {
+                return Err(RegistryError::SizeMismatch {
+                    digest: self.digest.clone(),
+                    expected: self.size,
+                    actual: base + length,
+                });
+            }
+        }
+        self.skip = if opened.partial { 0 } else { self.received };
+        self.inner = Some(opened.stream);
+        Ok(())
+    }
+
+    fn into_stream(self) -> BoxStream<'static, Result<Bytes, RegistryError>> {
+        stream::unfold(self, |mut download| async move {
+            let item = download.next_item().await?;
+            Some((item, download))
+        })
+        .boxed()
+    }
+
+    /// End of data: the size and the digest decide.
+    fn finish(&mut self) -> Option<Result<Bytes, RegistryError>> {
+        self.finished = true;
+        self.inner = None;
+        if self.received != self.size {
+            return Some(Err(RegistryError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.size,
+                actual: self.received,
+            }));
+        }
+        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize_reset()));
+        if actual != self.digest {
+            return Some(Err(RegistryError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            }));
+        }
+        None
+    }
+
+    async fn next_item(&mut self) -> Option<Result<Bytes, RegistryError>> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let Some(inner) = self.inner.as_mut() else {
+                if let Err(error) = self.reopen().await {
+                    self.finished = true;
+                    return Some(Err(error.scrub(&self.credentials)));
+                }
+                continue;
+            };
+            match inner.next().await {
+                Some(Ok(mut chunk)) => {
+                    if self.skip > 0 {
+                        let n = self.skip.min(chunk.len() as u64);
+                        let _ = chunk.split_to(n as usize);
+                        self.skip -= n;
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let len = chunk.len() as u64;
+                    if self.received + len > self.size {
+                        self.finished = true;
+                        self.inner = None;
+                        return Some(Err(RegistryError::SizeMismatch {
+                            digest: self.digest.clone(),
+                            expected: self.size,
+                            actual: self.received + len,
+                        }));
+                    }
+                    self.hasher.update(&chunk);
+                    self.received += len;
+                    self.failures = 0;
+                    return Some(Ok(chunk));
+                }
+                // All bytes are in: oci-client's own end-of-stream check (or a late
+                // transport error) is superseded by ours.
+                Some(Err(_)) if self.received == self.size => return self.finish(),
+                Some(Err(error)) => {
+                    self.inner = None;
+                    self.failures += 1;
+                    if self.failures >= self.client.inner.max_attempts {
+                        self.finished = true;
+                        let message = format!(
+                            "download of {} stopped at {} of {} bytes: {}",
+                            self.digest,
+                            self.received,
+                            self.size,
+                            error_chain(&error)
+                        );
+                        return Some(Err(RegistryError::Transport {
+                            registry: self.endpoint.name.clone(),
+                            message,
+                        }
+                        .scrub(&self.credentials)));
+                    }
+                    let delay = self.client.backoff(self.failures);
+                    debug!(digest = %self.digest, received = self.received, %error, ?delay, "blob download interrupted, resuming");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return self.finish(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn parse(s: &str) -> ImageReference {
+        ImageReference::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn docker_normalization() {
+        let r = parse("busybox");
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(r.registry(), "docker.io");
+        assert_eq!(r.repository(), "library/busybox");
+        assert_eq!(r.tag(), Some("latest"));
+        assert_eq!(r.digest(), None);
+        assert_eq!(
+            r.repo_tag().as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(parse("user/app:1.0").to_string(), "docker.io/user/app:1.0");
+        assert_eq!(
+            parse("index.docker.io/busybox").to_string(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            parse("docker.io/library/busybox:1.36").to_string(),
+            "docker.io/library/busybox:1.36"
+        );
+        let r = parse("localhost:5000/a/b:t");
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("localhost:5000", "a/b", Some("t"))
+        );
+        let r = parse("localhost/a");
+        assert_eq!((r.registry(), r.repository()), ("localhost", "a"));
+        let r = parse("[::1]:5000/x/y");
+        assert_eq!((r.registry(), r.repository()), ("[::1]:5000", "x/y"));
+        let r = parse("quay.io/coreos/etcd:v3.5.0-rc.1");
+        assert_eq!(r.tag(), Some("v3.5.0-rc.1"));
+        // "test.com:5000" alone is a Docker Hub image with tag 5000, as Docker has it
+        assert_eq!(
+            parse("test.com:5000").to_string(),
+            "docker.io/library/test.com:5000"
+        );
+        assert_eq!(parse("a__b/c-d/e.f--g").repository(), "a__b/c-d/e.f--g");
+    }
+
+    #[test]
+    fn digests() {
+        let r = parse(&format!("x@sha256:{HEX}"));
+        assert_eq!(r.to_string(), format!("docker.io/library/x@sha256:{HEX}"));
+        assert_eq!(r.tag(), None);
+        assert_eq!(r.repo_tag(), None);
+        assert_eq!(r.manifest_reference(), format!("sha256:{HEX}"));
+        let r = parse(&format!("reg.io:5000/x:1@sha256:{HEX}"));
+        assert_eq!(r.tag(), Some("1"));
+        assert_eq!(r.manifest_reference(), format!("sha256:{HEX}"));
+        assert_eq!(r.to_string(), format!("reg.io:5000/x:1@sha256:{HEX}"));
+        let d = parse("busybox").with_digest(&format!("sha256:{HEX}"));
+        assert_eq!(
+            d.to_string(),
+            format!("docker.io/library/busybox@sha256:{HEX}")
+        );
+    }
+
+    #[test]
+    fn invalid_references_name_input_and_reason() {
+        let cases = [
+            ("", "empty"),
+            ("UPPER/case", "lowercase"),
+            ("Busybox", "lowercase"),
+            ("a:b:c", "a:b"),
+            ("busybox:", "tag"),
+            ("busybox:-x", "tag"),
+            ("x@sha256:abc", "64"),
+            ("x@md5:0123", "algorithm"),
+            (&format!("x@sha256:{}", HEX.to_uppercase()), "lowercase hex"),
+            ("x@", "sha256"),
+            ("-x/y", "component"),
+            ("x//y", "empty"),
+            ("x/", "empty"),
+            ("bad_host.com:99999/x", "host"),
+            ("a b", "whitespace"),
+            (HEX, "image ID"),
+            ("x/y.", "component"),
+        ];
+        for (input, reason) in cases {
+            match ImageReference::parse(input) {
+                Err(e @ RegistryError::InvalidReference { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("{input:?}")), "{input}: {msg}");
+                    assert!(msg.contains(reason), "{input}: {msg} (wanted {reason:?})");
+                }
+                other => panic!("{input:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn platforms() {
+        let host = Platform::host();
+        assert_eq!(host.os, "linux");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(host, Platform::new("linux", "amd64", None));
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(host, Platform::new("linux", "arm64", Some("v8")));
+        }
+        assert_eq!(
+            Platform::parse("linux/arm64/v8").unwrap().to_string(),
+            "linux/arm64/v8"
+        );
+        assert_eq!(Platform::parse("s390x").unwrap().to_string(), "linux/s390x");
+        assert!(Platform::parse("linux//x").is_err());
+        assert!(Platform::parse("a/b/c/d").is_err());
+
+        let arm64 = Platform::new("linux", "arm64", Some("v8"));
+        assert_eq!(arm64.rank(&Platform::new("linux", "arm64", None)), Some(0));
+        assert_eq!(
+            arm64.rank(&Platform::new("linux", "aarch64", Some("8"))),
+            Some(0)
+        );
+        assert_eq!(arm64.rank(&Platform::new("linux", "amd64", None)), None);
+        assert_eq!(arm64.rank(&Platform::new("windows", "arm64", None)), None);
+        let armv7 = Platform::new("linux", "arm", None);
+        assert_eq!(
+            armv7.rank(&Platform::new("linux", "arm", Some("v7"))),
+            Some(0)
+        );
+        assert_eq!(
+            armv7.rank(&Platform::new("linux", "arm", Some("v6"))),
+            Some(1)
+        );
+        assert_eq!(armv7.rank(&Platform::new("linux", "arm", Some("v8"))), None);
+        let amd64 = Platform::new("linux", "amd64", None);
+        assert_eq!(
+            amd64.rank(&Platform::new("linux", "x86_64", Some("v1"))),
+            Some(0)
+        );
+        assert_eq!(
+            amd64.rank(&Platform::new("linux", "amd64", Some("v3"))),
+            None
+        );
+    }
+
+    fn entry(digest_char: char, platform: Option<Platform>) -> IndexEntry {
+        IndexEntry {
+            digest: format!("sha256:{}", digest_char.to_string().repeat(64)),
+            size: 1,
+            platform,
+        }
+    }
+
+    #[test]
+    fn platform_selection() {
+        let entries = vec![
+            entry('a', Some(Platform::new("linux", "arm", Some("v6")))),
+            entry('b', Some(Platform::new("linux", "amd64", None))),
+            entry('c', Some(Platform::new("linux", "arm", Some("v7")))),
+            entry('d', Some(Platform::new("unknown", "unknown", None))),
+            entry('e', Some(Platform::new("linux", "arm64", Some("v8")))),
+        ];
+        let pick = |p: Platform| select_platform(&entries, &p).map(|e| e.digest.clone());
+        assert!(pick(Platform::new("linux", "amd64", None))
+            .unwrap()
+            .contains("bbbb"));
+        assert!(pick(Platform::new("linux", "arm", Some("v7")))
+            .unwrap()
+            .contains("cccc"));
+        assert!(pick(Platform::new("linux", "arm64", None))
+            .unwrap()
+            .contains("eeee"));
+        match pick(Platform::new("linux", "s390x", None)) {
+            Err(e @ RegistryError::PlatformNotFound { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("linux/s390x")
+                        && msg.contains("linux/arm/v6, linux/amd64, linux/arm/v7, linux/arm64/v8"),
+                    "{msg}"
+                );
+                assert!(!msg.contains("unknown"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn manifests() {
+        let config = format!(
+            r#"{{"mediaType":"{MEDIA_TYPE_OCI_CONFIG}","digest":"sha256:{HEX}","size":10}}"#
+        );
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{HEX}","size":20}}"#
+        );
+        let manifest = format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{layer}]}}"#);
+        match parse_manifest(manifest.as_bytes(), "m").unwrap() {
+            ParsedManifest::Image {
+                media_type, layers, ..
+            } => {
+                assert_eq!(media_type, MEDIA_TYPE_OCI_MANIFEST);
+                assert_eq!(layers[0].size, 20);
+            }
+            other => panic!("{other:?}"),
+        }
+        // schema 1
+        let schema1 = br#"{"schemaVersion":1,"name":"x","tag":"latest","fsLayers":[]}"#;
+        match parse_manifest(schema1, "old") {
+            Err(e @ RegistryError::UnsupportedMediaType { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("v1+prettyjws") && msg.contains(MEDIA_TYPE_DOCKER_MANIFEST),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // unknown manifest type, unknown layer type, bad digest
+        let artifact =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#;
+        assert!(matches!(
+            parse_manifest(artifact, "a"),
+            Err(RegistryError::UnsupportedMediaType { .. })
+        ));
+        let helm = manifest.replace(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/x-helm",
+        );
+        match parse_manifest(helm.as_bytes(), "h") {
+            Err(RegistryError::UnsupportedMediaType {
+                media_type,
+                supported,
+            }) => {
+                assert_eq!(media_type, "application/x-helm");
+                assert!(supported
+                    .contains(&"application/vnd.docker.image.rootfs.diff.tar.gzip".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = manifest.replace(
+            &format!("sha256:{HEX}\",\"size\":20"),
+            "sha256:../../etc\",\"size\":20",
+        );
+        assert!(matches!(
+            parse_manifest(bad.as_bytes(), "b"),
+            Err(RegistryError::InvalidManifest { .. })
+        ));
+        assert!(matches!(
+            parse_manifest(b"not json", "j"),
+            Err(RegistryError::InvalidManifest { .. })
+        ));
+        // index: artifacts and nested indexes skipped
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE_DOCKER_MANIFEST_LIST}","manifests":[
+            {{"mediaType":"{MEDIA_TYPE_DOCKER_MANIFEST}","digest":"sha256:{HEX}","size":5,"platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"mediaType":"{MEDIA_TYPE_OCI_INDEX}","digest":"sha256:{HEX}","size":5}}]}}"#
+        );
+        match parse_manifest(index.as_bytes(), "i").unwrap() {
+            ParsedManifest::Index { entries } => {
+                assert_eq!(entries.len(), 1);
+                assert_eq!(
+                    entries[0].platform,
+                    Some(Platform::new("linux", "amd64", None))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn challenges() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].params["realm"], "https://auth.docker.io/token");
+        assert_eq!(c[0].params["service"], "registry.docker.io");
+        assert_eq!(c[0].params["scope"], "repository:library/busybox:pull");
+        let c = parse_challenges(
+            r#"Basic realm="a \"quoted\" realm", Bearer realm=http://x/t,service=s"#,
+        );
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].scheme, "basic");
+        assert_eq!(c[0].params["realm"], "a \"quoted\" realm");
+        assert_eq!(c[1].params["realm"], "http://x/t");
+        assert_eq!(c[1].params["service"], "s");
+        assert!(parse_challenges("").is_empty());
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(
+            form_encode(&[("scope", "repository:a/b:pull push"), ("x", "1&2=ü")]),
+            "scope=repository%3Aa%2Fb%3Apull+push&x=1%262%3D%C3%BC"
+        );
+    }
+
+    #[test]
+    fn credentials_debug_is_redacted() {
+        let all = [
+            Credentials::Basic {
+                username: "alice".into(),
+                password: "hunter2-secret".into(),
+            },
+            Credentials::IdentityToken("refresh-secret".into()),
+            Credentials::RegistryToken("bearer-secret".into()),
+        ];
+        for c in all {
+            let debug = format!("{c:?}");
+            assert!(!debug.contains("secret"), "{debug}");
+            assert!(debug.contains("redacted"), "{debug}");
+        }
+        assert_ne!(
+            Credentials::IdentityToken("a".into()).fingerprint(),
+            Credentials::RegistryToken("a".into()).fingerprint()
+        );
+    }
+
+    #[test]
+    fn scrub_removes_secrets() {
+        let c = Credentials::Basic {
+            username: "u".into(),
+            password: "pw-123".into(),
+        };
+        let e = RegistryError::Registry {
+            registry: "r".into(),
+            message: "echo pw-123".into(),
+        }
+        .scrub(&c);
+        assert!(!e.to_string().contains("pw-123"), "{e}");
+    }
+
+    fn client(insecure: &[&str], mirrors: &[(&str, &[&str])]) -> RegistryClient {
+        let config = RegistryConfig {
+            insecure: insecure.iter().map(|s| s.to_string()).collect(),
+            mirrors: mirrors
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            ..RegistryConfig::default()
+        };
+        RegistryClient::new(&config)
+    }
+
+    #[test]
+    fn plain_http_only_for_insecure_and_loopback() {
+        let c = client(&["reg.local:5000", "other.local", "10.1.0.0/16"], &[]);
+        for (registry, http) in [
+            ("localhost:5000", true),
+            ("localhost", true),
+            ("127.0.0.1:5000", true),
+            ("127.8.9.1", true),
+            ("[::1]:5000", true),
+            ("reg.local:5000", true),
+            ("reg.local:5001", false),
+            ("other.local:443", true),
+            ("10.1.2.3:5000", true),
+            ("10.2.0.1:5000", false),
+            ("docker.io", false),
+            ("quay.io", false),
+        ] {
+            assert_eq!(c.plain_http(registry), http, "{registry}");
+        }
+        assert_eq!(c.origin(&parse("busybox")).url, "https://index.docker.io");
+        assert_eq!(
+            c.origin(&parse("127.0.0.1:5000/x")).url,
+            "http://127.0.0.1:5000"
+        );
+    }
+
+    #[test]
+    fn mirrors_then_origin() {
+        let c = client(
+            &[],
+            &[(
+                "docker.io",
+                &[
+                    "http://127.0.0.1:5001",
+                    "https://mirror.example/v2/",
+                    "ftp://x",
+                    "https://m.example/path",
+                ],
+            )],
+        );
+        let endpoints = c.endpoints(&parse("busybox"));
+        let urls: Vec<&str> = endpoints.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:5001",
+                "https://mirror.example",
+                "https://index.docker.io"
+            ]
+        );
+        assert!(endpoints[0].http && endpoints[0].mirror);
+        assert!(!endpoints[1].http && endpoints[1].mirror);
+        assert!(!endpoints[2].mirror);
+        let oci = RegistryClient::oci_reference(&parse("busybox"), &endpoints[0], "latest");
+        assert_eq!(oci.resolve_registry(), "127.0.0.1:5001");
+        assert_eq!(oci.namespace(), Some("docker.io"));
+        assert_eq!(c.endpoints(&parse("quay.io/x")).len(), 1);
+    }
+
+    #[test]
+    fn mount_sources_stay_on_the_registry() {
+        let target = parse("127.0.0.1:5000/pushed/img:v1");
+        let sources = RegistryClient::mount_sources(
+            &target,
+            &[
+                "test/busybox".into(),
+                "127.0.0.1:5000/test/other:latest".into(),
+                format!("127.0.0.1:5000/test/third@sha256:{HEX}"),
+                "docker.io/library/busybox".into(),
+                "127.0.0.1:5001/elsewhere".into(),
+                "pushed/img".into(),
+                "test/busybox".into(),
+                "Bad/Name".into(),
+            ],
+        );
+        assert_eq!(sources, ["test/busybox", "test/other", "test/third"]);
+        let hub = RegistryClient::mount_sources(
+            &parse("docker.io/me/app"),
+            &["busybox".into(), "docker.io/library/alpine:3".into()],
+        );
+        assert_eq!(hub, ["library/busybox", "library/alpine"]);
+    }
+
+    #[test]
+    fn backoff_doubles() {
+        let c = client(&[], &[]);
+        assert_eq!(c.backoff(1), Duration::from_millis(200));
+        assert_eq!(c.backoff(2), Duration::from_millis(400));
+        assert_eq!(c.backoff(3), Duration::from_millis(800));
+        assert_eq!(c.backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn cidr() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(cidr_contains("10.0.0.0/8", ip("10.9.9.9")));
+        assert!(!cidr_contains("10.0.0.0/8", ip("11.0.0.1")));
+        assert!(cidr_contains("0.0.0.0/0", ip("1.2.3.4")));
+        assert!(cidr_contains("fd00::/8", ip("fd12::1")));
+        assert!(!cidr_contains("fd00::/8", ip("10.0.0.1")));
+        assert!(!cidr_contains("garbage", ip("10.0.0.1")));
+    }
+}
