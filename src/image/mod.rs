@@ -23,8 +23,8 @@ use crate::config::RegistryConfig;
 use crate::store::{Kind, Store, StoreError};
 use content::{ContentError, ContentStore};
 use registry::{
-    Credentials, ImageReference, LayerDescriptor, Platform, RegistryClient, RegistryError,
-    ResolvedImage,
+    Credentials, ImageReference, LayerDescriptor, Platform, PushBlob, RegistryClient,
+    RegistryError, ResolvedImage,
 };
 use snapshot::{SnapshotError, Snapshotter};
 use unpack::{Compression, UnpackError};
@@ -488,6 +488,61 @@ impl ImageService {
         index.remove(&image.id);
         index.insert(image.clone());
         Ok(image)
+    }
+
+    /// Pushes a stored image to `target` (a tag or digest reference). Blobs come from
+    /// the content store; ones the registry has are skipped, and ones under another
+    /// name of this image on the same registry are mounted instead of uploaded.
+    /// Returns the manifest digest, which equals the stored one: a pushed image pulls
+    /// back identical.
+    pub async fn push(
+        &self,
+        namespace: &str,
+        query: &str,
+        target: &str,
+        credentials: &Credentials,
+    ) -> Result<String, ImageError> {
+        let image = self
+            .get(namespace, query)
+            .ok_or_else(|| ImageError::NotFound(query.to_string()))?;
+        let target = ImageReference::parse(target)?;
+        let manifest = self.content.read(&image.manifest_digest)?;
+        let blob = |digest: &str, size: u64| -> Result<PushBlob, ImageError> {
+            Ok(PushBlob {
+                digest: digest.to_string(),
+                size,
+                path: self.content.path(digest)?,
+            })
+        };
+        let config_size = self
+            .content
+            .size(&image.id)
+            .ok_or_else(|| ContentError::NotFound(image.id.clone()))?;
+        let mut blobs = vec![blob(&image.id, config_size)?];
+        for layer in &image.layers {
+            blobs.push(blob(&layer.digest, layer.size)?);
+        }
+        let mount_from: Vec<String> = image
+            .references()
+            .filter_map(|r| ImageReference::parse(r).ok())
+            .filter(|r| r.registry() == target.registry() && r.repository() != target.repository())
+            .map(|r| r.repository().to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let digest = self
+            .registry
+            .push(
+                &target,
+                credentials,
+                &manifest,
+                &image.manifest_media_type,
+                &blobs,
+                &mount_from,
+            )
+            .await?;
+        tracing::info!(image = %image.id, target = %target, %digest, "pushed image");
+        Ok(digest)
     }
 
     /// Removes an image reference. A tag or digest reference of an image that has

@@ -464,7 +464,6 @@ struct Unpacker<'d> {
     parent: Option<CachedParent>,
     dirs: Vec<DirTime>,
     path: Vec<u8>,
-    link: Vec<u8>,
     name_buf: Vec<u8>,
     copy_buf: Vec<u8>,
 }
@@ -491,7 +490,6 @@ impl<'d> Unpacker<'d> {
             parent: None,
             dirs: Vec::new(),
             path: Vec::with_capacity(256),
-            link: Vec::with_capacity(256),
             name_buf: Vec::with_capacity(256),
             copy_buf: vec![0; COPY_BUFFER],
         })
