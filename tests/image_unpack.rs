@@ -986,6 +986,7 @@ fn symlinked_parents_resolve_inside() {
 
     // a fifo and a device through a symlink to outside
     let sb = Sandbox::new();
+    let outer = sb.outer.to_string_lossy().into_owned();
     let layer = LayerBuilder::new()
         .symlink("evil", &outer)
         .fifo("evil/fifo", 0o600)
@@ -1123,6 +1124,7 @@ fn whiteouts_cannot_reach_outside() {
 
     // an opaque marker under a symlink to a host directory
     let sb = Sandbox::new();
+    let outer = sb.outer.to_string_lossy().into_owned();
     let layer = LayerBuilder::new()
         .symlink("evil", &format!("{outer}/sentinel-dir"))
         .opaque("evil");
