@@ -34,18 +34,21 @@ fn store_code(err: &StoreError) -> Code {
 pub fn from_image(err: ImageError) -> Status {
     let code = match &err {
         ImageError::Registry(registry) => match registry {
-            RegistryError::InvalidReference { .. } => Code::InvalidArgument,
+            RegistryError::InvalidReference { .. }
+            | RegistryError::InvalidDigest { .. }
+            | RegistryError::InvalidPlatform { .. } => Code::InvalidArgument,
             RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
                 Code::NotFound
             }
             RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-            RegistryError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
+            RegistryError::UnsupportedMediaType { .. }
+            | RegistryError::InvalidManifest { .. }
+            | RegistryError::Registry { .. } => Code::FailedPrecondition,
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
                 Code::DataLoss
             }
             RegistryError::Transport { .. } => Code::Unavailable,
-            #[allow(unreachable_patterns)]
-            _ => Code::Unknown,
+            RegistryError::BlobFile { .. } => Code::Internal,
         },
         ImageError::Content(content) => match content {
             ContentError::InvalidDigest(_) => Code::InvalidArgument,

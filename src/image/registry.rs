@@ -15,7 +15,9 @@
 //!   different credentials never share a token;
 //! - endpoint selection: configured mirrors in order (`?ns=<registry>`, as containerd
 //!   sends), then the registry itself; plain HTTP only for registries listed as insecure
-//!   and for loopback hosts, as Docker does;
+//!   and for loopback hosts, as Docker does. The credentials given for a registry are
+//!   also offered to its mirrors (as Docker and containerd do): mirrors are configured
+//!   by the administrator, not by the image reference;
 //! - retries with exponential backoff on transient errors (connection failures, 5xx, 429)
 //!   on the origin; a failing mirror falls through to the next endpoint at once;
 //! - verification: manifest digests (the asked digest, the index entry's digest), the
@@ -37,7 +39,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -1596,7 +1598,12 @@ impl RegistryClient {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(10);
-        (self.inner.options.retry_base_delay * factor).min(Duration::from_secs(10))
+        let max = Duration::from_secs(10);
+        self.inner
+            .options
+            .retry_base_delay
+            .checked_mul(factor)
+            .map_or(max, |delay| delay.min(max))
     }
 
     // -- sessions -----------------------------------------------------------
@@ -1645,12 +1652,19 @@ impl RegistryClient {
             return Ok((session, true));
         }
         let (auth, expires, negotiated) = self.negotiate(endpoint, credentials, &scopes).await?;
+        // oci-client gets the auth only when there is some: with `Anonymous` stored it
+        // would ping `/v2/` before every request.
+        let store = !matches!(auth, RegistryAuth::Anonymous);
         let client = self.build_client(endpoint, true)?;
-        client.store_auth_if_needed(&endpoint.host, &auth).await;
+        if store {
+            client.store_auth_if_needed(&endpoint.host, &auth).await;
+        }
         let chunked = match access {
             Access::Push { .. } => {
                 let chunked = self.build_client(endpoint, false)?;
-                chunked.store_auth_if_needed(&endpoint.host, &auth).await;
+                if store {
+                    chunked.store_auth_if_needed(&endpoint.host, &auth).await;
+                }
                 Some(chunked)
             }
             Access::Pull => None,
@@ -1866,10 +1880,12 @@ impl RegistryClient {
                 registry: endpoint.name.clone(),
             }));
         }
-        let body = response
-            .bytes()
+        let (body, complete) = read_capped(response, 1 << 20)
             .await
             .map_err(|e| Self::request_failure(endpoint, "token response", &e))?;
+        if !complete {
+            return Err(refused("token server sent more than 1 MiB".to_string()));
+        }
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| refused(format!("token server sent an unreadable answer: {e}")))?;
         let token = parsed
@@ -1880,8 +1896,9 @@ impl RegistryClient {
         if !usable_token(&token) {
             return Err(refused("token server sent no usable token".to_string()));
         }
-        let lifetime = parsed.expires_in.unwrap_or(60).max(60);
-        let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(10));
+        // At least 60 s (the token spec's default), at most a day; renewed 10 s early.
+        let lifetime = parsed.expires_in.unwrap_or(60).clamp(60, 86_400);
+        let expires = Instant::now() + Duration::from_secs(lifetime - 10);
         Ok((token, expires))
     }
 
@@ -1943,6 +1960,90 @@ impl RegistryClient {
 
     // -- pull ---------------------------------------------------------------
 
+    /// GET a manifest with the session's auth. (Not oci-client's `pull_manifest_raw`:
+    /// it stores the auth in the client, and with `Anonymous` stored oci-client pings
+    /// `/v2/` before every later request.)
+    async fn get_manifest(
+        &self,
+        session: &Session,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        object: &str,
+    ) -> Result<Bytes, Failure> {
+        let http = self.http(endpoint)?;
+        let mut url = format!(
+            "{}/v2/{}/manifests/{object}",
+            endpoint.url, reference.repository
+        );
+        if endpoint.mirror {
+            url.push_str("?ns=");
+            url.push_str(&reference.registry);
+        }
+        let request = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+        let request = match &session.auth {
+            RegistryAuth::Anonymous => request,
+            RegistryAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+        };
+        let what = format!("GET manifest {object}");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_capped(response, 64 << 10)
+                .await
+                .map(|(body, _)| body)
+                .unwrap_or_default();
+            return Err(status_failure(
+                status.as_u16(),
+                &body,
+                endpoint,
+                &reference.repository,
+                object,
+            ));
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_MANIFEST_SIZE as u64)
+        {
+            return Err(Failure::fatal(RegistryError::InvalidManifest {
+                reference: format!("{}@{object}", reference.name()),
+                reason: format!("larger than the {MAX_MANIFEST_SIZE} bytes a manifest may have"),
+            }));
+        }
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (body, complete) = read_capped(response, MAX_MANIFEST_SIZE)
+            .await
+            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        if !complete {
+            return Err(Failure::fatal(RegistryError::InvalidManifest {
+                reference: format!("{}@{object}", reference.name()),
+                reason: format!("larger than the {MAX_MANIFEST_SIZE} bytes a manifest may have"),
+            }));
+        }
+        let body = Bytes::from(body);
+        // The registry's own digest of what it sent must match it (by tag this is the
+        // only check there is).
+        if let Some(expected) = header_digest.filter(|d| d.starts_with("sha256:")) {
+            let actual = sha256_digest(&body);
+            if actual != expected {
+                return Err(Failure::fatal(RegistryError::DigestMismatch {
+                    expected,
+                    actual,
+                }));
+            }
+        }
+        Ok(body)
+    }
+
     async fn fetch_manifest(
         &self,
         endpoint: &Endpoint,
@@ -1950,7 +2051,6 @@ impl RegistryClient {
         credentials: &Credentials,
         object: &str,
     ) -> Result<Bytes, RegistryError> {
-        let oci = Self::oci_reference(reference, endpoint, object);
         let repository = reference.repository.as_str();
         let body = self
             .with_session(
@@ -1958,16 +2058,9 @@ impl RegistryClient {
                 credentials,
                 repository,
                 &Access::Pull,
-                |session| {
-                    let oci = &oci;
-                    async move {
-                        session
-                            .client
-                            .pull_manifest_raw(oci, &session.auth, MANIFEST_MEDIA_TYPES)
-                            .await
-                            .map(|(body, _)| body)
-                            .map_err(|e| oci_failure(e, endpoint, repository, object))
-                    }
+                |session| async move {
+                    self.get_manifest(&session, endpoint, reference, object)
+                        .await
                 },
             )
             .await?;
@@ -2402,6 +2495,104 @@ impl RegistryClient {
     }
 }
 
+/// Reads at most `limit` bytes of a body; the flag tells whether it was all of it.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
+}
+
+/// A registry's error envelope (`{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}`) as ours.
+fn envelope_failure(
+    envelope: &OciEnvelope,
+    status: Option<u16>,
+    endpoint: &Endpoint,
+    repository: &str,
+    object: &str,
+) -> Failure {
+    let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+    if codes
+        .iter()
+        .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+        || matches!(status, Some(401 | 403))
+    {
+        return Failure::fatal(RegistryError::Unauthorized {
+            registry: endpoint.name.clone(),
+        });
+    }
+    if codes.iter().any(|c| {
+        matches!(
+            c,
+            OciErrorCode::ManifestUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NameUnknown
+                | OciErrorCode::NotFound
+        )
+    }) || status == Some(404)
+    {
+        return Failure::fatal(RegistryError::NotFound {
+            registry: endpoint.name.clone(),
+            repository: repository.to_string(),
+            reference: object.to_string(),
+        });
+    }
+    let message = truncate(envelope.to_string(), 512);
+    let registry = endpoint.name.clone();
+    if codes.contains(&&OciErrorCode::Toomanyrequests)
+        || status.is_some_and(|s| s == 408 || s == 429 || s >= 500)
+    {
+        Failure::transient(RegistryError::Transport { registry, message })
+    } else {
+        Failure::fatal(RegistryError::Registry { registry, message })
+    }
+}
+
+/// An HTTP error status (and body) as ours: 401/403 refuse, 404 is not found, 408, 429
+/// and 5xx may pass.
+fn status_failure(
+    code: u16,
+    body: &[u8],
+    endpoint: &Endpoint,
+    repository: &str,
+    object: &str,
+) -> Failure {
+    if let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body) {
+        return envelope_failure(&envelope, Some(code), endpoint, repository, object);
+    }
+    let message = truncate(
+        format!("HTTP {code}: {}", String::from_utf8_lossy(body).trim()),
+        512,
+    );
+    match code {
+        401 | 403 => Failure::fatal(RegistryError::Unauthorized {
+            registry: endpoint.name.clone(),
+        }),
+        404 => Failure::fatal(RegistryError::NotFound {
+            registry: endpoint.name.clone(),
+            repository: repository.to_string(),
+            reference: object.to_string(),
+        }),
+        408 | 429 | 500..=599 => Failure::transient(RegistryError::Transport {
+            registry: endpoint.name.clone(),
+            message,
+        }),
+        _ => Failure::fatal(RegistryError::Registry {
+            registry: endpoint.name.clone(),
+            message,
+        }),
+    }
+}
+
 /// Maps an oci-client error to ours, deciding whether to retry.
 fn oci_failure(
     err: OciDistributionError,
@@ -2422,47 +2613,15 @@ fn oci_failure(
             reference: object.to_string(),
         })
     };
-    let by_status = |code: u16, message: String| match code {
-        401 | 403 => unauthorized(),
-        404 => not_found(),
-        408 | 429 | 500..=599 => Failure::transient(RegistryError::Transport {
-            registry: endpoint.name.clone(),
-            message: truncate(format!("HTTP {code}: {message}"), 512),
-        }),
-        _ => Failure::fatal(RegistryError::Registry {
-            registry: endpoint.name.clone(),
-            message: truncate(format!("HTTP {code}: {message}"), 512),
-        }),
+    let by_status = |code: u16, message: String| {
+        status_failure(code, message.as_bytes(), endpoint, repository, object)
     };
     match err {
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
         OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
         OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                unauthorized()
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                not_found()
-            } else {
-                let message = truncate(envelope.to_string(), 512);
-                if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                    Failure::transient(RegistryError::Transport { registry, message })
-                } else {
-                    Failure::fatal(RegistryError::Registry { registry, message })
-                }
-            }
+            envelope_failure(&envelope, None, endpoint, repository, object)
         }
         OciDistributionError::ServerError { code, message, .. } => by_status(code, message),
         OciDistributionError::RequestError(e) => match e.status() {

@@ -320,7 +320,7 @@ fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     for component in raw.split(|b| *b == b'/') {
         match component {
             b"" | b"." => continue,
-            b".." => {}
+            b".." => return Err("path has a `..` component (it could reach outside the layer)"),
             _ => {}
         }
         if !out.is_empty() {

@@ -5,3 +5,4 @@
 pub mod daemon;
 pub mod images;
 pub mod registry;
+pub mod token_server;

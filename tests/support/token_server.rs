@@ -120,7 +120,11 @@ const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 fn base64(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -160,7 +164,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
+            b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz");
                 match u8::from_str_radix(hex, 16) {
                     Ok(b) => {
@@ -238,10 +242,7 @@ impl Shared {
             &["dgst", "-sha256", "-sign", key],
             Some(signing_input.as_bytes()),
         );
-        format!(
-            "{signing_input}.{}",
-            base64url(&der_signature_to_raw(&der))
-        )
+        format!("{signing_input}.{}", base64url(&der_signature_to_raw(&der)))
     }
 
     fn token(&self, subject: &str, scopes: &[String], granted: bool) -> String {
@@ -583,7 +584,7 @@ impl TokenRegistry {
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install the Debian package `docker-registry`"
         );
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("wharf-token-registry-")
             .tempdir()
             .expect("registry temp dir");
@@ -657,10 +658,7 @@ impl TokenRegistry {
             }
             let log = registry.log();
             if log.contains("address already in use") {
-                dir = std::mem::replace(
-                    &mut registry.dir,
-                    tempfile::tempdir().expect("temp dir"),
-                );
+                dir = std::mem::replace(&mut registry.dir, tempfile::tempdir().expect("temp dir"));
                 continue;
             }
             panic!("token-auth docker-registry did not start on 127.0.0.1:{port}; log:\n{log}");
