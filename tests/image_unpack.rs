@@ -13,7 +13,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use nix::libc;
 use sha2::{Digest as _, Sha256};
@@ -264,23 +263,6 @@ fn unique(label: &str) -> String {
     )
 }
 
-/// CPU time of the calling thread (user + system), which the other processes of a
-/// shared machine do not inflate as they do wall time.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is valid for writes.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(ret, 0, "clock_gettime");
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
-
-fn mb_per_s(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / 1e6 / secs.max(1e-9)
-}
-
 // ---------------------------------------------------------------------------
 // regular layers
 
@@ -290,18 +272,7 @@ fn busybox_base_layer() {
     let layer = base_layer();
     let dir = tempdir();
     let dest = new_dest(dir.path(), "fs");
-    let start = Instant::now();
     let stats = apply_blob(layer, &dest).expect("apply the busybox layer");
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "busybox layer: {} bytes compressed, {} uncompressed, {} entries, {:.3} s: \
-         {:.1} MB/s uncompressed (debug build)",
-        layer.blob.len(),
-        stats.uncompressed_bytes,
-        stats.entries,
-        secs,
-        mb_per_s(stats.uncompressed_bytes, secs)
-    );
     assert_eq!(stats.diff_id, layer.diff_id);
     assert_eq!(stats.uncompressed_bytes, layer.uncompressed_size);
     let applets = busybox_applets();
@@ -1170,61 +1141,5 @@ fn whiteouts_cannot_reach_outside() {
         let sb = Sandbox::new();
         let layer = file_entry(LayerBuilder::new(), path);
         assert_rejected(sb.apply(&layer, &[]), path);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// throughput (numbers only, no assertion on time)
-
-#[test]
-#[ignore = "prints unpack throughput; run with --ignored --nocapture"]
-fn unpack_throughput() {
-    require_root();
-    // ~64 MB: 16 files of 2 MiB and 2048 files of 16 KiB, half compressible.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut data = |len: usize| -> Vec<u8> {
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bytes = state.to_le_bytes();
-            out.extend_from_slice(&bytes);
-            out.extend_from_slice(b"wharf!!!");
-        }
-        out.truncate(len);
-        out
-    };
-    let mut layer = LayerBuilder::new().dir("big").dir("small");
-    for i in 0..16 {
-        layer = layer.file(&format!("big/{i}"), data(2 << 20));
-    }
-    for i in 0..2048 {
-        layer = layer.file(&format!("small/{i}"), data(16 << 10));
-    }
-    let tar = layer.tar();
-    let gz = gzip(&tar);
-    let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
-    let dir = tempdir();
-    for (name, compression, blob) in [
-        ("uncompressed", Compression::None, &tar),
-        ("gzip", Compression::Gzip, &gz),
-        ("zstd", Compression::Zstd, &zst),
-    ] {
-        let dest = new_dest(dir.path(), name);
-        let start = Instant::now();
-        let cpu_start = thread_cpu_secs();
-        let stats = apply_bytes(blob, compression, &dest).expect("apply");
-        let cpu = thread_cpu_secs() - cpu_start;
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{name}: {} MB uncompressed ({} MB blob), {} entries in {secs:.2} s wall \
-             ({:.0} MB/s), {cpu:.2} s CPU ({:.0} MB/s per core)",
-            stats.uncompressed_bytes / 1_000_000,
-            blob.len() / 1_000_000,
-            stats.entries,
-            mb_per_s(stats.uncompressed_bytes, secs),
-            mb_per_s(stats.uncompressed_bytes, cpu)
-        );
     }
 }
