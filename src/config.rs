@@ -59,6 +59,10 @@ pub struct RegistryConfig {
     /// Attempts per request on a transient error (connection failure, 5xx, 429),
     /// with exponential backoff between them.
     pub max_attempts: u32,
+    /// The platform picked from multi-platform images, `os/arch[/variant]`
+    /// (e.g. `linux/arm64/v8`); this machine's when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             max_concurrent_downloads: 3,
             max_attempts: 3,
+            platform: None,
         }
     }
 }
@@ -271,6 +276,14 @@ impl RegistryConfig {
                 key: "registry.max_concurrent_downloads",
                 message: "must be at least 1".to_string(),
             });
+        }
+        if let Some(platform) = &self.platform {
+            crate::image::registry::Platform::parse(platform).map_err(|err| {
+                ConfigError::Invalid {
+                    key: "registry.platform",
+                    message: err.to_string(),
+                }
+            })?;
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::Invalid {

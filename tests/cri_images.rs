@@ -219,6 +219,17 @@ async fn pull_by_digest_and_multi_platform_index() {
         pull(&mut client, &by_digest).await.unwrap(),
         native.config_digest
     );
+
+    // The platform is configurable: this daemon picks the s390x image of the index.
+    let s390x = Daemon::start_with_config("[registry]\nplatform = \"linux/s390x\"\n").await;
+    let mut client = s390x.image_client().await;
+    let image_ref = pull(
+        &mut client,
+        &format!("{}/test/multi:latest", registry.host()),
+    )
+    .await
+    .expect("pull the configured platform");
+    assert_eq!(image_ref, foreign.config_digest);
 }
 
 #[tokio::test]
@@ -537,7 +548,8 @@ async fn kill_9_during_a_pull_leaves_no_image_and_the_retry_completes() {
                     .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
             })
             .unwrap_or(false);
-        if busy {
+        // At least one layer finished and another under way.
+        if busy && !entries(&blobs_dir(&daemon)).is_empty() {
             break;
         }
         assert!(
@@ -550,6 +562,8 @@ async fn kill_9_during_a_pull_leaves_no_image_and_the_retry_completes() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Layers finished before the crash must not be downloaded again by the retry.
+    let committed_before_kill = entries(&blobs_dir(&daemon));
     daemon.kill9();
     assert!(
         pulling.await.unwrap().is_err(),
@@ -578,4 +592,15 @@ async fn kill_9_during_a_pull_leaves_no_image_and_the_retry_completes() {
     );
     assert_eq!(list(&mut client).await.len(), 1);
     assert_eq!(entries(&layers_dir(&daemon)).len(), image.layers.len());
+    let log = registry.log();
+    for hex in &committed_before_kill {
+        let fetches = log
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET /v2/test/big/blobs/sha256:{hex}")))
+            .count();
+        assert_eq!(
+            fetches, 1,
+            "blob {hex} was finished before the crash but fetched {fetches} times"
+        );
+    }
 }

@@ -178,6 +178,16 @@ fn bad_config_value_is_named() {
         &[],
         &["shutdown_timeout_secs"],
     );
+    assert_start_fails(
+        "[registry]\nplatform = \"linux/amd64/v8/extra\"\n",
+        &[],
+        &["registry.platform", "linux/amd64/v8/extra"],
+    );
+    assert_start_fails(
+        "[registry.mirrors]\n\"docker.io\" = [\"mirror.local\"]\n",
+        &[],
+        &["registry.mirrors", "mirror.local"],
+    );
 }
 
 #[test]

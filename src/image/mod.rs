@@ -209,6 +209,8 @@ pub struct ImageService {
     content: ContentStore,
     snapshots: Snapshotter,
     registry: RegistryClient,
+    /// Which image of a multi-platform index a pull picks.
+    platform: Platform,
     max_concurrent_downloads: usize,
     namespaces: RwLock<HashMap<String, Index>>,
     leases: Leases,
@@ -238,11 +240,16 @@ impl ImageService {
                 .or_default()
                 .insert(record.value);
         }
+        let platform = match &registry_config.platform {
+            Some(platform) => Platform::parse(platform)?,
+            None => Platform::host(),
+        };
         Ok(ImageService {
             store,
             content,
             snapshots,
             registry: RegistryClient::new(registry_config),
+            platform,
             max_concurrent_downloads: registry_config.max_concurrent_downloads.max(1),
             namespaces: RwLock::new(namespaces),
             leases: Leases::default(),
@@ -290,7 +297,7 @@ impl ImageService {
         let reference = ImageReference::parse(reference)?;
         let resolved = self
             .registry
-            .resolve(&reference, credentials, &Platform::host())
+            .resolve(&reference, credentials, &self.platform)
             .await?;
         let layers = layers_of(&resolved)?;
         let _lease = self.leases.take(
