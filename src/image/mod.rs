@@ -206,8 +206,8 @@ pub struct GcStats {
 
 pub struct ImageService {
     store: Arc<Store>,
-    content: ContentStore,
-    snapshots: Snapshotter,
+    content: Arc<ContentStore>,
+    snapshots: Arc<Snapshotter>,
     registry: RegistryClient,
     /// Which image of a multi-platform index a pull picks.
     platform: Platform,
@@ -231,8 +231,8 @@ impl ImageService {
         store: Arc<Store>,
         registry_config: &RegistryConfig,
     ) -> Result<ImageService, ImageError> {
-        let content = ContentStore::open(&root.join("content"))?;
-        let snapshots = Snapshotter::open(&root.join("snapshots"))?;
+        let content = Arc::new(ContentStore::open(&root.join("content"))?);
+        let snapshots = Arc::new(Snapshotter::open(&root.join("snapshots"))?);
         let mut namespaces: HashMap<String, Index> = HashMap::new();
         for record in store.list::<Image>(None, Kind::Image)? {
             namespaces
@@ -319,10 +319,19 @@ impl ImageService {
             .buffer_unordered(self.max_concurrent_downloads)
             .try_collect::<Vec<()>>()
             .await?;
-        self.content
-            .write_blob(&resolved.config_digest, &resolved.config)?;
-        self.content
-            .write_blob(&resolved.manifest_digest, &resolved.manifest)?;
+        {
+            let content = self.content.clone();
+            let blobs = [
+                (resolved.config_digest.clone(), resolved.config.clone()),
+                (resolved.manifest_digest.clone(), resolved.manifest.clone()),
+            ];
+            blocking(move || {
+                blobs
+                    .iter()
+                    .try_for_each(|(digest, data)| content.write_blob(digest, data))
+            })
+            .await?;
+        }
         let user = serde_json::from_slice::<serde_json::Value>(&resolved.config)
             .ok()
             .and_then(|config| config["config"]["User"].as_str().map(str::to_string))
@@ -390,7 +399,7 @@ impl ImageService {
             )
             .await?;
             check_diff_id(layer, &stats.diff_id)?;
-            self.snapshots.commit(pending, &layer.chain_id)?;
+            self.commit_snapshot(pending, &layer.chain_id).await?;
             return Ok(());
         }
 
@@ -428,12 +437,23 @@ impl ImageService {
         }
         // Verifies size and digest: a mismatch stores nothing, and the pending
         // snapshot is dropped with it.
-        tokio::task::spawn_blocking(move || ingest.commit())
-            .await
-            .map_err(|err| ImageError::Task(err.to_string()))??;
+        blocking(move || ingest.commit()).await?;
         if let Some(pending) = pending {
-            self.snapshots.commit(pending, &layer.chain_id)?;
+            self.commit_snapshot(pending, &layer.chain_id).await?;
         }
+        Ok(())
+    }
+
+    /// Commits on the blocking pool: a commit runs syncfs, which can take a while on a
+    /// busy disk and must not stall the async workers serving other calls.
+    async fn commit_snapshot(
+        &self,
+        pending: snapshot::PendingSnapshot,
+        chain_id: &str,
+    ) -> Result<(), ImageError> {
+        let snapshots = self.snapshots.clone();
+        let chain_id = chain_id.to_string();
+        blocking(move || snapshots.commit(pending, &chain_id)).await?;
         Ok(())
     }
 
@@ -615,7 +635,10 @@ impl ImageService {
         for (digest, _) in self.content.list()? {
             if !blobs.contains(&digest) && !self.leases.contains(&digest) {
                 let _writer = self.content.lock_digest(&digest).await;
-                if !self.leases.contains(&digest) && self.content.delete(&digest)? {
+                let content = self.content.clone();
+                if !self.leases.contains(&digest)
+                    && blocking(move || content.delete(&digest)).await?
+                {
                     stats.blobs_removed += 1;
                 }
             }
@@ -624,7 +647,9 @@ impl ImageService {
             if !chains.contains(&chain_id) && !self.leases.contains(&chain_id) {
                 let _writer = self.content.lock_digest(&chain_id).await;
                 if !self.leases.contains(&chain_id) {
-                    self.snapshots.remove(&chain_id)?;
+                    // Removing a layer deletes a whole tree: off the async workers.
+                    let snapshots = self.snapshots.clone();
+                    blocking(move || snapshots.remove(&chain_id)).await?;
                     stats.snapshots_removed += 1;
                 }
             }
@@ -711,6 +736,20 @@ fn layers_of(resolved: &ResolvedImage) -> Result<Vec<Layer>, ImageError> {
             },
         )
         .collect())
+}
+
+/// Runs blocking filesystem work on the blocking pool.
+async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ImageError>
+where
+    T: Send + 'static,
+    E: Into<ImageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ImageError::Task(err.to_string()))?
+        .map_err(Into::into)
 }
 
 async fn join_unpack(
