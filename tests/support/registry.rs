@@ -97,6 +97,31 @@ fn registry_bin() -> &'static Path {
     path
 }
 
+/// The `docker-registry serve CONFIG` command, logging to `log_path`, with the
+/// `REGISTRY_*` variables (which would override the config file) removed, and killed if
+/// the thread that starts it exits, so a killed test binary leaves no registry behind.
+pub fn registry_command(bin: &Path, config_path: &Path, log_path: &Path) -> Command {
+    let log = std::fs::File::create(log_path).expect("create registry log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log fd"))
+        .stderr(log);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("REGISTRY_") {
+            cmd.env_remove(key);
+        }
+    }
+    // SAFETY: only prctl(2) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
 /// YAML single-quoted scalar.
 fn yaml_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -318,26 +343,8 @@ impl Registry {
                 storage = yaml_str(storage.to_str().expect("utf-8 temp path")),
             );
             std::fs::write(&config_path, config).expect("write registry config");
-            let log = std::fs::File::create(&log_path).expect("create registry log");
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log fd"))
-                .stderr(log)
-                .current_dir(dir.path());
-            // REGISTRY_* variables would override the config file.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(key);
-                }
-            }
-            // SAFETY: only prctl(2) runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-                });
-            }
+            let mut cmd = registry_command(bin, &config_path, &log_path);
+            cmd.current_dir(dir.path());
             let child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));

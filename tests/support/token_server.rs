@@ -18,7 +18,6 @@
 //! come from the `openssl` command (Debian package `openssl`), so no crypto crate is
 //! needed. Every request is recorded ([`TokenServer::requests`]).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -610,24 +609,8 @@ impl TokenRegistry {
                 cert = quote(tokens.cert_path().to_str().expect("utf-8 cert path")),
             );
             std::fs::write(&config_path, config).expect("write registry config");
-            let log = std::fs::File::create(&log_path).expect("registry log");
-            let mut cmd = Command::new(REGISTRY_BIN);
-            cmd.arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log);
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(key);
-                }
-            }
-            // SAFETY: only prctl(2) runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-                });
-            }
+            let mut cmd =
+                super::registry::registry_command(Path::new(REGISTRY_BIN), &config_path, &log_path);
             let child = cmd.spawn().expect("spawn docker-registry");
             let mut registry = TokenRegistry {
                 child: Some(child),
