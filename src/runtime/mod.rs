@@ -2,7 +2,10 @@
 //! CRI `RuntimeReady` / `NetworkReady` conditions. Pod and container lifecycle land here
 //! with the runtime core issue.
 
+pub mod caps;
 mod host;
+pub mod seccomp;
+pub mod spec;
 
 pub use host::{CgroupLayout, HostInfo};
 
