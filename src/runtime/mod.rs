@@ -4,6 +4,7 @@
 
 pub mod caps;
 mod host;
+pub mod namespaces;
 pub mod seccomp;
 pub mod spec;
 
