@@ -916,10 +916,10 @@ mod tests {
     /// `/proc/self/fd/<n>` when the options do not fit in a page.
     #[test]
     fn classic_mount_fallback_with_fd_paths() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "mounting overlayfs needs root: run the tests as root (./scripts/test)"
+        );
         let dir = tempfile::tempdir().unwrap();
         // Long lower paths: 60 layers of ~110 bytes do not fit in 4096 bytes.
         let long = dir.path().join("x".repeat(60));
