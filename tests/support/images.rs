@@ -169,14 +169,7 @@ fn sort_keys(value: Value) -> Value {
 
 /// Path to the static busybox, panicking with an install hint when absent.
 pub fn busybox_path() -> &'static Path {
-    let path = Path::new(BUSYBOX_PATH);
-    if !path.exists() {
-        panic!(
-            "{BUSYBOX_PATH} is missing: install the Debian package `busybox-static` \
-             (scripts/test installs it)"
-        );
-    }
-    path
+    super::require_installed(BUSYBOX_PATH, "busybox-static")
 }
 
 /// Applet paths from `busybox --list-full` (relative, sorted, without

@@ -87,14 +87,7 @@ impl RegistryOptions {
 }
 
 fn registry_bin() -> &'static Path {
-    let path = Path::new(REGISTRY_BIN);
-    if !path.exists() {
-        panic!(
-            "{REGISTRY_BIN} is missing: install the Debian package `docker-registry` \
-             (scripts/test installs it)"
-        );
-    }
-    path
+    super::require_installed(REGISTRY_BIN, "docker-registry")
 }
 
 /// The `docker-registry serve CONFIG` command, logging to `log_path`, with the

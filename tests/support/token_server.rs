@@ -579,10 +579,7 @@ impl Drop for TokenRegistry {
 
 impl TokenRegistry {
     pub async fn start(storage: &Path, tokens: &TokenServer) -> TokenRegistry {
-        assert!(
-            Path::new(REGISTRY_BIN).exists(),
-            "{REGISTRY_BIN} is missing: install the Debian package `docker-registry`"
-        );
+        let registry_bin = super::require_installed(REGISTRY_BIN, "docker-registry");
         let mut dir = tempfile::Builder::new()
             .prefix("wharf-token-registry-")
             .tempdir()
