@@ -606,8 +606,7 @@ impl TokenRegistry {
                 cert = quote(tokens.cert_path().to_str().expect("utf-8 cert path")),
             );
             std::fs::write(&config_path, config).expect("write registry config");
-            let mut cmd =
-                super::registry::registry_command(Path::new(REGISTRY_BIN), &config_path, &log_path);
+            let mut cmd = super::registry::registry_command(registry_bin, &config_path, &log_path);
             let child = cmd.spawn().expect("spawn docker-registry");
             let mut registry = TokenRegistry {
                 child: Some(child),
