@@ -5,5 +5,6 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod image;
+pub mod monitor;
 pub mod runtime;
 pub mod store;

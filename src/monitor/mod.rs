@@ -1,0 +1,1 @@
+//! The per-container monitor (`wharf-monitor`): see docs/architecture.md.
