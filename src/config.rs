@@ -42,6 +42,81 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// How pod and container cgroups are managed.
     pub cgroup_driver: CgroupDriver,
+    pub runtime: RuntimeConfig,
+}
+
+/// How containers are run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// External OCI runtimes selectable per pod by CRI `runtime_handler` (Kubernetes
+    /// RuntimeClass): handler name -> runtime binary (runc-compatible CLI). The empty
+    /// handler and `builtin` always mean wharf's own libcontainer runtime.
+    pub handlers: BTreeMap<String, PathBuf>,
+    /// Never give a container an oom_score_adj lower than wharfd's own (containerd's
+    /// `restrict_oom_score_adj`). Unset: on when wharfd lacks CAP_SYS_RESOURCE, which
+    /// lowering needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restrict_oom_score_adj: Option<bool>,
+    /// Where relative `Localhost` seccomp profiles are looked up.
+    pub seccomp_profile_root: PathBuf,
+    /// The cgroup parent of pods created without one (kubelet always gives one).
+    pub default_cgroup_parent: String,
+    /// Seconds a container create (the monitor and the OCI runtime) may take.
+    pub create_timeout_secs: u64,
+    /// `wharf-monitor`; unset: the one installed next to `wharfd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor_path: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            handlers: BTreeMap::from([
+                ("runc".to_string(), PathBuf::from("/usr/sbin/runc")),
+                ("crun".to_string(), PathBuf::from("/usr/bin/crun")),
+            ]),
+            restrict_oom_score_adj: None,
+            seccomp_profile_root: PathBuf::from("/var/lib/wharf/seccomp"),
+            default_cgroup_parent: "/wharf".to_string(),
+            create_timeout_secs: 60,
+            monitor_path: None,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, path) in &self.handlers {
+            if name.is_empty() || name == "builtin" {
+                return Err(ConfigError::Invalid {
+                    key: "runtime.handlers",
+                    message: format!("{name:?} is reserved for the built-in runtime"),
+                });
+            }
+            require_absolute("runtime.handlers", path)?;
+        }
+        require_absolute("runtime.seccomp_profile_root", &self.seccomp_profile_root)?;
+        if !self.default_cgroup_parent.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                key: "runtime.default_cgroup_parent",
+                message: format!(
+                    "{:?} is not an absolute cgroup path",
+                    self.default_cgroup_parent
+                ),
+            });
+        }
+        if self.create_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "runtime.create_timeout_secs",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if let Some(path) = &self.monitor_path {
+            require_absolute("runtime.monitor_path", path)?;
+        }
+        Ok(())
+    }
 }
 
 /// How images are fetched from registries.
@@ -107,6 +182,7 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -247,7 +323,8 @@ impl Config {
             key: "log.level",
             message,
         })?;
-        self.registry.validate()
+        self.registry.validate()?;
+        self.runtime.validate()
     }
 
     /// The configuration as JSON, for `Status(verbose)` and `wharfd --print-config`.

@@ -33,6 +33,7 @@ mod client;
 mod image_service;
 mod runtime_service;
 mod status;
+mod workloads;
 
 use std::sync::Arc;
 
@@ -56,6 +57,7 @@ pub struct CriServer {
     config: Arc<Config>,
     store: Arc<Store>,
     images: Arc<ImageService>,
+    runtime: Arc<crate::runtime::Runtime>,
 }
 
 impl CriServer {
@@ -63,11 +65,13 @@ impl CriServer {
         config: Arc<Config>,
         store: Arc<Store>,
         images: Arc<ImageService>,
+        runtime: Arc<crate::runtime::Runtime>,
     ) -> Arc<CriServer> {
         Arc::new(CriServer {
             config,
             store,
             images,
+            runtime,
         })
     }
 }

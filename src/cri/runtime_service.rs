@@ -10,7 +10,8 @@ use k8s_cri::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{status, CriServer, RUNTIME_API_VERSION, RUNTIME_NAME};
+use super::{status, workloads, CriServer, RUNTIME_API_VERSION, RUNTIME_NAME};
+use k8s_cri::v1 as cri;
 use crate::config;
 use crate::runtime::{self, Condition, HostInfo};
 
@@ -23,20 +24,6 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 cri_service! {
     impl k8s_cri::v1::runtime_service_server::RuntimeService as "RuntimeService" for Runtime;
     pending {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
-        create_container(CreateContainerRequest) -> CreateContainerResponse;
-        start_container(StartContainerRequest) -> StartContainerResponse;
-        stop_container(StopContainerRequest) -> StopContainerResponse;
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
-        list_containers(ListContainersRequest) -> ListContainersResponse;
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse;
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse;
         exec(ExecRequest) -> ExecResponse;
         attach(AttachRequest) -> AttachResponse;
         port_forward(PortForwardRequest) -> PortForwardResponse;
@@ -48,6 +35,145 @@ cri_service! {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        workloads::run_pod_sandbox(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        workloads::stop_pod_sandbox(&self.0, &request.get_ref().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        workloads::remove_pod_sandbox(&self.0, &request.get_ref().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        workloads::pod_sandbox_status(&self.0, request.get_ref()).map(Response::new)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Ok(Response::new(workloads::list_pod_sandbox(
+            &self.0,
+            request.into_inner().filter,
+        )))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        workloads::create_container(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        self.0
+            .runtime
+            .start_container(&request.get_ref().container_id)
+            .await
+            .map_err(status::from_runtime)?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .runtime
+            .stop_container(&request.container_id, request.timeout)
+            .await
+            .map_err(status::from_runtime)?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        self.0
+            .runtime
+            .remove_container(&request.get_ref().container_id)
+            .await
+            .map_err(status::from_runtime)?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Ok(Response::new(workloads::list_containers(
+            &self.0,
+            request.into_inner().filter,
+        )))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        workloads::container_status(&self.0, request.get_ref()).map(Response::new)
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .runtime
+            .update_resources(&request.container_id, request.linux)
+            .await
+            .map_err(status::from_runtime)?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.0
+            .runtime
+            .reopen_log(&request.get_ref().container_id)
+            .await
+            .map_err(status::from_runtime)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        workloads::exec_sync(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn version(

@@ -5,6 +5,9 @@ use tonic::{Code, Status};
 use crate::image::content::ContentError;
 use crate::image::registry::RegistryError;
 use crate::image::ImageError;
+use crate::image::snapshot::SnapshotError;
+use crate::runtime::monitor::MonitorError;
+use crate::runtime::RuntimeError;
 use crate::store::StoreError;
 
 /// The answer for an RPC whose implementation has not landed yet.
@@ -63,6 +66,28 @@ pub fn from_image(err: ImageError) -> Status {
         ImageError::DiffIdMismatch { .. } => Code::DataLoss,
         ImageError::Store(store) => store_code(store),
         ImageError::Snapshot(_) | ImageError::Task(_) => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+pub fn from_runtime(err: RuntimeError) -> Status {
+    let code = match &err {
+        RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
+        RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+        RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+        RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RuntimeError::Spec(spec) if spec.is_invalid_argument() => Code::InvalidArgument,
+        RuntimeError::Store(store) => store_code(store),
+        RuntimeError::Monitor(MonitorError::Timeout(_)) => Code::DeadlineExceeded,
+        RuntimeError::Monitor(MonitorError::Create(_)) | RuntimeError::Oci(_) => Code::Unknown,
+        RuntimeError::Snapshot(SnapshotError::NotFound(_)) => Code::NotFound,
+        RuntimeError::Spec(_)
+        | RuntimeError::Namespace(_)
+        | RuntimeError::Snapshot(_)
+        | RuntimeError::Monitor(_)
+        | RuntimeError::Io { .. }
+        | RuntimeError::Internal(_) => Code::Internal,
     };
     Status::new(code, err.to_string())
 }

@@ -58,6 +58,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("recovering pods and containers: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error("CRI server failed: {0}")]
@@ -83,13 +85,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         store.clone(),
         &config.registry,
     )?);
+    let runtime =
+        crate::runtime::Runtime::open(config.clone(), store.clone(), images.clone()).await?;
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
     let socket = ServedSocket::bind(&config.cri.socket)?;
     let (runtime_service, image_service) =
-        cri::services(CriServer::new(config.clone(), store, images));
+        cri::services(CriServer::new(config.clone(), store, images, runtime));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
     let server = tonic::transport::Server::builder()

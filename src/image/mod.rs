@@ -214,6 +214,9 @@ pub struct ImageService {
     max_concurrent_downloads: usize,
     namespaces: RwLock<HashMap<String, Index>>,
     leases: Leases,
+    /// Snapshot chains that containers' root filesystems use, by container ID: GC keeps
+    /// them even after their image is removed (as containerd's container snapshots do).
+    holds: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Serializes record updates and GC decisions (not downloads).
     records: tokio::sync::Mutex<()>,
 }
@@ -253,6 +256,7 @@ impl ImageService {
             max_concurrent_downloads: registry_config.max_concurrent_downloads.max(1),
             namespaces: RwLock::new(namespaces),
             leases: Leases::default(),
+            holds: std::sync::Mutex::new(HashMap::new()),
             records: tokio::sync::Mutex::new(()),
         })
     }
@@ -616,8 +620,30 @@ impl ImageService {
         Ok(true)
     }
 
-    /// Deletes blobs and snapshots that no image (in any namespace) and no in-flight
-    /// pull references.
+    /// Keeps `chain_ids` from GC for container `holder` until [`Self::release`].
+    pub fn hold(&self, holder: &str, chain_ids: Vec<String>) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.insert(holder.to_string(), chain_ids);
+    }
+
+    /// Drops `holder`'s hold; returns whether some released chain is no longer part of
+    /// any image (then a GC would free it).
+    pub fn release(&self, holder: &str) -> bool {
+        let released = {
+            let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+            holds.remove(holder).unwrap_or_default()
+        };
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        released.iter().any(|chain| {
+            !namespaces
+                .values()
+                .flat_map(|index| index.by_id.values())
+                .any(|image| image.layers.iter().any(|l| &l.chain_id == chain))
+        })
+    }
+
+    /// Deletes blobs and snapshots that no image (in any namespace), no container and
+    /// no in-flight pull references.
     pub async fn gc(&self) -> Result<GcStats, ImageError> {
         let _records = self.records.lock().await;
         let (blobs, chains): (HashSet<String>, HashSet<String>) = {
@@ -629,6 +655,8 @@ impl ImageService {
                 blobs.extend(image.blobs().cloned());
                 chains.extend(image.chain_ids());
             }
+            let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+            chains.extend(holds.values().flatten().cloned());
             (blobs, chains)
         };
         let mut stats = GcStats::default();

@@ -1,14 +1,23 @@
-//! Pods and containers. Today: the host prerequisites the runtime needs, which back the
-//! CRI `RuntimeReady` / `NetworkReady` conditions. Pod and container lifecycle land here
-//! with the runtime core issue.
+//! Pods and containers: lifecycle (pod.rs, container.rs), in-memory state and recovery
+//! (service.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
+//! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
+//! `RuntimeReady` / `NetworkReady` conditions.
 
 pub mod caps;
+mod container;
 mod host;
+pub mod monitor;
 pub mod namespaces;
+pub mod oci;
+mod pod;
+pub mod records;
 pub mod seccomp;
+mod service;
 pub mod spec;
 
 pub use host::{CgroupLayout, HostInfo};
+pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};
+pub use service::{Runtime, RuntimeError};
 
 use std::path::Path;
 

@@ -1076,7 +1076,7 @@ pub fn host_swap_limit_supported() -> bool {
 /// limit (when the host can limit swap: swap = limit unless memory_swap_limit_in_bytes
 /// is set, so the container cannot swap, as containerd), hugepage limits, the cgroup v2 `unified` map, pids limit from
 /// the options.
-fn resources(
+pub fn resources(
     res: Option<&cri::LinuxContainerResources>,
     opts: &SpecOptions,
 ) -> Result<LinuxResources, SpecError> {

@@ -1,0 +1,705 @@
+//! Containers: CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ExecSync, UpdateContainerResources, ReopenContainerLog.
+//!
+//! Each container has a bundle under `<state>/containers/<id>/` (config.json, the
+//! rootfs mount point, the monitor's files) and its writable layer under
+//! `<root>/containers/<id>/` (overlay upper and work dirs), which survives a daemon
+//! crash as the container does.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Spec};
+use prost::Message;
+
+use crate::image::snapshot;
+use crate::store::{Kind, CRI_NAMESPACE};
+
+use super::monitor;
+use super::oci::ExecOutput;
+use super::pod::MODE_POD;
+use super::records::{now_nanos, ContainerRecord, ContainerState, PodState};
+use super::service::{blocking, new_id, Result, Runtime, RuntimeError};
+use super::spec::{self, ImageDefaults, PodContext, SpecOptions};
+
+/// How long to wait for a container to die after SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// CRI `NamespaceMode::TARGET`.
+const MODE_TARGET: i32 = 3;
+
+fn container_name(meta: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}_{}",
+        meta.name, pod.name, pod.namespace, pod.uid, meta.attempt
+    )
+}
+
+impl Runtime {
+    /// CreateContainer: returns the new container's ID.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        pod_query: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let pod = self
+            .find_pod(pod_query)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_query:?}")))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| RuntimeError::invalid("config.metadata", "is missing"))?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::invalid("config.metadata.name", "is empty"));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(RuntimeError::invalid("config.image.image", "is empty"));
+        }
+        let image = self
+            .images
+            .get(CRI_NAMESPACE, &image_name)
+            .ok_or_else(|| {
+                RuntimeError::NotFound(format!(
+                    "image {image_name:?} (config.image.image); pull it first"
+                ))
+            })?;
+        let pod_guard = self.lock(&pod.id).await;
+        let pod = self
+            .pod(&pod.id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_query:?}")))?;
+        if pod.state != PodState::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let pod_config = pod.config();
+        let pod_meta = pod_config.metadata.clone().unwrap_or_default();
+        let runtime = self.oci_runtime(&pod.runtime_handler)?;
+        let image_config = self
+            .images
+            .config_json(&image)
+            .map_err(|e| RuntimeError::Internal(format!("reading the image config: {e}")))?;
+        let defaults = ImageDefaults::from_config_json(&image_config)?;
+
+        let id = new_id()?;
+        let bundle = self.state_dir().join("containers").join(&id);
+        let log_path = match (&pod_config.log_directory, &config.log_path) {
+            (dir, path) if !dir.is_empty() && !path.is_empty() => {
+                Path::new(dir).join(path).to_string_lossy().to_string()
+            }
+            _ => String::new(),
+        };
+        let image_ref = image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            state: ContainerState::Creating,
+            config: config.encode_to_vec(),
+            image: image_name.clone(),
+            image_id: image.id.clone(),
+            image_ref,
+            chain_ids: image.chain_ids(),
+            runtime_handler: pod.runtime_handler.clone(),
+            stop_signal: defaults.stop_signal.clone(),
+            log_path: log_path.clone(),
+            bundle: bundle.clone(),
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            monitor: None,
+        };
+        let name = container_name(&meta, &pod_meta);
+        self.images.hold(&id, record.chain_ids.clone());
+        let inserted = self.store.update(|tx| {
+            tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record)
+        });
+        if let Err(err) = inserted {
+            self.images.release(&id);
+            return Err(match err {
+                crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(
+                    format!("container name {name:?} is already in use in pod {}", pod.id),
+                ),
+                other => other.into(),
+            });
+        }
+        let _guard = self.lock(&id).await;
+        let result = self
+            .setup_container(&mut record, &pod, &config, &defaults, &runtime)
+            .await;
+        drop(pod_guard);
+        match result {
+            Ok(info) => {
+                record.state = ContainerState::Created;
+                record.monitor = Some(info);
+                if let Err(err) = self.save_container(&record) {
+                    self.cleanup_container(&record).await;
+                    let _ = self
+                        .store
+                        .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &id));
+                    return Err(err);
+                }
+                self.watch(id.clone(), info);
+                tracing::info!(container = %id, name = %name, "container created");
+                Ok(id)
+            }
+            Err(err) => {
+                self.cleanup_container(&record).await;
+                if let Err(store_err) = self
+                    .store
+                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &id))
+                {
+                    tracing::error!(container = %id, "releasing the name of a failed container: {store_err}");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn setup_container(
+        &self,
+        record: &mut ContainerRecord,
+        pod: &super::records::PodRecord,
+        config: &cri::ContainerConfig,
+        defaults: &ImageDefaults,
+        runtime: &super::oci::OciRuntime,
+    ) -> Result<monitor::MonitorInfo> {
+        let pod_config = pod.config();
+        let ns_options = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let target_pid_ns = if ns_options.pid == MODE_TARGET {
+            let target = self.find_container(&ns_options.target_id).ok_or_else(|| {
+                RuntimeError::NotFound(format!(
+                    "target container {:?} (linux.security_context.namespace_options.target_id)",
+                    ns_options.target_id
+                ))
+            })?;
+            let pid = target
+                .monitor
+                .filter(|m| monitor::alive(m.pid, m.pid_start_time))
+                .map(|m| m.pid)
+                .ok_or_else(|| {
+                    RuntimeError::FailedPrecondition(format!(
+                        "target container {} is not running",
+                        target.id
+                    ))
+                })?;
+            Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+        } else {
+            None
+        };
+        let pid_ns = match (ns_options.pid, pod.pid_holder) {
+            (MODE_POD, Some(holder)) => {
+                if !monitor::alive(holder.pid, holder.start_time) {
+                    return Err(RuntimeError::FailedPrecondition(format!(
+                        "the PID namespace of pod {} is gone",
+                        pod.id
+                    )));
+                }
+                Some(PathBuf::from(format!("/proc/{}/ns/pid", holder.pid)))
+            }
+            _ => None,
+        };
+        let pod_context = PodContext {
+            sandbox_id: pod.id.clone(),
+            hostname: std::fs::read_to_string(pod.dir.join("hostname"))
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            netns_path: pod.namespaces.network.clone(),
+            ipc_ns_path: pod.namespaces.ipc.clone(),
+            uts_ns_path: pod.namespaces.uts.clone(),
+            pid_ns_path: pid_ns,
+            cgroup_parent: pod.cgroup_parent.clone(),
+            shm_path: pod.shm_mounted.then(|| pod.dir.join("shm")),
+            resolv_conf: Some(pod.dir.join("resolv.conf")),
+            hosts: Some(pod.dir.join("hosts")),
+            hostname_file: Some(pod.dir.join("hostname")),
+            sysctls: pod_config
+                .linux
+                .as_ref()
+                .map(|l| l.sysctls.clone())
+                .unwrap_or_default(),
+        };
+        let options = SpecOptions {
+            rootfs: record.bundle.join("rootfs"),
+            container_id: record.id.clone(),
+            restrict_oom_score_adj: self.restrict_oom_score_adj,
+            seccomp_profile_root: self.config.runtime.seccomp_profile_root.clone(),
+            cgroup_v2: self.cgroup_v2,
+            pids_limit: None,
+            swap_limit: self.swap_limit,
+            target_pid_ns_path: target_pid_ns,
+        };
+        let images = self.images.clone();
+        let chain = record.chain_ids.clone();
+        let bundle = record.bundle.clone();
+        let data_dir = self.config.root.join("containers").join(&record.id);
+        let config = config.clone();
+        let defaults = defaults.clone();
+        let privileged = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        let log_path = record.log_path.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&bundle)
+                .map_err(RuntimeError::io(format!("creating {}", bundle.display())))?;
+            create_missing_host_paths(&config)?;
+            if !log_path.is_empty() {
+                if let Some(parent) = Path::new(&log_path).parent() {
+                    std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
+                        "creating the log directory {}",
+                        parent.display()
+                    )))?;
+                }
+            }
+            let rootfs = bundle.join("rootfs");
+            // A read-only rootfs still gets an upper dir: the runtime creates mount
+            // points in it; the spec's root.readonly makes it read-only inside.
+            snapshot::mount_rootfs(images.snapshots(), &chain, &data_dir, &rootfs, false)?;
+            let mut spec = spec::container_spec(&config, &pod_context, &defaults, &options)?;
+            if privileged {
+                add_host_devices(&mut spec)?;
+            }
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
+            super::service::write_atomic(&bundle.join("config.json"), &json)
+                .map_err(RuntimeError::io("writing config.json"))?;
+            Ok(())
+        })
+        .await?;
+        let log_path = if record.log_path.is_empty() {
+            PathBuf::from("/dev/null")
+        } else {
+            PathBuf::from(&record.log_path)
+        };
+        let timeout = Duration::from_secs(self.config.runtime.create_timeout_secs);
+        let info = monitor::create(
+            &self.monitor,
+            runtime,
+            &record.id,
+            &record.bundle,
+            &log_path,
+            timeout,
+        )
+        .await?;
+        Ok(info)
+    }
+
+    /// Undoes whatever of a container exists: its process, runtime state, rootfs mount,
+    /// directories, image hold. Errors are logged; the start-up reconcile retries.
+    pub(super) async fn cleanup_container(&self, container: &ContainerRecord) {
+        if let Some(info) = monitor::read_info(&container.bundle).or(container.monitor) {
+            let _ = monitor::signal(info.pid, info.pid_start_time, nix::libc::SIGKILL);
+        }
+        if let Ok(runtime) = self.oci_runtime(&container.runtime_handler) {
+            if let Err(err) = runtime.delete(&container.id).await {
+                tracing::warn!(container = %container.id, "runtime delete: {err}");
+            }
+        }
+        if let Some(info) = monitor::read_info(&container.bundle).or(container.monitor) {
+            let _ = tokio::time::timeout(
+                KILL_WAIT,
+                monitor::wait_exit(info.monitor_pid, info.monitor_start_time),
+            )
+            .await;
+        }
+        let bundle = container.bundle.clone();
+        let data_dir = self.config.root.join("containers").join(&container.id);
+        let result = blocking(move || {
+            teardown_container_dir(&bundle)?;
+            teardown_container_dir(&data_dir)
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::error!(container = %container.id, "cleaning up container: {err}");
+        }
+        if self.images.release(&container.id) {
+            if let Err(err) = self.images.gc().await {
+                tracing::warn!("image garbage collection: {err}");
+            }
+        }
+    }
+
+    fn running(&self, query: &str) -> Result<ContainerRecord> {
+        let container = self
+            .find_container(query)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        if container.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running (state {:?})",
+                container.id, container.state
+            )));
+        }
+        Ok(container)
+    }
+
+    /// StartContainer.
+    pub async fn start_container(self: &Arc<Self>, query: &str) -> Result<()> {
+        let container = self
+            .find_container(query)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let _guard = self.lock(&container.id).await;
+        let container = self
+            .container(&container.id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        if container.state != ContainerState::Created {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} cannot be started: it is {:?}, not Created",
+                container.id, container.state
+            )));
+        }
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        if let Err(err) = runtime.start(&container.id).await {
+            self.update_container(&container.id, |c| {
+                c.message = err.to_string();
+            })?;
+            return Err(err.into());
+        }
+        self.update_container(&container.id, |c| {
+            c.started_at = now_nanos();
+            if c.state == ContainerState::Created {
+                c.state = ContainerState::Running;
+            }
+        })?;
+        tracing::info!(container = %container.id, "container started");
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal (the image's, else SIGTERM), then SIGKILL after
+    /// `timeout` seconds. Stopping a stopped container succeeds.
+    pub async fn stop_container(self: &Arc<Self>, query: &str, timeout: i64) -> Result<()> {
+        let container = self
+            .find_container(query)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let _guard = self.lock(&container.id).await;
+        self.stop_locked(&container.id, timeout).await
+    }
+
+    async fn stop_locked(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(container) = self.container(id) else {
+            return Ok(());
+        };
+        if !matches!(
+            container.state,
+            ContainerState::Created | ContainerState::Running
+        ) {
+            return Ok(());
+        }
+        let Some(info) = container.monitor else {
+            return Ok(());
+        };
+        if timeout > 0 && container.state == ContainerState::Running {
+            let signal = stop_signal(container.stop_signal.as_deref());
+            match monitor::signal(info.pid, info.pid_start_time, signal) {
+                Ok(_) => {}
+                Err(err) => tracing::warn!(container = %id, "sending the stop signal: {err}"),
+            }
+            if self
+                .wait_stopped(id, Duration::from_secs(timeout as u64))
+                .await
+            {
+                return Ok(());
+            }
+        }
+        if let Err(err) = monitor::signal(info.pid, info.pid_start_time, nix::libc::SIGKILL) {
+            tracing::warn!(container = %id, "sending SIGKILL: {err}");
+        }
+        if self.wait_stopped(id, KILL_WAIT).await {
+            return Ok(());
+        }
+        Err(RuntimeError::DeadlineExceeded(format!(
+            "container {id} did not exit within {KILL_WAIT:?} of SIGKILL"
+        )))
+    }
+
+    /// RemoveContainer: stops it if needed, then removes everything it had. Removing
+    /// an unknown container succeeds.
+    pub async fn remove_container(self: &Arc<Self>, query: &str) -> Result<()> {
+        let Some(container) = self.find_container(query) else {
+            return Ok(());
+        };
+        let guard = self.lock(&container.id).await;
+        self.stop_locked(&container.id, 0).await?;
+        let Some(container) = self.container(&container.id) else {
+            return Ok(());
+        };
+        self.cleanup_container(&container).await;
+        self.store
+            .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &container.id))?;
+        {
+            let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
+            containers.remove(&container.id);
+        }
+        drop(guard);
+        self.forget_lock(&container.id);
+        tracing::info!(container = %container.id, "container removed");
+        Ok(())
+    }
+
+    /// ExecSync: runs `cmd` in the container with its process settings; `timeout`
+    /// seconds (0 = none) bound it.
+    pub async fn exec_sync(
+        &self,
+        query: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(RuntimeError::invalid("cmd", "is empty"));
+        }
+        let container = self.running(query)?;
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        let bundle = container.bundle.clone();
+        let exec_id = &new_id()?[..16];
+        let process_file = bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        let file = process_file.clone();
+        blocking(move || {
+            let spec = Spec::load(bundle.join("config.json"))
+                .map_err(|e| RuntimeError::Internal(format!("reading config.json: {e}")))?;
+            let mut process = spec.process().clone().unwrap_or_default();
+            process.set_args(Some(cmd));
+            process.set_terminal(Some(false));
+            let json = serde_json::to_vec(&process)
+                .map_err(|e| RuntimeError::Internal(format!("encoding the process: {e}")))?;
+            std::fs::write(&file, json).map_err(RuntimeError::io(format!("writing {}", file.display())))
+        })
+        .await?;
+        let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+        let result = runtime
+            .exec(&container.id, &process_file, &pid_file, limit)
+            .await;
+        let _ = std::fs::remove_file(&process_file);
+        let _ = std::fs::remove_file(&pid_file);
+        let output = result?;
+        if output.timed_out {
+            return Err(RuntimeError::DeadlineExceeded(format!(
+                "command in container {} timed out after {timeout}s",
+                container.id
+            )));
+        }
+        Ok(output)
+    }
+
+    /// UpdateContainerResources: applies new limits to a created or running container
+    /// and records them.
+    pub async fn update_resources(
+        &self,
+        query: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<()> {
+        let container = self
+            .find_container(query)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let _guard = self.lock(&container.id).await;
+        let container = self
+            .container(&container.id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        if !matches!(
+            container.state,
+            ContainerState::Created | ContainerState::Running
+        ) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running (state {:?})",
+                container.id, container.state
+            )));
+        }
+        let options = SpecOptions {
+            swap_limit: self.swap_limit,
+            ..Default::default()
+        };
+        let mut oci_resources = spec::resources(resources.as_ref(), &options)?;
+        oci_resources.set_devices(None);
+        let file = container.bundle.join("resources.json");
+        let json = serde_json::to_vec(&oci_resources)
+            .map_err(|e| RuntimeError::Internal(format!("encoding resources: {e}")))?;
+        std::fs::write(&file, json).map_err(RuntimeError::io(format!("writing {}", file.display())))?;
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        runtime.update(&container.id, &file).await?;
+        self.update_container(&container.id, |c| {
+            let mut config = c.config();
+            let linux = config.linux.get_or_insert_with(Default::default);
+            if let Some(new) = resources {
+                linux.resources = Some(new);
+            }
+            c.config = config.encode_to_vec();
+        })?;
+        Ok(())
+    }
+
+    /// ReopenContainerLog: the monitor reopens the log file (after kubelet rotated it).
+    pub async fn reopen_log(&self, query: &str) -> Result<()> {
+        let container = self.running(query)?;
+        let info = container.monitor.ok_or_else(|| {
+            RuntimeError::FailedPrecondition(format!("container {} has no monitor", container.id))
+        })?;
+        let sent = monitor::signal(info.monitor_pid, info.monitor_start_time, nix::libc::SIGUSR1)
+            .map_err(RuntimeError::io("signalling the monitor"))?;
+        if !sent {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "the monitor of container {} is gone",
+                container.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Signal number of an image's StopSignal (`SIGQUIT`, `QUIT`, `3`); SIGTERM otherwise.
+fn stop_signal(name: Option<&str>) -> i32 {
+    let Some(name) = name else {
+        return nix::libc::SIGTERM;
+    };
+    if let Ok(number) = name.parse::<i32>() {
+        return number;
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .unwrap_or(nix::libc::SIGTERM)
+}
+
+/// kubelet expects a missing bind-mount source to be created as a directory.
+fn create_missing_host_paths(config: &cri::ContainerConfig) -> Result<()> {
+    for (i, m) in config.mounts.iter().enumerate() {
+        if m.host_path.is_empty() {
+            continue;
+        }
+        let path = Path::new(&m.host_path);
+        if !path.is_absolute() {
+            return Err(RuntimeError::invalid(
+                format!("mounts[{i}].host_path"),
+                format!("{:?} is not an absolute path", m.host_path),
+            ));
+        }
+        if std::fs::symlink_metadata(path).is_err() {
+            std::fs::create_dir_all(path).map_err(RuntimeError::io(format!(
+                "creating the missing mounts[{i}].host_path {}",
+                path.display()
+            )))?;
+        }
+    }
+    Ok(())
+}
+
+/// Privileged containers see the host's devices (as Docker and containerd give them).
+fn add_host_devices(spec: &mut Spec) -> Result<()> {
+    let mut devices = Vec::new();
+    collect_devices(Path::new("/dev"), &mut devices)?;
+    if let Some(linux) = spec.linux_mut() {
+        let mut all = linux.devices().clone().unwrap_or_default();
+        let known: std::collections::HashSet<PathBuf> =
+            all.iter().map(|d| d.path().clone()).collect();
+        all.extend(devices.into_iter().filter(|d| !known.contains(d.path())));
+        linux.set_devices(Some(all));
+    }
+    Ok(())
+}
+
+fn collect_devices(dir: &Path, out: &mut Vec<LinuxDevice>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(RuntimeError::io(format!("reading {}", dir.display())))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            // containerd skips these: they are mounted per container.
+            let name = entry.file_name();
+            if matches!(
+                name.to_str(),
+                Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+            ) {
+                continue;
+            }
+            collect_devices(&path, out)?;
+            continue;
+        }
+        let typ = if file_type.is_char_device() {
+            LinuxDeviceType::C
+        } else if file_type.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        if path == Path::new("/dev/console") {
+            continue;
+        }
+        let rdev = meta.rdev();
+        let mut device = LinuxDevice::default();
+        device.set_path(path);
+        device.set_typ(typ);
+        device.set_major(nix::sys::stat::major(rdev) as i64);
+        device.set_minor(nix::sys::stat::minor(rdev) as i64);
+        device.set_file_mode(Some(meta.mode() & 0o777));
+        device.set_uid(Some(meta.uid()));
+        device.set_gid(Some(meta.gid()));
+        out.push(device);
+    }
+    Ok(())
+}
+
+/// Unmounts a container's rootfs (if this is its bundle) and removes the directory.
+pub(super) fn teardown_container_dir(dir: &Path) -> Result<()> {
+    let rootfs = dir.join("rootfs");
+    if rootfs.exists() {
+        snapshot::unmount_rootfs(&rootfs)?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(RuntimeError::Io {
+            context: format!("removing {}", dir.display()),
+            source: err,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(stop_signal(None), nix::libc::SIGTERM);
+        assert_eq!(stop_signal(Some("SIGQUIT")), nix::libc::SIGQUIT);
+        assert_eq!(stop_signal(Some("int")), nix::libc::SIGINT);
+        assert_eq!(stop_signal(Some("9")), 9);
+    }
+
+    #[test]
+    fn host_devices_include_null() {
+        let mut devices = Vec::new();
+        collect_devices(Path::new("/dev"), &mut devices).unwrap();
+        assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")));
+        assert!(!devices.iter().any(|d| d.path().starts_with("/dev/pts")));
+    }
+}

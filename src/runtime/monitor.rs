@@ -1,0 +1,298 @@
+//! The daemon's side of `wharf-monitor` (see `crate::monitor` for the monitor itself):
+//! spawning one per container, reading the files it leaves in the bundle, and waiting
+//! for it to exit through a pidfd, which works for processes that are not our children,
+//! so it works the same after a daemon restart.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+
+use super::oci::OciRuntime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot start the monitor {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("container create failed: {0}")]
+    Create(String),
+    #[error("container create did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("monitor: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `<bundle>/monitor.json`: who the monitor and the container's init are. Start times
+/// (field 22 of /proc/<pid>/stat) tell a live process from a reused pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    pub monitor_pid: i32,
+    pub monitor_start_time: u64,
+    pub pid: i32,
+    pub pid_start_time: u64,
+}
+
+/// `<bundle>/exit.json`, written by the monitor when the container's init exited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub finished_at: String,
+    pub oom_killed: bool,
+}
+
+#[derive(Deserialize)]
+struct SyncMessage {
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Where the monitor binary is: configured, or next to the running executable.
+pub fn monitor_program(configured: Option<&Path>) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("wharf-monitor")))
+        .unwrap_or_else(|| PathBuf::from("wharf-monitor"))
+}
+
+/// Starts a monitor that creates container `id` from `bundle` with `runtime`, and waits
+/// until the container is created (its init waits to be started).
+pub async fn create(
+    program: &Path,
+    runtime: &OciRuntime,
+    id: &str,
+    bundle: &Path,
+    log_path: &Path,
+    timeout: Duration,
+) -> Result<MonitorInfo, MonitorError> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| MonitorError::Io(e.into()))?;
+    let sync_fd: RawFd = write_end.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg("run")
+        .arg("--id")
+        .arg(id)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--runtime")
+        .arg(runtime.monitor_arg())
+        .arg("--runtime-root")
+        .arg(&runtime.root)
+        .arg("--log-path")
+        .arg(log_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if sync_fd == 3 {
+                let flags = nix::libc::fcntl(3, nix::libc::F_GETFD);
+                nix::libc::fcntl(3, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC);
+            } else if nix::libc::dup2(sync_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
+    drop(write_end);
+    // The monitor forks at once and its first process exits; reap it.
+    let first = child.wait().await?;
+    if !first.success() {
+        return Err(MonitorError::Create(format!(
+            "{} exited with {first} before creating the container",
+            program.display()
+        )));
+    }
+    let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)?;
+    let mut line = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            line.extend_from_slice(&buf[..n]);
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            // The monitor may still be creating; it is found and killed by the caller's
+            // cleanup through monitor.json, or by the start-up reconcile.
+            return Err(MonitorError::Timeout(timeout));
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let message: SyncMessage = serde_json::from_str(text.trim()).map_err(|_| {
+        MonitorError::Create(if text.trim().is_empty() {
+            "the monitor exited without reporting".to_string()
+        } else {
+            format!("unexpected monitor report {:?}", text.trim())
+        })
+    })?;
+    if let Some(error) = message.error {
+        return Err(MonitorError::Create(error));
+    }
+    if message.pid.is_none() {
+        return Err(MonitorError::Create("the monitor reported no pid".into()));
+    }
+    read_info(bundle).ok_or_else(|| {
+        MonitorError::Create(format!(
+            "the monitor reported success but {} is missing",
+            bundle.join("monitor.json").display()
+        ))
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn read_info(bundle: &Path) -> Option<MonitorInfo> {
+    read_json(&bundle.join("monitor.json"))
+}
+
+pub fn read_exit(bundle: &Path) -> Option<ExitInfo> {
+    read_json(&bundle.join("exit.json"))
+}
+
+/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start`, and not a zombie.
+pub fn alive(pid: i32, start: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let mut fields = after.split_whitespace();
+            let state = fields.next().unwrap_or("");
+            let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+            state != "Z" && state != "X" && started == Some(start)
+        }
+        Err(_) => false,
+    }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a returned fd is new and owned by us.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to `pid` if it is still the process that started at `start`. The
+/// pidfd is taken and the start time checked before the signal, so a recycled pid
+/// is never signalled. Returns false if the process is gone.
+pub fn signal(pid: i32, start: u64, signal: i32) -> std::io::Result<bool> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    if !alive(pid, start) {
+        return Ok(false);
+    }
+    // SAFETY: plain syscall on a pidfd we own.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(nix::libc::ESRCH) {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(true)
+}
+
+/// Waits until process `pid` (started at `start`) exits. Returns at once if it is gone.
+pub async fn wait_exit(pid: i32, start: u64) {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(_) => return,
+    };
+    if !alive(pid, start) {
+        return;
+    }
+    // SAFETY: the pidfd is owned by the AsyncFd and not used elsewhere.
+    match unsafe { AsyncFd::register(fd) } {
+        Ok(async_fd) => {
+            // A pidfd becomes readable when the process exits.
+            let _ = async_fd.readable().await;
+        }
+        Err(_) => {
+            while alive(pid, start) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_and_liveness() {
+        let pid = std::process::id() as i32;
+        let start = start_time(pid).expect("start time of self");
+        assert!(alive(pid, start));
+        assert!(!alive(pid, start + 1));
+        assert!(!alive(-1, start));
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_process_that_is_not_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let start = start_time(pid).expect("start time");
+        let reaper = std::thread::spawn(move || child.wait());
+        tokio::time::timeout(Duration::from_secs(5), wait_exit(pid, start))
+            .await
+            .expect("exit noticed");
+        reaper.join().expect("join").expect("wait");
+        assert!(!signal(pid, start, 0).expect("signal gone process"));
+    }
+}

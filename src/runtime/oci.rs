@@ -1,0 +1,369 @@
+//! Driving an OCI runtime through its runc-compatible command line: `runc`, `crun`, or
+//! wharf's built-in libcontainer runtime (`wharf-monitor oci`, same arguments). The
+//! daemon never forks by hand; it only spawns these commands (fork+exec is safe in a
+//! multi-threaded process, a bare fork is not).
+//!
+//! `create` is not here: the monitor runs it, so the container's init becomes the
+//! monitor's child and its stdio the monitor's pipes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// The name of the built-in runtime handler (also the empty handler).
+pub const BUILTIN_HANDLER: &str = "builtin";
+
+/// At most this much of an exec's stdout and of its stderr is kept (containerd: 16 MiB).
+const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{program} {operation} {id} failed: {message}")]
+    Failed {
+        program: PathBuf,
+        operation: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{program} {operation} {id} did not finish within {timeout:?}")]
+    Timeout {
+        program: PathBuf,
+        operation: &'static str,
+        id: String,
+        timeout: Duration,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl OciError {
+    /// Whether the runtime said the container does not exist (delete/kill of a gone one).
+    pub fn is_not_exist(&self) -> bool {
+        match self {
+            OciError::Failed { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("does not exist") || m.contains("not exist") || m.contains("not found")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One OCI runtime: how to invoke it and where it keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciRuntime {
+    /// The handler name (`builtin`, `runc`, ...).
+    pub handler: String,
+    pub program: PathBuf,
+    /// Arguments before the runc-style ones (`oci` for the built-in runtime).
+    pub prefix: Vec<String>,
+    /// `--root`: the runtime's state directory (under wharf's state dir, per handler).
+    pub root: PathBuf,
+}
+
+/// What an exec produced.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+impl OciRuntime {
+    pub fn builtin(monitor: &Path, state_dir: &Path) -> OciRuntime {
+        OciRuntime {
+            handler: BUILTIN_HANDLER.to_string(),
+            program: monitor.to_path_buf(),
+            prefix: vec!["oci".to_string()],
+            root: state_dir.join("runtime").join(BUILTIN_HANDLER),
+        }
+    }
+
+    pub fn external(handler: &str, program: &Path, state_dir: &Path) -> OciRuntime {
+        OciRuntime {
+            handler: handler.to_string(),
+            program: program.to_path_buf(),
+            prefix: Vec::new(),
+            root: state_dir.join("runtime").join(handler),
+        }
+    }
+
+    /// What the monitor's `--runtime` takes: `builtin` or the runtime binary.
+    pub fn monitor_arg(&self) -> &std::ffi::OsStr {
+        if self.prefix.is_empty() {
+            self.program.as_os_str()
+        } else {
+            std::ffi::OsStr::new(BUILTIN_HANDLER)
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.prefix)
+            .arg("--root")
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, operation: &'static str, id: &str, args: &[&str]) -> Result<(), OciError> {
+        let mut cmd = self.command();
+        cmd.arg(operation).args(args).arg(id);
+        let output = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| OciError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(OciError::Failed {
+            program: self.program.clone(),
+            operation,
+            id: id.to_string(),
+            message: runtime_message(&output.stderr, output.status),
+        })
+    }
+
+    /// Starts a created container (its process runs).
+    pub async fn start(&self, id: &str) -> Result<(), OciError> {
+        self.run("start", id, &[]).await
+    }
+
+    /// Deletes the container's runtime state and cgroup, killing what still runs in it.
+    /// A container the runtime does not know is fine (idempotent removal).
+    pub async fn delete(&self, id: &str) -> Result<(), OciError> {
+        match self.run("delete", id, &["--force"]).await {
+            Err(err) if err.is_not_exist() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The container's status as the runtime reports it (`created`, `running`,
+    /// `stopped`), or None if it does not know the container.
+    pub async fn status(&self, id: &str) -> Option<String> {
+        let mut cmd = self.command();
+        cmd.args(["state", id]);
+        let output = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let state: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        state.get("status")?.as_str().map(str::to_string)
+    }
+
+    /// Signals every process of the container (`kill --all`).
+    pub async fn kill_all(&self, id: &str, signal: i32) -> Result<(), OciError> {
+        let signal = signal.to_string();
+        let mut cmd = self.command();
+        cmd.args(["kill", "--all", id, &signal]);
+        let output = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| OciError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(OciError::Failed {
+            program: self.program.clone(),
+            operation: "kill",
+            id: id.to_string(),
+            message: runtime_message(&output.stderr, output.status),
+        })
+    }
+
+    /// Applies `resources_file` (OCI LinuxResources JSON) to a running container.
+    pub async fn update(&self, id: &str, resources_file: &Path) -> Result<(), OciError> {
+        let file = resources_file.to_string_lossy();
+        self.run("update", id, &["--resources", &file]).await
+    }
+
+    /// Runs the process described by `process_file` (OCI Process JSON) in the container,
+    /// collecting its output. After `timeout` (if any) the process is killed and
+    /// `timed_out` set. The pid file tells a process that ran from a runtime that failed
+    /// before running anything.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_file: &Path,
+        pid_file: &Path,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, OciError> {
+        let mut cmd = self.command();
+        cmd.arg("exec")
+            .arg("--process")
+            .arg(process_file)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| OciError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let read_out = async move {
+            let mut buf = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                read_capped(s, &mut buf).await;
+            }
+            buf
+        };
+        let read_err = async move {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                read_capped(s, &mut buf).await;
+            }
+            buf
+        };
+        let outputs = async { tokio::join!(read_out, read_err, child.wait()) };
+        let mut timed_out = false;
+        let (out, err, status) = match timeout {
+            None => outputs.await,
+            Some(limit) => {
+                tokio::pin!(outputs);
+                match tokio::time::timeout(limit, &mut outputs).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        timed_out = true;
+                        // Kill the exec'd process; the runtime then reports and exits.
+                        if let Some(pid) = read_pid(pid_file) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        match tokio::time::timeout(Duration::from_secs(10), &mut outputs).await {
+                            Ok(done) => done,
+                            Err(_) => {
+                                return Err(OciError::Timeout {
+                                    program: self.program.clone(),
+                                    operation: "exec",
+                                    id: id.to_string(),
+                                    timeout: limit,
+                                })
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let status = status?;
+        if read_pid(pid_file).is_none() {
+            return Err(OciError::Failed {
+                program: self.program.clone(),
+                operation: "exec",
+                id: id.to_string(),
+                message: runtime_message(&err, status),
+            });
+        }
+        Ok(ExecOutput {
+            stdout: out,
+            stderr: err,
+            exit_code: exit_code(status),
+            timed_out,
+        })
+    }
+}
+
+async fn read_capped(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16384];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A process exit status as a shell reports it: the code, or 128 + signal.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    }
+}
+
+/// The runtime's error message from its stderr: the last JSON `msg` (runc and crun log
+/// JSON when asked), else the last non-empty line, else the exit status.
+fn runtime_message(stderr: &[u8], status: std::process::ExitStatus) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut last = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let message = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| line.to_string());
+        last = Some(message);
+    }
+    last.unwrap_or_else(|| format!("exited with {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn runtime_messages() {
+        let status = std::process::ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            runtime_message(b"{\"level\":\"error\",\"msg\":\"container does not exist\"}\n", status),
+            "container does not exist"
+        );
+        assert_eq!(runtime_message(b"first\nlast line\n\n", status), "last line");
+        assert_eq!(runtime_message(b"", status), "exited with exit status: 1");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn not_exist_is_recognized() {
+        let err = OciError::Failed {
+            program: PathBuf::from("runc"),
+            operation: "delete",
+            id: "x".into(),
+            message: "container \"x\" does not exist".into(),
+        };
+        assert!(err.is_not_exist());
+    }
+}

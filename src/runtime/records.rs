@@ -1,0 +1,170 @@
+//! What the store keeps about pods and containers. The CRI configs are kept as their
+//! protobuf encoding (base64 in the JSON record), so every field kubelet sent is
+//! answered back unchanged without mirroring the CRI types in serde structs.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use k8s_cri::v1 as cri;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::monitor::MonitorInfo;
+use super::namespaces::PodNamespaces;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodState {
+    /// Recorded before kernel objects are made; a restart finding it cleans up.
+    Creating,
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Creating,
+    Created,
+    Running,
+    Exited,
+    /// The monitor vanished without recording an exit.
+    Unknown,
+}
+
+/// A process identified across daemon restarts: pid plus start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    pub state: PodState,
+    /// `PodSandboxConfig`, protobuf-encoded.
+    #[serde(with = "proto_b64")]
+    pub config: Vec<u8>,
+    pub runtime_handler: String,
+    pub created_at: i64,
+    /// Pinned network / IPC / UTS namespaces (None where the host's are used).
+    pub namespaces: PodNamespaces,
+    /// The pod's PID namespace holder (POD pid mode).
+    pub pid_holder: Option<ProcessRef>,
+    pub cgroup_parent: String,
+    /// The pod's state dir: pins, hostname, hosts, resolv.conf, shm.
+    pub dir: PathBuf,
+    /// Whether `dir/shm` is a tmpfs wharf mounted (not host IPC).
+    pub shm_mounted: bool,
+}
+
+impl PodRecord {
+    pub fn config(&self) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig::decode(self.config.as_slice()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub state: ContainerState,
+    /// `ContainerConfig`, protobuf-encoded (resources updated by
+    /// UpdateContainerResources).
+    #[serde(with = "proto_b64")]
+    pub config: Vec<u8>,
+    /// The image as the request named it, and the resolved image ID and digest ref.
+    pub image: String,
+    pub image_id: String,
+    pub image_ref: String,
+    /// Snapshot chain IDs of the rootfs, held against image GC while the container lives.
+    pub chain_ids: Vec<String>,
+    pub runtime_handler: String,
+    pub stop_signal: Option<String>,
+    pub log_path: String,
+    pub bundle: PathBuf,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub monitor: Option<MonitorInfo>,
+}
+
+impl ContainerRecord {
+    pub fn config(&self) -> cri::ContainerConfig {
+        cri::ContainerConfig::decode(self.config.as_slice()).unwrap_or_default()
+    }
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_nanos() -> i64 {
+    chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or(i64::MAX)
+}
+
+/// An RFC 3339 time (the monitor's `finished_at`) as nanoseconds since the epoch.
+pub fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()?
+        .timestamp_nanos_opt()
+}
+
+mod proto_b64 {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 2,
+            }),
+            hostname: "web-0".into(),
+            ..Default::default()
+        };
+        let record = PodRecord {
+            id: "abc".into(),
+            state: PodState::Ready,
+            config: config.encode_to_vec(),
+            runtime_handler: String::new(),
+            created_at: 1,
+            namespaces: PodNamespaces::default(),
+            pid_holder: None,
+            cgroup_parent: "/x".into(),
+            dir: PathBuf::from("/run/wharf/pods/abc"),
+            shm_mounted: true,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        let back: PodRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.config(), config);
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_time("1970-01-01T00:00:01.000000002Z"), Some(1_000_000_002));
+        assert_eq!(parse_time("garbage"), None);
+    }
+}

@@ -1,0 +1,510 @@
+//! The pod and container service: the state kept in memory for List/Status, the
+//! per-object locks that serialize lifecycle calls, and recovery after a restart.
+//! Pod calls are in `pod.rs`, container calls in `container.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::image::ImageService;
+use crate::store::{Kind, Store, StoreError, CRI_NAMESPACE};
+
+use super::monitor::{self, MonitorError};
+use super::namespaces::NamespaceError;
+use super::oci::{OciError, OciRuntime, BUILTIN_HANDLER};
+use super::records::{parse_time, ContainerRecord, ContainerState, PodRecord, PodState};
+use super::spec::SpecError;
+use crate::image::snapshot::SnapshotError;
+
+/// Why a pod or container call failed. The front-ends map these to gRPC codes and HTTP
+/// statuses (`cri/status.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Runs blocking filesystem / mount work off the async workers.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RuntimeError::Internal(format!("blocking task failed: {err}")))?
+}
+
+/// Pods and containers of the CRI namespace.
+pub struct Runtime {
+    pub(super) config: Arc<Config>,
+    pub(super) store: Arc<Store>,
+    pub(super) images: Arc<ImageService>,
+    pub(super) monitor: PathBuf,
+    pub(super) restrict_oom_score_adj: bool,
+    pub(super) cgroup_v2: bool,
+    pub(super) swap_limit: bool,
+    pub(super) pods: RwLock<HashMap<String, PodRecord>>,
+    pub(super) containers: RwLock<HashMap<String, ContainerRecord>>,
+    /// One async lock per pod / container ID: lifecycle calls on one object run one at
+    /// a time; List/Status never take these.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bumped whenever a container exits, to wake whoever waits for one.
+    pub(super) exits: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so readers (and
+/// a crash) see the old file or the new one, never a part.
+pub(super) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A random 64-hex-digit ID, as containerd and CRI-O make them.
+pub(super) fn new_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(RuntimeError::io("reading /dev/urandom"))?;
+    Ok(hex::encode(bytes))
+}
+
+impl Runtime {
+    /// Loads pods and containers from the store and reconciles them with what runs:
+    /// half-created objects are cleaned up, containers whose monitor is alive are
+    /// watched again, and those that exited while wharfd was down get their exit.
+    pub async fn open(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        images: Arc<ImageService>,
+    ) -> Result<Arc<Runtime>> {
+        let host = super::HostInfo::probe();
+        let cgroup_v2 = host.cgroup == super::CgroupLayout::Unified;
+        let restrict_oom_score_adj = config
+            .runtime
+            .restrict_oom_score_adj
+            .unwrap_or_else(|| !has_cap_sys_resource());
+        let monitor = monitor::monitor_program(config.runtime.monitor_path.as_deref());
+        let (exits, _) = tokio::sync::watch::channel(0);
+        let runtime = Arc::new(Runtime {
+            config,
+            store,
+            images,
+            monitor,
+            restrict_oom_score_adj,
+            cgroup_v2,
+            swap_limit: super::spec::host_swap_limit_supported(),
+            pods: RwLock::new(HashMap::new()),
+            containers: RwLock::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            exits,
+        });
+        runtime.recover().await?;
+        Ok(runtime)
+    }
+
+    pub(super) fn state_dir(&self) -> &Path {
+        &self.config.state
+    }
+
+    /// The OCI runtime for a CRI runtime handler; unknown handlers are InvalidArgument.
+    pub(super) fn oci_runtime(&self, handler: &str) -> Result<OciRuntime> {
+        if handler.is_empty() || handler == BUILTIN_HANDLER {
+            return Ok(OciRuntime::builtin(&self.monitor, self.state_dir()));
+        }
+        match self.config.runtime.handlers.get(handler) {
+            Some(program) => Ok(OciRuntime::external(handler, program, self.state_dir())),
+            None => {
+                let mut known: Vec<&str> = vec![BUILTIN_HANDLER];
+                known.extend(self.config.runtime.handlers.keys().map(String::as_str));
+                Err(RuntimeError::invalid(
+                    "runtime_handler",
+                    format!(
+                        "unknown runtime handler {handler:?}; configured handlers: {}",
+                        known.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The lifecycle lock of object `id`.
+    pub(super) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub(super) fn forget_lock(&self, id: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = locks.get(id) {
+            // Only the map and the caller's guard hold it: nobody waits.
+            if Arc::strong_count(lock) <= 2 {
+                locks.remove(id);
+            }
+        }
+    }
+
+    pub fn pod(&self, id: &str) -> Option<PodRecord> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.get(id).cloned()
+    }
+
+    /// Finds a pod by full ID or unique ID prefix (as crictl accepts).
+    pub fn find_pod(&self, query: &str) -> Option<PodRecord> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        find_by_prefix(&pods, query).cloned()
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.values().cloned().collect()
+    }
+
+    pub fn container(&self, id: &str) -> Option<ContainerRecord> {
+        let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        containers.get(id).cloned()
+    }
+
+    pub fn find_container(&self, query: &str) -> Option<ContainerRecord> {
+        let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        find_by_prefix(&containers, query).cloned()
+    }
+
+    /// Calls `f` with each container, under the read lock (no clone of the ones `f`
+    /// skips: kubelet lists every second).
+    pub fn for_each_container(&self, mut f: impl FnMut(&ContainerRecord)) {
+        let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        containers.values().for_each(&mut f);
+    }
+
+    pub fn for_each_pod(&self, mut f: impl FnMut(&PodRecord)) {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.values().for_each(&mut f);
+    }
+
+    pub(super) fn pod_containers(&self, pod_id: &str) -> Vec<String> {
+        let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// Writes a pod record to the store, then to memory.
+    pub(super) fn save_pod(&self, pod: &PodRecord) -> Result<()> {
+        self.store
+            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &pod.id, pod))?;
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        pods.insert(pod.id.clone(), pod.clone());
+        Ok(())
+    }
+
+    pub(super) fn save_container(&self, container: &ContainerRecord) -> Result<()> {
+        self.store.update(|tx| {
+            tx.replace(CRI_NAMESPACE, Kind::Container, &container.id, container)
+        })?;
+        let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
+        containers.insert(container.id.clone(), container.clone());
+        Ok(())
+    }
+
+    /// Applies `change` to the container's record (store, then memory), if it exists.
+    pub(super) fn update_container(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<Option<ContainerRecord>> {
+        let Some(mut record) = self.container(id) else {
+            return Ok(None);
+        };
+        change(&mut record);
+        self.save_container(&record)?;
+        Ok(Some(record))
+    }
+
+    /// Watches container `id`'s monitor and records the exit when it goes.
+    pub(super) fn watch(self: &Arc<Self>, id: String, info: monitor::MonitorInfo) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            monitor::wait_exit(info.monitor_pid, info.monitor_start_time).await;
+            if let Err(err) = runtime.record_exit(&id) {
+                tracing::error!(container = %id, "recording container exit: {err}");
+            }
+        });
+    }
+
+    /// Reads the exit the monitor left (or marks the container Unknown when there is
+    /// none) and wakes waiters.
+    pub(super) fn record_exit(&self, id: &str) -> Result<()> {
+        let Some(current) = self.container(id) else {
+            return Ok(());
+        };
+        if matches!(current.state, ContainerState::Exited | ContainerState::Unknown) {
+            return Ok(());
+        }
+        let exit = monitor::read_exit(&current.bundle);
+        self.update_container(id, |c| match &exit {
+            Some(exit) => {
+                c.state = ContainerState::Exited;
+                c.exit_code = exit.exit_code;
+                c.finished_at = parse_time(&exit.finished_at).unwrap_or_else(super::records::now_nanos);
+                c.reason = if exit.oom_killed {
+                    "OOMKilled"
+                } else if exit.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_string();
+                if c.started_at == 0 && current.state == ContainerState::Running {
+                    c.started_at = c.finished_at;
+                }
+            }
+            None => {
+                c.state = ContainerState::Unknown;
+                c.exit_code = 255;
+                c.finished_at = super::records::now_nanos();
+                c.reason = "Unknown".to_string();
+                c.message = "the container's monitor exited without recording an exit".into();
+            }
+        })?;
+        tracing::info!(container = %id, "container exited");
+        self.exits.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Waits until container `id` is no longer Created/Running, up to `timeout`.
+    pub(super) async fn wait_stopped(&self, id: &str, timeout: Duration) -> bool {
+        let mut exits = self.exits.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.container(id) {
+                None => return true,
+                Some(c) if !matches!(c.state, ContainerState::Created | ContainerState::Running) => {
+                    return true
+                }
+                Some(_) => {}
+            }
+            if tokio::time::timeout_at(deadline, exits.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        let pods = self.store.list::<PodRecord>(Some(CRI_NAMESPACE), Kind::Pod)?;
+        let containers = self
+            .store
+            .list::<ContainerRecord>(Some(CRI_NAMESPACE), Kind::Container)?;
+        for record in containers {
+            let container = record.value;
+            if container.state == ContainerState::Creating {
+                tracing::warn!(container = %container.id, "cleaning up a container whose create was interrupted");
+                self.cleanup_container(&container).await;
+                self.store
+                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &container.id))?;
+                continue;
+            }
+            self.images.hold(&container.id, container.chain_ids.clone());
+            let id = container.id.clone();
+            let live = matches!(
+                container.state,
+                ContainerState::Created | ContainerState::Running
+            );
+            let info = container.monitor;
+            {
+                let mut map = self.containers.write().unwrap_or_else(|p| p.into_inner());
+                map.insert(id.clone(), container.clone());
+            }
+            if !live {
+                continue;
+            }
+            match info {
+                Some(info) if monitor::alive(info.monitor_pid, info.monitor_start_time) => {
+                    if container.state == ContainerState::Created
+                        && monitor::alive(info.pid, info.pid_start_time)
+                        && self.started_while_down(&container).await
+                    {
+                        self.update_container(&id, |c| {
+                            c.state = ContainerState::Running;
+                            c.started_at = super::records::now_nanos();
+                        })?;
+                    }
+                    self.watch(id, info)
+                }
+                _ => self.record_exit(&id)?,
+            }
+        }
+        for record in pods {
+            let pod = record.value;
+            if pod.state == PodState::Creating {
+                tracing::warn!(pod = %pod.id, "cleaning up a pod whose creation was interrupted");
+                self.cleanup_pod(&pod).await;
+                self.store
+                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &pod.id))?;
+                continue;
+            }
+            let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+            pods.insert(pod.id.clone(), pod);
+        }
+        self.reconcile_dirs().await;
+        Ok(())
+    }
+
+    /// A container recorded as Created may have been started just before a crash:
+    /// ask its runtime.
+    async fn started_while_down(&self, container: &ContainerRecord) -> bool {
+        let Ok(runtime) = self.oci_runtime(&container.runtime_handler) else {
+            return false;
+        };
+        runtime.status(&container.id).await.as_deref() == Some("running")
+    }
+
+    /// Removes state and data directories of pods and containers that no record owns
+    /// (left by a crash between a cleanup and the record's deletion).
+    async fn reconcile_dirs(&self) {
+        let owned_pods: Vec<String> = self.pods().into_iter().map(|p| p.id).collect();
+        let mut owned_containers = Vec::new();
+        self.for_each_container(|c| owned_containers.push(c.id.clone()));
+        let dirs = [
+            (self.config.state.join("pods"), owned_pods.clone(), true),
+            (self.config.state.join("containers"), owned_containers.clone(), false),
+            (self.config.root.join("containers"), owned_containers, false),
+        ];
+        for (dir, owned, is_pod) in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if owned.contains(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                tracing::warn!(path = %path.display(), "removing state no pod or container owns");
+                let result = blocking(move || {
+                    if is_pod {
+                        super::pod::teardown_pod_dir(&path)?;
+                    } else {
+                        super::container::teardown_container_dir(&path)?;
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Err(err) = result {
+                    tracing::error!("reconcile: {err}");
+                }
+            }
+        }
+    }
+}
+
+fn find_by_prefix<'a, T>(map: &'a HashMap<String, T>, query: &str) -> Option<&'a T> {
+    if query.is_empty() {
+        return None;
+    }
+    if let Some(found) = map.get(query) {
+        return Some(found);
+    }
+    let mut matches = map.iter().filter(|(id, _)| id.starts_with(query));
+    match (matches.next(), matches.next()) {
+        (Some((_, found)), None) => Some(found),
+        _ => None,
+    }
+}
+
+/// Whether wharfd may lower oom_score_adj (CAP_SYS_RESOURCE, bit 24 of CapEff).
+fn has_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_must_be_unique() {
+        let map = HashMap::from([
+            ("abc123".to_string(), 1),
+            ("abd456".to_string(), 2),
+        ]);
+        assert_eq!(find_by_prefix(&map, "abc"), Some(&1));
+        assert_eq!(find_by_prefix(&map, "ab"), None);
+        assert_eq!(find_by_prefix(&map, "abd456"), Some(&2));
+        assert_eq!(find_by_prefix(&map, ""), None);
+    }
+
+    #[test]
+    fn ids_are_random_hex() {
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}
