@@ -78,6 +78,8 @@ pub struct Daemon {
     pub paths: DaemonPaths,
     dir: TempDir,
     child: Option<Child>,
+    /// The default cgroup parent of this daemon's pods (removed on drop).
+    pub cgroup_parent: String,
 }
 
 impl Daemon {
@@ -94,11 +96,26 @@ impl Daemon {
             .tempdir()
             .expect("create temporary dir for wharfd");
         let paths = DaemonPaths::in_dir(dir.path());
-        std::fs::write(&paths.config, config_toml).expect("write wharfd config");
+        let cgroup_parent = format!(
+            "/{}",
+            dir.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "wharf-test".into())
+        );
+        let mut config_toml = config_toml.to_string();
+        if !config_toml.contains("[runtime]") {
+            // Pods of this daemon go under a cgroup the fixture removes afterwards.
+            config_toml.push_str(&format!(
+                "\n[runtime]\ndefault_cgroup_parent = {cgroup_parent:?}\n"
+            ));
+        }
+        std::fs::write(&paths.config, &config_toml).expect("write wharfd config");
         let mut daemon = Daemon {
             paths,
             dir,
             child: None,
+            cgroup_parent,
         };
         daemon.spawn().await;
         daemon
@@ -232,6 +249,7 @@ impl Drop for Daemon {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        super::cleanup::cleanup_runtime(self.dir.path(), &self.paths.state, &self.cgroup_parent);
         if std::thread::panicking() {
             eprintln!(
                 "---- wharfd log ({}) ----\n{}---- end of wharfd log ----",

@@ -2,8 +2,10 @@
 //! test images. Each test binary uses a subset, hence the allow.
 #![allow(dead_code)]
 
+pub mod cleanup;
 pub mod daemon;
 pub mod images;
+pub mod pods;
 pub mod registry;
 pub mod token_server;
 
