@@ -35,10 +35,19 @@ async fn container_lifecycle_exit_code_and_logs() {
     assert_eq!(status.exit_code, 3);
     assert_eq!(status.reason, "Error");
     assert!(status.started_at >= status.created_at && status.finished_at >= status.started_at);
-    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(env.image.as_str()));
+    assert_eq!(
+        status.image.as_ref().map(|i| i.image.as_str()),
+        Some(env.image.as_str())
+    );
     assert!(status.image_ref.contains("sha256:"), "{}", status.image_ref);
-    assert_eq!(status.log_path, env.log_path(&pod, "main").display().to_string());
-    assert_eq!(status.labels.get("container").map(String::as_str), Some("main"));
+    assert_eq!(
+        status.log_path,
+        env.log_path(&pod, "main").display().to_string()
+    );
+    assert_eq!(
+        status.labels.get("container").map(String::as_str),
+        Some("main")
+    );
 
     let log = wait_for_file(&env.log_path(&pod, "main"), |t| t.lines().count() >= 3).await;
     let mut lines = parse_log(&log);
@@ -122,7 +131,11 @@ async fn long_lines_are_split_into_partial_entries() {
     // 40000 bytes then a newline: 16384 + 16384 (P, P) + 7232 (F).
     let config = env.container_config(
         "long",
-        &["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; printf tail"],
+        &[
+            "sh",
+            "-c",
+            "head -c 40000 /dev/zero | tr '\\0' x; echo; printf tail",
+        ],
     );
     let id = env.run(&pod_id, &pod, &config).await;
     assert_eq!(env.wait_exited(&id).await.exit_code, 0);
@@ -132,7 +145,10 @@ async fn long_lines_are_split_into_partial_entries() {
         .iter()
         .map(|(_, tag, text)| (tag.as_str(), text.len()))
         .collect();
-    assert_eq!(tags, vec![("P", 16384), ("P", 16384), ("F", 7232), ("F", 4)]);
+    assert_eq!(
+        tags,
+        vec![("P", 16384), ("P", 16384), ("F", 7232), ("F", 4)]
+    );
     assert_eq!(lines[3].2, "tail");
     env.remove_pod(&pod_id).await;
 }
@@ -143,7 +159,11 @@ async fn exec_sync_output_exit_code_and_timeout() {
     let pod = env.pod_config("exec");
     let pod_id = env.run_pod(&pod).await;
     let id = env
-        .run(&pod_id, &pod, &env.container_config("sleeper", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("sleeper", &["sleep", "1000"]),
+        )
         .await;
     let out = env
         .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10)
@@ -167,9 +187,7 @@ async fn exec_sync_output_exit_code_and_timeout() {
     let ps = env.exec_ok(&id, &["ps", "-o", "args"]).await;
     assert!(!ps.contains("sleep 60"), "{ps}");
 
-    let missing = env
-        .exec(&id, &["/no/such/binary"], 10)
-        .await;
+    let missing = env.exec(&id, &["/no/such/binary"], 10).await;
     match missing {
         Ok(out) => assert_ne!(out.exit_code, 0),
         Err(status) => assert_ne!(status.code(), Code::Ok),
@@ -188,13 +206,21 @@ async fn stop_sends_term_then_kill() {
             &pod,
             &env.container_config(
                 "graceful",
-                &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                ],
             ),
         )
         .await;
     // PID 1 without a TERM handler ignores SIGTERM: only the SIGKILL ends it.
     let stubborn = env
-        .run(&pod_id, &pod, &env.container_config("stubborn", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("stubborn", &["sleep", "1000"]),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.stop_container(&graceful, 10).await;
@@ -227,12 +253,20 @@ async fn containers_of_a_pod_share_network_ipc_and_hostname() {
         )
         .await;
     let client = env
-        .run(&pod_id, &pod, &env.container_config("client", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("client", &["sleep", "1000"]),
+        )
         .await;
     let mut body = String::new();
     for _ in 0..100 {
         let out = env
-            .exec(&client, &["wget", "-qO-", "http://127.0.0.1:18080/index.html"], 10)
+            .exec(
+                &client,
+                &["wget", "-qO-", "http://127.0.0.1:18080/index.html"],
+                10,
+            )
             .await
             .expect("exec wget");
         if out.exit_code == 0 {
@@ -252,10 +286,17 @@ async fn containers_of_a_pod_share_network_ipc_and_hostname() {
     }
     let hostname = pod.hostname.clone();
     assert_eq!(env.exec_ok(&client, &["hostname"]).await, hostname);
-    assert_eq!(env.exec_ok(&server, &["cat", "/etc/hostname"]).await, hostname);
+    assert_eq!(
+        env.exec_ok(&server, &["cat", "/etc/hostname"]).await,
+        hostname
+    );
     // CONTAINER pid mode: each container has its own PID namespace.
-    let a = env.exec_ok(&server, &["readlink", "/proc/self/ns/pid"]).await;
-    let b = env.exec_ok(&client, &["readlink", "/proc/self/ns/pid"]).await;
+    let a = env
+        .exec_ok(&server, &["readlink", "/proc/self/ns/pid"])
+        .await;
+    let b = env
+        .exec_ok(&client, &["readlink", "/proc/self/ns/pid"])
+        .await;
     assert_ne!(a, b);
     let ps = env.exec_ok(&client, &["ps", "-o", "args"]).await;
     assert!(!ps.contains("httpd"), "{ps}");
@@ -292,7 +333,10 @@ async fn pod_pid_namespace_is_shared() {
     let a = env.run(&pod_id, &pod, &first).await;
     let b = env.run(&pod_id, &pod, &second).await;
     let ps = env.exec_ok(&b, &["ps", "-o", "args"]).await;
-    assert!(ps.contains("sleep 1001") && ps.contains("sleep 1002"), "{ps}");
+    assert!(
+        ps.contains("sleep 1001") && ps.contains("sleep 1002"),
+        "{ps}"
+    );
     // The first container stopping does not take the second with it.
     env.stop_container(&a, 0).await;
     assert_eq!(env.status(&b).await.state, RUNNING);
@@ -312,7 +356,11 @@ async fn host_network_pod_uses_the_host_namespace() {
         .network = cri::NamespaceMode::Node as i32;
     let pod_id = env.run_pod(&pod).await;
     let id = env
-        .run(&pod_id, &pod, &env.container_config("c", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
         .await;
     let inside = env.exec_ok(&id, &["readlink", "/proc/self/ns/net"]).await;
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
@@ -327,7 +375,11 @@ async fn memory_limit_is_reported_as_oom_killed() {
     let pod_id = env.run_pod(&pod).await;
     let mut config = env.container_config(
         "hog",
-        &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
     );
     config.linux.get_or_insert_with(Default::default).resources =
         Some(cri::LinuxContainerResources {
@@ -348,12 +400,13 @@ async fn security_context_user_readonly_caps_seccomp() {
     let pod_id = env.run_pod(&pod).await;
 
     let mut user = env.container_config("user", &["sleep", "1000"]);
-    user.linux.get_or_insert_with(Default::default).security_context =
-        Some(cri::LinuxContainerSecurityContext {
-            run_as_user: Some(cri::Int64Value { value: 1000 }),
-            readonly_rootfs: true,
-            ..Default::default()
-        });
+    user.linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        readonly_rootfs: true,
+        ..Default::default()
+    });
     let id = env.run(&pod_id, &pod, &user).await;
     assert_eq!(env.exec_ok(&id, &["id", "-u"]).await, "1000");
     let write = env.exec(&id, &["touch", "/newfile"], 10).await.unwrap();
@@ -364,33 +417,55 @@ async fn security_context_user_readonly_caps_seccomp() {
         String::from_utf8_lossy(&write.stderr)
     );
 
-    let mut dropped = env.container_config("nochown", &["sleep", "1000"]);
-    dropped.linux.get_or_insert_with(Default::default).security_context =
-        Some(cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability {
-                drop_capabilities: vec!["CHOWN".into()],
-                ..Default::default()
-            }),
-            seccomp: Some(cri::SecurityProfile {
-                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                ..Default::default()
-            }),
+    let mut dropped = env.container_config(
+        "nochown",
+        &[
+            "sh",
+            "-c",
+            "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; exec sleep 1000",
+        ],
+    );
+    dropped
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            drop_capabilities: vec!["CHOWN".into()],
             ..Default::default()
-        });
+        }),
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let id = env.run(&pod_id, &pod, &dropped).await;
     let chown = env.exec(&id, &["chown", "1:1", "/tmp"], 10).await.unwrap();
     assert_ne!(chown.exit_code, 0, "chown succeeded without CAP_CHOWN");
     env.exec_ok(&id, &["chown", "0:0", "/tmp"]).await;
-    // The default seccomp profile denies new user namespaces.
+    // The default seccomp profile filters the container and denies new user namespaces,
+    // in its main process and in exec'd ones.
+    let log = wait_for_file(&env.log_path(&pod, "nochown"), |t| t.contains("unshare=")).await;
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(!log.contains("unshare=0"), "{log}");
+    let status = env
+        .exec_ok(&id, &["grep", "Seccomp:", "/proc/self/status"])
+        .await;
+    assert_eq!(status, "Seccomp:\t2");
     let userns = env.exec(&id, &["unshare", "-U", "true"], 10).await.unwrap();
-    assert_ne!(userns.exit_code, 0, "unshare -U was allowed under RuntimeDefault");
+    assert_ne!(
+        userns.exit_code, 0,
+        "unshare -U was allowed under RuntimeDefault"
+    );
 
     let mut privileged = env.container_config("priv", &["sleep", "1000"]);
-    privileged.linux.get_or_insert_with(Default::default).security_context =
-        Some(cri::LinuxContainerSecurityContext {
-            privileged: true,
-            ..Default::default()
-        });
+    privileged
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
     let id = env.run(&pod_id, &pod, &privileged).await;
     env.exec_ok(&id, &["test", "-c", "/dev/kmsg"]).await;
     let unprivileged = env.exec(&id, &["true"], 10).await.unwrap();
@@ -437,7 +512,11 @@ async fn runtime_handler_runc_runs_a_pod() {
     let pod = env.pod_config("runc");
     let pod_id = env.run_pod_with(&pod, "runc").await.expect("runc pod");
     let id = env
-        .run(&pod_id, &pod, &env.container_config("c", &["sh", "-c", "sleep 1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("c", &["sh", "-c", "sleep 1000"]),
+        )
         .await;
     assert_eq!(env.exec_ok(&id, &["echo", "via-runc"]).await, "via-runc");
     let runc_state = std::process::Command::new("/usr/sbin/runc")
@@ -483,14 +562,20 @@ async fn bad_requests_name_the_field_and_leave_nothing() {
     assert_eq!(err.code(), Code::NotFound);
 
     let mut bad_user = env.container_config("c", &["true"]);
-    bad_user.linux.get_or_insert_with(Default::default).security_context =
-        Some(cri::LinuxContainerSecurityContext {
-            run_as_username: "nobody-such".into(),
-            ..Default::default()
-        });
+    bad_user
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        run_as_username: "nobody-such".into(),
+        ..Default::default()
+    });
     let err = env.create(&pod_id, &pod, &bad_user).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("run_as_username"), "{}", err.message());
+    assert!(
+        err.message().contains("run_as_username"),
+        "{}",
+        err.message()
+    );
 
     let mut bad_mount = env.container_config("c", &["true"]);
     bad_mount.mounts = vec![cri::Mount {
@@ -508,7 +593,10 @@ async fn bad_requests_name_the_field_and_leave_nothing() {
         .await
         .is_empty());
     let good = env.container_config("c", &["sleep", "100"]);
-    let id = env.create(&pod_id, &pod, &good).await.expect("name reusable");
+    let id = env
+        .create(&pod_id, &pod, &good)
+        .await
+        .expect("name reusable");
     let dup = env.create(&pod_id, &pod, &good).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
     let left: Vec<_> = std::fs::read_dir(env.daemon.paths.state.join("containers"))
@@ -530,7 +618,11 @@ async fn update_resources_and_reopen_log() {
     let pod_id = env.run_pod(&pod).await;
     let mut config = env.container_config(
         "ticker",
-        &["sh", "-c", "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.05; done"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.05; done",
+        ],
     );
     config.linux.get_or_insert_with(Default::default).resources =
         Some(cri::LinuxContainerResources {
@@ -540,7 +632,7 @@ async fn update_resources_and_reopen_log() {
     let id = env.run(&pod_id, &pod, &config).await;
     let cgroup = std::path::PathBuf::from("/sys/fs/cgroup/memory")
         .join(env.daemon.cgroup_parent.trim_start_matches('/'))
-        .join(&id)
+        .join(format!("wharf-{id}"))
         .join("memory.limit_in_bytes");
     let read_limit = || {
         std::fs::read_to_string(&cgroup)
@@ -593,14 +685,19 @@ async fn update_resources_and_reopen_log() {
 async fn pids_limit_of_the_pod_cgroup_is_enforced() {
     let mut env = PodEnv::start().await;
     let parent = format!("{}/{}", env.daemon.cgroup_parent, unique("pids"));
-    let pids_dir = std::path::PathBuf::from("/sys/fs/cgroup/pids").join(parent.trim_start_matches('/'));
+    let pids_dir =
+        std::path::PathBuf::from("/sys/fs/cgroup/pids").join(parent.trim_start_matches('/'));
     std::fs::create_dir_all(&pids_dir).expect("create pod pids cgroup");
     std::fs::write(pids_dir.join("pids.max"), "8").expect("set pids.max");
     let mut pod = env.pod_config("pids");
     pod.linux.as_mut().unwrap().cgroup_parent = parent;
     let pod_id = env.run_pod(&pod).await;
     let id = env
-        .run(&pod_id, &pod, &env.container_config("c", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
         .await;
     let out = env
         .exec(
@@ -626,7 +723,11 @@ async fn containers_survive_a_daemon_kill_and_are_recovered() {
         let pod = env.pod_config(&format!("survivor{i}"));
         let pod_id = env.run_pod(&pod).await;
         let id = env
-            .run(&pod_id, &pod, &env.container_config("c", &["sleep", "1000"]))
+            .run(
+                &pod_id,
+                &pod,
+                &env.container_config("c", &["sleep", "1000"]),
+            )
             .await;
         running.push((pod_id, id));
     }
@@ -694,16 +795,25 @@ async fn containers_survive_a_daemon_kill_and_are_recovered() {
     }
 }
 
-fn mount_count() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
+/// Mount points under `dir` (other tests mount and unmount in parallel elsewhere).
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .count()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|p| std::path::Path::new(p).starts_with(dir))
+        .collect();
+    points.sort();
+    points
 }
 
 fn dir_entries(path: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -737,12 +847,17 @@ async fn hundred_cycles_leave_nothing_behind() {
     let pod = env.pod_config("cycles");
     let pod_id = env.run_pod(&pod).await;
     // One warm-up cycle creates the shared parents (log dir, cgroup parent).
-    let warm = env.run(&pod_id, &pod, &env.container_config("warm", &["true"])).await;
+    let warm = env
+        .run(&pod_id, &pod, &env.container_config("warm", &["true"]))
+        .await;
     env.wait_exited(&warm).await;
     env.remove_container(&warm).await;
-    let mounts = mount_count();
+    let mounts = mounts_under(env.daemon.dir());
     let state = env.daemon.paths.state.clone();
-    let state_before = (dir_entries(&state.join("containers")), dir_entries(&state.join("pods")));
+    let state_before = (
+        dir_entries(&state.join("containers")),
+        dir_entries(&state.join("pods")),
+    );
     let cgroups = cgroup_children(&env.daemon.cgroup_parent);
     let procs = processes_mentioning(&state);
     for i in 0..100 {
@@ -751,13 +866,20 @@ async fn hundred_cycles_leave_nothing_behind() {
         env.stop_container(&id, 0).await;
         env.remove_container(&id).await;
     }
-    assert_eq!(mount_count(), mounts, "mounts leaked");
+    assert_eq!(mounts_under(env.daemon.dir()), mounts, "mounts leaked");
     assert_eq!(
-        (dir_entries(&state.join("containers")), dir_entries(&state.join("pods"))),
+        (
+            dir_entries(&state.join("containers")),
+            dir_entries(&state.join("pods"))
+        ),
         state_before,
         "state dirs leaked"
     );
-    assert_eq!(cgroup_children(&env.daemon.cgroup_parent), cgroups, "cgroups leaked");
+    assert_eq!(
+        cgroup_children(&env.daemon.cgroup_parent),
+        cgroups,
+        "cgroups leaked"
+    );
     assert_eq!(processes_mentioning(&state), procs, "monitors leaked");
     env.remove_pod(&pod_id).await;
     assert_eq!(dir_entries(&state.join("pods")), Vec::<String>::new());

@@ -11,9 +11,9 @@ use k8s_cri::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{status, workloads, CriServer, RUNTIME_API_VERSION, RUNTIME_NAME};
-use k8s_cri::v1 as cri;
 use crate::config;
 use crate::runtime::{self, Condition, HostInfo};
+use k8s_cri::v1 as cri;
 
 pub struct Runtime(pub(super) Arc<CriServer>);
 

@@ -4,8 +4,8 @@ use tonic::{Code, Status};
 
 use crate::image::content::ContentError;
 use crate::image::registry::RegistryError;
-use crate::image::ImageError;
 use crate::image::snapshot::SnapshotError;
+use crate::image::ImageError;
 use crate::runtime::monitor::MonitorError;
 use crate::runtime::RuntimeError;
 use crate::store::StoreError;

@@ -63,7 +63,10 @@ pub fn pod_sandbox_status(
         .runtime
         .find_pod(&request.pod_sandbox_id)
         .ok_or_else(|| {
-            Status::not_found(format!("pod sandbox {:?} not found", request.pod_sandbox_id))
+            Status::not_found(format!(
+                "pod sandbox {:?} not found",
+                request.pod_sandbox_id
+            ))
         })?;
     let config = pod.config();
     let options = config

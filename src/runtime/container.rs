@@ -64,14 +64,11 @@ impl Runtime {
         if image_name.is_empty() {
             return Err(RuntimeError::invalid("config.image.image", "is empty"));
         }
-        let image = self
-            .images
-            .get(CRI_NAMESPACE, &image_name)
-            .ok_or_else(|| {
-                RuntimeError::NotFound(format!(
-                    "image {image_name:?} (config.image.image); pull it first"
-                ))
-            })?;
+        let image = self.images.get(CRI_NAMESPACE, &image_name).ok_or_else(|| {
+            RuntimeError::NotFound(format!(
+                "image {image_name:?} (config.image.image); pull it first"
+            ))
+        })?;
         let pod_guard = self.lock(&pod.id).await;
         let pod = self
             .pod(&pod.id)
@@ -127,15 +124,16 @@ impl Runtime {
         };
         let name = container_name(&meta, &pod_meta);
         self.images.hold(&id, record.chain_ids.clone());
-        let inserted = self.store.update(|tx| {
-            tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record)
-        });
+        let inserted = self
+            .store
+            .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record));
         if let Err(err) = inserted {
             self.images.release(&id);
             return Err(match err {
-                crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(
-                    format!("container name {name:?} is already in use in pod {}", pod.id),
-                ),
+                crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(format!(
+                    "container name {name:?} is already in use in pod {}",
+                    pod.id
+                )),
                 other => other.into(),
             });
         }
@@ -281,6 +279,7 @@ impl Runtime {
             let mut spec = spec::container_spec(&config, &pod_context, &defaults, &options)?;
             if privileged {
                 add_host_devices(&mut spec)?;
+                limit_to_own_capabilities(&mut spec);
             }
             let json = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
@@ -484,7 +483,8 @@ impl Runtime {
             process.set_terminal(Some(false));
             let json = serde_json::to_vec(&process)
                 .map_err(|e| RuntimeError::Internal(format!("encoding the process: {e}")))?;
-            std::fs::write(&file, json).map_err(RuntimeError::io(format!("writing {}", file.display())))
+            std::fs::write(&file, json)
+                .map_err(RuntimeError::io(format!("writing {}", file.display())))
         })
         .await?;
         let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
@@ -535,7 +535,8 @@ impl Runtime {
         let file = container.bundle.join("resources.json");
         let json = serde_json::to_vec(&oci_resources)
             .map_err(|e| RuntimeError::Internal(format!("encoding resources: {e}")))?;
-        std::fs::write(&file, json).map_err(RuntimeError::io(format!("writing {}", file.display())))?;
+        std::fs::write(&file, json)
+            .map_err(RuntimeError::io(format!("writing {}", file.display())))?;
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         runtime.update(&container.id, &file).await?;
         self.update_container(&container.id, |c| {
@@ -555,8 +556,12 @@ impl Runtime {
         let info = container.monitor.ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!("container {} has no monitor", container.id))
         })?;
-        let sent = monitor::signal(info.monitor_pid, info.monitor_start_time, nix::libc::SIGUSR1)
-            .map_err(RuntimeError::io("signalling the monitor"))?;
+        let sent = monitor::signal(
+            info.monitor_pid,
+            info.monitor_start_time,
+            nix::libc::SIGUSR1,
+        )
+        .map_err(RuntimeError::io("signalling the monitor"))?;
         if !sent {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "the monitor of container {} is gone",
@@ -584,6 +589,90 @@ fn stop_signal(name: Option<&str>) -> i32 {
     full.parse::<nix::sys::signal::Signal>()
         .map(|s| s as i32)
         .unwrap_or(nix::libc::SIGTERM)
+}
+
+/// Linux capability numbers, in order (CAP_CHOWN = 0 ...).
+const CAPABILITY_NUMBERS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A privileged container gets every capability wharfd itself has (its bounding set),
+/// as containerd's `WithAllCurrentCapabilities`: one wharfd lacks (CAP_SYS_RESOURCE on
+/// some hosts) cannot be granted, and asking for it fails the container's capset.
+fn limit_to_own_capabilities(spec: &mut Spec) {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    let held = |cap: &oci_spec::runtime::Capability| {
+        let name = super::caps::name(*cap);
+        let name = name.trim_start_matches("CAP_");
+        CAPABILITY_NUMBERS
+            .iter()
+            .position(|n| *n == name)
+            .is_none_or(|bit| bounding & (1 << bit) != 0)
+    };
+    let Some(process) = spec.process_mut() else {
+        return;
+    };
+    let Some(mut caps) = process.capabilities().clone() else {
+        return;
+    };
+    let keep = |set: &Option<oci_spec::runtime::Capabilities>| {
+        set.as_ref()
+            .map(|s| s.iter().filter(|c| held(c)).cloned().collect())
+    };
+    caps.set_bounding(keep(caps.bounding()));
+    caps.set_effective(keep(caps.effective()));
+    caps.set_permitted(keep(caps.permitted()));
+    caps.set_inheritable(keep(caps.inheritable()));
+    caps.set_ambient(keep(caps.ambient()));
+    process.set_capabilities(Some(caps));
 }
 
 /// kubelet expects a missing bind-mount source to be created as a directory.
@@ -624,7 +713,8 @@ fn add_host_devices(spec: &mut Spec) -> Result<()> {
 }
 
 fn collect_devices(dir: &Path, out: &mut Vec<LinuxDevice>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(RuntimeError::io(format!("reading {}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(RuntimeError::io(format!("reading {}", dir.display())))?;
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(meta) = std::fs::symlink_metadata(&path) else {

@@ -77,8 +77,8 @@ pub async fn create(
     log_path: &Path,
     timeout: Duration,
 ) -> Result<MonitorInfo, MonitorError> {
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| MonitorError::Io(e.into()))?;
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| MonitorError::Io(e.into()))?;
     let sync_fd: RawFd = write_end.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg("run")

@@ -343,10 +343,16 @@ mod tests {
     fn runtime_messages() {
         let status = std::process::ExitStatus::from_raw(1 << 8);
         assert_eq!(
-            runtime_message(b"{\"level\":\"error\",\"msg\":\"container does not exist\"}\n", status),
+            runtime_message(
+                b"{\"level\":\"error\",\"msg\":\"container does not exist\"}\n",
+                status
+            ),
             "container does not exist"
         );
-        assert_eq!(runtime_message(b"first\nlast line\n\n", status), "last line");
+        assert_eq!(
+            runtime_message(b"first\nlast line\n\n", status),
+            "last line"
+        );
         assert_eq!(runtime_message(b"", status), "exited with exit status: 1");
     }
 

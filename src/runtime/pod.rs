@@ -58,7 +58,10 @@ impl Runtime {
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default();
-        if options.network == 3 || options.ipc == 3 || options.pid == 3 && options.target_id.is_empty() {
+        if options.network == 3
+            || options.ipc == 3
+            || options.pid == 3 && options.target_id.is_empty()
+        {
             return Err(RuntimeError::invalid(
                 "config.linux.security_context.namespace_options",
                 "TARGET mode is only valid for a container's pid namespace",
@@ -98,18 +101,29 @@ impl Runtime {
         self.store
             .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Pod, &id, Some(&name), &record))
             .map_err(|err| match err {
-                crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(
-                    format!("pod sandbox name {name:?} is already in use by another pod"),
-                ),
+                crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(format!(
+                    "pod sandbox name {name:?} is already in use by another pod"
+                )),
                 other => other.into(),
             })?;
         let _guard = self.lock(&id).await;
-        match self.setup_pod(&mut record, &config, host_network, host_ipc, options.pid == MODE_POD).await {
+        match self
+            .setup_pod(
+                &mut record,
+                &config,
+                host_network,
+                host_ipc,
+                options.pid == MODE_POD,
+            )
+            .await
+        {
             Ok(()) => {
                 record.state = PodState::Ready;
                 if let Err(err) = self.save_pod(&record) {
                     self.cleanup_pod(&record).await;
-                    let _ = self.store.update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id));
+                    let _ = self
+                        .store
+                        .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id));
                     return Err(err);
                 }
                 tracing::info!(pod = %id, name = %name, "pod sandbox ready");
@@ -117,8 +131,9 @@ impl Runtime {
             }
             Err(err) => {
                 self.cleanup_pod(&record).await;
-                if let Err(store_err) =
-                    self.store.update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id))
+                if let Err(store_err) = self
+                    .store
+                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id))
                 {
                     tracing::error!(pod = %id, "releasing the name of a failed pod: {store_err}");
                 }
@@ -156,8 +171,14 @@ impl Runtime {
                 "creating pod directory {}",
                 dir.display()
             )))?;
-            write_file(&dir.join("hostname"), format!("{pod_hostname}\n").as_bytes())?;
-            write_file(&dir.join("hosts"), &hosts_file(host_network, &pod_hostname)?)?;
+            write_file(
+                &dir.join("hostname"),
+                format!("{pod_hostname}\n").as_bytes(),
+            )?;
+            write_file(
+                &dir.join("hosts"),
+                &hosts_file(host_network, &pod_hostname)?,
+            )?;
             write_file(&dir.join("resolv.conf"), &resolv_conf(dns.as_ref())?)?;
             let pinned = namespaces::pin(&dir.join("ns"), request, &pod_hostname)?;
             let mut shm_mounted = false;
@@ -362,9 +383,9 @@ fn hosts_file(host_network: bool, hostname: &str) -> Result<Vec<u8>> {
 /// /etc/resolv.conf of a pod: from the CRI `DNSConfig` when given (as containerd writes
 /// it), else the host's.
 fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
-    let Some(dns) = dns.filter(|d| {
-        !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty())
-    }) else {
+    let Some(dns) =
+        dns.filter(|d| !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()))
+    else {
         return std::fs::read("/etc/resolv.conf").or_else(|err| match err.kind() {
             std::io::ErrorKind::NotFound => Ok(Vec::new()),
             _ => Err(RuntimeError::Io {
@@ -408,7 +429,10 @@ mod tests {
     fn resolv_conf_from_dns_config() {
         let dns = cri::DnsConfig {
             servers: vec!["10.0.0.10".into()],
-            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
             options: vec!["ndots:5".into()],
         };
         let text = String::from_utf8(resolv_conf(Some(&dns)).unwrap()).unwrap();

@@ -101,9 +101,7 @@ impl ContainerRecord {
 
 /// Nanoseconds since the epoch, now.
 pub fn now_nanos() -> i64 {
-    chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .unwrap_or(i64::MAX)
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 /// An RFC 3339 time (the monitor's `finished_at`) as nanoseconds since the epoch.
@@ -164,7 +162,10 @@ mod tests {
 
     #[test]
     fn rfc3339_times() {
-        assert_eq!(parse_time("1970-01-01T00:00:01.000000002Z"), Some(1_000_000_002));
+        assert_eq!(
+            parse_time("1970-01-01T00:00:01.000000002Z"),
+            Some(1_000_000_002)
+        );
         assert_eq!(parse_time("garbage"), None);
     }
 }

@@ -258,9 +258,8 @@ impl Runtime {
     }
 
     pub(super) fn save_container(&self, container: &ContainerRecord) -> Result<()> {
-        self.store.update(|tx| {
-            tx.replace(CRI_NAMESPACE, Kind::Container, &container.id, container)
-        })?;
+        self.store
+            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Container, &container.id, container))?;
         let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
         containers.insert(container.id.clone(), container.clone());
         Ok(())
@@ -297,7 +296,10 @@ impl Runtime {
         let Some(current) = self.container(id) else {
             return Ok(());
         };
-        if matches!(current.state, ContainerState::Exited | ContainerState::Unknown) {
+        if matches!(
+            current.state,
+            ContainerState::Exited | ContainerState::Unknown
+        ) {
             return Ok(());
         }
         let exit = monitor::read_exit(&current.bundle);
@@ -305,7 +307,8 @@ impl Runtime {
             Some(exit) => {
                 c.state = ContainerState::Exited;
                 c.exit_code = exit.exit_code;
-                c.finished_at = parse_time(&exit.finished_at).unwrap_or_else(super::records::now_nanos);
+                c.finished_at =
+                    parse_time(&exit.finished_at).unwrap_or_else(super::records::now_nanos);
                 c.reason = if exit.oom_killed {
                     "OOMKilled"
                 } else if exit.exit_code == 0 {
@@ -338,19 +341,26 @@ impl Runtime {
         loop {
             match self.container(id) {
                 None => return true,
-                Some(c) if !matches!(c.state, ContainerState::Created | ContainerState::Running) => {
+                Some(c)
+                    if !matches!(c.state, ContainerState::Created | ContainerState::Running) =>
+                {
                     return true
                 }
                 Some(_) => {}
             }
-            if tokio::time::timeout_at(deadline, exits.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, exits.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
-        let pods = self.store.list::<PodRecord>(Some(CRI_NAMESPACE), Kind::Pod)?;
+        let pods = self
+            .store
+            .list::<PodRecord>(Some(CRI_NAMESPACE), Kind::Pod)?;
         let containers = self
             .store
             .list::<ContainerRecord>(Some(CRI_NAMESPACE), Kind::Container)?;
@@ -426,7 +436,11 @@ impl Runtime {
         self.for_each_container(|c| owned_containers.push(c.id.clone()));
         let dirs = [
             (self.config.state.join("pods"), owned_pods.clone(), true),
-            (self.config.state.join("containers"), owned_containers.clone(), false),
+            (
+                self.config.state.join("containers"),
+                owned_containers.clone(),
+                false,
+            ),
             (self.config.root.join("containers"), owned_containers, false),
         ];
         for (dir, owned, is_pod) in dirs {
@@ -490,10 +504,7 @@ mod tests {
 
     #[test]
     fn prefixes_must_be_unique() {
-        let map = HashMap::from([
-            ("abc123".to_string(), 1),
-            ("abd456".to_string(), 2),
-        ]);
+        let map = HashMap::from([("abc123".to_string(), 1), ("abd456".to_string(), 2)]);
         assert_eq!(find_by_prefix(&map, "abc"), Some(&1));
         assert_eq!(find_by_prefix(&map, "ab"), None);
         assert_eq!(find_by_prefix(&map, "abd456"), Some(&2));

@@ -231,7 +231,10 @@ pub fn container_spec(
     // No rlimits: the container inherits the monitor's, as containerd 2 does (the old
     // 1024 open files default was too low for many programs).
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sc.no_new_privs));
+    // Unset rather than false: libcontainer loads a seccomp filter before dropping
+    // capabilities only when the field is absent (a filter needs CAP_SYS_ADMIN or
+    // no_new_privs to load), which is what runc does for false too.
+    process.set_no_new_privileges(sc.no_new_privs.then_some(true));
     process.set_oom_score_adj(oom_score_adj);
     process.set_apparmor_profile(None);
     process.set_selinux_label(None);

@@ -167,7 +167,10 @@ impl PodEnv {
         let id = self
             .create(pod_id, pod, config)
             .await
-            .expect("CreateContainer");
+            .unwrap_or_else(|err| {
+                let name = config.metadata.as_ref().map(|m| m.name.as_str());
+                panic!("CreateContainer {name:?}: {err:?}")
+            });
         self.rt
             .start_container(cri::StartContainerRequest {
                 container_id: id.clone(),
