@@ -884,3 +884,41 @@ async fn hundred_cycles_leave_nothing_behind() {
     env.remove_pod(&pod_id).await;
     assert_eq!(dir_entries(&state.join("pods")), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_an_image_keeps_the_layers_its_containers_use() {
+    let mut env = PodEnv::start().await;
+    let pod = env.pod_config("imagegc");
+    let pod_id = env.run_pod(&pod).await;
+    let id = env
+        .run(&pod_id, &pod, &env.container_config("c", &["sleep", "1000"]))
+        .await;
+    let layers = env.daemon.paths.root.join("snapshots/layers");
+    let before = dir_entries(&layers);
+    assert!(!before.is_empty());
+    let mut images = env.daemon.image_client().await;
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: env.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage while a container uses it");
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+    // The container's lower layers stay while it exists.
+    assert_eq!(dir_entries(&layers), before);
+    assert_eq!(env.exec_ok(&id, &["cat", "/etc/hostname"]).await, pod.hostname);
+    env.remove_pod(&pod_id).await;
+    assert!(
+        dir_entries(&layers).is_empty(),
+        "layers of the removed image outlived its last container"
+    );
+}
