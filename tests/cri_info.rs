@@ -3,7 +3,7 @@
 mod support;
 
 use k8s_cri::v1::{
-    CgroupDriver, ListContainersRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
+    CgroupDriver, ContainerStatsRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
     VersionRequest,
 };
 use support::daemon::{wharf_binary, Daemon};
@@ -142,25 +142,23 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
     let status = daemon
         .runtime_client()
         .await
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .container_stats(ContainerStatsRequest::default())
         .await
-        .expect_err("RunPodSandbox has not landed");
+        .expect_err("ContainerStats has not landed");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status.message().contains("RuntimeService/RunPodSandbox"),
+        status.message().contains("RuntimeService/ContainerStats"),
         "{status:?}"
     );
+    // An implemented RPC with a bad request names the missing field instead.
     let status = daemon
         .runtime_client()
         .await
-        .list_containers(ListContainersRequest::default())
+        .run_pod_sandbox(RunPodSandboxRequest::default())
         .await
-        .expect_err("ListContainers has not landed");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status.message().contains("RuntimeService/ListContainers"),
-        "{status:?}"
-    );
+        .expect_err("RunPodSandbox without a config");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("config"), "{status:?}");
 }
 
 #[tokio::test]

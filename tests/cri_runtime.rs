@@ -891,7 +891,11 @@ async fn removing_an_image_keeps_the_layers_its_containers_use() {
     let pod = env.pod_config("imagegc");
     let pod_id = env.run_pod(&pod).await;
     let id = env
-        .run(&pod_id, &pod, &env.container_config("c", &["sleep", "1000"]))
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
         .await;
     let layers = env.daemon.paths.root.join("snapshots/layers");
     let before = dir_entries(&layers);
@@ -915,10 +919,83 @@ async fn removing_an_image_keeps_the_layers_its_containers_use() {
     assert!(listed.is_empty());
     // The container's lower layers stay while it exists.
     assert_eq!(dir_entries(&layers), before);
-    assert_eq!(env.exec_ok(&id, &["cat", "/etc/hostname"]).await, pod.hostname);
+    assert_eq!(
+        env.exec_ok(&id, &["cat", "/etc/hostname"]).await,
+        pod.hostname
+    );
     env.remove_pod(&pod_id).await;
     assert!(
         dir_entries(&layers).is_empty(),
         "layers of the removed image outlived its last container"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_cleans_up_what_no_record_owns() {
+    let mut env = PodEnv::start().await;
+    let pod = env.pod_config("orphan");
+    let pod_id = env.run_pod(&pod).await;
+    let id = env
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
+        .await;
+    let info = env
+        .rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let pid = info["pid"].as_i64().expect("pid");
+    env.daemon.kill9();
+    // As if wharfd crashed after deleting the records but before the cleanup ran.
+    {
+        let store = wharf::store::Store::open(&env.daemon.paths.root).expect("open store");
+        store
+            .update(|tx| {
+                tx.delete(
+                    wharf::store::CRI_NAMESPACE,
+                    wharf::store::Kind::Container,
+                    &id,
+                )?;
+                tx.delete(
+                    wharf::store::CRI_NAMESPACE,
+                    wharf::store::Kind::Pod,
+                    &pod_id,
+                )
+            })
+            .expect("delete records");
+    }
+    env.daemon.restart().await;
+    let state = env.daemon.paths.state.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unowned container still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dir_entries(&state.join("containers")), Vec::<String>::new());
+    assert_eq!(dir_entries(&state.join("pods")), Vec::<String>::new());
+    assert_eq!(
+        dir_entries(&state.join("runtime/builtin")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dir_entries(&env.daemon.paths.root.join("containers")),
+        Vec::<String>::new()
+    );
+    assert_eq!(mounts_under(env.daemon.dir()), Vec::<String>::new());
+    assert!(env
+        .daemon
+        .log()
+        .contains("removing state no pod or container owns"));
 }

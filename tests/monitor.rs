@@ -19,7 +19,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{dup2, pipe2, Pid};
 use oci_spec::runtime::{
-    LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, ProcessBuilder, RootBuilder,
+    Spec,
 };
 use serde_json::Value;
 
@@ -616,11 +617,59 @@ fn sigkill_reports_137_and_container_gets_only_stdio() {
         "{status}"
     );
 
+    // The monitor lives as long as its container: these signals are ignored.
+    let monitor_pid = Pid::from_raw(sync["monitor_pid"].as_i64().expect("pid") as i32);
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        kill(monitor_pid, signal).expect("signal monitor");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        process_alive(monitor_pid.as_raw()),
+        "monitor died of a signal"
+    );
+
     fixture.runtime_ok(&["kill", &fixture.id, "KILL"]);
     let exit = fixture.wait_exit();
     assert_eq!(exit["exit_code"], 137, "{exit}");
     assert_eq!(exit["signal"], 9, "{exit}");
     assert_eq!(exit["oom_killed"], false, "{exit}");
+}
+
+#[test]
+fn orphan_holding_the_pipes_delays_exit_by_at_most_two_seconds() {
+    // Without a PID namespace the background sleep outlives the init and keeps the
+    // container's stdout open; the monitor must not wait for it forever.
+    let mut fixture = Fixture::with_spec(
+        Runtime::Builtin,
+        &["sh", "-c", "sleep 1000 & echo bye"],
+        |spec| {
+            if let Some(linux) = spec.linux_mut() {
+                let namespaces = linux.namespaces().clone().map(|all| {
+                    all.into_iter()
+                        .filter(|ns| ns.typ() != LinuxNamespaceType::Pid)
+                        .collect()
+                });
+                linux.set_namespaces(namespaces);
+            }
+        },
+    );
+    let sync = fixture.start_monitor(&[]);
+    assert!(sync.get("error").is_none(), "create failed: {sync}");
+    let started = Instant::now();
+    fixture.start();
+    let exit = fixture.wait_exit();
+    let waited = started.elapsed();
+    assert_eq!(exit["exit_code"], 0, "{exit}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "exit.json after {waited:?}"
+    );
+    let lines: Vec<_> = fixture
+        .log_lines(&fixture.log_path())
+        .iter()
+        .map(CriLine::short)
+        .collect();
+    assert_eq!(lines, [short("stdout", "F", "bye")]);
 }
 
 #[test]
@@ -981,21 +1030,43 @@ fn pause_fails_with_a_message_when_the_pid_file_cannot_be_written() {
     assert!(stderr.contains("pid file"), "{stderr}");
 }
 
-#[test]
-fn idle_monitor_stays_small() {
-    let mut fixture = Fixture::new(Runtime::Builtin, &["sleep", "1000"]);
-    let sync = fixture.start_monitor(&[]);
-    assert!(sync.get("error").is_none(), "create failed: {sync}");
-    fixture.start();
-    let monitor_pid = sync["monitor_pid"].as_i64().expect("pid");
-    std::thread::sleep(Duration::from_millis(200));
-    let status = fs::read_to_string(format!("/proc/{monitor_pid}/status")).expect("status");
-    let rss_kb: u64 = status
+/// VmRSS of a process in kB.
+fn rss_kb(pid: i64) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    eprintln!("idle monitor VmRSS: {rss_kb} kB");
+        .expect("VmRSS")
+}
+
+#[test]
+fn busy_then_idle_monitor_stays_small() {
+    let mut fixture = Fixture::new(
+        Runtime::Builtin,
+        &["sh", "-c", "while true; do echo tick; sleep 0.02; done"],
+    );
+    let sync = fixture.start_monitor(&[]);
+    assert!(sync.get("error").is_none(), "create failed: {sync}");
+    let monitor_pid = sync["monitor_pid"].as_i64().expect("pid");
+    fixture.start();
+    let log = fixture.log_path();
+    let ticks = || fixture.log_lines(&log).len();
+    wait_until("ticks", || ticks() >= 10);
+    kill(Pid::from_raw(monitor_pid as i32), Signal::SIGUSR1).expect("SIGUSR1");
+    let seen = ticks();
+    wait_until("more ticks", || ticks() >= seen + 10);
+
+    let rss = rss_kb(monitor_pid);
+    eprintln!("monitor VmRSS while copying output: {rss} kB");
+    // Release builds stay well under 3 MB (about 1.5 MB); unoptimized code is bigger.
+    let limit_kb = if cfg!(debug_assertions) {
+        6 * 1024
+    } else {
+        3 * 1024
+    };
+    assert!(rss < limit_kb, "monitor VmRSS {rss} kB >= {limit_kb} kB");
+    let status = fs::read_to_string(format!("/proc/{monitor_pid}/status")).expect("status");
     assert!(status.lines().any(|l| l == "Threads:\t1"), "{status}");
 }

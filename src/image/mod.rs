@@ -422,22 +422,33 @@ impl ImageService {
             })
         });
         let mut ingest = self.content.ingest(&layer.digest, Some(layer.size))?;
-        let mut stream = self
-            .registry
-            .fetch_blob(resolved, &layer.digest, layer.size, credentials)
-            .await?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            ingest.write(&chunk)?;
-            if unpacker.is_some() && chunks_tx.send(chunk).await.is_err() {
-                // The unpacker stopped early: its error is reported below.
-                break;
+        let unpacking = unpacker.is_some();
+        let downloaded = async {
+            let mut stream = self
+                .registry
+                .fetch_blob(resolved, &layer.digest, layer.size, credentials)
+                .await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                ingest.write(&chunk)?;
+                if unpacking && chunks_tx.send(chunk).await.is_err() {
+                    // The unpacker stopped early: its error is reported below.
+                    break;
+                }
             }
+            Ok::<(), ImageError>(())
         }
+        .await;
         drop(chunks_tx);
-        if let Some(unpacker) = unpacker {
-            let stats = join_unpack(unpacker, &layer.digest).await?;
-            check_diff_id(layer, &stats.diff_id)?;
+        // Always wait for the unpacker, even when the download failed: the pending
+        // snapshot must not be removed while it is still writing into it.
+        let unpacked = match unpacker {
+            Some(unpacker) => Some(join_unpack(unpacker, &layer.digest).await),
+            None => None,
+        };
+        downloaded?;
+        if let Some(unpacked) = unpacked {
+            check_diff_id(layer, &unpacked?.diff_id)?;
         }
         // Verifies size and digest: a mismatch stores nothing, and the pending
         // snapshot is dropped with it.

@@ -1,1 +1,77 @@
-//! The per-container monitor (`wharf-monitor`): see docs/architecture.md.
+//! The per-container monitor, `wharf-monitor`.
+//!
+//! # Why a monitor per container
+//!
+//! `wharfd` is a multi-threaded tokio process and must never fork: forking a
+//! multi-threaded process leaves the child with locks held by threads that no longer
+//! exist. It also must be killable (upgrade, crash, `kill -9`) without stopping or losing
+//! a single container. So each container gets a small single-threaded process,
+//! `wharf-monitor run`, that creates the container, holds its stdout/stderr pipes,
+//! writes the CRI log file, reaps the container's init process and records how it
+//! ended. The daemon talks to the monitor only through files in the bundle and a
+//! one-shot sync pipe, so a restarted daemon rebuilds its view from those files.
+//!
+//! # Process dance (`run`)
+//!
+//! 1. The daemon spawns `wharf-monitor run ...` with stdio on /dev/null and the write end
+//!    of a sync pipe on fd 3.
+//! 2. The monitor forks at once and the parent exits 0 (the daemon reaps it). The child
+//!    is re-parented to init, calls `setsid()` (its own session: no signal aimed at the
+//!    daemon's process group reaches it) and `PR_SET_CHILD_SUBREAPER` (processes orphaned
+//!    below it, such as the container init once the OCI runtime exits, are re-parented
+//!    to the monitor, so it can `waitpid` them and learn the exit status).
+//! 3. Signals are blocked and read through a signalfd: SIGCHLD (reap), SIGUSR1 (reopen
+//!    the log file after kubelet rotated it); SIGTERM/SIGINT/SIGHUP are ignored, the
+//!    monitor lives exactly as long as its container.
+//! 4. The container is created (OCI "create": the init waits to be started) either by
+//!    libcontainer in a short-lived forked child (so the monitor itself never carries
+//!    libcontainer's side effects: non-dumpable, oom_score_adj, memory) or by an external
+//!    runtime (`runc`/`crun create`).
+//! 5. One JSON line on fd 3 tells the daemon whether the container exists; the daemon
+//!    then starts it with `<runtime> start` (or `wharf-monitor oci start`).
+//! 6. The monitor copies output to the CRI log until the init exits, drains the pipes
+//!    (at most 2 s: a daemonized grandchild may hold them forever), writes `exit.json`
+//!    and exits. It never deletes the container: the daemon does that on removal.
+//!
+//! # Files in the bundle
+//!
+//! | file | written by | content |
+//! |---|---|---|
+//! | `config.json` | daemon | the OCI runtime spec |
+//! | `init.pid` | runtime | host pid of the container init |
+//! | `monitor.json` | monitor, atomically, before the sync line | `{"monitor_pid","monitor_start_time","pid","pid_start_time"}`; start times are field 22 of `/proc/<pid>/stat`, so pid reuse is detectable |
+//! | `exit.json` | monitor, atomically, after the init exited | `{"exit_code","signal","finished_at","oom_killed"}`; `exit_code` is 128+signal when killed |
+//! | `runtime.log` | external runtime (`--log`, JSON lines) | the runtime's own errors; the last `msg` becomes the create error |
+//! | `monitor.log` | monitor | errors after the sync line (its stderr is /dev/null) |
+//!
+//! # CLI contract (the daemon depends on it)
+//!
+//! ```text
+//! wharf-monitor run --id ID --bundle DIR --runtime builtin|/abs/runtime --runtime-root DIR
+//!                   --log-path FILE [--max-log-line BYTES]          (fd 3: sync pipe)
+//!   sync line: {"monitor_pid":N,"pid":M} or {"monitor_pid":N,"error":"..."}
+//! wharf-monitor oci --root DIR [--log FILE] [--log-format FMT] start|kill|delete|state|exec|update ...
+//!   runc-compatible subset backed by libcontainer; errors: stderr + exit 1 (exec: 255)
+//! wharf-monitor pause --pid-file FILE
+//!   a PID-namespace holder for pods sharing one PID namespace; FILE gets its host pid
+//! ```
+//!
+//! Log lines follow the CRI format (`cri_log`); OOM detection reads the cgroup's own
+//! counters (`oom`).
+
+pub mod cli;
+pub mod cri_log;
+mod files;
+pub mod oci;
+pub mod oom;
+pub mod pause;
+pub mod run;
+
+/// Runs one parsed `wharf-monitor` command line; the result is the process exit code.
+pub fn main(cli: cli::Cli) -> i32 {
+    match cli.command {
+        cli::Command::Run(args) => run::main(args),
+        cli::Command::Oci(args) => oci::main(args),
+        cli::Command::Pause(args) => pause::main(args),
+    }
+}

@@ -132,11 +132,28 @@ pub async fn create(
             line.extend_from_slice(&buf[..n]);
         }
     };
-    match tokio::time::timeout(timeout, read).await {
+    let outcome = tokio::time::timeout(timeout, read).await;
+    match outcome {
         Ok(result) => result?,
         Err(_) => {
-            // The monitor may still be creating; it is found and killed by the caller's
-            // cleanup through monitor.json, or by the start-up reconcile.
+            // The monitor may still be creating: keep listening, and when it reports,
+            // undo what it made (the caller has already cleaned up and released the
+            // name), so a late create cannot leak a container.
+            let runtime = runtime.clone();
+            let id = id.to_string();
+            let bundle = bundle.to_path_buf();
+            tokio::spawn(async move {
+                let mut rest = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(600), async {
+                    while let Ok(n) = reader.read(&mut rest).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                abandon(&runtime, &id, &bundle).await;
+            });
             return Err(MonitorError::Timeout(timeout));
         }
     }
@@ -160,6 +177,22 @@ pub async fn create(
             bundle.join("monitor.json").display()
         ))
     })
+}
+
+/// Kills and deletes a container whose create was given up on, and its monitor.
+pub async fn abandon(runtime: &OciRuntime, id: &str, bundle: &Path) {
+    if let Some(info) = read_info(bundle) {
+        let _ = signal(info.pid, info.pid_start_time, nix::libc::SIGKILL);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_exit(info.monitor_pid, info.monitor_start_time),
+        )
+        .await;
+    }
+    if let Err(err) = runtime.delete(id).await {
+        tracing::warn!(container = %id, "deleting an abandoned container: {err}");
+    }
+    tracing::warn!(container = %id, "abandoned container deleted");
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {

@@ -434,6 +434,28 @@ impl Runtime {
         let owned_pods: Vec<String> = self.pods().into_iter().map(|p| p.id).collect();
         let mut owned_containers = Vec::new();
         self.for_each_container(|c| owned_containers.push(c.id.clone()));
+        // Runtime state (runc's or libcontainer's) of containers no record owns.
+        if let Ok(handlers) = std::fs::read_dir(self.config.state.join("runtime")) {
+            for handler in handlers.flatten() {
+                let name = handler.file_name().to_string_lossy().to_string();
+                let Ok(runtime) = self.oci_runtime(&name) else {
+                    continue;
+                };
+                let Ok(ids) = std::fs::read_dir(handler.path()) else {
+                    continue;
+                };
+                for id in ids.flatten() {
+                    let id = id.file_name().to_string_lossy().to_string();
+                    if owned_containers.contains(&id) {
+                        continue;
+                    }
+                    tracing::warn!(container = %id, handler = %name, "deleting runtime state no container owns");
+                    if let Err(err) = runtime.delete(&id).await {
+                        tracing::error!("reconcile: {err}");
+                    }
+                }
+            }
+        }
         let dirs = [
             (self.config.state.join("pods"), owned_pods.clone(), true),
             (
@@ -454,6 +476,17 @@ impl Runtime {
                 }
                 let path = entry.path();
                 tracing::warn!(path = %path.display(), "removing state no pod or container owns");
+                if !is_pod {
+                    // A container whose record is gone may still run: end it first.
+                    if let Some(info) = monitor::read_info(&path) {
+                        let _ = monitor::signal(info.pid, info.pid_start_time, nix::libc::SIGKILL);
+                        let _ = monitor::signal(
+                            info.monitor_pid,
+                            info.monitor_start_time,
+                            nix::libc::SIGKILL,
+                        );
+                    }
+                }
                 let result = blocking(move || {
                     if is_pod {
                         super::pod::teardown_pod_dir(&path)?;

@@ -1,0 +1,898 @@
+//! `wharf-monitor run`: create one container, then watch it until it exits. The
+//! process model and the files it writes are described in [`crate::monitor`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, pipe2, ForkResult, Pid};
+use serde::Serialize;
+
+use super::cli::{RunArgs, RuntimeKind};
+use super::cri_log::{format_timestamp, CriLogWriter, Stream};
+use super::files::{self, error_chain};
+use super::oom::{self, OomCounters};
+
+/// The daemon passes the write end of the sync pipe as this fd.
+pub const SYNC_FD: RawFd = 3;
+/// How long output is still collected after the init exited.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_CHUNK: usize = 32 * 1024;
+
+pub const INIT_PID_FILE: &str = "init.pid";
+pub const MONITOR_STATE_FILE: &str = "monitor.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const RUNTIME_LOG_FILE: &str = "runtime.log";
+pub const MONITOR_LOG_FILE: &str = "monitor.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("fd {SYNC_FD} (sync pipe) is not open")]
+    NoSyncPipe,
+    #[error("failed to resolve path {path}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to prepare the monitor process: {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to open log file {path}")]
+    OpenLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read the container's cgroup from the bundle")]
+    Spec(#[from] oom::OomError),
+    #[error("container {0} already exists in the runtime root")]
+    AlreadyExists(String),
+    #[error("failed to create container {id}: {message}")]
+    Create { id: String, message: String },
+    #[error("failed to run runtime {runtime}")]
+    SpawnRuntime {
+        runtime: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read init pid from {path}")]
+    InitPid {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container init {pid} is not a child of the monitor (parent {parent})")]
+    NotOurChild { pid: i32, parent: i32 },
+    #[error("failed to write {path}")]
+    WriteState {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup_error(what: &'static str) -> impl FnOnce(Errno) -> RunError {
+    move |errno| RunError::Setup {
+        what,
+        source: errno.into(),
+    }
+}
+
+/// Paths made absolute before the monitor moves to `/`.
+struct Options {
+    id: String,
+    bundle: PathBuf,
+    runtime: RuntimeKind,
+    runtime_root: PathBuf,
+    log_path: PathBuf,
+    max_log_line: usize,
+}
+
+impl Options {
+    fn from_args(args: RunArgs) -> Result<Self, RunError> {
+        let absolute = |path: PathBuf| {
+            std::path::absolute(&path).map_err(|source| RunError::Path { path, source })
+        };
+        Ok(Self {
+            id: args.id,
+            bundle: absolute(args.bundle)?,
+            runtime: args.runtime,
+            runtime_root: absolute(args.runtime_root)?,
+            log_path: absolute(args.log_path)?,
+            max_log_line: usize::try_from(args.max_log_line).unwrap_or(usize::MAX),
+        })
+    }
+
+    fn bundle_file(&self, name: &str) -> PathBuf {
+        self.bundle.join(name)
+    }
+}
+
+/// The write end of the daemon's sync pipe: exactly one JSON line goes through it.
+struct SyncPipe(File);
+
+#[derive(Serialize)]
+struct SyncOk {
+    monitor_pid: i32,
+    pid: i32,
+}
+
+#[derive(Serialize)]
+struct SyncError<'a> {
+    monitor_pid: i32,
+    error: &'a str,
+}
+
+impl SyncPipe {
+    fn take() -> Result<Self, RunError> {
+        fcntl(SYNC_FD, FcntlArg::F_GETFD).map_err(|_| RunError::NoSyncPipe)?;
+        // SAFETY: fd 3 is open (checked above) and nothing else in this process owns it.
+        Ok(Self(unsafe { File::from_raw_fd(SYNC_FD) }))
+    }
+
+    fn send(mut self, message: &impl Serialize) -> io::Result<()> {
+        let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.0.write_all(&line)
+    }
+
+    fn send_ok(self, monitor_pid: i32, pid: i32) -> io::Result<()> {
+        self.send(&SyncOk { monitor_pid, pid })
+    }
+
+    fn send_error(self, monitor_pid: i32, error: &str) -> io::Result<()> {
+        self.send(&SyncError { monitor_pid, error })
+    }
+}
+
+/// Entry point of `wharf-monitor run`; returns the exit code.
+pub fn main(args: RunArgs) -> i32 {
+    // Before the fork, failures can only go to stderr.
+    let prepared = files::ensure_stdio_open()
+        .and_then(|()| files::set_cloexec_from(SYNC_FD))
+        .map_err(|source| RunError::Setup {
+            what: "close-on-exec of inherited fds",
+            source,
+        })
+        .and_then(|()| SyncPipe::take());
+    let sync = match prepared {
+        Ok(sync) => sync,
+        Err(err) => {
+            eprintln!("wharf-monitor run: {}", error_chain(&err));
+            return 1;
+        }
+    };
+    let options = match Options::from_args(args) {
+        Ok(options) => options,
+        Err(err) => {
+            let message = error_chain(&err);
+            eprintln!("wharf-monitor run: {message}");
+            let _ = sync.send_error(getpid().as_raw(), &message);
+            return 1;
+        }
+    };
+
+    // SAFETY: the process is single-threaded here, so the child may run anything.
+    match unsafe { fork() } {
+        // The daemon reaps this parent at once; the child is adopted by init.
+        Ok(ForkResult::Parent { .. }) => unsafe { nix::libc::_exit(0) },
+        Ok(ForkResult::Child) => {}
+        Err(errno) => {
+            let message = format!("failed to fork the monitor: {errno}");
+            let _ = sync.send_error(getpid().as_raw(), &message);
+            return 1;
+        }
+    }
+
+    let monitor_pid = getpid().as_raw();
+    match start(&options) {
+        Ok(monitor) => {
+            if let Err(err) = sync.send_ok(monitor_pid, monitor.init_pid.as_raw()) {
+                // The daemon is gone; the container still needs its monitor.
+                monitor.note(&format!("failed to write the sync message: {err}"));
+            }
+            // Setup code (spec parsing, create, state files) is not needed again: let
+            // the idle monitor's RSS be only what its loop touches.
+            if let Err(err) = files::release_clean_file_pages() {
+                monitor.note(&format!("failed to release startup pages: {err}"));
+            }
+            monitor.watch()
+        }
+        Err(failure) => {
+            let message = error_chain(&failure.error);
+            if failure.runtime_touched {
+                delete_from_runtime(&options);
+                for name in [INIT_PID_FILE, MONITOR_STATE_FILE] {
+                    let _ = fs::remove_file(options.bundle_file(name));
+                }
+            }
+            let _ = sync.send_error(monitor_pid, &message);
+            1
+        }
+    }
+}
+
+struct StartFailure {
+    error: RunError,
+    /// The runtime may hold state for the container that must be deleted.
+    runtime_touched: bool,
+}
+
+fn before_runtime(error: impl Into<RunError>) -> StartFailure {
+    StartFailure {
+        error: error.into(),
+        runtime_touched: false,
+    }
+}
+
+fn after_runtime(error: impl Into<RunError>) -> StartFailure {
+    StartFailure {
+        error: error.into(),
+        runtime_touched: true,
+    }
+}
+
+/// The container's stdio as the runtime receives it.
+struct ContainerStdio {
+    stdin: File,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// Everything up to the sync message: set up the monitor process, create the
+/// container, record who is who.
+fn start(options: &Options) -> Result<Monitor, StartFailure> {
+    let signals = become_monitor().map_err(before_runtime)?;
+    let log_file = open_log(&options.log_path).map_err(before_runtime)?;
+
+    let (stdout_read, stdout_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| before_runtime(setup_error("stdout pipe")(e)))?;
+    let (stderr_read, stderr_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| before_runtime(setup_error("stderr pipe")(e)))?;
+    for read_end in [&stdout_read, &stderr_read] {
+        fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(|e| before_runtime(setup_error("non-blocking pipe")(e)))?;
+    }
+    let stdin = File::open("/dev/null").map_err(|source| {
+        before_runtime(RunError::Setup {
+            what: "open /dev/null",
+            source,
+        })
+    })?;
+
+    let cgroup = oom::cgroups_path_from_bundle(&options.bundle).map_err(before_runtime)?;
+
+    // Never clean up a container this monitor did not create.
+    if options.runtime_root.join(&options.id).exists() {
+        return Err(before_runtime(RunError::AlreadyExists(options.id.clone())));
+    }
+    // Leftovers of an earlier attempt with this bundle would be read as ours.
+    for name in [INIT_PID_FILE, MONITOR_STATE_FILE, EXIT_FILE] {
+        let _ = fs::remove_file(options.bundle_file(name));
+    }
+
+    let stdio = ContainerStdio {
+        stdin,
+        stdout: stdout_write,
+        stderr: stderr_write,
+    };
+    match &options.runtime {
+        RuntimeKind::Builtin => create_builtin(options, stdio),
+        RuntimeKind::External(runtime) => create_external(options, runtime, stdio),
+    }
+    .map_err(after_runtime)?;
+
+    let init_pid = read_init_pid(&options.bundle_file(INIT_PID_FILE)).map_err(after_runtime)?;
+    // The runtime's processes have exited, so the init was re-parented to us
+    // (subreaper); if not, nobody could ever learn its exit status.
+    let parent = files::process_parent_pid(&init_pid.to_string()).map_err(|source| {
+        after_runtime(RunError::InitPid {
+            path: PathBuf::from(format!("/proc/{init_pid}/stat")),
+            source,
+        })
+    })?;
+    if parent != getpid().as_raw() {
+        return Err(after_runtime(RunError::NotOurChild {
+            pid: init_pid.as_raw(),
+            parent,
+        }));
+    }
+
+    let counters = OomCounters::default();
+    let parent_cgroup = cgroup.as_deref().and_then(oom::parent_cgroup);
+    let parent_baseline = parent_cgroup
+        .as_deref()
+        .map_or(0, |path| counters.oom_kill_count(path));
+
+    write_monitor_state(options, init_pid).map_err(after_runtime)?;
+
+    Ok(Monitor {
+        bundle: options.bundle.clone(),
+        log_path: options.log_path.clone(),
+        signals,
+        log: CriLogWriter::new(log_file, options.max_log_line),
+        log_failing: false,
+        stdout: Some(stdout_read),
+        stderr: Some(stderr_read),
+        init_pid,
+        init_exit: None,
+        counters,
+        cgroup,
+        parent_cgroup,
+        parent_baseline,
+    })
+}
+
+/// Own session, subreaper, signals through a signalfd, cwd `/`.
+fn become_monitor() -> Result<SignalFd, RunError> {
+    nix::unistd::setsid().map_err(setup_error("setsid"))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(setup_error("PR_SET_CHILD_SUBREAPER"))?;
+    // SAFETY: installing SIG_IGN runs no code in signal context.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+        .map_err(setup_error("ignore SIGPIPE"))?;
+    let signals = monitor_signals();
+    signals
+        .thread_block()
+        .map_err(setup_error("block signals"))?;
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(setup_error("signalfd"))?;
+    std::env::set_current_dir("/").map_err(|source| RunError::Setup {
+        what: "chdir /",
+        source,
+    })?;
+    Ok(signal_fd)
+}
+
+fn monitor_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Undoes the monitor's signal setup in a child that will become (part of) the
+/// container: ignored dispositions and the mask survive exec.
+fn reset_signals_for_child() {
+    let _ = SigSet::empty().thread_set_mask();
+    // SAFETY: restoring the default disposition runs no code in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+fn open_log(path: &Path) -> Result<File, RunError> {
+    let open_error = |source| RunError::OpenLog {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(open_error)?;
+    }
+    // std opens with O_CLOEXEC.
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(open_error)
+}
+
+/// libcontainer creates in a forked child: its side effects on the calling process
+/// (non-dumpable, the container's oom_score_adj, memory) stay out of the monitor, and
+/// the init is re-parented to the monitor when that child exits.
+fn create_builtin(options: &Options, stdio: ContainerStdio) -> Result<(), RunError> {
+    let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).map_err(setup_error("error pipe"))?;
+    // SAFETY: single-threaded; the child only runs libcontainer and exits.
+    match unsafe { fork() }.map_err(setup_error("fork for create"))? {
+        ForkResult::Child => {
+            reset_signals_for_child();
+            // The init inherits this process's fds until it execs at start: the sync
+            // pipe must not stay open there, or the daemon would wait for its EOF.
+            let keep = [
+                0,
+                1,
+                2,
+                stdio.stdin.as_raw_fd(),
+                stdio.stdout.as_raw_fd(),
+                stdio.stderr.as_raw_fd(),
+                error_write.as_raw_fd(),
+            ];
+            let code = match files::close_fds_except(&keep)
+                .map_err(|err| format!("failed to close inherited fds: {err}"))
+                .and_then(|()| build_with_libcontainer(options, stdio))
+            {
+                Ok(()) => 0,
+                Err(message) => {
+                    let _ = nix::unistd::write(&error_write, message.as_bytes());
+                    1
+                }
+            };
+            // SAFETY: leave without running the parent's destructors or atexit hooks.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(error_write);
+            drop(stdio);
+            let status = wait_for(child).map_err(setup_error("wait for create"))?;
+            // Read only after the child exited: the init holds a copy of the write end
+            // until it execs, so EOF would not come.
+            fcntl(error_read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                .map_err(setup_error("non-blocking error pipe"))?;
+            let message = read_available(&error_read);
+            match status {
+                WaitStatus::Exited(_, 0) => Ok(()),
+                other => Err(RunError::Create {
+                    id: options.id.clone(),
+                    message: if message.is_empty() {
+                        format!("create process ended with {other:?}")
+                    } else {
+                        message
+                    },
+                }),
+            }
+        }
+    }
+}
+
+fn build_with_libcontainer(options: &Options, stdio: ContainerStdio) -> Result<(), String> {
+    ContainerBuilder::new(options.id.clone(), SyscallType::default())
+        .validate_id()
+        .and_then(|builder| builder.with_root_path(&options.runtime_root))
+        .and_then(|builder| builder.with_pid_file(Some(options.bundle_file(INIT_PID_FILE))))
+        .and_then(|builder| {
+            builder
+                .with_stdin(stdio.stdin)
+                .with_stdout(stdio.stdout)
+                .with_stderr(stdio.stderr)
+                .as_init(&options.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        })
+        .map(|_| ())
+        .map_err(|err| error_chain(&err))
+}
+
+fn create_external(
+    options: &Options,
+    runtime: &Path,
+    stdio: ContainerStdio,
+) -> Result<(), RunError> {
+    let runtime_log = options.bundle_file(RUNTIME_LOG_FILE);
+    // std resets the signal mask and SIGPIPE in the child before exec. The Command (and
+    // with it the pipe write ends) is dropped at the end of this statement.
+    let status = Command::new(runtime)
+        .arg("--root")
+        .arg(&options.runtime_root)
+        .arg("--log")
+        .arg(&runtime_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&options.bundle)
+        .arg("--pid-file")
+        .arg(options.bundle_file(INIT_PID_FILE))
+        .arg(&options.id)
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr))
+        .status()
+        .map_err(|source| RunError::SpawnRuntime {
+            runtime: runtime.to_path_buf(),
+            source,
+        })?;
+    if status.success() {
+        return Ok(());
+    }
+    let logged = fs::read_to_string(&runtime_log)
+        .ok()
+        .and_then(|text| last_runtime_message(&text));
+    Err(RunError::Create {
+        id: options.id.clone(),
+        message: match logged {
+            Some(message) => format!("{} create: {message}", runtime.display()),
+            None => format!("{} create exited with {status}", runtime.display()),
+        },
+    })
+}
+
+/// The last `msg` of a runtime's JSON log (runc/crun `--log-format json`), or the last
+/// non-empty raw line when the log is not JSON.
+pub fn last_runtime_message(log: &str) -> Option<String> {
+    let mut lines = log.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+    let last_line = lines.clone().next()?;
+    lines
+        .find_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            value.get("msg")?.as_str().map(str::to_owned)
+        })
+        .or_else(|| Some(last_line.to_owned()))
+}
+
+/// Deletes whatever the runtime left of a failed create (best effort).
+fn delete_from_runtime(options: &Options) {
+    match &options.runtime {
+        RuntimeKind::Builtin => {
+            let root = options.runtime_root.join(&options.id);
+            if root.exists() {
+                if let Ok(mut container) = Container::load(root) {
+                    let _ = container.delete(true);
+                }
+            }
+        }
+        RuntimeKind::External(runtime) => {
+            let _ = Command::new(runtime)
+                .arg("--root")
+                .arg(&options.runtime_root)
+                .args(["delete", "--force"])
+                .arg(&options.id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn read_init_pid(path: &Path) -> Result<Pid, RunError> {
+    let error = |source| RunError::InitPid {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = fs::read_to_string(path).map_err(error)?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(Pid::from_raw(pid)),
+        _ => Err(error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a pid: {text:?}"),
+        ))),
+    }
+}
+
+#[derive(Serialize)]
+struct MonitorState {
+    monitor_pid: i32,
+    monitor_start_time: u64,
+    pid: i32,
+    pid_start_time: u64,
+}
+
+fn write_monitor_state(options: &Options, init_pid: Pid) -> Result<(), RunError> {
+    let path = options.bundle_file(MONITOR_STATE_FILE);
+    let error = |source| RunError::WriteState {
+        path: path.clone(),
+        source,
+    };
+    let state = MonitorState {
+        monitor_pid: getpid().as_raw(),
+        monitor_start_time: files::process_start_time("self").map_err(error)?,
+        pid: init_pid.as_raw(),
+        pid_start_time: files::process_start_time(&init_pid.to_string()).map_err(error)?,
+    };
+    let json = serde_json::to_vec(&state).map_err(|e| error(io::Error::other(e)))?;
+    files::write_atomic(&path, &json).map_err(error)
+}
+
+/// How the container init ended.
+#[derive(Debug, Clone, Copy)]
+struct InitExit {
+    exit_code: i32,
+    signal: Option<i32>,
+    finished_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ExitRecord {
+    exit_code: i32,
+    signal: Option<i32>,
+    finished_at: String,
+    oom_killed: bool,
+}
+
+/// The monitor after a successful create.
+struct Monitor {
+    bundle: PathBuf,
+    log_path: PathBuf,
+    signals: SignalFd,
+    log: CriLogWriter<File>,
+    /// Set after a log write error was noted, so a full disk is noted once.
+    log_failing: bool,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    init_pid: Pid,
+    init_exit: Option<InitExit>,
+    counters: OomCounters,
+    cgroup: Option<PathBuf>,
+    parent_cgroup: Option<PathBuf>,
+    parent_baseline: u64,
+}
+
+impl Monitor {
+    /// Appends an error to `monitor.log` (stderr is /dev/null).
+    fn note(&self, message: &str) {
+        let line = format!("{} {message}", format_timestamp(&Utc::now()));
+        let _ = files::append_line(&self.bundle.join(MONITOR_LOG_FILE), &line);
+    }
+
+    /// The main loop; returns the exit code of the monitor.
+    fn watch(mut self) -> i32 {
+        let mut buffer = vec![0u8; READ_CHUNK];
+        while self.init_exit.is_none() {
+            self.wait_and_handle(PollTimeout::NONE, &mut buffer);
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.stdout.is_some() || self.stderr.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            self.wait_and_handle(timeout, &mut buffer);
+        }
+        let now = Utc::now();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let result = self.log.flush_stream(stream, &now);
+            self.log_result(result);
+        }
+        self.stdout = None;
+        self.stderr = None;
+
+        let Some(exit) = self.init_exit else {
+            return 1;
+        };
+        match self.record_exit(&exit) {
+            Ok(()) => 0,
+            Err(err) => {
+                self.note(&error_chain(&err));
+                1
+            }
+        }
+    }
+
+    fn wait_and_handle(&mut self, timeout: PollTimeout, buffer: &mut [u8]) {
+        let (signals_ready, stdout_ready, stderr_ready) = {
+            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            let streams: Vec<Stream> = [
+                (Stream::Stdout, &self.stdout),
+                (Stream::Stderr, &self.stderr),
+            ]
+            .into_iter()
+            .filter_map(|(stream, fd)| {
+                let fd = fd.as_ref()?;
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                Some(stream)
+            })
+            .collect();
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => return,
+                Err(errno) => {
+                    self.note(&format!("poll failed: {errno}"));
+                    // Avoid a hot loop if poll keeps failing.
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
+            let mut stdout_ready = false;
+            let mut stderr_ready = false;
+            for (stream, fd) in streams.iter().zip(&fds[1..]) {
+                match stream {
+                    Stream::Stdout => stdout_ready = ready(fd),
+                    Stream::Stderr => stderr_ready = ready(fd),
+                }
+            }
+            (ready(&fds[0]), stdout_ready, stderr_ready)
+        };
+        if stdout_ready {
+            self.read_stream(Stream::Stdout, buffer);
+        }
+        if stderr_ready {
+            self.read_stream(Stream::Stderr, buffer);
+        }
+        if signals_ready {
+            self.handle_signals();
+        }
+    }
+
+    fn read_stream(&mut self, stream: Stream, buffer: &mut [u8]) {
+        let slot = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        let Some(fd) = slot.as_ref() else { return };
+        match nix::unistd::read(fd.as_raw_fd(), buffer) {
+            Ok(0) => {
+                *slot = None;
+                let result = self.log.flush_stream(stream, &Utc::now());
+                self.log_result(result);
+            }
+            Ok(n) => {
+                let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
+                self.log_result(result);
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(errno) => {
+                *slot = None;
+                self.note(&format!(
+                    "reading container {} failed: {errno}",
+                    stream.name()
+                ));
+            }
+        }
+    }
+
+    fn log_result(&mut self, result: io::Result<()>) {
+        match result {
+            Ok(()) => self.log_failing = false,
+            Err(err) if !self.log_failing => {
+                self.log_failing = true;
+                self.note(&format!(
+                    "writing log {} failed: {err}",
+                    self.log_path.display()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => self.reap_children(),
+                    Ok(Signal::SIGUSR1) => self.reopen_log(),
+                    // SIGTERM, SIGINT, SIGHUP: the monitor lives as long as its container.
+                    _ => {}
+                },
+                Ok(None) | Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(errno) => {
+                    self.note(&format!("reading signalfd failed: {errno}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// As a subreaper the monitor also inherits orphans of the container: reap them all.
+    fn reap_children(&mut self) {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => status,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    self.note(&format!("waitpid failed: {errno}"));
+                    return;
+                }
+            };
+            let (exit_code, signal) = match status {
+                WaitStatus::Exited(pid, code) if pid == self.init_pid => (code, None),
+                WaitStatus::Signaled(pid, signal, _) if pid == self.init_pid => {
+                    (128 + signal as i32, Some(signal as i32))
+                }
+                _ => continue,
+            };
+            self.init_exit = Some(InitExit {
+                exit_code,
+                signal,
+                finished_at: Utc::now(),
+            });
+        }
+    }
+
+    /// kubelet renames the log file, then asks for a reopen; keep the old file when the
+    /// new one cannot be opened, rather than losing output.
+    fn reopen_log(&mut self) {
+        match open_log(&self.log_path) {
+            Ok(file) => {
+                drop(self.log.replace_sink(file));
+                self.log_failing = false;
+            }
+            Err(err) => self.note(&error_chain(&err)),
+        }
+    }
+
+    fn record_exit(&self, exit: &InitExit) -> Result<(), RunError> {
+        let container_count = self
+            .cgroup
+            .as_deref()
+            .map_or(0, |path| self.counters.oom_kill_count(path));
+        let parent_count = self
+            .parent_cgroup
+            .as_deref()
+            .map_or(0, |path| self.counters.oom_kill_count(path));
+        let record = ExitRecord {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            finished_at: format_timestamp(&exit.finished_at),
+            oom_killed: oom::was_oom_killed(
+                container_count,
+                exit.signal == Some(Signal::SIGKILL as i32),
+                self.parent_baseline,
+                parent_count,
+            ),
+        };
+        let path = self.bundle.join(EXIT_FILE);
+        let error = |source| RunError::WriteState {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| error(io::Error::other(e)))?;
+        files::write_atomic(&path, &json).map_err(error)
+    }
+}
+
+fn wait_for(child: Pid) -> Result<WaitStatus, Errno> {
+    loop {
+        match waitpid(child, None) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whatever is in a non-blocking pipe right now, as text.
+fn read_available(fd: &OwnedFd) -> String {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_message_is_the_last_json_msg() {
+        let log = concat!(
+            "{\"level\":\"warning\",\"msg\":\"old warning\",\"time\":\"t\"}\n",
+            "{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": executable file not found\",\"time\":\"t\"}\n",
+            "\n"
+        );
+        assert_eq!(
+            last_runtime_message(log).as_deref(),
+            Some("exec: \"nope\": executable file not found")
+        );
+    }
+
+    #[test]
+    fn runtime_message_falls_back_to_raw_text() {
+        assert_eq!(
+            last_runtime_message("first\nsomething broke\n").as_deref(),
+            Some("something broke")
+        );
+        assert_eq!(last_runtime_message("\n  \n"), None);
+    }
+}
