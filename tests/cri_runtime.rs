@@ -999,3 +999,114 @@ async fn restart_cleans_up_what_no_record_owns() {
         .log()
         .contains("removing state no pod or container owns"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_uses_the_image_stop_signal() {
+    let mut env = PodEnv::start().await;
+    let image = support::images::ImageBuilder::busybox()
+        .with_config(|c| {
+            c.set_stop_signal(Some("SIGUSR1".into()));
+        })
+        .build();
+    env.registry.push("test/stopsignal", "v1", &image).await;
+    let reference = format!("{}/test/stopsignal:v1", env.registry.host());
+    env.daemon
+        .image_client()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = env.pod_config("stopsig");
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = env.container_config(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' USR1; trap 'exit 1' TERM; while true; do sleep 0.1; done",
+        ],
+    );
+    config.image.as_mut().unwrap().image = reference;
+    let id = env.run(&pod_id, &pod, &config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.stop_container(&id, 10).await;
+    let status = env.status(&id).await;
+    assert_eq!(status.exit_code, 42, "{status:?}");
+    env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_pid_namespace_dns_and_sysctls() {
+    let mut env = PodEnv::start().await;
+    let mut pod = env.pod_config("target");
+    pod.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    pod.linux.as_mut().unwrap().sysctls = [(
+        "net.ipv4.ip_unprivileged_port_start".to_string(),
+        "80".to_string(),
+    )]
+    .into();
+    let pod_id = env.run_pod(&pod).await;
+    let main = env
+        .run(
+            &pod_id,
+            &pod,
+            &env.container_config("main", &["sleep", "1003"]),
+        )
+        .await;
+    let mut debug = env.container_config("debug", &["sleep", "1000"]);
+    debug
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Target as i32,
+            target_id: main.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let debug = env.run(&pod_id, &pod, &debug).await;
+    let ps = env.exec_ok(&debug, &["ps", "-o", "args"]).await;
+    assert!(
+        ps.contains("sleep 1003"),
+        "TARGET pid namespace does not show the target: {ps}"
+    );
+    let resolv = env.exec_ok(&main, &["cat", "/etc/resolv.conf"]).await;
+    assert_eq!(
+        resolv,
+        "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5"
+    );
+    let sysctl = env
+        .exec_ok(
+            &main,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+        )
+        .await;
+    assert_eq!(sysctl, "80");
+    let verbose = env
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["id"], pod_id.as_str());
+    assert!(info["namespaces"]["network"].as_str().is_some(), "{info}");
+    let status = verbose.status.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.metadata.unwrap().name, pod.metadata.unwrap().name);
+    env.remove_pod(&pod_id).await;
+}
