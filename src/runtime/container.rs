@@ -370,17 +370,22 @@ impl Runtime {
             )));
         }
         let runtime = self.oci_runtime(&container.runtime_handler)?;
+        // Taken before the start: a fast container can exit (and its exit be recorded)
+        // before `start` returns, and its start must not come after its finish.
+        let started_at = now_nanos();
         if let Err(err) = runtime.start(&container.id).await {
             self.update_container(&container.id, |c| {
                 c.message = err.to_string();
+                true
             })?;
             return Err(err.into());
         }
         self.update_container(&container.id, |c| {
-            c.started_at = now_nanos();
+            c.started_at = started_at;
             if c.state == ContainerState::Created {
                 c.state = ContainerState::Running;
             }
+            true
         })?;
         tracing::info!(container = %container.id, "container started");
         Ok(())
@@ -445,12 +450,7 @@ impl Runtime {
             return Ok(());
         };
         self.cleanup_container(&container).await;
-        self.store
-            .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &container.id))?;
-        {
-            let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
-            containers.remove(&container.id);
-        }
+        self.delete_container_record(&container.id)?;
         drop(guard);
         self.forget_lock(&container.id);
         tracing::info!(container = %container.id, "container removed");
@@ -546,6 +546,7 @@ impl Runtime {
                 linux.resources = Some(new);
             }
             c.config = config.encode_to_vec();
+            true
         })?;
         Ok(())
     }

@@ -92,6 +92,8 @@ pub struct Runtime {
     /// One async lock per pod / container ID: lifecycle calls on one object run one at
     /// a time; List/Status never take these.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes read-modify-write of container records (see `update_container`).
+    container_writes: Mutex<()>,
     /// Bumped whenever a container exits, to wake whoever waits for one.
     pub(super) exits: tokio::sync::watch::Sender<u64>,
 }
@@ -151,6 +153,7 @@ impl Runtime {
             pods: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            container_writes: Mutex::new(()),
             exits,
         });
         runtime.recover().await?;
@@ -257,7 +260,16 @@ impl Runtime {
         Ok(())
     }
 
+    /// Writes a container record to the store, then to memory.
     pub(super) fn save_container(&self, container: &ContainerRecord) -> Result<()> {
+        let _writes = self
+            .container_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.save_container_locked(container)
+    }
+
+    fn save_container_locked(&self, container: &ContainerRecord) -> Result<()> {
         self.store
             .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Container, &container.id, container))?;
         let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
@@ -265,18 +277,39 @@ impl Runtime {
         Ok(())
     }
 
-    /// Applies `change` to the container's record (store, then memory), if it exists.
+    /// Applies `change` to the container's record (store, then memory), if it exists
+    /// and `change` returns true. Read, change and write happen under one lock, so an
+    /// exit recorded by the watcher and a lifecycle call never overwrite each other.
     pub(super) fn update_container(
         &self,
         id: &str,
-        change: impl FnOnce(&mut ContainerRecord),
+        change: impl FnOnce(&mut ContainerRecord) -> bool,
     ) -> Result<Option<ContainerRecord>> {
+        let _writes = self
+            .container_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let Some(mut record) = self.container(id) else {
             return Ok(None);
         };
-        change(&mut record);
-        self.save_container(&record)?;
+        if !change(&mut record) {
+            return Ok(None);
+        }
+        self.save_container_locked(&record)?;
         Ok(Some(record))
+    }
+
+    /// Deletes a container record from the store and memory.
+    pub(super) fn delete_container_record(&self, id: &str) -> Result<()> {
+        let _writes = self
+            .container_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.store
+            .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, id))?;
+        let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
+        containers.remove(id);
+        Ok(())
     }
 
     /// Watches container `id`'s monitor and records the exit when it goes.
@@ -296,41 +329,40 @@ impl Runtime {
         let Some(current) = self.container(id) else {
             return Ok(());
         };
-        if matches!(
-            current.state,
-            ContainerState::Exited | ContainerState::Unknown
-        ) {
-            return Ok(());
-        }
         let exit = monitor::read_exit(&current.bundle);
-        self.update_container(id, |c| match &exit {
-            Some(exit) => {
-                c.state = ContainerState::Exited;
-                c.exit_code = exit.exit_code;
-                c.finished_at =
-                    parse_time(&exit.finished_at).unwrap_or_else(super::records::now_nanos);
-                c.reason = if exit.oom_killed {
-                    "OOMKilled"
-                } else if exit.exit_code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
+        let changed = self.update_container(id, |c| {
+            if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
+                return false;
+            }
+            match &exit {
+                Some(exit) => {
+                    c.state = ContainerState::Exited;
+                    c.exit_code = exit.exit_code;
+                    c.finished_at =
+                        parse_time(&exit.finished_at).unwrap_or_else(super::records::now_nanos);
+                    c.reason = if exit.oom_killed {
+                        "OOMKilled"
+                    } else if exit.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .to_string();
                 }
-                .to_string();
-                if c.started_at == 0 && current.state == ContainerState::Running {
-                    c.started_at = c.finished_at;
+                None => {
+                    c.state = ContainerState::Unknown;
+                    c.exit_code = 255;
+                    c.finished_at = super::records::now_nanos();
+                    c.reason = "Unknown".to_string();
+                    c.message = "the container's monitor exited without recording an exit".into();
                 }
             }
-            None => {
-                c.state = ContainerState::Unknown;
-                c.exit_code = 255;
-                c.finished_at = super::records::now_nanos();
-                c.reason = "Unknown".to_string();
-                c.message = "the container's monitor exited without recording an exit".into();
-            }
+            true
         })?;
-        tracing::info!(container = %id, "container exited");
-        self.exits.send_modify(|n| *n += 1);
+        if changed.is_some() {
+            tracing::info!(container = %id, "container exited");
+            self.exits.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -396,6 +428,7 @@ impl Runtime {
                         self.update_container(&id, |c| {
                             c.state = ContainerState::Running;
                             c.started_at = super::records::now_nanos();
+                            true
                         })?;
                     }
                     self.watch(id, info)
