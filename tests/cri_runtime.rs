@@ -284,6 +284,13 @@ async fn containers_of_a_pod_share_network_ipc_and_hostname() {
         let host = std::fs::read_link(&path).unwrap().display().to_string();
         assert_ne!(a, host, "{ns} namespace is the host's");
     }
+    // One /dev/shm per pod, shared by its containers.
+    env.exec_ok(&server, &["sh", "-c", "echo shared > /dev/shm/marker"])
+        .await;
+    assert_eq!(
+        env.exec_ok(&client, &["cat", "/dev/shm/marker"]).await,
+        "shared"
+    );
     let hostname = pod.hostname.clone();
     assert_eq!(env.exec_ok(&client, &["hostname"]).await, hostname);
     assert_eq!(
@@ -365,6 +372,38 @@ async fn host_network_pod_uses_the_host_namespace() {
     let inside = env.exec_ok(&id, &["readlink", "/proc/self/ns/net"]).await;
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_eq!(inside, host.display().to_string());
+    env.remove_pod(&pod_id).await;
+
+    // Host PID and IPC as well.
+    let mut pod = env.pod_config("hostpid");
+    let options = pod
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .unwrap();
+    options.pid = cri::NamespaceMode::Node as i32;
+    options.ipc = cri::NamespaceMode::Node as i32;
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = env.container_config("c", &["sleep", "1000"]);
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Node as i32,
+            ipc: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.run(&pod_id, &pod, &config).await;
+    for ns in ["pid", "ipc"] {
+        let path = format!("/proc/self/ns/{ns}");
+        let inside = env.exec_ok(&id, &["readlink", &path]).await;
+        let host = std::fs::read_link(&path).unwrap();
+        assert_eq!(inside, host.display().to_string(), "{ns}");
+    }
     env.remove_pod(&pod_id).await;
 }
 
