@@ -3,6 +3,25 @@
 
 mod support;
 
+/// The pod's namespace options (every `PodEnv::pod_config` has them).
+fn pod_namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    pod.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod_config sets namespace options")
+}
+
+fn set_security_context(
+    config: &mut cri::ContainerConfig,
+    context: cri::LinuxContainerSecurityContext,
+) {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(context);
+}
+
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
@@ -314,25 +333,20 @@ async fn containers_of_a_pod_share_network_ipc_and_hostname() {
 async fn pod_pid_namespace_is_shared() {
     let mut env = PodEnv::start().await;
     let mut pod = env.pod_config("pidns");
-    let options = pod
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .unwrap();
+    let options = pod_namespaces(&mut pod);
     options.pid = cri::NamespaceMode::Pod as i32;
     let pod_id = env.run_pod(&pod).await;
     let mut first = env.container_config("first", &["sleep", "1001"]);
-    first
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Pod as i32,
+    set_security_context(
+        &mut first,
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let mut second = first.clone();
     second.metadata.as_mut().unwrap().name = "second".into();
     second.command = vec!["sleep".into(), "1002".into()];
@@ -355,12 +369,7 @@ async fn pod_pid_namespace_is_shared() {
 async fn host_network_pod_uses_the_host_namespace() {
     let mut env = PodEnv::start().await;
     let mut pod = env.pod_config("hostnet");
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .unwrap()
-        .network = cri::NamespaceMode::Node as i32;
+    pod_namespaces(&mut pod).network = cri::NamespaceMode::Node as i32;
     let pod_id = env.run_pod(&pod).await;
     let id = env
         .run(
@@ -376,27 +385,22 @@ async fn host_network_pod_uses_the_host_namespace() {
 
     // Host PID and IPC as well.
     let mut pod = env.pod_config("hostpid");
-    let options = pod
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .unwrap();
+    let options = pod_namespaces(&mut pod);
     options.pid = cri::NamespaceMode::Node as i32;
     options.ipc = cri::NamespaceMode::Node as i32;
     let pod_id = env.run_pod(&pod).await;
     let mut config = env.container_config("c", &["sleep", "1000"]);
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Node as i32,
-            ipc: cri::NamespaceMode::Node as i32,
+    set_security_context(
+        &mut config,
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Node as i32,
+                ipc: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let id = env.run(&pod_id, &pod, &config).await;
     for ns in ["pid", "ipc"] {
         let path = format!("/proc/self/ns/{ns}");
@@ -439,13 +443,14 @@ async fn security_context_user_readonly_caps_seccomp() {
     let pod_id = env.run_pod(&pod).await;
 
     let mut user = env.container_config("user", &["sleep", "1000"]);
-    user.linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        run_as_user: Some(cri::Int64Value { value: 1000 }),
-        readonly_rootfs: true,
-        ..Default::default()
-    });
+    set_security_context(
+        &mut user,
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            readonly_rootfs: true,
+            ..Default::default()
+        },
+    );
     let id = env.run(&pod_id, &pod, &user).await;
     assert_eq!(env.exec_ok(&id, &["id", "-u"]).await, "1000");
     let write = env.exec(&id, &["touch", "/newfile"], 10).await.unwrap();
@@ -464,20 +469,20 @@ async fn security_context_user_readonly_caps_seccomp() {
             "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; exec sleep 1000",
         ],
     );
-    dropped
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        capabilities: Some(cri::Capability {
-            drop_capabilities: vec!["CHOWN".into()],
+    set_security_context(
+        &mut dropped,
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        seccomp: Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let id = env.run(&pod_id, &pod, &dropped).await;
     let chown = env.exec(&id, &["chown", "1:1", "/tmp"], 10).await.unwrap();
     assert_ne!(chown.exit_code, 0, "chown succeeded without CAP_CHOWN");
@@ -498,13 +503,13 @@ async fn security_context_user_readonly_caps_seccomp() {
     );
 
     let mut privileged = env.container_config("priv", &["sleep", "1000"]);
-    privileged
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        privileged: true,
-        ..Default::default()
-    });
+    set_security_context(
+        &mut privileged,
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        },
+    );
     let id = env.run(&pod_id, &pod, &privileged).await;
     env.exec_ok(&id, &["test", "-c", "/dev/kmsg"]).await;
     let unprivileged = env.exec(&id, &["true"], 10).await.unwrap();
@@ -601,13 +606,13 @@ async fn bad_requests_name_the_field_and_leave_nothing() {
     assert_eq!(err.code(), Code::NotFound);
 
     let mut bad_user = env.container_config("c", &["true"]);
-    bad_user
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        run_as_username: "nobody-such".into(),
-        ..Default::default()
-    });
+    set_security_context(
+        &mut bad_user,
+        cri::LinuxContainerSecurityContext {
+            run_as_username: "nobody-such".into(),
+            ..Default::default()
+        },
+    );
     let err = env.create(&pod_id, &pod, &bad_user).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
@@ -1103,17 +1108,17 @@ async fn target_pid_namespace_dns_and_sysctls() {
         )
         .await;
     let mut debug = env.container_config("debug", &["sleep", "1000"]);
-    debug
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(cri::LinuxContainerSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Target as i32,
-            target_id: main.clone(),
+    set_security_context(
+        &mut debug,
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target as i32,
+                target_id: main.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let debug = env.run(&pod_id, &pod, &debug).await;
     let ps = env.exec_ok(&debug, &["ps", "-o", "args"]).await;
     assert!(

@@ -138,33 +138,26 @@ impl Runtime {
             });
         }
         let _guard = self.lock(&id).await;
-        let result = self
-            .setup_container(&mut record, &pod, &config, &defaults, &runtime)
-            .await;
+        let result = async {
+            let info = self
+                .setup_container(&mut record, &pod, &config, &defaults, &runtime)
+                .await?;
+            record.state = ContainerState::Created;
+            record.monitor = Some(info);
+            self.save_container(&record)?;
+            Ok(info)
+        }
+        .await;
         drop(pod_guard);
         match result {
             Ok(info) => {
-                record.state = ContainerState::Created;
-                record.monitor = Some(info);
-                if let Err(err) = self.save_container(&record) {
-                    self.cleanup_container(&record).await;
-                    let _ = self
-                        .store
-                        .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &id));
-                    return Err(err);
-                }
                 self.watch(id.clone(), info);
                 tracing::info!(container = %id, name = %name, "container created");
                 Ok(id)
             }
             Err(err) => {
                 self.cleanup_container(&record).await;
-                if let Err(store_err) = self
-                    .store
-                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &id))
-                {
-                    tracing::error!(container = %id, "releasing the name of a failed container: {store_err}");
-                }
+                self.release_name(Kind::Container, &id);
                 Err(err)
             }
         }
@@ -356,13 +349,7 @@ impl Runtime {
 
     /// StartContainer.
     pub async fn start_container(self: &Arc<Self>, query: &str) -> Result<()> {
-        let container = self
-            .find_container(query)
-            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
-        let _guard = self.lock(&container.id).await;
-        let container = self
-            .container(&container.id)
-            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let (_guard, container) = self.lock_container(query).await?;
         if container.state != ContainerState::Created {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {} cannot be started: it is {:?}, not Created",
@@ -510,13 +497,7 @@ impl Runtime {
         query: &str,
         resources: Option<cri::LinuxContainerResources>,
     ) -> Result<()> {
-        let container = self
-            .find_container(query)
-            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
-        let _guard = self.lock(&container.id).await;
-        let container = self
-            .container(&container.id)
-            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let (_guard, container) = self.lock_container(query).await?;
         if !matches!(
             container.state,
             ContainerState::Created | ContainerState::Running

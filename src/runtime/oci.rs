@@ -116,9 +116,17 @@ impl OciRuntime {
         cmd
     }
 
-    async fn run(&self, operation: &'static str, id: &str, args: &[&str]) -> Result<(), OciError> {
+    /// Runs `<operation> <before..> <id> <after..>`; the error carries the runtime's
+    /// own message.
+    async fn run(
+        &self,
+        operation: &'static str,
+        before: &[&str],
+        id: &str,
+        after: &[&str],
+    ) -> Result<(), OciError> {
         let mut cmd = self.command();
-        cmd.arg(operation).args(args).arg(id);
+        cmd.arg(operation).args(before).arg(id).args(after);
         let output = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -141,13 +149,13 @@ impl OciRuntime {
 
     /// Starts a created container (its process runs).
     pub async fn start(&self, id: &str) -> Result<(), OciError> {
-        self.run("start", id, &[]).await
+        self.run("start", &[], id, &[]).await
     }
 
     /// Deletes the container's runtime state and cgroup, killing what still runs in it.
     /// A container the runtime does not know is fine (idempotent removal).
     pub async fn delete(&self, id: &str) -> Result<(), OciError> {
-        match self.run("delete", id, &["--force"]).await {
+        match self.run("delete", &["--force"], id, &[]).await {
             Err(err) if err.is_not_exist() => Ok(()),
             other => other,
         }
@@ -173,33 +181,14 @@ impl OciRuntime {
 
     /// Signals every process of the container (`kill --all`).
     pub async fn kill_all(&self, id: &str, signal: i32) -> Result<(), OciError> {
-        let signal = signal.to_string();
-        let mut cmd = self.command();
-        cmd.args(["kill", "--all", id, &signal]);
-        let output = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+        self.run("kill", &["--all"], id, &[&signal.to_string()])
             .await
-            .map_err(|source| OciError::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
-        if output.status.success() {
-            return Ok(());
-        }
-        Err(OciError::Failed {
-            program: self.program.clone(),
-            operation: "kill",
-            id: id.to_string(),
-            message: runtime_message(&output.stderr, output.status),
-        })
     }
 
     /// Applies `resources_file` (OCI LinuxResources JSON) to a running container.
     pub async fn update(&self, id: &str, resources_file: &Path) -> Result<(), OciError> {
         let file = resources_file.to_string_lossy();
-        self.run("update", id, &["--resources", &file]).await
+        self.run("update", &["--resources", &file], id, &[]).await
     }
 
     /// Runs the process described by `process_file` (OCI Process JSON) in the container,

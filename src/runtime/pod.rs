@@ -107,36 +107,27 @@ impl Runtime {
                 other => other.into(),
             })?;
         let _guard = self.lock(&id).await;
-        match self
-            .setup_pod(
+        let result = async {
+            self.setup_pod(
                 &mut record,
                 &config,
                 host_network,
                 host_ipc,
                 options.pid == MODE_POD,
             )
-            .await
-        {
+            .await?;
+            record.state = PodState::Ready;
+            self.save_pod(&record)
+        }
+        .await;
+        match result {
             Ok(()) => {
-                record.state = PodState::Ready;
-                if let Err(err) = self.save_pod(&record) {
-                    self.cleanup_pod(&record).await;
-                    let _ = self
-                        .store
-                        .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id));
-                    return Err(err);
-                }
                 tracing::info!(pod = %id, name = %name, "pod sandbox ready");
                 Ok(id)
             }
             Err(err) => {
                 self.cleanup_pod(&record).await;
-                if let Err(store_err) = self
-                    .store
-                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &id))
-                {
-                    tracing::error!(pod = %id, "releasing the name of a failed pod: {store_err}");
-                }
+                self.release_name(Kind::Pod, &id);
                 Err(err)
             }
         }

@@ -251,6 +251,26 @@ impl Runtime {
             .collect()
     }
 
+    /// Deletes the record of a pod or container whose creation failed, freeing its name
+    /// for the retry.
+    pub(super) fn release_name(&self, kind: Kind, id: &str) {
+        if let Err(err) = self.store.update(|tx| tx.delete(CRI_NAMESPACE, kind, id)) {
+            tracing::error!(%id, "releasing the name of a failed {kind}: {err}");
+        }
+    }
+
+    /// The container `query` names, with its lifecycle lock held.
+    pub(super) async fn lock_container(
+        &self,
+        query: &str,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, ContainerRecord)> {
+        let not_found = || RuntimeError::NotFound(format!("container {query:?}"));
+        let container = self.find_container(query).ok_or_else(not_found)?;
+        let guard = self.lock(&container.id).await;
+        let container = self.container(&container.id).ok_or_else(not_found)?;
+        Ok((guard, container))
+    }
+
     /// Writes a pod record to the store, then to memory.
     pub(super) fn save_pod(&self, pod: &PodRecord) -> Result<()> {
         self.store
