@@ -495,6 +495,42 @@ mod tests {
     }
 
     #[test]
+    fn runtime_section() {
+        let config = Config::from_toml(
+            "[runtime]\ndefault_cgroup_parent = \"/kubepods\"\n\
+             [runtime.handlers]\nkata = \"/opt/kata/bin/kata-runtime\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.runtime.handlers["kata"],
+            PathBuf::from("/opt/kata/bin/kata-runtime")
+        );
+        for (toml, key) in [
+            (
+                "[runtime.handlers]\nbuiltin = \"/usr/sbin/runc\"\n",
+                "runtime.handlers",
+            ),
+            ("[runtime.handlers]\nrunc = \"runc\"\n", "runtime.handlers"),
+            (
+                "[runtime]\ndefault_cgroup_parent = \"wharf\"\n",
+                "runtime.default_cgroup_parent",
+            ),
+            (
+                "[runtime]\ncreate_timeout_secs = 0\n",
+                "runtime.create_timeout_secs",
+            ),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn log_levels() {
         assert!(parse_log_filter("info").is_ok());
         assert!(parse_log_filter("info,wharf::store=trace").is_ok());
