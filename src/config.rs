@@ -43,6 +43,45 @@ pub struct Config {
     /// How pod and container cgroups are managed.
     pub cgroup_driver: CgroupDriver,
     pub runtime: RuntimeConfig,
+    pub cni: CniSection,
+}
+
+/// Pod networking through CNI plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniSection {
+    /// Network configs: the lexically first valid `.conflist` / `.conf` / `.json` is used.
+    pub conf_dir: PathBuf,
+    /// Where plugin binaries are looked up, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Seconds one plugin call may take before it is killed.
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for CniSection {
+    fn default() -> Self {
+        CniSection {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            plugin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout_secs: 60,
+        }
+    }
+}
+
+impl CniSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        require_absolute("cni.conf_dir", &self.conf_dir)?;
+        for dir in &self.plugin_dirs {
+            require_absolute("cni.plugin_dirs", dir)?;
+        }
+        if self.plugin_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cni.plugin_timeout_secs",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// How containers are run.
@@ -183,6 +222,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             runtime: RuntimeConfig::default(),
+            cni: CniSection::default(),
         }
     }
 }
@@ -324,7 +364,8 @@ impl Config {
             message,
         })?;
         self.registry.validate()?;
-        self.runtime.validate()
+        self.runtime.validate()?;
+        self.cni.validate()
     }
 
     /// The configuration as JSON, for `Status(verbose)` and `wharfd --print-config`.

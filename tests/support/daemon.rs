@@ -110,6 +110,15 @@ impl Daemon {
                 "\n[runtime]\ndefault_cgroup_parent = {cgroup_parent:?}\n"
             ));
         }
+        if !config_toml.contains("[cni]") {
+            // Never the host's /etc/cni/net.d: a test's pods get the networks it writes.
+            let conf_dir = dir.path().join("cni/net.d");
+            std::fs::create_dir_all(&conf_dir).expect("create the test's CNI conf dir");
+            config_toml.push_str(&format!(
+                "\n[cni]\nconf_dir = {:?}\n",
+                conf_dir.display().to_string()
+            ));
+        }
         std::fs::write(&paths.config, &config_toml).expect("write wharfd config");
         let mut daemon = Daemon {
             paths,
