@@ -1,6 +1,7 @@
 //! wharf: a container runtime for Linux nodes. `wharfd` serves the Kubernetes CRI over a
 //! UNIX socket; see docs/architecture.md for the layers.
 
+pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod daemon;

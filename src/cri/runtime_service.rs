@@ -201,7 +201,7 @@ cri_service! {
         .map_err(|err| Status::internal(format!("runtime readiness check failed: {err}")))?;
         let conditions = vec![
             cri_condition("RuntimeReady", runtime_ready),
-            cri_condition("NetworkReady", runtime::network_condition()),
+            cri_condition("NetworkReady", self.0.runtime.network_condition().await),
         ];
         let info = if request.get_ref().verbose {
             verbose_info(&self.0)?

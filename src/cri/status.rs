@@ -82,6 +82,7 @@ pub fn from_runtime(err: RuntimeError) -> Status {
         RuntimeError::Monitor(MonitorError::Timeout(_)) => Code::DeadlineExceeded,
         RuntimeError::Monitor(MonitorError::Create(_)) | RuntimeError::Oci(_) => Code::Unknown,
         RuntimeError::Snapshot(SnapshotError::NotFound(_)) => Code::NotFound,
+        RuntimeError::Network(_) => Code::Unknown,
         RuntimeError::Spec(_)
         | RuntimeError::Namespace(_)
         | RuntimeError::Snapshot(_)

@@ -79,7 +79,7 @@ pub fn pod_sandbox_status(
         metadata: config.metadata.clone(),
         state: pod_state(pod.state),
         created_at: pod.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(pod_network_status(&pod)),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace { options }),
         }),
@@ -100,6 +100,19 @@ pub fn pod_sandbox_status(
     })
 }
 
+fn pod_network_status(pod: &PodRecord) -> cri::PodSandboxNetworkStatus {
+    let ips = pod
+        .network
+        .as_ref()
+        .map(|n| n.ips.clone())
+        .unwrap_or_default();
+    let mut ips = ips.into_iter();
+    cri::PodSandboxNetworkStatus {
+        ip: ips.next().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip }).collect(),
+    }
+}
+
 fn pod_info(pod: &PodRecord) -> serde_json::Value {
     let config = pod.config();
     serde_json::json!({
@@ -113,6 +126,7 @@ fn pod_info(pod: &PodRecord) -> serde_json::Value {
         "pidNamespaceHolder": pod.pid_holder,
         "stateDir": pod.dir,
         "shm": pod.shm_mounted.then(|| pod.dir.join("shm")),
+        "network": pod.network,
     })
 }
 

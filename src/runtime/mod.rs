@@ -33,7 +33,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn ready() -> Condition {
+    pub(crate) fn ready() -> Condition {
         Condition {
             ready: true,
             reason: String::new(),
@@ -41,7 +41,7 @@ impl Condition {
         }
     }
 
-    fn not_ready(reason: &str, message: String) -> Condition {
+    pub(crate) fn not_ready(reason: &str, message: String) -> Condition {
         Condition {
             ready: false,
             reason: reason.to_string(),
@@ -69,15 +69,4 @@ pub fn runtime_condition(root: &Path, state: &Path, store: &Store) -> Condition 
     } else {
         Condition::not_ready("RuntimePrerequisitesMissing", problems.join("; "))
     }
-}
-
-/// Whether pods can be given a network. No pod network (CNI or the built-in bridge)
-/// exists in wharf yet, so this is false, and says so.
-pub fn network_condition() -> Condition {
-    Condition::not_ready(
-        "NetworkPluginNotReady",
-        "wharf does not attach pods to a network yet: neither the CNI executor nor the \
-         built-in bridge is implemented; only host-network pods could be served"
-            .to_string(),
-    )
 }

@@ -19,8 +19,9 @@ use crate::store::{Kind, CRI_NAMESPACE};
 
 use super::monitor;
 use super::namespaces::{self, NamespaceRequest};
-use super::records::{now_nanos, PodRecord, PodState, ProcessRef};
+use super::records::{now_nanos, NetworkPhase, PodNetwork, PodRecord, PodState, ProcessRef};
 use super::service::{blocking, new_id, Result, Runtime, RuntimeError};
+use crate::cni::{Attachment, PortMapping, RuntimeConfig as CniRuntimeConfig};
 
 /// Size of a pod's /dev/shm (Docker's and containerd's default).
 const SHM_SIZE: &str = "size=65536k";
@@ -94,6 +95,7 @@ impl Runtime {
             cgroup_parent,
             dir: dir.clone(),
             shm_mounted: false,
+            network: None,
         };
         let name = pod_name(&meta);
         // Intent first: the name is reserved and a crash from here on is cleaned up by
@@ -195,12 +197,68 @@ impl Runtime {
         .await?;
         record.namespaces = pinned;
         record.shm_mounted = shm_mounted;
+        if !host_network {
+            self.attach_network(record, config).await?;
+        }
         if shared_pid {
             record.pid_holder = Some(self.start_pid_holder(&record.dir).await?);
         }
         // Persist what was made so far, so a crash after this point is cleaned up.
         self.store
             .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &record.id, &*record))?;
+        Ok(())
+    }
+
+    /// Attaches the pod's network namespace to the CNI network, if one is configured
+    /// (without one, the pod has loopback only and NetworkReady says why).
+    async fn attach_network(
+        &self,
+        record: &mut PodRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> Result<()> {
+        let Some(network) = self.cni.network().map_err(RuntimeError::Network)? else {
+            tracing::warn!(pod = %record.id, "no CNI network is configured: the pod has loopback only");
+            return Ok(());
+        };
+        record.network = Some(PodNetwork {
+            name: network.name.clone(),
+            ifname: POD_IFNAME.to_string(),
+            phase: NetworkPhase::Attaching,
+            ips: Vec::new(),
+        });
+        // Intent first: a crash during ADD still owes a DEL.
+        self.store
+            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &record.id, &*record))?;
+        let attachment = attachment(record, config)?;
+        let result = self
+            .cni
+            .add(&attachment)
+            .await
+            .map_err(RuntimeError::Network)?;
+        if let Some(network) = record.network.as_mut() {
+            network.phase = NetworkPhase::Attached;
+            network.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+        }
+        Ok(())
+    }
+
+    /// Runs CNI DEL for the pod once (it is owed after ADD started, until it ran).
+    async fn detach_network(&self, pod: &mut PodRecord) -> Result<()> {
+        let owed = pod
+            .network
+            .as_ref()
+            .is_some_and(|n| n.phase != NetworkPhase::Detached);
+        if !owed {
+            return Ok(());
+        }
+        let attachment = attachment(pod, &pod.config())?;
+        self.cni
+            .del(&attachment)
+            .await
+            .map_err(RuntimeError::Network)?;
+        if let Some(network) = pod.network.as_mut() {
+            network.phase = NetworkPhase::Detached;
+        }
         Ok(())
     }
 
@@ -244,6 +302,10 @@ impl Runtime {
         if let Some(holder) = pod.pid_holder {
             kill_holder(holder).await;
         }
+        let mut pod = pod.clone();
+        if let Err(err) = self.detach_network(&mut pod).await {
+            tracing::error!(pod = %pod.id, "CNI DEL: {err}");
+        }
         let dir = pod.dir.clone();
         if let Err(err) = blocking(move || teardown_pod_dir(&dir)).await {
             tracing::error!(pod = %pod.id, "cleaning up pod: {err}");
@@ -266,7 +328,12 @@ impl Runtime {
         if let Some(holder) = pod.pid_holder.take() {
             kill_holder(holder).await;
         }
-        if pod.state != PodState::NotReady || pod.pid_holder.is_some() {
+        let network_was_owed = pod
+            .network
+            .as_ref()
+            .is_some_and(|n| n.phase != NetworkPhase::Detached);
+        self.detach_network(&mut pod).await?;
+        if pod.state != PodState::NotReady || network_was_owed {
             pod.state = PodState::NotReady;
             self.save_pod(&pod)?;
             tracing::info!(pod = %pod.id, "pod sandbox stopped");
@@ -300,6 +367,69 @@ impl Runtime {
         tracing::info!(pod = %pod.id, "pod sandbox removed");
         Ok(())
     }
+}
+
+/// The interface name of a pod's network inside its namespace.
+const POD_IFNAME: &str = "eth0";
+
+/// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them,
+/// and the port mappings for plugins that ask for them.
+fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachment> {
+    let netns = pod.namespaces.network.clone().ok_or_else(|| {
+        RuntimeError::Internal(format!("pod {} has no network namespace to attach", pod.id))
+    })?;
+    let meta = config.metadata.clone().unwrap_or_default();
+    let mut port_mappings = Vec::new();
+    for (i, m) in config.port_mappings.iter().enumerate() {
+        if m.host_port == 0 {
+            continue;
+        }
+        let port = |v: i32, field: &str| {
+            u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| {
+                RuntimeError::invalid(
+                    format!("config.port_mappings[{i}].{field}"),
+                    format!("{v} is not a port number"),
+                )
+            })
+        };
+        let protocol = match cri::Protocol::try_from(m.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(RuntimeError::invalid(
+                    format!("config.port_mappings[{i}].protocol"),
+                    format!("unknown protocol {}", m.protocol),
+                ))
+            }
+        };
+        port_mappings.push(PortMapping {
+            host_port: port(m.host_port, "host_port")?,
+            container_port: port(m.container_port, "container_port")?,
+            protocol: protocol.to_string(),
+            host_ip: m.host_ip.clone(),
+        });
+    }
+    Ok(Attachment {
+        container_id: pod.id.clone(),
+        netns,
+        ifname: pod
+            .network
+            .as_ref()
+            .map(|n| n.ifname.clone())
+            .unwrap_or_else(|| POD_IFNAME.to_string()),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), meta.namespace),
+            ("K8S_POD_NAME".into(), meta.name),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
+            ("K8S_POD_UID".into(), meta.uid),
+        ],
+        capability_args: CniRuntimeConfig {
+            port_mappings,
+            ..Default::default()
+        },
+    })
 }
 
 /// Ends a PID-namespace holder; the kernel then kills everything left in the namespace.

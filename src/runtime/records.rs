@@ -57,6 +57,31 @@ pub struct PodRecord {
     pub dir: PathBuf,
     /// Whether `dir/shm` is a tmpfs wharf mounted (not host IPC).
     pub shm_mounted: bool,
+    /// The pod's CNI attachment; recorded before ADD runs, so a crash in between still
+    /// leads to a DEL.
+    #[serde(default)]
+    pub network: Option<PodNetwork>,
+}
+
+/// A pod's attachment to a CNI network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodNetwork {
+    /// The network's name (from its config list).
+    pub name: String,
+    pub ifname: String,
+    pub phase: NetworkPhase,
+    /// Pod IPs from the ADD result, IPv4 first.
+    pub ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkPhase {
+    /// ADD is running (or was, when wharfd crashed): DEL is still owed.
+    Attaching,
+    Attached,
+    /// DEL ran; it runs once.
+    Detached,
 }
 
 impl PodRecord {
@@ -153,6 +178,7 @@ mod tests {
             cgroup_parent: "/x".into(),
             dir: PathBuf::from("/run/wharf/pods/abc"),
             shm_mounted: true,
+            network: None,
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: PodRecord = serde_json::from_str(&json).unwrap();

@@ -49,6 +49,8 @@ pub enum RuntimeError {
         context: String,
         source: std::io::Error,
     },
+    #[error("pod network: {0}")]
+    Network(crate::cni::CniError),
     #[error("{0}")]
     Internal(String),
 }
@@ -87,6 +89,7 @@ pub struct Runtime {
     pub(super) restrict_oom_score_adj: bool,
     pub(super) cgroup_v2: bool,
     pub(super) swap_limit: bool,
+    pub(super) cni: crate::cni::Cni,
     pub(super) pods: RwLock<HashMap<String, PodRecord>>,
     pub(super) containers: RwLock<HashMap<String, ContainerRecord>>,
     /// One async lock per pod / container ID: lifecycle calls on one object run one at
@@ -142,6 +145,12 @@ impl Runtime {
             .unwrap_or_else(|| !has_cap_sys_resource());
         let monitor = monitor::monitor_program(config.runtime.monitor_path.as_deref());
         let (exits, _) = tokio::sync::watch::channel(0);
+        let cni = crate::cni::Cni::new(crate::cni::CniConfig {
+            conf_dir: config.cni.conf_dir.clone(),
+            plugin_dirs: config.cni.plugin_dirs.clone(),
+            cache_dir: config.state.join("cni"),
+            timeout: Duration::from_secs(config.cni.plugin_timeout_secs),
+        });
         let runtime = Arc::new(Runtime {
             config,
             store,
@@ -150,6 +159,7 @@ impl Runtime {
             restrict_oom_score_adj,
             cgroup_v2,
             swap_limit: super::spec::host_swap_limit_supported(),
+            cni,
             pods: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -162,6 +172,15 @@ impl Runtime {
 
     pub(super) fn state_dir(&self) -> &Path {
         &self.config.state
+    }
+
+    /// Whether pods can be given a network: a usable CNI network config exists (looked
+    /// up afresh, so writing one turns this true without a restart).
+    pub async fn network_condition(&self) -> super::Condition {
+        match self.cni.ready().await {
+            Ok(()) => super::Condition::ready(),
+            Err(err) => super::Condition::not_ready("NetworkPluginNotReady", err.to_string()),
+        }
     }
 
     /// The OCI runtime for a CRI runtime handler; unknown handlers are InvalidArgument.
