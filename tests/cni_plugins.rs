@@ -23,7 +23,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -32,11 +31,6 @@ use wharf::cni::{Attachment, Cni, CniConfig, CniError, CniResult, PortMapping, R
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 const IP: &str = "/sbin/ip";
 const BUSYBOX: &str = "/bin/busybox";
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-/// Live fixtures, and the forwarding setting found when the first of them was made.
-static FORWARDING: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
 
 fn prerequisites() {
     assert!(
@@ -73,6 +67,8 @@ fn run_ok(program: &str, args: &[&str]) -> String {
 /// One test's network world: conf/cache/lease/plugin dirs, bridge, subnet, namespaces.
 /// Dropping it deletes every attachment it handed out and everything else it made.
 struct Fixture {
+    /// Held until the fixture's bridge is gone (the last one restores ip_forward).
+    _forwarding: support::IpForwardGuard,
     n: u32,
     network: String,
     bridge: String,
@@ -98,12 +94,8 @@ impl Fixture {
         };
         std::fs::create_dir_all(&config.conf_dir).expect("conf dir");
         std::fs::create_dir_all(dir.path().join("bin")).expect("plugin dir");
-        let mut forwarding = FORWARDING.lock().unwrap_or_else(PoisonError::into_inner);
-        if forwarding.0 == 0 {
-            forwarding.1 = std::fs::read_to_string(IP_FORWARD).ok();
-        }
-        forwarding.0 += 1;
         Fixture {
+            _forwarding: support::IpForwardGuard::new(),
             n,
             network: format!("wcni-test-{n}"),
             bridge: format!("wcni{}{n}", pid % 1000),
@@ -247,13 +239,6 @@ impl Drop for Fixture {
             let _ = run(IP, &["netns", "del", name]);
         }
         let _ = run(IP, &["link", "del", &self.bridge]);
-        let mut forwarding = FORWARDING.lock().unwrap_or_else(PoisonError::into_inner);
-        forwarding.0 -= 1;
-        if forwarding.0 == 0 {
-            if let Some(found) = forwarding.1.take() {
-                let _ = std::fs::write(IP_FORWARD, found);
-            }
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use support::pods::{unique, PodEnv};
 /// A test-owned CNI network: a bridge name and subnet no other test uses, host-local
 /// leases in a temp dir. The bridge link is deleted on drop.
 struct TestNetwork {
+    _forwarding: support::IpForwardGuard,
     name: String,
     bridge: String,
     subnet_prefix: String,
@@ -24,6 +25,7 @@ impl TestNetwork {
     fn new(index: u32) -> TestNetwork {
         let pid = std::process::id();
         TestNetwork {
+            _forwarding: support::IpForwardGuard::new(),
             name: unique("wharf-net"),
             bridge: format!("wt{}n{index}", pid % 100_000),
             subnet_prefix: format!("10.{}.{}", 150 + index, pid % 250),

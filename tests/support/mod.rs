@@ -19,3 +19,40 @@ pub fn require_installed(path: &'static str, package: &str) -> &'static std::pat
     );
     path
 }
+
+/// The bridge CNI plugin (`isGateway`) turns on `net.ipv4.ip_forward` host-wide. Each
+/// test network holds one of these; when the last one in the process is dropped, the
+/// value found before the first is put back.
+pub struct IpForwardGuard(());
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Live guards, and the setting found when the first of them was made.
+static FORWARDING: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+impl IpForwardGuard {
+    pub fn new() -> IpForwardGuard {
+        let mut forwarding = FORWARDING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if forwarding.0 == 0 {
+            forwarding.1 = std::fs::read_to_string(IP_FORWARD).ok();
+        }
+        forwarding.0 += 1;
+        IpForwardGuard(())
+    }
+}
+
+impl Drop for IpForwardGuard {
+    fn drop(&mut self) {
+        let mut forwarding = FORWARDING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        forwarding.0 -= 1;
+        if forwarding.0 == 0 {
+            if let Some(found) = forwarding.1.take() {
+                let _ = std::fs::write(IP_FORWARD, found);
+            }
+        }
+    }
+}
