@@ -399,3 +399,62 @@ fn links() -> Vec<String> {
     names.sort();
     names
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-cni-fail-")
+        .tempdir()
+        .unwrap();
+    let plugins = dir.path().join("bin");
+    let conf = dir.path().join("net.d");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let plugin = plugins.join("wharf-fail");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  \
+         echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"boom\",\"details\":\"no addresses left\"}'\n  exit 1\nfi\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join("10-fail.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": unique("wharf-fail"),
+            "plugins": [{"type": "wharf-fail"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = format!(
+        "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+        conf.display().to_string(),
+        plugins.display().to_string()
+    );
+    let mut env = PodEnv::start_with_config(&config).await;
+    let pod = env.pod_config("failing");
+    let err = env.run_pod_with(&pod, "").await.expect_err("ADD fails");
+    assert!(
+        err.message().contains("7") && err.message().contains("boom"),
+        "{err:?}"
+    );
+    assert!(env
+        .list_pods(cri::PodSandboxFilter::default())
+        .await
+        .is_empty());
+    let state = env.daemon.paths.state.clone();
+    let left: Vec<_> = std::fs::read_dir(state.join("pods"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed pod left {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&format!("{}/pods/", state.display())));
+    // The name was released: the retry fails the same way, not with "name in use".
+    let again = env
+        .run_pod_with(&pod, "")
+        .await
+        .expect_err("ADD fails again");
+    assert!(again.message().contains("boom"), "{again:?}");
+}
