@@ -402,18 +402,7 @@ impl Cni {
     /// release addresses.
     pub async fn del(&self, attachment: &Attachment) -> Result<(), CniError> {
         validate(attachment)?;
-        let candidates = cache::candidates(
-            &self.config.cache_dir,
-            &attachment.container_id,
-            &attachment.ifname,
-        )
-        .map_err(|source| CniError::Io {
-            context: format!(
-                "cannot list CNI result cache {}",
-                self.config.cache_dir.display()
-            ),
-            source,
-        })?;
+        let candidates = self.cache_candidates(attachment)?;
         for path in candidates {
             match cache::read(&path) {
                 Ok(None) => {}
@@ -608,12 +597,9 @@ impl Cni {
         })
     }
 
-    /// The cache entry of `attachment`, preferring one with a result.
-    fn find_cached(
-        &self,
-        attachment: &Attachment,
-    ) -> Result<Option<(PathBuf, CacheEntry)>, CniError> {
-        let candidates = cache::candidates(
+    /// Cache files that may hold `attachment`'s entry.
+    fn cache_candidates(&self, attachment: &Attachment) -> Result<Vec<PathBuf>, CniError> {
+        cache::candidates(
             &self.config.cache_dir,
             &attachment.container_id,
             &attachment.ifname,
@@ -624,7 +610,15 @@ impl Cni {
                 self.config.cache_dir.display()
             ),
             source,
-        })?;
+        })
+    }
+
+    /// The cache entry of `attachment`, preferring one with a result.
+    fn find_cached(
+        &self,
+        attachment: &Attachment,
+    ) -> Result<Option<(PathBuf, CacheEntry)>, CniError> {
+        let candidates = self.cache_candidates(attachment)?;
         let mut found: Option<(PathBuf, CacheEntry)> = None;
         for path in candidates {
             let entry = cache::read(&path).map_err(|reason| CniError::Cache {
