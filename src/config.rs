@@ -44,6 +44,105 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     pub runtime: RuntimeConfig,
     pub cni: CniSection,
+    pub network: NetworkSection,
+}
+
+/// Which network pods (other than host-network ones) are attached to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    pub mode: NetworkMode,
+    pub bridge: BridgeSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The CNI network when the conf dir has one, else the built-in bridge: a fresh
+    /// machine works with no setup, and a cluster's CNI config takes over when written.
+    #[default]
+    Auto,
+    /// Only the CNI network; without a config pods are refused and NetworkReady is false.
+    Cni,
+    /// Always the built-in bridge network.
+    Bridge,
+    /// No network: pods get a network namespace with loopback only (Docker's
+    /// `--network none`).
+    None,
+}
+
+/// The built-in bridge network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// The bridge link (at most 15 bytes); also the network's name.
+    pub name: String,
+    /// IPv4 subnet in CIDR notation. Empty: the first of 10.88.0.0/16 ... 10.127.0.0/16
+    /// that no host route or address overlaps, chosen once and kept in the store.
+    pub subnet: String,
+    /// Masquerade traffic from pods that leaves through other interfaces.
+    pub masquerade: bool,
+    /// Turn on `net.ipv4.ip_forward` (as Docker does), so pods reach beyond the host.
+    pub ip_forward: bool,
+    /// MTU of the bridge and pod interfaces; 0 keeps the kernel's default.
+    pub mtu: u32,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            name: "wharf0".to_string(),
+            subnet: String::new(),
+            masquerade: true,
+            ip_forward: true,
+            mtu: 0,
+        }
+    }
+}
+
+impl NetworkSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let name = &self.bridge.name;
+        if name.is_empty()
+            || name.len() > 15
+            || name == "."
+            || name == ".."
+            || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return invalid(
+                "network.bridge.name",
+                format!("{name:?} is not a link name (1 to 15 bytes, no '/', ':' or spaces)"),
+            );
+        }
+        if !self.bridge.subnet.is_empty() {
+            let subnet: ipnet::Ipv4Net = match self.bridge.subnet.parse() {
+                Ok(subnet) => subnet,
+                Err(_) => {
+                    return invalid(
+                        "network.bridge.subnet",
+                        format!(
+                            "{:?} is not an IPv4 subnet in CIDR notation",
+                            self.bridge.subnet
+                        ),
+                    )
+                }
+            };
+            if subnet.prefix_len() > 30 {
+                return invalid(
+                    "network.bridge.subnet",
+                    format!("{subnet} is too small: pods need at least a /30"),
+                );
+            }
+        }
+        if self.bridge.mtu != 0 && !(68..=65535).contains(&self.bridge.mtu) {
+            return invalid(
+                "network.bridge.mtu",
+                format!("{} is outside 68..=65535", self.bridge.mtu),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Pod networking through CNI plugins.
@@ -223,6 +322,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             runtime: RuntimeConfig::default(),
             cni: CniSection::default(),
+            network: NetworkSection::default(),
         }
     }
 }
@@ -365,7 +465,8 @@ impl Config {
         })?;
         self.registry.validate()?;
         self.runtime.validate()?;
-        self.cni.validate()
+        self.cni.validate()?;
+        self.network.validate()
     }
 
     /// The configuration as JSON, for `Status(verbose)` and `wharfd --print-config`.
@@ -568,6 +669,60 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn network_section() {
+        let config = Config::from_toml(
+            "[network]\nmode = \"bridge\"\n[network.bridge]\nname = \"br-test\"\n\
+             subnet = \"10.200.0.0/24\"\nmtu = 1400\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.network.mode, NetworkMode::Bridge);
+        assert_eq!(Config::default().network.mode, NetworkMode::Auto);
+        assert_eq!(Config::default().network.bridge.name, "wharf0");
+        assert!(Config::from_toml("[network]\nmode = \"flannel\"\n").is_err());
+        for (toml, key, shown) in [
+            (
+                "[network.bridge]\nname = \"a-very-long-bridge\"\n",
+                "network.bridge.name",
+                "a-very-long-bridge",
+            ),
+            (
+                "[network.bridge]\nname = \"\"\n",
+                "network.bridge.name",
+                "\"\"",
+            ),
+            (
+                "[network.bridge]\nname = \"a/b\"\n",
+                "network.bridge.name",
+                "a/b",
+            ),
+            (
+                "[network.bridge]\nsubnet = \"10.1.0.0\"\n",
+                "network.bridge.subnet",
+                "10.1.0.0",
+            ),
+            (
+                "[network.bridge]\nsubnet = \"fd00::/64\"\n",
+                "network.bridge.subnet",
+                "fd00::/64",
+            ),
+            (
+                "[network.bridge]\nsubnet = \"10.1.0.0/31\"\n",
+                "network.bridge.subnet",
+                "10.1.0.0/31",
+            ),
+            ("[network.bridge]\nmtu = 20\n", "network.bridge.mtu", "20"),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(shown), "{toml}: {err}");
         }
     }
 

@@ -29,7 +29,8 @@ async fn version_names_wharf_and_its_versions() {
 
 #[tokio::test]
 async fn status_tells_runtime_and_network_readiness() {
-    let daemon = Daemon::start().await;
+    // CNI only, and no CNI config: pods cannot get a network yet.
+    let daemon = Daemon::start_with_config("[network]\nmode = \"cni\"\n").await;
     let response = daemon
         .runtime_client()
         .await
@@ -163,7 +164,7 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
 
 #[tokio::test]
 async fn wharf_cli_shows_versions_and_info() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start_with_config("[network]\nmode = \"cni\"\n").await;
     let run = |command: &str| {
         let output = std::process::Command::new(wharf_binary())
             .args([

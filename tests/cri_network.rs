@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use support::pods::{unique, PodEnv};
 
+/// Pods are attached to the CNI network only (no built-in bridge fallback).
+const CNI_ONLY: &str = "[network]\nmode = \"cni\"\n";
+
 /// A test-owned CNI network: a bridge name and subnet no other test uses, host-local
 /// leases in a temp dir. The bridge link is deleted on drop.
 struct TestNetwork {
@@ -207,7 +210,7 @@ fn web_server(env: &PodEnv, body: &str) -> cri::ContainerConfig {
 #[tokio::test(flavor = "multi_thread")]
 async fn network_ready_follows_the_cni_config() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let ready = network_ready(&mut env).await;
     assert!(!ready.status);
     assert_eq!(ready.reason, "NetworkPluginNotReady");
@@ -232,7 +235,7 @@ async fn network_ready_follows_the_cni_config() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_get_addresses_and_reach_each_other_the_host_and_host_ports() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::new(2);
     network.install(&env);
 
@@ -320,7 +323,7 @@ async fn pods_get_addresses_and_reach_each_other_the_host_and_host_ports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn del_runs_after_a_daemon_restart() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::new(3);
     network.install(&env);
     let pod = env.pod_config("restart");
@@ -343,7 +346,7 @@ async fn del_runs_after_a_daemon_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_pods_leave_no_link_lease_rule_or_mount() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::new(4);
     network.install(&env);
     let links_before = links();
@@ -429,7 +432,7 @@ async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
     )
     .unwrap();
     let config = format!(
-        "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
+        "{CNI_ONLY}[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}]\n",
         conf.display().to_string(),
         plugins.display().to_string()
     );

@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::cni::bridge::{BridgeError, IpamError};
+use crate::cni::CniError;
 use crate::image::content::ContentError;
 use crate::image::registry::RegistryError;
 use crate::image::snapshot::SnapshotError;
@@ -70,6 +72,31 @@ pub fn from_image(err: ImageError) -> Status {
     Status::new(code, err.to_string())
 }
 
+/// Plugin failures stay Unknown (the message carries the plugin's CNI code); what the
+/// built-in bridge can tell apart gets its own code.
+fn network_code(err: &CniError) -> Code {
+    match err {
+        CniError::NoNetwork { .. } => Code::FailedPrecondition,
+        CniError::Bridge(bridge) => match bridge.as_ref() {
+            BridgeError::InvalidRequest { .. } => Code::InvalidArgument,
+            BridgeError::PortInUse { .. } => Code::AlreadyExists,
+            BridgeError::Ipam {
+                source: IpamError::Exhausted { .. },
+                ..
+            }
+            | BridgeError::NoSubnet { .. } => Code::ResourceExhausted,
+            BridgeError::Ipam { .. } => Code::InvalidArgument,
+            BridgeError::Store { source, .. } => store_code(source),
+            BridgeError::NotAttached { .. } => Code::NotFound,
+            BridgeError::Netlink { .. }
+            | BridgeError::Internal { .. }
+            | BridgeError::Firewall { .. }
+            | BridgeError::Sysctl { .. } => Code::Internal,
+        },
+        _ => Code::Unknown,
+    }
+}
+
 pub fn from_runtime(err: RuntimeError) -> Status {
     let code = match &err {
         RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
@@ -82,7 +109,7 @@ pub fn from_runtime(err: RuntimeError) -> Status {
         RuntimeError::Monitor(MonitorError::Timeout(_)) => Code::DeadlineExceeded,
         RuntimeError::Monitor(MonitorError::Create(_)) | RuntimeError::Oci(_) => Code::Unknown,
         RuntimeError::Snapshot(SnapshotError::NotFound(_)) => Code::NotFound,
-        RuntimeError::Network(_) => Code::Unknown,
+        RuntimeError::Network(network) => network_code(network),
         RuntimeError::Spec(_)
         | RuntimeError::Namespace(_)
         | RuntimeError::Snapshot(_)

@@ -209,19 +209,18 @@ impl Runtime {
         Ok(())
     }
 
-    /// Attaches the pod's network namespace to the CNI network, if one is configured
-    /// (without one, the pod has loopback only and NetworkReady says why).
+    /// Attaches the pod's network namespace to the selected network (CNI or the
+    /// built-in bridge); in network mode `none` the pod keeps loopback only.
     async fn attach_network(
         &self,
         record: &mut PodRecord,
         config: &cri::PodSandboxConfig,
     ) -> Result<()> {
-        let Some(network) = self.cni.network().map_err(RuntimeError::Network)? else {
-            tracing::warn!(pod = %record.id, "no CNI network is configured: the pod has loopback only");
+        let Some(selected) = self.cni.select().map_err(RuntimeError::Network)? else {
             return Ok(());
         };
         record.network = Some(PodNetwork {
-            name: network.name.clone(),
+            name: self.cni.name(&selected),
             ifname: POD_IFNAME.to_string(),
             phase: NetworkPhase::Attaching,
             ips: Vec::new(),
@@ -232,7 +231,7 @@ impl Runtime {
         let attachment = attachment(record, config)?;
         let result = self
             .cni
-            .add(&attachment)
+            .add(&selected, &attachment)
             .await
             .map_err(RuntimeError::Network)?;
         if let Some(network) = record.network.as_mut() {

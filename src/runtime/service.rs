@@ -89,7 +89,7 @@ pub struct Runtime {
     pub(super) restrict_oom_score_adj: bool,
     pub(super) cgroup_v2: bool,
     pub(super) swap_limit: bool,
-    pub(super) cni: crate::cni::Cni,
+    pub(super) cni: crate::cni::Networks,
     pub(super) pods: RwLock<HashMap<String, PodRecord>>,
     pub(super) containers: RwLock<HashMap<String, ContainerRecord>>,
     /// One async lock per pod / container ID: lifecycle calls on one object run one at
@@ -151,6 +151,20 @@ impl Runtime {
             cache_dir: config.state.join("cni"),
             timeout: Duration::from_secs(config.cni.plugin_timeout_secs),
         });
+        let bridge = &config.network.bridge;
+        let bridge = crate::cni::bridge::BridgeNetwork::new(
+            crate::cni::bridge::BridgeSpec {
+                bridge: bridge.name.clone(),
+                // Validated with the rest of the config.
+                subnet: bridge.subnet.parse().ok(),
+                masquerade: bridge.masquerade,
+                ip_forward: bridge.ip_forward,
+                mtu: bridge.mtu,
+            },
+            store.clone(),
+        )
+        .map_err(|err| RuntimeError::Network(err.into()))?;
+        let cni = crate::cni::Networks::new(config.network.mode, cni, bridge);
         let runtime = Arc::new(Runtime {
             config,
             store,

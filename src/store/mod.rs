@@ -83,6 +83,8 @@ pub enum Kind {
     Image,
     Network,
     Volume,
+    /// An address given to a pod by the built-in bridge network's IPAM.
+    Lease,
 }
 
 impl Kind {
@@ -93,6 +95,7 @@ impl Kind {
             Kind::Image => "image",
             Kind::Network => "network",
             Kind::Volume => "volume",
+            Kind::Lease => "lease",
         }
     }
 }
@@ -107,6 +110,9 @@ impl std::fmt::Display for Kind {
 /// `k8s.io` objects, the Docker API only `docker` ones.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 pub const DOCKER_NAMESPACE: &str = "docker";
+/// Node-wide network state (built-in bridge networks and their address leases), shared
+/// by the CRI and Docker APIs.
+pub const NETWORK_NAMESPACE: &str = "network";
 
 /// One stored object as read back.
 #[derive(Debug, Clone, PartialEq)]

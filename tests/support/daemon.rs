@@ -119,6 +119,11 @@ impl Daemon {
                 conf_dir.display().to_string()
             ));
         }
+        if !config_toml.contains("[network") {
+            // Loopback-only pods unless a test picks a network: the built-in bridge
+            // (mode auto's default) would be shared by every test's daemon.
+            config_toml.push_str("\n[network]\nmode = \"none\"\n");
+        }
         std::fs::write(&paths.config, &config_toml).expect("write wharfd config");
         let mut daemon = Daemon {
             paths,

@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod daemon;
 pub mod images;
+pub mod net;
 pub mod pods;
 pub mod registry;
 pub mod token_server;

@@ -1,0 +1,662 @@
+//! The built-in bridge network: what the CNI `bridge` + `host-local` + `portmap`
+//! plugins do, done inside wharfd without spawning a process per plugin.
+//!
+//! - a Linux bridge (default `wharf0`) holding the gateway address of the subnet;
+//! - per pod a veth pair made with rtnetlink: the host end enslaved to the bridge, the
+//!   other end created directly inside the pod's network namespace as `eth0`, given
+//!   its address and a default route through the gateway;
+//! - IPAM: leases are store records (`network` namespace, kind `lease`, id
+//!   `<network>/<ip>`, name `<network>/<pod>/<ifname>`), so the database enforces that
+//!   no address and no attachment is leased twice; leases survive restarts and are
+//!   deleted on detach;
+//! - iptables rules for masquerade, host ports (DNAT, from 127.0.0.1 too) and isolation
+//!   from other wharf bridges (see [`firewall`]).
+//!
+//! Crash safety: the lease (with the pod's host ports) is stored before any link or
+//! rule is made, and detach removes rules, then the veth, then the lease. A crash at
+//! any point leaves a lease that a later detach (which the pod record owes) cleans up.
+
+mod firewall;
+mod ipam;
+mod netlink;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::{Attachment, CniResult, PortMapping};
+use crate::store::{Kind, Store, StoreError, NETWORK_NAMESPACE};
+
+pub use firewall::FirewallError;
+pub use ipam::IpamError;
+pub use netlink::NetlinkError;
+
+/// The network as configured (`[network.bridge]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    /// The bridge link name, also the network's name.
+    pub bridge: String,
+    /// None: chosen among the defaults, avoiding the host's routes, and remembered.
+    pub subnet: Option<Ipv4Net>,
+    pub masquerade: bool,
+    pub ip_forward: bool,
+    pub mtu: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("bridge network {network}: {source}")]
+    Netlink {
+        network: String,
+        source: NetlinkError,
+    },
+    #[error("bridge network {network}: {source}")]
+    Firewall {
+        network: String,
+        source: FirewallError,
+    },
+    #[error("bridge network {network}: {source}")]
+    Ipam { network: String, source: IpamError },
+    #[error("bridge network {network}: host port {host_port}/{protocol}{} is already allocated to pod {holder}", host_ip_suffix(.host_ip))]
+    PortInUse {
+        network: String,
+        host_port: u16,
+        protocol: String,
+        host_ip: String,
+        holder: String,
+    },
+    #[error("bridge network {network}: no free subnet: every default candidate (10.88.0.0/16 to 10.127.0.0/16) overlaps a host route or address; set network.bridge.subnet")]
+    NoSubnet { network: String },
+    #[error("bridge network {network}: invalid {field}: {reason}")]
+    InvalidRequest {
+        network: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("bridge network {network}: {reason}")]
+    NotAttached { network: String, reason: String },
+    #[error("bridge network {network}: {reason}")]
+    Internal { network: String, reason: String },
+    #[error("bridge network {network}: cannot write {path}: {source}")]
+    Sysctl {
+        network: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bridge network {network}: lease store: {source}")]
+    Store { network: String, source: StoreError },
+}
+
+fn host_ip_suffix(host_ip: &str) -> String {
+    if host_ip.is_empty() {
+        String::new()
+    } else {
+        format!(" on {host_ip}")
+    }
+}
+
+/// One address lease: who has it, through which host link, with which host ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    network: String,
+    ip: Ipv4Addr,
+    container_id: String,
+    ifname: String,
+    host_veth: String,
+    #[serde(default)]
+    ports: Vec<PortMapping>,
+}
+
+impl Lease {
+    fn id(&self) -> String {
+        format!("{}/{}", self.network, self.ip)
+    }
+}
+
+/// The subnet remembered for a network whose subnet was chosen automatically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NetworkRecord {
+    bridge: String,
+    subnet: Ipv4Net,
+}
+
+/// What setup established; valid while the bridge exists.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    subnet: Ipv4Net,
+    bridge_index: u32,
+}
+
+#[derive(Default)]
+struct State {
+    netlink: Option<netlink::Netlink>,
+    ready: Option<Ready>,
+    pool: Option<ipam::Pool>,
+    /// (container id, ifname) -> lease.
+    leases: HashMap<(String, String), Lease>,
+}
+
+pub struct BridgeNetwork {
+    spec: BridgeSpec,
+    store: Arc<Store>,
+    iptables: firewall::Iptables,
+    /// Setup and address allocation; held only for in-memory and store work plus the
+    /// first setup, never across a pod's link configuration.
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for BridgeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeNetwork")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BridgeNetwork {
+    /// Loads the network's leases; nothing on the host is touched until first use.
+    pub fn new(spec: BridgeSpec, store: Arc<Store>) -> Result<BridgeNetwork, BridgeError> {
+        let mut state = State::default();
+        let records = store
+            .list::<Lease>(Some(NETWORK_NAMESPACE), Kind::Lease)
+            .map_err(|source| BridgeError::Store {
+                network: spec.bridge.clone(),
+                source,
+            })?;
+        for record in records {
+            let lease = record.value;
+            if lease.network == spec.bridge {
+                state
+                    .leases
+                    .insert((lease.container_id.clone(), lease.ifname.clone()), lease);
+            }
+        }
+        Ok(BridgeNetwork {
+            spec,
+            store,
+            iptables: firewall::Iptables::default(),
+            state: tokio::sync::Mutex::new(state),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.bridge
+    }
+
+    /// Sets the network up if it is not (bridge, address, sysctls, rules); the error
+    /// says what is missing, for NetworkReady.
+    pub async fn ready(&self) -> Result<(), BridgeError> {
+        let mut state = self.state.lock().await;
+        self.ensure_ready(&mut state).await.map(drop)
+    }
+
+    /// Attaches one pod interface; returns a CNI 1.0 result as the bridge plugin would.
+    pub async fn add(&self, attachment: &Attachment) -> Result<CniResult, BridgeError> {
+        let network = &self.spec.bridge;
+        let requested_ip = self.requested_ip(attachment)?;
+        let mac = match attachment.capability_args.mac.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                Some(
+                    netlink::parse_mac(text).ok_or_else(|| BridgeError::InvalidRequest {
+                        network: network.clone(),
+                        field: "mac",
+                        reason: format!("{text:?} is not a MAC address like 02:42:0a:58:00:05"),
+                    })?,
+                )
+            }
+        };
+        let (ready, lease, netlink) = {
+            let mut state = self.state.lock().await;
+            let ready = self.ensure_ready(&mut state).await?;
+            let lease = self.lease(&mut state, attachment, requested_ip)?;
+            let netlink = self.netlink(&mut state)?;
+            (ready, lease, netlink)
+        };
+        match self.plumb(&netlink, ready, &lease, attachment, mac).await {
+            Ok(mac) => self.result(ready, &lease, attachment, &mac),
+            Err(err) => {
+                tracing::warn!(network = %network, container_id = %attachment.container_id, error = %err, "bridge attach failed; undoing it");
+                if let Err(undo) = self.del(attachment).await {
+                    tracing::warn!(network = %network, container_id = %attachment.container_id, error = %undo, "undoing a failed bridge attach failed too; a later detach retries");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Detaches one pod interface: host-port rules, the veth, then the lease. Nothing
+    /// leased is fine (never attached, or already detached).
+    pub async fn del(&self, attachment: &Attachment) -> Result<(), BridgeError> {
+        let key = (attachment.container_id.clone(), attachment.ifname.clone());
+        let (lease, netlink) = {
+            let mut state = self.state.lock().await;
+            let Some(lease) = state.leases.get(&key).cloned() else {
+                return Ok(());
+            };
+            (lease, self.netlink(&mut state)?)
+        };
+        if !lease.ports.is_empty() {
+            self.iptables
+                .remove_host_ports(&lease.container_id)
+                .await
+                .map_err(|source| self.firewall_error(source))?;
+        }
+        netlink
+            .delete_link(&lease.host_veth)
+            .await
+            .map_err(|source| self.netlink_error(source))?;
+        let mut state = self.state.lock().await;
+        self.store
+            .update(|tx| tx.delete(NETWORK_NAMESPACE, Kind::Lease, &lease.id()))
+            .map_err(|source| self.store_error(source))?;
+        if let Some(pool) = state.pool.as_mut() {
+            pool.release(lease.ip);
+        }
+        state.leases.remove(&key);
+        tracing::info!(network = %self.spec.bridge, container_id = %lease.container_id, ip = %lease.ip, "bridge detach done");
+        Ok(())
+    }
+
+    /// CHECK: the lease exists and its host link is on the bridge.
+    pub async fn check(&self, attachment: &Attachment) -> Result<(), BridgeError> {
+        let key = (attachment.container_id.clone(), attachment.ifname.clone());
+        let (lease, netlink) = {
+            let mut state = self.state.lock().await;
+            let lease = state.leases.get(&key).cloned();
+            (lease, self.netlink(&mut state)?)
+        };
+        let missing = |reason: String| BridgeError::NotAttached {
+            network: self.spec.bridge.clone(),
+            reason,
+        };
+        let lease = lease.ok_or_else(|| {
+            missing(format!(
+                "container {} interface {} has no lease",
+                attachment.container_id, attachment.ifname
+            ))
+        })?;
+        match netlink.link_index(&lease.host_veth).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(missing(format!("host link {} is gone", lease.host_veth))),
+            Err(source) => Err(self.netlink_error(source)),
+        }
+    }
+
+    fn netlink(&self, state: &mut State) -> Result<netlink::Netlink, BridgeError> {
+        if let Some(netlink) = &state.netlink {
+            return Ok(netlink.clone());
+        }
+        let netlink = netlink::Netlink::connect().map_err(|source| self.netlink_error(source))?;
+        state.netlink = Some(netlink.clone());
+        Ok(netlink)
+    }
+
+    /// Returns the set-up network, setting it up when it is not (first use, or the
+    /// bridge was deleted behind wharfd's back).
+    async fn ensure_ready(&self, state: &mut State) -> Result<Ready, BridgeError> {
+        let netlink = self.netlink(state)?;
+        if let Some(ready) = state.ready {
+            let index = netlink
+                .link_index(&self.spec.bridge)
+                .await
+                .map_err(|source| self.netlink_error(source))?;
+            if index == Some(ready.bridge_index) {
+                return Ok(ready);
+            }
+            tracing::warn!(network = %self.spec.bridge, "the bridge is gone; setting it up again");
+            state.ready = None;
+        }
+        let subnet = self.subnet(&netlink).await?;
+        let gateway = Ipv4Net::new(ipam::gateway(&subnet), subnet.prefix_len())
+            .unwrap_or_else(|_| Ipv4Net::from(ipam::gateway(&subnet)));
+        let bridge_index = netlink
+            .ensure_bridge(&self.spec.bridge, gateway, self.spec.mtu)
+            .await
+            .map_err(|source| self.netlink_error(source))?;
+        // Host ports reached from 127.0.0.1 are routed to the bridge after DNAT.
+        self.sysctl(
+            &format!(
+                "/proc/sys/net/ipv4/conf/{}/route_localnet",
+                self.spec.bridge
+            ),
+            "1",
+        )?;
+        if self.spec.ip_forward {
+            self.sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        }
+        self.iptables
+            .ensure_network(&self.spec.bridge, subnet, self.spec.masquerade)
+            .await
+            .map_err(|source| self.firewall_error(source))?;
+        let mut pool = ipam::Pool::new(subnet);
+        for lease in state.leases.values() {
+            pool.mark_used(lease.ip, &lease.container_id);
+        }
+        state.pool = Some(pool);
+        let ready = Ready {
+            subnet,
+            bridge_index,
+        };
+        state.ready = Some(ready);
+        tracing::info!(network = %self.spec.bridge, %subnet, gateway = %gateway.addr(), "bridge network ready");
+        Ok(ready)
+    }
+
+    /// The configured subnet; else the one remembered in the store; else the one on an
+    /// existing bridge; else the first default candidate no host route overlaps (then
+    /// remembered).
+    async fn subnet(&self, netlink: &netlink::Netlink) -> Result<Ipv4Net, BridgeError> {
+        if let Some(subnet) = self.spec.subnet {
+            return Ok(subnet.trunc());
+        }
+        let remembered = self
+            .store
+            .get::<NetworkRecord>(NETWORK_NAMESPACE, Kind::Network, &self.spec.bridge)
+            .map_err(|source| self.store_error(source))?;
+        if let Some(record) = remembered {
+            return Ok(record.value.subnet);
+        }
+        let existing = netlink
+            .link_index(&self.spec.bridge)
+            .await
+            .map_err(|source| self.netlink_error(source))?;
+        let on_bridge = match existing {
+            Some(index) => netlink
+                .ipv4_addresses(Some(index))
+                .await
+                .map_err(|source| self.netlink_error(source))?
+                .first()
+                .map(Ipv4Net::trunc),
+            None => None,
+        };
+        let subnet = match on_bridge {
+            Some(subnet) => subnet,
+            None => {
+                let in_use = netlink
+                    .subnets_in_use(existing)
+                    .await
+                    .map_err(|source| self.netlink_error(source))?;
+                ipam::choose_subnet(ipam::default_subnet_candidates(), &in_use).ok_or_else(
+                    || BridgeError::NoSubnet {
+                        network: self.spec.bridge.clone(),
+                    },
+                )?
+            }
+        };
+        let record = NetworkRecord {
+            bridge: self.spec.bridge.clone(),
+            subnet,
+        };
+        self.store
+            .update(|tx| {
+                tx.insert(
+                    NETWORK_NAMESPACE,
+                    Kind::Network,
+                    &self.spec.bridge,
+                    None,
+                    &record,
+                )
+            })
+            .map_err(|source| self.store_error(source))?;
+        Ok(subnet)
+    }
+
+    fn requested_ip(&self, attachment: &Attachment) -> Result<Option<Ipv4Addr>, BridgeError> {
+        let mut requested = None;
+        for text in &attachment.capability_args.ips {
+            let host = text.split('/').next().unwrap_or_default();
+            match host.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) if requested.is_none() => requested = Some(ip),
+                Ok(IpAddr::V4(_)) => {
+                    return Err(BridgeError::InvalidRequest {
+                        network: self.spec.bridge.clone(),
+                        field: "ips",
+                        reason: "more than one IPv4 address requested".into(),
+                    })
+                }
+                _ => {
+                    return Err(BridgeError::InvalidRequest {
+                        network: self.spec.bridge.clone(),
+                        field: "ips",
+                        reason: format!(
+                            "{text:?} is not an IPv4 address (the built-in bridge network is IPv4 only)"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(requested)
+    }
+
+    /// Picks and stores the pod's lease (refusing host ports another pod holds).
+    fn lease(
+        &self,
+        state: &mut State,
+        attachment: &Attachment,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Lease, BridgeError> {
+        let network = &self.spec.bridge;
+        let ports = attachment.capability_args.port_mappings.clone();
+        for wanted in &ports {
+            for lease in state.leases.values() {
+                if let Some(taken) = lease.ports.iter().find(|p| ports_clash(p, wanted)) {
+                    return Err(BridgeError::PortInUse {
+                        network: network.clone(),
+                        host_port: wanted.host_port,
+                        protocol: protocol_name(&wanted.protocol),
+                        host_ip: taken.host_ip.clone(),
+                        holder: lease.container_id.clone(),
+                    });
+                }
+            }
+        }
+        let pool = state.pool.as_mut().ok_or_else(|| BridgeError::Internal {
+            network: network.clone(),
+            reason: "address pool used before the network was set up".into(),
+        })?;
+        let ip = pool.pick(requested).map_err(|source| BridgeError::Ipam {
+            network: network.clone(),
+            source,
+        })?;
+        let lease = Lease {
+            network: network.clone(),
+            ip,
+            container_id: attachment.container_id.clone(),
+            ifname: attachment.ifname.clone(),
+            host_veth: host_veth_name(&attachment.container_id, &attachment.ifname),
+            ports,
+        };
+        let name = format!("{network}/{}/{}", lease.container_id, lease.ifname);
+        self.store
+            .update(|tx| {
+                tx.insert(
+                    NETWORK_NAMESPACE,
+                    Kind::Lease,
+                    &lease.id(),
+                    Some(&name),
+                    &lease,
+                )
+            })
+            .map_err(|source| self.store_error(source))?;
+        pool.assign(ip, &lease.container_id);
+        state.leases.insert(
+            (lease.container_id.clone(), lease.ifname.clone()),
+            lease.clone(),
+        );
+        Ok(lease)
+    }
+
+    /// Makes the links, addresses, route and host-port rules of a stored lease.
+    async fn plumb(
+        &self,
+        netlink: &netlink::Netlink,
+        ready: Ready,
+        lease: &Lease,
+        attachment: &Attachment,
+        mac: Option<[u8; 6]>,
+    ) -> Result<String, BridgeError> {
+        let netns = attachment.netns.clone();
+        netlink
+            .add_veth(
+                &lease.host_veth,
+                ready.bridge_index,
+                &netns,
+                &attachment.ifname,
+                self.spec.mtu,
+            )
+            .await
+            .map_err(|source| self.netlink_error(source))?;
+        let address = Ipv4Net::new(lease.ip, ready.subnet.prefix_len())
+            .unwrap_or_else(|_| Ipv4Net::from(lease.ip));
+        let gateway = ipam::gateway(&ready.subnet);
+        let ifname = attachment.ifname.clone();
+        let configured = tokio::task::spawn_blocking(move || {
+            netlink::configure_pod_side(&netns, &ifname, address, gateway, mac)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(NetlinkError {
+                context: "configuring the pod interface".into(),
+                message: join.to_string(),
+                errno: None,
+            })
+        })
+        .map_err(|source| self.netlink_error(source))?;
+        self.iptables
+            .add_host_ports(&lease.container_id, lease.ip, &lease.ports)
+            .await
+            .map_err(|source| self.firewall_error(source))?;
+        tracing::info!(network = %self.spec.bridge, container_id = %lease.container_id, ip = %lease.ip, "bridge attach done");
+        Ok(configured.mac)
+    }
+
+    fn result(
+        &self,
+        ready: Ready,
+        lease: &Lease,
+        attachment: &Attachment,
+        mac: &str,
+    ) -> Result<CniResult, BridgeError> {
+        let gateway = ipam::gateway(&ready.subnet);
+        let raw = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": self.spec.bridge},
+                {"name": lease.host_veth},
+                {"name": attachment.ifname, "mac": mac, "sandbox": path_text(&attachment.netns)},
+            ],
+            "ips": [{
+                "address": format!("{}/{}", lease.ip, ready.subnet.prefix_len()),
+                "gateway": gateway.to_string(),
+                "interface": 2,
+            }],
+            "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}],
+            "dns": {},
+        });
+        CniResult::parse(raw, "1.0.0").map_err(|reason| BridgeError::Internal {
+            network: self.spec.bridge.clone(),
+            reason: format!("building the attach result: {reason}"),
+        })
+    }
+
+    fn sysctl(&self, path: &str, value: &str) -> Result<(), BridgeError> {
+        if std::fs::read_to_string(path).is_ok_and(|current| current.trim() == value) {
+            return Ok(());
+        }
+        std::fs::write(path, value).map_err(|source| BridgeError::Sysctl {
+            network: self.spec.bridge.clone(),
+            path: path.to_string(),
+            source,
+        })
+    }
+
+    fn netlink_error(&self, source: NetlinkError) -> BridgeError {
+        BridgeError::Netlink {
+            network: self.spec.bridge.clone(),
+            source,
+        }
+    }
+
+    fn firewall_error(&self, source: FirewallError) -> BridgeError {
+        BridgeError::Firewall {
+            network: self.spec.bridge.clone(),
+            source,
+        }
+    }
+
+    fn store_error(&self, source: StoreError) -> BridgeError {
+        BridgeError::Store {
+            network: self.spec.bridge.clone(),
+            source,
+        }
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn protocol_name(protocol: &str) -> String {
+    if protocol.is_empty() {
+        "tcp".to_string()
+    } else {
+        protocol.to_ascii_lowercase()
+    }
+}
+
+/// Two mappings clash when protocol and host port match and their host addresses
+/// overlap (empty or 0.0.0.0 means every address).
+fn ports_clash(a: &PortMapping, b: &PortMapping) -> bool {
+    let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+    a.host_port == b.host_port
+        && protocol_name(&a.protocol) == protocol_name(&b.protocol)
+        && (any(&a.host_ip) || any(&b.host_ip) || a.host_ip == b.host_ip)
+}
+
+/// The host end's name: derived from the attachment, so a detach after a crash finds
+/// it without any record of it. `wh` + 13 hex digits = 15 bytes, the kernel's limit.
+fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
+    format!("wh{}", &hex::encode(digest)[..13])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_link_names_are_stable_and_fit_the_kernel_limit() {
+        let a = host_veth_name("0123abcd", "eth0");
+        assert_eq!(a, host_veth_name("0123abcd", "eth0"));
+        assert_ne!(a, host_veth_name("0123abcd", "eth1"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("wh"));
+    }
+
+    #[test]
+    fn host_ports_clash_on_overlapping_addresses_only() {
+        let map = |port: u16, protocol: &str, ip: &str| PortMapping {
+            host_port: port,
+            container_port: 80,
+            protocol: protocol.into(),
+            host_ip: ip.into(),
+        };
+        assert!(ports_clash(
+            &map(80, "tcp", ""),
+            &map(80, "TCP", "127.0.0.1")
+        ));
+        assert!(ports_clash(&map(80, "", "0.0.0.0"), &map(80, "tcp", "")));
+        assert!(!ports_clash(&map(80, "tcp", ""), &map(80, "udp", "")));
+        assert!(!ports_clash(&map(80, "tcp", ""), &map(81, "tcp", "")));
+        assert!(!ports_clash(
+            &map(80, "tcp", "127.0.0.1"),
+            &map(80, "tcp", "127.0.0.2")
+        ));
+    }
+}

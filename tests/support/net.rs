@@ -1,0 +1,213 @@
+//! Helpers for pod networking tests: reading pod addresses and NetworkReady, reaching
+//! servers in pods from the host and from other pods, and cleaning up a test's bridge
+//! network. Network rule: only loopback and the bridges / namespaces a test creates.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use super::pods::PodEnv;
+
+pub async fn network_ready(env: &mut PodEnv) -> cri::RuntimeCondition {
+    let status = env
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+        .status
+        .expect("status");
+    status
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady condition")
+}
+
+/// The pod's addresses as PodSandboxStatus reports them: `network.ip` first, then
+/// `additional_ips`.
+pub async fn pod_ips(env: &mut PodEnv, pod_id: &str) -> Vec<String> {
+    let network = env
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .unwrap_or_default();
+    let mut ips = Vec::new();
+    if !network.ip.is_empty() {
+        ips.push(network.ip);
+    }
+    ips.extend(network.additional_ips.into_iter().map(|ip| ip.ip));
+    ips
+}
+
+pub async fn pod_ip(env: &mut PodEnv, pod_id: &str) -> String {
+    pod_ips(env, pod_id)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// GETs `path` from `addr` (ip:port) over plain TCP from the host (no HTTP client
+/// crate needed for busybox httpd), retrying while the server starts; returns the body.
+pub fn host_fetch(addr: &str, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match try_host_fetch(addr, path) {
+            Ok(body) => return body,
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "GET {path} from {addr} did not succeed from the host: {err}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One GET attempt; the body of a 200 answer, else what went wrong.
+pub fn try_host_fetch(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let socket: std::net::SocketAddr = addr.parse().expect("ip:port");
+    let attempt = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match attempt {
+        Ok(response) if response.starts_with("HTTP/1.") && response.contains(" 200 ") => {
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            Ok(body.trim().to_string())
+        }
+        Ok(response) => Err(format!("unexpected answer {response:?}")),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// A container serving `body` as /index.html on port 8080 (busybox httpd).
+pub fn web_server(env: &PodEnv, body: &str) -> cri::ContainerConfig {
+    env.container_config(
+        "web",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www"
+            ),
+        ],
+    )
+}
+
+/// A shell command GETting /index.html from `ip:port` inside a pod. busybox's static
+/// wget crashes on non-loopback addresses on this machine, so nc does the GET.
+pub fn pod_get_command(ip: &str, port: u16) -> String {
+    format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}")
+}
+
+/// Host links other than veths and test bridges (other tests make and remove theirs in
+/// parallel); a test's own veths are checked on its bridge.
+pub fn links() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(Path::new("/sys/class/net"))
+        .expect("/sys/class/net")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with("veth") && !n.starts_with("wt") && !n.starts_with("wh"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// veth ports attached to `bridge`.
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `iptables-save` of one table.
+pub fn iptables_save(table: &str) -> String {
+    let output = Command::new("iptables-save")
+        .args(["-t", table])
+        .output()
+        .expect("iptables-save (Debian package iptables)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Deletes every rule of `table` whose line contains one of `needles` (chains stay).
+pub fn delete_rules_containing(table: &str, needles: &[String]) {
+    let mut deletes = Vec::new();
+    for line in iptables_save(table).lines() {
+        if line.starts_with("-A ") && needles.iter().any(|n| line.contains(n.as_str())) {
+            deletes.push(format!("-D {}", &line[3..]));
+        }
+    }
+    if deletes.is_empty() {
+        return;
+    }
+    let script = format!("*{table}\n{}\nCOMMIT\n", deletes.join("\n"));
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let _ = child.wait();
+}
+
+/// Removes a built-in bridge network a test made, even when the test failed half-way:
+/// the bridge link and every rule naming it or leading into its subnet.
+pub struct BridgeCleanup {
+    pub bridge: String,
+    /// e.g. `10.160.7.` (DNAT targets in the subnet), or empty.
+    pub subnet_prefix: String,
+}
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        let mut needles = vec![format!("\"wharf network {}\"", self.bridge)];
+        if !self.subnet_prefix.is_empty() {
+            needles.push(format!("--to-destination {}", self.subnet_prefix));
+        }
+        delete_rules_containing("nat", &needles);
+        delete_rules_containing("filter", &needles);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Lease records of the built-in bridge networks in a daemon's store: `<network>/<ip>`.
+pub fn stored_leases(root: &Path) -> Vec<String> {
+    let db = root.join("metadata.db");
+    let conn = rusqlite::Connection::open_with_flags(
+        &db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|err| panic!("open {}: {err}", db.display()));
+    let mut stmt = conn
+        .prepare("SELECT id FROM objects WHERE kind = 'lease' ORDER BY id")
+        .expect("query leases");
+    let rows = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("list leases");
+    rows.map(|r| r.expect("lease row")).collect()
+}
