@@ -18,20 +18,39 @@ const CNI_ONLY: &str = "[network]\nmode = \"cni\"\n";
 /// leases in a temp dir. The bridge link is deleted on drop.
 struct TestNetwork {
     _forwarding: support::IpForwardGuard,
+    _forwarding6: Option<support::Ip6ForwardGuard>,
     name: String,
     bridge: String,
     subnet_prefix: String,
+    /// The IPv6 range's /64 prefix (`fd77:...:<index>:`), for dual-stack networks.
+    subnet6_prefix: Option<String>,
+    /// The plugins after the bridge.
+    chain: Vec<serde_json::Value>,
     ipam_dir: tempfile::TempDir,
 }
 
 impl TestNetwork {
     fn new(index: u32) -> TestNetwork {
+        let mut network = TestNetwork::with_chain(
+            index,
+            vec![serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}})],
+        );
+        network.subnet_prefix = format!("10.{}.{}", 150 + index, std::process::id() % 250);
+        network
+    }
+
+    /// A network in 10.(170 + index).x (apart from `new`'s 10.(150 + index).x): the
+    /// bridge followed by `chain`.
+    fn with_chain(index: u32, chain: Vec<serde_json::Value>) -> TestNetwork {
         let pid = std::process::id();
         TestNetwork {
             _forwarding: support::IpForwardGuard::new(),
+            _forwarding6: None,
             name: unique("wharf-net"),
             bridge: format!("wt{}n{index}", pid % 100_000),
-            subnet_prefix: format!("10.{}.{}", 150 + index, pid % 250),
+            subnet_prefix: format!("10.{}.{}", 170 + index, pid % 250),
+            subnet6_prefix: None,
+            chain,
             ipam_dir: tempfile::Builder::new()
                 .prefix("wharf-ipam-")
                 .tempdir()
@@ -39,33 +58,48 @@ impl TestNetwork {
         }
     }
 
+    /// `with_chain` plus an IPv6 range: the ULA /64 `fd77:<pid>:<index>::/64`.
+    fn dual_stack(index: u32, chain: Vec<serde_json::Value>) -> TestNetwork {
+        let mut network = TestNetwork::with_chain(index, chain);
+        network._forwarding6 = Some(support::Ip6ForwardGuard::new());
+        network.subnet6_prefix = Some(format!("fd77:{:x}:{index:x}:", std::process::id() % 0xffff));
+        network
+    }
+
     fn conflist(&self) -> String {
+        let mut ranges =
+            vec![serde_json::json!([{"subnet": format!("{}.0/24", self.subnet_prefix)}])];
+        if let Some(prefix) = &self.subnet6_prefix {
+            ranges.push(serde_json::json!([{"subnet": format!("{prefix}:/64")}]));
+        }
+        let mut plugins = vec![serde_json::json!({
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": ranges,
+                "dataDir": self.ipam_dir.path(),
+            }
+        })];
+        plugins.extend(self.chain.iter().cloned());
         serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.name,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": format!("{}.0/24", self.subnet_prefix)}]],
-                        "dataDir": self.ipam_dir.path(),
-                    }
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
+            "plugins": plugins,
         })
         .to_string()
     }
 
     /// Writes the network into the daemon's CNI conf dir.
     fn install(&self, env: &PodEnv) {
-        let conf_dir = env.daemon.dir().join("cni/net.d");
-        std::fs::create_dir_all(&conf_dir).unwrap();
+        self.install_in(&env.daemon.dir().join("cni/net.d"));
+    }
+
+    fn install_in(&self, conf_dir: &Path) {
+        std::fs::create_dir_all(conf_dir).unwrap();
         std::fs::write(conf_dir.join("10-test.conflist"), self.conflist()).unwrap();
     }
 
@@ -79,7 +113,13 @@ impl TestNetwork {
                         files
                             .flatten()
                             .map(|f| f.file_name().to_string_lossy().to_string())
-                            .filter(|n| n.starts_with(&self.subnet_prefix)),
+                            .filter(|n| {
+                                n.starts_with(&self.subnet_prefix)
+                                    || self
+                                        .subnet6_prefix
+                                        .as_ref()
+                                        .is_some_and(|p| n.starts_with(p.as_str()))
+                            }),
                     );
                 }
             }
@@ -460,4 +500,347 @@ async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
         .await
         .expect_err("ADD fails again");
     assert!(again.message().contains("boom"), "{again:?}");
+}
+
+/// The pod's `network.ip` and `additional_ips` from PodSandboxStatus.
+async fn pod_ips(env: &mut PodEnv, pod_id: &str) -> (String, Vec<String>) {
+    let network = env
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .expect("the pod has a network status");
+    (
+        network.ip,
+        network.additional_ips.into_iter().map(|ip| ip.ip).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dual_stack_pods_get_both_addresses_and_serve_the_host_over_ipv6() {
+    support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
+    let disabled = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .expect("IPv6 sysctls (is IPv6 compiled in?)");
+    assert_eq!(
+        disabled.trim(),
+        "0",
+        "IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6)"
+    );
+    let mut env = PodEnv::start().await;
+    let network = TestNetwork::dual_stack(5, vec![]);
+    network.install(&env);
+    let v6_prefix = network.subnet6_prefix.clone().unwrap_or_default();
+
+    let pod = env.pod_config("dual");
+    let pod_id = env.run_pod(&pod).await;
+    let (ip, additional) = pod_ips(&mut env, &pod_id).await;
+    let v4: std::net::Ipv4Addr = ip
+        .parse()
+        .unwrap_or_else(|_| panic!("network.ip {ip:?} is not IPv4"));
+    assert!(
+        ip.starts_with(&format!("{}.", network.subnet_prefix)),
+        "{v4} is not in {}.0/24",
+        network.subnet_prefix
+    );
+    assert_eq!(additional.len(), 1, "additional_ips: {additional:?}");
+    let v6: std::net::Ipv6Addr = additional[0]
+        .parse()
+        .unwrap_or_else(|_| panic!("additional_ips[0] {:?} is not IPv6", additional[0]));
+    assert!(
+        additional[0].starts_with(&v6_prefix),
+        "{v6} is not in {v6_prefix}:/64"
+    );
+
+    let web = env.run(&pod_id, &pod, &web_server(&env, "hello-v6")).await;
+    let addrs = env
+        .exec_ok(&web, &["ip", "-6", "-o", "addr", "show", "eth0"])
+        .await;
+    assert!(addrs.contains(&format!("{v6}/64")), "{addrs}");
+    // host_fetch retries while the bridge's own address finishes DAD.
+    assert_eq!(
+        host_fetch(&format!("[{v6}]:8080"), "/index.html"),
+        "hello-v6"
+    );
+    assert_eq!(host_fetch(&format!("{v4}:8080"), "/index.html"), "hello-v6");
+
+    assert_eq!(network.leases().len(), 2, "{:?}", network.leases());
+    env.remove_pod(&pod_id).await;
+    assert_eq!(network.leases(), Vec::<String>::new(), "leases left");
+    assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
+}
+
+/// A chained test plugin (a shell script, jq for the JSON) that records what ADD got on
+/// stdin in `dir/stdin-<container id>.json` and passes the previous result through with
+/// `dns` added.
+fn dns_plugin(dir: &Path) -> PathBuf {
+    let plugins = dir.join("bin");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugin = plugins.join("wharf-dns-test");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nset -e\nin=$(cat)\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  \
+             printf '%s' \"$in\" > '{}/stdin-'\"$CNI_CONTAINERID\"'.json'\n  \
+             printf '%s' \"$in\" | jq -c '.prevResult + {{dns: {{nameservers: [\"10.77.0.53\", \"fd77::53\"], \
+             domain: \"ignored.wharf.test\", search: [\"net.wharf.test\"], options: [\"ndots:2\"]}}}}'\nfi\nexit 0\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    plugins
+}
+
+/// The nameserver addresses of a resolv.conf, in order.
+fn nameservers(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn result_dns_fills_resolv_conf_unless_the_pod_has_a_dns_config() {
+    support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
+    support::require_installed("/usr/bin/jq", "jq");
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-cni-dns-")
+        .tempdir()
+        .unwrap();
+    let plugins = dns_plugin(dir.path());
+    let conf = dir.path().join("net.d");
+    let network = TestNetwork::with_chain(
+        6,
+        vec![serde_json::json!({"type": "wharf-dns-test", "capabilities": {"dns": true}})],
+    );
+    network.install_in(&conf);
+    let config = format!(
+        "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+        conf.display().to_string(),
+        plugins.display().to_string()
+    );
+    let mut env = PodEnv::start_with_config(&config).await;
+
+    // No DNSConfig: the network's nameservers come first, then the host's; its search
+    // domains replace the host's; its domain and options are not used.
+    let plain = env.pod_config("dns-plain");
+    let plain_id = env.run_pod(&plain).await;
+    let c = env
+        .run(
+            &plain_id,
+            &plain,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
+        .await;
+    let resolv = env.exec_ok(&c, &["cat", "/etc/resolv.conf"]).await;
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut want_servers = vec!["10.77.0.53".to_string(), "fd77::53".to_string()];
+    for server in nameservers(&host) {
+        if !want_servers.contains(&server) {
+            want_servers.push(server);
+        }
+    }
+    assert_eq!(nameservers(&resolv), want_servers, "{resolv}");
+    let search: Vec<&str> = resolv
+        .lines()
+        .filter(|l| l.starts_with("search") || l.starts_with("domain"))
+        .collect();
+    assert_eq!(search, vec!["search net.wharf.test"], "{resolv}");
+    assert!(
+        !resolv.contains("ndots:2") && !resolv.contains("ignored.wharf.test"),
+        "{resolv}"
+    );
+    for line in host.lines().filter(|l| l.starts_with("options")) {
+        assert!(resolv.contains(line), "host line {line:?} lost: {resolv}");
+    }
+    let stdin: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("stdin-{plain_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stdin.pointer("/runtimeConfig/dns").is_none(),
+        "no DNSConfig, no dns capability arg: {stdin}"
+    );
+
+    // A DNSConfig wins, as in containerd and CRI-O, and reaches the plugin as the `dns`
+    // capability arg.
+    let mut cluster = env.pod_config("dns-cluster");
+    cluster.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec![
+            "default.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+        ],
+        options: vec!["ndots:5".into()],
+    });
+    let cluster_id = env.run_pod(&cluster).await;
+    let c = env
+        .run(
+            &cluster_id,
+            &cluster,
+            &env.container_config("c", &["sleep", "1000"]),
+        )
+        .await;
+    let resolv = env.exec_ok(&c, &["cat", "/etc/resolv.conf"]).await;
+    assert_eq!(
+        resolv,
+        "search default.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5"
+    );
+    let stdin: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("stdin-{cluster_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stdin.pointer("/runtimeConfig/dns"),
+        Some(&serde_json::json!({
+            "servers": ["10.96.0.10"],
+            "searches": ["default.svc.cluster.local", "svc.cluster.local"],
+            "options": ["ndots:5"]
+        })),
+        "{stdin}"
+    );
+
+    for pod in [&plain_id, &cluster_id] {
+        env.remove_pod(pod).await;
+    }
+    assert_eq!(network.leases(), Vec::<String>::new(), "leases left");
+    assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
+}
+
+/// The ifb device the bandwidth plugin makes for a pod's egress: "bwp" and the start of
+/// the SHA-512 of network name + container id (plugins' `MustFormatHashWithPrefix`).
+fn ifb_name(network: &str, container_id: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
+    format!("bwp{}", hex::encode(hash))[..15].to_string()
+}
+
+/// Deletes the named links on drop (a failed test leaves no ifb device behind).
+struct LinkGuard(Vec<String>);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        for link in &self.0 {
+            if Path::new("/sys/class/net").join(link).exists() {
+                let _ = Command::new("ip").args(["link", "del", link]).status();
+            }
+        }
+    }
+}
+
+fn qdiscs(dev: &str) -> String {
+    let out = Command::new("tc")
+        .args(["qdisc", "show", "dev", dev])
+        .output()
+        .expect("run tc");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn bandwidth_chain() -> Vec<serde_json::Value> {
+    vec![serde_json::json!({"type": "bandwidth", "capabilities": {"bandwidth": true}})]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_annotations_shape_the_pod_and_leave_nothing() {
+    support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
+    support::require_installed("/usr/lib/cni/bandwidth", "containernetworking-plugins");
+    support::require_installed("/usr/sbin/tc", "iproute2");
+    let mut env = PodEnv::start().await;
+    let network = TestNetwork::with_chain(7, bandwidth_chain());
+    network.install(&env);
+    let mut pod = env.pod_config("shaped");
+    pod.annotations
+        .insert("kubernetes.io/ingress-bandwidth".into(), "1M".into());
+    pod.annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "2M".into());
+    let pod_id = env.run_pod(&pod).await;
+    let ifb = ifb_name(&network.name, &pod_id);
+    let _ifb = LinkGuard(vec![ifb.clone()]);
+
+    // Ingress (to the pod) is shaped on the host side of its veth, egress on the ifb
+    // device the veth's ingress is redirected to.
+    let ports = network.ports();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let veth = qdiscs(&ports[0]);
+    assert!(
+        veth.contains("qdisc tbf") && veth.contains("rate 1Mbit"),
+        "{}: {veth}",
+        ports[0]
+    );
+    assert!(
+        Path::new("/sys/class/net").join(&ifb).exists(),
+        "no ifb device {ifb}"
+    );
+    let egress = qdiscs(&ifb);
+    assert!(
+        egress.contains("qdisc tbf") && egress.contains("rate 2Mbit"),
+        "{ifb}: {egress}"
+    );
+
+    env.remove_pod(&pod_id).await;
+    assert!(
+        !Path::new("/sys/class/net").join(&ifb).exists(),
+        "ifb device {ifb} left"
+    );
+    assert_eq!(network.leases(), Vec::<String>::new(), "leases left");
+    assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_bandwidth_annotation_fails_the_pod_and_leaves_nothing() {
+    support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
+    let mut env = PodEnv::start().await;
+    let network = TestNetwork::with_chain(8, bandwidth_chain());
+    network.install(&env);
+    for (key, value, says) in [
+        (
+            "kubernetes.io/ingress-bandwidth",
+            "10X",
+            "not a Kubernetes quantity",
+        ),
+        (
+            "kubernetes.io/egress-bandwidth",
+            "1K",
+            "not a Kubernetes quantity",
+        ),
+        (
+            "kubernetes.io/egress-bandwidth",
+            "500",
+            "unreasonably small",
+        ),
+    ] {
+        let mut pod = env.pod_config("badbw");
+        pod.annotations.insert(key.into(), value.into());
+        let err = env
+            .run_pod_with(&pod, "")
+            .await
+            .expect_err("RunPodSandbox fails");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(key)
+                && err.message().contains(&format!("{value:?}"))
+                && err.message().contains(says),
+            "{err:?}"
+        );
+    }
+    assert!(env
+        .list_pods(cri::PodSandboxFilter::default())
+        .await
+        .is_empty());
+    let state = env.daemon.paths.state.clone();
+    let left: Vec<_> = std::fs::read_dir(state.join("pods"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed pod left {left:?}");
+    assert_eq!(network.leases(), Vec::<String>::new(), "leases left");
+    assert!(
+        !Path::new("/sys/class/net").join(&network.bridge).exists(),
+        "the network was attached"
+    );
 }

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use super::monitor;
 use super::namespaces::{self, NamespaceRequest};
 use super::records::{now_nanos, NetworkPhase, PodNetwork, PodRecord, PodState, ProcessRef};
 use super::service::{blocking, new_id, Result, Runtime, RuntimeError};
-use crate::cni::{Attachment, PortMapping, RuntimeConfig as CniRuntimeConfig};
+use crate::cni::{Attachment, Bandwidth, Dns, PortMapping, RuntimeConfig as CniRuntimeConfig};
 
 /// Size of a pod's /dev/shm (Docker's and containerd's default).
 const SHM_SIZE: &str = "size=65536k";
@@ -70,6 +70,10 @@ impl Runtime {
         }
         let host_network = options.network == MODE_NODE;
         let host_ipc = options.ipc == MODE_NODE;
+        if !host_network {
+            // Checked before anything exists, so a bad annotation leaves nothing behind.
+            pod_bandwidth(&config.annotations)?;
+        }
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -228,7 +232,10 @@ impl Runtime {
         // Intent first: a crash during ADD still owes a DEL.
         self.store
             .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &record.id, &*record))?;
-        let attachment = attachment(record, config)?;
+        let mut attachment = attachment(record, config)?;
+        // Only ADD needs these: DEL and CHECK use the capability args cached by ADD.
+        attachment.capability_args.bandwidth = pod_bandwidth(&config.annotations)?;
+        attachment.capability_args.dns = cni_dns(config.dns_config.as_ref());
         let result = self
             .cni
             .add(&selected, &attachment)
@@ -238,7 +245,19 @@ impl Runtime {
             network.phase = NetworkPhase::Attached;
             network.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
         }
-        Ok(())
+        // resolv.conf was written before ADD; the result's DNS may change it.
+        let dns = config.dns_config.clone();
+        let network_dns = result.dns.clone();
+        let network_name = network.name.clone();
+        let path = record.dir.join("resolv.conf");
+        blocking(move || {
+            if let Some(text) = resolv_conf_with_network(dns.as_ref(), &network_name, &network_dns)?
+            {
+                replace_file(&path, &text)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs CNI DEL for the pod once (it is owed after ADD started, until it ran).
@@ -468,7 +487,7 @@ pub(super) fn teardown_pod_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn write_file(path: &PathBuf, contents: &[u8]) -> Result<()> {
+fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path)
         .map_err(RuntimeError::io(format!("creating {}", path.display())))?;
     file.write_all(contents)
@@ -503,16 +522,8 @@ fn hosts_file(host_network: bool, hostname: &str) -> Result<Vec<u8>> {
 /// /etc/resolv.conf of a pod: from the CRI `DNSConfig` when given (as containerd writes
 /// it), else the host's.
 fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
-    let Some(dns) =
-        dns.filter(|d| !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()))
-    else {
-        return std::fs::read("/etc/resolv.conf").or_else(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            _ => Err(RuntimeError::Io {
-                context: "reading /etc/resolv.conf".into(),
-                source: err,
-            }),
-        });
+    let Some(dns) = given_dns_config(dns) else {
+        return host_resolv_conf();
     };
     for (i, value) in dns
         .servers
@@ -541,6 +552,297 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
     Ok(text.into_bytes())
 }
 
+/// The CRI `DNSConfig` when it says anything.
+fn given_dns_config(dns: Option<&cri::DnsConfig>) -> Option<&cri::DnsConfig> {
+    dns.filter(|d| !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()))
+}
+
+fn host_resolv_conf() -> Result<Vec<u8>> {
+    std::fs::read(HOST_RESOLV_CONF).or_else(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => Err(RuntimeError::Io {
+            context: format!("reading {HOST_RESOLV_CONF}"),
+            source: err,
+        }),
+    })
+}
+
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The pod's resolv.conf once the CNI result is known, or `None` when the result does
+/// not change what [`resolv_conf`] wrote.
+///
+/// containerd (`setupSandboxFiles` in internal/cri/server/podsandbox/sandbox_run_linux.go)
+/// and CRI-O (`server/sandbox_run_linux.go`) never read a result's `dns`: resolv.conf is
+/// the CRI `DNSConfig`, or a copy of the host's when there is none (kubelet ignoring CNI
+/// DNS is intended: kubernetes/kubernetes#72019). So a given `DNSConfig` wins here too.
+/// Without one, the result's DNS is merged as podman does (libpod `generateResolvConf`
+/// with the CNI backend): the network's nameservers first, then the host's; the
+/// network's search domains replace the host's `search`/`domain` lines; everything
+/// else of the host's file (options, sortlist) is kept. The result's `domain` and
+/// `options` are not used (podman's network status carries neither).
+fn resolv_conf_with_network(
+    dns: Option<&cri::DnsConfig>,
+    network_name: &str,
+    network: &Dns,
+) -> Result<Option<Vec<u8>>> {
+    if given_dns_config(dns).is_some()
+        || (network.nameservers.is_empty() && network.search.is_empty())
+    {
+        return Ok(None);
+    }
+    check_result_dns(network_name, network)?;
+    let host = host_resolv_conf()?;
+    Ok(Some(
+        merge_resolv_conf(&String::from_utf8_lossy(&host), network).into_bytes(),
+    ))
+}
+
+/// `host` (a resolv.conf) with the network's nameservers put first and its search
+/// domains, if any, replacing the host's.
+fn merge_resolv_conf(host: &str, network: &Dns) -> String {
+    let mut host_servers = Vec::new();
+    let mut host_search = Vec::new();
+    let mut rest = Vec::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => host_servers.extend(words.next().map(str::to_string)),
+            Some("search") | Some("domain") => host_search.push(line),
+            _ => rest.push(line),
+        }
+    }
+    let mut text = String::new();
+    if network.search.is_empty() {
+        for line in host_search {
+            text.push_str(line);
+            text.push('\n');
+        }
+    } else {
+        text.push_str(&format!("search {}\n", network.search.join(" ")));
+    }
+    let mut servers: Vec<&String> = Vec::new();
+    for server in network.nameservers.iter().chain(&host_servers) {
+        if !servers.contains(&server) {
+            servers.push(server);
+        }
+    }
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    for line in rest {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A plugin's DNS ends up in a file: nameservers must be IP addresses (as the spec says
+/// they are) and search domains single words.
+fn check_result_dns(network: &str, dns: &Dns) -> Result<()> {
+    for (i, server) in dns.nameservers.iter().enumerate() {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            return Err(RuntimeError::Internal(format!(
+                "network {network}: the CNI result's dns.nameservers[{i}] {server:?} is not an IP address"
+            )));
+        }
+    }
+    for (i, domain) in dns.search.iter().enumerate() {
+        if domain.is_empty() || domain.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(RuntimeError::Internal(format!(
+                "network {network}: the CNI result's dns.search[{i}] {domain:?} is empty or contains whitespace"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `dns` capability arg: the CRI `DNSConfig` as containerd passes it
+/// (`toCNIDNS` in internal/cri/server/sandbox_run.go); CRI-O passes none.
+fn cni_dns(dns: Option<&cri::DnsConfig>) -> Option<Dns> {
+    given_dns_config(dns).map(|d| Dns {
+        nameservers: d.servers.clone(),
+        domain: None,
+        search: d.searches.clone(),
+        options: d.options.clone(),
+    })
+}
+
+/// Pod annotations kubelet sets for traffic shaping (k8s.io/kubernetes
+/// pkg/util/bandwidth `ExtractPodBandwidthResources`).
+const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
+const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
+/// The `bandwidth` capability arg from the pod's annotations, as containerd's
+/// `toCNIBandWidth` (internal/cri/server/sandbox_run.go) makes it: each annotation is a
+/// Kubernetes quantity in bits per second, rounded up to an integer, between 1k and 1P
+/// (kubelet's `validateBandwidthIsReasonable`); a rate that is set gets a burst of
+/// `u32::MAX` bits. `None` without either annotation.
+fn pod_bandwidth(
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Option<Bandwidth>> {
+    let rate = |key: &str| -> Result<u64> {
+        let Some(text) = annotations.get(key) else {
+            return Ok(0);
+        };
+        let field = || format!("config.annotations[{key:?}]");
+        let reason = match parse_quantity(text) {
+            Err(why) => format!("{text:?} is not a Kubernetes quantity: {why}"),
+            Ok(Quantity::Negative) => format!("{text:?} is negative"),
+            Ok(Quantity::Value(v)) if v < MIN_BANDWIDTH => {
+                format!("{text:?} is unreasonably small (< 1k bits per second)")
+            }
+            Ok(Quantity::Value(v)) if v <= MAX_BANDWIDTH => {
+                // At most 1e15: fits.
+                return Ok(v as u64);
+            }
+            Ok(_) => format!("{text:?} is unreasonably large (> 1P bits per second)"),
+        };
+        Err(RuntimeError::invalid(field(), reason))
+    };
+    let ingress_rate = rate(INGRESS_BANDWIDTH)?;
+    let egress_rate = rate(EGRESS_BANDWIDTH)?;
+    if ingress_rate == 0 && egress_rate == 0 {
+        return Ok(None);
+    }
+    let burst = |rate: u64| if rate > 0 { u64::from(u32::MAX) } else { 0 };
+    Ok(Some(Bandwidth {
+        ingress_rate,
+        ingress_burst: burst(ingress_rate),
+        egress_rate,
+        egress_burst: burst(egress_rate),
+    }))
+}
+
+const MIN_BANDWIDTH: u128 = 1_000;
+const MAX_BANDWIDTH: u128 = 1_000_000_000_000_000;
+
+/// A Kubernetes resource quantity, rounded up to an integer as `Quantity.Value()` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quantity {
+    Negative,
+    Value(u128),
+    /// Beyond u128.
+    Huge,
+}
+
+/// Parses a Kubernetes resource quantity (k8s.io/apimachinery `resource.ParseQuantity`):
+/// `[+-]<digits>[.<digits>]<suffix>`, the suffix one of the binary `Ki Mi Gi Ti Pi Ei`,
+/// the decimal `n u m k M G T P E`, or an exponent `e<n>` / `E<n>`; nothing else (no
+/// spaces, no `K`, no `b`).
+fn parse_quantity(text: &str) -> std::result::Result<Quantity, String> {
+    let (negative, body) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let number_end = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(number_end);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty() {
+        return Err("expected a number followed by an optional suffix".into());
+    }
+    if frac.contains('.') {
+        return Err("the number has more than one decimal point".into());
+    }
+    let (mut exp10, exp2): (i64, u32) = match suffix {
+        "" => (0, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        _ => {
+            let exponent = suffix
+                .strip_prefix(['e', 'E'])
+                .filter(|e| {
+                    let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                })
+                .ok_or_else(|| format!("unknown suffix {suffix:?}"))?;
+            // Beyond this the value is 0 or huge either way.
+            let value: i64 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
+                -10_000
+            } else {
+                10_000
+            });
+            (value.clamp(-10_000, 10_000), 0)
+        }
+    };
+    // The significant digits as an integer, scaled by 10^exp10.
+    let mut digits = format!("{int}{frac}");
+    exp10 -= frac.len() as i64;
+    let trimmed = digits.trim_start_matches('0').len();
+    digits.drain(..digits.len() - trimmed);
+    while digits.ends_with('0') {
+        digits.pop();
+        exp10 += 1;
+    }
+    if digits.is_empty() {
+        return Ok(Quantity::Value(0));
+    }
+    if negative {
+        return Ok(Quantity::Negative);
+    }
+    // u128 holds any 38 digits; what is cut off is non-zero (trailing zeros are gone).
+    let cut = digits.len().saturating_sub(38);
+    digits.truncate(digits.len() - cut);
+    exp10 += cut as i64;
+    let mantissa: u128 = digits
+        .parse()
+        .map_err(|_| "the number is not decimal".to_string())?;
+    let Some(mantissa) = mantissa.checked_mul(1u128 << exp2) else {
+        return Ok(Quantity::Huge);
+    };
+    if exp10 >= 0 {
+        if cut > 0 {
+            return Ok(Quantity::Huge);
+        }
+        let value = u32::try_from(exp10)
+            .ok()
+            .and_then(|e| 10u128.checked_pow(e))
+            .and_then(|scale| mantissa.checked_mul(scale));
+        return Ok(value.map_or(Quantity::Huge, Quantity::Value));
+    }
+    // A fraction: round up.
+    let Some(scale) = u32::try_from(-exp10)
+        .ok()
+        .and_then(|e| 10u128.checked_pow(e))
+    else {
+        // mantissa < 2^128 < 10^39 <= scale: 0 < value < 1.
+        return Ok(Quantity::Value(1));
+    };
+    let whole = mantissa / scale;
+    let round_up = mantissa % scale != 0 || cut > 0;
+    Ok(Quantity::Value(whole + u128::from(round_up)))
+}
+
+/// Replaces `path` atomically (temp file in the same dir, fsync, rename).
+fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    write_file(&temp, contents)?;
+    std::fs::File::open(&temp)
+        .and_then(|f| f.sync_all())
+        .map_err(RuntimeError::io(format!("syncing {}", temp.display())))?;
+    std::fs::rename(&temp, path).map_err(RuntimeError::io(format!(
+        "renaming {} to {}",
+        temp.display(),
+        path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +867,246 @@ mod tests {
             ..Default::default()
         };
         assert!(resolv_conf(Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_rules() {
+        use Quantity::*;
+        for (text, want) in [
+            ("1000", Value(1000)),
+            ("+1000", Value(1000)),
+            ("1k", Value(1000)),
+            ("1M", Value(1_000_000)),
+            ("10M", Value(10_000_000)),
+            ("1Mi", Value(1 << 20)),
+            ("10Mi", Value(10 << 20)),
+            ("1Gi", Value(1 << 30)),
+            ("2Ei", Value(2 << 60)),
+            ("1.5M", Value(1_500_000)),
+            ("1.5", Value(2)),
+            ("1.", Value(1)),
+            (".5k", Value(500)),
+            ("0.5Ki", Value(512)),
+            ("1500m", Value(2)),
+            ("1m", Value(1)),
+            ("1n", Value(1)),
+            ("1e3", Value(1000)),
+            ("1E6", Value(1_000_000)),
+            ("1e+3", Value(1000)),
+            ("15e-1", Value(2)),
+            ("1E", Value(1_000_000_000_000_000_000)),
+            ("1P", Value(1_000_000_000_000_000)),
+            ("0", Value(0)),
+            ("-0", Value(0)),
+            ("000.000", Value(0)),
+            ("-1M", Negative),
+            ("1e100", Huge),
+            ("99999999999999999999999999999999999999999", Huge),
+            (
+                "0.00000000000000000000000000000000000000000000001",
+                Value(1),
+            ),
+            ("1e-50", Value(1)),
+        ] {
+            assert_eq!(parse_quantity(text), Ok(want), "{text:?}");
+        }
+        for bad in [
+            "", " 1M", "1M ", "1K", "1 M", "1Mb", "M", ".", "1.2.3", "1e", "1e1.5", "1i", "1mi",
+            "1kk", "0x10", "1_000", "ten",
+        ] {
+            assert!(parse_quantity(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn bandwidth_from_annotations() {
+        assert_eq!(pod_bandwidth(&annotations(&[])).unwrap(), None);
+        assert_eq!(
+            pod_bandwidth(&annotations(&[("other", "1M")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            pod_bandwidth(&annotations(&[(INGRESS_BANDWIDTH, "1M")])).unwrap(),
+            Some(Bandwidth {
+                ingress_rate: 1_000_000,
+                ingress_burst: u64::from(u32::MAX),
+                egress_rate: 0,
+                egress_burst: 0,
+            })
+        );
+        assert_eq!(
+            pod_bandwidth(&annotations(&[
+                (INGRESS_BANDWIDTH, "10Mi"),
+                (EGRESS_BANDWIDTH, "1k")
+            ]))
+            .unwrap(),
+            Some(Bandwidth {
+                ingress_rate: 10 << 20,
+                ingress_burst: u64::from(u32::MAX),
+                egress_rate: 1000,
+                egress_burst: u64::from(u32::MAX),
+            })
+        );
+        assert_eq!(
+            pod_bandwidth(&annotations(&[(EGRESS_BANDWIDTH, "1P")]))
+                .unwrap()
+                .map(|b| b.egress_rate),
+            Some(1_000_000_000_000_000)
+        );
+        for (key, value, says) in [
+            (
+                INGRESS_BANDWIDTH,
+                "10X",
+                "not a Kubernetes quantity: unknown suffix \"X\"",
+            ),
+            (EGRESS_BANDWIDTH, "1K", "unknown suffix \"K\""),
+            (EGRESS_BANDWIDTH, "", "not a Kubernetes quantity"),
+            (INGRESS_BANDWIDTH, "999", "unreasonably small"),
+            (INGRESS_BANDWIDTH, "0", "unreasonably small"),
+            (INGRESS_BANDWIDTH, "-1M", "negative"),
+            (EGRESS_BANDWIDTH, "1001T", "unreasonably large"),
+            (EGRESS_BANDWIDTH, "1e400", "unreasonably large"),
+        ] {
+            let err = pod_bandwidth(&annotations(&[(key, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, RuntimeError::InvalidArgument { .. }),
+                "{value:?}: {err:?}"
+            );
+            assert!(
+                text.starts_with(&format!("config.annotations[{key:?}]: ")),
+                "{text}"
+            );
+            assert!(text.contains(says), "{value:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn dns_capability_is_the_dns_config() {
+        assert_eq!(cni_dns(None), None);
+        assert_eq!(cni_dns(Some(&cri::DnsConfig::default())), None);
+        let dns = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            cni_dns(Some(&dns)),
+            Some(Dns {
+                nameservers: vec!["10.96.0.10".into()],
+                domain: None,
+                search: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn result_dns_is_merged_only_without_a_dns_config() {
+        let network = Dns {
+            nameservers: vec!["10.77.0.53".into(), "fd77::53".into()],
+            domain: Some("ignored.example".into()),
+            search: vec!["net.example".into()],
+            options: vec!["ignored:1".into()],
+        };
+        let host = "# generated\nsearch host.example\nnameserver 192.0.2.53\nnameserver 10.77.0.53\noptions edns0\n";
+        assert_eq!(
+            merge_resolv_conf(host, &network),
+            "search net.example\nnameserver 10.77.0.53\nnameserver fd77::53\n\
+             nameserver 192.0.2.53\n# generated\noptions edns0\n"
+        );
+        // No search domains from the network: the host's stay.
+        let servers_only = Dns {
+            nameservers: vec!["10.77.0.53".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            merge_resolv_conf(
+                "domain host.example\nnameserver 192.0.2.53\n",
+                &servers_only
+            ),
+            "domain host.example\nnameserver 10.77.0.53\nnameserver 192.0.2.53\n"
+        );
+        assert_eq!(
+            merge_resolv_conf("", &network),
+            "search net.example\nnameserver 10.77.0.53\nnameserver fd77::53\n"
+        );
+        // A CRI DNSConfig wins; an empty network DNS changes nothing.
+        let given = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf_with_network(Some(&given), "n", &network).unwrap(),
+            None
+        );
+        assert_eq!(
+            resolv_conf_with_network(None, "n", &Dns::default()).unwrap(),
+            None
+        );
+        let only_options = Dns {
+            options: vec!["ndots:1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf_with_network(None, "n", &only_options).unwrap(),
+            None
+        );
+        assert!(resolv_conf_with_network(None, "n", &network)
+            .unwrap()
+            .is_some());
+        assert!(
+            resolv_conf_with_network(Some(&cri::DnsConfig::default()), "n", &network)
+                .unwrap()
+                .is_some(),
+            "an empty DNSConfig is no DNSConfig"
+        );
+    }
+
+    #[test]
+    fn result_dns_must_be_addresses_and_words() {
+        let ok = Dns {
+            nameservers: vec!["10.0.0.1".into(), "fd00::1".into()],
+            search: vec!["a.example".into()],
+            ..Default::default()
+        };
+        check_result_dns("n", &ok).unwrap();
+        let bad_server = Dns {
+            nameservers: vec!["10.0.0.1".into(), "10.0.0.2\nnameserver 1.1.1.1".into()],
+            ..Default::default()
+        };
+        let err = check_result_dns("podnet", &bad_server)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("network podnet") && err.contains("dns.nameservers[1]"),
+            "{err}"
+        );
+        let bad_search = Dns {
+            search: vec!["a b".into()],
+            ..Default::default()
+        };
+        let err = check_result_dns("podnet", &bad_search)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dns.search[0]"), "{err}");
+        // Checked only when used: a DNSConfig makes the result's DNS irrelevant.
+        assert!(resolv_conf_with_network(None, "podnet", &bad_server).is_err());
+        let given = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf_with_network(Some(&given), "podnet", &bad_server).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -57,3 +57,40 @@ impl Drop for IpForwardGuard {
         }
     }
 }
+
+/// Like [`IpForwardGuard`] for IPv6: the bridge CNI plugin (`isGateway` with an IPv6
+/// range) turns on `net.ipv6.conf.all.forwarding`, which also stops the host from
+/// accepting router advertisements. The value found before the first guard is put back
+/// when the last one in the process is dropped.
+pub struct Ip6ForwardGuard(());
+
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+static FORWARDING6: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+impl Ip6ForwardGuard {
+    pub fn new() -> Ip6ForwardGuard {
+        let mut forwarding = FORWARDING6
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if forwarding.0 == 0 {
+            forwarding.1 = std::fs::read_to_string(IP6_FORWARD).ok();
+        }
+        forwarding.0 += 1;
+        Ip6ForwardGuard(())
+    }
+}
+
+impl Drop for Ip6ForwardGuard {
+    fn drop(&mut self) {
+        let mut forwarding = FORWARDING6
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        forwarding.0 -= 1;
+        if forwarding.0 == 0 {
+            if let Some(found) = forwarding.1.take() {
+                let _ = std::fs::write(IP6_FORWARD, found);
+            }
+        }
+    }
+}
