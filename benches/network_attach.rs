@@ -31,7 +31,10 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options { pods: 100, rounds: 2 };
+    let mut options = Options {
+        pods: 100,
+        rounds: 2,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> usize {
@@ -252,9 +255,17 @@ async fn main() {
 
     let mut results: Vec<(&str, &str, Samples)> = vec![
         ("built-in", "no host port", Samples::default()),
-        ("CNI bridge+host-local+portmap", "no host port", Samples::default()),
+        (
+            "CNI bridge+host-local+portmap",
+            "no host port",
+            Samples::default(),
+        ),
         ("built-in", "1 host port", Samples::default()),
-        ("CNI bridge+host-local+portmap", "1 host port", Samples::default()),
+        (
+            "CNI bridge+host-local+portmap",
+            "1 host port",
+            Samples::default(),
+        ),
     ];
     let port_base = 30000 + (pid % 20000) as u16;
     for round in 0..options.rounds {

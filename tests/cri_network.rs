@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use support::net::{bridge_ports, host_fetch, links, network_ready, pod_ip, pod_ips, web_server};
 use support::pods::{unique, PodEnv};
 
 /// Pods are attached to the CNI network only (no built-in bridge fallback).
@@ -129,14 +130,7 @@ impl TestNetwork {
 
     /// veth ports attached to the bridge.
     fn ports(&self) -> Vec<String> {
-        let dir = PathBuf::from(format!("/sys/class/net/{}/brif", self.bridge));
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+        bridge_ports(&self.bridge)
     }
 }
 
@@ -170,81 +164,6 @@ impl Drop for TestNetwork {
             .stderr(std::process::Stdio::null())
             .status();
     }
-}
-
-async fn network_ready(env: &mut PodEnv) -> cri::RuntimeCondition {
-    let status = env
-        .rt
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner()
-        .status
-        .expect("status");
-    status
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .expect("NetworkReady condition")
-}
-
-async fn pod_ip(env: &mut PodEnv, pod_id: &str) -> String {
-    env.rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.to_string(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default()
-}
-
-/// GETs `path` from `addr` (ip:port) over plain TCP from the host (no HTTP client
-/// crate needed for busybox httpd), retrying while the server starts; returns the body.
-fn host_fetch(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let socket: std::net::SocketAddr = addr.parse().expect("ip:port");
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })();
-        match attempt {
-            Ok(response) if response.starts_with("HTTP/1.") && response.contains(" 200 ") => {
-                let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-                return body.trim().to_string();
-            }
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "GET {path} from {addr} did not succeed from the host: {other:?}"
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn web_server(env: &PodEnv, body: &str) -> cri::ContainerConfig {
-    env.container_config(
-        "web",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "mkdir /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www"
-            ),
-        ],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,19 +349,6 @@ async fn fifty_pods_leave_no_link_lease_rule_or_mount() {
     }
 }
 
-/// Host links other than veths and test bridges (other tests make and remove theirs in
-/// parallel); this test's own veths are checked on its bridge.
-fn links() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(Path::new("/sys/class/net"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.starts_with("veth") && !n.starts_with("wt"))
-        .collect();
-    names.sort();
-    names
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
     let dir = tempfile::Builder::new()
@@ -502,26 +408,6 @@ async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
     assert!(again.message().contains("boom"), "{again:?}");
 }
 
-/// The pod's `network.ip` and `additional_ips` from PodSandboxStatus.
-async fn pod_ips(env: &mut PodEnv, pod_id: &str) -> (String, Vec<String>) {
-    let network = env
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.to_string(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .expect("the pod has a network status");
-    (
-        network.ip,
-        network.additional_ips.into_iter().map(|ip| ip.ip).collect(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dual_stack_pods_get_both_addresses_and_serve_the_host_over_ipv6() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
@@ -532,14 +418,15 @@ async fn dual_stack_pods_get_both_addresses_and_serve_the_host_over_ipv6() {
         "0",
         "IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6)"
     );
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::dual_stack(5, vec![]);
     network.install(&env);
     let v6_prefix = network.subnet6_prefix.clone().unwrap_or_default();
 
     let pod = env.pod_config("dual");
     let pod_id = env.run_pod(&pod).await;
-    let (ip, additional) = pod_ips(&mut env, &pod_id).await;
+    let mut additional = pod_ips(&mut env, &pod_id).await;
+    let ip = additional.remove(0);
     let v4: std::net::Ipv4Addr = ip
         .parse()
         .unwrap_or_else(|_| panic!("network.ip {ip:?} is not IPv4"));
@@ -621,7 +508,7 @@ async fn result_dns_fills_resolv_conf_unless_the_pod_has_a_dns_config() {
     );
     network.install_in(&conf);
     let config = format!(
-        "[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+        "{CNI_ONLY}[cni]\nconf_dir = {:?}\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
         conf.display().to_string(),
         plugins.display().to_string()
     );
@@ -751,7 +638,7 @@ async fn bandwidth_annotations_shape_the_pod_and_leave_nothing() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
     support::require_installed("/usr/lib/cni/bandwidth", "containernetworking-plugins");
     support::require_installed("/usr/sbin/tc", "iproute2");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::with_chain(7, bandwidth_chain());
     network.install(&env);
     let mut pod = env.pod_config("shaped");
@@ -795,7 +682,7 @@ async fn bandwidth_annotations_shape_the_pod_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_bandwidth_annotation_fails_the_pod_and_leaves_nothing() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let mut env = PodEnv::start().await;
+    let mut env = PodEnv::start_with_config(CNI_ONLY).await;
     let network = TestNetwork::with_chain(8, bandwidth_chain());
     network.install(&env);
     for (key, value, says) in [

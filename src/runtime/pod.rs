@@ -248,7 +248,7 @@ impl Runtime {
         // resolv.conf was written before ADD; the result's DNS may change it.
         let dns = config.dns_config.clone();
         let network_dns = result.dns.clone();
-        let network_name = network.name.clone();
+        let network_name = self.cni.name(&selected);
         let path = record.dir.join("resolv.conf");
         blocking(move || {
             if let Some(text) = resolv_conf_with_network(dns.as_ref(), &network_name, &network_dns)?
