@@ -318,6 +318,13 @@ impl Networks {
         Ok(self.bridge.del(attachment).await?)
     }
 
+    /// Start-up reconcile: built-in bridge leases of pods that no longer exist are
+    /// released (a CNI attachment is only known through its cache entry, which DEL of
+    /// the pod removes).
+    pub async fn release_unowned(&self, owned: &std::collections::HashSet<String>) {
+        self.bridge.release_unowned(owned).await
+    }
+
     pub async fn check(
         &self,
         selected: &Selected,

@@ -501,6 +501,9 @@ impl Runtime {
             let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
             pods.insert(pod.id.clone(), pod);
         }
+        let owned: std::collections::HashSet<String> =
+            self.pods().into_iter().map(|p| p.id).collect();
+        self.cni.release_unowned(&owned).await;
         self.reconcile_dirs().await;
         Ok(())
     }

@@ -263,6 +263,31 @@ impl BridgeNetwork {
         Ok(())
     }
 
+    /// Releases the leases (links and rules too) of attachments whose owner is not in
+    /// `owned`: left when a pod record was deleted although its detach failed.
+    pub async fn release_unowned(&self, owned: &std::collections::HashSet<String>) {
+        let unowned: Vec<Lease> = {
+            let state = self.state.lock().await;
+            state
+                .leases
+                .values()
+                .filter(|lease| !owned.contains(&lease.container_id))
+                .cloned()
+                .collect()
+        };
+        for lease in unowned {
+            tracing::warn!(network = %self.spec.bridge, container_id = %lease.container_id, ip = %lease.ip, "releasing a lease no pod owns");
+            let attachment = Attachment {
+                container_id: lease.container_id.clone(),
+                ifname: lease.ifname.clone(),
+                ..Default::default()
+            };
+            if let Err(err) = self.del(&attachment).await {
+                tracing::error!(network = %self.spec.bridge, container_id = %lease.container_id, error = %err, "cannot release an unowned lease");
+            }
+        }
+    }
+
     /// CHECK: the lease exists and its host link is on the bridge.
     pub async fn check(&self, attachment: &Attachment) -> Result<(), BridgeError> {
         let key = (attachment.container_id.clone(), attachment.ifname.clone());
