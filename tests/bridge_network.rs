@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use support::net::{
-    bridge_ports, host_fetch, iptables_save, links, network_ready, pod_get_command, pod_ip,
-    stored_leases, try_host_fetch, web_server, BridgeCleanup,
+    bridge_ports, client_pod, host_fetch, iptables_save, links, network_ready, pod_get_command,
+    pod_ip, stored_leases, try_host_fetch, web_server, BridgeCleanup,
 };
 use support::pods::PodEnv;
 
@@ -121,17 +121,8 @@ async fn pods_on_the_bridge_reach_each_other_the_host_and_host_ports() {
 
     // Another pod reaches it directly, and through a host port on the gateway address
     // (hairpin: DNAT back into the same bridge, answered through the host).
-    let client_pod = env.pod_config("client");
-    let client_id = env.run_pod(&client_pod).await;
-    let client_ip = pod_ip(&mut env, &client_id).await;
+    let (client_id, client_ip, client) = client_pod(&mut env).await;
     assert_ne!(client_ip, server_ip);
-    let client = env
-        .run(
-            &client_id,
-            &client_pod,
-            &env.container_config("c", &["sleep", "1000"]),
-        )
-        .await;
     let direct = env
         .exec_ok(&client, &["sh", "-c", &pod_get_command(&server_ip, 8080)])
         .await;

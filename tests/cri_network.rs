@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use support::net::{bridge_ports, host_fetch, links, network_ready, pod_ip, pod_ips, web_server};
+use support::net::{
+    bridge_ports, client_pod, host_fetch, links, network_ready, pod_ip, pod_ips, web_server,
+};
 use support::pods::{unique, PodEnv};
 
 /// Pods are attached to the CNI network only (no built-in bridge fallback).
@@ -223,17 +225,8 @@ async fn pods_get_addresses_and_reach_each_other_the_host_and_host_ports() {
     );
 
     // Another pod reaches it; the two have different addresses.
-    let client_pod = env.pod_config("client");
-    let client_id = env.run_pod(&client_pod).await;
-    let client_ip = pod_ip(&mut env, &client_id).await;
+    let (client_id, client_ip, client) = client_pod(&mut env).await;
     assert_ne!(client_ip, server_ip);
-    let client = env
-        .run(
-            &client_id,
-            &client_pod,
-            &env.container_config("c", &["sleep", "1000"]),
-        )
-        .await;
     // busybox's static wget crashes on non-loopback addresses here; nc does the GET.
     let response = env
         .exec_ok(
@@ -389,17 +382,7 @@ async fn a_failing_plugin_fails_the_pod_and_leaves_nothing() {
         err.message().contains("7") && err.message().contains("boom"),
         "{err:?}"
     );
-    assert!(env
-        .list_pods(cri::PodSandboxFilter::default())
-        .await
-        .is_empty());
-    let state = env.daemon.paths.state.clone();
-    let left: Vec<_> = std::fs::read_dir(state.join("pods"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "a failed pod left {left:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&format!("{}/pods/", state.display())));
+    env.assert_no_pods_left().await;
     // The name was released: the retry fails the same way, not with "name in use".
     let again = env
         .run_pod_with(&pod, "")
@@ -716,15 +699,7 @@ async fn a_malformed_bandwidth_annotation_fails_the_pod_and_leaves_nothing() {
             "{err:?}"
         );
     }
-    assert!(env
-        .list_pods(cri::PodSandboxFilter::default())
-        .await
-        .is_empty());
-    let state = env.daemon.paths.state.clone();
-    let left: Vec<_> = std::fs::read_dir(state.join("pods"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "a failed pod left {left:?}");
+    env.assert_no_pods_left().await;
     assert_eq!(network.leases(), Vec::<String>::new(), "leases left");
     assert!(
         !Path::new("/sys/class/net").join(&network.bridge).exists(),

@@ -21,76 +21,72 @@ pub fn require_installed(path: &'static str, package: &str) -> &'static std::pat
     path
 }
 
-/// The bridge CNI plugin (`isGateway`) turns on `net.ipv4.ip_forward` host-wide. Each
-/// test network holds one of these; when the last one in the process is dropped, the
-/// value found before the first is put back.
-pub struct IpForwardGuard(());
+/// Puts a host-wide sysctl back when the last guard of it in the process is dropped:
+/// the value found when the first guard was made.
+pub struct SysctlGuard {
+    path: &'static str,
+    /// Live guards, and the setting found when the first of them was made.
+    state: &'static std::sync::Mutex<(usize, Option<String>)>,
+}
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+impl SysctlGuard {
+    fn hold(
+        path: &'static str,
+        state: &'static std::sync::Mutex<(usize, Option<String>)>,
+    ) -> SysctlGuard {
+        let mut held = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.0 == 0 {
+            held.1 = std::fs::read_to_string(path).ok();
+        }
+        held.0 += 1;
+        SysctlGuard { path, state }
+    }
+}
 
-/// Live guards, and the setting found when the first of them was made.
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let mut held = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.0 -= 1;
+        if held.0 == 0 {
+            if let Some(found) = held.1.take() {
+                let _ = std::fs::write(self.path, found);
+            }
+        }
+    }
+}
+
+/// The bridge CNI plugin (`isGateway`) and the built-in bridge network turn on
+/// `net.ipv4.ip_forward` host-wide; each test network holds one of these.
+pub struct IpForwardGuard(SysctlGuard);
+
 static FORWARDING: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
 
 impl IpForwardGuard {
     pub fn new() -> IpForwardGuard {
-        let mut forwarding = FORWARDING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if forwarding.0 == 0 {
-            forwarding.1 = std::fs::read_to_string(IP_FORWARD).ok();
-        }
-        forwarding.0 += 1;
-        IpForwardGuard(())
-    }
-}
-
-impl Drop for IpForwardGuard {
-    fn drop(&mut self) {
-        let mut forwarding = FORWARDING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        forwarding.0 -= 1;
-        if forwarding.0 == 0 {
-            if let Some(found) = forwarding.1.take() {
-                let _ = std::fs::write(IP_FORWARD, found);
-            }
-        }
+        IpForwardGuard(SysctlGuard::hold(
+            "/proc/sys/net/ipv4/ip_forward",
+            &FORWARDING,
+        ))
     }
 }
 
 /// Like [`IpForwardGuard`] for IPv6: the bridge CNI plugin (`isGateway` with an IPv6
 /// range) turns on `net.ipv6.conf.all.forwarding`, which also stops the host from
-/// accepting router advertisements. The value found before the first guard is put back
-/// when the last one in the process is dropped.
-pub struct Ip6ForwardGuard(());
-
-const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+/// accepting router advertisements.
+pub struct Ip6ForwardGuard(SysctlGuard);
 
 static FORWARDING6: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
 
 impl Ip6ForwardGuard {
     pub fn new() -> Ip6ForwardGuard {
-        let mut forwarding = FORWARDING6
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if forwarding.0 == 0 {
-            forwarding.1 = std::fs::read_to_string(IP6_FORWARD).ok();
-        }
-        forwarding.0 += 1;
-        Ip6ForwardGuard(())
-    }
-}
-
-impl Drop for Ip6ForwardGuard {
-    fn drop(&mut self) {
-        let mut forwarding = FORWARDING6
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        forwarding.0 -= 1;
-        if forwarding.0 == 0 {
-            if let Some(found) = forwarding.1.take() {
-                let _ = std::fs::write(IP6_FORWARD, found);
-            }
-        }
+        Ip6ForwardGuard(SysctlGuard::hold(
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            &FORWARDING6,
+        ))
     }
 }

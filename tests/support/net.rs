@@ -115,6 +115,17 @@ pub fn pod_get_command(ip: &str, port: u16) -> String {
     format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}")
 }
 
+/// Starts a pod with a long-sleeping busybox container to run network clients in;
+/// returns (pod id, pod IP, container id).
+pub async fn client_pod(env: &mut PodEnv) -> (String, String, String) {
+    let pod = env.pod_config("client");
+    let pod_id = env.run_pod(&pod).await;
+    let ip = pod_ip(env, &pod_id).await;
+    let command = env.container_config("c", &["sleep", "1000"]);
+    let container = env.run(&pod_id, &pod, &command).await;
+    (pod_id, ip, container)
+}
+
 /// Host links other than veths and test bridges (other tests make and remove theirs in
 /// parallel); a test's own veths are checked on its bridge.
 pub fn links() -> Vec<String> {

@@ -103,6 +103,23 @@ impl PodEnv {
         }
     }
 
+    /// Asserts that no pod is listed and no pod state directory or mount is left (after
+    /// a RunPodSandbox that failed).
+    pub async fn assert_no_pods_left(&mut self) {
+        let pods = self.list_pods(cri::PodSandboxFilter::default()).await;
+        assert!(pods.is_empty(), "pods left: {pods:?}");
+        let state = self.daemon.paths.state.clone();
+        let left: Vec<_> = std::fs::read_dir(state.join("pods"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "a failed pod left {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(&format!("{}/pods/", state.display())),
+            "a failed pod left mounts"
+        );
+    }
+
     pub async fn run_pod(&mut self, config: &cri::PodSandboxConfig) -> String {
         self.run_pod_with(config, "").await.expect("RunPodSandbox")
     }
