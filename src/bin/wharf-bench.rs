@@ -33,8 +33,8 @@ use futures_util::stream::{self, StreamExt};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-    ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
     PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
@@ -308,7 +308,11 @@ struct Bench {
 }
 
 /// Times one RPC; errors name `what` (the RPC and its object).
-async fn rpc<T, F>(what: impl FnOnce() -> String, timeout: Duration, call: F) -> Result<(T, Duration), String>
+async fn rpc<T, F>(
+    what: impl FnOnce() -> String,
+    timeout: Duration,
+    call: F,
+) -> Result<(T, Duration), String>
 where
     F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
@@ -337,7 +341,14 @@ fn random_uid() -> String {
         bytes = nanos.to_le_bytes();
     }
     let h = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl Bench {
@@ -502,7 +513,10 @@ impl Bench {
 
     /// `count` pods started at once; returns them with their times and the wall time
     /// from the common start until the last container ran.
-    async fn start_wave(&self, count: usize) -> Result<(Vec<(LivePod, StartTimes)>, Duration), String> {
+    async fn start_wave(
+        &self,
+        count: usize,
+    ) -> Result<(Vec<(LivePod, StartTimes)>, Duration), String> {
         let barrier = Arc::new(tokio::sync::Barrier::new(count + 1));
         let tasks: Vec<_> = (0..count)
             .map(|_| {
@@ -602,6 +616,9 @@ impl Bench {
                     return Err(err);
                 }
             }
+            // Dirty pages of earlier work must not be flushed inside a timed pull
+            // (runtimes that sync their snapshots would pay for them).
+            nix::unistd::sync();
             let (_, took) = rpc(
                 || format!("PullImage {}", self.image),
                 self.timeout,
@@ -664,7 +681,12 @@ impl Bench {
     }
 
     /// Starts pods (untimed, `concurrency` at a time) until `live` has `target` pods.
-    async fn grow(&self, live: &mut Vec<LivePod>, target: usize, concurrency: usize) -> Result<(), String> {
+    async fn grow(
+        &self,
+        live: &mut Vec<LivePod>,
+        target: usize,
+        concurrency: usize,
+    ) -> Result<(), String> {
         while live.len() < target {
             let batch = concurrency.min(target - live.len());
             let (started, _) = self.start_wave(batch).await?;
@@ -673,7 +695,12 @@ impl Bench {
         Ok(())
     }
 
-    async fn poll_phase(&self, args: &Args, daemon_pid: Option<i32>, report: &mut Report) -> Result<(), String> {
+    async fn poll_phase(
+        &self,
+        args: &Args,
+        daemon_pid: Option<i32>,
+        report: &mut Report,
+    ) -> Result<(), String> {
         let mut levels = args.live.clone();
         levels.sort_unstable();
         levels.dedup();
@@ -704,10 +731,19 @@ impl Bench {
             .collect::<Vec<_>>()
             .await;
         result?;
-        teardown.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+        teardown
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
-    async fn poll(&self, live: &[LivePod], calls: usize, level: usize, report: &mut Report) -> Result<(), String> {
+    async fn poll(
+        &self,
+        live: &[LivePod],
+        calls: usize,
+        level: usize,
+        report: &mut Report,
+    ) -> Result<(), String> {
         let mut runtime = self.runtime.clone();
         let l = Some(level);
         let mut samples = Vec::with_capacity(calls);
@@ -770,7 +806,13 @@ impl Bench {
         Ok(())
     }
 
-    fn memory(&self, point: &str, live: usize, daemon_pid: Option<i32>, pattern: &str) -> MemoryReport {
+    fn memory(
+        &self,
+        point: &str,
+        live: usize,
+        daemon_pid: Option<i32>,
+        pattern: &str,
+    ) -> MemoryReport {
         let daemon = daemon_pid.and_then(procs::memory_of);
         let (pods, containers): (Vec<String>, Vec<String>) = {
             let t = self.lock();
@@ -783,7 +825,10 @@ impl Bench {
         let mut total = ProcGroup::default();
         let mut by_comm: BTreeMap<String, ProcGroup> = BTreeMap::new();
         for p in &found {
-            let (rss, pss) = (kib_to_mib(p.mem.rss_kib), kib_to_mib(p.mem.pss_kib.unwrap_or(p.mem.rss_kib)));
+            let (rss, pss) = (
+                kib_to_mib(p.mem.rss_kib),
+                kib_to_mib(p.mem.pss_kib.unwrap_or(p.mem.rss_kib)),
+            );
             for g in [&mut total, by_comm.entry(p.comm.clone()).or_default()] {
                 g.count += 1;
                 g.rss_mib += rss;
@@ -953,7 +998,12 @@ fn validate(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(bench: &Bench, args: &Args, daemon_pid: Option<i32>, report: &mut Report) -> Result<(), String> {
+async fn run(
+    bench: &Bench,
+    args: &Args,
+    daemon_pid: Option<i32>,
+    report: &mut Report,
+) -> Result<(), String> {
     report
         .memory
         .push(bench.memory("start", 0, daemon_pid, &args.shim_pattern));
@@ -1171,7 +1221,10 @@ mod procs {
         let mut entries: HashMap<i32, Entry> = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for item in dir.flatten() {
-                let Some(pid) = item.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+                let Some(pid) = item
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<i32>().ok())
                 else {
                     continue;
                 };
@@ -1286,7 +1339,10 @@ mod stats {
 
     /// Whether `name` contains one of the non-empty `|`-separated substrings.
     pub fn matches_pattern(name: &str, pattern: &str) -> bool {
-        !name.is_empty() && pattern.split('|').any(|p| !p.is_empty() && name.contains(p))
+        !name.is_empty()
+            && pattern
+                .split('|')
+                .any(|p| !p.is_empty() && name.contains(p))
     }
 
     #[cfg(test)]
@@ -1312,7 +1368,10 @@ mod stats {
         #[test]
         fn percentiles_of_small_series() {
             let one = Summary::of(&ms(&[7])).expect("non-empty");
-            assert_eq!((one.p50, one.p99, one.max), (ms(&[7])[0], ms(&[7])[0], ms(&[7])[0]));
+            assert_eq!(
+                (one.p50, one.p99, one.max),
+                (ms(&[7])[0], ms(&[7])[0], ms(&[7])[0])
+            );
             // 10 samples: p50 is the 5th, p90 the 9th, p99 the 10th.
             let ten = Summary::of(&ms(&[10, 9, 8, 7, 6, 5, 4, 3, 2, 1])).expect("non-empty");
             assert_eq!(ten.p50, Duration::from_millis(5));
@@ -1335,7 +1394,8 @@ mod stats {
 
         #[test]
         fn parses_proc_fields() {
-            let rollup = "55d0-7ff rw-p 00000000 00:00 0 [rollup]\nRss:  12345 kB\nPss:   6789 kB\n";
+            let rollup =
+                "55d0-7ff rw-p 00000000 00:00 0 [rollup]\nRss:  12345 kB\nPss:   6789 kB\n";
             assert_eq!(kib_field(rollup, "Rss:"), Some(12345));
             assert_eq!(kib_field(rollup, "Pss:"), Some(6789));
             assert_eq!(kib_field(rollup, "VmRSS:"), None);
