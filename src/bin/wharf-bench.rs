@@ -163,7 +163,8 @@ struct Report {
 impl Report {
     fn add(&mut self, op: &str, concurrency: Option<usize>, live: Option<usize>, s: &[Duration]) {
         let summary = Summary::of(s);
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        // Milliseconds, rounded to the microsecond.
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
         self.latency.push(SeriesReport {
             op: op.to_string(),
             concurrency,
@@ -835,12 +836,18 @@ impl Bench {
                 g.pss_mib += pss;
             }
         }
-        let per_pod = |v: f64| (live > 0).then(|| v / live as f64);
+        for g in std::iter::once(&mut total).chain(by_comm.values_mut()) {
+            g.rss_mib = round2(g.rss_mib);
+            g.pss_mib = round2(g.pss_mib);
+        }
+        let per_pod = |v: f64| (live > 0).then(|| round2(v / live as f64));
         MemoryReport {
             point: point.to_string(),
             live_pods: live,
-            daemon_rss_mib: daemon.map(|m| kib_to_mib(m.rss_kib)),
-            daemon_pss_mib: daemon.and_then(|m| m.pss_kib).map(kib_to_mib),
+            daemon_rss_mib: daemon.map(|m| round2(kib_to_mib(m.rss_kib))),
+            daemon_pss_mib: daemon
+                .and_then(|m| m.pss_kib)
+                .map(|k| round2(kib_to_mib(k))),
             per_pod_rss_mib: per_pod(total.rss_mib),
             per_pod_pss_mib: per_pod(total.pss_mib),
             runtime_procs: total,
@@ -959,6 +966,11 @@ fn namespace_options() -> NamespaceOption {
 
 fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// Rounded to 0.01 (MiB in the report).
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
