@@ -24,7 +24,7 @@ use std::future::Future;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,13 +33,13 @@ use futures_util::stream::{self, StreamExt};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest,
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
+    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
@@ -53,6 +53,8 @@ const NAMESPACE: &str = "wharf-bench";
 const CONTAINER_NAME: &str = "sleep";
 /// Concurrency of the cleanup sweep.
 const CLEANUP_CONCURRENCY: usize = 10;
+/// Cleanup passes (list, remove) before leftovers are reported.
+const CLEANUP_PASSES: usize = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,8 +69,8 @@ struct Args {
     #[arg(long, default_value = "unix:///run/wharf/wharf.sock")]
     endpoint: String,
     /// Image to pull and run; must have /bin/sleep (busybox), e.g. 127.0.0.1:5000/bench/busybox:latest
-    #[arg(long)]
-    image: String,
+    #[arg(long, required_unless_present = "cleanup")]
+    image: Option<String>,
     /// Timed pulls (each after RemoveImage); 0 skips the pull phase (the image must be present)
     #[arg(long, default_value_t = 3)]
     pull_rounds: usize,
@@ -102,6 +104,10 @@ struct Args {
     /// Print the results as JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Do not benchmark: remove every pod and container left by run RUN (the pid in the
+    /// pod names wharf-bench-RUN-N, label wharf-bench.run=RUN), e.g. after a crash
+    #[arg(long, value_name = "RUN")]
+    cleanup: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -306,6 +312,26 @@ struct Bench {
     timeout: Duration,
     next_pod: Arc<AtomicUsize>,
     tracker: Arc<Mutex<Tracker>>,
+    /// Set on interruption or failure: spawned pod tasks make no new RPC.
+    stopping: Arc<AtomicBool>,
+    /// Spawned pod tasks still running (cleanup waits for them).
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts a spawned pod task as active for its lifetime.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<AtomicUsize>) -> ActiveGuard {
+        active.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Times one RPC; errors name `what` (the RPC and its object).
@@ -353,6 +379,14 @@ fn random_uid() -> String {
 }
 
 impl Bench {
+    fn check_stopping(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            Err("stopping: no new RPC".to_string())
+        } else {
+            Ok(())
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -410,6 +444,7 @@ impl Bench {
 
     /// RunPodSandbox + CreateContainer + StartContainer of one new pod.
     async fn start_pod(&self) -> Result<(LivePod, StartTimes), String> {
+        self.check_stopping()?;
         let n = self.next_pod.fetch_add(1, Ordering::Relaxed);
         let name = format!("wharf-bench-{}-{n}", self.run_id);
         let config = self.pod_config(&name)?;
@@ -425,6 +460,7 @@ impl Bench {
         .await?;
         let pod_id = response.pod_sandbox_id;
         self.lock().pods.insert(pod_id.clone());
+        self.check_stopping()?;
         let (response, create) = rpc(
             || format!("CreateContainer in pod {name} ({pod_id})"),
             self.timeout,
@@ -439,6 +475,7 @@ impl Bench {
         self.lock()
             .containers
             .insert(container_id.clone(), pod_id.clone());
+        self.check_stopping()?;
         let (_, start) = rpc(
             || format!("StartContainer {container_id} in pod {name}"),
             self.timeout,
@@ -523,7 +560,9 @@ impl Bench {
             .map(|_| {
                 let bench = self.clone();
                 let barrier = barrier.clone();
+                let guard = ActiveGuard::new(&bench.active);
                 tokio::spawn(async move {
+                    let _guard = guard;
                     barrier.wait().await;
                     bench.start_pod().await
                 })
@@ -563,7 +602,9 @@ impl Bench {
             .map(|pod| {
                 let bench = self.clone();
                 let barrier = barrier.clone();
+                let guard = ActiveGuard::new(&bench.active);
                 tokio::spawn(async move {
+                    let _guard = guard;
                     barrier.wait().await;
                     bench.stop_pod(&pod).await
                 })
@@ -855,21 +896,75 @@ impl Bench {
         }
     }
 
-    /// Best-effort removal of everything this run created: tracked containers, then
-    /// tracked pods and any pod carrying this run's label. Returns what failed.
+    /// Best-effort removal of everything this run created. Stops new RPCs, waits for
+    /// the pod tasks still running, then removes the tracked containers and pods and
+    /// whatever carries this run's label (pods whose RunPodSandbox answer was lost), in
+    /// passes until a listing finds nothing. Returns what failed.
     async fn cleanup(&self) -> Vec<String> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + self.timeout;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut errors = Vec::new();
-        let (containers, mut pods) = {
+        let still = self.active.load(Ordering::SeqCst);
+        if still > 0 {
+            errors.push(format!(
+                "{still} pod tasks still running after {:?}",
+                self.timeout
+            ));
+        }
+        for pass in 1..=CLEANUP_PASSES {
+            let (containers, pods, list_errors) = self.leftovers().await;
+            if containers.is_empty() && pods.is_empty() {
+                if pass > 1 || !list_errors.is_empty() {
+                    errors.extend(list_errors);
+                }
+                return errors;
+            }
+            eprintln!(
+                "wharf-bench: cleanup pass {pass}: removing {} containers and {} pods",
+                containers.len(),
+                pods.len()
+            );
+            let pass_errors = self.remove_all(containers, pods).await;
+            if pass == CLEANUP_PASSES {
+                errors.extend(list_errors);
+                errors.extend(pass_errors);
+                let (containers, pods, _) = self.leftovers().await;
+                if !containers.is_empty() || !pods.is_empty() {
+                    errors.push(format!(
+                        "left behind: containers {containers:?}, pods {pods:?}"
+                    ));
+                }
+                return errors;
+            }
+            // Give the runtime a moment to finish requests cut off by the interruption.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        errors
+    }
+
+    /// Tracked plus labelled containers and pods of this run.
+    async fn leftovers(&self) -> (BTreeSet<String>, BTreeSet<String>, Vec<String>) {
+        let (mut containers, mut pods): (BTreeSet<String>, BTreeSet<String>) = {
             let t = self.lock();
-            (t.containers.clone(), t.pods.clone())
+            (t.containers.keys().cloned().collect(), t.pods.clone())
         };
+        let mut errors = Vec::new();
+        let selector = HashMap::from([(RUN_LABEL.to_string(), self.run_id.clone())]);
         let mut runtime = self.runtime.clone();
         match rpc(
-            || format!("ListPodSandbox with label {RUN_LABEL}={}", self.run_id),
+            || {
+                format!(
+                    "cleanup: ListPodSandbox with label {RUN_LABEL}={}",
+                    self.run_id
+                )
+            },
             self.timeout,
             runtime.list_pod_sandbox(ListPodSandboxRequest {
                 filter: Some(PodSandboxFilter {
-                    label_selector: HashMap::from([(RUN_LABEL.to_string(), self.run_id.clone())]),
+                    label_selector: selector.clone(),
                     ..Default::default()
                 }),
             }),
@@ -879,15 +974,35 @@ impl Bench {
             Ok((list, _)) => pods.extend(list.items.into_iter().map(|p| p.id)),
             Err(err) => errors.push(err),
         }
-        if containers.is_empty() && pods.is_empty() {
-            return errors;
+        match rpc(
+            || {
+                format!(
+                    "cleanup: ListContainers with label {RUN_LABEL}={}",
+                    self.run_id
+                )
+            },
+            self.timeout,
+            runtime.list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    label_selector: selector,
+                    ..Default::default()
+                }),
+            }),
+        )
+        .await
+        {
+            Ok((list, _)) => containers.extend(list.containers.into_iter().map(|c| c.id)),
+            Err(err) => errors.push(err),
         }
-        eprintln!(
-            "wharf-bench: cleanup: removing {} containers and {} pods",
-            containers.len(),
-            pods.len()
-        );
-        let results = stream::iter(containers.into_keys())
+        (containers, pods, errors)
+    }
+
+    async fn remove_all(
+        &self,
+        containers: BTreeSet<String>,
+        pods: BTreeSet<String>,
+    ) -> Vec<String> {
+        let results = stream::iter(containers)
             .map(|cid| {
                 let mut runtime = self.runtime.clone();
                 async move {
@@ -917,9 +1032,7 @@ impl Bench {
             .buffer_unordered(CLEANUP_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        // A container that could not be removed goes with its pod (RemovePodSandbox
-        // removes the pod's containers), so only the pod errors count.
-        drop(results);
+        let mut errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
         let results = stream::iter(pods)
             .map(|pid| {
                 let mut runtime = self.runtime.clone();
@@ -1001,7 +1114,7 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.setup_concurrency == 0 {
         return Err("--setup-concurrency must be at least 1".into());
     }
-    if args.image.trim().is_empty() {
+    if args.cleanup.is_none() && args.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
         return Err("--image must not be empty".into());
     }
     if args.shim_pattern.split('|').all(str::is_empty) {
@@ -1072,7 +1185,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let run_id = std::process::id().to_string();
+    let run_id = args
+        .cleanup
+        .clone()
+        .unwrap_or_else(|| std::process::id().to_string());
     let log_root = args
         .log_root
         .clone()
@@ -1085,19 +1201,21 @@ async fn main() -> ExitCode {
     let bench = Bench {
         runtime,
         images: ImageServiceClient::new(channel),
-        image: args.image.clone(),
+        image: args.image.clone().unwrap_or_default(),
         run_id,
         log_root: log_root.clone(),
         timeout,
         next_pod: Arc::new(AtomicUsize::new(0)),
         tracker: Arc::new(Mutex::new(Tracker::default())),
+        stopping: Arc::new(AtomicBool::new(false)),
+        active: Arc::new(AtomicUsize::new(0)),
     };
     let mut report = Report {
         endpoint: args.endpoint.clone(),
         runtime_name: version.runtime_name,
         runtime_version: version.runtime_version,
         runtime_api_version: version.runtime_api_version,
-        image: args.image.clone(),
+        image: args.image.clone().unwrap_or_default(),
         daemon_pid,
         shim_pattern: args.shim_pattern.clone(),
         ..Default::default()
@@ -1107,6 +1225,18 @@ async fn main() -> ExitCode {
         report.runtime_name, report.runtime_version, args.endpoint, daemon_pid, bench.run_id
     );
 
+    if args.cleanup.is_some() {
+        let errors = bench.cleanup().await;
+        let _ = std::fs::remove_dir_all(&log_root);
+        for err in &errors {
+            eprintln!("wharf-bench: CLEANUP FAILED: {err}");
+        }
+        if errors.is_empty() {
+            eprintln!("wharf-bench: nothing of run {} is left", bench.run_id);
+            return ExitCode::SUCCESS;
+        }
+        return ExitCode::FAILURE;
+    }
     let outcome = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
