@@ -294,6 +294,10 @@ pub struct LogConfig {
     /// such as `info,wharf::store=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// Log every span when it closes, with its busy and idle time: a profile of where
+    /// a call's time goes (the phases of RunPodSandbox, CreateContainer, ... are spans
+    /// at level `debug`, so `level` must let them through).
+    pub spans: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -353,6 +357,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_string(),
             format: LogFormat::Text,
+            spans: false,
         }
     }
 }

@@ -7,17 +7,16 @@
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{dup2, pipe2, Pid};
+use nix::unistd::{pipe2, Pid};
 use oci_spec::runtime::{
     LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, ProcessBuilder, RootBuilder,
     Spec,
@@ -145,7 +144,7 @@ impl Fixture {
         }
     }
 
-    /// Runs `wharf-monitor run` with a sync pipe on fd 3 and returns the sync message.
+    /// Runs `wharf-monitor run` with a sync pipe as stdout and returns the sync message.
     fn start_monitor(&mut self, extra: &[&str]) -> Value {
         let mut command = Command::new(MONITOR);
         command.args(self.run_args()).args(extra);
@@ -175,7 +174,7 @@ impl Fixture {
         ]
     }
 
-    /// Spawns `command` with the write end of a pipe as fd 3 (as the daemon does),
+    /// Spawns `command` with the write end of a pipe as stdout (as the daemon does),
     /// lets `after_spawn` handle the child, then reads the one sync line.
     fn spawn_with_sync(
         &self,
@@ -183,24 +182,13 @@ impl Fixture {
         after_spawn: impl FnOnce(&mut std::process::Child),
     ) -> Value {
         let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
-        let write_fd = sync_write.as_raw_fd();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if write_fd == 3 {
-                    fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
-                } else {
-                    dup2(write_fd, 3)?;
-                }
-                Ok(())
-            });
-        }
         command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(sync_write))
             .stderr(Stdio::null());
         let mut child = command.spawn().expect("spawn monitor");
-        drop(sync_write);
+        // The command keeps the parent's copy of the write end until dropped.
+        drop(command);
         after_spawn(&mut child);
         let line = read_line_within(&sync_read, WAIT);
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("sync line {line:?}: {e}"))

@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a container and monitor it until it exits (fd 3: sync pipe).
+    /// Create a container and monitor it until it exits (stdout: sync pipe).
     Run(RunArgs),
     /// Built-in OCI runtime: a runc-compatible subset backed by libcontainer.
     Oci(OciArgs),

@@ -13,8 +13,10 @@
 //!
 //! # Process dance (`run`)
 //!
-//! 1. The daemon spawns `wharf-monitor run ...` with stdio on /dev/null and the write end
-//!    of a sync pipe on fd 3.
+//! 1. The daemon spawns `wharf-monitor run ...` with stdin and stderr on /dev/null and
+//!    the write end of a sync pipe as stdout (no fd juggling between fork and exec, so
+//!    the daemon spawns with posix_spawn). The monitor moves the pipe to fd 3
+//!    (close-on-exec) and puts /dev/null on stdout.
 //! 2. The monitor forks at once and the parent exits 0 (the daemon reaps it). The child
 //!    is re-parented to init, calls `setsid()` (its own session: no signal aimed at the
 //!    daemon's process group reaches it) and `PR_SET_CHILD_SUBREAPER` (processes orphaned
@@ -27,7 +29,7 @@
 //!    libcontainer in a short-lived forked child (so the monitor itself never carries
 //!    libcontainer's side effects: non-dumpable, oom_score_adj, memory) or by an external
 //!    runtime (`runc`/`crun create`).
-//! 5. One JSON line on fd 3 tells the daemon whether the container exists; the daemon
+//! 5. One JSON line on the sync pipe tells the daemon whether the container exists; the daemon
 //!    then starts it with `<runtime> start` (or `wharf-monitor oci start`).
 //! 6. The monitor copies output to the CRI log until the init exits, drains the pipes
 //!    (at most 2 s: a daemonized grandchild may hold them forever), writes `exit.json`
@@ -48,7 +50,7 @@
 //!
 //! ```text
 //! wharf-monitor run --id ID --bundle DIR --runtime builtin|/abs/runtime --runtime-root DIR
-//!                   --log-path FILE [--max-log-line BYTES]          (fd 3: sync pipe)
+//!                   --log-path FILE [--max-log-line BYTES]          (stdout: sync pipe)
 //!   sync line: {"monitor_pid":N,"pid":M} or {"monitor_pid":N,"error":"..."}
 //! wharf-monitor oci --root DIR [--log FILE] [--log-format FMT] start|kill|delete|state|exec|update ...
 //!   runc-compatible subset backed by libcontainer; errors: stderr + exit 1 (exec: 255)

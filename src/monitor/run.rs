@@ -14,7 +14,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -27,7 +27,9 @@ use super::cri_log::{format_timestamp, CriLogWriter, Stream};
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
 
-/// The daemon passes the write end of the sync pipe as this fd.
+/// The daemon passes the write end of the sync pipe as stdout (so it can spawn the
+/// monitor with posix_spawn: a fork of the daemon would copy its page tables on a
+/// worker thread); the monitor moves it to this fd and puts /dev/null on stdout.
 pub const SYNC_FD: RawFd = 3;
 /// How long output is still collected after the init exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,7 +43,7 @@ pub const MONITOR_LOG_FILE: &str = "monitor.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("fd {SYNC_FD} (sync pipe) is not open")]
+    #[error("stdout (the sync pipe) is not open")]
     NoSyncPipe,
     #[error("failed to resolve path {path}")]
     Path {
@@ -142,9 +144,25 @@ struct SyncError<'a> {
 }
 
 impl SyncPipe {
-    fn take() -> Result<Self, RunError> {
-        fcntl(SYNC_FD, FcntlArg::F_GETFD).map_err(|_| RunError::NoSyncPipe)?;
-        // SAFETY: fd 3 is open (checked above) and nothing else in this process owns it.
+    /// Moves the pipe from stdout to `SYNC_FD` (close-on-exec) and reopens stdout on
+    /// /dev/null, so neither the runtime nor the container can write to the daemon.
+    fn take_from_stdout() -> Result<Self, RunError> {
+        let setup = |source: Errno| RunError::Setup {
+            what: "moving the sync pipe off stdout",
+            source: source.into(),
+        };
+        fcntl(1, FcntlArg::F_GETFD).map_err(|_| RunError::NoSyncPipe)?;
+        nix::unistd::dup2(1, SYNC_FD).map_err(setup)?;
+        fcntl(SYNC_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(setup)?;
+        let null = OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(|source| RunError::Setup {
+                what: "opening /dev/null for stdout",
+                source,
+            })?;
+        nix::unistd::dup2(null.as_raw_fd(), 1).map_err(setup)?;
+        // SAFETY: SYNC_FD was just made a copy of the pipe; nothing else owns it.
         Ok(Self(unsafe { File::from_raw_fd(SYNC_FD) }))
     }
 
@@ -172,7 +190,7 @@ pub fn main(args: RunArgs) -> i32 {
             what: "close-on-exec of inherited fds",
             source,
         })
-        .and_then(|()| SyncPipe::take());
+        .and_then(|()| SyncPipe::take_from_stdout());
     let sync = match prepared {
         Ok(sync) => sync,
         Err(err) => {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Spec};
 use prost::Message;
+use tracing::Instrument;
 
 use crate::image::snapshot;
 use crate::store::{Kind, CRI_NAMESPACE};
@@ -41,6 +42,7 @@ fn container_name(meta: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) 
 
 impl Runtime {
     /// CreateContainer: returns the new container's ID.
+    #[tracing::instrument(level = "debug", name = "create_container", skip_all)]
     pub async fn create_container(
         self: &Arc<Self>,
         pod_query: &str,
@@ -124,9 +126,10 @@ impl Runtime {
         };
         let name = container_name(&meta, &pod_meta);
         self.images.hold(&id, record.chain_ids.clone());
-        let inserted = self
-            .store
-            .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record));
+        let inserted = tracing::debug_span!("store.insert").in_scope(|| {
+            self.store
+                .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record))
+        });
         if let Err(err) = inserted {
             self.images.release(&id);
             return Err(match err {
@@ -144,7 +147,7 @@ impl Runtime {
                 .await?;
             record.state = ContainerState::Created;
             record.monitor = Some(info);
-            self.save_container(&record)?;
+            tracing::debug_span!("store.save").in_scope(|| self.save_container(&record))?;
             Ok(info)
         }
         .await;
@@ -253,7 +256,9 @@ impl Runtime {
             .and_then(|l| l.security_context.as_ref())
             .is_some_and(|s| s.privileged);
         let log_path = record.log_path.clone();
+        let span = tracing::Span::current();
         blocking(move || {
+            let _span = tracing::debug_span!(parent: &span, "bundle.prepare").entered();
             std::fs::create_dir_all(&bundle)
                 .map_err(RuntimeError::io(format!("creating {}", bundle.display())))?;
             create_missing_host_paths(&config)?;
@@ -268,7 +273,10 @@ impl Runtime {
             let rootfs = bundle.join("rootfs");
             // A read-only rootfs still gets an upper dir: the runtime creates mount
             // points in it; the spec's root.readonly makes it read-only inside.
-            snapshot::mount_rootfs(images.snapshots(), &chain, &data_dir, &rootfs, false)?;
+            tracing::debug_span!("rootfs.mount").in_scope(|| {
+                snapshot::mount_rootfs(images.snapshots(), &chain, &data_dir, &rootfs, false)
+            })?;
+            let spec_span = tracing::debug_span!("spec.write").entered();
             let mut spec = spec::container_spec(&config, &pod_context, &defaults, &options)?;
             if privileged {
                 add_host_devices(&mut spec)?;
@@ -278,6 +286,7 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
             super::service::write_atomic(&bundle.join("config.json"), &json)
                 .map_err(RuntimeError::io("writing config.json"))?;
+            drop(spec_span);
             Ok(())
         })
         .await?;
@@ -295,6 +304,7 @@ impl Runtime {
             &log_path,
             timeout,
         )
+        .instrument(tracing::debug_span!("monitor.create"))
         .await?;
         Ok(info)
     }
@@ -348,6 +358,7 @@ impl Runtime {
     }
 
     /// StartContainer.
+    #[tracing::instrument(level = "debug", name = "start_container", skip_all)]
     pub async fn start_container(self: &Arc<Self>, query: &str) -> Result<()> {
         let (_guard, container) = self.lock_container(query).await?;
         if container.state != ContainerState::Created {
