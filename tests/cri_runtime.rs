@@ -685,6 +685,27 @@ async fn update_resources_and_reopen_log() {
             .to_string()
     };
     assert_eq!(read_limit(), (64u64 << 20).to_string());
+    // The init joined the container's cgroup in every v1 hierarchy (wharf's
+    // libcgroups patch joins by writing 0 to `tasks` from the runtime's process).
+    let procs = cgroup.with_file_name("cgroup.procs");
+    let init = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{procs:?}: {e}"));
+    let init = init
+        .lines()
+        .next()
+        .expect("a process in the container's cgroup");
+    let memberships = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let own = format!(
+        "{}/wharf-{id}",
+        env.daemon.cgroup_parent.trim_end_matches('/')
+    );
+    let v1: Vec<&str> = memberships
+        .lines()
+        .filter(|l| !l.starts_with("0::") && !l.contains(":name="))
+        .collect();
+    assert!(v1.len() >= 5, "v1 hierarchies of {init}: {memberships}");
+    for line in v1 {
+        assert!(line.ends_with(&own), "{line} is not {own}: {memberships}");
+    }
     env.rt
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: id.clone(),

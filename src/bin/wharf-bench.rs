@@ -789,6 +789,19 @@ impl Bench {
         let mut runtime = self.runtime.clone();
         let l = Some(level);
         let mut samples = Vec::with_capacity(calls);
+        // The floor: an RPC whose answer does not depend on the pods (the gRPC round
+        // trip over the socket plus the server's dispatch), to read the others against.
+        for _ in 0..calls {
+            let (_, took) = rpc(
+                || "Version".to_string(),
+                self.timeout,
+                runtime.version(VersionRequest::default()),
+            )
+            .await?;
+            samples.push(took);
+        }
+        report.add("Version (transport floor)", None, l, &samples);
+        samples.clear();
         for _ in 0..calls {
             let (_, took) = rpc(
                 || "ListPodSandbox".to_string(),

@@ -64,6 +64,7 @@
 pub mod cli;
 pub mod cri_log;
 mod files;
+pub use files::error_chain;
 pub mod oci;
 pub mod oom;
 pub mod pause;

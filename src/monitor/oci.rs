@@ -122,10 +122,7 @@ fn log_error(path: &Path, message: &str) {
 
 fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
     match command {
-        OciCommand::Start { id } => {
-            let mut container = load(root, &id)?;
-            container.start().map_err(runtime_error("start", &id))?;
-        }
+        OciCommand::Start { id } => start(root, &id)?,
         OciCommand::Kill { all, id, signal } => {
             let signal = parse_signal(&signal)?;
             let mut container = load(root, &id)?;
@@ -149,6 +146,14 @@ fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
         OciCommand::Update { resources, id } => update(root, &id, &resources)?,
     }
     Ok(0)
+}
+
+/// `start`: lets a created container's init exec the user process. wharfd calls this
+/// in-process for the built-in runtime (it only connects to the container's notify
+/// socket, updates the state file and runs poststart hooks: no fork, no chdir).
+pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
+    let mut container = load(root, id)?;
+    container.start().map_err(runtime_error("start", id))
 }
 
 fn runtime_error(action: &'static str, id: &str) -> impl FnOnce(LibcontainerError) -> OciError {

@@ -1,7 +1,8 @@
 //! Driving an OCI runtime through its runc-compatible command line: `runc`, `crun`, or
 //! wharf's built-in libcontainer runtime (`wharf-monitor oci`, same arguments). The
 //! daemon never forks by hand; it only spawns these commands (fork+exec is safe in a
-//! multi-threaded process, a bare fork is not).
+//! multi-threaded process, a bare fork is not). One exception: the built-in runtime's
+//! `start` runs in-process, since it forks nothing (see `OciRuntime::start`).
 //!
 //! `create` is not here: the monitor runs it, so the container's init becomes the
 //! monitor's child and its stdio the monitor's pipes.
@@ -97,12 +98,17 @@ impl OciRuntime {
         }
     }
 
+    /// Whether this is wharf's own libcontainer runtime (`wharf-monitor oci`).
+    fn is_builtin(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
     /// What the monitor's `--runtime` takes: `builtin` or the runtime binary.
     pub fn monitor_arg(&self) -> &std::ffi::OsStr {
-        if self.prefix.is_empty() {
-            self.program.as_os_str()
-        } else {
+        if self.is_builtin() {
             std::ffi::OsStr::new(BUILTIN_HANDLER)
+        } else {
+            self.program.as_os_str()
         }
     }
 
@@ -149,7 +155,23 @@ impl OciRuntime {
 
     /// Starts a created container (its process runs).
     pub async fn start(&self, id: &str) -> Result<(), OciError> {
-        self.run("start", &[], id, &[]).await
+        if !self.is_builtin() {
+            return self.run("start", &[], id, &[]).await;
+        }
+        // The built-in runtime's start is a socket write and a state file update: done
+        // in-process, it saves exec'ing the monitor binary on every StartContainer.
+        let root = self.root.clone();
+        let owned_id = id.to_string();
+        let result =
+            tokio::task::spawn_blocking(move || crate::monitor::oci::start(&root, &owned_id))
+                .await
+                .map_err(|e| OciError::Io(std::io::Error::other(e)))?;
+        result.map_err(|err| OciError::Failed {
+            program: self.program.clone(),
+            operation: "start",
+            id: id.to_string(),
+            message: crate::monitor::error_chain(&err),
+        })
     }
 
     /// Deletes the container's runtime state and cgroup, killing what still runs in it.

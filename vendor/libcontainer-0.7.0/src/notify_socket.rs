@@ -126,36 +126,44 @@ impl NotifySocket {
         }
     }
 
+    /// wharf patch: connects without changing the working directory. Upstream
+    /// chdir()s into the socket's directory to stay under the 108-byte limit of a
+    /// socket path, which is unsafe in a multi-threaded caller (wharfd starts
+    /// containers in-process); a long path is reached through the directory's
+    /// `/proc/self/fd/N` link instead.
     pub fn notify_container_start(&mut self) -> Result<()> {
         tracing::debug!("notify container start");
-        let cwd = env::current_dir().map_err(NotifyListenerError::GetCwd)?;
-        let workdir = self
-            .path
-            .parent()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
-        unistd::chdir(workdir).map_err(|e| NotifyListenerError::Chdir {
-            source: e,
-            path: workdir.to_owned(),
-        })?;
-        let socket_name = self
-            .path
-            .file_name()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
-        let mut stream =
-            UnixStream::connect(socket_name).map_err(|e| NotifyListenerError::Connect {
-                source: e,
-                // ok to unwrap as OsStr should always be utf-8 compatible
-                name: socket_name.to_str().unwrap().to_owned(),
-            })?;
+        let mut stream = self.connect()?;
         stream
             .write_all(b"start container")
             .map_err(NotifyListenerError::SendStartContainer)?;
         tracing::debug!("notify finished");
-        unistd::chdir(&cwd).map_err(|e| NotifyListenerError::Chdir {
-            source: e,
-            path: cwd,
-        })?;
         Ok(())
+    }
+
+    fn connect(&self) -> Result<UnixStream> {
+        use std::os::unix::ffi::OsStrExt;
+        let connect_error = |source: std::io::Error| NotifyListenerError::Connect {
+            source,
+            name: self.path.to_string_lossy().into_owned(),
+        };
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.path.as_os_str().as_bytes().len() < 108 {
+            return UnixStream::connect(&self.path).map_err(connect_error);
+        }
+        let workdir = self
+            .path
+            .parent()
+            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
+        let socket_name = self
+            .path
+            .file_name()
+            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
+        let dir = std::fs::File::open(workdir).map_err(connect_error)?;
+        let short = Path::new("/proc/self/fd")
+            .join(dir.as_raw_fd().to_string())
+            .join(socket_name);
+        UnixStream::connect(short).map_err(connect_error)
     }
 }
 
