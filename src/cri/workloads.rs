@@ -146,7 +146,7 @@ pub fn list_pod_sandbox(
         {
             return;
         }
-        let config = pod.config();
+        let config = pod.list_fields();
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }
@@ -203,7 +203,7 @@ pub fn list_containers(
         {
             return;
         }
-        let config = c.config();
+        let config = c.list_fields();
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }

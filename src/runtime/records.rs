@@ -88,6 +88,35 @@ impl PodRecord {
     pub fn config(&self) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig::decode(self.config.as_slice()).unwrap_or_default()
     }
+
+    /// Only what ListPodSandbox returns, decoded from the stored config: the other
+    /// fields (DNS, ports, the whole Linux config) are skipped, not built, on a call
+    /// kubelet makes every second for every pod.
+    pub fn list_fields(&self) -> PodListFields {
+        PodListFields::decode(self.config.as_slice()).unwrap_or_default()
+    }
+}
+
+/// The fields of `cri::PodSandboxConfig` a pod list shows (same tags).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PodListFields {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<cri::PodSandboxMetadata>,
+    #[prost(map = "string, string", tag = "6")]
+    pub labels: std::collections::HashMap<String, String>,
+    #[prost(map = "string, string", tag = "7")]
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+/// The fields of `cri::ContainerConfig` a container list shows (same tags).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerListFields {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<cri::ContainerMetadata>,
+    #[prost(map = "string, string", tag = "9")]
+    pub labels: std::collections::HashMap<String, String>,
+    #[prost(map = "string, string", tag = "10")]
+    pub annotations: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +150,11 @@ pub struct ContainerRecord {
 impl ContainerRecord {
     pub fn config(&self) -> cri::ContainerConfig {
         cri::ContainerConfig::decode(self.config.as_slice()).unwrap_or_default()
+    }
+
+    /// Only what ListContainers returns (command, env, mounts, ... are skipped).
+    pub fn list_fields(&self) -> ContainerListFields {
+        ContainerListFields::decode(self.config.as_slice()).unwrap_or_default()
     }
 }
 
@@ -184,6 +218,59 @@ mod tests {
         let back: PodRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.config(), config);
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn list_fields_match_the_full_configs() {
+        let labels: std::collections::HashMap<String, String> =
+            [("app".to_string(), "web".to_string())].into();
+        let annotations: std::collections::HashMap<String, String> =
+            [("note".to_string(), "x".to_string())].into();
+        let pod = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 2,
+            }),
+            hostname: "web-0".into(),
+            labels: labels.clone(),
+            annotations: annotations.clone(),
+            port_mappings: vec![cri::PortMapping {
+                host_port: 8080,
+                ..Default::default()
+            }],
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fields = PodListFields::decode(pod.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(fields.metadata, pod.metadata);
+        assert_eq!(
+            (fields.labels, fields.annotations),
+            (labels.clone(), annotations.clone())
+        );
+
+        let container = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".into(),
+                attempt: 1,
+            }),
+            command: vec!["sleep".into()],
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "1".into(),
+            }],
+            labels: labels.clone(),
+            annotations: annotations.clone(),
+            log_path: "app.log".into(),
+            ..Default::default()
+        };
+        let fields = ContainerListFields::decode(container.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(fields.metadata, container.metadata);
+        assert_eq!((fields.labels, fields.annotations), (labels, annotations));
     }
 
     #[test]
