@@ -295,7 +295,7 @@ pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
     /// Log every span when it closes, with its busy and idle time: a profile of where
-    /// a call's time goes (the phases of RunPodSandbox, CreateContainer, ... are spans
+    /// a call's time goes (the phases of CreateContainer and StartContainer are spans
     /// at level `debug`, so `level` must let them through).
     pub spans: bool,
 }

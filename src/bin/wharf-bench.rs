@@ -9,7 +9,8 @@
 //!    until all pods of a wave run (or are gone). Waves repeat until `--min-pods` pods
 //!    were measured at that level;
 //! 3. kubelet's polling calls (`ListPodSandbox`, `ListContainers`, `ContainerStatus`,
-//!    `PodSandboxStatus`), `--poll-calls` each, with each `--live` number of running pods;
+//!    `PodSandboxStatus`, after `Version` as the transport floor), `--poll-calls` each,
+//!    with each `--live` number of running pods;
 //! 4. memory at start and at each `--live` level: the daemon's RSS and PSS (its pid from
 //!    `--daemon-pid`, else SO_PEERCRED of the socket), and the summed RSS / PSS of the
 //!    runtime's per-pod processes (see [`procs`]).
