@@ -177,10 +177,13 @@ containerd_version=$(containerd --version)
 echo "== registry $registry_host, image $image, containerd: $containerd_version" >&2
 
 # --- rounds: A B A B ... --------------------------------------------------------------
+wharf_json=()       # in round order: the summary's round-1 figures are the fresh daemons'
+containerd_json=()
 for (( r=1; r<=rounds; r++ )); do
   for runtime in wharf containerd; do
     if [[ $runtime == wharf ]]; then sock="$work/wharf/state/wharf.sock"; else sock="$work/containerd/containerd.sock"; fi
     echo "== round $r/$rounds: $runtime" >&2
+    if [[ $runtime == wharf ]]; then wharf_json+=("$out/$runtime-$r.json"); else containerd_json+=("$out/$runtime-$r.json"); fi
     target/release/wharf-bench --endpoint "unix://$sock" --image "$image" \
       --log-root "$work/logs" --json "${bench_args[@]}" > "$out/$runtime-$r.json" &
     bench_runs+=($!)
@@ -189,7 +192,7 @@ for (( r=1; r<=rounds; r++ )); do
 done
 
 # --- summary: median over rounds of each figure, both runtimes, ratio ------------------
-jq -n -r --slurpfile w <(jq -s . "$out"/wharf-*.json) --slurpfile c <(jq -s . "$out"/containerd-*.json) '
+jq -n -r --slurpfile w <(jq -s . "${wharf_json[@]}") --slurpfile c <(jq -s . "${containerd_json[@]}") '
   def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
   def key: "\(.op)|\(.concurrency // "-")|\(.live // "-")";
   def series($runs): [$runs[].latency[]] | group_by(key)
@@ -197,6 +200,7 @@ jq -n -r --slurpfile w <(jq -s . "$out"/wharf-*.json) --slurpfile c <(jq -s . "$
                                        p99: (map(.p99_ms) | map(select(. != null)) | median)}})
     | from_entries;
   def mem($runs; $live; f): [$runs[].memory[] | select(.live_pods == $live) | f] | map(select(. != null)) | median;
+  def start_rss($runs): [$runs[].memory[] | select(.point == "start") | .daemon_rss_mib] | map(select(. != null)) | median;
   def ratio($a; $b): if $a == null or $b == null or $b == 0 then "-" else (($a / $b * 100 | round) / 100 | tostring) end;
   def fmt: if . == null then "-" else ((. * 100 | round) / 100 | tostring) end;
   ($w[0]) as $W | ($c[0]) as $C | series($W) as $ws | series($C) as $cs
@@ -207,8 +211,12 @@ jq -n -r --slurpfile w <(jq -s . "$out"/wharf-*.json) --slurpfile c <(jq -s . "$
     "",
     "memory, MiB (median)",
     (["figure", "wharf", "containerd", "ratio"] | @tsv),
-    (mem($W; 0; .daemon_rss_mib) as $a | mem($C; 0; .daemon_rss_mib) as $b
-      | ["daemon RSS, 0 pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
+    (start_rss($W[0:1]) as $a | start_rss($C[0:1]) as $b
+      | ["daemon RSS, fresh (round 1 start)", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
+    (start_rss($W[1:]) as $a | start_rss($C[1:]) as $b
+      | ["daemon RSS, idle between rounds (start of rounds 2..)", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
+    (mem($W; 0; select(.point == "live") | .daemon_rss_mib) as $a | mem($C; 0; select(.point == "live") | .daemon_rss_mib) as $b
+      | ["daemon RSS, 0 pods 0.5 s after the waves", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
     (mem($W; 50; .daemon_rss_mib) as $a | mem($C; 50; .daemon_rss_mib) as $b
       | ["daemon RSS, 50 pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
     (mem($W; 50; .per_pod_pss_mib) as $a | mem($C; 50; .per_pod_pss_mib) as $b

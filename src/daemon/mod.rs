@@ -18,6 +18,7 @@ use crate::image::{ImageError, ImageService};
 use crate::store::{Store, StoreError};
 
 mod in_flight;
+mod memory;
 
 use in_flight::InFlight;
 
@@ -104,6 +105,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
+    let trimmer = tokio::spawn(memory::trim_when_idle(
+        in_flight.clone(),
+        memory::CHECK_EVERY,
+        memory::TRIM_ABOVE,
+        memory::free_heap_bytes,
+        memory::trim_heap,
+    ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         root = %config.root.display(),
@@ -117,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         _ = interrupt.recv() => "SIGINT",
         result = &mut server => {
             // The server stopped by itself: an accept error. Clean up and report it.
+            trimmer.abort();
             socket.remove();
             return match result {
                 Ok(Ok(())) => Ok(()),
@@ -131,6 +140,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         timeout_secs = timeout.as_secs(),
         "shutting down: no new connections, finishing in-flight calls"
     );
+    trimmer.abort();
     // New connections stop now, whatever the drain does next.
     socket.remove();
     let _ = stop_tx.send(());
