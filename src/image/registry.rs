@@ -32,7 +32,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1317,8 +1317,10 @@ struct Inner {
     max_attempts: u32,
     max_concurrent_downloads: usize,
     options: ClientOptions,
-    /// For the `/v2/` ping and token requests.
-    http: Result<reqwest::Client, String>,
+    /// For the `/v2/` ping and token requests. Built on first use: a TLS client
+    /// configuration is a few hundred KB of code and data a node that never pulls
+    /// (or not yet) need not page in.
+    http: OnceLock<Result<reqwest::Client, String>>,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
@@ -1371,12 +1373,6 @@ impl RegistryClient {
                 .or_default()
                 .extend(endpoints);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(options.connect_timeout)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| error_chain(&e));
         let options = ClientOptions {
             upload_chunk_size: options.upload_chunk_size.clamp(1, MAX_UPLOAD_CHUNK),
             max_concurrent_uploads: options.max_concurrent_uploads.max(1),
@@ -1389,7 +1385,7 @@ impl RegistryClient {
                 max_attempts: config.max_attempts.max(1),
                 max_concurrent_downloads: config.max_concurrent_downloads.max(1),
                 options,
-                http,
+                http: OnceLock::new(),
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
@@ -1705,7 +1701,15 @@ impl RegistryClient {
     }
 
     fn http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
-        self.inner.http.as_ref().map_err(|message| {
+        let http = self.inner.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(self.inner.options.connect_timeout)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .map_err(|e| error_chain(&e))
+        });
+        http.as_ref().map_err(|message| {
             Failure::fatal(RegistryError::Transport {
                 registry: endpoint.name.clone(),
                 message: format!("cannot create an HTTP client: {message}"),
