@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod image;
 pub mod monitor;
 pub mod runtime;
+pub mod state_file;
 pub mod store;

@@ -1,9 +1,7 @@
 //! The result cache: one JSON file per attachment, so DEL and CHECK run with what the
 //! ADD used even after a restart or a config change.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -35,7 +33,8 @@ pub fn entry_path(cache_dir: &Path, network: &str, container_id: &str, ifname: &
     cache_dir.join(format!("{network}-{container_id}-{ifname}.json"))
 }
 
-/// Writes `entry` atomically: temp file, fsync, rename, fsync of the dir.
+/// Writes `entry` atomically (a temp file renamed into place; not fsynced: the cache is
+/// in the state dir, see `crate::state_file`).
 pub fn write(cache_dir: &Path, entry: &CacheEntry) -> std::io::Result<PathBuf> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -47,28 +46,8 @@ pub fn write(cache_dir: &Path, entry: &CacheEntry) -> std::io::Result<PathBuf> {
         &entry.container_id,
         &entry.if_name,
     );
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = cache_dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        File::open(cache_dir)?.sync_all()
-    })();
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(err);
-    }
+    crate::state_file::replace(&path, &bytes, 0o600)?;
     Ok(path)
 }
 

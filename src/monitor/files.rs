@@ -1,7 +1,7 @@
 //! Small file and process helpers shared by the monitor commands. They only do I/O, so
 //! they return `std::io::Error`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -24,38 +24,6 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// Replaces `path` atomically: temp file in the same directory, fsync, rename, fsync of
-/// the directory (so the rename itself survives a crash).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = dir.join(temp_name);
-
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
 }
 
 /// Appends one line (a newline is added) to `path`, creating it.
@@ -304,16 +272,6 @@ Anonymous:             0 kB
     #[test]
     fn own_start_time_is_readable() {
         assert!(process_start_time("self").expect("stat") > 0);
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.json");
-        write_atomic(&path, b"one").expect("write");
-        write_atomic(&path, b"two").expect("write");
-        assert_eq!(fs::read_to_string(&path).expect("read"), "two");
-        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
     }
 
     #[test]

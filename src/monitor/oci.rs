@@ -276,7 +276,7 @@ fn exec(
         .map_err(runtime_error("exec in", id))?;
 
     if let Some(path) = pid_file {
-        if let Err(source) = files::write_atomic(path, pid.to_string().as_bytes()) {
+        if let Err(source) = crate::state_file::replace(path, pid.to_string().as_bytes(), 0o644) {
             // Without the pid file the daemon could not track it: undo.
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);

@@ -115,14 +115,16 @@ fn run_intermediate(pid_file: &Path, report: OwnedFd) -> ! {
         match unsafe { fork() }.map_err(sys("fork the holder"))? {
             ForkResult::Child => run_holder(),
             ForkResult::Parent { child } => {
-                files::write_atomic(pid_file, child.to_string().as_bytes()).map_err(|source| {
-                    // Nobody would know about the holder: do not leave it behind.
-                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                    PauseError::PidFile {
-                        path: pid_file.to_path_buf(),
-                        source,
-                    }
-                })
+                crate::state_file::replace(pid_file, child.to_string().as_bytes(), 0o644).map_err(
+                    |source| {
+                        // Nobody would know about the holder: do not leave it behind.
+                        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                        PauseError::PidFile {
+                            path: pid_file.to_path_buf(),
+                            source,
+                        }
+                    },
+                )
             }
         }
     })();

@@ -612,7 +612,7 @@ fn write_monitor_state(options: &Options, init_pid: Pid) -> Result<(), RunError>
         pid_start_time: files::process_start_time(&init_pid.to_string()).map_err(error)?,
     };
     let json = serde_json::to_vec(&state).map_err(|e| error(io::Error::other(e)))?;
-    files::write_atomic(&path, &json).map_err(error)
+    crate::state_file::replace(&path, &json, 0o644).map_err(error)
 }
 
 /// How the container init ended.
@@ -862,7 +862,7 @@ impl Monitor {
             source,
         };
         let json = serde_json::to_vec(&record).map_err(|e| error(io::Error::other(e)))?;
-        files::write_atomic(&path, &json).map_err(error)
+        crate::state_file::replace(&path, &json, 0o644).map_err(error)
     }
 }
 

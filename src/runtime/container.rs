@@ -284,7 +284,7 @@ impl Runtime {
             }
             let json = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
-            super::service::write_atomic(&bundle.join("config.json"), &json)
+            crate::state_file::replace(&bundle.join("config.json"), &json, 0o644)
                 .map_err(RuntimeError::io("writing config.json"))?;
             drop(spec_span);
             Ok(())

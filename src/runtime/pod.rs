@@ -253,7 +253,8 @@ impl Runtime {
         blocking(move || {
             if let Some(text) = resolv_conf_with_network(dns.as_ref(), &network_name, &network_dns)?
             {
-                replace_file(&path, &text)?;
+                crate::state_file::replace(&path, &text, 0o644)
+                    .map_err(RuntimeError::io(format!("replacing {}", path.display())))?;
             }
             Ok(())
         })
@@ -827,20 +828,6 @@ fn parse_quantity(text: &str) -> std::result::Result<Quantity, String> {
     let whole = mantissa / scale;
     let round_up = mantissa % scale != 0 || cut > 0;
     Ok(Quantity::Value(whole + u128::from(round_up)))
-}
-
-/// Replaces `path` atomically (temp file in the same dir, fsync, rename).
-fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    write_file(&temp, contents)?;
-    std::fs::File::open(&temp)
-        .and_then(|f| f.sync_all())
-        .map_err(RuntimeError::io(format!("syncing {}", temp.display())))?;
-    std::fs::rename(&temp, path).map_err(RuntimeError::io(format!(
-        "renaming {} to {}",
-        temp.display(),
-        path.display()
-    )))
 }
 
 #[cfg(test)]

@@ -107,17 +107,6 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so readers (and
-/// a crash) see the old file or the new one, never a part.
-pub(super) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// A random 64-hex-digit ID, as containerd and CRI-O make them.
 pub(super) fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
