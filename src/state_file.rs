@@ -10,9 +10,9 @@
 //! most systems (an fsync there does nothing). A power loss ends everything these files
 //! describe; at start-up wharfd reconciles them with the store, which is durable, and a
 //! missing or unreadable file means the thing is gone. runc (state.json) and libcni (its
-//! result cache) do not sync these files either. Measured on an ext4 state dir: two
-//! fsyncs each of the file and the directory per CNI attachment and per container cost
-//! ~0.5-1 ms each, on the pod start path.
+//! result cache) do not sync these files either. Measured on an ext4 state dir: 0.80 ms
+//! per replace with an fsync of the file and of the directory, 0.28 ms without; a pod
+//! start writes four (two CNI cache entries, config.json, monitor.json).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
