@@ -25,8 +25,9 @@
 //! networkName, containerId, ifName, netns, cniArgs, capabilityArgs, config, result}`:
 //! the configuration list the ADD ran and its final result. An entry with
 //! `result: null` is written before the ADD starts, so a DEL after a crash in the
-//! middle of an ADD still releases what was made. DEL and CHECK use the cached list, not the current file: they work after a
-//! restart and after the config changed or vanished. DEL removes the entry.
+//! middle of an ADD still releases what was made. DEL and CHECK use the cached list,
+//! not the current file: they work after a restart and after the config changed or
+//! vanished. DEL removes the entry.
 //!
 //! Calls for the same (container, interface) must not run concurrently; the runtime
 //! serializes them per pod.
