@@ -80,7 +80,7 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null
   done
   # Shims and monitors outlive their daemon by design; end those of this run's dirs.
-  for pid in $(pgrep -f "containerd-shim-runc-v2 .*$work/|wharf-monitor .*$work/" || true); do
+  for pid in $(pgrep -f "containerd-shim-runc-v2 .*$work/|wharf-monitor(-watch)? .*$work/" || true); do
     kill -KILL "$pid" 2>/dev/null
   done
   # Mounts under the work dir (containerd's rootfs and shm mounts, wharf's pins).

@@ -25,6 +25,7 @@ use oci_spec::runtime::{
 use serde_json::Value;
 
 const MONITOR: &str = env!("CARGO_BIN_EXE_wharf-monitor");
+const WATCHER: &str = env!("CARGO_BIN_EXE_wharf-monitor-watch");
 const BUSYBOX: &str = "/bin/busybox";
 const RUNC: &str = "/usr/sbin/runc";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -147,7 +148,12 @@ impl Fixture {
 
     /// Runs `wharf-monitor run` with a sync pipe as stdout and returns the sync message.
     fn start_monitor(&mut self, extra: &[&str]) -> Value {
-        let mut command = Command::new(MONITOR);
+        self.start_monitor_binary(Path::new(MONITOR), extra)
+    }
+
+    /// As `start_monitor`, with the given `wharf-monitor` binary.
+    fn start_monitor_binary(&mut self, binary: &Path, extra: &[&str]) -> Value {
+        let mut command = Command::new(binary);
         command.args(self.run_args()).args(extra);
         let sync = self.spawn_with_sync(command, |child| {
             let status = child.wait().expect("wait for the monitor's parent");
@@ -934,6 +940,124 @@ fn monitor_survives_the_death_of_its_parent() {
         .map(CriLine::short)
         .collect();
     assert_eq!(lines, [short("stdout", "F", "after")]);
+}
+
+/// The watcher a monitor becomes is the same process to the daemon: same pid and start
+/// time as monitor.json records, still the init's parent.
+#[test]
+fn monitor_becomes_the_watcher_after_the_sync_line() {
+    let mut fixture = Fixture::new(
+        Runtime::Builtin,
+        &[
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo done",
+        ],
+    );
+    let sync = fixture.start_monitor(&[]);
+    assert!(sync.get("error").is_none(), "create failed: {sync}");
+    let monitor_pid = sync["monitor_pid"].as_i64().expect("pid") as i32;
+    let init_pid = sync["pid"].as_i64().expect("pid") as i32;
+    let exe = || fs::read_link(format!("/proc/{monitor_pid}/exe")).ok();
+    wait_until("the monitor to exec the watcher", || {
+        exe().is_some_and(|exe| exe == Path::new(WATCHER))
+    });
+    let cmdline = fs::read(format!("/proc/{monitor_pid}/cmdline")).expect("cmdline");
+    let args: Vec<String> = cmdline
+        .split(|&byte| byte == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|pair| pair[0] == "--id" && pair[1] == fixture.id),
+        "{args:?}"
+    );
+    let state = fixture.monitor_state();
+    let stat = fs::read_to_string(format!("/proc/{monitor_pid}/stat")).expect("stat");
+    assert_eq!(
+        state["monitor_start_time"].as_u64(),
+        wharf::monitor::parse_start_time(&stat),
+        "the exec kept the start time monitor.json names"
+    );
+    let init_stat = fs::read_to_string(format!("/proc/{init_pid}/stat")).expect("init stat");
+    assert_eq!(
+        wharf::monitor::parse_parent_pid(&init_stat),
+        Some(monitor_pid),
+        "the init is still the watcher's child"
+    );
+    let status = fs::read_to_string(format!("/proc/{monitor_pid}/status")).expect("status");
+    assert!(status.lines().any(|l| l == "Threads:\t1"), "{status}");
+
+    fixture.start();
+    fs::write(fixture.rootfs().join("tmp/go"), "").expect("go");
+    assert_eq!(fixture.wait_exit()["exit_code"], 0);
+    let lines: Vec<_> = fixture
+        .log_lines(&fixture.log_path())
+        .iter()
+        .map(CriLine::short)
+        .collect();
+    assert_eq!(lines, [short("stdout", "F", "done")]);
+    let notes = fs::read_to_string(fixture.bundle().join("monitor.log")).unwrap_or_default();
+    assert!(notes.is_empty(), "monitor.log: {notes}");
+}
+
+/// A `wharf-monitor` installed without its watcher still monitors its container, from
+/// the same process, and says why in monitor.log.
+#[test]
+fn monitor_without_the_watcher_binary_watches_in_process() {
+    let lone = tempfile::tempdir().expect("tempdir");
+    let binary = lone.path().join("wharf-monitor");
+    fs::copy(MONITOR, &binary).expect("copy wharf-monitor");
+    let mut fixture = Fixture::new(Runtime::Builtin, &["sh", "-c", "echo alone; exit 4"]);
+    let sync = fixture.start_monitor_binary(&binary, &[]);
+    assert!(sync.get("error").is_none(), "create failed: {sync}");
+    fixture.start();
+    assert_eq!(fixture.wait_exit()["exit_code"], 4);
+    let lines: Vec<_> = fixture
+        .log_lines(&fixture.log_path())
+        .iter()
+        .map(CriLine::short)
+        .collect();
+    assert_eq!(lines, [short("stdout", "F", "alone")]);
+    let notes = fs::read_to_string(fixture.bundle().join("monitor.log")).expect("monitor.log");
+    assert!(
+        notes.contains("watching in-process") && notes.contains("wharf-monitor-watch"),
+        "monitor.log: {notes}"
+    );
+}
+
+#[test]
+fn watcher_refuses_a_bad_command_line() {
+    for (args, expected) in [
+        (vec![], "--id is required"),
+        (
+            vec!["--id", "x", "--colour", "red"],
+            "unknown argument \"--colour\"",
+        ),
+        (
+            vec![
+                "--id",
+                "x",
+                "--bundle",
+                "/b",
+                "--log-path",
+                "/l",
+                "--max-log-line",
+                "1",
+                "--init-pid",
+                "many",
+            ],
+            "--init-pid must be a number",
+        ),
+    ] {
+        let output = Command::new(WATCHER)
+            .args(&args)
+            .output()
+            .expect("run watcher");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// Kills the pause holder if a test left it running.

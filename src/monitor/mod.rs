@@ -31,9 +31,11 @@
 //!    runtime (`runc`/`crun create`).
 //! 5. One JSON line on the sync pipe tells the daemon whether the container exists; the daemon
 //!    then starts it with `<runtime> start` (or `wharf-monitor oci start`).
-//! 6. The monitor copies output to the CRI log until the init exits, drains the pipes
-//!    (at most 2 s: a daemonized grandchild may hold them forever), writes `exit.json`
-//!    and exits. It never deletes the container: the daemon does that on removal.
+//! 6. The monitor `execve`s `wharf-monitor-watch` (same pid, same start time; see
+//!    [`watch`] for why and what carries over), which copies output to the CRI log
+//!    until the init exits, drains the pipes (at most 2 s: a daemonized grandchild may
+//!    hold them forever), writes `exit.json` and exits. It never deletes the container:
+//!    the daemon does that on removal.
 //!
 //! # Files in the bundle
 //!
@@ -56,6 +58,7 @@
 //!   runc-compatible subset backed by libcontainer; errors: stderr + exit 1 (exec: 255)
 //! wharf-monitor pause --pid-file FILE
 //!   a PID-namespace holder for pods sharing one PID namespace; FILE gets its host pid
+//! wharf-monitor-watch --id ID --bundle DIR ... (internal: only `run` starts it, by exec)
 //! ```
 //!
 //! Log lines follow the CRI format (`cri_log`); OOM detection reads the cgroup's own
@@ -64,11 +67,12 @@
 pub mod cli;
 pub mod cri_log;
 mod files;
-pub use files::error_chain;
+pub use files::{error_chain, parse_parent_pid, parse_start_time};
 pub mod oci;
 pub mod oom;
 pub mod pause;
 pub mod run;
+pub mod watch;
 
 /// Runs one parsed `wharf-monitor` command line; the result is the process exit code.
 pub fn main(cli: cli::Cli) -> i32 {

@@ -3,37 +3,31 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, getpid, pipe2, ForkResult, Pid};
 use serde::Serialize;
 
 use super::cli::{RunArgs, RuntimeKind};
-use super::cri_log::{format_timestamp, CriLogWriter, Stream};
+use super::cri_log::CriLogWriter;
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
+use super::watch::{self, Monitor};
 
 /// The daemon passes the write end of the sync pipe as stdout (so it can spawn the
 /// monitor with posix_spawn: a fork of the daemon would copy its page tables on a
 /// worker thread); the monitor moves it to this fd and puts /dev/null on stdout.
 pub const SYNC_FD: RawFd = 3;
-/// How long output is still collected after the init exited.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-const READ_CHUNK: usize = 32 * 1024;
 
 pub const INIT_PID_FILE: &str = "init.pid";
 pub const MONITOR_STATE_FILE: &str = "monitor.json";
@@ -57,12 +51,8 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
-    #[error("failed to open log file {path}")]
-    OpenLog {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    OpenLog(#[from] watch::LogOpenError),
     #[error("failed to read the container's cgroup from the bundle")]
     Spec(#[from] oom::OomError),
     #[error("container {0} already exists in the runtime root")]
@@ -227,8 +217,10 @@ pub fn main(args: RunArgs) -> i32 {
                 // The daemon is gone; the container still needs its monitor.
                 monitor.note(&format!("failed to write the sync message: {err}"));
             }
-            // Setup code (spec parsing, create, state files) is not needed again: let
-            // the idle monitor's RSS be only what its loop touches.
+            // None of the create code is needed again: become the small watcher (see
+            // `watch`), or watch from here if that binary cannot be run.
+            let err = monitor.exec_watcher();
+            monitor.note(&format!("watching in-process: {err}"));
             if let Err(err) = files::release_clean_file_pages() {
                 monitor.note(&format!("failed to release startup pages: {err}"));
             }
@@ -279,7 +271,7 @@ struct ContainerStdio {
 /// container, record who is who.
 fn start(options: &Options) -> Result<Monitor, StartFailure> {
     let signals = become_monitor().map_err(before_runtime)?;
-    let log_file = open_log(&options.log_path).map_err(before_runtime)?;
+    let log_file = watch::open_log(&options.log_path).map_err(before_runtime)?;
 
     let (stdout_read, stdout_write) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| before_runtime(setup_error("stdout pipe")(e)))?;
@@ -343,6 +335,8 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
     write_monitor_state(options, init_pid).map_err(after_runtime)?;
 
     Ok(Monitor {
+        id: options.id.clone(),
+        max_log_line: options.max_log_line,
         bundle: options.bundle.clone(),
         log_path: options.log_path.clone(),
         signals,
@@ -366,31 +360,12 @@ fn become_monitor() -> Result<SignalFd, RunError> {
     // SAFETY: installing SIG_IGN runs no code in signal context.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
         .map_err(setup_error("ignore SIGPIPE"))?;
-    let signals = monitor_signals();
-    signals
-        .thread_block()
-        .map_err(setup_error("block signals"))?;
-    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(setup_error("signalfd"))?;
+    let signal_fd = watch::signal_fd().map_err(setup_error("signalfd"))?;
     std::env::set_current_dir("/").map_err(|source| RunError::Setup {
         what: "chdir /",
         source,
     })?;
     Ok(signal_fd)
-}
-
-fn monitor_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGCHLD,
-        Signal::SIGUSR1,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        set.add(signal);
-    }
-    set
 }
 
 /// Undoes the monitor's signal setup in a child that will become (part of) the
@@ -399,23 +374,6 @@ fn reset_signals_for_child() {
     let _ = SigSet::empty().thread_set_mask();
     // SAFETY: restoring the default disposition runs no code in signal context.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
-fn open_log(path: &Path) -> Result<File, RunError> {
-    let open_error = |source| RunError::OpenLog {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(open_error)?;
-    }
-    // std opens with O_CLOEXEC.
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(open_error)
 }
 
 /// libcontainer creates in a forked child: its side effects on the calling process
@@ -613,257 +571,6 @@ fn write_monitor_state(options: &Options, init_pid: Pid) -> Result<(), RunError>
     };
     let json = serde_json::to_vec(&state).map_err(|e| error(io::Error::other(e)))?;
     crate::state_file::replace(&path, &json, 0o644).map_err(error)
-}
-
-/// How the container init ended.
-#[derive(Debug, Clone, Copy)]
-struct InitExit {
-    exit_code: i32,
-    signal: Option<i32>,
-    finished_at: DateTime<Utc>,
-}
-
-#[derive(Serialize)]
-struct ExitRecord {
-    exit_code: i32,
-    signal: Option<i32>,
-    finished_at: String,
-    oom_killed: bool,
-}
-
-/// The monitor after a successful create.
-struct Monitor {
-    bundle: PathBuf,
-    log_path: PathBuf,
-    signals: SignalFd,
-    log: CriLogWriter<File>,
-    /// Set after a log write error was noted, so a full disk is noted once.
-    log_failing: bool,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    init_pid: Pid,
-    init_exit: Option<InitExit>,
-    counters: OomCounters,
-    cgroup: Option<PathBuf>,
-    parent_cgroup: Option<PathBuf>,
-    parent_baseline: u64,
-}
-
-impl Monitor {
-    /// Appends an error to `monitor.log` (stderr is /dev/null).
-    fn note(&self, message: &str) {
-        let line = format!("{} {message}", format_timestamp(&Utc::now()));
-        let _ = files::append_line(&self.bundle.join(MONITOR_LOG_FILE), &line);
-    }
-
-    /// The main loop; returns the exit code of the monitor.
-    fn watch(mut self) -> i32 {
-        let mut buffer = vec![0u8; READ_CHUNK];
-        while self.init_exit.is_none() {
-            self.wait_and_handle(PollTimeout::NONE, &mut buffer);
-        }
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.stdout.is_some() || self.stderr.is_some() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            self.wait_and_handle(timeout, &mut buffer);
-        }
-        let now = Utc::now();
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            let result = self.log.flush_stream(stream, &now);
-            self.log_result(result);
-        }
-        self.stdout = None;
-        self.stderr = None;
-
-        let Some(exit) = self.init_exit else {
-            return 1;
-        };
-        match self.record_exit(&exit) {
-            Ok(()) => 0,
-            Err(err) => {
-                self.note(&error_chain(&err));
-                1
-            }
-        }
-    }
-
-    fn wait_and_handle(&mut self, timeout: PollTimeout, buffer: &mut [u8]) {
-        let (signals_ready, stdout_ready, stderr_ready) = {
-            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-            let streams: Vec<Stream> = [
-                (Stream::Stdout, &self.stdout),
-                (Stream::Stderr, &self.stderr),
-            ]
-            .into_iter()
-            .filter_map(|(stream, fd)| {
-                let fd = fd.as_ref()?;
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                Some(stream)
-            })
-            .collect();
-            match poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(Errno::EINTR) => return,
-                Err(errno) => {
-                    self.note(&format!("poll failed: {errno}"));
-                    // Avoid a hot loop if poll keeps failing.
-                    std::thread::sleep(Duration::from_millis(100));
-                    return;
-                }
-            }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
-            let mut stdout_ready = false;
-            let mut stderr_ready = false;
-            for (stream, fd) in streams.iter().zip(&fds[1..]) {
-                match stream {
-                    Stream::Stdout => stdout_ready = ready(fd),
-                    Stream::Stderr => stderr_ready = ready(fd),
-                }
-            }
-            (ready(&fds[0]), stdout_ready, stderr_ready)
-        };
-        if stdout_ready {
-            self.read_stream(Stream::Stdout, buffer);
-        }
-        if stderr_ready {
-            self.read_stream(Stream::Stderr, buffer);
-        }
-        if signals_ready {
-            self.handle_signals();
-        }
-    }
-
-    fn read_stream(&mut self, stream: Stream, buffer: &mut [u8]) {
-        let slot = match stream {
-            Stream::Stdout => &mut self.stdout,
-            Stream::Stderr => &mut self.stderr,
-        };
-        let Some(fd) = slot.as_ref() else { return };
-        match nix::unistd::read(fd.as_raw_fd(), buffer) {
-            Ok(0) => {
-                *slot = None;
-                let result = self.log.flush_stream(stream, &Utc::now());
-                self.log_result(result);
-            }
-            Ok(n) => {
-                let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
-                self.log_result(result);
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => {}
-            Err(errno) => {
-                *slot = None;
-                self.note(&format!(
-                    "reading container {} failed: {errno}",
-                    stream.name()
-                ));
-            }
-        }
-    }
-
-    fn log_result(&mut self, result: io::Result<()>) {
-        match result {
-            Ok(()) => self.log_failing = false,
-            Err(err) if !self.log_failing => {
-                self.log_failing = true;
-                self.note(&format!(
-                    "writing log {} failed: {err}",
-                    self.log_path.display()
-                ));
-            }
-            Err(_) => {}
-        }
-    }
-
-    fn handle_signals(&mut self) {
-        loop {
-            match self.signals.read_signal() {
-                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => self.reap_children(),
-                    Ok(Signal::SIGUSR1) => self.reopen_log(),
-                    // SIGTERM, SIGINT, SIGHUP: the monitor lives as long as its container.
-                    _ => {}
-                },
-                Ok(None) | Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => {}
-                Err(errno) => {
-                    self.note(&format!("reading signalfd failed: {errno}"));
-                    break;
-                }
-            }
-        }
-    }
-
-    /// As a subreaper the monitor also inherits orphans of the container: reap them all.
-    fn reap_children(&mut self) {
-        loop {
-            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(status) => status,
-                Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    self.note(&format!("waitpid failed: {errno}"));
-                    return;
-                }
-            };
-            let (exit_code, signal) = match status {
-                WaitStatus::Exited(pid, code) if pid == self.init_pid => (code, None),
-                WaitStatus::Signaled(pid, signal, _) if pid == self.init_pid => {
-                    (128 + signal as i32, Some(signal as i32))
-                }
-                _ => continue,
-            };
-            self.init_exit = Some(InitExit {
-                exit_code,
-                signal,
-                finished_at: Utc::now(),
-            });
-        }
-    }
-
-    /// kubelet renames the log file, then asks for a reopen; keep the old file when the
-    /// new one cannot be opened, rather than losing output.
-    fn reopen_log(&mut self) {
-        match open_log(&self.log_path) {
-            Ok(file) => {
-                drop(self.log.replace_sink(file));
-                self.log_failing = false;
-            }
-            Err(err) => self.note(&error_chain(&err)),
-        }
-    }
-
-    fn record_exit(&self, exit: &InitExit) -> Result<(), RunError> {
-        let container_count = self
-            .cgroup
-            .as_deref()
-            .map_or(0, |path| self.counters.oom_kill_count(path));
-        let parent_count = self
-            .parent_cgroup
-            .as_deref()
-            .map_or(0, |path| self.counters.oom_kill_count(path));
-        let record = ExitRecord {
-            exit_code: exit.exit_code,
-            signal: exit.signal,
-            finished_at: format_timestamp(&exit.finished_at),
-            oom_killed: oom::was_oom_killed(
-                container_count,
-                exit.signal == Some(Signal::SIGKILL as i32),
-                self.parent_baseline,
-                parent_count,
-            ),
-        };
-        let path = self.bundle.join(EXIT_FILE);
-        let error = |source| RunError::WriteState {
-            path: path.clone(),
-            source,
-        };
-        let json = serde_json::to_vec(&record).map_err(|e| error(io::Error::other(e)))?;
-        crate::state_file::replace(&path, &json, 0o644).map_err(error)
-    }
 }
 
 fn wait_for(child: Pid) -> Result<WaitStatus, Errno> {

@@ -1,0 +1,684 @@
+//! The monitor's watch loop, and `wharf-monitor-watch`: the small binary that a
+//! monitor becomes once its container exists.
+//!
+//! # Why a second binary
+//!
+//! `wharf-monitor` links libcontainer, oci-spec and clap for the create; as a PIE, the
+//! loader writes every pointer of its relocated constants (`.data.rel.ro`, 460 KB), so
+//! those pages are private to each process, and a long-lived monitor kept them for the
+//! container's whole life: two thirds of its private memory. After the sync line the
+//! monitor needs none of that code, so it `execve`s `wharf-monitor-watch` (next to its
+//! own binary), which links only this loop. The exec keeps what the loop relies on:
+//! the pid and start time that `monitor.json` names, the children (the container
+//! init), the subreaper flag, the session, the blocked signal mask and any pending
+//! SIGCHLD. The pipes and the log file go over as fds named on the command line. If the
+//! exec fails (a missing binary), the monitor notes it and watches in-process.
+//!
+//! The command line is an internal contract between the two binaries, written only by
+//! [`Monitor::exec_watcher`]; it is parsed by hand here because clap's tables would be
+//! a good part of the watcher's private memory (see `docs/benchmarks.md`):
+//!
+//! ```text
+//! wharf-monitor-watch --id ID --bundle DIR --log-path FILE --max-log-line BYTES
+//!     --init-pid PID --stdout-fd FD --stderr-fd FD --log-fd FD --parent-baseline N
+//!     [--cgroup PATH]
+//! ```
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use super::cri_log::{format_timestamp, CriLogWriter, Stream};
+use super::files::{self, error_chain};
+use super::oom::{self, OomCounters};
+use super::run::{EXIT_FILE, MONITOR_LOG_FILE};
+
+/// File name of the watcher binary, looked up next to `wharf-monitor`.
+pub const WATCHER_BINARY: &str = "wharf-monitor-watch";
+/// How long output is still collected after the init exited.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_CHUNK: usize = 32 * 1024;
+
+/// The signals the monitor takes through its signalfd (blocked, so also kept pending
+/// across the exec into the watcher).
+pub(super) fn monitor_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks the monitor's signals and opens a signalfd for them.
+pub(super) fn signal_fd() -> Result<SignalFd, Errno> {
+    let signals = monitor_signals();
+    signals.thread_block()?;
+    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+}
+
+/// Opens (creating) the CRI log file for appending, close-on-exec.
+pub(super) fn open_log(path: &Path) -> Result<File, LogOpenError> {
+    let open_error = |source| LogOpenError {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(open_error)?;
+    }
+    // std opens with O_CLOEXEC.
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(open_error)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to open log file {path}")]
+pub struct LogOpenError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("usage: {WATCHER_BINARY} is started by wharf-monitor only: {0}")]
+    Usage(String),
+    #[error("fd {fd} named by {flag} is not open")]
+    FdNotOpen { flag: &'static str, fd: RawFd },
+    #[error("failed to prepare the watcher: {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write {path}")]
+    WriteState {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The watcher's command line, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WatchArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log_path: PathBuf,
+    pub max_log_line: usize,
+    pub init_pid: i32,
+    pub stdout_fd: RawFd,
+    pub stderr_fd: RawFd,
+    pub log_fd: RawFd,
+    pub parent_baseline: u64,
+    pub cgroup: Option<PathBuf>,
+}
+
+impl WatchArgs {
+    /// The arguments after argv[0], in the order [`WatchArgs::parse`] reads them.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::with_capacity(20);
+        let mut push = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        push("--id", self.id.clone().into());
+        push("--bundle", self.bundle.clone().into_os_string());
+        push("--log-path", self.log_path.clone().into_os_string());
+        push("--max-log-line", self.max_log_line.to_string().into());
+        push("--init-pid", self.init_pid.to_string().into());
+        push("--stdout-fd", self.stdout_fd.to_string().into());
+        push("--stderr-fd", self.stderr_fd.to_string().into());
+        push("--log-fd", self.log_fd.to_string().into());
+        push("--parent-baseline", self.parent_baseline.to_string().into());
+        if let Some(cgroup) = &self.cgroup {
+            push("--cgroup", cgroup.clone().into_os_string());
+        }
+        args
+    }
+
+    /// Decodes the arguments after argv[0]: `--flag value` pairs, each flag once, all
+    /// but `--cgroup` required.
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, WatchError> {
+        const FLAGS: [&str; 10] = [
+            "--id",
+            "--bundle",
+            "--log-path",
+            "--max-log-line",
+            "--init-pid",
+            "--stdout-fd",
+            "--stderr-fd",
+            "--log-fd",
+            "--parent-baseline",
+            "--cgroup",
+        ];
+        let mut values: [Option<OsString>; 10] = Default::default();
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let index = FLAGS
+                .iter()
+                .position(|known| OsStr::new(known) == flag)
+                .ok_or_else(|| WatchError::Usage(format!("unknown argument {flag:?}")))?;
+            let value = args
+                .next()
+                .ok_or_else(|| WatchError::Usage(format!("{} needs a value", FLAGS[index])))?;
+            if values[index].replace(value).is_some() {
+                return Err(WatchError::Usage(format!("{} given twice", FLAGS[index])));
+            }
+        }
+        let mut take = |index: usize| {
+            values[index]
+                .take()
+                .ok_or_else(|| WatchError::Usage(format!("{} is required", FLAGS[index])))
+        };
+        let id = take(0)?
+            .into_string()
+            .map_err(|id| WatchError::Usage(format!("--id must be UTF-8, got {id:?}")))?;
+        let bundle = PathBuf::from(take(1)?);
+        let log_path = PathBuf::from(take(2)?);
+        let max_log_line = number(FLAGS[3], take(3)?)?;
+        let init_pid = number(FLAGS[4], take(4)?)?;
+        let stdout_fd = number(FLAGS[5], take(5)?)?;
+        let stderr_fd = number(FLAGS[6], take(6)?)?;
+        let log_fd = number(FLAGS[7], take(7)?)?;
+        let parent_baseline = number(FLAGS[8], take(8)?)?;
+        let cgroup = values[9].take().map(PathBuf::from);
+        for (flag, path) in [("--bundle", &bundle), ("--log-path", &log_path)] {
+            if !path.is_absolute() {
+                return Err(WatchError::Usage(format!(
+                    "{flag} must be an absolute path, got {path:?}"
+                )));
+            }
+        }
+        Ok(Self {
+            id,
+            bundle,
+            log_path,
+            max_log_line,
+            init_pid,
+            stdout_fd,
+            stderr_fd,
+            log_fd,
+            parent_baseline,
+            cgroup,
+        })
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: OsString) -> Result<T, WatchError> {
+    value
+        .to_str()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| WatchError::Usage(format!("{flag} must be a number, got {value:?}")))
+}
+
+/// Takes ownership of an fd named on the command line, close-on-exec again.
+fn inherited_fd(flag: &'static str, fd: RawFd) -> Result<OwnedFd, WatchError> {
+    if fd < 3 {
+        return Err(WatchError::FdNotOpen { flag, fd });
+    }
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|_| WatchError::FdNotOpen { flag, fd })?;
+    // SAFETY: the fd is open (F_SETFD succeeded) and was handed to this process for it
+    // alone by the exec'ing monitor; nothing else in this process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Entry point of `wharf-monitor-watch`; returns the exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args = match WatchArgs::parse(args) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{WATCHER_BINARY}: {}", error_chain(&err));
+            return 2;
+        }
+    };
+    let bundle = args.bundle.clone();
+    match Monitor::from_watch_args(args) {
+        Ok(mut monitor) => {
+            // An init that exited while the exec ran left a pending SIGCHLD, which the
+            // new signalfd reports; reap once anyway, so nothing hinges on that.
+            monitor.reap_children();
+            if let Err(err) = files::release_clean_file_pages() {
+                monitor.note(&format!("failed to release startup pages: {err}"));
+            }
+            monitor.watch()
+        }
+        Err(err) => {
+            let message = format!("{WATCHER_BINARY}: {}", error_chain(&err));
+            eprintln!("{message}");
+            let line = format!("{} {message}", format_timestamp(&Utc::now()));
+            let _ = files::append_line(&bundle.join(MONITOR_LOG_FILE), &line);
+            1
+        }
+    }
+}
+
+/// How the container init ended.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InitExit {
+    exit_code: i32,
+    signal: Option<i32>,
+    finished_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ExitRecord {
+    exit_code: i32,
+    signal: Option<i32>,
+    finished_at: String,
+    oom_killed: bool,
+}
+
+/// The monitor after a successful create.
+pub(super) struct Monitor {
+    pub(super) id: String,
+    pub(super) max_log_line: usize,
+    pub(super) bundle: PathBuf,
+    pub(super) log_path: PathBuf,
+    pub(super) signals: SignalFd,
+    pub(super) log: CriLogWriter<File>,
+    /// Set after a log write error was noted, so a full disk is noted once.
+    pub(super) log_failing: bool,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+    pub(super) init_pid: Pid,
+    pub(super) init_exit: Option<InitExit>,
+    pub(super) counters: OomCounters,
+    pub(super) cgroup: Option<PathBuf>,
+    pub(super) parent_cgroup: Option<PathBuf>,
+    pub(super) parent_baseline: u64,
+}
+
+impl Monitor {
+    /// Appends an error to `monitor.log` (stderr is /dev/null).
+    pub(super) fn note(&self, message: &str) {
+        let line = format!("{} {message}", format_timestamp(&Utc::now()));
+        let _ = files::append_line(&self.bundle.join(MONITOR_LOG_FILE), &line);
+    }
+
+    /// The main loop; returns the exit code of the monitor.
+    pub(super) fn watch(mut self) -> i32 {
+        let mut buffer = vec![0u8; READ_CHUNK];
+        while self.init_exit.is_none() {
+            self.wait_and_handle(PollTimeout::NONE, &mut buffer);
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.stdout.is_some() || self.stderr.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            self.wait_and_handle(timeout, &mut buffer);
+        }
+        let now = Utc::now();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let result = self.log.flush_stream(stream, &now);
+            self.log_result(result);
+        }
+        self.stdout = None;
+        self.stderr = None;
+
+        let Some(exit) = self.init_exit else {
+            return 1;
+        };
+        match self.record_exit(&exit) {
+            Ok(()) => 0,
+            Err(err) => {
+                self.note(&error_chain(&err));
+                1
+            }
+        }
+    }
+
+    fn wait_and_handle(&mut self, timeout: PollTimeout, buffer: &mut [u8]) {
+        let (signals_ready, stdout_ready, stderr_ready) = {
+            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            let streams: Vec<Stream> = [
+                (Stream::Stdout, &self.stdout),
+                (Stream::Stderr, &self.stderr),
+            ]
+            .into_iter()
+            .filter_map(|(stream, fd)| {
+                let fd = fd.as_ref()?;
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                Some(stream)
+            })
+            .collect();
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => return,
+                Err(errno) => {
+                    self.note(&format!("poll failed: {errno}"));
+                    // Avoid a hot loop if poll keeps failing.
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
+            let mut stdout_ready = false;
+            let mut stderr_ready = false;
+            for (stream, fd) in streams.iter().zip(&fds[1..]) {
+                match stream {
+                    Stream::Stdout => stdout_ready = ready(fd),
+                    Stream::Stderr => stderr_ready = ready(fd),
+                }
+            }
+            (ready(&fds[0]), stdout_ready, stderr_ready)
+        };
+        if stdout_ready {
+            self.read_stream(Stream::Stdout, buffer);
+        }
+        if stderr_ready {
+            self.read_stream(Stream::Stderr, buffer);
+        }
+        if signals_ready {
+            self.handle_signals();
+        }
+    }
+
+    fn read_stream(&mut self, stream: Stream, buffer: &mut [u8]) {
+        let slot = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        let Some(fd) = slot.as_ref() else { return };
+        match nix::unistd::read(fd.as_raw_fd(), buffer) {
+            Ok(0) => {
+                *slot = None;
+                let result = self.log.flush_stream(stream, &Utc::now());
+                self.log_result(result);
+            }
+            Ok(n) => {
+                let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
+                self.log_result(result);
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(errno) => {
+                *slot = None;
+                self.note(&format!(
+                    "reading container {} failed: {errno}",
+                    stream.name()
+                ));
+            }
+        }
+    }
+
+    fn log_result(&mut self, result: io::Result<()>) {
+        match result {
+            Ok(()) => self.log_failing = false,
+            Err(err) if !self.log_failing => {
+                self.log_failing = true;
+                self.note(&format!(
+                    "writing log {} failed: {err}",
+                    self.log_path.display()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => self.reap_children(),
+                    Ok(Signal::SIGUSR1) => self.reopen_log(),
+                    // SIGTERM, SIGINT, SIGHUP: the monitor lives as long as its container.
+                    _ => {}
+                },
+                Ok(None) | Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(errno) => {
+                    self.note(&format!("reading signalfd failed: {errno}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// As a subreaper the monitor also inherits orphans of the container: reap them all.
+    fn reap_children(&mut self) {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => status,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    self.note(&format!("waitpid failed: {errno}"));
+                    return;
+                }
+            };
+            let (exit_code, signal) = match status {
+                WaitStatus::Exited(pid, code) if pid == self.init_pid => (code, None),
+                WaitStatus::Signaled(pid, signal, _) if pid == self.init_pid => {
+                    (128 + signal as i32, Some(signal as i32))
+                }
+                _ => continue,
+            };
+            self.init_exit = Some(InitExit {
+                exit_code,
+                signal,
+                finished_at: Utc::now(),
+            });
+        }
+    }
+
+    /// kubelet renames the log file, then asks for a reopen; keep the old file when the
+    /// new one cannot be opened, rather than losing output.
+    fn reopen_log(&mut self) {
+        match open_log(&self.log_path) {
+            Ok(file) => {
+                drop(self.log.replace_sink(file));
+                self.log_failing = false;
+            }
+            Err(err) => self.note(&error_chain(&err)),
+        }
+    }
+
+    fn record_exit(&self, exit: &InitExit) -> Result<(), WatchError> {
+        let container_count = self
+            .cgroup
+            .as_deref()
+            .map_or(0, |path| self.counters.oom_kill_count(path));
+        let parent_count = self
+            .parent_cgroup
+            .as_deref()
+            .map_or(0, |path| self.counters.oom_kill_count(path));
+        let record = ExitRecord {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            finished_at: format_timestamp(&exit.finished_at),
+            oom_killed: oom::was_oom_killed(
+                container_count,
+                exit.signal == Some(Signal::SIGKILL as i32),
+                self.parent_baseline,
+                parent_count,
+            ),
+        };
+        let path = self.bundle.join(EXIT_FILE);
+        let error = |source| WatchError::WriteState {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| error(io::Error::other(e)))?;
+        crate::state_file::replace(&path, &json, 0o644).map_err(error)
+    }
+}
+
+impl Monitor {
+    /// The monitor as the watcher finds it after the exec.
+    fn from_watch_args(args: WatchArgs) -> Result<Self, WatchError> {
+        let stdout = inherited_fd("--stdout-fd", args.stdout_fd)?;
+        let stderr = inherited_fd("--stderr-fd", args.stderr_fd)?;
+        let log_file = File::from(inherited_fd("--log-fd", args.log_fd)?);
+        let signals = signal_fd().map_err(|errno| WatchError::Setup {
+            what: "signalfd",
+            source: errno.into(),
+        })?;
+        let parent_cgroup = args.cgroup.as_deref().and_then(oom::parent_cgroup);
+        Ok(Self {
+            id: args.id,
+            max_log_line: args.max_log_line,
+            bundle: args.bundle,
+            log_path: args.log_path,
+            signals,
+            log: CriLogWriter::new(log_file, args.max_log_line),
+            log_failing: false,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            init_pid: Pid::from_raw(args.init_pid),
+            init_exit: None,
+            counters: OomCounters::default(),
+            cgroup: args.cgroup,
+            parent_cgroup,
+            parent_baseline: args.parent_baseline,
+        })
+    }
+
+    /// Replaces this process with `wharf-monitor-watch`, handing it the pipes and the
+    /// log file. Must be called before anything was read from the pipes (the watcher
+    /// starts with empty line buffers). Returns only if the exec failed.
+    pub(super) fn exec_watcher(&self) -> io::Error {
+        let watcher = match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name(WATCHER_BINARY),
+            Err(err) => return err,
+        };
+        let (Some(stdout), Some(stderr)) = (&self.stdout, &self.stderr) else {
+            return io::Error::other("the output pipes are already closed");
+        };
+        let args = WatchArgs {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            log_path: self.log_path.clone(),
+            max_log_line: self.max_log_line,
+            init_pid: self.init_pid.as_raw(),
+            stdout_fd: stdout.as_raw_fd(),
+            stderr_fd: stderr.as_raw_fd(),
+            log_fd: self.log.sink().as_raw_fd(),
+            parent_baseline: self.parent_baseline,
+            cgroup: self.cgroup.clone(),
+        };
+        let c_string = |value: &OsStr| CString::new(value.as_bytes()).map_err(io::Error::other);
+        let argv: Result<Vec<CString>, io::Error> = std::iter::once(watcher.as_os_str())
+            .chain(args.to_args().iter().map(OsString::as_os_str))
+            .map(c_string)
+            .collect();
+        let argv = match argv {
+            Ok(argv) => argv,
+            Err(err) => return err,
+        };
+        let Some(path) = argv.first() else {
+            return io::Error::other("empty argv");
+        };
+        for fd in [args.stdout_fd, args.stderr_fd, args.log_fd] {
+            if let Err(errno) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
+                return errno.into();
+            }
+        }
+        let Err(errno) = nix::unistd::execv(path, &argv);
+        // Still this process: the fds must not leak into anything it runs later.
+        for fd in [args.stdout_fd, args.stderr_fd, args.log_fd] {
+            let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        }
+        io::Error::other(format!("exec {}: {errno}", watcher.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WatchArgs {
+        WatchArgs {
+            id: "c1".into(),
+            bundle: "/run/wharf/c1".into(),
+            log_path: "/var/log/pods/p/c/0.log".into(),
+            max_log_line: 16384,
+            init_pid: 4242,
+            stdout_fd: 5,
+            stderr_fd: 7,
+            log_fd: 4,
+            parent_baseline: 3,
+            cgroup: Some("/wharf/pod1/c1".into()),
+        }
+    }
+
+    #[test]
+    fn command_line_round_trips() {
+        let args = sample();
+        assert_eq!(WatchArgs::parse(args.to_args()).expect("parse"), args);
+        let without_cgroup = WatchArgs {
+            cgroup: None,
+            ..sample()
+        };
+        assert_eq!(
+            WatchArgs::parse(without_cgroup.to_args()).expect("parse"),
+            without_cgroup
+        );
+    }
+
+    #[test]
+    fn bad_command_lines_name_the_flag() {
+        let message = |args: Vec<OsString>| match WatchArgs::parse(args) {
+            Ok(parsed) => panic!("accepted {parsed:?}"),
+            Err(err) => err.to_string(),
+        };
+        let mut args = sample().to_args();
+        args.retain(|arg| arg != "--log-fd" && arg != "4");
+        assert!(message(args).contains("--log-fd is required"));
+
+        let mut args = sample().to_args();
+        args.extend(["--id".into(), "again".into()]);
+        assert!(message(args).contains("--id given twice"));
+
+        let mut args = sample().to_args();
+        args.push("--cgroup".into());
+        assert!(message(args).contains("--cgroup needs a value"));
+
+        let mut args = sample().to_args();
+        let at = args.iter().position(|a| a == "--stdout-fd").expect("flag") + 1;
+        args[at] = "-".into();
+        assert!(message(args).contains("--stdout-fd must be a number, got \"-\""));
+
+        let mut args = sample().to_args();
+        let at = args.iter().position(|a| a == "--bundle").expect("flag") + 1;
+        args[at] = "relative/dir".into();
+        assert!(message(args).contains("--bundle must be an absolute path"));
+
+        assert!(message(vec!["--verbose".into()]).contains("unknown argument \"--verbose\""));
+    }
+
+    #[test]
+    fn standard_fds_are_never_taken_over() {
+        assert!(matches!(
+            inherited_fd("--log-fd", 1),
+            Err(WatchError::FdNotOpen { fd: 1, .. })
+        ));
+    }
+}
