@@ -1173,12 +1173,9 @@ fn busy_then_idle_monitor_stays_small() {
 
     let rss = rss_kb(monitor_pid);
     eprintln!("monitor VmRSS while copying output: {rss} kB");
-    // Release builds stay well under 3 MB (about 1.5 MB); unoptimized code is bigger.
-    let limit_kb = if cfg!(debug_assertions) {
-        6 * 1024
-    } else {
-        3 * 1024
-    };
+    // The watcher (wharf-monitor-watch) is about 0.7 MB in release builds and 1.2 MB
+    // unoptimized; a release wharf-monitor watching in-process was 1.5-1.6 MB.
+    let limit_kb = if cfg!(debug_assertions) { 2560 } else { 1536 };
     assert!(rss < limit_kb, "monitor VmRSS {rss} kB >= {limit_kb} kB");
     let status = fs::read_to_string(format!("/proc/{monitor_pid}/status")).expect("status");
     assert!(status.lines().any(|l| l == "Threads:\t1"), "{status}");
