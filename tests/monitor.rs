@@ -258,6 +258,14 @@ impl Fixture {
             .collect()
     }
 
+    /// The CRI log's lines as (stream, tag, text).
+    fn short_log_lines(&self) -> Vec<(String, String, String)> {
+        self.log_lines(&self.log_path())
+            .iter()
+            .map(CriLine::short)
+            .collect()
+    }
+
     fn memory_cgroup_file(&self, file: &str) -> PathBuf {
         if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
             Path::new(CGROUP_ROOT)
@@ -523,11 +531,7 @@ fn output_without_final_newline_is_a_full_line() {
     assert!(sync.get("error").is_none(), "create failed: {sync}");
     fixture.start();
     fixture.wait_exit();
-    let lines: Vec<_> = fixture
-        .log_lines(&fixture.log_path())
-        .iter()
-        .map(CriLine::short)
-        .collect();
+    let lines = fixture.short_log_lines();
     assert_eq!(
         lines,
         [
@@ -659,11 +663,7 @@ fn orphan_holding_the_pipes_delays_exit_by_at_most_two_seconds() {
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
         "exit.json after {waited:?}"
     );
-    let lines: Vec<_> = fixture
-        .log_lines(&fixture.log_path())
-        .iter()
-        .map(CriLine::short)
-        .collect();
+    let lines = fixture.short_log_lines();
     assert_eq!(lines, [short("stdout", "F", "bye")]);
 }
 
@@ -934,11 +934,7 @@ fn monitor_survives_the_death_of_its_parent() {
     fixture.start();
     fs::write(fixture.rootfs().join("tmp/go"), "").expect("go");
     assert_eq!(fixture.wait_exit()["exit_code"], 0);
-    let lines: Vec<_> = fixture
-        .log_lines(&fixture.log_path())
-        .iter()
-        .map(CriLine::short)
-        .collect();
+    let lines = fixture.short_log_lines();
     assert_eq!(lines, [short("stdout", "F", "after")]);
 }
 
@@ -991,11 +987,7 @@ fn monitor_becomes_the_watcher_after_the_sync_line() {
     fixture.start();
     fs::write(fixture.rootfs().join("tmp/go"), "").expect("go");
     assert_eq!(fixture.wait_exit()["exit_code"], 0);
-    let lines: Vec<_> = fixture
-        .log_lines(&fixture.log_path())
-        .iter()
-        .map(CriLine::short)
-        .collect();
+    let lines = fixture.short_log_lines();
     assert_eq!(lines, [short("stdout", "F", "done")]);
     let notes = fs::read_to_string(fixture.bundle().join("monitor.log")).unwrap_or_default();
     assert!(notes.is_empty(), "monitor.log: {notes}");
@@ -1013,11 +1005,7 @@ fn monitor_without_the_watcher_binary_watches_in_process() {
     assert!(sync.get("error").is_none(), "create failed: {sync}");
     fixture.start();
     assert_eq!(fixture.wait_exit()["exit_code"], 4);
-    let lines: Vec<_> = fixture
-        .log_lines(&fixture.log_path())
-        .iter()
-        .map(CriLine::short)
-        .collect();
+    let lines = fixture.short_log_lines();
     assert_eq!(lines, [short("stdout", "F", "alone")]);
     let notes = fs::read_to_string(fixture.bundle().join("monitor.log")).expect("monitor.log");
     assert!(
