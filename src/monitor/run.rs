@@ -1,5 +1,6 @@
-//! `wharf-monitor run`: create one container, then watch it until it exits. The
-//! process model and the files it writes are described in [`crate::monitor`].
+//! `wharf-monitor run`: create one container, then hand it over to the watcher
+//! ([`super::watch`]) that follows it until it exits. The process model and the files
+//! it writes are described in [`crate::monitor`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -56,7 +56,7 @@ const READ_CHUNK: usize = 32 * 1024;
 
 /// The signals the monitor takes through its signalfd (blocked, so also kept pending
 /// across the exec into the watcher).
-pub(super) fn monitor_signals() -> SigSet {
+fn monitor_signals() -> SigSet {
     let mut set = SigSet::empty();
     for signal in [
         Signal::SIGCHLD,
