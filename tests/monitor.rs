@@ -958,16 +958,21 @@ fn monitor_becomes_the_watcher_after_the_sync_line() {
     wait_until("the monitor to exec the watcher", || {
         exe().is_some_and(|exe| exe == Path::new(WATCHER))
     });
-    let cmdline = fs::read(format!("/proc/{monitor_pid}/cmdline")).expect("cmdline");
-    let args: Vec<String> = cmdline
-        .split(|&byte| byte == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect();
-    assert!(
-        args.windows(2)
-            .any(|pair| pair[0] == "--id" && pair[1] == fixture.id),
-        "{args:?}"
-    );
+    // /proc shows the new exe a moment before the new argv: wait for both.
+    let args = || -> Vec<String> {
+        fs::read(format!("/proc/{monitor_pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|&byte| byte == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    };
+    wait_until("the watcher's command line to name the container", || {
+        let args = args();
+        args.first().is_some_and(|arg0| arg0 == WATCHER)
+            && args
+                .windows(2)
+                .any(|pair| pair[0] == "--id" && pair[1] == fixture.id)
+    });
     let state = fixture.monitor_state();
     let stat = fs::read_to_string(format!("/proc/{monitor_pid}/stat")).expect("stat");
     assert_eq!(
