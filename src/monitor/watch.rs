@@ -596,17 +596,22 @@ impl Monitor {
         let Some(path) = argv.first() else {
             return io::Error::other("empty argv");
         };
-        for fd in [args.stdout_fd, args.stderr_fd, args.log_fd] {
-            if let Err(errno) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
-                return errno.into();
+        let handed_over = [args.stdout_fd, args.stderr_fd, args.log_fd];
+        let failure = match handed_over
+            .iter()
+            .try_for_each(|&fd| fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map(drop))
+        {
+            Ok(()) => {
+                let Err(errno) = nix::unistd::execv(path, &argv);
+                io::Error::other(format!("exec {}: {errno}", watcher.display()))
             }
-        }
-        let Err(errno) = nix::unistd::execv(path, &argv);
+            Err(errno) => io::Error::other(format!("clear close-on-exec: {errno}")),
+        };
         // Still this process: the fds must not leak into anything it runs later.
-        for fd in [args.stdout_fd, args.stderr_fd, args.log_fd] {
+        for fd in handed_over {
             let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         }
-        io::Error::other(format!("exec {}: {errno}", watcher.display()))
+        failure
     }
 }
 
