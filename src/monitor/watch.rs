@@ -53,6 +53,8 @@ pub const WATCHER_BINARY: &str = "wharf-monitor-watch";
 /// How long output is still collected after the init exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 32 * 1024;
+/// 1 MiB, the largest pipe buffer an unprivileged container can ask for.
+const MAX_DRAIN_CHUNKS_AT_EXIT: usize = 32;
 
 /// The signals the monitor takes through its signalfd (blocked, so also kept pending
 /// across the exec into the watcher).
@@ -259,10 +261,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     let bundle = args.bundle.clone();
     match Monitor::from_watch_args(args) {
-        Ok(mut monitor) => {
-            // An init that exited while the exec ran left a pending SIGCHLD, which the
-            // new signalfd reports; reap once anyway, so nothing hinges on that.
-            monitor.reap_children();
+        Ok(monitor) => {
             if let Err(err) = files::release_clean_file_pages() {
                 monitor.note(&format!("failed to release startup pages: {err}"));
             }
@@ -324,6 +323,10 @@ impl Monitor {
     /// The main loop; returns the exit code of the monitor.
     pub(super) fn watch(mut self) -> i32 {
         let mut buffer = vec![0u8; READ_CHUNK];
+        // An init that exited while the monitor exec'd its watcher left a pending
+        // SIGCHLD, which the new signalfd reports; reap once anyway, so nothing hinges
+        // on that.
+        self.reap_children(&mut buffer);
         while self.init_exit.is_none() {
             self.wait_and_handle(PollTimeout::NONE, &mut buffer);
         }
@@ -398,33 +401,53 @@ impl Monitor {
             self.read_stream(Stream::Stderr, buffer);
         }
         if signals_ready {
-            self.handle_signals();
+            self.handle_signals(buffer);
         }
     }
 
-    fn read_stream(&mut self, stream: Stream, buffer: &mut [u8]) {
+    /// Reads one chunk; returns whether the stream may have more to read now.
+    fn read_stream(&mut self, stream: Stream, buffer: &mut [u8]) -> bool {
         let slot = match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
-        let Some(fd) = slot.as_ref() else { return };
+        let Some(fd) = slot.as_ref() else {
+            return false;
+        };
         match nix::unistd::read(fd.as_raw_fd(), buffer) {
             Ok(0) => {
                 *slot = None;
                 let result = self.log.flush_stream(stream, &Utc::now());
                 self.log_result(result);
+                false
             }
             Ok(n) => {
                 let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
                 self.log_result(result);
+                true
             }
-            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(Errno::EINTR) => true,
+            Err(Errno::EAGAIN) => false,
             Err(errno) => {
                 *slot = None;
                 self.note(&format!(
                     "reading container {} failed: {errno}",
                     stream.name()
                 ));
+                false
+            }
+        }
+    }
+
+    /// Logs what the pipes hold now. Called when the init is reaped: all it wrote is
+    /// in the pipes by then, so its lines are stamped before its `finished_at`, even
+    /// when poll saw the exit before the output. Bounded, as orphans may keep writing.
+    fn drain_pending_output(&mut self, buffer: &mut [u8]) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            for _ in 0..MAX_DRAIN_CHUNKS_AT_EXIT {
+                if !self.read_stream(stream, buffer) {
+                    break;
+                }
             }
         }
     }
@@ -443,11 +466,11 @@ impl Monitor {
         }
     }
 
-    fn handle_signals(&mut self) {
+    fn handle_signals(&mut self, buffer: &mut [u8]) {
         loop {
             match self.signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => self.reap_children(),
+                    Ok(Signal::SIGCHLD) => self.reap_children(buffer),
                     Ok(Signal::SIGUSR1) => self.reopen_log(),
                     // SIGTERM, SIGINT, SIGHUP: the monitor lives as long as its container.
                     _ => {}
@@ -463,7 +486,7 @@ impl Monitor {
     }
 
     /// As a subreaper the monitor also inherits orphans of the container: reap them all.
-    fn reap_children(&mut self) {
+    fn reap_children(&mut self, buffer: &mut [u8]) {
         loop {
             let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
@@ -481,6 +504,7 @@ impl Monitor {
                 }
                 _ => continue,
             };
+            self.drain_pending_output(buffer);
             self.init_exit = Some(InitExit {
                 exit_code,
                 signal,
