@@ -209,20 +209,32 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 /// Whether `pid` is still the process that started at `start`, and not a zombie.
 pub fn alive(pid: i32, start: u64) -> bool {
+    liveness(pid, start).unwrap_or(false)
+}
+
+/// Like [`alive`], but None when /proc could not tell (EMFILE, ENOMEM): a caller
+/// waiting for an exit must not take that for one.
+fn liveness(pid: i32, start: u64) -> Option<bool> {
     if pid <= 0 {
-        return false;
+        return Some(false);
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
+                return Some(false);
             };
             let mut fields = after.split_whitespace();
             let state = fields.next().unwrap_or("");
             let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
-            state != "Z" && state != "X" && started == Some(start)
+            Some(state != "Z" && state != "X" && started == Some(start))
         }
-        Err(_) => false,
+        Err(err)
+            if err.kind() == std::io::ErrorKind::NotFound
+                || err.raw_os_error() == Some(nix::libc::ESRCH) =>
+        {
+            Some(false)
+        }
+        Err(_) => None,
     }
 }
 
@@ -272,9 +284,12 @@ pub fn signal(pid: i32, start: u64, signal: i32) -> std::io::Result<bool> {
 pub async fn wait_exit(pid: i32, start: u64) {
     let fd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(_) => return,
+        Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => return,
+        // No pidfd is not an exit (EMFILE when the daemon is out of fds, ENOSYS before
+        // Linux 5.3): watch the process table instead.
+        Err(_) => return poll_until_gone(pid, start).await,
     };
-    if !alive(pid, start) {
+    if liveness(pid, start) == Some(false) {
         return;
     }
     // SAFETY: the pidfd is owned by the AsyncFd and not used elsewhere.
@@ -283,11 +298,13 @@ pub async fn wait_exit(pid: i32, start: u64) {
             // A pidfd becomes readable when the process exits.
             let _ = async_fd.readable().await;
         }
-        Err(_) => {
-            while alive(pid, start) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        Err(_) => poll_until_gone(pid, start).await,
+    }
+}
+
+async fn poll_until_gone(pid: i32, start: u64) {
+    while liveness(pid, start) != Some(false) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -318,5 +335,67 @@ mod tests {
             .expect("exit noticed");
         reaper.join().expect("join").expect("wait");
         assert!(!signal(pid, start, 0).expect("signal gone process"));
+    }
+
+    /// With every fd in use, pidfd_open and /proc fail: that is no exit. Runs in a
+    /// child process of the test binary, as it lowers the fd limit.
+    #[test]
+    fn running_out_of_fds_is_not_taken_for_an_exit() {
+        const CHILD_ENV: &str = "WHARF_TEST_OUT_OF_FDS";
+        const NAME: &str = "runtime::monitor::tests::running_out_of_fds_is_not_taken_for_an_exit";
+        if std::env::var_os(CHILD_ENV).is_none() {
+            let output = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(CHILD_ENV, "1")
+                .output()
+                .expect("run the test binary");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && stdout.contains("1 passed"),
+                "child test failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let start = start_time(pid).expect("start time");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .expect("getrlimit");
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, limit.1)
+            .expect("setrlimit");
+        let mut filler = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => filler.push(file),
+                Err(err) if err.raw_os_error() == Some(nix::libc::EMFILE) => break,
+                Err(err) => panic!("open /dev/null: {err}"),
+            }
+        }
+        assert!(pidfd_open(pid).is_err(), "no fd should be left");
+        runtime.block_on(async move {
+            let wait = wait_exit(pid, start);
+            tokio::pin!(wait);
+            // The sleep exits in this second, but nothing can be known without an fd.
+            let starved = tokio::time::timeout(Duration::from_secs(1), &mut wait).await;
+            assert!(starved.is_err(), "wait_exit returned with no fd free");
+            drop(filler);
+            tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .expect("the exit is noticed once fds are free");
+        });
+        // wait_exit returned: the sleep must have exited (a zombie until reaped).
+        let status = child.try_wait().expect("try_wait");
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "wait_exit returned while the process ran: {status:?}"
+        );
     }
 }
