@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Regenerates link/wharfd.symbol-order: which of wharfd's functions run at start-up and
+# under the CRI benchmark, counted with one uprobe per function (link/function-profile.py).
+#
+#   link/profile-wharfd.sh        as root; ~20 minutes, most of it the kernel removing
+#                                 the ~28k probes at the end
+#
+# A release wharfd is copied to a work dir (the probes attach to that file only) and run
+# twice against a local registry, each time under wharf-bench: on the built-in bridge,
+# then in CNI mode with the bridge + host-local + portmap plugins (bench/compare-cri.sh's
+# setup). Start-up is the state 3 s after the first daemon's socket appears.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $(id -u) != 0 ]]; then
+  echo "run as root: uprobes, and wharfd needs namespaces, cgroups and mounts" >&2
+  exit 2
+fi
+
+scripts/setup test
+registry_bin=$(cargo bench --locked --no-run --bench cri_registry --message-format=json |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri_registry" and .executable != null) | .executable' |
+  tail -1)
+[[ -x $registry_bin ]] || { echo "cannot find the cri_registry bench executable" >&2; exit 1; }
+# After the bench build, which leaves bench-profile binaries in target/release: their
+# symbols' hashes differ from a release build's, and the list must name the latter.
+cargo build --release --locked --bin wharfd --bin wharf-monitor --bin wharf-monitor-watch \
+  --bin wharf-bench
+
+work=$(mktemp -d /tmp/wharf-profile-XXXXXX)
+tracefs_mounted_here=""
+if [[ ! -e /sys/kernel/tracing/uprobe_events ]]; then
+  mount -t tracefs nodev /sys/kernel/tracing
+  tracefs_mounted_here=yes
+fi
+export FUNCTION_PROFILE_NAMES=$work/names
+octet=$(( $$ % 250 ))
+bridges=("wpb$(( $$ % 100000 ))" "wpc$(( $$ % 100000 ))")
+pids=()
+cleanup() {
+  set +e
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  for pid in $(pgrep -f "wharf-monitor(-watch)? .*$work/" || true); do kill -KILL "$pid"; done
+  grep " $work/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
+  for bridge in "${bridges[@]}"; do
+    ip link del "$bridge" 2>/dev/null
+    for table in nat filter; do
+      iptables-save -t "$table" | grep -- "-A " | grep -E "10\.19[45]\.$octet\.|$bridge" |
+        sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule"; done
+    done
+  done
+  echo "== removing the probes (the kernel takes minutes)" >&2
+  python3 link/function-profile.py clear
+  [[ -n $tracefs_mounted_here ]] && umount /sys/kernel/tracing
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$registry_bin" --ref-file "$work/image.ref" > "$work/registry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 600); do [[ -s $work/image.ref ]] && break; sleep 0.5; done
+[[ -s $work/image.ref ]] || { echo "the registry did not start: $(cat "$work/registry.log")" >&2; exit 1; }
+
+mkdir -p "$work/bin" "$work/net.d" "$work/ipam" "$work/none.d"
+cp target/release/wharfd target/release/wharf-monitor target/release/wharf-monitor-watch "$work/bin/"
+cat > "$work/bridge.toml" <<EOF
+[network]
+mode = "bridge"
+[network.bridge]
+name = "${bridges[0]}"
+subnet = "10.194.$octet.0/24"
+ip_forward = false
+[cni]
+conf_dir = "$work/none.d"
+EOF
+cat > "$work/net.d/10-profile.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "profile-$$", "plugins": [
+  {"type": "bridge", "bridge": "${bridges[1]}", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.195.$octet.0/24"}]], "dataDir": "$work/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+EOF
+cat > "$work/cni.toml" <<EOF
+[network]
+mode = "cni"
+[cni]
+conf_dir = "$work/net.d"
+plugin_dirs = ["/usr/lib/cni"]
+EOF
+
+python3 link/function-profile.py register "$work/bin/wharfd"
+
+# profile_run NAME SNAPSHOT_AT_START WHARF_BENCH_ARGS...
+profile_run() {
+  local name=$1 snapshot=$2
+  shift 2
+  "$work/bin/wharfd" --config "$work/$name.toml" --root "$work/$name/root" \
+    --state "$work/$name/state" --cri-socket "$work/$name/state/wharf.sock" \
+    > "$work/wharfd-$name.log" 2>&1 &
+  local daemon=$!
+  pids+=("$daemon")
+  for _ in $(seq 300); do [[ -S $work/$name/state/wharf.sock ]] && break; sleep 0.2; done
+  [[ -S $work/$name/state/wharf.sock ]] || { echo "wharfd did not start: $(cat "$work/wharfd-$name.log")" >&2; exit 1; }
+  if [[ $snapshot == yes ]]; then
+    sleep 3
+    python3 link/function-profile.py snapshot "$work/start.profile"
+  fi
+  target/release/wharf-bench --endpoint "unix://$work/$name/state/wharf.sock" \
+    --image "$(cat "$work/image.ref")" --log-root "$work/logs-$name" "$@" > "$work/bench-$name.txt"
+  kill -TERM "$daemon"
+  wait "$daemon" || true
+  echo "== $name: $(grep -c . "$work/bench-$name.txt") lines of results" >&2
+}
+profile_run bridge yes --concurrency 1,10 --min-pods 10 --live 0,50 --pull-rounds 2
+profile_run cni no
+python3 link/function-profile.py snapshot "$work/end.profile"
+python3 link/function-profile.py order "$work/start.profile" "$work/end.profile" \
+  link/wharfd.symbol-order
