@@ -2,8 +2,8 @@
 # Regenerates link/wharfd.symbol-order: which of wharfd's functions run at start-up and
 # under the CRI benchmark, counted with one uprobe per function (link/function-profile.py).
 #
-#   link/profile-wharfd.sh        as root; ~20 minutes, most of it the kernel removing
-#                                 the ~28k probes at the end
+#   link/profile-wharfd.sh        as root; ~40 minutes on 2 cores, 25 of them the kernel
+#                                 removing the ~28k probes at the end
 #
 # A release wharfd is copied to a work dir (the probes attach to that file only) and run
 # twice against a local registry, each time under wharf-bench: on the built-in bridge,
