@@ -45,13 +45,9 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 scripts/setup bench
-# The registry helper is run directly (not through cargo, which would not pass SIGTERM on).
-registry_bin=$(cargo bench --locked --no-run --bench cri_registry --message-format=json |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri_registry" and .executable != null) | .executable' |
-  tail -1)
-[[ -x $registry_bin ]] || { echo "cannot find the cri_registry bench executable" >&2; exit 1; }
-# Last, as the bench build leaves bench-profile binaries in target/release; a release
-# build's wharfd is the one laid out by link/wharfd.symbol-order (link/README.md).
+registry_bin=$(bench/cri-registry-bin.sh)
+# After the registry helper: a release build's wharfd is the one laid out by
+# link/wharfd.symbol-order (link/README.md).
 cargo build --release --locked --bins
 
 work=$(mktemp -d /tmp/wharf-compare-XXXXXX)

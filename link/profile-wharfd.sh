@@ -17,12 +17,9 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 scripts/setup test
-registry_bin=$(cargo bench --locked --no-run --bench cri_registry --message-format=json |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cri_registry" and .executable != null) | .executable' |
-  tail -1)
-[[ -x $registry_bin ]] || { echo "cannot find the cri_registry bench executable" >&2; exit 1; }
-# After the bench build, which leaves bench-profile binaries in target/release: their
-# symbols' hashes differ from a release build's, and the list must name the latter.
+registry_bin=$(bench/cri-registry-bin.sh)
+# After the registry helper: bench-profile symbols' hashes differ from a release
+# build's, and the list must name the latter.
 cargo build --release --locked --bin wharfd --bin wharf-monitor --bin wharf-monitor-watch \
   --bin wharf-bench
 
