@@ -33,8 +33,10 @@ export FUNCTION_PROFILE_NAMES=$work/names
 octet=$(( $$ % 250 ))
 bridges=("wpb$(( $$ % 100000 ))" "wpc$(( $$ % 100000 ))")
 pids=()
+daemon=""  # the running wharfd, ended by profile_run or by cleanup
 cleanup() {
   set +e
+  [[ -n $daemon ]] && pids+=("$daemon")
   for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -96,8 +98,7 @@ profile_run() {
   "$work/bin/wharfd" --config "$work/$name.toml" --root "$work/$name/root" \
     --state "$work/$name/state" --cri-socket "$work/$name/state/wharf.sock" \
     > "$work/wharfd-$name.log" 2>&1 &
-  local daemon=$!
-  pids+=("$daemon")
+  daemon=$!
   for _ in $(seq 300); do [[ -S $work/$name/state/wharf.sock ]] && break; sleep 0.2; done
   [[ -S $work/$name/state/wharf.sock ]] || { echo "wharfd did not start: $(cat "$work/wharfd-$name.log")" >&2; exit 1; }
   if [[ $snapshot == yes ]]; then
@@ -108,6 +109,7 @@ profile_run() {
     --image "$(cat "$work/image.ref")" --log-root "$work/logs-$name" "$@" > "$work/bench-$name.txt"
   kill -TERM "$daemon"
   wait "$daemon" || true
+  daemon=""  # reaped: its pid may be reused, so cleanup must not signal it
   echo "== $name: $(grep -c . "$work/bench-$name.txt") lines of results" >&2
 }
 profile_run bridge yes --concurrency 1,10 --min-pods 10 --live 0,50 --pull-rounds 2
