@@ -4,6 +4,7 @@
 
 pub mod cleanup;
 pub mod daemon;
+pub mod go_tools;
 pub mod images;
 pub mod net;
 pub mod pods;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the Go clients the test suite drives wharfd with, from the modules pinned in
+# tests/go/go.mod (the Go module proxy; Go's build cache makes a rebuild take seconds):
+#   crictl       sigs.k8s.io/cri-tools/cmd/crictl (the `tool` of go.mod)
+#   cri-client   tests/go/cri-client: grpc-go + k8s.io/cri-api, dialing by socket path
+# into target/go-tools/, where tests/support/go_tools.rs finds them.
+set -euo pipefail
+cd "$(dirname "$0")"
+out=../../target/go-tools
+mkdir -p "$out"
+if ! command -v go >/dev/null; then
+  echo "tests/go/build.sh: the go command is missing: install Go 1.26 or newer" >&2
+  exit 1
+fi
+crictl_version=$(go list -m -f '{{.Version}}' sigs.k8s.io/cri-tools)
+go build -o "$out/crictl" \
+  -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
+  sigs.k8s.io/cri-tools/cmd/crictl
+go build -o "$out/cri-client" ./cri-client
