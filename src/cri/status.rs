@@ -105,6 +105,7 @@ pub fn from_runtime(err: RuntimeError) -> Status {
         RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Spec(spec) if spec.is_invalid_argument() => Code::InvalidArgument,
+        RuntimeError::Spec(spec) if spec.is_host_limit() => Code::FailedPrecondition,
         RuntimeError::Store(store) => store_code(store),
         RuntimeError::Monitor(MonitorError::Timeout(_)) => Code::DeadlineExceeded,
         RuntimeError::Monitor(MonitorError::Create(_)) | RuntimeError::Oci(_) => Code::Unknown,

@@ -71,6 +71,10 @@ impl Runtime {
                 "image {image_name:?} (config.image.image); pull it first"
             ))
         })?;
+        if config.mounts.iter().any(|m| m.propagation != 0) {
+            let config = config.clone();
+            blocking(move || check_mount_propagation(&config)).await?;
+        }
         let pod_guard = self.lock(&pod.id).await;
         let pod = self
             .pod(&pod.id)
@@ -243,6 +247,7 @@ impl Runtime {
             pids_limit: None,
             swap_limit: self.swap_limit,
             target_pid_ns_path: target_pid_ns,
+            bounding_capabilities: Some(super::host::bounding_capabilities()),
         };
         let images = self.images.clone();
         let chain = record.chain_ids.clone();
@@ -280,7 +285,6 @@ impl Runtime {
             let mut spec = spec::container_spec(&config, &pod_context, &defaults, &options)?;
             if privileged {
                 add_host_devices(&mut spec)?;
-                limit_to_own_capabilities(&mut spec);
             }
             let json = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
@@ -584,88 +588,35 @@ fn stop_signal(name: Option<&str>) -> i32 {
         .unwrap_or(nix::libc::SIGTERM)
 }
 
-/// Linux capability numbers, in order (CAP_CHOWN = 0 ...).
-const CAPABILITY_NUMBERS: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
-/// A privileged container gets every capability wharfd itself has (its bounding set),
-/// as containerd's `WithAllCurrentCapabilities`: one wharfd lacks (CAP_SYS_RESOURCE on
-/// some hosts) cannot be granted, and asking for it fails the container's capset.
-fn limit_to_own_capabilities(spec: &mut Spec) {
-    let bounding = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX);
-    let held = |cap: &oci_spec::runtime::Capability| {
-        let name = super::caps::name(*cap);
-        let name = name.trim_start_matches("CAP_");
-        CAPABILITY_NUMBERS
-            .iter()
-            .position(|n| *n == name)
-            .is_none_or(|bit| bounding & (1 << bit) != 0)
-    };
-    let Some(process) = spec.process_mut() else {
-        return;
-    };
-    let Some(mut caps) = process.capabilities().clone() else {
-        return;
-    };
-    let keep = |set: &Option<oci_spec::runtime::Capabilities>| {
-        set.as_ref()
-            .map(|s| s.iter().filter(|c| held(c)).cloned().collect())
-    };
-    caps.set_bounding(keep(caps.bounding()));
-    caps.set_effective(keep(caps.effective()));
-    caps.set_permitted(keep(caps.permitted()));
-    caps.set_inheritable(keep(caps.inheritable()));
-    caps.set_ambient(keep(caps.ambient()));
-    process.set_capabilities(Some(caps));
+/// CRI mounts that propagate need a host source that propagates: BIDIRECTIONAL a
+/// shared mount, HOST_TO_CONTAINER a shared or slave one. Refused otherwise with
+/// containerd's message, before anything is made (the runtime would create a
+/// container whose mounts silently never propagate).
+fn check_mount_propagation(config: &cri::ContainerConfig) -> Result<()> {
+    for (i, m) in config.mounts.iter().enumerate() {
+        let needs = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationBidirectional) => "a shared mount",
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "a shared or slave mount",
+            _ => continue,
+        };
+        let path = Path::new(&m.host_path);
+        if !path.is_absolute() {
+            continue; // refused with the field's name by the spec
+        }
+        let mount = super::host::mount_of(path).map_err(RuntimeError::io(format!(
+            "finding the mount of mounts[{i}].host_path {}",
+            path.display()
+        )))?;
+        let propagates = mount.shared || (mount.slave && needs == "a shared or slave mount");
+        if !propagates {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "mounts[{i}]: path {:?} is mounted on {:?} but it is not {needs}",
+                m.host_path,
+                mount.mount_point.display().to_string()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// kubelet expects a missing bind-mount source to be created as a directory.

@@ -7,6 +7,77 @@ use serde::Serialize;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// The mount that holds a host path, and how it propagates, as mountinfo shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMount {
+    pub mount_point: PathBuf,
+    /// In a shared peer group (`shared:N`).
+    pub shared: bool,
+    /// A slave of a peer group (`master:N`).
+    pub slave: bool,
+}
+
+/// The mount of `path` in wharfd's mount namespace: the last-mounted of the mounts with
+/// the longest mount point above the path with symlinks resolved (containerd's
+/// `getSourceMount`). A path that does not exist yet is looked up by its nearest
+/// existing ancestor, where it will be created.
+pub fn mount_of(path: &Path) -> std::io::Result<HostMount> {
+    let mut existing = path;
+    let resolved = loop {
+        match std::fs::canonicalize(existing) {
+            Ok(resolved) => break resolved,
+            Err(err) => match existing.parent() {
+                Some(parent) if err.kind() == std::io::ErrorKind::NotFound => existing = parent,
+                _ => return Err(err),
+            },
+        }
+    };
+    let mounts = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_err(|err| std::io::Error::other(format!("reading /proc/self/mountinfo: {err}")))?;
+    let mut best: Option<&procfs::process::MountInfo> = None;
+    for mount in mounts.iter() {
+        let longer = best.is_none_or(|b| {
+            mount.mount_point.components().count() >= b.mount_point.components().count()
+        });
+        if resolved.starts_with(&mount.mount_point) && longer {
+            best = Some(mount);
+        }
+    }
+    let mount = best
+        .ok_or_else(|| std::io::Error::other(format!("no mount holds {}", resolved.display())))?;
+    use procfs::process::MountOptFields;
+    Ok(HostMount {
+        mount_point: mount.mount_point.clone(),
+        shared: mount
+            .opt_fields
+            .iter()
+            .any(|f| matches!(f, MountOptFields::Shared(_))),
+        slave: mount
+            .opt_fields
+            .iter()
+            .any(|f| matches!(f, MountOptFields::Master(_))),
+    })
+}
+
+/// wharfd's capability bounding set (`CapBnd` of /proc/self/status, bit N =
+/// capability N): the most it can grant a container. Read once; it never grows.
+pub fn bounding_capabilities() -> u64 {
+    static BOUNDING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOUNDING.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            })
+            // Unreadable /proc: let the runtime's capset be the judge, as before.
+            .unwrap_or(u64::MAX)
+    })
+}
+
 /// How cgroups are mounted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "mode")]

@@ -862,7 +862,7 @@ mod tests {
     use crate::runtime::caps;
 
     fn default_caps() -> HashSet<Capability> {
-        caps::compute(false, &[], &[]).unwrap()
+        caps::compute(false, &[], &[], &caps::from_mask(u64::MAX)).unwrap()
     }
 
     fn allowed(p: &LinuxSeccomp, name: &str, args: &[u64]) -> bool {

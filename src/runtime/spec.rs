@@ -46,6 +46,10 @@ pub enum SpecError {
     /// A file of the image's rootfs (/etc/passwd, /etc/group) could not be read.
     #[error("image rootfs {path}: {reason}")]
     RootfsFile { path: PathBuf, reason: String },
+    /// Capabilities that are unknown (InvalidArgument) or that wharfd cannot grant
+    /// (FailedPrecondition).
+    #[error(transparent)]
+    Capability(#[from] caps::CapabilityError),
     /// A `Localhost` seccomp profile could not be used.
     #[error("linux.security_context.seccomp: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
@@ -68,7 +72,18 @@ impl SpecError {
     /// Whether the request (or what it names: image, profile file) is at fault, so the
     /// front-ends answer InvalidArgument rather than Internal.
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(self, SpecError::Host { .. })
+        !matches!(
+            self,
+            SpecError::Host { .. } | SpecError::Capability(caps::CapabilityError::NotHeld { .. })
+        )
+    }
+
+    /// The request is valid, but this host cannot do it.
+    pub fn is_host_limit(&self) -> bool {
+        matches!(
+            self,
+            SpecError::Capability(caps::CapabilityError::NotHeld { .. })
+        )
     }
 }
 
@@ -174,6 +189,9 @@ pub struct SpecOptions {
     /// For TARGET pid mode: the PID namespace of the target container
     /// (`namespace_options.target_id`), resolved by the caller.
     pub target_pid_ns_path: Option<PathBuf>,
+    /// wharfd's own capability bounding set (`CapBnd`): no container gets more. None:
+    /// every capability wharf knows.
+    pub bounding_capabilities: Option<u64>,
 }
 
 /// The OCI runtime spec of a container: `config` (the CRI request) merged with `image`'s
@@ -201,12 +219,13 @@ pub fn container_spec(
     let cwd = working_dir(config, image)?;
     let user = resolve_user(&opts.rootfs, &sc, &image.user)?;
     let cap_cfg = sc.capabilities.clone().unwrap_or_default();
+    let held = caps::from_mask(opts.bounding_capabilities.unwrap_or(u64::MAX));
     let cap_set = caps::compute(
         privileged,
         &cap_cfg.add_capabilities,
         &cap_cfg.drop_capabilities,
-    )
-    .map_err(|e| SpecError::invalid(e.field, format!("unknown capability {:?}", e.name)))?;
+        &held,
+    )?;
     let mut ambient = HashSet::new();
     for name in &cap_cfg.add_ambient_capabilities {
         ambient.insert(caps::parse(name).ok_or_else(|| {
@@ -746,7 +765,8 @@ fn normalize(path: &Path) -> PathBuf {
 /// The mounts: the default set, /dev/shm, the pod's /etc files, then the CRI mounts
 /// (sorted so parents come before children). A CRI mount over a destination of the
 /// first groups replaces it. Also returns the rootfs propagation the CRI mounts need
-/// (rshared for BIDIRECTIONAL, rslave for HOST_TO_CONTAINER), as containerd.
+/// (shared for BIDIRECTIONAL, slave for HOST_TO_CONTAINER, as containerd; recursive in
+/// every runtime, and spelled as the OCI spec allows: libcontainer refuses `rshared`).
 fn mounts(
     config: &cri::ContainerConfig,
     pod: &PodContext,
@@ -860,12 +880,12 @@ fn mounts(
             Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
             Ok(cri::MountPropagation::PropagationHostToContainer) => {
                 if propagation.is_none() {
-                    propagation = Some("rslave");
+                    propagation = Some("slave");
                 }
                 "rslave"
             }
             Ok(cri::MountPropagation::PropagationBidirectional) => {
-                propagation = Some("rshared");
+                propagation = Some("shared");
                 "rshared"
             }
             Err(_) => {
@@ -1362,6 +1382,7 @@ mod tests {
             swap_limit: true,
             pids_limit: None,
             target_pid_ns_path: None,
+            bounding_capabilities: None,
         }
     }
 
@@ -1833,7 +1854,7 @@ mod tests {
                 .unwrap()
                 .rootfs_propagation()
                 .as_deref(),
-            Some("rshared")
+            Some("shared")
         );
 
         let mut cfg = config();

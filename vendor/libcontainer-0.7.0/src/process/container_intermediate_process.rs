@@ -179,7 +179,9 @@ pub fn container_intermediate_process(
                 Ok(_) => 0,
                 Err(e) => {
                     tracing::error!("failed to initialize container process: {e}");
-                    if let Err(err) = init_main_sender.exec_failed(e.to_string()) {
+                    // WHARF PATCH: send the whole chain of causes (which step, which
+                    // path, which errno), not only the outermost message.
+                    if let Err(err) = init_main_sender.exec_failed(error_chain(&e)) {
                         tracing::error!(?err, "failed sending error to main sender");
                     }
                     if let ContainerType::TenantContainer { exec_notify_fd } = args.container_type {
@@ -412,4 +414,21 @@ mod tests {
         assert!(!cmanager.apply_called());
         Ok(())
     }
+}
+
+/// WHARF PATCH: `err` and each of its sources, joined by ": ", so that the runtime's
+/// caller learns the cause ("failed to prepare rootfs: failed to mount ...: EINVAL").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // `#[error(transparent)]` and `{0}` formats repeat their source's text.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
