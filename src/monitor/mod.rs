@@ -33,9 +33,11 @@
 //!    then starts it with `<runtime> start` (or `wharf-monitor oci start`).
 //! 6. The monitor `execve`s `wharf-monitor-watch` (same pid, same start time; see
 //!    [`watch`] for why and what carries over), which copies output to the CRI log
-//!    until the init exits, drains the pipes (at most 2 s: a daemonized grandchild may
-//!    hold them forever), writes `exit.json` and exits. It never deletes the container:
-//!    the daemon does that on removal.
+//!    until the init exits, writes `exit.json` (at once: the daemon watches the init
+//!    too, and reads the file as soon as it appears), drains what processes left
+//!    behind still write to the pipes (at most 2 s: a daemonized grandchild may hold
+//!    them forever) and exits. It never deletes the container: the daemon does that on
+//!    removal.
 //!
 //! # Files in the bundle
 //!

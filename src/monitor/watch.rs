@@ -80,7 +80,7 @@ pub(super) fn signal_fd() -> Result<SignalFd, Errno> {
 }
 
 /// Opens (creating) the CRI log file for appending, close-on-exec.
-pub(super) fn open_log(path: &Path) -> Result<File, LogOpenError> {
+pub fn open_log(path: &Path) -> Result<File, LogOpenError> {
     let open_error = |source| LogOpenError {
         path: path.to_path_buf(),
         source,
@@ -327,9 +327,17 @@ impl Monitor {
         // SIGCHLD, which the new signalfd reports; reap once anyway, so nothing hinges
         // on that.
         self.reap_children(&mut buffer);
-        while self.init_exit.is_none() {
-            self.wait_and_handle(PollTimeout::NONE, &mut buffer);
-        }
+        let exit = loop {
+            match self.init_exit {
+                Some(exit) => break exit,
+                None => self.wait_and_handle(PollTimeout::NONE, &mut buffer),
+            }
+        };
+        // Reaping logged what the init wrote. Pipes still open now are held by processes
+        // it left behind: record the exit at once, since Stop, Status and kubelet wait
+        // for exit.json, and only then collect what those still write, for a while.
+        let orphans_hold_output = self.stdout.is_some() || self.stderr.is_some();
+        let mut recorded = orphans_hold_output.then(|| self.record_exit_noting(&exit));
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.stdout.is_some() || self.stderr.is_some() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -346,15 +354,21 @@ impl Monitor {
         }
         self.stdout = None;
         self.stderr = None;
+        let recorded = *recorded.get_or_insert_with(|| self.record_exit_noting(&exit));
+        if recorded {
+            0
+        } else {
+            1
+        }
+    }
 
-        let Some(exit) = self.init_exit else {
-            return 1;
-        };
-        match self.record_exit(&exit) {
-            Ok(()) => 0,
+    /// Writes exit.json; a failure goes to monitor.log. Returns whether it was written.
+    fn record_exit_noting(&self, exit: &InitExit) -> bool {
+        match self.record_exit(exit) {
+            Ok(()) => true,
             Err(err) => {
                 self.note(&error_chain(&err));
-                1
+                false
             }
         }
     }

@@ -548,11 +548,25 @@ impl Runtime {
     }
 
     /// ReopenContainerLog: the monitor reopens the log file (after kubelet rotated it).
+    /// The new file exists when the call returns (kubelet's rotation checks for it), even
+    /// before the container writes again: wharfd creates it, the monitor appends to it.
     pub async fn reopen_log(&self, query: &str) -> Result<()> {
         let container = self.running(query)?;
         let info = container.monitor.ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!("container {} has no monitor", container.id))
         })?;
+        if !container.log_path.is_empty() {
+            let log_path = PathBuf::from(&container.log_path);
+            blocking(move || {
+                crate::monitor::watch::open_log(&log_path)
+                    .map(drop)
+                    .map_err(|err| RuntimeError::Io {
+                        context: format!("creating the new log file {}", log_path.display()),
+                        source: err.source,
+                    })
+            })
+            .await?;
+        }
         let sent = monitor::signal(
             info.monitor_pid,
             info.monitor_start_time,

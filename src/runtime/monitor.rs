@@ -302,6 +302,18 @@ pub async fn wait_exit(pid: i32, start: u64) {
     }
 }
 
+/// Returns once the container init (`pid`, `start`) has exited and its monitor has
+/// written `<bundle>/exit.json` (atomically, by rename: present means complete). The
+/// monitor reaps the init, logs what it wrote and writes the file within milliseconds.
+pub async fn wait_exit_recorded(bundle: &Path, pid: i32, start: u64) {
+    const EXIT_FILE_POLL: Duration = Duration::from_millis(5);
+    wait_exit(pid, start).await;
+    let exit_file = bundle.join("exit.json");
+    while !tokio::fs::try_exists(&exit_file).await.unwrap_or(false) {
+        tokio::time::sleep(EXIT_FILE_POLL).await;
+    }
+}
+
 async fn poll_until_gone(pid: i32, start: u64) {
     while liveness(pid, start) != Some(false) {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -354,11 +354,19 @@ impl Runtime {
         Ok(())
     }
 
-    /// Watches container `id`'s monitor and records the exit when it goes.
+    /// Watches container `id` and records its exit: when its monitor has written
+    /// exit.json after the init exited (processes the init left behind may keep the
+    /// monitor draining output for a while), or when the monitor is gone.
     pub(super) fn watch(self: &Arc<Self>, id: String, info: monitor::MonitorInfo) {
         let runtime = self.clone();
+        let Some(bundle) = self.container(&id).map(|c| c.bundle) else {
+            return;
+        };
         tokio::spawn(async move {
-            monitor::wait_exit(info.monitor_pid, info.monitor_start_time).await;
+            tokio::select! {
+                _ = monitor::wait_exit(info.monitor_pid, info.monitor_start_time) => {}
+                _ = monitor::wait_exit_recorded(&bundle, info.pid, info.pid_start_time) => {}
+            }
             if let Err(err) = runtime.record_exit(&id) {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
