@@ -408,3 +408,68 @@ async fn reopen_log_creates_the_new_file_at_once() {
     env.stop_pod(&pod_id).await;
     env.remove_pod(&pod_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_errors_name_the_image_and_the_runtime_cause() {
+    let mut env = PodEnv::start().await;
+    let pod = env.pod_config("errors");
+    let pod_id = env.run_pod(&pod).await;
+
+    let mut config = env.container_config("nosuch", &["true"]);
+    config.image = Some(cri::ImageSpec {
+        image: "docker.io/library/nosuch:1".into(),
+        ..Default::default()
+    });
+    let err = env
+        .create(&pod_id, &pod, &config)
+        .await
+        .expect_err("create from an image that is not pulled");
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        err.message(),
+        "image \"docker.io/library/nosuch:1\" not found (config.image.image); pull it first"
+    );
+
+    // A regular file bind-mounted over a directory of the image: the runtime's mount
+    // fails inside the container's init. The error says which step, path and errno.
+    let file = tempfile::NamedTempFile::new().expect("host file");
+    for handler_pod in [None, Some("runc")] {
+        let (pod, pod_id) = match handler_pod {
+            None => (pod.clone(), pod_id.clone()),
+            Some(handler) => {
+                let pod = env.pod_config("errors-runc");
+                let id = env.run_pod_with(&pod, handler).await.expect("runc pod");
+                (pod, id)
+            }
+        };
+        let config = with_mount(
+            env.container_config(&unique("file-on-dir"), &["true"]),
+            file.path(),
+            "/etc",
+            cri::MountPropagation::PropagationPrivate,
+        );
+        let err = env
+            .create(&pod_id, &pod, &config)
+            .await
+            .expect_err("a file mounted over a directory");
+        assert_eq!(err.code(), Code::Internal, "{handler_pod:?}: {err:?}");
+        let message = err.message().to_lowercase();
+        let names_errno = ["invalid argument", "not a directory"]
+            .iter()
+            .any(|errno| message.contains(errno));
+        assert!(
+            message.contains(&file.path().display().to_string().to_lowercase())
+                && message.contains("/etc")
+                && names_errno,
+            "{handler_pod:?}: the error names the mount and the errno: {message}"
+        );
+        let log = env.daemon.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("container create failed") && l.contains("/etc")),
+            "wharfd's log has the cause"
+        );
+    }
+    env.stop_pod(&pod_id).await;
+    env.remove_pod(&pod_id).await;
+}

@@ -9,6 +9,7 @@ use crate::image::registry::RegistryError;
 use crate::image::snapshot::SnapshotError;
 use crate::image::ImageError;
 use crate::runtime::monitor::MonitorError;
+use crate::runtime::oci::OciError;
 use crate::runtime::RuntimeError;
 use crate::store::StoreError;
 
@@ -100,7 +101,7 @@ fn network_code(err: &CniError) -> Code {
 pub fn from_runtime(err: RuntimeError) -> Status {
     let code = match &err {
         RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
-        RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::NotFound(_) | RuntimeError::ImageNotPulled(_) => Code::NotFound,
         RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
         RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -108,7 +109,12 @@ pub fn from_runtime(err: RuntimeError) -> Status {
         RuntimeError::Spec(spec) if spec.is_host_limit() => Code::FailedPrecondition,
         RuntimeError::Store(store) => store_code(store),
         RuntimeError::Monitor(MonitorError::Timeout(_)) => Code::DeadlineExceeded,
-        RuntimeError::Monitor(MonitorError::Create(_)) | RuntimeError::Oci(_) => Code::Unknown,
+        // What a config or the host can get wrong is refused before the runtime runs
+        // (InvalidArgument, FailedPrecondition); a runtime failure is Internal, with
+        // the runtime's whole cause chain in the message.
+        RuntimeError::Monitor(MonitorError::Create(_)) => Code::Internal,
+        RuntimeError::Oci(OciError::Timeout { .. }) => Code::DeadlineExceeded,
+        RuntimeError::Oci(_) => Code::Internal,
         RuntimeError::Snapshot(SnapshotError::NotFound(_)) => Code::NotFound,
         RuntimeError::Network(network) => network_code(network),
         RuntimeError::Spec(_)

@@ -66,11 +66,10 @@ impl Runtime {
         if image_name.is_empty() {
             return Err(RuntimeError::invalid("config.image.image", "is empty"));
         }
-        let image = self.images.get(CRI_NAMESPACE, &image_name).ok_or_else(|| {
-            RuntimeError::NotFound(format!(
-                "image {image_name:?} (config.image.image); pull it first"
-            ))
-        })?;
+        let image = self
+            .images
+            .get(CRI_NAMESPACE, &image_name)
+            .ok_or_else(|| RuntimeError::ImageNotPulled(image_name.clone()))?;
         if config.mounts.iter().any(|m| m.propagation != 0) {
             let config = config.clone();
             blocking(move || check_mount_propagation(&config)).await?;
@@ -163,6 +162,8 @@ impl Runtime {
                 Ok(id)
             }
             Err(err) => {
+                // The monitor's stderr is not kept: the cause goes to wharfd's log too.
+                tracing::warn!(container = %id, name = %name, error = %err, "container create failed");
                 self.cleanup_container(&record).await;
                 self.release_name(Kind::Container, &id);
                 Err(err)

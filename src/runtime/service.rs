@@ -26,6 +26,9 @@ pub enum RuntimeError {
     InvalidArgument { field: String, reason: String },
     #[error("{0} not found")]
     NotFound(String),
+    /// CreateContainer names an image that is not pulled.
+    #[error("image {0:?} not found (config.image.image); pull it first")]
+    ImageNotPulled(String),
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]

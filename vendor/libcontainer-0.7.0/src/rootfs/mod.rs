@@ -27,6 +27,14 @@ pub enum RootfsError {
     Symlink(#[from] symlink::SymlinkError),
     #[error(transparent)]
     Mount(#[from] mount::MountError),
+    // WHARF PATCH: a failed mount names the entry of the spec it came from.
+    #[error("failed to mount {what} on {destination:?}")]
+    MountEntry {
+        what: String,
+        destination: std::path::PathBuf,
+        #[source]
+        cause: mount::MountError,
+    },
     #[error(transparent)]
     Device(#[from] device::DeviceError),
 }

@@ -86,7 +86,17 @@ impl RootFS {
 
         if let Some(mounts) = spec.mounts() {
             for mount in mounts {
-                mounter.setup_mount(mount, &global_options)?;
+                // WHARF PATCH: name the mount in the error (upstream: errno only).
+                mounter
+                    .setup_mount(mount, &global_options)
+                    .map_err(|cause| RootfsError::MountEntry {
+                        what: match mount.source() {
+                            Some(source) => format!("{source:?}"),
+                            None => mount.typ().clone().unwrap_or_default(),
+                        },
+                        destination: mount.destination().clone(),
+                        cause,
+                    })?;
             }
         }
         Ok(())
