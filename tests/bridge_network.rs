@@ -13,53 +13,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use support::net::{
     bridge_ports, client_pod, host_fetch, iptables_save, links, network_ready, pod_get_command,
-    pod_ip, stored_leases, try_host_fetch, web_server, BridgeCleanup,
+    pod_ip, stored_leases, try_host_fetch, web_server, BridgeCleanup, TestBridge,
 };
 use support::pods::PodEnv;
-
-/// A test's bridge network: its name, subnet, the daemon config selecting it, and the
-/// cleanup (declared first in the test so it runs after the daemon is gone).
-struct TestBridge {
-    _forwarding: support::IpForwardGuard,
-    cleanup: BridgeCleanup,
-    /// e.g. `10.161.7`
-    prefix: String,
-}
-
-impl TestBridge {
-    fn new(index: u32) -> TestBridge {
-        let pid = std::process::id();
-        let prefix = format!("10.{}.{}", 160 + index, pid % 250);
-        TestBridge {
-            _forwarding: support::IpForwardGuard::new(),
-            cleanup: BridgeCleanup {
-                bridge: format!("wh{}n{index}", pid % 100_000),
-                subnet_prefix: format!("{prefix}."),
-            },
-            prefix,
-        }
-    }
-
-    fn name(&self) -> &str {
-        &self.cleanup.bridge
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "[network]\nmode = \"bridge\"\n[network.bridge]\nname = {:?}\nsubnet = \"{}.0/24\"\n",
-            self.name(),
-            self.prefix
-        )
-    }
-
-    fn nat_rules_of(&self, pod: &str) -> Vec<String> {
-        iptables_save("nat")
-            .lines()
-            .filter(|l| l.contains(pod))
-            .map(str::to_string)
-            .collect()
-    }
-}
 
 fn host_port(config: &mut cri::PodSandboxConfig, host_port: i32, host_ip: &str) {
     config.port_mappings.push(cri::PortMapping {

@@ -64,8 +64,18 @@ pub enum OciError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("failed to update the cgroup of container {id}: {message}")]
-    Cgroup { id: String, message: String },
+    #[error("failed to {action} the cgroup of container {id}: {message}")]
+    Cgroup {
+        action: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("failed to remove {path}")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to write pid file {path}")]
     PidFile {
         path: PathBuf,
@@ -130,12 +140,13 @@ fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
                 .kill(RuntimeSignal::from(signal), all)
                 .map_err(runtime_error("kill", &id))?;
         }
-        OciCommand::Delete { force, id } => {
-            let mut container = load(root, &id)?;
-            container
+        OciCommand::Delete { force, id } => match load(root, &id) {
+            Ok(mut container) => container
                 .delete(force)
-                .map_err(runtime_error("delete", &id))?;
-        }
+                .map_err(runtime_error("delete", &id))?,
+            Err(err @ OciError::Load { .. }) if force => delete_unloadable(root, &id, &err)?,
+            Err(err) => return Err(err),
+        },
         OciCommand::State { id } => print_state(&load(root, &id)?)?,
         OciCommand::Exec {
             process,
@@ -146,6 +157,80 @@ fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
         OciCommand::Update { resources, id } => update(root, &id, &resources)?,
     }
     Ok(0)
+}
+
+/// `delete --force` of a container whose state libcontainer cannot load (an empty or
+/// torn state.json): what runs in its cgroup is killed, the cgroup and the state
+/// directory removed, so the container can always be removed.
+fn delete_unloadable(root: &Path, id: &str, load_error: &OciError) -> Result<(), OciError> {
+    const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let dir = container_dir(root, id)?;
+    let cgroup_error = |message: String| OciError::Cgroup {
+        action: "clean up",
+        id: id.to_owned(),
+        message,
+    };
+    // libcontainer writes config.json (the cgroup path) once, at create.
+    match libcontainer::config::YoukiConfig::load(&dir) {
+        Ok(config) => {
+            let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+                cgroup_path: config.cgroup_path,
+                systemd_cgroup: false,
+                container_name: id.to_owned(),
+            })
+            .map_err(|err| cgroup_error(format!("opening its cgroup: {err}")))?;
+            let deadline = std::time::Instant::now() + KILL_WAIT;
+            loop {
+                let pids = manager
+                    .get_all_pids()
+                    .map_err(|err| cgroup_error(format!("listing its processes: {err}")))?;
+                if pids.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(cgroup_error(format!(
+                        "{} processes still run {KILL_WAIT:?} after SIGKILL",
+                        pids.len()
+                    )));
+                }
+                for pid in pids {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            manager
+                .remove()
+                .map_err(|err| cgroup_error(format!("removing its cgroup: {err}")))?;
+        }
+        Err(err) => eprintln!(
+            "container {id}: no cgroup path to clean up ({}); removing its state only",
+            error_chain(&err)
+        ),
+    }
+    std::fs::remove_dir_all(&dir).map_err(|source| OciError::RemoveDir {
+        path: dir.clone(),
+        source,
+    })?;
+    eprintln!(
+        "container {id}: deleted although its state could not be loaded: {}",
+        error_chain(load_error)
+    );
+    Ok(())
+}
+
+/// Records in libcontainer's state that container `id` runs. wharfd's recovery calls
+/// this when a crash cut a start after the init exec'd the container's program but
+/// before the state file said so: without it, exec, kill and delete would take the
+/// container for a created one.
+pub fn mark_started(root: &Path, id: &str) -> Result<(), OciError> {
+    let mut container = load(root, id)?;
+    if container.status() == ContainerStatus::Created {
+        container
+            .set_status(ContainerStatus::Running)
+            .save()
+            .map_err(runtime_error("record the start of", id))?;
+    }
+    Ok(())
 }
 
 /// `start`: lets a created container's init exec the user process. wharfd calls this
@@ -341,6 +426,7 @@ fn update(root: &Path, id: &str, resources_path: &Path) -> Result<(), OciError> 
             source,
         })?;
     let cgroup_error = |message: String| OciError::Cgroup {
+        action: "update",
         id: id.to_owned(),
         message,
     };

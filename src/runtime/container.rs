@@ -376,6 +376,7 @@ impl Runtime {
         // Taken before the start: a fast container can exit (and its exit be recorded)
         // before `start` returns, and its start must not come after its finish.
         let started_at = now_nanos();
+        crate::crash_point::reached("start.before_runtime");
         if let Err(err) = runtime.start(&container.id).await {
             self.update_container(&container.id, |c| {
                 c.message = err.to_string();
@@ -383,6 +384,7 @@ impl Runtime {
             })?;
             return Err(err.into());
         }
+        crate::crash_point::reached("start.after_runtime");
         self.update_container(&container.id, |c| {
             c.started_at = started_at;
             if c.state == ContainerState::Created {

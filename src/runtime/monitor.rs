@@ -302,6 +302,19 @@ pub async fn wait_exit(pid: i32, start: u64) {
     }
 }
 
+/// Whether process `pid` (started at `start`) runs the executable file `program`
+/// (same device and inode); None when the process is gone or cannot be inspected.
+pub fn runs_program(pid: i32, start: u64, program: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let wanted = std::fs::metadata(program).ok()?;
+    // The pid may have been reused between the stat and now.
+    if start_time(pid)? != start {
+        return None;
+    }
+    Some(exe.dev() == wanted.dev() && exe.ino() == wanted.ino())
+}
+
 /// Returns once the container init (`pid`, `start`) has exited and its monitor has
 /// written `<bundle>/exit.json` (atomically, by rename: present means complete). The
 /// monitor reaps the init, logs what it wrote and writes the file within milliseconds.

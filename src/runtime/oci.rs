@@ -99,7 +99,7 @@ impl OciRuntime {
     }
 
     /// Whether this is wharf's own libcontainer runtime (`wharf-monitor oci`).
-    fn is_builtin(&self) -> bool {
+    pub fn is_builtin(&self) -> bool {
         !self.prefix.is_empty()
     }
 
@@ -172,6 +172,25 @@ impl OciRuntime {
             id: id.to_string(),
             message: crate::monitor::error_chain(&err),
         })
+    }
+
+    /// Records a start that a crash cut before the built-in runtime's state file said
+    /// so (see [`crate::monitor::oci::mark_started`]); external runtimes keep their own.
+    pub async fn mark_started(&self, id: &str) -> Result<(), OciError> {
+        if !self.is_builtin() {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        let owned_id = id.to_string();
+        tokio::task::spawn_blocking(move || crate::monitor::oci::mark_started(&root, &owned_id))
+            .await
+            .map_err(|e| OciError::Io(std::io::Error::other(e)))?
+            .map_err(|err| OciError::Failed {
+                program: self.program.clone(),
+                operation: "start (recovery)",
+                id: id.to_string(),
+                message: crate::monitor::error_chain(&err),
+            })
     }
 
     /// Deletes the container's runtime state and cgroup, killing what still runs in it.

@@ -31,6 +31,9 @@ pub(super) const MODE_POD: i32 = 0;
 pub(super) const MODE_NODE: i32 = 2;
 
 /// The record name that reserves a pod's metadata (unique per CRI namespace).
+/// The file in a pod's state dir where the PID-namespace holder writes its pid.
+const PAUSE_PID_FILE: &str = "pause.pid";
+
 fn pod_name(meta: &cri::PodSandboxMetadata) -> String {
     format!(
         "{}_{}_{}_{}",
@@ -122,6 +125,7 @@ impl Runtime {
                 options.pid == MODE_POD,
             )
             .await?;
+            crate::crash_point::reached("pod.before_ready");
             record.state = PodState::Ready;
             self.save_pod(&record)
         }
@@ -203,9 +207,11 @@ impl Runtime {
         record.shm_mounted = shm_mounted;
         if !host_network {
             self.attach_network(record, config).await?;
+            crate::crash_point::reached("pod.after_network");
         }
         if shared_pid {
             record.pid_holder = Some(self.start_pid_holder(&record.dir).await?);
+            crate::crash_point::reached("pod.after_pid_holder");
         }
         // Persist what was made so far, so a crash after this point is cleaned up.
         self.store
@@ -283,7 +289,7 @@ impl Runtime {
 
     /// Starts the holder of a pod's shared PID namespace.
     async fn start_pid_holder(&self, dir: &Path) -> Result<ProcessRef> {
-        let pid_file = dir.join("pause.pid");
+        let pid_file = dir.join(PAUSE_PID_FILE);
         let output = tokio::process::Command::new(&self.monitor)
             .arg("pause")
             .arg("--pid-file")
@@ -451,6 +457,39 @@ fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachm
     })
 }
 
+/// Kills the PID-namespace holder that `pid_file` names, if it still runs, and waits
+/// (briefly) for it to go. A crash between starting a holder and saving the record that
+/// names it leaves only this file, so recovery and every teardown read it.
+fn kill_holder_of_pid_file(pid_file: &Path) {
+    const HOLDER_EXIT_WAIT: Duration = Duration::from_secs(5);
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // The pid may have been reused: only a wharf-pause started for this file is ours.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let file = pid_file.as_os_str().as_encoded_bytes();
+    let ours = comm.trim() == crate::monitor::pause::PAUSE_PROCESS_NAME
+        && cmdline.split(|b| *b == 0).any(|arg| arg == file);
+    let Some(start) = monitor::start_time(pid).filter(|_| ours) else {
+        return;
+    };
+    match monitor::signal(pid, start, nix::libc::SIGKILL) {
+        Ok(true) => {
+            tracing::warn!(pid, pid_file = %pid_file.display(), "killed a pod PID holder no record named");
+            let deadline = std::time::Instant::now() + HOLDER_EXIT_WAIT;
+            while monitor::alive(pid, start) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(false) => {}
+        Err(err) => tracing::warn!(pid, "killing the pod PID holder: {err}"),
+    }
+}
+
 /// Ends a PID-namespace holder; the kernel then kills everything left in the namespace.
 async fn kill_holder(holder: ProcessRef) {
     match monitor::signal(holder.pid, holder.start_time, nix::libc::SIGKILL) {
@@ -466,8 +505,10 @@ async fn kill_holder(holder: ProcessRef) {
     }
 }
 
-/// Unmounts and removes a pod's state directory (shm, namespace pins, files).
+/// Unmounts and removes a pod's state directory (shm, namespace pins, files), after
+/// ending the PID-namespace holder its `pause.pid` names.
 pub(super) fn teardown_pod_dir(dir: &Path) -> Result<()> {
+    kill_holder_of_pid_file(&dir.join(PAUSE_PID_FILE));
     let shm = dir.join("shm");
     if let Err(err) = umount2(&shm, MntFlags::MNT_DETACH) {
         if err != nix::errno::Errno::EINVAL && err != nix::errno::Errno::ENOENT {

@@ -508,13 +508,32 @@ impl Runtime {
         Ok(())
     }
 
-    /// A container recorded as Created may have been started just before a crash:
-    /// ask its runtime.
+    /// A container recorded as Created may have been started just before a crash. The
+    /// kernel decides before the runtime's state file, which a crash may have cut
+    /// between the init's exec and the file's update: a created init is still the
+    /// runtime's own binary (`wharf-monitor` for the built-in runtime), a started one
+    /// runs the container's program. External runtimes may run their init from a
+    /// copy of themselves (runc's memfd clone), so for them the runtime says.
     async fn started_while_down(&self, container: &ContainerRecord) -> bool {
         let Ok(runtime) = self.oci_runtime(&container.runtime_handler) else {
             return false;
         };
-        runtime.status(&container.id).await.as_deref() == Some("running")
+        if runtime.status(&container.id).await.as_deref() == Some("running") {
+            return true;
+        }
+        let Some(info) = container.monitor else {
+            return false;
+        };
+        let execed = runtime.is_builtin()
+            && monitor::runs_program(info.pid, info.pid_start_time, &runtime.program)
+                == Some(false);
+        if execed {
+            tracing::warn!(container = %container.id, "a start was cut before the runtime recorded it; recording it now");
+            if let Err(err) = runtime.mark_started(&container.id).await {
+                tracing::error!(container = %container.id, "recording the start: {err}");
+            }
+        }
+        execed
     }
 
     /// Removes state and data directories of pods and containers that no record owns

@@ -80,6 +80,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// The default cgroup parent of this daemon's pods (removed on drop).
     pub cgroup_parent: String,
+    /// Extra environment of the next (re)start, e.g. a crash point.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -130,6 +132,7 @@ impl Daemon {
             dir,
             child: None,
             cgroup_parent,
+            env: Vec::new(),
         };
         daemon.spawn().await;
         daemon
@@ -149,6 +152,7 @@ impl Daemon {
             .expect("open wharfd log file");
         let child = Command::new(wharfd_binary())
             .args(self.paths.args())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -220,6 +224,26 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit; returns its status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal_and_wait(Signal::SIGTERM)
+    }
+
+    /// Waits for a daemon that kills itself (a crash point) to exit; returns its status.
+    pub fn wait_exited(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("wharfd is not running");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll wharfd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wharfd did not exit by itself within {STOP_TIMEOUT:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL: the crash every component must survive.

@@ -222,3 +222,47 @@ pub fn stored_leases(root: &Path) -> Vec<String> {
         .expect("list leases");
     rows.map(|r| r.expect("lease row")).collect()
 }
+
+/// A test's bridge network: its name, subnet, the daemon config selecting it, and the
+/// cleanup (declared first in the test so it runs after the daemon is gone).
+pub struct TestBridge {
+    _forwarding: super::IpForwardGuard,
+    pub cleanup: BridgeCleanup,
+    /// e.g. `10.161.7`
+    pub prefix: String,
+}
+
+impl TestBridge {
+    pub fn new(index: u32) -> TestBridge {
+        let pid = std::process::id();
+        let prefix = format!("10.{}.{}", 160 + index, pid % 250);
+        TestBridge {
+            _forwarding: super::IpForwardGuard::new(),
+            cleanup: BridgeCleanup {
+                bridge: format!("wh{}n{index}", pid % 100_000),
+                subnet_prefix: format!("{prefix}."),
+            },
+            prefix,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cleanup.bridge
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[network]\nmode = \"bridge\"\n[network.bridge]\nname = {:?}\nsubnet = \"{}.0/24\"\n",
+            self.name(),
+            self.prefix
+        )
+    }
+
+    pub fn nat_rules_of(&self, pod: &str) -> Vec<String> {
+        iptables_save("nat")
+            .lines()
+            .filter(|l| l.contains(pod))
+            .map(str::to_string)
+            .collect()
+    }
+}

@@ -44,6 +44,13 @@ impl Container {
 
         let mut notify_socket = NotifySocket::new(self.root.join(NOTIFY_FILE));
         notify_socket.notify_container_start()?;
+        // WHARF PATCH (test-only fault injection, see WHARF-PATCH.md): the crash tests
+        // kill the process here, after the init was told to exec, before the state
+        // file says so.
+        if std::env::var_os("WHARF_TEST_CRASH_AT").is_some_and(|p| p == "start.after_init_exec") {
+            // SAFETY: raise has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
         self.set_status(ContainerStatus::Running)
             .save()
             .map_err(|err| {

@@ -161,49 +161,51 @@ impl State {
 
     #[instrument(level = "trace")]
     pub fn save(&self, container_root: &Path) -> Result<()> {
+        // WHARF PATCH: written to a temporary file, synced and renamed over the old
+        // one, so a crash at any moment leaves the old state or the new one, never a
+        // truncated file (upstream truncated state.json, then wrote it).
         let state_file_path = Self::file_path(container_root);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .append(false)
-            .create(true)
-            .truncate(true)
-            .open(&state_file_path)
-            .map_err(|err| {
-                tracing::error!(
-                    state_file_path = ?state_file_path,
-                    err = %err,
-                    "failed to open container state file",
-                );
-                StateError::OpenStateFile {
-                    state_file_path: state_file_path.to_owned(),
-                    source: err,
-                }
-            })?;
-        let mut writer = BufWriter::new(file);
-        serde_json::to_writer(&mut writer, self).map_err(|err| {
-            tracing::error!(
-                ?state_file_path,
-                %err,
-                "failed to parse container state file",
-            );
-            StateError::ParseStateFile {
-                state_file_path: state_file_path.to_owned(),
-                source: err,
-            }
-        })?;
-        writer.flush().map_err(|err| {
-            tracing::error!(
-                ?state_file_path,
-                %err,
-                "failed to write container state file",
-            );
+        let temp_path = container_root.join(format!(
+            ".{}.{}.tmp",
+            Self::STATE_FILE_PATH,
+            std::process::id()
+        ));
+        let write_error = |err: std::io::Error| {
+            let _ = fs::remove_file(&temp_path);
+            tracing::error!(?state_file_path, %err, "failed to write container state file");
             StateError::WriteStateFile {
                 state_file_path: state_file_path.to_owned(),
                 source: err,
             }
-        })?;
-
+        };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp_path)
+            .map_err(|err| {
+                tracing::error!(?temp_path, %err, "failed to open container state file");
+                StateError::OpenStateFile {
+                    state_file_path: temp_path.to_owned(),
+                    source: err,
+                }
+            })?;
+        let mut writer = BufWriter::new(file);
+        if let Err(err) = serde_json::to_writer(&mut writer, self) {
+            let _ = fs::remove_file(&temp_path);
+            tracing::error!(?state_file_path, %err, "failed to encode container state");
+            return Err(StateError::ParseStateFile {
+                state_file_path: state_file_path.to_owned(),
+                source: err,
+            });
+        }
+        writer.flush().map_err(write_error)?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| write_error(err.into_error()))?;
+        file.sync_all().map_err(write_error)?;
+        drop(file);
+        fs::rename(&temp_path, &state_file_path).map_err(write_error)?;
         Ok(())
     }
 
