@@ -223,3 +223,27 @@ async fn start_container_cut_at_each_step_reports_what_runs() {
         assert!(left.is_empty(), "{point}: processes left: {left:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_whose_runtime_state_is_torn_can_be_removed() {
+    // An empty state.json: what a crash left when libcontainer truncated the file
+    // before writing it (it now replaces it atomically; other damage is possible).
+    let mut env = PodEnv::start().await;
+    let state = env.daemon.paths.state.clone();
+    let cgroup_parent = env.daemon.cgroup_parent.clone();
+    let pod = env.pod_config("torn");
+    let pod_id = env.run_pod(&pod).await;
+    let config = env.container_config("main", &["sleep", "3600"]);
+    let id = env.run(&pod_id, &pod, &config).await;
+    let runtime_state = state.join("runtime/builtin").join(&id);
+    std::fs::write(runtime_state.join("state.json"), "").expect("tear state.json");
+
+    env.remove_container(&id).await;
+    assert!(!runtime_state.exists(), "runtime state left");
+    let cgroups = cgroups_named(&cgroup_parent, &id);
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    let left = processes_of(&state);
+    assert!(left.is_empty(), "processes left: {left:?}");
+    env.stop_pod(&pod_id).await;
+    env.remove_pod(&pod_id).await;
+}
