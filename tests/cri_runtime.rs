@@ -510,10 +510,34 @@ async fn security_context_user_readonly_caps_seccomp() {
             ..Default::default()
         },
     );
-    let id = env.run(&pod_id, &pod, &privileged).await;
+    // Only a privileged pod may hold a privileged container (as containerd).
+    let refused = env
+        .create(&pod_id, &pod, &privileged)
+        .await
+        .expect_err("a privileged container in an unprivileged pod");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("no privileged container allowed in sandbox"),
+        "{}",
+        refused.message()
+    );
+    let mut privileged_pod = env.pod_config("secctx-priv");
+    privileged_pod
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .expect("security context")
+        .privileged = true;
+    let privileged_pod_id = env.run_pod(&privileged_pod).await;
+    let id = env
+        .run(&privileged_pod_id, &privileged_pod, &privileged)
+        .await;
     env.exec_ok(&id, &["test", "-c", "/dev/kmsg"]).await;
     let unprivileged = env.exec(&id, &["true"], 10).await.unwrap();
     assert_eq!(unprivileged.exit_code, 0);
+    env.remove_pod(&privileged_pod_id).await;
     env.remove_pod(&pod_id).await;
 }
 

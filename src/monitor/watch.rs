@@ -88,11 +88,13 @@ pub fn open_log(path: &Path) -> Result<File, LogOpenError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(open_error)?;
     }
-    // std opens with O_CLOEXEC.
+    // std opens with O_CLOEXEC. A symlink in the file's place is refused (ELOOP): the
+    // log must not be redirected to another file of the host.
     OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .map_err(open_error)
 }

@@ -43,7 +43,23 @@ fn container_name(meta: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) 
 impl Runtime {
     /// CreateContainer: returns the new container's ID.
     #[tracing::instrument(level = "debug", name = "create_container", skip_all)]
+    /// CreateContainer, detached from the caller like [`Runtime::run_pod`]: a
+    /// cancelled request never leaves a half-made container.
     pub async fn create_container(
+        self: &Arc<Self>,
+        pod_query: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String> {
+        let runtime = self.clone();
+        let pod_query = pod_query.to_string();
+        tokio::spawn(
+            async move { runtime.make_container(&pod_query, config).await }.in_current_span(),
+        )
+        .await
+        .map_err(|err| RuntimeError::Internal(format!("CreateContainer task failed: {err}")))?
+    }
+
+    async fn make_container(
         self: &Arc<Self>,
         pod_query: &str,
         config: cri::ContainerConfig,
@@ -85,6 +101,7 @@ impl Runtime {
             )));
         }
         let pod_config = pod.config();
+        check_within_pod(&config, &pod_config, &pod.id)?;
         let pod_meta = pod_config.metadata.clone().unwrap_or_default();
         let runtime = self.oci_runtime(&pod.runtime_handler)?;
         let image_config = self
@@ -95,12 +112,7 @@ impl Runtime {
 
         let id = new_id()?;
         let bundle = self.state_dir().join("containers").join(&id);
-        let log_path = match (&pod_config.log_directory, &config.log_path) {
-            (dir, path) if !dir.is_empty() && !path.is_empty() => {
-                Path::new(dir).join(path).to_string_lossy().to_string()
-            }
-            _ => String::new(),
-        };
+        let log_path = container_log_path(&pod_config.log_directory, &config.log_path)?;
         let image_ref = image
             .repo_digests
             .first()
@@ -603,6 +615,87 @@ fn stop_signal(name: Option<&str>) -> i32 {
     full.parse::<nix::sys::signal::Signal>()
         .map(|s| s as i32)
         .unwrap_or(nix::libc::SIGTERM)
+}
+
+/// What a container may not ask beyond its pod (as containerd, and a little stricter):
+/// privileged only in a privileged pod; the host's PID namespace only in a pod that
+/// has it. Network, IPC and UTS are always the pod's (the container cannot choose).
+fn check_within_pod(
+    config: &cri::ContainerConfig,
+    pod_config: &cri::PodSandboxConfig,
+    pod_id: &str,
+) -> Result<()> {
+    let container_sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let pod_sc = pod_config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let pod_privileged = pod_sc.is_some_and(|s| s.privileged);
+    if container_sc.is_some_and(|s| s.privileged) && !pod_privileged {
+        return Err(RuntimeError::invalid(
+            "linux.security_context.privileged",
+            format!(
+                "no privileged container allowed in sandbox {pod_id}: the pod is not privileged"
+            ),
+        ));
+    }
+    let pid_mode = |sc: Option<&cri::LinuxContainerSecurityContext>| {
+        sc.and_then(|s| s.namespace_options.as_ref())
+            .map_or(0, |n| n.pid)
+    };
+    let pod_host_pid = pod_sc
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.pid == super::pod::MODE_NODE);
+    if pid_mode(container_sc) == super::pod::MODE_NODE && !pod_host_pid {
+        return Err(RuntimeError::invalid(
+            "linux.security_context.namespace_options.pid",
+            format!("the host PID namespace is not allowed in sandbox {pod_id}: the pod does not use it"),
+        ));
+    }
+    Ok(())
+}
+
+/// The container's log file: `log_path` inside the pod's `log_directory`, joined as
+/// containerd does (as strings: an absolute `log_path` is still inside the directory).
+/// A path whose `..` would leave the directory is refused; the file itself is opened
+/// without following a symlink (`monitor::watch::open_log`). Empty when either is.
+fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let dir = Path::new(log_directory);
+    if !dir.is_absolute() {
+        return Err(RuntimeError::invalid(
+            "sandbox_config.log_directory",
+            format!("{log_directory:?} is not an absolute path"),
+        ));
+    }
+    let mut inside: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in Path::new(log_path).components() {
+        match component {
+            std::path::Component::Normal(part) => inside.push(part),
+            std::path::Component::ParentDir if inside.pop().is_none() => {
+                return Err(RuntimeError::invalid(
+                    "config.log_path",
+                    format!("{log_path:?} leaves the pod's log directory"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if inside.is_empty() {
+        return Err(RuntimeError::invalid(
+            "config.log_path",
+            format!("{log_path:?} names no file in the pod's log directory"),
+        ));
+    }
+    let path: PathBuf = inside
+        .iter()
+        .fold(dir.to_path_buf(), |p, part| p.join(part));
+    Ok(path.to_string_lossy().into_owned())
 }
 
 /// CRI mounts that propagate need a host source that propagates: BIDIRECTIONAL a

@@ -14,6 +14,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use prost::Message;
+use tracing::Instrument;
 
 use crate::store::{Kind, CRI_NAMESPACE};
 
@@ -43,7 +44,22 @@ fn pod_name(meta: &cri::PodSandboxMetadata) -> String {
 
 impl Runtime {
     /// RunPodSandbox: returns the new pod's ID.
+    /// RunPodSandbox. The work runs detached from the caller: a client that cancels
+    /// (a deadline, a dropped connection) drops only its wait, and the pod is either
+    /// made or rolled back all the same, never left half-made with its name taken.
     pub async fn run_pod(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String> {
+        let runtime = self.clone();
+        let handler = runtime_handler.to_string();
+        tokio::spawn(async move { runtime.make_pod(config, &handler).await }.in_current_span())
+            .await
+            .map_err(|err| RuntimeError::Internal(format!("RunPodSandbox task failed: {err}")))?
+    }
+
+    async fn make_pod(
         self: &Arc<Self>,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
@@ -73,6 +89,7 @@ impl Runtime {
         }
         let host_network = options.network == MODE_NODE;
         let host_ipc = options.ipc == MODE_NODE;
+        validate_pod_config(&config, host_network, host_ipc)?;
         if !host_network {
             // Checked before anything exists, so a bad annotation leaves nothing behind.
             pod_bandwidth(&config.annotations)?;
@@ -394,21 +411,11 @@ impl Runtime {
     }
 }
 
-/// The interface name of a pod's network inside its namespace.
-const POD_IFNAME: &str = "eth0";
-
-/// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them,
-/// and the port mappings for plugins that ask for them.
-fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachment> {
-    let netns = pod.namespaces.network.clone().ok_or_else(|| {
-        RuntimeError::Internal(format!("pod {} has no network namespace to attach", pod.id))
-    })?;
-    let meta = config.metadata.clone().unwrap_or_default();
+/// The pod's host port mappings (those with a host port), checked: ports in 1..65535,
+/// a known protocol, a host IP that is an address (or empty: every address).
+fn port_mappings(config: &cri::PodSandboxConfig) -> Result<Vec<PortMapping>> {
     let mut port_mappings = Vec::new();
     for (i, m) in config.port_mappings.iter().enumerate() {
-        if m.host_port == 0 {
-            continue;
-        }
         let port = |v: i32, field: &str| {
             u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| {
                 RuntimeError::invalid(
@@ -428,13 +435,138 @@ fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachm
                 ))
             }
         };
+        let container_port = port(m.container_port, "container_port")?;
+        if !m.host_ip.is_empty() && m.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(RuntimeError::invalid(
+                format!("config.port_mappings[{i}].host_ip"),
+                format!("{:?} is not an IP address", truncated(&m.host_ip)),
+            ));
+        }
+        if m.host_port == 0 {
+            continue;
+        }
         port_mappings.push(PortMapping {
             host_port: port(m.host_port, "host_port")?,
-            container_port: port(m.container_port, "container_port")?,
+            container_port,
             protocol: protocol.to_string(),
             host_ip: m.host_ip.clone(),
         });
     }
+    Ok(port_mappings)
+}
+
+/// Checks everything in a PodSandboxConfig that RunPodSandbox would otherwise find
+/// wrong half-way (or never), before anything is made.
+fn validate_pod_config(
+    config: &cri::PodSandboxConfig,
+    host_network: bool,
+    host_ipc: bool,
+) -> Result<()> {
+    if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        return Err(RuntimeError::invalid(
+            "config.log_directory",
+            format!(
+                "{:?} is not an absolute path",
+                truncated(&config.log_directory)
+            ),
+        ));
+    }
+    if !host_network && !config.hostname.is_empty() {
+        check_hostname(&config.hostname)?;
+    }
+    if let Some(dns) = given_dns_config(config.dns_config.as_ref()) {
+        check_dns_config(dns)?;
+    }
+    port_mappings(config)?;
+    let sysctls = config
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone())
+        .unwrap_or_default();
+    super::spec::check_sysctls(&sysctls, !host_network, !host_ipc)?;
+    Ok(())
+}
+
+/// A pod hostname: at most 63 bytes (HOST_NAME_MAX is 64 with the NUL), letters,
+/// digits, '-' and '.', starting and ending with a letter or digit (RFC 1123; dots as
+/// kubelet keeps them from pod names). It goes into /etc/hostname and /etc/hosts.
+fn check_hostname(hostname: &str) -> Result<()> {
+    const MAX: usize = 63;
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = hostname.len() <= MAX
+        && hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && alnum(hostname.chars().next())
+        && alnum(hostname.chars().last());
+    if valid {
+        Ok(())
+    } else {
+        Err(RuntimeError::invalid(
+            "config.hostname",
+            format!(
+                "{:?} is not a valid hostname (RFC 1123: at most {MAX} letters, digits, \
+                 '-' and '.', starting and ending with a letter or digit)",
+                truncated(hostname)
+            ),
+        ))
+    }
+}
+
+/// DNS servers are IP addresses; servers, searches and options are single words.
+fn check_dns_config(dns: &cri::DnsConfig) -> Result<()> {
+    for (i, value) in dns
+        .servers
+        .iter()
+        .chain(&dns.searches)
+        .chain(&dns.options)
+        .enumerate()
+    {
+        if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(RuntimeError::invalid(
+                "config.dns_config",
+                format!(
+                    "entry {i} {:?} is empty or contains whitespace",
+                    truncated(value)
+                ),
+            ));
+        }
+    }
+    for (i, server) in dns.servers.iter().enumerate() {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            return Err(RuntimeError::invalid(
+                format!("config.dns_config.servers[{i}]"),
+                format!("{:?} is not an IP address", truncated(server)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// At most 256 bytes of a value taken from a request, for error messages.
+fn truncated(value: &str) -> String {
+    const KEEP: usize = 256;
+    if value.len() <= KEEP {
+        return value.to_string();
+    }
+    let mut end = KEEP;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
+}
+
+/// The interface name of a pod's network inside its namespace.
+const POD_IFNAME: &str = "eth0";
+
+/// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them,
+/// and the port mappings for plugins that ask for them.
+fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachment> {
+    let netns = pod.namespaces.network.clone().ok_or_else(|| {
+        RuntimeError::Internal(format!("pod {} has no network namespace to attach", pod.id))
+    })?;
+    let meta = config.metadata.clone().unwrap_or_default();
+    let port_mappings = port_mappings(config)?;
     Ok(Attachment {
         container_id: pod.id.clone(),
         netns,
@@ -567,20 +699,7 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
     let Some(dns) = given_dns_config(dns) else {
         return host_resolv_conf();
     };
-    for (i, value) in dns
-        .servers
-        .iter()
-        .chain(&dns.searches)
-        .chain(&dns.options)
-        .enumerate()
-    {
-        if value.is_empty() || value.contains(['\n', ' ', '\t']) {
-            return Err(RuntimeError::invalid(
-                "config.dns_config",
-                format!("entry {i} {value:?} is empty or contains whitespace"),
-            ));
-        }
-    }
+    check_dns_config(dns)?;
     let mut text = String::new();
     if !dns.searches.is_empty() {
         text.push_str(&format!("search {}\n", dns.searches.join(" ")));

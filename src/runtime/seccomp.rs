@@ -735,10 +735,30 @@ pub fn load_profile(
     caps: &HashSet<Capability>,
 ) -> Result<LinuxSeccomp, SeccompError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|source| SeccompError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it would hang the create
+    // forever); anything but a regular file is then refused before it is read.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| SeccompError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let file_type = file
+        .metadata()
+        .map_err(|source| SeccompError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
+    if !file_type.is_file() {
+        return Err(SeccompError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_PROFILE_BYTES + 1)
         .read_to_end(&mut bytes)

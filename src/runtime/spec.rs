@@ -990,29 +990,58 @@ fn namespaces(
     Ok(out)
 }
 
-/// The pod's sysctls, which must be namespaced: IPC ones (kernel.shm*, kernel.msg*,
-/// kernel.sem, fs.mqueue.*) need the pod's IPC namespace, net.* the pod's network
-/// namespace (not host network). Anything else would change the host.
+/// The pod's sysctls, which must be namespaced (see [`check_sysctls`]).
 fn sysctls(pod: &PodContext) -> Result<HashMap<String, String>, SpecError> {
-    for key in pod.sysctls.keys() {
+    check_sysctls(
+        &pod.sysctls,
+        pod.netns_path.is_some(),
+        pod.ipc_ns_path.is_some(),
+    )?;
+    Ok(pod.sysctls.clone())
+}
+
+/// Sysctls a pod may set (RunPodSandbox checks them before anything is made, the spec
+/// again): only namespaced ones, as runc allows them. IPC ones (kernel.shm*,
+/// kernel.msg*, kernel.sem, fs.mqueue.*) need the pod's IPC namespace; net.* and
+/// kernel.domainname the pod's network (and UTS) namespace. A key is dot-separated
+/// words: a `/` or an empty or `..` part could name another file under /proc/sys
+/// (`net.ipv4/../../kernel/panic` is kernel.panic). Anything else would change the host.
+pub fn check_sysctls(
+    sysctls: &HashMap<String, String>,
+    pod_network_ns: bool,
+    pod_ipc_ns: bool,
+) -> Result<(), SpecError> {
+    let mut keys: Vec<&String> = sysctls.keys().collect();
+    keys.sort();
+    for key in keys {
+        let field = format!("linux.sysctls[{key:?}]");
+        let well_formed = !key.contains('/')
+            && key
+                .split('.')
+                .all(|part| !part.is_empty() && part != ".." && !part.contains('\0'));
+        if !well_formed {
+            return Err(SpecError::invalid(
+                field,
+                "not a sysctl name: dot-separated words, without '/' or '..'",
+            ));
+        }
         let ipc = key.starts_with("kernel.shm")
             || key.starts_with("kernel.msg")
             || key == "kernel.sem"
             || key.starts_with("fs.mqueue.");
-        let net = key.starts_with("net.");
-        let field = format!("linux.sysctls[{key:?}]");
+        let net = key.starts_with("net.") || key == "kernel.domainname";
         if ipc {
-            if pod.ipc_ns_path.is_none() {
+            if !pod_ipc_ns {
                 return Err(SpecError::invalid(
                     field,
                     "IPC sysctls are not allowed with host IPC",
                 ));
             }
         } else if net {
-            if pod.netns_path.is_none() {
+            if !pod_network_ns {
                 return Err(SpecError::invalid(
                     field,
-                    "network sysctls are not allowed with host network",
+                    "network and UTS sysctls are not allowed with host network",
                 ));
             }
         } else {
@@ -1022,7 +1051,7 @@ fn sysctls(pod: &PodContext) -> Result<HashMap<String, String>, SpecError> {
             ));
         }
     }
-    Ok(pod.sysctls.clone())
+    Ok(())
 }
 
 /// `{cgroup_parent}/wharf-{container_id}` (cgroupfs driver); an empty parent is `/wharf`.
@@ -2111,6 +2140,23 @@ mod tests {
         host.netns_path = None;
         let err = container_spec(&config(), &host, &image(), &opts(root.path())).unwrap_err();
         assert_eq!(field(err), "linux.sysctls[\"net.ipv4.ip_forward\"]");
+
+        for key in [
+            "net.ipv4/../../kernel/panic",
+            "net.ipv4..ip_forward",
+            "net.ipv4.conf.all.forwarding.",
+            "net...",
+        ] {
+            let err = check_sysctls(&[(key.to_string(), "1".to_string())].into(), true, true)
+                .unwrap_err();
+            assert_eq!(field(err), format!("linux.sysctls[{key:?}]"));
+        }
+        check_sysctls(
+            &[("kernel.domainname".to_string(), "x".to_string())].into(),
+            true,
+            false,
+        )
+        .unwrap();
     }
 
     #[test]
