@@ -38,23 +38,7 @@ fn store_code(err: &StoreError) -> Code {
 
 pub fn from_image(err: ImageError) -> Status {
     let code = match &err {
-        ImageError::Registry(registry) => match registry {
-            RegistryError::InvalidReference { .. }
-            | RegistryError::InvalidDigest { .. }
-            | RegistryError::InvalidPlatform { .. } => Code::InvalidArgument,
-            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
-                Code::NotFound
-            }
-            RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-            RegistryError::UnsupportedMediaType { .. }
-            | RegistryError::InvalidManifest { .. }
-            | RegistryError::Registry { .. } => Code::FailedPrecondition,
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
-                Code::DataLoss
-            }
-            RegistryError::Transport { .. } => Code::Unavailable,
-            RegistryError::BlobFile { .. } => Code::Internal,
-        },
+        ImageError::Registry(registry) => registry_code(registry),
         ImageError::Content(content) => match content {
             ContentError::InvalidDigest(_) => Code::InvalidArgument,
             ContentError::NotFound(_) => Code::NotFound,
@@ -70,6 +54,29 @@ pub fn from_image(err: ImageError) -> Status {
         ImageError::Snapshot(_) | ImageError::Task(_) => Code::Internal,
     };
     Status::new(code, err.to_string())
+}
+
+fn registry_code(err: &RegistryError) -> Code {
+    match err {
+        RegistryError::InvalidReference { .. }
+        | RegistryError::InvalidDigest { .. }
+        | RegistryError::InvalidPlatform { .. } => Code::InvalidArgument,
+        RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => Code::NotFound,
+        RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+        // Policy refusals (a redirect or token realm wharf will not follow): retrying
+        // cannot help until the registry or the configuration changes.
+        RegistryError::UnsupportedMediaType { .. }
+        | RegistryError::InvalidManifest { .. }
+        | RegistryError::Redirect { .. }
+        | RegistryError::InsecureRealm { .. }
+        | RegistryError::Registry { .. } => Code::FailedPrecondition,
+        RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+            Code::DataLoss
+        }
+        RegistryError::Transport { .. } => Code::Unavailable,
+        RegistryError::BlobFile { .. } => Code::Internal,
+        RegistryError::Endpoints { cause, .. } => registry_code(cause),
+    }
 }
 
 /// Plugin failures stay Unknown (the message carries the plugin's CNI code); what the

@@ -55,6 +55,23 @@ pub enum ImageError {
     Task(String),
 }
 
+/// How much of any text taken from input (a registry's answer, a layer's entry path)
+/// errors and logs show.
+pub const MAX_ECHO: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary) plus "…" when longer:
+/// what errors and logs echo of untrusted input.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 /// One layer of a stored image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer {

@@ -38,9 +38,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -92,6 +91,8 @@ const MAX_MANIFEST_SIZE: usize = 4 << 20;
 const MAX_CONFIG_SIZE: u64 = 32 << 20;
 /// oci-client never sends more than this in one PATCH.
 const MAX_UPLOAD_CHUNK: usize = 4 << 20;
+/// Redirects followed for one request (Go's client, and so Docker, follow 10).
+const MAX_REDIRECTS: usize = 5;
 /// Cached authenticated clients; beyond this, expired ones and then all are dropped.
 const MAX_SESSIONS: usize = 64;
 const USER_AGENT: &str = concat!("wharf/", env!("CARGO_PKG_VERSION"));
@@ -141,6 +142,20 @@ pub enum RegistryError {
     Transport { registry: String, message: String },
     #[error("registry {registry} refused the request: {message}")]
     Registry { registry: String, message: String },
+    #[error("refused redirect to {url}: {reason}")]
+    Redirect { url: String, reason: String },
+    #[error(
+        "registry {registry} sends credentials to token realm {realm}: refused, credentials \
+         go to a token realm only over HTTPS or to the registry's own host"
+    )]
+    InsecureRealm { registry: String, realm: String },
+    /// Every endpoint (mirrors, then the registry) failed: the most specific cause, and
+    /// what each endpoint answered.
+    #[error("{cause} (endpoints tried: {})", .tried.join("; "))]
+    Endpoints {
+        cause: Box<RegistryError>,
+        tried: Vec<String>,
+    },
     #[error("blob {digest} at {}: {source}", .path.display())]
     BlobFile {
         digest: String,
@@ -160,7 +175,28 @@ fn list_or_none(items: &[String]) -> String {
 impl RegistryError {
     /// The registry (or mirror) has no such manifest or blob.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RegistryError::NotFound { .. })
+        match self {
+            RegistryError::Endpoints { cause, .. } => cause.is_not_found(),
+            other => matches!(other, RegistryError::NotFound { .. }),
+        }
+    }
+
+    /// The error that decides the outcome: the cause when every endpoint failed.
+    pub fn cause(&self) -> &RegistryError {
+        match self {
+            RegistryError::Endpoints { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
+
+    /// How telling an endpoint's failure is, when every endpoint failed: an answer from
+    /// a registry (not found, refused, bad content) says more than not reaching one.
+    fn specificity(&self) -> u8 {
+        match self {
+            RegistryError::Transport { .. } => 0,
+            RegistryError::Registry { .. } => 1,
+            _ => 2,
+        }
     }
 
     /// Replaces every secret of `credentials` in free-text messages (defence in depth:
@@ -193,6 +229,10 @@ impl RegistryError {
                     reason: clean(reason),
                 }
             }
+            RegistryError::Endpoints { cause, tried } => RegistryError::Endpoints {
+                cause: Box::new(cause.scrub(credentials)),
+                tried: tried.into_iter().map(clean).collect(),
+            },
             other => other,
         }
     }
@@ -242,16 +282,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+fn truncate(s: String, max: usize) -> String {
     if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
+        super::bounded(&s, max)
+    } else {
+        s
     }
-    s
+}
+
+/// Text taken from a registry (a URL, a header) as errors and logs may show it.
+fn echo(s: &str) -> String {
+    super::bounded(s, super::MAX_ECHO)
 }
 
 // ---------------------------------------------------------------------------
@@ -562,6 +603,22 @@ fn host_ip(registry: &str) -> Option<IpAddr> {
         .trim_end_matches(']')
         .parse()
         .ok()
+}
+
+/// `url` names the host of `host_port` (`name[:port]`): the same name or address,
+/// whatever the port.
+fn same_host(url: &reqwest::Url, host_port: &str) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let ours = host_part(host_port)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let theirs = host.trim_start_matches('[').trim_end_matches(']');
+    match (theirs.parse::<IpAddr>(), ours.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => theirs.eq_ignore_ascii_case(ours),
+    }
 }
 
 /// `addr/prefix` contains `ip`.
@@ -1317,6 +1374,10 @@ struct Inner {
     max_attempts: u32,
     max_concurrent_downloads: usize,
     options: ClientOptions,
+    /// `registry.redirect_allow`: redirect targets allowed across address classes.
+    redirect_allow: Arc<Vec<String>>,
+    /// Blob downloads: no overall timeout (a blob may take long), a read timeout.
+    blob_http: OnceLock<Result<reqwest::Client, String>>,
     /// For the `/v2/` ping and token requests. Built on first use: a TLS client
     /// configuration is a few hundred KB of code and data a node that never pulls
     /// (or not yet) need not page in.
@@ -1385,6 +1446,8 @@ impl RegistryClient {
                 max_attempts: config.max_attempts.max(1),
                 max_concurrent_downloads: config.max_concurrent_downloads.max(1),
                 options,
+                redirect_allow: Arc::new(config.redirect_allow.clone()),
+                blob_http: OnceLock::new(),
                 http: OnceLock::new(),
                 sessions: Mutex::new(HashMap::new()),
             }),
@@ -1417,24 +1480,25 @@ impl RegistryClient {
         platform: &Platform,
     ) -> Result<ResolvedImage, RegistryError> {
         let endpoints = self.endpoints(reference);
-        let mut last = None;
+        let mut failures = Vec::new();
         for endpoint in &endpoints {
             match self
                 .resolve_at(endpoint, reference, credentials, platform)
                 .await
             {
                 Ok(image) => return Ok(image),
-                Err(error) if endpoint.mirror => {
-                    warn!(
-                        reference = %reference, mirror = %endpoint.url, %error,
-                        "mirror failed, trying the next endpoint"
-                    );
-                    last = Some(error);
+                Err(error) => {
+                    if endpoint.mirror {
+                        warn!(
+                            reference = %reference, mirror = %endpoint.url, %error,
+                            "mirror failed, trying the next endpoint"
+                        );
+                    }
+                    failures.push((endpoint.name.clone(), error));
                 }
-                Err(error) => return Err(error.scrub(credentials)),
             }
         }
-        Err(last
+        Err(most_specific(failures)
             .unwrap_or_else(|| RegistryError::Transport {
                 registry: reference.registry().to_string(),
                 message: "no endpoint".to_string(),
@@ -1570,28 +1634,6 @@ impl RegistryClient {
         endpoints
     }
 
-    /// An oci-client reference for `reference`'s repository at `object` (tag or digest)
-    /// on `endpoint`.
-    fn oci_reference(reference: &ImageReference, endpoint: &Endpoint, object: &str) -> Reference {
-        let mut oci = if object.starts_with("sha256:") {
-            Reference::with_digest(
-                reference.registry.clone(),
-                reference.repository.clone(),
-                object.to_string(),
-            )
-        } else {
-            Reference::with_tag(
-                reference.registry.clone(),
-                reference.repository.clone(),
-                object.to_string(),
-            )
-        };
-        if endpoint.mirror {
-            oci.set_mirror_registry(endpoint.host.clone());
-        }
-        oci
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(10);
         let max = Duration::from_secs(10);
@@ -1706,6 +1748,25 @@ impl RegistryClient {
                 .user_agent(USER_AGENT)
                 .connect_timeout(self.inner.options.connect_timeout)
                 .timeout(Duration::from_secs(60))
+                .redirect(redirect_policy(self.inner.redirect_allow.clone()))
+                .build()
+                .map_err(|e| error_chain(&e))
+        });
+        http.as_ref().map_err(|message| {
+            Failure::fatal(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("cannot create an HTTP client: {message}"),
+            })
+        })
+    }
+
+    fn blob_http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
+        let http = self.inner.blob_http.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(self.inner.options.connect_timeout)
+                .read_timeout(self.inner.options.read_timeout)
+                .redirect(redirect_policy(self.inner.redirect_allow.clone()))
                 .build()
                 .map_err(|e| error_chain(&e))
         });
@@ -1718,9 +1779,13 @@ impl RegistryClient {
     }
 
     fn request_failure(endpoint: &Endpoint, what: &str, err: &reqwest::Error) -> Failure {
+        if let Some(refused) = redirect_refusal(err) {
+            return Failure::fatal(refused);
+        }
+        // The message names the URL that failed (after redirects, not the registry's).
         let error = RegistryError::Transport {
             registry: endpoint.name.clone(),
-            message: format!("{what}: {}", error_chain(err)),
+            message: truncate(format!("{what}: {}", error_chain(err)), 1024),
         };
         if err.is_builder() || err.is_redirect() {
             Failure::fatal(error)
@@ -1815,16 +1880,28 @@ impl RegistryClient {
             })
         };
         let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| refused(format!("token realm {realm:?} is not a URL: {e}")))?;
-        let realm_loopback = url
-            .host_str()
-            .is_some_and(|h| h == "localhost" || host_ip(h).is_some_and(|ip| ip.is_loopback()));
+            .map_err(|e| refused(format!("token realm {:?} is not a URL: {e}", echo(realm))))?;
+        let sends_credentials = !matches!(credentials, Credentials::Anonymous);
         match url.scheme() {
             "https" => {}
-            "http" if endpoint.http || realm_loopback => {}
-            _ => {
+            "http" if !sends_credentials => {}
+            "http" if same_host(&url, &endpoint.host) => {
+                warn!(
+                    registry = %endpoint.name, realm = %echo(realm),
+                    "sending credentials over plain HTTP to the registry's own token realm"
+                );
+            }
+            "http" => {
+                return Err(Failure::fatal(RegistryError::InsecureRealm {
+                    registry: endpoint.name.clone(),
+                    realm: echo(realm),
+                }))
+            }
+            other => {
                 return Err(refused(format!(
-                    "token realm {realm:?} is not https: credentials are not sent in clear"
+                    "token realm {:?} has scheme {:?}, not https",
+                    echo(realm),
+                    echo(other)
                 )))
             }
         }
@@ -1986,11 +2063,7 @@ impl RegistryClient {
         let request = http
             .get(&url)
             .header(reqwest::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match &session.auth {
-            RegistryAuth::Anonymous => request,
-            RegistryAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
-            RegistryAuth::Bearer(token) => request.bearer_auth(token),
-        };
+        let request = with_auth(request, &session.auth);
         let what = format!("GET manifest {object}");
         let response = request
             .send()
@@ -2205,7 +2278,9 @@ impl RegistryClient {
     }
 
     /// Opens a blob at `offset`: the byte stream, its announced length and whether the
-    /// registry honoured the range (206) or sent the whole blob (200).
+    /// registry honoured the range (206) or sent the whole blob (200). Redirects (to a
+    /// CDN, typically) are followed as [`check_redirect`] allows; the registry's
+    /// `Authorization` header never goes to another host.
     async fn open_blob(
         &self,
         endpoint: &Endpoint,
@@ -2214,56 +2289,82 @@ impl RegistryClient {
         digest: &str,
         offset: u64,
     ) -> Result<OpenedBlob, RegistryError> {
-        let oci = Self::oci_reference(reference, endpoint, reference.manifest_reference());
         let repository = reference.repository.as_str();
-        let descriptor = OciDescriptor {
-            digest: digest.to_string(),
-            ..OciDescriptor::default()
-        };
         self.with_session(
             endpoint,
             credentials,
             repository,
             &Access::Pull,
-            |session| {
-                let (oci, descriptor) = (&oci, &descriptor);
-                async move {
-                    let map =
-                        |e: OciDistributionError| oci_failure(e, endpoint, repository, digest);
-                    if offset == 0 {
-                        let sized = session
-                            .client
-                            .pull_blob_stream(oci, descriptor)
-                            .await
-                            .map_err(map)?;
-                        Ok(OpenedBlob {
-                            length: sized.content_length,
-                            stream: sized.stream,
-                            partial: false,
-                        })
-                    } else {
-                        match session
-                            .client
-                            .pull_blob_stream_partial(oci, descriptor, offset, None)
-                            .await
-                            .map_err(map)?
-                        {
-                            BlobResponse::Full(sized) => Ok(OpenedBlob {
-                                length: sized.content_length,
-                                stream: sized.stream,
-                                partial: false,
-                            }),
-                            BlobResponse::Partial(sized) => Ok(OpenedBlob {
-                                length: sized.content_length,
-                                stream: sized.stream,
-                                partial: true,
-                            }),
-                        }
-                    }
-                }
+            |session| async move {
+                self.get_blob(&session, endpoint, reference, digest, offset)
+                    .await
             },
         )
         .await
+    }
+
+    async fn get_blob(
+        &self,
+        session: &Session,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        digest: &str,
+        offset: u64,
+    ) -> Result<OpenedBlob, Failure> {
+        let http = self.blob_http(endpoint)?;
+        let mut url = format!(
+            "{}/v2/{}/blobs/{digest}",
+            endpoint.url, reference.repository
+        );
+        if endpoint.mirror {
+            url.push_str("?ns=");
+            url.push_str(&reference.registry);
+        }
+        let mut request = http.get(&url);
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let request = with_auth(request, &session.auth);
+        let what = format!("GET blob {digest}");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        let partial = match response.status().as_u16() {
+            200 => false,
+            206 if offset > 0 => true,
+            code => {
+                let body = read_capped(response, 64 << 10)
+                    .await
+                    .map(|(body, _)| body)
+                    .unwrap_or_default();
+                return Err(status_failure(
+                    code,
+                    &body,
+                    endpoint,
+                    &reference.repository,
+                    digest,
+                ));
+            }
+        };
+        let length = response.content_length();
+        let stream = stream::unfold(Some(response), |state| async move {
+            let mut response = state?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(std::io::Error::other(truncate(error_chain(&e), 1024))),
+                    None,
+                )),
+            }
+        })
+        .boxed();
+        Ok(OpenedBlob {
+            stream,
+            length,
+            partial,
+        })
     }
 
     // -- push ---------------------------------------------------------------
@@ -2497,6 +2598,223 @@ impl RegistryClient {
         debug!(%digest, %target, chunked, "blob uploaded");
         Ok(())
     }
+}
+
+/// The error to report when every endpoint failed (in order: mirrors, then the
+/// registry): the registry's own answer when it gave one, else the first mirror's answer,
+/// and only when no endpoint answered at all a failure to reach one. With more than one
+/// endpoint, the error also says what each one answered.
+fn most_specific(failures: Vec<(String, RegistryError)>) -> Option<RegistryError> {
+    if failures.len() <= 1 {
+        return failures.into_iter().next().map(|(_, error)| error);
+    }
+    let best = failures
+        .iter()
+        .map(|(_, error)| error.specificity())
+        .max()
+        .unwrap_or(0);
+    // The last endpoint is the registry itself: its answer wins a tie.
+    let pick = if failures
+        .last()
+        .is_some_and(|(_, error)| error.specificity() == best)
+    {
+        failures.len() - 1
+    } else {
+        failures
+            .iter()
+            .position(|(_, error)| error.specificity() == best)
+            .unwrap_or(0)
+    };
+    let tried = failures
+        .iter()
+        .map(|(name, error)| format!("{}: {}", echo(name), truncate(error.to_string(), 512)))
+        .collect();
+    let cause = failures.into_iter().nth(pick).map(|(_, error)| error)?;
+    Some(RegistryError::Endpoints {
+        cause: Box::new(cause),
+        tried,
+    })
+}
+
+/// `request` with the session's credentials.
+fn with_auth(request: reqwest::RequestBuilder, auth: &RegistryAuth) -> reqwest::RequestBuilder {
+    match auth {
+        RegistryAuth::Anonymous => request,
+        RegistryAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
+        RegistryAuth::Bearer(token) => request.bearer_auth(token),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// redirects
+
+/// Where an address lies, for redirects: a registry on one class may not send wharf to
+/// another (a loopback or private registry to a public address, or a public registry
+/// into the node's own network) unless `registry.redirect_allow` lists the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddressClass {
+    Loopback,
+    Private,
+    Public,
+}
+
+impl fmt::Display for AddressClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressClass::Loopback => "loopback",
+            AddressClass::Private => "private",
+            AddressClass::Public => "public",
+        })
+    }
+}
+
+fn ip_class(ip: IpAddr) -> AddressClass {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                AddressClass::Loopback
+            } else if v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (a == 100 && (b & 0xc0) == 64)
+            {
+                AddressClass::Private
+            } else {
+                AddressClass::Public
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                AddressClass::Loopback
+            } else if let Some(v4) = v6.to_ipv4_mapped() {
+                ip_class(IpAddr::V4(v4))
+            } else if (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+            {
+                AddressClass::Private
+            } else {
+                AddressClass::Public
+            }
+        }
+    }
+}
+
+/// The class of a URL's host. Names are judged by the name only (no lookup): `localhost`
+/// is loopback, any other name public.
+fn host_class(host: &str) -> AddressClass {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ip_class(ip);
+    }
+    let lower = bare.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        AddressClass::Loopback
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// `url`'s host is listed in `registry.redirect_allow` (name, name:port, address, CIDR).
+fn redirect_allowed(allow: &[String], url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = bare.parse::<IpAddr>().ok();
+    let with_port = url
+        .port_or_known_default()
+        .map(|port| format!("{host}:{port}"));
+    allow.iter().any(|entry| {
+        entry.eq_ignore_ascii_case(host)
+            || entry.eq_ignore_ascii_case(bare)
+            || with_port
+                .as_deref()
+                .is_some_and(|hp| entry.eq_ignore_ascii_case(hp))
+            || ip.is_some_and(|ip| {
+                entry.parse::<IpAddr>().is_ok_and(|e| e == ip) || cidr_contains(entry, ip)
+            })
+    })
+}
+
+/// Whether a redirect from the chain `previous` (the first is the registry's URL) to
+/// `next` may be followed: at most [`MAX_REDIRECTS`] hops, http(s) only, never from
+/// HTTPS down to plain HTTP, and never into another address class than the registry's
+/// unless `allow` lists the target.
+fn check_redirect(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+    allow: &[String],
+) -> Result<(), String> {
+    if previous.len() > MAX_REDIRECTS {
+        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    match next.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("scheme {:?} is not http or https", echo(other))),
+    }
+    if next.scheme() == "http" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err("a redirect from HTTPS to plain HTTP".to_string());
+    }
+    let Some(host) = next.host_str() else {
+        return Err("the URL has no host".to_string());
+    };
+    let Some(registry) = previous.first().and_then(|u| u.host_str()) else {
+        return Ok(());
+    };
+    let (from, to) = (host_class(registry), host_class(host));
+    if from != to && !redirect_allowed(allow, next) {
+        return Err(format!(
+            "the registry at {from} address {} may not send wharf to a {to} address \
+             (registry.redirect_allow lists the exceptions)",
+            echo(registry)
+        ));
+    }
+    Ok(())
+}
+
+/// A redirect [`check_redirect`] refused, carried through reqwest's error.
+#[derive(Debug)]
+struct RedirectRefused {
+    url: String,
+    reason: String,
+}
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused redirect to {}: {}", self.url, self.reason)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+fn redirect_policy(allow: Arc<Vec<String>>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        match check_redirect(attempt.previous(), attempt.url(), &allow) {
+            Ok(()) => attempt.follow(),
+            Err(reason) => {
+                let url = echo(attempt.url().as_str());
+                debug!(%url, %reason, "refusing a redirect");
+                attempt.error(RedirectRefused { url, reason })
+            }
+        }
+    })
+}
+
+/// The refused redirect behind a reqwest error, as ours.
+fn redirect_refusal(err: &reqwest::Error) -> Option<RegistryError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = source {
+        if let Some(refused) = error.downcast_ref::<RedirectRefused>() {
+            return Some(RegistryError::Redirect {
+                url: refused.url.clone(),
+                reason: refused.reason.clone(),
+            });
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// Reads at most `limit` bytes of a body; the flag tells whether it was all of it.
