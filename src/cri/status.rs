@@ -48,12 +48,16 @@ pub fn from_image(err: ImageError) -> Status {
             ContentError::Io { .. } => Code::Internal,
         },
         ImageError::NotFound(_) => Code::NotFound,
+        // A configured limit: a quota, as RESOURCE_EXHAUSTED means; kubelet reports it
+        // as ErrImagePull with the message, like any pull failure.
+        err if err.is_limit() => Code::ResourceExhausted,
         ImageError::InvalidImage { .. } | ImageError::Unpack { .. } => Code::FailedPrecondition,
         ImageError::DiffIdMismatch { .. } => Code::DataLoss,
         ImageError::Store(store) => store_code(store),
         ImageError::Snapshot(_) | ImageError::Task(_) => Code::Internal,
+        ImageError::TooManyLayers { .. } => Code::ResourceExhausted,
     };
-    Status::new(code, err.to_string())
+    Status::new(code, bounded_message(err.to_string()))
 }
 
 fn registry_code(err: &RegistryError) -> Code {
@@ -70,12 +74,22 @@ fn registry_code(err: &RegistryError) -> Code {
         | RegistryError::Redirect { .. }
         | RegistryError::InsecureRealm { .. }
         | RegistryError::Registry { .. } => Code::FailedPrecondition,
-        RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
-            Code::DataLoss
-        }
+        RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => Code::DataLoss,
         RegistryError::Transport { .. } => Code::Unavailable,
         RegistryError::BlobFile { .. } => Code::Internal,
         RegistryError::Endpoints { cause, .. } => registry_code(cause),
+    }
+}
+
+/// Longest status message sent: input echoed in errors is bounded where it is taken,
+/// and this caps the whole (far below gRPC's header limits).
+const MAX_MESSAGE: usize = 4096;
+
+fn bounded_message(message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        crate::image::bounded(&message, MAX_MESSAGE)
+    } else {
+        message
     }
 }
 

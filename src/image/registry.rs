@@ -3564,10 +3564,123 @@ mod tests {
         assert!(endpoints[0].http && endpoints[0].mirror);
         assert!(!endpoints[1].http && endpoints[1].mirror);
         assert!(!endpoints[2].mirror);
-        let oci = RegistryClient::oci_reference(&parse("busybox"), &endpoints[0], "latest");
-        assert_eq!(oci.resolve_registry(), "127.0.0.1:5001");
-        assert_eq!(oci.namespace(), Some("docker.io"));
         assert_eq!(c.endpoints(&parse("quay.io/x")).len(), 1);
+    }
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn redirect_policy_rules() {
+        let allow: Vec<String> = vec!["10.1.0.0/16".into(), "minio.lan".into()];
+        let check = |chain: &[&str], next: &str| {
+            let chain: Vec<reqwest::Url> = chain.iter().map(|u| url(u)).collect();
+            check_redirect(&chain, &url(next), &allow)
+        };
+        // a public registry to its CDN, https all along
+        assert!(check(
+            &["https://registry-1.docker.io/v2/x/blobs/sha256:a"],
+            "https://production.cloudflare.docker.com/blob"
+        )
+        .is_ok());
+        // loopback to loopback (another port), plain HTTP
+        assert!(check(&["http://127.0.0.1:5000/v2/"], "http://localhost:6000/b").is_ok());
+        // never down to plain HTTP, even on the same host, even a hop later
+        let err = check(&["https://r.example/v2/"], "http://r.example/b").unwrap_err();
+        assert!(err.contains("HTTPS to plain HTTP"), "{err}");
+        assert!(check(
+            &["https://r.example/v2/", "https://cdn.example/a"],
+            "http://cdn.example/b"
+        )
+        .is_err());
+        // never to another scheme
+        let err = check(&["http://127.0.0.1:5000/v2/"], "file:///etc/passwd").unwrap_err();
+        assert!(err.contains("\"file\""), "{err}");
+        assert!(check(&["https://r.example/v2/"], "ftp://r.example/b").is_err());
+        // not across address classes, either way, unless allowed
+        for (from, to) in [
+            ("http://127.0.0.1:5000/v2/", "http://10.255.255.1/b"),
+            ("http://127.0.0.1:5000/v2/", "https://203.0.113.7/b"),
+            ("http://[::1]:5000/v2/", "https://cdn.example/b"),
+            ("http://10.0.0.5:5000/v2/", "https://cdn.example/b"),
+            ("http://192.168.1.2/v2/", "http://127.0.0.1:80/b"),
+            ("https://r.example/v2/", "https://10.0.0.1/b"),
+            ("https://r.example/v2/", "https://[fd00::1]/b"),
+            ("https://r.example/v2/", "https://169.254.169.254/latest"),
+            ("https://r.example/v2/", "https://localhost/b"),
+            ("https://r.example/v2/", "https://[::ffff:127.0.0.1]/b"),
+        ] {
+            let err = check(&[from], to).expect_err(to);
+            assert!(err.contains("may not send wharf"), "{from} -> {to}: {err}");
+        }
+        assert!(check(&["https://r.example/v2/"], "https://10.1.2.3/b").is_ok());
+        assert!(check(&["http://10.0.0.5:5000/v2/"], "http://minio.lan:9000/b").is_ok());
+        assert!(check(&["http://10.0.0.5:5000/v2/"], "http://10.0.0.6/b").is_ok());
+        // at most MAX_REDIRECTS hops
+        let chain: Vec<String> = (0..=MAX_REDIRECTS)
+            .map(|i| format!("https://r{i}.example/"))
+            .collect();
+        let refs: Vec<&str> = chain.iter().map(String::as_str).collect();
+        assert!(check(&refs[..MAX_REDIRECTS], "https://last.example/").is_ok());
+        let err = check(&refs, "https://last.example/").unwrap_err();
+        assert!(err.contains("more than 5 redirects"), "{err}");
+    }
+
+    #[test]
+    fn token_realm_host_is_compared_without_port() {
+        assert!(same_host(
+            &url("http://127.0.0.1:9999/token"),
+            "127.0.0.1:5000"
+        ));
+        assert!(same_host(&url("http://[::1]:1/token"), "[::1]:5000"));
+        assert!(same_host(&url("http://Reg.LAN/token"), "reg.lan:5000"));
+        assert!(!same_host(&url("http://127.0.0.2/token"), "127.0.0.1:5000"));
+        assert!(!same_host(
+            &url("http://10.255.255.1/token"),
+            "127.0.0.1:5000"
+        ));
+        assert!(!same_host(&url("http://localhost/token"), "127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn the_most_specific_endpoint_failure_is_reported() {
+        let transport = |r: &str| RegistryError::Transport {
+            registry: r.to_string(),
+            message: "dns error".to_string(),
+        };
+        let not_found = |r: &str| RegistryError::NotFound {
+            registry: r.to_string(),
+            repository: "library/busybox".to_string(),
+            reference: "nope".to_string(),
+        };
+        let mirror = "http://127.0.0.1:5001";
+        let err = most_specific(vec![
+            (mirror.to_string(), not_found(mirror)),
+            ("docker.io".to_string(), transport("docker.io")),
+        ])
+        .unwrap();
+        assert!(err.is_not_found(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(mirror) && text.contains("docker.io"),
+            "{text}"
+        );
+        // the registry's own answer wins over a mirror's
+        let err = most_specific(vec![
+            (mirror.to_string(), not_found(mirror)),
+            (
+                "docker.io".to_string(),
+                RegistryError::Unauthorized {
+                    registry: "docker.io".to_string(),
+                },
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(err.cause(), RegistryError::Unauthorized { .. }));
+        // one endpoint: its error as is
+        let err = most_specific(vec![("docker.io".to_string(), transport("docker.io"))]).unwrap();
+        assert!(matches!(err, RegistryError::Transport { .. }));
     }
 
     #[test]
