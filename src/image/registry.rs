@@ -2070,6 +2070,9 @@ impl RegistryClient {
             .await
             .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(Failure::fatal(unfollowed_redirect(&response)));
+        }
         if !status.is_success() {
             let body = read_capped(response, 64 << 10)
                 .await
@@ -2330,6 +2333,9 @@ impl RegistryClient {
             .send()
             .await
             .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        if response.status().is_redirection() {
+            return Err(Failure::fatal(unfollowed_redirect(&response)));
+        }
         let partial = match response.status().as_u16() {
             200 => false,
             206 if offset > 0 => true,
@@ -2800,6 +2806,38 @@ fn redirect_policy(allow: Arc<Vec<String>>) -> reqwest::redirect::Policy {
             }
         }
     })
+}
+
+/// A redirect response reqwest handed back instead of following: a Location that is no
+/// http(s) URL (reqwest does not ask the policy about those), or none at all.
+fn unfollowed_redirect(response: &reqwest::Response) -> RegistryError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match location {
+        Some(location) => {
+            let reason = match response.url().join(&location) {
+                Ok(next) if !matches!(next.scheme(), "http" | "https") => {
+                    format!("scheme {:?} is not http or https", echo(next.scheme()))
+                }
+                Ok(_) => format!("HTTP {} not followed", response.status().as_u16()),
+                Err(e) => format!("not a URL: {e}"),
+            };
+            RegistryError::Redirect {
+                url: echo(&location),
+                reason,
+            }
+        }
+        None => RegistryError::Redirect {
+            url: "(no Location header)".to_string(),
+            reason: format!(
+                "HTTP {} from {}",
+                response.status().as_u16(),
+                echo(response.url().as_str())
+            ),
+        },
+    }
 }
 
 /// The refused redirect behind a reqwest error, as ours.
