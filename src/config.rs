@@ -708,6 +708,52 @@ mod tests {
     }
 
     #[test]
+    fn registry_limits() {
+        let defaults = RegistryConfig::default();
+        assert_eq!(defaults.max_layers_per_image, 128);
+        assert_eq!(defaults.max_unpacked_bytes_per_layer, 64 << 30);
+        assert_eq!(defaults.max_unpacked_bytes_per_image, 256 << 30);
+        let config = Config::from_toml(
+            "[registry]
+max_layers_per_image = 200
+max_entries_per_layer = 10
+             redirect_allow = [\"10.0.0.0/8\", \"minio.lan:9000\"]
+",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.registry.max_layers_per_image, 200);
+        for (toml, key) in [
+            (
+                "max_layers_per_image = 501",
+                "registry.max_layers_per_image",
+            ),
+            ("max_layers_per_image = 0", "registry.max_layers_per_image"),
+            (
+                "max_entries_per_layer = 0",
+                "registry.max_entries_per_layer",
+            ),
+            (
+                "max_unpacked_bytes_per_layer = 0",
+                "registry.max_unpacked_bytes_per_layer",
+            ),
+            (
+                "max_unpacked_bytes_per_image = 0",
+                "registry.max_unpacked_bytes_per_image",
+            ),
+            (
+                "redirect_allow = [\"10.0.0.0/x\"]",
+                "registry.redirect_allow",
+            ),
+            ("redirect_allow = [\"a b\"]", "registry.redirect_allow"),
+        ] {
+            let config = Config::from_toml(&format!("[registry]\n{toml}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn runtime_section() {
         let config = Config::from_toml(
             "[runtime]\ndefault_cgroup_parent = \"/kubepods\"\n\

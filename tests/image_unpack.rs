@@ -25,7 +25,9 @@ use support::images::{
     WHARF_GID, WHARF_UID,
 };
 use wharf::image::snapshot::{mount_rootfs, unmount_rootfs, SnapshotError, Snapshotter};
-use wharf::image::unpack::{apply_layer, Compression, UnpackError, UnpackStats};
+use wharf::image::unpack::{
+    apply_layer, apply_layer_limited, Compression, Limits, UnpackError, UnpackStats,
+};
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -1142,4 +1144,135 @@ fn whiteouts_cannot_reach_outside() {
         let layer = file_entry(LayerBuilder::new(), path);
         assert_rejected(sb.apply(&layer, &[]), path);
     }
+}
+
+// ---------------------------------------------------------------------------
+// limits
+
+/// `len` zero bytes, zstd-compressed: a valid empty tar followed by zero padding, which
+/// the unpacker reads to EOF (the diff_id covers it).
+fn zstd_zeros(len: u64) -> Vec<u8> {
+    let mut blob = Vec::new();
+    let mut encoder = zstd::stream::write::Encoder::new(&mut blob, 3).expect("zstd encoder");
+    io::copy(&mut io::repeat(0).take(len), &mut encoder).expect("compress");
+    encoder.finish().expect("finish zstd");
+    blob
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_at_the_limit() {
+    let tmp = tempdir();
+    // 1 GiB of zeros in a few dozen KiB
+    let bomb = zstd_zeros(1 << 30);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let limits = Limits {
+        max_bytes: 64 << 20,
+        ..Limits::unlimited()
+    };
+    let started = std::time::Instant::now();
+    let err = apply_layer_limited(
+        &bomb[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "bomb"),
+        limits.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_layer",
+                limit: 67108864,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("registry.max_unpacked_bytes_per_layer"));
+    eprintln!("refused after {:?}", started.elapsed());
+    // what fits passes
+    apply_layer_limited(
+        &zstd_zeros(32 << 20)[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "fits"),
+        limits,
+    )
+    .expect("32 MiB within a 64 MiB limit");
+}
+
+#[test]
+fn layers_of_one_image_share_the_image_limit() {
+    let tmp = tempdir();
+    let image = Limits {
+        max_image_bytes: 100 << 20,
+        ..Limits::unlimited()
+    };
+    let layer = zstd_zeros(60 << 20);
+    apply_layer_limited(
+        &layer[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "one"),
+        image.clone(),
+    )
+    .expect("first layer");
+    let err = apply_layer_limited(
+        &layer[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "two"),
+        image,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_image",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn entries_past_the_limit_are_refused_and_paths_in_errors_are_bounded() {
+    let tmp = tempdir();
+    let layer = (0..11).fold(LayerBuilder::new(), |l, i| l.file(&format!("f{i}"), "x"));
+    let err = apply_layer_limited(
+        &layer.tar()[..],
+        Compression::None,
+        &new_dest(tmp.path(), "many"),
+        Limits {
+            max_entries: 10,
+            ..Limits::unlimited()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_entries_per_layer",
+                limit: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // a 1 MiB entry path: the error names it, cut to 256 bytes
+    let long = "y".repeat(1 << 20);
+    let err = apply_layer(
+        &LayerBuilder::new().file(&long, "x").tar()[..],
+        Compression::None,
+        &new_dest(tmp.path(), "long"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.len() < 512, "{} bytes", err.len());
+    assert!(
+        err.contains(&format!("{}… (1048576 bytes)", "y".repeat(256))),
+        "{err}"
+    );
 }

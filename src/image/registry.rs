@@ -6,7 +6,9 @@
 //! [`RegistryClient::push`] uploads an image (skipping blobs the registry has, mounting
 //! from other repositories when it can, uploading monolithically or in chunks).
 //!
-//! The distribution API calls go through `oci-client`. What it does not do is done here:
+//! Pushes go through `oci-client`; pulls (manifest and blob GETs) are plain `reqwest`
+//! requests, so that one redirect policy ([`check_redirect`]) applies to all of them.
+//! Also done here:
 //! - authentication: the `/v2/` ping, the `WWW-Authenticate` challenge and the token
 //!   request (GET with Basic credentials, or the OAuth2 POST with an identity token), with
 //!   the scope of the operation (`pull`, or `pull,push` plus `pull` on the repositories a
@@ -18,6 +20,10 @@
 //!   and for loopback hosts, as Docker does. The credentials given for a registry are
 //!   also offered to its mirrors (as Docker and containerd do): mirrors are configured
 //!   by the administrator, not by the image reference;
+//! - token realms: credentials go to one only over HTTPS, or over plain HTTP when it is
+//!   on the registry's own host ([`RegistryError::InsecureRealm`] otherwise);
+//! - redirects: at most 5 hops, http(s) only, never HTTPS to HTTP, never into another
+//!   address class than the registry's unless `registry.redirect_allow` says so;
 //! - retries with exponential backoff on transient errors (connection failures, 5xx, 429)
 //!   on the origin; a failing mirror falls through to the next endpoint at once;
 //! - verification: manifest digests (the asked digest, the index entry's digest), the

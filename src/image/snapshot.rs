@@ -930,6 +930,32 @@ mod tests {
     }
 
     #[test]
+    fn usage_of_a_committed_layer_is_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshotter::open(dir.path()).unwrap();
+        let pending = snapshots.prepare().unwrap();
+        fs::write(pending.path().join("a"), vec![1u8; 64 * 1024]).unwrap();
+        snapshots.commit(pending, A).unwrap();
+        let before = snapshots.usage().unwrap();
+        // What is added to a committed layer (nothing ever is) is not walked: the
+        // record made at commit counts.
+        let fs_dir = dir
+            .path()
+            .join("layers")
+            .join(&A["sha256:".len()..])
+            .join("fs");
+        fs::write(fs_dir.join("b"), vec![1u8; 1024 * 1024]).unwrap();
+        assert_eq!(snapshots.usage().unwrap(), before);
+        // without the record, the layer is walked
+        fs::remove_file(fs_dir.parent().unwrap().join(USAGE_FILE)).unwrap();
+        let walked = snapshots.usage().unwrap();
+        assert!(
+            walked.0 > before.0 + 1000 * 1024 && walked.1 == before.1 + 1,
+            "{walked:?}"
+        );
+    }
+
+    #[test]
     fn usage_counts_hard_links_once() {
         let dir = tempfile::tempdir().unwrap();
         let snapshots = Snapshotter::open(dir.path()).unwrap();
