@@ -990,7 +990,7 @@ fn descriptor(
 ) -> Result<LayerDescriptor, RegistryError> {
     let invalid = |reason: String| RegistryError::InvalidManifest {
         reference: reference.to_string(),
-        reason,
+        reason: truncate(reason, 512),
     };
     check_digest(&raw.digest).map_err(|reason| invalid(format!("{what}: {reason}")))?;
     let size = u64::try_from(raw.size)
@@ -1007,15 +1007,17 @@ fn descriptor(
 fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, RegistryError> {
     let invalid = |reason: String| RegistryError::InvalidManifest {
         reference: reference.to_string(),
-        reason,
+        reason: truncate(reason, 512),
     };
     let raw: RawManifest =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a JSON manifest: {e}")))?;
     if raw.schema_version == Some(1) {
         return Err(RegistryError::UnsupportedMediaType {
-            media_type: raw
-                .media_type
-                .unwrap_or_else(|| MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.to_string()),
+            media_type: echo(
+                raw.media_type
+                    .as_deref()
+                    .unwrap_or(MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED),
+            ),
             supported: strings(MANIFEST_MEDIA_TYPES),
         });
     }
@@ -1041,7 +1043,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
             let config = descriptor(config, "config", reference)?;
             if !CONFIG_MEDIA_TYPES.contains(&config.media_type.as_str()) {
                 return Err(RegistryError::UnsupportedMediaType {
-                    media_type: config.media_type,
+                    media_type: echo(&config.media_type),
                     supported: strings(CONFIG_MEDIA_TYPES),
                 });
             }
@@ -1056,7 +1058,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
                 .find(|l| !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
             {
                 return Err(RegistryError::UnsupportedMediaType {
-                    media_type: layer.media_type.clone(),
+                    media_type: echo(&layer.media_type),
                     supported: strings(LAYER_MEDIA_TYPES),
                 });
             }
@@ -1093,7 +1095,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
         }
         // Docker schema 1, artifacts, anything else.
         _ => Err(RegistryError::UnsupportedMediaType {
-            media_type,
+            media_type: echo(&media_type),
             supported: strings(MANIFEST_MEDIA_TYPES),
         }),
     }
@@ -1127,7 +1129,12 @@ fn platform_not_found(entries: &[IndexEntry], wanted: &Platform) -> RegistryErro
             Some(p) => p.to_string(),
             None => "unknown".to_string(),
         };
+        let name = echo(&name);
         if !available.contains(&name) {
+            if available.len() == 32 {
+                available.push("...".to_string());
+                break;
+            }
             available.push(name);
         }
     }
