@@ -1279,3 +1279,65 @@ fn entries_past_the_limit_are_refused_and_paths_in_errors_are_bounded() {
         "{err}"
     );
 }
+
+/// A GNU sparse entry of `real_size` bytes holding 512 bytes of data at its end.
+fn sparse_layer(real_size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("sparse").expect("path");
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(FIXED_MTIME);
+    header.set_size(512);
+    {
+        let gnu = header.as_gnu_mut().expect("a GNU header");
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+    }
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append(&header, &[7u8; 512][..])
+        .expect("append sparse entry");
+    builder.into_inner().expect("tar")
+}
+
+#[test]
+fn sparse_entries_count_their_full_size() {
+    let tmp = tempdir();
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        ..Limits::unlimited()
+    };
+    // 512 KiB, nearly all hole: fits, and is written out in full (no sparse files)
+    let dest = new_dest(tmp.path(), "small");
+    apply_layer_limited(
+        &sparse_layer(512 << 10)[..],
+        Compression::None,
+        &dest,
+        limits.clone(),
+    )
+    .expect("a 512 KiB sparse file within 1 MiB");
+    assert_eq!(fs::metadata(dest.join("sparse")).unwrap().len(), 512 << 10);
+    // 64 MiB of hole in a 2 KiB tar: refused at the limit (were the holes not counted,
+    // it would be written out and pass)
+    let err = apply_layer_limited(
+        &sparse_layer(64 << 20)[..],
+        Compression::None,
+        &new_dest(tmp.path(), "huge"),
+        limits,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_layer",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
