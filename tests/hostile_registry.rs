@@ -282,6 +282,18 @@ async fn blob_redirects_are_followed_only_within_the_policy() {
     assert_eq!(forbidden.connections(), 0);
     assert_nothing_stored(&daemon, &mut client).await;
 
+    // A redirect that is followed but fails: the error names the URL that failed, not
+    // only the registry.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let dead = format!("http://127.0.0.1:{closed}/cdn/{}", digest_hex(&layer));
+    *target.lock().unwrap() = dead.clone();
+    let err = pull(&mut client, &reference, alice()).await.unwrap_err();
+    assert_refused(&err, Code::Unavailable, &[&dead]);
+    assert_nothing_stored(&daemon, &mut client).await;
+
     // Another host of the same class (a CDN on loopback): followed, and the registry's
     // Authorization header does not go along.
     *target.lock().unwrap() = format!("{}/cdn/{}", cdn.url(), digest_hex(&layer));

@@ -7,7 +7,8 @@
 //! from other repositories when it can, uploading monolithically or in chunks).
 //!
 //! Pushes go through `oci-client`; pulls (manifest and blob GETs) are plain `reqwest`
-//! requests, so that one redirect policy ([`check_redirect`]) applies to all of them.
+//! requests whose redirects wharf follows itself, each hop checked by
+//! [`check_redirect`].
 //! Also done here:
 //! - authentication: the `/v2/` ping, the `WWW-Authenticate` challenge and the token
 //!   request (GET with Basic credentials, or the OAuth2 POST with an identity token), with
@@ -1761,7 +1762,7 @@ impl RegistryClient {
                 .user_agent(USER_AGENT)
                 .connect_timeout(self.inner.options.connect_timeout)
                 .timeout(Duration::from_secs(60))
-                .redirect(redirect_policy(self.inner.redirect_allow.clone()))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| error_chain(&e))
         });
@@ -1779,7 +1780,7 @@ impl RegistryClient {
                 .user_agent(USER_AGENT)
                 .connect_timeout(self.inner.options.connect_timeout)
                 .read_timeout(self.inner.options.read_timeout)
-                .redirect(redirect_policy(self.inner.redirect_allow.clone()))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| error_chain(&e))
         });
@@ -1791,11 +1792,64 @@ impl RegistryClient {
         })
     }
 
-    fn request_failure(endpoint: &Endpoint, what: &str, err: &reqwest::Error) -> Failure {
-        if let Some(refused) = redirect_refusal(err) {
-            return Failure::fatal(refused);
+    /// GETs `url`, following redirects by hand as [`check_redirect`] allows: so that a
+    /// failure names the URL that failed (reqwest's error names the first), and `auth`
+    /// goes only to the first URL's origin (scheme, host and port), never to where the
+    /// registry redirects. A redirect without a `Location` comes back as the response.
+    async fn get_following(
+        &self,
+        http: &reqwest::Client,
+        endpoint: &Endpoint,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        auth: &RegistryAuth,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let first = reqwest::Url::parse(url).map_err(|e| {
+            Failure::fatal(RegistryError::Registry {
+                registry: endpoint.name.clone(),
+                message: format!("{what}: {} is not a URL: {e}", echo(url)),
+            })
+        })?;
+        let mut current = first.clone();
+        let mut chain = vec![first];
+        loop {
+            let mut request = http.get(current.clone()).headers(headers.clone());
+            if current.origin() == chain[0].origin() {
+                request = with_auth(request, auth);
+            }
+            // reqwest's error names the URL of this request: the one that failed.
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Self::request_failure(endpoint, what, &e))?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
+                return Ok(response);
+            };
+            let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+            let next = current.join(&location).map_err(|e| {
+                Failure::fatal(RegistryError::Redirect {
+                    url: echo(&location),
+                    reason: format!("not a URL: {e}"),
+                })
+            })?;
+            check_redirect(&chain, &next, &self.inner.redirect_allow).map_err(|reason| {
+                debug!(url = %echo(next.as_str()), %reason, "refusing a redirect");
+                Failure::fatal(RegistryError::Redirect {
+                    url: echo(next.as_str()),
+                    reason,
+                })
+            })?;
+            debug!(from = %echo(current.as_str()), to = %echo(next.as_str()), "following a redirect");
+            chain.push(next.clone());
+            current = next;
         }
-        // The message names the URL that failed (after redirects, not the registry's).
+    }
+
+    fn request_failure(endpoint: &Endpoint, what: &str, err: &reqwest::Error) -> Failure {
         let error = RegistryError::Transport {
             registry: endpoint.name.clone(),
             message: truncate(format!("{what}: {}", error_chain(err)), 1024),
@@ -1827,11 +1881,16 @@ impl RegistryClient {
         }
         let http = self.http(endpoint)?;
         let url = format!("{}/v2/", endpoint.url);
-        let response = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, "GET /v2/", &e))?;
+        let response = self
+            .get_following(
+                http,
+                endpoint,
+                &url,
+                reqwest::header::HeaderMap::new(),
+                &RegistryAuth::Anonymous,
+                "GET /v2/",
+            )
+            .await?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Failure::transient(RegistryError::Transport {
@@ -1919,7 +1978,7 @@ impl RegistryClient {
             }
         }
         let http = self.http(endpoint)?;
-        let request = match credentials {
+        let response = match credentials {
             Credentials::IdentityToken(refresh_token) => {
                 let scope = scopes.join(" ");
                 let mut form = vec![
@@ -1931,12 +1990,16 @@ impl RegistryClient {
                 if let Some(service) = service {
                     form.push(("service", service));
                 }
+                // A POST is not redirected (a 3xx is a refusal).
                 http.post(url)
                     .header(
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
                     )
                     .body(form_encode(&form))
+                    .send()
+                    .await
+                    .map_err(|e| Self::request_failure(endpoint, "token request", &e))?
             }
             _ => {
                 {
@@ -1948,19 +2011,23 @@ impl RegistryClient {
                         query.append_pair("scope", scope);
                     }
                 }
-                let request = http.get(url);
-                match credentials {
+                let auth = match credentials {
                     Credentials::Basic { username, password } => {
-                        request.basic_auth(username, Some(password))
+                        RegistryAuth::Basic(username.clone(), password.clone())
                     }
-                    _ => request,
-                }
+                    _ => RegistryAuth::Anonymous,
+                };
+                self.get_following(
+                    http,
+                    endpoint,
+                    url.as_str(),
+                    reqwest::header::HeaderMap::new(),
+                    &auth,
+                    "token request",
+                )
+                .await?
             }
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, "token request", &e))?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Failure::transient(RegistryError::Transport {
@@ -2073,15 +2140,15 @@ impl RegistryClient {
             url.push_str("?ns=");
             url.push_str(&reference.registry);
         }
-        let request = http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = with_auth(request, &session.auth);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(accept) = reqwest::header::HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", "))
+        {
+            headers.insert(reqwest::header::ACCEPT, accept);
+        }
         let what = format!("GET manifest {object}");
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        let response = self
+            .get_following(http, endpoint, &url, headers, &session.auth, &what)
+            .await?;
         let status = response.status();
         if status.is_redirection() {
             return Err(Failure::fatal(unfollowed_redirect(&response)));
@@ -2336,16 +2403,16 @@ impl RegistryClient {
             url.push_str("?ns=");
             url.push_str(&reference.registry);
         }
-        let mut request = http.get(&url);
+        let mut headers = reqwest::header::HeaderMap::new();
         if offset > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            if let Ok(range) = reqwest::header::HeaderValue::from_str(&format!("bytes={offset}-")) {
+                headers.insert(reqwest::header::RANGE, range);
+            }
         }
-        let request = with_auth(request, &session.auth);
         let what = format!("GET blob {digest}");
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        let response = self
+            .get_following(http, endpoint, &url, headers, &session.auth, &what)
+            .await?;
         if response.status().is_redirection() {
             return Err(Failure::fatal(unfollowed_redirect(&response)));
         }
@@ -2793,36 +2860,7 @@ fn check_redirect(
     Ok(())
 }
 
-/// A redirect [`check_redirect`] refused, carried through reqwest's error.
-#[derive(Debug)]
-struct RedirectRefused {
-    url: String,
-    reason: String,
-}
-
-impl fmt::Display for RedirectRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "refused redirect to {}: {}", self.url, self.reason)
-    }
-}
-
-impl std::error::Error for RedirectRefused {}
-
-fn redirect_policy(allow: Arc<Vec<String>>) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        match check_redirect(attempt.previous(), attempt.url(), &allow) {
-            Ok(()) => attempt.follow(),
-            Err(reason) => {
-                let url = echo(attempt.url().as_str());
-                debug!(%url, %reason, "refusing a redirect");
-                attempt.error(RedirectRefused { url, reason })
-            }
-        }
-    })
-}
-
-/// A redirect response reqwest handed back instead of following: a Location that is no
-/// http(s) URL (reqwest does not ask the policy about those), or none at all.
+/// A redirect response that was not followed: one without a `Location`.
 fn unfollowed_redirect(response: &reqwest::Response) -> RegistryError {
     let location = response
         .headers()
@@ -2851,21 +2889,6 @@ fn unfollowed_redirect(response: &reqwest::Response) -> RegistryError {
             ),
         },
     }
-}
-
-/// The refused redirect behind a reqwest error, as ours.
-fn redirect_refusal(err: &reqwest::Error) -> Option<RegistryError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = source {
-        if let Some(refused) = error.downcast_ref::<RedirectRefused>() {
-            return Some(RegistryError::Redirect {
-                url: refused.url.clone(),
-                reason: refused.reason.clone(),
-            });
-        }
-        source = error.source();
-    }
-    None
 }
 
 /// Reads at most `limit` bytes of a body; the flag tells whether it was all of it.
