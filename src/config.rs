@@ -276,6 +276,22 @@ pub struct RegistryConfig {
     /// (e.g. `linux/arm64/v8`); this machine's when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// Hosts (`name`, `name:port`, an IP address or a CIDR) a registry may redirect to
+    /// even when they lie in another address class than the registry (loopback,
+    /// private, public): e.g. a registry on a private address whose blobs are served
+    /// from a public object store. Redirects from HTTPS to plain HTTP, to schemes other
+    /// than http(s) and chains longer than 5 hops are refused regardless.
+    pub redirect_allow: Vec<String>,
+    /// Pulls of images with more layers are refused: overlayfs cannot stack many more
+    /// lower directories (containerd and Docker stop at 128 too). At most 500, the
+    /// kernel's own limit.
+    pub max_layers_per_image: usize,
+    /// Tar entries one layer may hold (refused beyond: each costs an inode).
+    pub max_entries_per_layer: u64,
+    /// Bytes one layer may unpack to (file contents as written).
+    pub max_unpacked_bytes_per_layer: u64,
+    /// Bytes all layers of one image together may unpack to.
+    pub max_unpacked_bytes_per_image: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,6 +347,11 @@ impl Default for Config {
     }
 }
 
+/// overlayfs' own limit on stacked lower directories (`OVL_MAX_STACK`).
+pub const MAX_OVERLAY_LAYERS: usize = 500;
+/// As containerd and Docker: images deeper than this are refused.
+pub const DEFAULT_MAX_LAYERS_PER_IMAGE: usize = 128;
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
@@ -339,6 +360,11 @@ impl Default for RegistryConfig {
             max_concurrent_downloads: 3,
             max_attempts: 3,
             platform: None,
+            redirect_allow: Vec::new(),
+            max_layers_per_image: DEFAULT_MAX_LAYERS_PER_IMAGE,
+            max_entries_per_layer: 4_000_000,
+            max_unpacked_bytes_per_layer: 64 << 30,
+            max_unpacked_bytes_per_image: 256 << 30,
         }
     }
 }
@@ -515,6 +541,46 @@ impl RegistryConfig {
                 message: "must be at least 1".to_string(),
             });
         }
+        if self.max_layers_per_image == 0 || self.max_layers_per_image > MAX_OVERLAY_LAYERS {
+            return Err(ConfigError::Invalid {
+                key: "registry.max_layers_per_image",
+                message: format!(
+                    "must be between 1 and {MAX_OVERLAY_LAYERS} (what overlayfs can stack)"
+                ),
+            });
+        }
+        for (key, value) in [
+            ("registry.max_entries_per_layer", self.max_entries_per_layer),
+            (
+                "registry.max_unpacked_bytes_per_layer",
+                self.max_unpacked_bytes_per_layer,
+            ),
+            (
+                "registry.max_unpacked_bytes_per_image",
+                self.max_unpacked_bytes_per_image,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".to_string(),
+                });
+            }
+        }
+        for entry in &self.redirect_allow {
+            let cidr_ok = match entry.split_once('/') {
+                Some((addr, prefix)) => {
+                    addr.parse::<std::net::IpAddr>().is_ok() && prefix.parse::<u8>().is_ok()
+                }
+                None => true,
+            };
+            if entry.is_empty() || entry.chars().any(char::is_whitespace) || !cidr_ok {
+                return Err(ConfigError::Invalid {
+                    key: "registry.redirect_allow",
+                    message: format!("{entry:?} is not a host, address or CIDR"),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -639,6 +705,52 @@ mod tests {
             err.contains("registry.mirrors") && err.contains("quay-mirror"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn registry_limits() {
+        let defaults = RegistryConfig::default();
+        assert_eq!(defaults.max_layers_per_image, 128);
+        assert_eq!(defaults.max_unpacked_bytes_per_layer, 64 << 30);
+        assert_eq!(defaults.max_unpacked_bytes_per_image, 256 << 30);
+        let config = Config::from_toml(
+            "[registry]
+max_layers_per_image = 200
+max_entries_per_layer = 10
+             redirect_allow = [\"10.0.0.0/8\", \"minio.lan:9000\"]
+",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.registry.max_layers_per_image, 200);
+        for (toml, key) in [
+            (
+                "max_layers_per_image = 501",
+                "registry.max_layers_per_image",
+            ),
+            ("max_layers_per_image = 0", "registry.max_layers_per_image"),
+            (
+                "max_entries_per_layer = 0",
+                "registry.max_entries_per_layer",
+            ),
+            (
+                "max_unpacked_bytes_per_layer = 0",
+                "registry.max_unpacked_bytes_per_layer",
+            ),
+            (
+                "max_unpacked_bytes_per_image = 0",
+                "registry.max_unpacked_bytes_per_image",
+            ),
+            (
+                "redirect_allow = [\"10.0.0.0/x\"]",
+                "registry.redirect_allow",
+            ),
+            ("redirect_allow = [\"a b\"]", "registry.redirect_allow"),
+        ] {
+            let config = Config::from_toml(&format!("[registry]\n{toml}\n")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -744,13 +744,11 @@ async fn failing_mirrors_fall_through_to_the_registry() {
     let empty_mirror = Registry::start().await;
     let image = busybox_image();
     origin.push("test/busybox", "latest", &image).await;
+    let dead_mirror_url = format!("http://127.0.0.1:{}", closed_port());
     let config = RegistryConfig {
         mirrors: [(
             origin.host(),
-            vec![
-                format!("http://127.0.0.1:{}", closed_port()),
-                empty_mirror.url(),
-            ],
+            vec![dead_mirror_url.clone(), empty_mirror.url()],
         )]
         .into_iter()
         .collect(),
@@ -787,9 +785,19 @@ async fn failing_mirrors_fall_through_to_the_registry() {
         "missing everywhere",
     );
     assert!(
-        matches!(&err, RegistryError::NotFound { registry, .. } if *registry == origin.host()),
+        matches!(err.cause(), RegistryError::NotFound { registry, .. } if *registry == origin.host()),
         "{err:?}"
     );
+    assert!(err.is_not_found());
+    // ... and the message says what every endpoint answered
+    let message = err.to_string();
+    for endpoint in [
+        dead_mirror_url.as_str(),
+        &empty_mirror.url(),
+        &origin.host(),
+    ] {
+        assert!(message.contains(endpoint), "{endpoint} in {message}");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -25,7 +25,9 @@ use support::images::{
     WHARF_GID, WHARF_UID,
 };
 use wharf::image::snapshot::{mount_rootfs, unmount_rootfs, SnapshotError, Snapshotter};
-use wharf::image::unpack::{apply_layer, Compression, UnpackError, UnpackStats};
+use wharf::image::unpack::{
+    apply_layer, apply_layer_limited, Compression, Limits, UnpackError, UnpackStats,
+};
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -871,10 +873,13 @@ impl Sandbox {
 fn assert_rejected(result: Result<UnpackStats, UnpackError>, entry: &str) -> String {
     let err = result.expect_err("the layer must be rejected");
     let message = err.to_string();
-    assert!(
-        message.contains(&format!("{entry:?}")),
-        "error {message:?} does not name the entry {entry:?}"
-    );
+    // Errors echo at most 256 bytes of an entry path, then say how long it was.
+    let named = if entry.len() > 256 {
+        message.contains(&entry[..256]) && message.contains(&format!("… ({} bytes)", entry.len()))
+    } else {
+        message.contains(&format!("{entry:?}"))
+    };
+    assert!(named, "error {message:?} does not name the entry {entry:?}");
     message
 }
 
@@ -1142,4 +1147,197 @@ fn whiteouts_cannot_reach_outside() {
         let layer = file_entry(LayerBuilder::new(), path);
         assert_rejected(sb.apply(&layer, &[]), path);
     }
+}
+
+// ---------------------------------------------------------------------------
+// limits
+
+/// `len` zero bytes, zstd-compressed: a valid empty tar followed by zero padding, which
+/// the unpacker reads to EOF (the diff_id covers it).
+fn zstd_zeros(len: u64) -> Vec<u8> {
+    let mut blob = Vec::new();
+    let mut encoder = zstd::stream::write::Encoder::new(&mut blob, 3).expect("zstd encoder");
+    io::copy(&mut io::repeat(0).take(len), &mut encoder).expect("compress");
+    encoder.finish().expect("finish zstd");
+    blob
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_at_the_limit() {
+    let tmp = tempdir();
+    // 1 GiB of zeros in a few dozen KiB
+    let bomb = zstd_zeros(1 << 30);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let limits = Limits {
+        max_bytes: 64 << 20,
+        ..Limits::unlimited()
+    };
+    let started = std::time::Instant::now();
+    let err = apply_layer_limited(
+        &bomb[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "bomb"),
+        limits.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_layer",
+                limit: 67108864,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("registry.max_unpacked_bytes_per_layer"));
+    eprintln!("refused after {:?}", started.elapsed());
+    // what fits passes
+    apply_layer_limited(
+        &zstd_zeros(32 << 20)[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "fits"),
+        limits,
+    )
+    .expect("32 MiB within a 64 MiB limit");
+}
+
+#[test]
+fn layers_of_one_image_share_the_image_limit() {
+    let tmp = tempdir();
+    let image = Limits {
+        max_image_bytes: 100 << 20,
+        ..Limits::unlimited()
+    };
+    let layer = zstd_zeros(60 << 20);
+    apply_layer_limited(
+        &layer[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "one"),
+        image.clone(),
+    )
+    .expect("first layer");
+    let err = apply_layer_limited(
+        &layer[..],
+        Compression::Zstd,
+        &new_dest(tmp.path(), "two"),
+        image,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_image",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn entries_past_the_limit_are_refused_and_paths_in_errors_are_bounded() {
+    let tmp = tempdir();
+    let layer = (0..11).fold(LayerBuilder::new(), |l, i| l.file(&format!("f{i}"), "x"));
+    let err = apply_layer_limited(
+        &layer.tar()[..],
+        Compression::None,
+        &new_dest(tmp.path(), "many"),
+        Limits {
+            max_entries: 10,
+            ..Limits::unlimited()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_entries_per_layer",
+                limit: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // a 1 MiB entry path: the error names it, cut to 256 bytes
+    let long = "y".repeat(1 << 20);
+    let err = apply_layer(
+        &LayerBuilder::new().file(&long, "x").tar()[..],
+        Compression::None,
+        &new_dest(tmp.path(), "long"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.len() < 512, "{} bytes", err.len());
+    assert!(
+        err.contains(&format!("{}… (1048576 bytes)", "y".repeat(256))),
+        "{err}"
+    );
+}
+
+/// A GNU sparse entry of `real_size` bytes holding 512 bytes of data at its end.
+fn sparse_layer(real_size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("sparse").expect("path");
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(FIXED_MTIME);
+    header.set_size(512);
+    {
+        let gnu = header.as_gnu_mut().expect("a GNU header");
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+    }
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append(&header, &[7u8; 512][..])
+        .expect("append sparse entry");
+    builder.into_inner().expect("tar")
+}
+
+#[test]
+fn sparse_entries_count_their_full_size() {
+    let tmp = tempdir();
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        ..Limits::unlimited()
+    };
+    // 512 KiB, nearly all hole: fits, and is written out in full (no sparse files)
+    let dest = new_dest(tmp.path(), "small");
+    apply_layer_limited(
+        &sparse_layer(512 << 10)[..],
+        Compression::None,
+        &dest,
+        limits.clone(),
+    )
+    .expect("a 512 KiB sparse file within 1 MiB");
+    assert_eq!(fs::metadata(dest.join("sparse")).unwrap().len(), 512 << 10);
+    // 64 MiB of hole in a 2 KiB tar: refused at the limit (were the holes not counted,
+    // it would be written out and pass)
+    let err = apply_layer_limited(
+        &sparse_layer(64 << 20)[..],
+        Compression::None,
+        &new_dest(tmp.path(), "huge"),
+        limits,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UnpackError::Limit {
+                key: "registry.max_unpacked_bytes_per_layer",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

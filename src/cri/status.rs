@@ -39,23 +39,7 @@ fn store_code(err: &StoreError) -> Code {
 
 pub fn from_image(err: ImageError) -> Status {
     let code = match &err {
-        ImageError::Registry(registry) => match registry {
-            RegistryError::InvalidReference { .. }
-            | RegistryError::InvalidDigest { .. }
-            | RegistryError::InvalidPlatform { .. } => Code::InvalidArgument,
-            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
-                Code::NotFound
-            }
-            RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-            RegistryError::UnsupportedMediaType { .. }
-            | RegistryError::InvalidManifest { .. }
-            | RegistryError::Registry { .. } => Code::FailedPrecondition,
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
-                Code::DataLoss
-            }
-            RegistryError::Transport { .. } => Code::Unavailable,
-            RegistryError::BlobFile { .. } => Code::Internal,
-        },
+        ImageError::Registry(registry) => registry_code(registry),
         ImageError::Content(content) => match content {
             ContentError::InvalidDigest(_) => Code::InvalidArgument,
             ContentError::NotFound(_) => Code::NotFound,
@@ -65,12 +49,49 @@ pub fn from_image(err: ImageError) -> Status {
             ContentError::Io { .. } => Code::Internal,
         },
         ImageError::NotFound(_) => Code::NotFound,
+        // A configured limit: a quota, as RESOURCE_EXHAUSTED means; kubelet reports it
+        // as ErrImagePull with the message, like any pull failure.
+        err if err.is_limit() => Code::ResourceExhausted,
         ImageError::InvalidImage { .. } | ImageError::Unpack { .. } => Code::FailedPrecondition,
         ImageError::DiffIdMismatch { .. } => Code::DataLoss,
         ImageError::Store(store) => store_code(store),
         ImageError::Snapshot(_) | ImageError::Task(_) => Code::Internal,
+        ImageError::TooManyLayers { .. } => Code::ResourceExhausted,
     };
-    Status::new(code, err.to_string())
+    Status::new(code, bounded_message(err.to_string()))
+}
+
+fn registry_code(err: &RegistryError) -> Code {
+    match err {
+        RegistryError::InvalidReference { .. }
+        | RegistryError::InvalidDigest { .. }
+        | RegistryError::InvalidPlatform { .. } => Code::InvalidArgument,
+        RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => Code::NotFound,
+        RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+        // Policy refusals (a redirect or token realm wharf will not follow): retrying
+        // cannot help until the registry or the configuration changes.
+        RegistryError::UnsupportedMediaType { .. }
+        | RegistryError::InvalidManifest { .. }
+        | RegistryError::Redirect { .. }
+        | RegistryError::InsecureRealm { .. }
+        | RegistryError::Registry { .. } => Code::FailedPrecondition,
+        RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => Code::DataLoss,
+        RegistryError::Transport { .. } => Code::Unavailable,
+        RegistryError::BlobFile { .. } => Code::Internal,
+        RegistryError::Endpoints { cause, .. } => registry_code(cause),
+    }
+}
+
+/// Longest status message sent: input echoed in errors is bounded where it is taken,
+/// and this caps the whole (far below gRPC's header limits).
+const MAX_MESSAGE: usize = 4096;
+
+fn bounded_message(message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        crate::image::bounded(&message, MAX_MESSAGE)
+    } else {
+        message
+    }
 }
 
 /// Plugin failures stay Unknown (the message carries the plugin's CNI code); what the

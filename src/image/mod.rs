@@ -53,6 +53,46 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error("image operation failed: {0}")]
     Task(String),
+    #[error(
+        "image {reference} has {layers} layers, more than the {limit} of \
+         registry.max_layers_per_image (overlayfs cannot stack many more)"
+    )]
+    TooManyLayers {
+        reference: String,
+        layers: usize,
+        limit: usize,
+    },
+}
+
+impl ImageError {
+    /// A configured limit refused the image.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            ImageError::TooManyLayers { .. }
+                | ImageError::Unpack {
+                    source: UnpackError::Limit { .. },
+                    ..
+                }
+        )
+    }
+}
+
+/// How much of any text taken from input (a registry's answer, a layer's entry path)
+/// errors and logs show.
+pub const MAX_ECHO: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary) plus "…" when longer:
+/// what errors and logs echo of untrusted input.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// One layer of a stored image.
@@ -212,6 +252,9 @@ pub struct ImageService {
     /// Which image of a multi-platform index a pull picks.
     platform: Platform,
     max_concurrent_downloads: usize,
+    max_layers_per_image: usize,
+    /// Per-layer limits; `image_bytes` is replaced for each pull.
+    unpack_limits: unpack::Limits,
     namespaces: RwLock<HashMap<String, Index>>,
     leases: Leases,
     /// Snapshot chains that containers' root filesystems use, by container ID: GC keeps
@@ -254,6 +297,13 @@ impl ImageService {
             registry: RegistryClient::new(registry_config),
             platform,
             max_concurrent_downloads: registry_config.max_concurrent_downloads.max(1),
+            max_layers_per_image: registry_config.max_layers_per_image,
+            unpack_limits: unpack::Limits {
+                max_entries: registry_config.max_entries_per_layer,
+                max_bytes: registry_config.max_unpacked_bytes_per_layer,
+                max_image_bytes: registry_config.max_unpacked_bytes_per_image,
+                image_bytes: Default::default(),
+            },
             namespaces: RwLock::new(namespaces),
             leases: Leases::default(),
             holds: std::sync::Mutex::new(HashMap::new()),
@@ -298,12 +348,42 @@ impl ImageService {
         reference: &str,
         credentials: &Credentials,
     ) -> Result<Image, ImageError> {
+        let result = self.pull_inner(namespace, reference, credentials).await;
+        if let Err(error) = &result {
+            if error.is_limit() {
+                // A refused image leaves nothing: the layers it did unpack go too (the
+                // pull's lease is gone; other pulls' layers keep theirs).
+                if let Err(gc) = self.gc().await {
+                    tracing::warn!(%reference, error = %gc, "cleaning up after a refused pull");
+                }
+            }
+        }
+        result
+    }
+
+    async fn pull_inner(
+        &self,
+        namespace: &str,
+        reference: &str,
+        credentials: &Credentials,
+    ) -> Result<Image, ImageError> {
         let reference = ImageReference::parse(reference)?;
         let resolved = self
             .registry
             .resolve(&reference, credentials, &self.platform)
             .await?;
+        if resolved.layers.len() > self.max_layers_per_image {
+            return Err(ImageError::TooManyLayers {
+                reference: reference.to_string(),
+                layers: resolved.layers.len(),
+                limit: self.max_layers_per_image,
+            });
+        }
         let layers = layers_of(&resolved)?;
+        let limits = unpack::Limits {
+            image_bytes: Default::default(),
+            ..self.unpack_limits.clone()
+        };
         let _lease = self.leases.take(
             layers
                 .iter()
@@ -317,7 +397,7 @@ impl ImageService {
         // Collected first: a lazy `map` closure here makes the future not `Send`.
         let fetches: Vec<_> = layers
             .iter()
-            .map(|layer| self.ensure_layer(&resolved, layer, credentials))
+            .map(|layer| self.ensure_layer(&resolved, layer, credentials, &limits))
             .collect();
         futures_util::stream::iter(fetches)
             .buffer_unordered(self.max_concurrent_downloads)
@@ -371,6 +451,7 @@ impl ImageService {
         resolved: &ResolvedImage,
         layer: &Layer,
         credentials: &Credentials,
+        limits: &unpack::Limits,
     ) -> Result<(), ImageError> {
         // Locks on the blob and on the snapshot: garbage collection takes the same ones
         // before deleting, so what is seen here as present stays present.
@@ -395,9 +476,15 @@ impl ImageService {
             let file = std::fs::File::open(&blob)
                 .map_err(|source| ContentError::Io { path: blob, source })?;
             let dir = pending.path().to_path_buf();
+            let limits = limits.clone();
             let stats = join_unpack(
                 tokio::task::spawn_blocking(move || {
-                    unpack::apply_layer(std::io::BufReader::new(file), compression, &dir)
+                    unpack::apply_layer_limited(
+                        std::io::BufReader::new(file),
+                        compression,
+                        &dir,
+                        limits,
+                    )
                 }),
                 &layer.digest,
             )
@@ -417,8 +504,14 @@ impl ImageService {
         let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Bytes>(32);
         let unpacker = pending.as_ref().map(|pending| {
             let dir = pending.path().to_path_buf();
+            let limits = limits.clone();
             tokio::task::spawn_blocking(move || {
-                unpack::apply_layer(ChannelReader::new(chunks_rx), compression, &dir)
+                unpack::apply_layer_limited(
+                    ChannelReader::new(chunks_rx),
+                    compression,
+                    &dir,
+                    limits,
+                )
             })
         });
         let mut ingest = self.content.ingest(&layer.digest, Some(layer.size))?;

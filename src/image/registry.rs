@@ -6,7 +6,10 @@
 //! [`RegistryClient::push`] uploads an image (skipping blobs the registry has, mounting
 //! from other repositories when it can, uploading monolithically or in chunks).
 //!
-//! The distribution API calls go through `oci-client`. What it does not do is done here:
+//! Pushes go through `oci-client`; pulls (manifest and blob GETs) are plain `reqwest`
+//! requests whose redirects wharf follows itself, each hop checked by
+//! [`check_redirect`].
+//! Also done here:
 //! - authentication: the `/v2/` ping, the `WWW-Authenticate` challenge and the token
 //!   request (GET with Basic credentials, or the OAuth2 POST with an identity token), with
 //!   the scope of the operation (`pull`, or `pull,push` plus `pull` on the repositories a
@@ -18,6 +21,10 @@
 //!   and for loopback hosts, as Docker does. The credentials given for a registry are
 //!   also offered to its mirrors (as Docker and containerd do): mirrors are configured
 //!   by the administrator, not by the image reference;
+//! - token realms: credentials go to one only over HTTPS, or over plain HTTP when it is
+//!   on the registry's own host ([`RegistryError::InsecureRealm`] otherwise);
+//! - redirects: at most 5 hops, http(s) only, never HTTPS to HTTP, never into another
+//!   address class than the registry's unless `registry.redirect_allow` says so;
 //! - retries with exponential backoff on transient errors (connection failures, 5xx, 429)
 //!   on the origin; a failing mirror falls through to the next endpoint at once;
 //! - verification: manifest digests (the asked digest, the index entry's digest), the
@@ -38,9 +45,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -92,6 +98,8 @@ const MAX_MANIFEST_SIZE: usize = 4 << 20;
 const MAX_CONFIG_SIZE: u64 = 32 << 20;
 /// oci-client never sends more than this in one PATCH.
 const MAX_UPLOAD_CHUNK: usize = 4 << 20;
+/// Redirects followed for one request (Go's client, and so Docker, follow 10).
+const MAX_REDIRECTS: usize = 5;
 /// Cached authenticated clients; beyond this, expired ones and then all are dropped.
 const MAX_SESSIONS: usize = 64;
 const USER_AGENT: &str = concat!("wharf/", env!("CARGO_PKG_VERSION"));
@@ -141,6 +149,20 @@ pub enum RegistryError {
     Transport { registry: String, message: String },
     #[error("registry {registry} refused the request: {message}")]
     Registry { registry: String, message: String },
+    #[error("refused redirect to {url}: {reason}")]
+    Redirect { url: String, reason: String },
+    #[error(
+        "registry {registry} sends credentials to token realm {realm}: refused, credentials \
+         go to a token realm only over HTTPS or to the registry's own host"
+    )]
+    InsecureRealm { registry: String, realm: String },
+    /// Every endpoint (mirrors, then the registry) failed: the most specific cause, and
+    /// what each endpoint answered.
+    #[error("{cause} (endpoints tried: {})", .tried.join("; "))]
+    Endpoints {
+        cause: Box<RegistryError>,
+        tried: Vec<String>,
+    },
     #[error("blob {digest} at {}: {source}", .path.display())]
     BlobFile {
         digest: String,
@@ -160,7 +182,28 @@ fn list_or_none(items: &[String]) -> String {
 impl RegistryError {
     /// The registry (or mirror) has no such manifest or blob.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RegistryError::NotFound { .. })
+        match self {
+            RegistryError::Endpoints { cause, .. } => cause.is_not_found(),
+            other => matches!(other, RegistryError::NotFound { .. }),
+        }
+    }
+
+    /// The error that decides the outcome: the cause when every endpoint failed.
+    pub fn cause(&self) -> &RegistryError {
+        match self {
+            RegistryError::Endpoints { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
+
+    /// How telling an endpoint's failure is, when every endpoint failed: an answer from
+    /// a registry (not found, refused, bad content) says more than not reaching one.
+    fn specificity(&self) -> u8 {
+        match self {
+            RegistryError::Transport { .. } => 0,
+            RegistryError::Registry { .. } => 1,
+            _ => 2,
+        }
     }
 
     /// Replaces every secret of `credentials` in free-text messages (defence in depth:
@@ -193,6 +236,10 @@ impl RegistryError {
                     reason: clean(reason),
                 }
             }
+            RegistryError::Endpoints { cause, tried } => RegistryError::Endpoints {
+                cause: Box::new(cause.scrub(credentials)),
+                tried: tried.into_iter().map(clean).collect(),
+            },
             other => other,
         }
     }
@@ -242,16 +289,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+fn truncate(s: String, max: usize) -> String {
     if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
+        super::bounded(&s, max)
+    } else {
+        s
     }
-    s
+}
+
+/// Text taken from a registry (a URL, a header) as errors and logs may show it.
+fn echo(s: &str) -> String {
+    super::bounded(s, super::MAX_ECHO)
 }
 
 // ---------------------------------------------------------------------------
@@ -562,6 +610,22 @@ fn host_ip(registry: &str) -> Option<IpAddr> {
         .trim_end_matches(']')
         .parse()
         .ok()
+}
+
+/// `url` names the host of `host_port` (`name[:port]`): the same name or address,
+/// whatever the port.
+fn same_host(url: &reqwest::Url, host_port: &str) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let ours = host_part(host_port)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let theirs = host.trim_start_matches('[').trim_end_matches(']');
+    match (theirs.parse::<IpAddr>(), ours.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => theirs.eq_ignore_ascii_case(ours),
+    }
 }
 
 /// `addr/prefix` contains `ip`.
@@ -927,7 +991,7 @@ fn descriptor(
 ) -> Result<LayerDescriptor, RegistryError> {
     let invalid = |reason: String| RegistryError::InvalidManifest {
         reference: reference.to_string(),
-        reason,
+        reason: truncate(reason, 512),
     };
     check_digest(&raw.digest).map_err(|reason| invalid(format!("{what}: {reason}")))?;
     let size = u64::try_from(raw.size)
@@ -944,15 +1008,17 @@ fn descriptor(
 fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, RegistryError> {
     let invalid = |reason: String| RegistryError::InvalidManifest {
         reference: reference.to_string(),
-        reason,
+        reason: truncate(reason, 512),
     };
     let raw: RawManifest =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a JSON manifest: {e}")))?;
     if raw.schema_version == Some(1) {
         return Err(RegistryError::UnsupportedMediaType {
-            media_type: raw
-                .media_type
-                .unwrap_or_else(|| MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED.to_string()),
+            media_type: echo(
+                raw.media_type
+                    .as_deref()
+                    .unwrap_or(MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED),
+            ),
             supported: strings(MANIFEST_MEDIA_TYPES),
         });
     }
@@ -978,7 +1044,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
             let config = descriptor(config, "config", reference)?;
             if !CONFIG_MEDIA_TYPES.contains(&config.media_type.as_str()) {
                 return Err(RegistryError::UnsupportedMediaType {
-                    media_type: config.media_type,
+                    media_type: echo(&config.media_type),
                     supported: strings(CONFIG_MEDIA_TYPES),
                 });
             }
@@ -993,7 +1059,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
                 .find(|l| !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
             {
                 return Err(RegistryError::UnsupportedMediaType {
-                    media_type: layer.media_type.clone(),
+                    media_type: echo(&layer.media_type),
                     supported: strings(LAYER_MEDIA_TYPES),
                 });
             }
@@ -1030,7 +1096,7 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<ParsedManifest, Regis
         }
         // Docker schema 1, artifacts, anything else.
         _ => Err(RegistryError::UnsupportedMediaType {
-            media_type,
+            media_type: echo(&media_type),
             supported: strings(MANIFEST_MEDIA_TYPES),
         }),
     }
@@ -1064,7 +1130,12 @@ fn platform_not_found(entries: &[IndexEntry], wanted: &Platform) -> RegistryErro
             Some(p) => p.to_string(),
             None => "unknown".to_string(),
         };
+        let name = echo(&name);
         if !available.contains(&name) {
+            if available.len() == 32 {
+                available.push("...".to_string());
+                break;
+            }
             available.push(name);
         }
     }
@@ -1317,6 +1388,10 @@ struct Inner {
     max_attempts: u32,
     max_concurrent_downloads: usize,
     options: ClientOptions,
+    /// `registry.redirect_allow`: redirect targets allowed across address classes.
+    redirect_allow: Arc<Vec<String>>,
+    /// Blob downloads: no overall timeout (a blob may take long), a read timeout.
+    blob_http: OnceLock<Result<reqwest::Client, String>>,
     /// For the `/v2/` ping and token requests. Built on first use: a TLS client
     /// configuration is a few hundred KB of code and data a node that never pulls
     /// (or not yet) need not page in.
@@ -1385,6 +1460,8 @@ impl RegistryClient {
                 max_attempts: config.max_attempts.max(1),
                 max_concurrent_downloads: config.max_concurrent_downloads.max(1),
                 options,
+                redirect_allow: Arc::new(config.redirect_allow.clone()),
+                blob_http: OnceLock::new(),
                 http: OnceLock::new(),
                 sessions: Mutex::new(HashMap::new()),
             }),
@@ -1417,24 +1494,25 @@ impl RegistryClient {
         platform: &Platform,
     ) -> Result<ResolvedImage, RegistryError> {
         let endpoints = self.endpoints(reference);
-        let mut last = None;
+        let mut failures = Vec::new();
         for endpoint in &endpoints {
             match self
                 .resolve_at(endpoint, reference, credentials, platform)
                 .await
             {
                 Ok(image) => return Ok(image),
-                Err(error) if endpoint.mirror => {
-                    warn!(
-                        reference = %reference, mirror = %endpoint.url, %error,
-                        "mirror failed, trying the next endpoint"
-                    );
-                    last = Some(error);
+                Err(error) => {
+                    if endpoint.mirror {
+                        warn!(
+                            reference = %reference, mirror = %endpoint.url, %error,
+                            "mirror failed, trying the next endpoint"
+                        );
+                    }
+                    failures.push((endpoint.name.clone(), error));
                 }
-                Err(error) => return Err(error.scrub(credentials)),
             }
         }
-        Err(last
+        Err(most_specific(failures)
             .unwrap_or_else(|| RegistryError::Transport {
                 registry: reference.registry().to_string(),
                 message: "no endpoint".to_string(),
@@ -1570,28 +1648,6 @@ impl RegistryClient {
         endpoints
     }
 
-    /// An oci-client reference for `reference`'s repository at `object` (tag or digest)
-    /// on `endpoint`.
-    fn oci_reference(reference: &ImageReference, endpoint: &Endpoint, object: &str) -> Reference {
-        let mut oci = if object.starts_with("sha256:") {
-            Reference::with_digest(
-                reference.registry.clone(),
-                reference.repository.clone(),
-                object.to_string(),
-            )
-        } else {
-            Reference::with_tag(
-                reference.registry.clone(),
-                reference.repository.clone(),
-                object.to_string(),
-            )
-        };
-        if endpoint.mirror {
-            oci.set_mirror_registry(endpoint.host.clone());
-        }
-        oci
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(10);
         let max = Duration::from_secs(10);
@@ -1706,6 +1762,7 @@ impl RegistryClient {
                 .user_agent(USER_AGENT)
                 .connect_timeout(self.inner.options.connect_timeout)
                 .timeout(Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| error_chain(&e))
         });
@@ -1717,10 +1774,85 @@ impl RegistryClient {
         })
     }
 
+    fn blob_http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
+        let http = self.inner.blob_http.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(self.inner.options.connect_timeout)
+                .read_timeout(self.inner.options.read_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| error_chain(&e))
+        });
+        http.as_ref().map_err(|message| {
+            Failure::fatal(RegistryError::Transport {
+                registry: endpoint.name.clone(),
+                message: format!("cannot create an HTTP client: {message}"),
+            })
+        })
+    }
+
+    /// GETs `url`, following redirects by hand as [`check_redirect`] allows: so that a
+    /// failure names the URL that failed (reqwest's error names the first), and `auth`
+    /// goes only to the first URL's origin (scheme, host and port), never to where the
+    /// registry redirects. A redirect without a `Location` comes back as the response.
+    async fn get_following(
+        &self,
+        http: &reqwest::Client,
+        endpoint: &Endpoint,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        auth: &RegistryAuth,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let first = reqwest::Url::parse(url).map_err(|e| {
+            Failure::fatal(RegistryError::Registry {
+                registry: endpoint.name.clone(),
+                message: format!("{what}: {} is not a URL: {e}", echo(url)),
+            })
+        })?;
+        let mut current = first.clone();
+        let mut chain = vec![first];
+        loop {
+            let mut request = http.get(current.clone()).headers(headers.clone());
+            if current.origin() == chain[0].origin() {
+                request = with_auth(request, auth);
+            }
+            // reqwest's error names the URL of this request: the one that failed.
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Self::request_failure(endpoint, what, &e))?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
+                return Ok(response);
+            };
+            let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+            let next = current.join(&location).map_err(|e| {
+                Failure::fatal(RegistryError::Redirect {
+                    url: echo(&location),
+                    reason: format!("not a URL: {e}"),
+                })
+            })?;
+            check_redirect(&chain, &next, &self.inner.redirect_allow).map_err(|reason| {
+                debug!(url = %echo(next.as_str()), %reason, "refusing a redirect");
+                Failure::fatal(RegistryError::Redirect {
+                    url: echo(next.as_str()),
+                    reason,
+                })
+            })?;
+            debug!(from = %echo(current.as_str()), to = %echo(next.as_str()), "following a redirect");
+            chain.push(next.clone());
+            current = next;
+        }
+    }
+
     fn request_failure(endpoint: &Endpoint, what: &str, err: &reqwest::Error) -> Failure {
         let error = RegistryError::Transport {
             registry: endpoint.name.clone(),
-            message: format!("{what}: {}", error_chain(err)),
+            message: truncate(format!("{what}: {}", error_chain(err)), 1024),
         };
         if err.is_builder() || err.is_redirect() {
             Failure::fatal(error)
@@ -1749,11 +1881,16 @@ impl RegistryClient {
         }
         let http = self.http(endpoint)?;
         let url = format!("{}/v2/", endpoint.url);
-        let response = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, "GET /v2/", &e))?;
+        let response = self
+            .get_following(
+                http,
+                endpoint,
+                &url,
+                reqwest::header::HeaderMap::new(),
+                &RegistryAuth::Anonymous,
+                "GET /v2/",
+            )
+            .await?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Failure::transient(RegistryError::Transport {
@@ -1815,21 +1952,33 @@ impl RegistryClient {
             })
         };
         let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| refused(format!("token realm {realm:?} is not a URL: {e}")))?;
-        let realm_loopback = url
-            .host_str()
-            .is_some_and(|h| h == "localhost" || host_ip(h).is_some_and(|ip| ip.is_loopback()));
+            .map_err(|e| refused(format!("token realm {:?} is not a URL: {e}", echo(realm))))?;
+        let sends_credentials = !matches!(credentials, Credentials::Anonymous);
         match url.scheme() {
             "https" => {}
-            "http" if endpoint.http || realm_loopback => {}
-            _ => {
+            "http" if !sends_credentials => {}
+            "http" if same_host(&url, &endpoint.host) => {
+                warn!(
+                    registry = %endpoint.name, realm = %echo(realm),
+                    "sending credentials over plain HTTP to the registry's own token realm"
+                );
+            }
+            "http" => {
+                return Err(Failure::fatal(RegistryError::InsecureRealm {
+                    registry: endpoint.name.clone(),
+                    realm: echo(realm),
+                }))
+            }
+            other => {
                 return Err(refused(format!(
-                    "token realm {realm:?} is not https: credentials are not sent in clear"
+                    "token realm {:?} has scheme {:?}, not https",
+                    echo(realm),
+                    echo(other)
                 )))
             }
         }
         let http = self.http(endpoint)?;
-        let request = match credentials {
+        let response = match credentials {
             Credentials::IdentityToken(refresh_token) => {
                 let scope = scopes.join(" ");
                 let mut form = vec![
@@ -1841,12 +1990,16 @@ impl RegistryClient {
                 if let Some(service) = service {
                     form.push(("service", service));
                 }
+                // A POST is not redirected (a 3xx is a refusal).
                 http.post(url)
                     .header(
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
                     )
                     .body(form_encode(&form))
+                    .send()
+                    .await
+                    .map_err(|e| Self::request_failure(endpoint, "token request", &e))?
             }
             _ => {
                 {
@@ -1858,19 +2011,23 @@ impl RegistryClient {
                         query.append_pair("scope", scope);
                     }
                 }
-                let request = http.get(url);
-                match credentials {
+                let auth = match credentials {
                     Credentials::Basic { username, password } => {
-                        request.basic_auth(username, Some(password))
+                        RegistryAuth::Basic(username.clone(), password.clone())
                     }
-                    _ => request,
-                }
+                    _ => RegistryAuth::Anonymous,
+                };
+                self.get_following(
+                    http,
+                    endpoint,
+                    url.as_str(),
+                    reqwest::header::HeaderMap::new(),
+                    &auth,
+                    "token request",
+                )
+                .await?
             }
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, "token request", &e))?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(Failure::transient(RegistryError::Transport {
@@ -1983,20 +2140,19 @@ impl RegistryClient {
             url.push_str("?ns=");
             url.push_str(&reference.registry);
         }
-        let request = http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match &session.auth {
-            RegistryAuth::Anonymous => request,
-            RegistryAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
-            RegistryAuth::Bearer(token) => request.bearer_auth(token),
-        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(accept) = reqwest::header::HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", "))
+        {
+            headers.insert(reqwest::header::ACCEPT, accept);
+        }
         let what = format!("GET manifest {object}");
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Self::request_failure(endpoint, &what, &e))?;
+        let response = self
+            .get_following(http, endpoint, &url, headers, &session.auth, &what)
+            .await?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(Failure::fatal(unfollowed_redirect(&response)));
+        }
         if !status.is_success() {
             let body = read_capped(response, 64 << 10)
                 .await
@@ -2205,7 +2361,9 @@ impl RegistryClient {
     }
 
     /// Opens a blob at `offset`: the byte stream, its announced length and whether the
-    /// registry honoured the range (206) or sent the whole blob (200).
+    /// registry honoured the range (206) or sent the whole blob (200). Redirects (to a
+    /// CDN, typically) are followed as [`check_redirect`] allows; the registry's
+    /// `Authorization` header never goes to another host.
     async fn open_blob(
         &self,
         endpoint: &Endpoint,
@@ -2214,56 +2372,85 @@ impl RegistryClient {
         digest: &str,
         offset: u64,
     ) -> Result<OpenedBlob, RegistryError> {
-        let oci = Self::oci_reference(reference, endpoint, reference.manifest_reference());
         let repository = reference.repository.as_str();
-        let descriptor = OciDescriptor {
-            digest: digest.to_string(),
-            ..OciDescriptor::default()
-        };
         self.with_session(
             endpoint,
             credentials,
             repository,
             &Access::Pull,
-            |session| {
-                let (oci, descriptor) = (&oci, &descriptor);
-                async move {
-                    let map =
-                        |e: OciDistributionError| oci_failure(e, endpoint, repository, digest);
-                    if offset == 0 {
-                        let sized = session
-                            .client
-                            .pull_blob_stream(oci, descriptor)
-                            .await
-                            .map_err(map)?;
-                        Ok(OpenedBlob {
-                            length: sized.content_length,
-                            stream: sized.stream,
-                            partial: false,
-                        })
-                    } else {
-                        match session
-                            .client
-                            .pull_blob_stream_partial(oci, descriptor, offset, None)
-                            .await
-                            .map_err(map)?
-                        {
-                            BlobResponse::Full(sized) => Ok(OpenedBlob {
-                                length: sized.content_length,
-                                stream: sized.stream,
-                                partial: false,
-                            }),
-                            BlobResponse::Partial(sized) => Ok(OpenedBlob {
-                                length: sized.content_length,
-                                stream: sized.stream,
-                                partial: true,
-                            }),
-                        }
-                    }
-                }
+            |session| async move {
+                self.get_blob(&session, endpoint, reference, digest, offset)
+                    .await
             },
         )
         .await
+    }
+
+    async fn get_blob(
+        &self,
+        session: &Session,
+        endpoint: &Endpoint,
+        reference: &ImageReference,
+        digest: &str,
+        offset: u64,
+    ) -> Result<OpenedBlob, Failure> {
+        let http = self.blob_http(endpoint)?;
+        let mut url = format!(
+            "{}/v2/{}/blobs/{digest}",
+            endpoint.url, reference.repository
+        );
+        if endpoint.mirror {
+            url.push_str("?ns=");
+            url.push_str(&reference.registry);
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if offset > 0 {
+            if let Ok(range) = reqwest::header::HeaderValue::from_str(&format!("bytes={offset}-")) {
+                headers.insert(reqwest::header::RANGE, range);
+            }
+        }
+        let what = format!("GET blob {digest}");
+        let response = self
+            .get_following(http, endpoint, &url, headers, &session.auth, &what)
+            .await?;
+        if response.status().is_redirection() {
+            return Err(Failure::fatal(unfollowed_redirect(&response)));
+        }
+        let partial = match response.status().as_u16() {
+            200 => false,
+            206 if offset > 0 => true,
+            code => {
+                let body = read_capped(response, 64 << 10)
+                    .await
+                    .map(|(body, _)| body)
+                    .unwrap_or_default();
+                return Err(status_failure(
+                    code,
+                    &body,
+                    endpoint,
+                    &reference.repository,
+                    digest,
+                ));
+            }
+        };
+        let length = response.content_length();
+        let stream = stream::unfold(Some(response), |state| async move {
+            let mut response = state?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(std::io::Error::other(truncate(error_chain(&e), 1024))),
+                    None,
+                )),
+            }
+        })
+        .boxed();
+        Ok(OpenedBlob {
+            stream,
+            length,
+            partial,
+        })
     }
 
     // -- push ---------------------------------------------------------------
@@ -2496,6 +2683,211 @@ impl RegistryClient {
         .await?;
         debug!(%digest, %target, chunked, "blob uploaded");
         Ok(())
+    }
+}
+
+/// The error to report when every endpoint failed (in order: mirrors, then the
+/// registry): the registry's own answer when it gave one, else the first mirror's answer,
+/// and only when no endpoint answered at all a failure to reach one. With more than one
+/// endpoint, the error also says what each one answered.
+fn most_specific(failures: Vec<(String, RegistryError)>) -> Option<RegistryError> {
+    if failures.len() <= 1 {
+        return failures.into_iter().next().map(|(_, error)| error);
+    }
+    let best = failures
+        .iter()
+        .map(|(_, error)| error.specificity())
+        .max()
+        .unwrap_or(0);
+    // The last endpoint is the registry itself: its answer wins a tie.
+    let pick = if failures
+        .last()
+        .is_some_and(|(_, error)| error.specificity() == best)
+    {
+        failures.len() - 1
+    } else {
+        failures
+            .iter()
+            .position(|(_, error)| error.specificity() == best)
+            .unwrap_or(0)
+    };
+    let tried = failures
+        .iter()
+        .map(|(name, error)| format!("{}: {}", echo(name), truncate(error.to_string(), 512)))
+        .collect();
+    let cause = failures.into_iter().nth(pick).map(|(_, error)| error)?;
+    Some(RegistryError::Endpoints {
+        cause: Box::new(cause),
+        tried,
+    })
+}
+
+/// `request` with the session's credentials.
+fn with_auth(request: reqwest::RequestBuilder, auth: &RegistryAuth) -> reqwest::RequestBuilder {
+    match auth {
+        RegistryAuth::Anonymous => request,
+        RegistryAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
+        RegistryAuth::Bearer(token) => request.bearer_auth(token),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// redirects
+
+/// Where an address lies, for redirects: a registry on one class may not send wharf to
+/// another (a loopback or private registry to a public address, or a public registry
+/// into the node's own network) unless `registry.redirect_allow` lists the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddressClass {
+    Loopback,
+    Private,
+    Public,
+}
+
+impl fmt::Display for AddressClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressClass::Loopback => "loopback",
+            AddressClass::Private => "private",
+            AddressClass::Public => "public",
+        })
+    }
+}
+
+fn ip_class(ip: IpAddr) -> AddressClass {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                AddressClass::Loopback
+            } else if v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (a == 100 && (b & 0xc0) == 64)
+            {
+                AddressClass::Private
+            } else {
+                AddressClass::Public
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                AddressClass::Loopback
+            } else if let Some(v4) = v6.to_ipv4_mapped() {
+                ip_class(IpAddr::V4(v4))
+            } else if (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+            {
+                AddressClass::Private
+            } else {
+                AddressClass::Public
+            }
+        }
+    }
+}
+
+/// The class of a URL's host. Names are judged by the name only (no lookup): `localhost`
+/// is loopback, any other name public.
+fn host_class(host: &str) -> AddressClass {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ip_class(ip);
+    }
+    let lower = bare.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        AddressClass::Loopback
+    } else {
+        AddressClass::Public
+    }
+}
+
+/// `url`'s host is listed in `registry.redirect_allow` (name, name:port, address, CIDR).
+fn redirect_allowed(allow: &[String], url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = bare.parse::<IpAddr>().ok();
+    let with_port = url
+        .port_or_known_default()
+        .map(|port| format!("{host}:{port}"));
+    allow.iter().any(|entry| {
+        entry.eq_ignore_ascii_case(host)
+            || entry.eq_ignore_ascii_case(bare)
+            || with_port
+                .as_deref()
+                .is_some_and(|hp| entry.eq_ignore_ascii_case(hp))
+            || ip.is_some_and(|ip| {
+                entry.parse::<IpAddr>().is_ok_and(|e| e == ip) || cidr_contains(entry, ip)
+            })
+    })
+}
+
+/// Whether a redirect from the chain `previous` (the first is the registry's URL) to
+/// `next` may be followed: at most [`MAX_REDIRECTS`] hops, http(s) only, never from
+/// HTTPS down to plain HTTP, and never into another address class than the registry's
+/// unless `allow` lists the target.
+fn check_redirect(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+    allow: &[String],
+) -> Result<(), String> {
+    if previous.len() > MAX_REDIRECTS {
+        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    match next.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("scheme {:?} is not http or https", echo(other))),
+    }
+    if next.scheme() == "http" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err("a redirect from HTTPS to plain HTTP".to_string());
+    }
+    let Some(host) = next.host_str() else {
+        return Err("the URL has no host".to_string());
+    };
+    let Some(registry) = previous.first().and_then(|u| u.host_str()) else {
+        return Ok(());
+    };
+    let (from, to) = (host_class(registry), host_class(host));
+    if from != to && !redirect_allowed(allow, next) {
+        return Err(format!(
+            "the registry at {from} address {} may not send wharf to a {to} address \
+             (registry.redirect_allow lists the exceptions)",
+            echo(registry)
+        ));
+    }
+    Ok(())
+}
+
+/// A redirect response that was not followed: one without a `Location`.
+fn unfollowed_redirect(response: &reqwest::Response) -> RegistryError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match location {
+        Some(location) => {
+            let reason = match response.url().join(&location) {
+                Ok(next) if !matches!(next.scheme(), "http" | "https") => {
+                    format!("scheme {:?} is not http or https", echo(next.scheme()))
+                }
+                Ok(_) => format!("HTTP {} not followed", response.status().as_u16()),
+                Err(e) => format!("not a URL: {e}"),
+            };
+            RegistryError::Redirect {
+                url: echo(&location),
+                reason,
+            }
+        }
+        None => RegistryError::Redirect {
+            url: "(no Location header)".to_string(),
+            reason: format!(
+                "HTTP {} from {}",
+                response.status().as_u16(),
+                echo(response.url().as_str())
+            ),
+        },
     }
 }
 
@@ -3246,10 +3638,123 @@ mod tests {
         assert!(endpoints[0].http && endpoints[0].mirror);
         assert!(!endpoints[1].http && endpoints[1].mirror);
         assert!(!endpoints[2].mirror);
-        let oci = RegistryClient::oci_reference(&parse("busybox"), &endpoints[0], "latest");
-        assert_eq!(oci.resolve_registry(), "127.0.0.1:5001");
-        assert_eq!(oci.namespace(), Some("docker.io"));
         assert_eq!(c.endpoints(&parse("quay.io/x")).len(), 1);
+    }
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn redirect_policy_rules() {
+        let allow: Vec<String> = vec!["10.1.0.0/16".into(), "minio.lan".into()];
+        let check = |chain: &[&str], next: &str| {
+            let chain: Vec<reqwest::Url> = chain.iter().map(|u| url(u)).collect();
+            check_redirect(&chain, &url(next), &allow)
+        };
+        // a public registry to its CDN, https all along
+        assert!(check(
+            &["https://registry-1.docker.io/v2/x/blobs/sha256:a"],
+            "https://production.cloudflare.docker.com/blob"
+        )
+        .is_ok());
+        // loopback to loopback (another port), plain HTTP
+        assert!(check(&["http://127.0.0.1:5000/v2/"], "http://localhost:6000/b").is_ok());
+        // never down to plain HTTP, even on the same host, even a hop later
+        let err = check(&["https://r.example/v2/"], "http://r.example/b").unwrap_err();
+        assert!(err.contains("HTTPS to plain HTTP"), "{err}");
+        assert!(check(
+            &["https://r.example/v2/", "https://cdn.example/a"],
+            "http://cdn.example/b"
+        )
+        .is_err());
+        // never to another scheme
+        let err = check(&["http://127.0.0.1:5000/v2/"], "file:///etc/passwd").unwrap_err();
+        assert!(err.contains("\"file\""), "{err}");
+        assert!(check(&["https://r.example/v2/"], "ftp://r.example/b").is_err());
+        // not across address classes, either way, unless allowed
+        for (from, to) in [
+            ("http://127.0.0.1:5000/v2/", "http://10.255.255.1/b"),
+            ("http://127.0.0.1:5000/v2/", "https://203.0.113.7/b"),
+            ("http://[::1]:5000/v2/", "https://cdn.example/b"),
+            ("http://10.0.0.5:5000/v2/", "https://cdn.example/b"),
+            ("http://192.168.1.2/v2/", "http://127.0.0.1:80/b"),
+            ("https://r.example/v2/", "https://10.0.0.1/b"),
+            ("https://r.example/v2/", "https://[fd00::1]/b"),
+            ("https://r.example/v2/", "https://169.254.169.254/latest"),
+            ("https://r.example/v2/", "https://localhost/b"),
+            ("https://r.example/v2/", "https://[::ffff:127.0.0.1]/b"),
+        ] {
+            let err = check(&[from], to).expect_err(to);
+            assert!(err.contains("may not send wharf"), "{from} -> {to}: {err}");
+        }
+        assert!(check(&["https://r.example/v2/"], "https://10.1.2.3/b").is_ok());
+        assert!(check(&["http://10.0.0.5:5000/v2/"], "http://minio.lan:9000/b").is_ok());
+        assert!(check(&["http://10.0.0.5:5000/v2/"], "http://10.0.0.6/b").is_ok());
+        // at most MAX_REDIRECTS hops
+        let chain: Vec<String> = (0..=MAX_REDIRECTS)
+            .map(|i| format!("https://r{i}.example/"))
+            .collect();
+        let refs: Vec<&str> = chain.iter().map(String::as_str).collect();
+        assert!(check(&refs[..MAX_REDIRECTS], "https://last.example/").is_ok());
+        let err = check(&refs, "https://last.example/").unwrap_err();
+        assert!(err.contains("more than 5 redirects"), "{err}");
+    }
+
+    #[test]
+    fn token_realm_host_is_compared_without_port() {
+        assert!(same_host(
+            &url("http://127.0.0.1:9999/token"),
+            "127.0.0.1:5000"
+        ));
+        assert!(same_host(&url("http://[::1]:1/token"), "[::1]:5000"));
+        assert!(same_host(&url("http://Reg.LAN/token"), "reg.lan:5000"));
+        assert!(!same_host(&url("http://127.0.0.2/token"), "127.0.0.1:5000"));
+        assert!(!same_host(
+            &url("http://10.255.255.1/token"),
+            "127.0.0.1:5000"
+        ));
+        assert!(!same_host(&url("http://localhost/token"), "127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn the_most_specific_endpoint_failure_is_reported() {
+        let transport = |r: &str| RegistryError::Transport {
+            registry: r.to_string(),
+            message: "dns error".to_string(),
+        };
+        let not_found = |r: &str| RegistryError::NotFound {
+            registry: r.to_string(),
+            repository: "library/busybox".to_string(),
+            reference: "nope".to_string(),
+        };
+        let mirror = "http://127.0.0.1:5001";
+        let err = most_specific(vec![
+            (mirror.to_string(), not_found(mirror)),
+            ("docker.io".to_string(), transport("docker.io")),
+        ])
+        .unwrap();
+        assert!(err.is_not_found(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(mirror) && text.contains("docker.io"),
+            "{text}"
+        );
+        // the registry's own answer wins over a mirror's
+        let err = most_specific(vec![
+            (mirror.to_string(), not_found(mirror)),
+            (
+                "docker.io".to_string(),
+                RegistryError::Unauthorized {
+                    registry: "docker.io".to_string(),
+                },
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(err.cause(), RegistryError::Unauthorized { .. }));
+        // one endpoint: its error as is
+        let err = most_specific(vec![("docker.io".to_string(), transport("docker.io"))]).unwrap();
+        assert!(matches!(err, RegistryError::Transport { .. }));
     }
 
     #[test]

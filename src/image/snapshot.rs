@@ -228,6 +228,10 @@ impl Snapshotter {
         chain_id: &str,
     ) -> Result<(), SnapshotError> {
         let hex = chain_hex(chain_id)?;
+        // What the layer uses, recorded once here so that usage() need not walk it.
+        let (bytes, inodes) = walk_usage(&pending.dir, None)?;
+        let record = pending.dir.join(USAGE_FILE);
+        fs::write(&record, format!("{bytes} {inodes}\n")).map_err(io_err("writing", &record))?;
         let fs_dir = File::open(&pending.fs).map_err(io_err("opening", &pending.fs))?;
         // SAFETY: plain syscall on an open fd.
         if unsafe { libc::syncfs(fs_dir.as_raw_fd()) } != 0 {
@@ -290,46 +294,74 @@ impl Snapshotter {
 
     /// Disk bytes (allocated blocks) and inodes used under the snapshot root, each inode
     /// counted once (hard links), without following symlinks or crossing into other
-    /// filesystems mounted below it.
+    /// filesystems mounted below it. A committed layer counts what its commit recorded
+    /// (`layers/<hex>/usage`), so this does not walk every file of every image
+    /// (ImageFsInfo calls it); only a layer without the record is walked.
     pub fn usage(&self) -> Result<(u64, u64), SnapshotError> {
-        let root = fs::symlink_metadata(&self.root).map_err(io_err("stat", &self.root))?;
-        let dev = root.dev();
-        let mut seen: HashSet<u64> = HashSet::new();
-        seen.insert(root.ino());
-        let mut bytes = root.blocks() * 512;
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                // Removed meanwhile (a pending snapshot dropped, a layer removed).
+        walk_usage(&self.root, Some(&self.layers))
+    }
+}
+
+/// The record of a committed layer's usage, next to its `fs`.
+const USAGE_FILE: &str = "usage";
+
+fn read_usage(layer_dir: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(layer_dir.join(USAGE_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    let bytes = words.next()?.parse().ok()?;
+    let inodes = words.next()?.parse().ok()?;
+    Some((bytes, inodes))
+}
+
+/// What [`Snapshotter::usage`] counts, for the tree at `top`; directories directly
+/// under `layers` with a usage record count the record instead of being walked.
+fn walk_usage(top: &Path, layers: Option<&Path>) -> Result<(u64, u64), SnapshotError> {
+    let root = fs::symlink_metadata(top).map_err(io_err("stat", top))?;
+    let dev = root.dev();
+    let mut seen: HashSet<u64> = HashSet::new();
+    seen.insert(root.ino());
+    let mut bytes = root.blocks() * 512;
+    let mut recorded_inodes = 0u64;
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Removed meanwhile (a pending snapshot dropped, a layer removed).
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io_err("reading", &dir)(err)),
+        };
+        let in_layers = layers.is_some_and(|layers| dir == layers);
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(io_err("reading", &dir)(err)),
             };
-            for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                    Err(err) => return Err(io_err("reading", &dir)(err)),
-                };
-                // DirEntry::metadata does not follow symlinks.
-                let meta = match entry.metadata() {
-                    Ok(meta) => meta,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                    Err(err) => return Err(io_err("stat", &entry.path())(err)),
-                };
-                if meta.dev() != dev {
+            if in_layers {
+                if let Some((layer_bytes, layer_inodes)) = read_usage(&entry.path()) {
+                    bytes += layer_bytes;
+                    recorded_inodes += layer_inodes;
                     continue;
                 }
-                if seen.insert(meta.ino()) {
-                    bytes += meta.blocks() * 512;
-                }
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                }
+            }
+            // DirEntry::metadata does not follow symlinks.
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err("stat", &entry.path())(err)),
+            };
+            if meta.dev() != dev {
+                continue;
+            }
+            if seen.insert(meta.ino()) {
+                bytes += meta.blocks() * 512;
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
             }
         }
-        Ok((bytes, seen.len() as u64))
     }
+    Ok((bytes, seen.len() as u64 + recorded_inodes))
 }
 
 /// `rename(2)` that fails with `EEXIST` instead of replacing `to`.
@@ -895,6 +927,32 @@ mod tests {
         assert!(!snapshots.exists(A));
         assert!(snapshots.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn usage_of_a_committed_layer_is_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshotter::open(dir.path()).unwrap();
+        let pending = snapshots.prepare().unwrap();
+        fs::write(pending.path().join("a"), vec![1u8; 64 * 1024]).unwrap();
+        snapshots.commit(pending, A).unwrap();
+        let before = snapshots.usage().unwrap();
+        // What is added to a committed layer (nothing ever is) is not walked: the
+        // record made at commit counts.
+        let fs_dir = dir
+            .path()
+            .join("layers")
+            .join(&A["sha256:".len()..])
+            .join("fs");
+        fs::write(fs_dir.join("b"), vec![1u8; 1024 * 1024]).unwrap();
+        assert_eq!(snapshots.usage().unwrap(), before);
+        // without the record, the layer is walked
+        fs::remove_file(fs_dir.parent().unwrap().join(USAGE_FILE)).unwrap();
+        let walked = snapshots.usage().unwrap();
+        assert!(
+            walked.0 > before.0 + 1000 * 1024 && walked.1 == before.1 + 1,
+            "{walked:?}"
+        );
     }
 
     #[test]

@@ -69,6 +69,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::libc;
 use sha2::{Digest, Sha256};
@@ -191,6 +193,110 @@ pub enum UnpackError {
         op: String,
         source: io::Error,
     },
+    #[error("{what} exceeds the limit of {limit} (config key {key})")]
+    Limit {
+        what: &'static str,
+        limit: u64,
+        key: &'static str,
+    },
+}
+
+/// What one layer (and the image it belongs to) may unpack to. Past a limit the layer
+/// is refused with [`UnpackError::Limit`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Tar entries in the layer (`registry.max_entries_per_layer`).
+    pub max_entries: u64,
+    /// Unpacked bytes of the layer (`registry.max_unpacked_bytes_per_layer`): the
+    /// uncompressed tar stream, plus the zeros a sparse entry expands to.
+    pub max_bytes: u64,
+    /// Unpacked bytes of all layers of the image (`registry.max_unpacked_bytes_per_image`).
+    pub max_image_bytes: u64,
+    /// What the image's layers unpacked so far: shared by the layers of one pull.
+    pub image_bytes: Arc<AtomicU64>,
+}
+
+impl Limits {
+    /// No limit at all.
+    pub fn unlimited() -> Limits {
+        Limits {
+            max_entries: u64::MAX,
+            max_bytes: u64::MAX,
+            max_image_bytes: u64::MAX,
+            image_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Counts unpacked bytes against [`Limits`]; remembers the first limit passed, so
+/// that whatever error the reader then sees (a tar error, a short read), the limit is
+/// what is reported.
+struct Budget {
+    limits: Limits,
+    layer_bytes: AtomicU64,
+    exceeded: Mutex<Option<UnpackError>>,
+}
+
+impl Budget {
+    fn new(limits: Limits) -> Budget {
+        Budget {
+            limits,
+            layer_bytes: AtomicU64::new(0),
+            exceeded: Mutex::new(None),
+        }
+    }
+
+    fn add(&self, n: u64) -> io::Result<()> {
+        let layer = self
+            .layer_bytes
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        let image = self
+            .limits
+            .image_bytes
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        let passed = if layer > self.limits.max_bytes {
+            Some(UnpackError::Limit {
+                what: "unpacked size of the layer (bytes)",
+                limit: self.limits.max_bytes,
+                key: "registry.max_unpacked_bytes_per_layer",
+            })
+        } else if image > self.limits.max_image_bytes {
+            Some(UnpackError::Limit {
+                what: "unpacked size of the image (bytes)",
+                limit: self.limits.max_image_bytes,
+                key: "registry.max_unpacked_bytes_per_image",
+            })
+        } else {
+            None
+        };
+        match passed {
+            None => Ok(()),
+            Some(error) => {
+                let message = error.to_string();
+                if let Ok(mut exceeded) = self.exceeded.lock() {
+                    exceeded.get_or_insert(error);
+                }
+                Err(io::Error::other(message))
+            }
+        }
+    }
+
+    fn entry(&self, entries: u64) -> Result<(), UnpackError> {
+        if entries > self.limits.max_entries {
+            return Err(UnpackError::Limit {
+                what: "number of tar entries in the layer",
+                limit: self.limits.max_entries,
+                key: "registry.max_entries_per_layer",
+            });
+        }
+        Ok(())
+    }
+
+    fn exceeded(&self) -> Option<UnpackError> {
+        self.exceeded.lock().ok().and_then(|mut e| e.take())
+    }
 }
 
 fn supported_media_types() -> String {
@@ -201,8 +307,34 @@ fn supported_media_types() -> String {
         .join(", ")
 }
 
+/// Input bytes (an entry path, a link target) as errors show them: bounded.
 fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let cut = &bytes[..bytes.len().min(super::MAX_ECHO + 4)];
+    let text = String::from_utf8_lossy(cut);
+    if bytes.len() > super::MAX_ECHO {
+        let short = super::bounded(&text, super::MAX_ECHO);
+        // bounded() counted the cut text: say how long the input was.
+        match short.rfind("… (") {
+            Some(at) => format!("{}… ({} bytes)", &short[..at], bytes.len()),
+            None => short,
+        }
+    } else {
+        text.into_owned()
+    }
+}
+
+/// A stream error as errors show it: the tar reader's messages can quote a header's
+/// path, which a hostile layer makes as long as it likes.
+fn stream_err(err: io::Error) -> UnpackError {
+    let message = err.to_string();
+    if message.len() > 2 * super::MAX_ECHO {
+        UnpackError::Stream(io::Error::new(
+            err.kind(),
+            super::bounded(&message, 2 * super::MAX_ECHO),
+        ))
+    } else {
+        UnpackError::Stream(err)
+    }
 }
 
 fn invalid(path: &[u8], reason: impl Into<String>) -> UnpackError {
@@ -230,9 +362,34 @@ pub fn apply_layer(
     compression: Compression,
     dest: &Path,
 ) -> Result<UnpackStats, UnpackError> {
+    apply_layer_limited(reader, compression, dest, Limits::unlimited())
+}
+
+/// [`apply_layer`] within `limits`: past one, the layer is refused with
+/// [`UnpackError::Limit`] (the caller removes what was written).
+pub fn apply_layer_limited(
+    reader: impl Read,
+    compression: Compression,
+    dest: &Path,
+    limits: Limits,
+) -> Result<UnpackStats, UnpackError> {
+    let budget = Arc::new(Budget::new(limits));
+    let result = apply_compressed(reader, compression, dest, &budget);
+    match budget.exceeded() {
+        Some(limit) => Err(limit),
+        None => result,
+    }
+}
+
+fn apply_compressed(
+    reader: impl Read,
+    compression: Compression,
+    dest: &Path,
+    budget: &Arc<Budget>,
+) -> Result<UnpackStats, UnpackError> {
     match compression {
         Compression::None => {
-            let (stats, mut rest) = apply_stream(reader, dest)?;
+            let (stats, mut rest) = apply_stream(reader, dest, budget)?;
             drain(&mut rest)?;
             Ok(stats)
         }
@@ -240,7 +397,7 @@ pub fn apply_layer(
             // Multi-member, as Go's gzip reader (and so docker and containerd) reads.
             let decoder =
                 flate2::read::MultiGzDecoder::new(BufReader::with_capacity(INPUT_BUFFER, reader));
-            let (stats, decoder) = apply_stream(decoder, dest)?;
+            let (stats, decoder) = apply_stream(decoder, dest, budget)?;
             drain(&mut decoder.into_inner())?;
             Ok(stats)
         }
@@ -249,8 +406,8 @@ pub fn apply_layer(
                 INPUT_BUFFER,
                 reader,
             ))
-            .map_err(UnpackError::Stream)?;
-            let (stats, decoder) = apply_stream(decoder, dest)?;
+            .map_err(stream_err)?;
+            let (stats, decoder) = apply_stream(decoder, dest, budget)?;
             drain(&mut decoder.finish())?;
             Ok(stats)
         }
@@ -258,7 +415,7 @@ pub fn apply_layer(
 }
 
 fn drain(reader: &mut impl Read) -> Result<u64, UnpackError> {
-    io::copy(reader, &mut io::sink()).map_err(UnpackError::Stream)
+    io::copy(reader, &mut io::sink()).map_err(stream_err)
 }
 
 /// Hashes and counts what is read through it.
@@ -266,11 +423,13 @@ struct Digester<R> {
     inner: R,
     hasher: Sha256,
     bytes: u64,
+    budget: Arc<Budget>,
 }
 
 impl<R: Read> Read for Digester<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.budget.add(n as u64)?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
@@ -279,18 +438,24 @@ impl<R: Read> Read for Digester<R> {
 
 /// Applies the uncompressed tar stream `tar` and reads it to EOF; returns the stats and
 /// the reader, for the caller to drain what lies below it.
-fn apply_stream<R: Read>(tar: R, dest: &Path) -> Result<(UnpackStats, R), UnpackError> {
+fn apply_stream<R: Read>(
+    tar: R,
+    dest: &Path,
+    budget: &Arc<Budget>,
+) -> Result<(UnpackStats, R), UnpackError> {
     let digester = Digester {
         inner: tar,
         hasher: Sha256::new(),
         bytes: 0,
+        budget: budget.clone(),
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, digester));
-    let mut unpacker = Unpacker::new(dest)?;
+    let mut unpacker = Unpacker::new(dest, budget.clone())?;
     let mut entries = 0u64;
-    for entry in archive.entries().map_err(UnpackError::Stream)? {
-        let mut entry = entry.map_err(UnpackError::Stream)?;
+    for entry in archive.entries().map_err(stream_err)? {
+        let mut entry = entry.map_err(stream_err)?;
         entries += 1;
+        budget.entry(entries)?;
         unpacker.apply(&mut entry)?;
     }
     unpacker.finish()?;
@@ -390,9 +555,9 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta
     };
     // The tar crate applies PAX uid, gid, size, path and linkpath; xattrs and
     // sub-second mtimes are read here.
-    if let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Stream)? {
+    if let Some(extensions) = entry.pax_extensions().map_err(stream_err)? {
         for extension in extensions {
-            let extension = extension.map_err(UnpackError::Stream)?;
+            let extension = extension.map_err(stream_err)?;
             let key = extension.key_bytes();
             if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
                 if name.starts_with(OVERLAY_XATTR_PREFIX) {
@@ -466,10 +631,11 @@ struct Unpacker<'d> {
     path: Vec<u8>,
     name_buf: Vec<u8>,
     copy_buf: Vec<u8>,
+    budget: Arc<Budget>,
 }
 
 impl<'d> Unpacker<'d> {
-    fn new(dest: &'d Path) -> Result<Unpacker<'d>, UnpackError> {
+    fn new(dest: &'d Path, budget: Arc<Budget>) -> Result<Unpacker<'d>, UnpackError> {
         let mut buf = Vec::new();
         let root = cstr(&mut buf, dest.as_os_str().as_bytes())
             .and_then(|c| {
@@ -492,6 +658,7 @@ impl<'d> Unpacker<'d> {
             path: Vec::with_capacity(256),
             name_buf: Vec::with_capacity(256),
             copy_buf: vec![0; COPY_BUFFER],
+            budget,
         })
     }
 
@@ -774,6 +941,9 @@ impl<'d> Unpacker<'d> {
             }
             .map_err(|e| apply_err(path, "creating the file", e))?;
             let mut file = File::from(fd);
+            // A sparse entry expands to more than the stream holds: the zeros count.
+            let stored = entry.header().entry_size().unwrap_or(0);
+            let mut written = 0u64;
             loop {
                 let n =
                     entry
@@ -787,6 +957,14 @@ impl<'d> Unpacker<'d> {
                 }
                 file.write_all(&self.copy_buf[..n])
                     .map_err(|e| apply_err(path, "writing the file", e))?;
+                let before = written.saturating_sub(stored);
+                written += n as u64;
+                let holes = written.saturating_sub(stored) - before;
+                if holes > 0 {
+                    self.budget
+                        .add(holes)
+                        .map_err(|e| apply_err(path, "sparse data", e))?;
+                }
             }
             let fd = file.as_raw_fd();
             // chown before chmod: chown clears setuid/setgid; xattrs after chown, which

@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod daemon;
 pub mod go_tools;
+pub mod hostile;
 pub mod images;
 pub mod net;
 pub mod pods;
