@@ -251,7 +251,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelled_creates_complete_or_roll_back() {
-    const TRIES: usize = 120;
+    const TRIES: usize = 200;
     let mut env = PodEnv::start().await;
     let mut rng = Rng::seeded();
     let base = env.pod_config("cancel-base");

@@ -543,17 +543,9 @@ fn check_dns_config(dns: &cri::DnsConfig) -> Result<()> {
     Ok(())
 }
 
-/// At most 256 bytes of a value taken from a request, for error messages.
+/// What error messages echo of a value taken from a request (256 bytes at most).
 fn truncated(value: &str) -> String {
-    const KEEP: usize = 256;
-    if value.len() <= KEEP {
-        return value.to_string();
-    }
-    let mut end = KEEP;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
+    crate::image::bounded(value, crate::image::MAX_ECHO)
 }
 
 /// The interface name of a pod's network inside its namespace.
