@@ -206,6 +206,18 @@ pub enum CniError {
     Bridge(Box<bridge::BridgeError>),
 }
 
+/// Plugin failures are Unknown (the message carries the plugin's CNI code); what the
+/// built-in bridge can tell apart gets its own kind.
+impl crate::error::HasKind for CniError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            CniError::NoNetwork { .. } => crate::error::ErrorKind::FailedPrecondition,
+            CniError::Bridge(bridge) => bridge.kind(),
+            _ => crate::error::ErrorKind::Unknown,
+        }
+    }
+}
+
 impl From<bridge::BridgeError> for CniError {
     fn from(err: bridge::BridgeError) -> CniError {
         CniError::Bridge(Box::new(err))

@@ -35,6 +35,20 @@ pub enum ContentError {
     },
 }
 
+impl crate::error::HasKind for ContentError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ContentError::InvalidDigest(_) => ErrorKind::InvalidArgument,
+            ContentError::NotFound(_) => ErrorKind::NotFound,
+            ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. } => {
+                ErrorKind::DataLoss
+            }
+            ContentError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError + '_ {
     move |source| ContentError::Io {
         path: path.to_path_buf(),

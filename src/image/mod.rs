@@ -64,6 +64,58 @@ pub enum ImageError {
     },
 }
 
+impl crate::error::HasKind for ImageError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ImageError::Registry(registry) => registry.kind(),
+            ImageError::Content(content) => content.kind(),
+            ImageError::NotFound(_) => ErrorKind::NotFound,
+            // A configured limit: a quota, as RESOURCE_EXHAUSTED means; kubelet reports
+            // it as ErrImagePull with the message, like any pull failure.
+            err if err.is_limit() => ErrorKind::ResourceExhausted,
+            ImageError::TooManyLayers { .. } => ErrorKind::ResourceExhausted,
+            ImageError::InvalidImage { .. } | ImageError::Unpack { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            ImageError::DiffIdMismatch { .. } => ErrorKind::DataLoss,
+            ImageError::Store(store) => store.kind(),
+            ImageError::Snapshot(snapshot) => snapshot.kind(),
+            ImageError::Task(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+// Beside ImageError until the registry module is split into files (issue 16).
+impl crate::error::HasKind for registry::RegistryError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        use registry::RegistryError;
+        match self {
+            RegistryError::InvalidReference { .. }
+            | RegistryError::InvalidDigest { .. }
+            | RegistryError::InvalidPlatform { .. } => ErrorKind::InvalidArgument,
+            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            RegistryError::Unauthorized { .. } => ErrorKind::Unauthenticated,
+            // Policy refusals (a redirect or token realm wharf will not follow): retrying
+            // cannot help until the registry or the configuration changes.
+            RegistryError::UnsupportedMediaType { .. }
+            | RegistryError::InvalidManifest { .. }
+            | RegistryError::Redirect { .. }
+            | RegistryError::InsecureRealm { .. }
+            | RegistryError::Registry { .. } => ErrorKind::FailedPrecondition,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                ErrorKind::DataLoss
+            }
+            RegistryError::Transport { .. } => ErrorKind::Unavailable,
+            RegistryError::BlobFile { .. } => ErrorKind::Internal,
+            RegistryError::Endpoints { cause, .. } => cause.kind(),
+        }
+    }
+}
+
 impl ImageError {
     /// A configured limit refused the image.
     pub fn is_limit(&self) -> bool {

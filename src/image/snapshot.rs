@@ -47,6 +47,15 @@ pub enum SnapshotError {
     Unmount { target: PathBuf, source: io::Error },
 }
 
+impl crate::error::HasKind for SnapshotError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            SnapshotError::NotFound(_) => crate::error::ErrorKind::NotFound,
+            _ => crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
     move |source| SnapshotError::Io {
         op,

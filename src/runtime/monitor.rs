@@ -29,6 +29,20 @@ pub enum MonitorError {
     Io(#[from] std::io::Error),
 }
 
+impl crate::error::HasKind for MonitorError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            MonitorError::Timeout(_) => crate::error::ErrorKind::DeadlineExceeded,
+            // What a config or the host can get wrong is refused before the runtime
+            // runs (InvalidArgument, FailedPrecondition); a runtime failure is Internal,
+            // with the runtime's whole cause chain in the message.
+            MonitorError::Create(_) | MonitorError::Spawn { .. } | MonitorError::Io(_) => {
+                crate::error::ErrorKind::Internal
+            }
+        }
+    }
+}
+
 /// `<bundle>/monitor.json`: who the monitor and the container's init are. Start times
 /// (field 22 of /proc/<pid>/stat) tell a live process from a reused pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

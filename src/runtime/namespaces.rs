@@ -47,6 +47,12 @@ pub enum NamespaceError {
     Thread(String),
 }
 
+impl crate::error::HasKind for NamespaceError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Internal
+    }
+}
+
 /// Which namespaces a pod gets of its own (false: it shares the host's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamespaceRequest {

@@ -45,6 +45,15 @@ pub enum OciError {
     Io(#[from] std::io::Error),
 }
 
+impl crate::error::HasKind for OciError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            OciError::Timeout { .. } => crate::error::ErrorKind::DeadlineExceeded,
+            _ => crate::error::ErrorKind::Internal,
+        }
+    }
+}
+
 impl OciError {
     /// Whether the runtime said the container does not exist (delete/kill of a gone one).
     pub fn is_not_exist(&self) -> bool {

@@ -58,6 +58,27 @@ pub enum RuntimeError {
     Internal(String),
 }
 
+impl crate::error::HasKind for RuntimeError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            RuntimeError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            RuntimeError::NotFound(_) | RuntimeError::ImageNotPulled(_) => ErrorKind::NotFound,
+            RuntimeError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            RuntimeError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            RuntimeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            RuntimeError::Spec(err) => err.kind(),
+            RuntimeError::Store(err) => err.kind(),
+            RuntimeError::Namespace(err) => err.kind(),
+            RuntimeError::Snapshot(err) => err.kind(),
+            RuntimeError::Oci(err) => err.kind(),
+            RuntimeError::Monitor(err) => err.kind(),
+            RuntimeError::Network(err) => err.kind(),
+            RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 impl RuntimeError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
         RuntimeError::InvalidArgument {

@@ -61,29 +61,25 @@ pub enum SpecError {
     },
 }
 
+impl crate::error::HasKind for SpecError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            SpecError::Host { .. } => ErrorKind::Internal,
+            SpecError::Capability(caps::CapabilityError::NotHeld { .. }) => {
+                ErrorKind::FailedPrecondition
+            }
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
 impl SpecError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
         SpecError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
         }
-    }
-
-    /// Whether the request (or what it names: image, profile file) is at fault, so the
-    /// front-ends answer InvalidArgument rather than Internal.
-    pub fn is_invalid_argument(&self) -> bool {
-        !matches!(
-            self,
-            SpecError::Host { .. } | SpecError::Capability(caps::CapabilityError::NotHeld { .. })
-        )
-    }
-
-    /// The request is valid, but this host cannot do it.
-    pub fn is_host_limit(&self) -> bool {
-        matches!(
-            self,
-            SpecError::Capability(caps::CapabilityError::NotHeld { .. })
-        )
     }
 }
 

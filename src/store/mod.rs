@@ -75,6 +75,21 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl crate::error::HasKind for StoreError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            StoreError::NameTaken { .. } | StoreError::IdTaken { .. } => ErrorKind::AlreadyExists,
+            StoreError::NewerSchema { .. } => ErrorKind::FailedPrecondition,
+            StoreError::Open { .. }
+            | StoreError::Migration { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Encode { .. }
+            | StoreError::Sqlite(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// The kinds of object kept in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -41,6 +41,16 @@ pub enum IpamError {
     Taken { ip: Ipv4Addr, holder: String },
 }
 
+impl crate::error::HasKind for IpamError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            IpamError::Exhausted { .. } => crate::error::ErrorKind::ResourceExhausted,
+            // A requested address or range that cannot be had.
+            _ => crate::error::ErrorKind::InvalidArgument,
+        }
+    }
+}
+
 /// The addresses in use in one subnet and where the last allocation stopped; new
 /// addresses are handed out round-robin (as CNI host-local does), so a released address
 /// is not reused at once while stale ARP entries or connections may still point at it.

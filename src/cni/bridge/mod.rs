@@ -92,6 +92,24 @@ pub enum BridgeError {
     Store { network: String, source: StoreError },
 }
 
+impl crate::error::HasKind for BridgeError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            BridgeError::InvalidRequest { .. } => ErrorKind::InvalidArgument,
+            BridgeError::PortInUse { .. } => ErrorKind::AlreadyExists,
+            BridgeError::Ipam { source, .. } => source.kind(),
+            BridgeError::NoSubnet { .. } => ErrorKind::ResourceExhausted,
+            BridgeError::Store { source, .. } => source.kind(),
+            BridgeError::NotAttached { .. } => ErrorKind::NotFound,
+            BridgeError::Netlink { .. }
+            | BridgeError::Internal { .. }
+            | BridgeError::Firewall { .. }
+            | BridgeError::Sysctl { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 fn host_ip_suffix(host_ip: &str) -> String {
     if host_ip.is_empty() {
         String::new()

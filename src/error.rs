@@ -1,0 +1,36 @@
+//! One error kind for every core error: each front end maps kinds once (gRPC codes in
+//! src/cri/status.rs; HTTP statuses in the Docker API), instead of matching every
+//! module's variants.
+
+/// What kind of failure an error is, as a client should read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is wrong (a field, a name, a path); retrying it cannot help.
+    InvalidArgument,
+    /// The object named does not exist.
+    NotFound,
+    /// The name or ID is taken.
+    AlreadyExists,
+    /// The request is valid, but the object's state or the host cannot do it now.
+    FailedPrecondition,
+    /// A configured limit or a pool (addresses, subnets) is used up.
+    ResourceExhausted,
+    /// Something did not finish in time.
+    DeadlineExceeded,
+    /// A remote party (a registry) refused the credentials.
+    Unauthenticated,
+    /// Data does not match its digest or size.
+    DataLoss,
+    /// A remote party (a registry) cannot be reached; retrying may help.
+    Unavailable,
+    /// wharf or the host failed.
+    Internal,
+    /// A failure reported by an external program (a CNI plugin) that wharf cannot
+    /// classify: its own message says more.
+    Unknown,
+}
+
+/// An error that says what kind of failure it is.
+pub trait HasKind: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
