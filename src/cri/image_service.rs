@@ -12,10 +12,9 @@ use k8s_cri::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{status, CriServer};
+use super::{status, CriServer, NAMESPACE};
 use crate::image::registry::Credentials;
 use crate::image::Image;
-use crate::store::CRI_NAMESPACE;
 
 pub struct Images(pub(super) Arc<CriServer>);
 
@@ -34,8 +33,8 @@ cri_service! {
             .map(|spec| spec.image)
             .filter(|image| !image.is_empty());
         let images = match wanted {
-            Some(query) => self.0.images.get(CRI_NAMESPACE, &query).into_iter().collect(),
-            None => self.0.images.list(CRI_NAMESPACE),
+            Some(query) => self.0.images.get(NAMESPACE, &query).into_iter().collect(),
+            None => self.0.images.list(NAMESPACE),
         };
         Ok(Response::new(ListImagesResponse {
             images: images.iter().map(cri_image).collect(),
@@ -49,7 +48,7 @@ cri_service! {
         let request = request.into_inner();
         let query = image_name(request.image.as_ref(), "ImageStatus")?;
         // An absent image is a response without an image, not an error (CRI contract).
-        let Some(image) = self.0.images.get(CRI_NAMESPACE, query) else {
+        let Some(image) = self.0.images.get(NAMESPACE, query) else {
             return Ok(Response::new(ImageStatusResponse::default()));
         };
         let info = if request.verbose {
@@ -85,7 +84,7 @@ cri_service! {
         let image = self
             .0
             .images
-            .pull(CRI_NAMESPACE, reference, &credentials)
+            .pull(NAMESPACE, reference, &credentials)
             .await
             .map_err(status::from_image)?;
         tracing::info!(reference, image = %image.id, "pulled image");
@@ -101,7 +100,7 @@ cri_service! {
         if self
             .0
             .images
-            .remove(CRI_NAMESPACE, query)
+            .remove(NAMESPACE, query)
             .await
             .map_err(status::from_image)?
         {

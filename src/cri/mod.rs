@@ -48,6 +48,9 @@ pub use client::connect;
 
 /// The name reported by `Version`.
 pub const RUNTIME_NAME: &str = "wharf";
+/// The object namespace of everything made through the CRI (containerd's name for it):
+/// CRI calls see only its objects, and the Docker API will have its own.
+pub const NAMESPACE: &str = crate::store::CRI_NAMESPACE;
 /// The CRI API version wharf serves.
 pub const RUNTIME_API_VERSION: &str = "v1";
 

@@ -10,7 +10,7 @@ use k8s_cri::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{status, workloads, CriServer, RUNTIME_API_VERSION, RUNTIME_NAME};
+use super::{status, workloads, CriServer, NAMESPACE, RUNTIME_API_VERSION, RUNTIME_NAME};
 use crate::config;
 use crate::runtime::{self, Condition, HostInfo};
 use k8s_cri::v1 as cri;
@@ -94,7 +94,7 @@ cri_service! {
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         self.0
             .runtime
-            .start_container(&request.get_ref().container_id)
+            .start_container(NAMESPACE, &request.get_ref().container_id)
             .await
             .map_err(status::from_runtime)?;
         Ok(Response::new(cri::StartContainerResponse {}))
@@ -107,7 +107,7 @@ cri_service! {
         let request = request.into_inner();
         self.0
             .runtime
-            .stop_container(&request.container_id, request.timeout)
+            .stop_container(NAMESPACE, &request.container_id, request.timeout)
             .await
             .map_err(status::from_runtime)?;
         Ok(Response::new(cri::StopContainerResponse {}))
@@ -119,7 +119,7 @@ cri_service! {
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         self.0
             .runtime
-            .remove_container(&request.get_ref().container_id)
+            .remove_container(NAMESPACE, &request.get_ref().container_id)
             .await
             .map_err(status::from_runtime)?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
@@ -149,7 +149,7 @@ cri_service! {
         let request = request.into_inner();
         self.0
             .runtime
-            .update_resources(&request.container_id, request.linux)
+            .update_resources(NAMESPACE, &request.container_id, request.linux)
             .await
             .map_err(status::from_runtime)?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
@@ -161,7 +161,7 @@ cri_service! {
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         self.0
             .runtime
-            .reopen_log(&request.get_ref().container_id)
+            .reopen_log(NAMESPACE, &request.get_ref().container_id)
             .await
             .map_err(status::from_runtime)?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))

@@ -7,7 +7,7 @@ use k8s_cri::v1 as cri;
 use tonic::Status;
 
 use super::status::from_runtime;
-use super::CriServer;
+use super::{CriServer, NAMESPACE};
 use crate::runtime::{ContainerRecord, ContainerState, PodRecord, PodState};
 
 fn pod_state(state: PodState) -> i32 {
@@ -41,18 +41,26 @@ pub async fn run_pod_sandbox(
         .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
     let pod_sandbox_id = server
         .runtime
-        .run_pod(config, &request.runtime_handler)
+        .run_pod(NAMESPACE, config, &request.runtime_handler)
         .await
         .map_err(from_runtime)?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
 }
 
 pub async fn stop_pod_sandbox(server: &CriServer, id: &str) -> Result<(), Status> {
-    server.runtime.stop_pod(id).await.map_err(from_runtime)
+    server
+        .runtime
+        .stop_pod(NAMESPACE, id)
+        .await
+        .map_err(from_runtime)
 }
 
 pub async fn remove_pod_sandbox(server: &CriServer, id: &str) -> Result<(), Status> {
-    server.runtime.remove_pod(id).await.map_err(from_runtime)
+    server
+        .runtime
+        .remove_pod(NAMESPACE, id)
+        .await
+        .map_err(from_runtime)
 }
 
 pub fn pod_sandbox_status(
@@ -61,7 +69,7 @@ pub fn pod_sandbox_status(
 ) -> Result<cri::PodSandboxStatusResponse, Status> {
     let pod = server
         .runtime
-        .find_pod(&request.pod_sandbox_id)
+        .find_pod(NAMESPACE, &request.pod_sandbox_id)
         .ok_or_else(|| {
             Status::not_found(format!(
                 "pod sandbox {:?} not found",
@@ -136,7 +144,7 @@ pub fn list_pod_sandbox(
 ) -> cri::ListPodSandboxResponse {
     let filter = filter.unwrap_or_default();
     let mut items = Vec::new();
-    server.runtime.for_each_pod(|pod| {
+    server.runtime.for_each_pod(NAMESPACE, |pod| {
         if pod.state == PodState::Creating
             || (!filter.id.is_empty() && !pod.id.starts_with(&filter.id))
             || filter
@@ -173,7 +181,7 @@ pub async fn create_container(
         .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
     let container_id = server
         .runtime
-        .create_container(&request.pod_sandbox_id, config)
+        .create_container(NAMESPACE, &request.pod_sandbox_id, config)
         .await
         .map_err(from_runtime)?;
     Ok(cri::CreateContainerResponse { container_id })
@@ -192,7 +200,7 @@ pub fn list_containers(
 ) -> cri::ListContainersResponse {
     let filter = filter.unwrap_or_default();
     let mut containers = Vec::new();
-    server.runtime.for_each_container(|c| {
+    server.runtime.for_each_container(NAMESPACE, |c| {
         if c.state == ContainerState::Creating
             || (!filter.id.is_empty() && !c.id.starts_with(&filter.id))
             || (!filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id))
@@ -230,7 +238,7 @@ pub fn container_status(
 ) -> Result<cri::ContainerStatusResponse, Status> {
     let c = server
         .runtime
-        .find_container(&request.container_id)
+        .find_container(NAMESPACE, &request.container_id)
         .ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", request.container_id))
         })?;
@@ -297,7 +305,12 @@ pub async fn exec_sync(
 ) -> Result<cri::ExecSyncResponse, Status> {
     let output = server
         .runtime
-        .exec_sync(&request.container_id, request.cmd, request.timeout)
+        .exec_sync(
+            NAMESPACE,
+            &request.container_id,
+            request.cmd,
+            request.timeout,
+        )
         .await
         .map_err(from_runtime)?;
     Ok(cri::ExecSyncResponse {

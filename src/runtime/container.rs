@@ -18,7 +18,7 @@ use prost::Message;
 use tracing::Instrument;
 
 use crate::image::snapshot;
-use crate::store::{Kind, CRI_NAMESPACE};
+use crate::store::Kind;
 
 use super::monitor;
 use super::oci::ExecOutput;
@@ -47,13 +47,16 @@ impl Runtime {
     /// cancelled request never leaves a half-made container.
     pub async fn create_container(
         self: &Arc<Self>,
+        namespace: &str,
         pod_query: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
         let runtime = self.clone();
         let pod_query = pod_query.to_string();
+        let namespace = namespace.to_string();
         tokio::spawn(
-            async move { runtime.make_container(&pod_query, config).await }.in_current_span(),
+            async move { runtime.make_container(&namespace, &pod_query, config).await }
+                .in_current_span(),
         )
         .await
         .map_err(|err| RuntimeError::Internal(format!("CreateContainer task failed: {err}")))?
@@ -61,11 +64,12 @@ impl Runtime {
 
     async fn make_container(
         self: &Arc<Self>,
+        namespace: &str,
         pod_query: &str,
         config: cri::ContainerConfig,
     ) -> Result<String> {
         let pod = self
-            .find_pod(pod_query)
+            .find_pod(namespace, pod_query)
             .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_query:?}")))?;
         let meta = config
             .metadata
@@ -84,7 +88,7 @@ impl Runtime {
         }
         let image = self
             .images
-            .get(CRI_NAMESPACE, &image_name)
+            .get(namespace, &image_name)
             .ok_or_else(|| RuntimeError::ImageNotPulled(image_name.clone()))?;
         if config.mounts.iter().any(|m| m.propagation != 0) {
             let config = config.clone();
@@ -120,6 +124,7 @@ impl Runtime {
             .unwrap_or_else(|| image.id.clone());
         let mut record = ContainerRecord {
             id: id.clone(),
+            namespace: namespace.to_string(),
             pod_id: pod.id.clone(),
             state: ContainerState::Creating,
             config: config.encode_to_vec(),
@@ -143,7 +148,7 @@ impl Runtime {
         self.images.hold(&id, record.chain_ids.clone());
         let inserted = tracing::debug_span!("store.insert").in_scope(|| {
             self.store
-                .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Container, &id, Some(&name), &record))
+                .update(|tx| tx.insert(namespace, Kind::Container, &id, Some(&name), &record))
         });
         if let Err(err) = inserted {
             self.images.release(&id);
@@ -177,7 +182,7 @@ impl Runtime {
                 // The monitor's stderr is not kept: the cause goes to wharfd's log too.
                 tracing::warn!(container = %id, name = %name, error = %err, "container create failed");
                 self.cleanup_container(&record).await;
-                self.release_name(Kind::Container, &id);
+                self.release_name(Kind::Container, namespace, &id);
                 Err(err)
             }
         }
@@ -199,12 +204,14 @@ impl Runtime {
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default();
         let target_pid_ns = if ns_options.pid == MODE_TARGET {
-            let target = self.find_container(&ns_options.target_id).ok_or_else(|| {
-                RuntimeError::NotFound(format!(
+            let target = self
+                .find_container(&record.namespace, &ns_options.target_id)
+                .ok_or_else(|| {
+                    RuntimeError::NotFound(format!(
                     "target container {:?} (linux.security_context.namespace_options.target_id)",
                     ns_options.target_id
                 ))
-            })?;
+                })?;
             let pid = target
                 .monitor
                 .filter(|m| monitor::alive(m.pid, m.pid_start_time))
@@ -361,9 +368,9 @@ impl Runtime {
         }
     }
 
-    fn running(&self, query: &str) -> Result<ContainerRecord> {
+    fn running(&self, namespace: &str, query: &str) -> Result<ContainerRecord> {
         let container = self
-            .find_container(query)
+            .find_container(namespace, query)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
         if container.state != ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
@@ -376,8 +383,8 @@ impl Runtime {
 
     /// StartContainer.
     #[tracing::instrument(level = "debug", name = "start_container", skip_all)]
-    pub async fn start_container(self: &Arc<Self>, query: &str) -> Result<()> {
-        let (_guard, container) = self.lock_container(query).await?;
+    pub async fn start_container(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+        let (_guard, container) = self.lock_container(namespace, query).await?;
         if container.state != ContainerState::Created {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {} cannot be started: it is {:?}, not Created",
@@ -410,9 +417,14 @@ impl Runtime {
 
     /// StopContainer: the stop signal (the image's, else SIGTERM), then SIGKILL after
     /// `timeout` seconds. Stopping a stopped container succeeds.
-    pub async fn stop_container(self: &Arc<Self>, query: &str, timeout: i64) -> Result<()> {
+    pub async fn stop_container(
+        self: &Arc<Self>,
+        namespace: &str,
+        query: &str,
+        timeout: i64,
+    ) -> Result<()> {
         let container = self
-            .find_container(query)
+            .find_container(namespace, query)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
         let _guard = self.lock(&container.id).await;
         self.stop_locked(&container.id, timeout).await
@@ -457,8 +469,8 @@ impl Runtime {
 
     /// RemoveContainer: stops it if needed, then removes everything it had. Removing
     /// an unknown container succeeds.
-    pub async fn remove_container(self: &Arc<Self>, query: &str) -> Result<()> {
-        let Some(container) = self.find_container(query) else {
+    pub async fn remove_container(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+        let Some(container) = self.find_container(namespace, query) else {
             return Ok(());
         };
         let guard = self.lock(&container.id).await;
@@ -478,6 +490,7 @@ impl Runtime {
     /// seconds (0 = none) bound it.
     pub async fn exec_sync(
         &self,
+        namespace: &str,
         query: &str,
         cmd: Vec<String>,
         timeout: i64,
@@ -485,7 +498,7 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(RuntimeError::invalid("cmd", "is empty"));
         }
-        let container = self.running(query)?;
+        let container = self.running(namespace, query)?;
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         let bundle = container.bundle.clone();
         let exec_id = &new_id()?[..16];
@@ -524,10 +537,11 @@ impl Runtime {
     /// and records them.
     pub async fn update_resources(
         &self,
+        namespace: &str,
         query: &str,
         resources: Option<cri::LinuxContainerResources>,
     ) -> Result<()> {
-        let (_guard, container) = self.lock_container(query).await?;
+        let (_guard, container) = self.lock_container(namespace, query).await?;
         if !matches!(
             container.state,
             ContainerState::Created | ContainerState::Running
@@ -565,8 +579,8 @@ impl Runtime {
     /// ReopenContainerLog: the monitor reopens the log file (after kubelet rotated it).
     /// The new file exists when the call returns (kubelet's rotation checks for it), even
     /// before the container writes again: wharfd creates it, the monitor appends to it.
-    pub async fn reopen_log(&self, query: &str) -> Result<()> {
-        let container = self.running(query)?;
+    pub async fn reopen_log(&self, namespace: &str, query: &str) -> Result<()> {
+        let container = self.running(namespace, query)?;
         let info = container.monitor.ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!("container {} has no monitor", container.id))
         })?;

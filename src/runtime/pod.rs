@@ -16,7 +16,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use prost::Message;
 use tracing::Instrument;
 
-use crate::store::{Kind, CRI_NAMESPACE};
+use crate::store::Kind;
 
 use super::monitor;
 use super::namespaces::{self, NamespaceRequest};
@@ -49,18 +49,23 @@ impl Runtime {
     /// made or rolled back all the same, never left half-made with its name taken.
     pub async fn run_pod(
         self: &Arc<Self>,
+        namespace: &str,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
     ) -> Result<String> {
         let runtime = self.clone();
         let handler = runtime_handler.to_string();
-        tokio::spawn(async move { runtime.make_pod(config, &handler).await }.in_current_span())
-            .await
-            .map_err(|err| RuntimeError::Internal(format!("RunPodSandbox task failed: {err}")))?
+        let namespace = namespace.to_string();
+        tokio::spawn(
+            async move { runtime.make_pod(&namespace, config, &handler).await }.in_current_span(),
+        )
+        .await
+        .map_err(|err| RuntimeError::Internal(format!("RunPodSandbox task failed: {err}")))?
     }
 
     async fn make_pod(
         self: &Arc<Self>,
+        namespace: &str,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
     ) -> Result<String> {
@@ -110,6 +115,7 @@ impl Runtime {
         let dir = self.state_dir().join("pods").join(&id);
         let mut record = PodRecord {
             id: id.clone(),
+            namespace: namespace.to_string(),
             state: PodState::Creating,
             config: config.encode_to_vec(),
             runtime_handler: runtime_handler.to_string(),
@@ -125,7 +131,7 @@ impl Runtime {
         // Intent first: the name is reserved and a crash from here on is cleaned up by
         // the start-up pass.
         self.store
-            .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Pod, &id, Some(&name), &record))
+            .update(|tx| tx.insert(namespace, Kind::Pod, &id, Some(&name), &record))
             .map_err(|err| match err {
                 crate::store::StoreError::NameTaken { .. } => RuntimeError::AlreadyExists(format!(
                     "pod sandbox name {name:?} is already in use by another pod"
@@ -154,7 +160,7 @@ impl Runtime {
             }
             Err(err) => {
                 self.cleanup_pod(&record).await;
-                self.release_name(Kind::Pod, &id);
+                self.release_name(Kind::Pod, namespace, &id);
                 Err(err)
             }
         }
@@ -232,7 +238,7 @@ impl Runtime {
         }
         // Persist what was made so far, so a crash after this point is cleaned up.
         self.store
-            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &record.id, &*record))?;
+            .update(|tx| tx.replace(&record.namespace, Kind::Pod, &record.id, &*record))?;
         Ok(())
     }
 
@@ -254,7 +260,7 @@ impl Runtime {
         });
         // Intent first: a crash during ADD still owes a DEL.
         self.store
-            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &record.id, &*record))?;
+            .update(|tx| tx.replace(&record.namespace, Kind::Pod, &record.id, &*record))?;
         let mut attachment = attachment(record, config)?;
         // Only ADD needs these: DEL and CHECK use the capability args cached by ADD.
         attachment.capability_args.bandwidth = pod_bandwidth(&config.annotations)?;
@@ -356,13 +362,13 @@ impl Runtime {
 
     /// StopPodSandbox: stops every container of the pod and its PID namespace holder.
     /// Stopping a stopped or unknown pod succeeds.
-    pub async fn stop_pod(self: &Arc<Self>, query: &str) -> Result<()> {
-        let Some(pod) = self.find_pod(query) else {
+    pub async fn stop_pod(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+        let Some(pod) = self.find_pod(namespace, query) else {
             return Ok(());
         };
         let _guard = self.lock(&pod.id).await;
         for container in self.pod_containers(&pod.id) {
-            self.stop_container(&container, 0).await?;
+            self.stop_container(namespace, &container, 0).await?;
         }
         let Some(mut pod) = self.pod(&pod.id) else {
             return Ok(());
@@ -385,21 +391,21 @@ impl Runtime {
 
     /// RemovePodSandbox: stops and removes the pod's containers, then the pod.
     /// Removing an unknown pod succeeds.
-    pub async fn remove_pod(self: &Arc<Self>, query: &str) -> Result<()> {
-        let Some(pod) = self.find_pod(query) else {
+    pub async fn remove_pod(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+        let Some(pod) = self.find_pod(namespace, query) else {
             return Ok(());
         };
-        self.stop_pod(&pod.id).await?;
+        self.stop_pod(namespace, &pod.id).await?;
         let guard = self.lock(&pod.id).await;
         for container in self.pod_containers(&pod.id) {
-            self.remove_container(&container).await?;
+            self.remove_container(namespace, &container).await?;
         }
         let Some(pod) = self.pod(&pod.id) else {
             return Ok(());
         };
         self.cleanup_pod(&pod).await;
         self.store
-            .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &pod.id))?;
+            .update(|tx| tx.delete(&pod.namespace, Kind::Pod, &pod.id))?;
         {
             let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
             pods.remove(&pod.id);

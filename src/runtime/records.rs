@@ -39,9 +39,36 @@ pub struct ProcessRef {
     pub start_time: u64,
 }
 
+/// The object namespace of records stored before records named theirs (only the CRI
+/// front end existed then).
+fn cri_namespace() -> String {
+    crate::store::CRI_NAMESPACE.to_string()
+}
+
+/// A record that lives in an object namespace (`k8s.io` for the CRI, `docker` for the
+/// Docker API): front ends see only their own namespace's objects.
+pub trait InNamespace {
+    fn namespace(&self) -> &str;
+}
+
+impl InNamespace for PodRecord {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+impl InNamespace for ContainerRecord {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodRecord {
     pub id: String,
+    /// The object namespace the pod belongs to.
+    #[serde(default = "cri_namespace")]
+    pub namespace: String,
     pub state: PodState,
     /// `PodSandboxConfig`, protobuf-encoded.
     #[serde(with = "proto_b64")]
@@ -122,6 +149,9 @@ pub struct ContainerListFields {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
+    /// The object namespace: always its pod's.
+    #[serde(default = "cri_namespace")]
+    pub namespace: String,
     pub pod_id: String,
     pub state: ContainerState,
     /// `ContainerConfig`, protobuf-encoded (resources updated by
@@ -203,6 +233,7 @@ mod tests {
         };
         let record = PodRecord {
             id: "abc".into(),
+            namespace: "k8s.io".into(),
             state: PodState::Ready,
             config: config.encode_to_vec(),
             runtime_handler: String::new(),
@@ -218,6 +249,11 @@ mod tests {
         let back: PodRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.config(), config);
         assert_eq!(back, record);
+        // Records stored before they named their namespace are the CRI's.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("namespace");
+        let back: PodRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.namespace, "k8s.io");
     }
 
     #[test]

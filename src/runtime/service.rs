@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::image::ImageService;
-use crate::store::{Kind, Store, StoreError, CRI_NAMESPACE};
+use crate::store::{Kind, Store, StoreError};
 
 use super::monitor::{self, MonitorError};
 use super::namespaces::NamespaceError;
 use super::oci::{OciError, OciRuntime, BUILTIN_HANDLER};
+use super::records::InNamespace;
 use super::records::{parse_time, ContainerRecord, ContainerState, PodRecord, PodState};
 use super::spec::SpecError;
 use crate::image::snapshot::SnapshotError;
@@ -255,10 +256,10 @@ impl Runtime {
         pods.get(id).cloned()
     }
 
-    /// Finds a pod by full ID or unique ID prefix (as crictl accepts).
-    pub fn find_pod(&self, query: &str) -> Option<PodRecord> {
+    /// Finds a pod of `namespace` by full ID or unique ID prefix (as crictl accepts).
+    pub fn find_pod(&self, namespace: &str, query: &str) -> Option<PodRecord> {
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        find_by_prefix(&pods, query).cloned()
+        find_by_prefix(&pods, namespace, query).cloned()
     }
 
     pub fn pods(&self) -> Vec<PodRecord> {
@@ -271,21 +272,28 @@ impl Runtime {
         containers.get(id).cloned()
     }
 
-    pub fn find_container(&self, query: &str) -> Option<ContainerRecord> {
+    /// Finds a container of `namespace` by full ID or unique ID prefix.
+    pub fn find_container(&self, namespace: &str, query: &str) -> Option<ContainerRecord> {
         let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
-        find_by_prefix(&containers, query).cloned()
+        find_by_prefix(&containers, namespace, query).cloned()
     }
 
-    /// Calls `f` with each container, under the read lock (no clone of the ones `f`
-    /// skips: kubelet lists every second).
-    pub fn for_each_container(&self, mut f: impl FnMut(&ContainerRecord)) {
+    /// Calls `f` with each container of `namespace`, under the read lock (no clone of
+    /// the ones `f` skips: kubelet lists every second).
+    pub fn for_each_container(&self, namespace: &str, mut f: impl FnMut(&ContainerRecord)) {
         let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
-        containers.values().for_each(&mut f);
+        containers
+            .values()
+            .filter(|c| c.namespace == namespace)
+            .for_each(&mut f);
     }
 
-    pub fn for_each_pod(&self, mut f: impl FnMut(&PodRecord)) {
+    /// Calls `f` with each pod of `namespace`, under the read lock.
+    pub fn for_each_pod(&self, namespace: &str, mut f: impl FnMut(&PodRecord)) {
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        pods.values().for_each(&mut f);
+        pods.values()
+            .filter(|p| p.namespace == namespace)
+            .for_each(&mut f);
     }
 
     pub(super) fn pod_containers(&self, pod_id: &str) -> Vec<String> {
@@ -299,8 +307,8 @@ impl Runtime {
 
     /// Deletes the record of a pod or container whose creation failed, freeing its name
     /// for the retry.
-    pub(super) fn release_name(&self, kind: Kind, id: &str) {
-        if let Err(err) = self.store.update(|tx| tx.delete(CRI_NAMESPACE, kind, id)) {
+    pub(super) fn release_name(&self, kind: Kind, namespace: &str, id: &str) {
+        if let Err(err) = self.store.update(|tx| tx.delete(namespace, kind, id)) {
             tracing::error!(%id, "releasing the name of a failed {kind}: {err}");
         }
     }
@@ -308,10 +316,13 @@ impl Runtime {
     /// The container `query` names, with its lifecycle lock held.
     pub(super) async fn lock_container(
         &self,
+        namespace: &str,
         query: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, ContainerRecord)> {
         let not_found = || RuntimeError::NotFound(format!("container {query:?}"));
-        let container = self.find_container(query).ok_or_else(not_found)?;
+        let container = self
+            .find_container(namespace, query)
+            .ok_or_else(not_found)?;
         let guard = self.lock(&container.id).await;
         let container = self.container(&container.id).ok_or_else(not_found)?;
         Ok((guard, container))
@@ -320,7 +331,7 @@ impl Runtime {
     /// Writes a pod record to the store, then to memory.
     pub(super) fn save_pod(&self, pod: &PodRecord) -> Result<()> {
         self.store
-            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Pod, &pod.id, pod))?;
+            .update(|tx| tx.replace(&pod.namespace, Kind::Pod, &pod.id, pod))?;
         let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
         pods.insert(pod.id.clone(), pod.clone());
         Ok(())
@@ -336,8 +347,14 @@ impl Runtime {
     }
 
     fn save_container_locked(&self, container: &ContainerRecord) -> Result<()> {
-        self.store
-            .update(|tx| tx.replace(CRI_NAMESPACE, Kind::Container, &container.id, container))?;
+        self.store.update(|tx| {
+            tx.replace(
+                &container.namespace,
+                Kind::Container,
+                &container.id,
+                container,
+            )
+        })?;
         let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
         containers.insert(container.id.clone(), container.clone());
         Ok(())
@@ -371,8 +388,11 @@ impl Runtime {
             .container_writes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let Some(namespace) = self.container(id).map(|c| c.namespace) else {
+            return Ok(());
+        };
         self.store
-            .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, id))?;
+            .update(|tx| tx.delete(&namespace, Kind::Container, id))?;
         let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
         containers.remove(id);
         Ok(())
@@ -464,19 +484,17 @@ impl Runtime {
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
-        let pods = self
-            .store
-            .list::<PodRecord>(Some(CRI_NAMESPACE), Kind::Pod)?;
-        let containers = self
-            .store
-            .list::<ContainerRecord>(Some(CRI_NAMESPACE), Kind::Container)?;
+        let pods = self.store.list::<PodRecord>(None, Kind::Pod)?;
+        let containers = self.store.list::<ContainerRecord>(None, Kind::Container)?;
         for record in containers {
-            let container = record.value;
+            // The store's key is the truth (records written before they named it).
+            let mut container = record.value;
+            container.namespace = record.namespace.clone();
             if container.state == ContainerState::Creating {
                 tracing::warn!(container = %container.id, "cleaning up a container whose create was interrupted");
                 self.cleanup_container(&container).await;
                 self.store
-                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Container, &container.id))?;
+                    .update(|tx| tx.delete(&record.namespace, Kind::Container, &container.id))?;
                 continue;
             }
             self.images.hold(&container.id, container.chain_ids.clone());
@@ -511,12 +529,13 @@ impl Runtime {
             }
         }
         for record in pods {
-            let pod = record.value;
+            let mut pod = record.value;
+            pod.namespace = record.namespace.clone();
             if pod.state == PodState::Creating {
                 tracing::warn!(pod = %pod.id, "cleaning up a pod whose creation was interrupted");
                 self.cleanup_pod(&pod).await;
                 self.store
-                    .update(|tx| tx.delete(CRI_NAMESPACE, Kind::Pod, &pod.id))?;
+                    .update(|tx| tx.delete(&record.namespace, Kind::Pod, &pod.id))?;
                 continue;
             }
             let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
@@ -562,7 +581,10 @@ impl Runtime {
     async fn reconcile_dirs(&self) {
         let owned_pods: Vec<String> = self.pods().into_iter().map(|p| p.id).collect();
         let mut owned_containers = Vec::new();
-        self.for_each_container(|c| owned_containers.push(c.id.clone()));
+        {
+            let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+            owned_containers.extend(containers.keys().cloned());
+        }
         // Runtime state (runc's or libcontainer's) of containers no record owns.
         if let Ok(handlers) = std::fs::read_dir(self.config.state.join("runtime")) {
             for handler in handlers.flatten() {
@@ -633,14 +655,21 @@ impl Runtime {
     }
 }
 
-fn find_by_prefix<'a, T>(map: &'a HashMap<String, T>, query: &str) -> Option<&'a T> {
+/// The object of `namespace` whose ID is `query` or starts with it (when one does).
+fn find_by_prefix<'a, T: InNamespace>(
+    map: &'a HashMap<String, T>,
+    namespace: &str,
+    query: &str,
+) -> Option<&'a T> {
     if query.is_empty() {
         return None;
     }
     if let Some(found) = map.get(query) {
-        return Some(found);
+        return (found.namespace() == namespace).then_some(found);
     }
-    let mut matches = map.iter().filter(|(id, _)| id.starts_with(query));
+    let mut matches = map
+        .iter()
+        .filter(|(id, record)| id.starts_with(query) && record.namespace() == namespace);
     match (matches.next(), matches.next()) {
         (Some((_, found)), None) => Some(found),
         _ => None,
@@ -664,13 +693,36 @@ fn has_cap_sys_resource() -> bool {
 mod tests {
     use super::*;
 
+    /// A record in namespace `.0`.
+    #[derive(Debug, PartialEq)]
+    struct Object(&'static str);
+
+    impl InNamespace for Object {
+        fn namespace(&self) -> &str {
+            self.0
+        }
+    }
+
     #[test]
-    fn prefixes_must_be_unique() {
-        let map = HashMap::from([("abc123".to_string(), 1), ("abd456".to_string(), 2)]);
-        assert_eq!(find_by_prefix(&map, "abc"), Some(&1));
-        assert_eq!(find_by_prefix(&map, "ab"), None);
-        assert_eq!(find_by_prefix(&map, "abd456"), Some(&2));
-        assert_eq!(find_by_prefix(&map, ""), None);
+    fn prefixes_must_be_unique_within_the_namespace() {
+        let map = HashMap::from([
+            ("abc123".to_string(), Object("k8s.io")),
+            ("abd456".to_string(), Object("k8s.io")),
+            ("abe789".to_string(), Object("docker")),
+        ]);
+        let find = |ns, query| find_by_prefix(&map, ns, query).map(|_| ());
+        assert!(find("k8s.io", "abc").is_some());
+        assert!(
+            find("k8s.io", "ab").is_none(),
+            "two k8s.io objects start with ab"
+        );
+        assert!(find("k8s.io", "abd456").is_some());
+        assert!(find("k8s.io", "").is_none());
+        // The other namespace's objects are neither found nor make a prefix ambiguous.
+        assert!(find("k8s.io", "abe789").is_none());
+        assert!(find("k8s.io", "abe").is_none());
+        assert!(find("docker", "ab").is_some());
+        assert!(find("docker", "abc123").is_none());
     }
 
     #[test]
