@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
-use super::status::from_runtime;
+use super::status::{self, from_runtime};
 use super::{CriServer, NAMESPACE};
 use crate::runtime::{ContainerRecord, ContainerState, PodRecord, PodState};
 
@@ -76,7 +76,7 @@ pub fn pod_sandbox_status(
                 request.pod_sandbox_id
             ))
         })?;
-    let config = pod.config();
+    let config = pod.config().map_err(|err| status::from_error(&err))?;
     let options = config
         .linux
         .as_ref()
@@ -96,7 +96,7 @@ pub fn pod_sandbox_status(
         runtime_handler: pod.runtime_handler.clone(),
     };
     let info = if request.verbose {
-        HashMap::from([("info".to_string(), pod_info(&pod).to_string())])
+        HashMap::from([("info".to_string(), pod_info(&pod, &config).to_string())])
     } else {
         HashMap::new()
     };
@@ -121,8 +121,7 @@ fn pod_network_status(pod: &PodRecord) -> cri::PodSandboxNetworkStatus {
     }
 }
 
-fn pod_info(pod: &PodRecord) -> serde_json::Value {
-    let config = pod.config();
+fn pod_info(pod: &PodRecord, config: &cri::PodSandboxConfig) -> serde_json::Value {
     serde_json::json!({
         "id": pod.id,
         "state": pod.state,
@@ -154,7 +153,14 @@ pub fn list_pod_sandbox(
         {
             return;
         }
-        let config = pod.list_fields();
+        let config = match pod.list_fields() {
+            Ok(config) => config,
+            Err(err) => {
+                // Skipped and logged, rather than failing kubelet's whole list.
+                tracing::error!(pod = %pod.id, "ListPodSandbox skips it: {err}");
+                return;
+            }
+        };
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }
@@ -211,7 +217,13 @@ pub fn list_containers(
         {
             return;
         }
-        let config = c.list_fields();
+        let config = match c.list_fields() {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!(container = %c.id, "ListContainers skips it: {err}");
+                return;
+            }
+        };
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }
@@ -242,7 +254,7 @@ pub fn container_status(
         .ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", request.container_id))
         })?;
-    let config = c.config();
+    let config = c.config().map_err(|err| status::from_error(&err))?;
     let mounts = config
         .mounts
         .iter()

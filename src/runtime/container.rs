@@ -104,7 +104,7 @@ impl Runtime {
                 pod.id
             )));
         }
-        let pod_config = pod.config();
+        let pod_config = pod.config()?;
         check_within_pod(&config, &pod_config, &pod.id)?;
         let pod_meta = pod_config.metadata.clone().unwrap_or_default();
         let runtime = self.oci_runtime(&pod.runtime_handler)?;
@@ -196,7 +196,7 @@ impl Runtime {
         defaults: &ImageDefaults,
         runtime: &super::oci::OciRuntime,
     ) -> Result<monitor::MonitorInfo> {
-        let pod_config = pod.config();
+        let pod_config = pod.config()?;
         let ns_options = config
             .linux
             .as_ref()
@@ -564,13 +564,15 @@ impl Runtime {
             .map_err(RuntimeError::io(format!("writing {}", file.display())))?;
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         runtime.update(&container.id, &file).await?;
+        // The lifecycle lock is held: the stored config cannot change meanwhile.
+        let mut config = container.config()?;
+        let linux = config.linux.get_or_insert_with(Default::default);
+        if let Some(new) = resources {
+            linux.resources = Some(new);
+        }
+        let encoded = config.encode_to_vec();
         self.update_container(&container.id, |c| {
-            let mut config = c.config();
-            let linux = config.linux.get_or_insert_with(Default::default);
-            if let Some(new) = resources {
-                linux.resources = Some(new);
-            }
-            c.config = config.encode_to_vec();
+            c.config = encoded.clone();
             true
         })?;
         Ok(())

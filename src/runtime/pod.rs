@@ -299,7 +299,7 @@ impl Runtime {
         if !owed {
             return Ok(());
         }
-        let attachment = attachment(pod, &pod.config())?;
+        let attachment = attachment(pod, &pod.config()?)?;
         self.cni
             .del(&attachment)
             .await

@@ -111,16 +111,45 @@ pub enum NetworkPhase {
     Detached,
 }
 
+/// A stored config that does not decode: an error naming the object, never an empty
+/// config in its place.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored config of {kind} {id} cannot be decoded: {source}")]
+pub struct CorruptRecord {
+    pub kind: &'static str,
+    pub id: String,
+    #[source]
+    pub source: prost::DecodeError,
+}
+
+impl crate::error::HasKind for CorruptRecord {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Internal
+    }
+}
+
+fn decode<T: Message + Default>(
+    kind: &'static str,
+    id: &str,
+    bytes: &[u8],
+) -> Result<T, CorruptRecord> {
+    T::decode(bytes).map_err(|source| CorruptRecord {
+        kind,
+        id: id.to_string(),
+        source,
+    })
+}
+
 impl PodRecord {
-    pub fn config(&self) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn config(&self) -> Result<cri::PodSandboxConfig, CorruptRecord> {
+        decode("pod sandbox", &self.id, &self.config)
     }
 
     /// Only what ListPodSandbox returns, decoded from the stored config: the other
     /// fields (DNS, ports, the whole Linux config) are skipped, not built, on a call
     /// kubelet makes every second for every pod.
-    pub fn list_fields(&self) -> PodListFields {
-        PodListFields::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn list_fields(&self) -> Result<PodListFields, CorruptRecord> {
+        decode("pod sandbox", &self.id, &self.config)
     }
 }
 
@@ -178,13 +207,13 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
-    pub fn config(&self) -> cri::ContainerConfig {
-        cri::ContainerConfig::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn config(&self) -> Result<cri::ContainerConfig, CorruptRecord> {
+        decode("container", &self.id, &self.config)
     }
 
     /// Only what ListContainers returns (command, env, mounts, ... are skipped).
-    pub fn list_fields(&self) -> ContainerListFields {
-        ContainerListFields::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn list_fields(&self) -> Result<ContainerListFields, CorruptRecord> {
+        decode("container", &self.id, &self.config)
     }
 }
 
@@ -247,13 +276,43 @@ mod tests {
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: PodRecord = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.config(), config);
+        assert_eq!(back.config().unwrap(), config);
         assert_eq!(back, record);
         // Records stored before they named their namespace are the CRI's.
         let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
         old.as_object_mut().unwrap().remove("namespace");
         let back: PodRecord = serde_json::from_value(old).unwrap();
         assert_eq!(back.namespace, "k8s.io");
+    }
+
+    #[test]
+    fn a_corrupt_config_is_an_error_naming_the_object() {
+        let record = ContainerRecord {
+            id: "c1".into(),
+            namespace: "k8s.io".into(),
+            pod_id: "p1".into(),
+            state: ContainerState::Created,
+            // A length-delimited field (metadata) longer than what follows.
+            config: vec![0x0a, 0x7f, 0x01],
+            image: String::new(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            chain_ids: Vec::new(),
+            runtime_handler: String::new(),
+            stop_signal: None,
+            log_path: String::new(),
+            bundle: PathBuf::new(),
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            monitor: None,
+        };
+        let err = record.config().unwrap_err();
+        assert!(err.to_string().contains("container c1"), "{err}");
+        assert!(record.list_fields().is_err());
     }
 
     #[test]

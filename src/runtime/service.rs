@@ -55,6 +55,8 @@ pub enum RuntimeError {
     },
     #[error("pod network: {0}")]
     Network(crate::cni::CniError),
+    #[error(transparent)]
+    Corrupt(#[from] super::records::CorruptRecord),
     #[error("{0}")]
     Internal(String),
 }
@@ -75,6 +77,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::Oci(err) => err.kind(),
             RuntimeError::Monitor(err) => err.kind(),
             RuntimeError::Network(err) => err.kind(),
+            RuntimeError::Corrupt(err) => err.kind(),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,
         }
     }
