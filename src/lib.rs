@@ -6,6 +6,7 @@ pub mod config;
 pub mod crash_point;
 pub mod cri;
 pub mod daemon;
+pub mod engine;
 pub mod error;
 pub mod image;
 pub mod monitor;

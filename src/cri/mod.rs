@@ -40,9 +40,7 @@ use std::sync::Arc;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
-use crate::config::Config;
-use crate::image::ImageService;
-use crate::store::Store;
+use crate::engine::Engine;
 
 pub use client::connect;
 
@@ -54,28 +52,24 @@ pub const NAMESPACE: &str = crate::store::CRI_NAMESPACE;
 /// The CRI API version wharf serves.
 pub const RUNTIME_API_VERSION: &str = "v1";
 
-/// State shared by the CRI handlers.
+/// What the CRI handlers share: the engine (its services are reached through it, e.g.
+/// `server.runtime`).
 #[derive(Debug)]
 pub struct CriServer {
-    config: Arc<Config>,
-    store: Arc<Store>,
-    images: Arc<ImageService>,
-    runtime: Arc<crate::runtime::Runtime>,
+    engine: Arc<Engine>,
 }
 
 impl CriServer {
-    pub fn new(
-        config: Arc<Config>,
-        store: Arc<Store>,
-        images: Arc<ImageService>,
-        runtime: Arc<crate::runtime::Runtime>,
-    ) -> Arc<CriServer> {
-        Arc::new(CriServer {
-            config,
-            store,
-            images,
-            runtime,
-        })
+    pub fn new(engine: Arc<Engine>) -> Arc<CriServer> {
+        Arc::new(CriServer { engine })
+    }
+}
+
+impl std::ops::Deref for CriServer {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
     }
 }
 

@@ -14,8 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, CriServer};
-use crate::image::{ImageError, ImageService};
-use crate::store::{Store, StoreError};
+use crate::engine::{Engine, EngineError};
 
 mod in_flight;
 mod memory;
@@ -56,11 +55,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error("recovering pods and containers: {0}")]
-    Runtime(#[from] crate::runtime::RuntimeError),
+    Engine(#[from] EngineError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
     #[error("CRI server failed: {0}")]
@@ -77,24 +72,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     create_dir(&config.state, 0o711)?;
     let _lock = RootLock::acquire(&config.root)?;
 
-    // Opening blocks briefly (a migration at most); nothing is being served yet.
-    let store = Store::open(&config.root)?;
-    store.set_meta("last_started_version", env!("CARGO_PKG_VERSION"))?;
-    let store = Arc::new(store);
-    let images = Arc::new(ImageService::open(
-        &config.root,
-        store.clone(),
-        &config.registry,
-    )?);
-    let runtime =
-        crate::runtime::Runtime::open(config.clone(), store.clone(), images.clone()).await?;
+    let engine = Engine::open(config.clone()).await?;
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
     let socket = ServedSocket::bind(&config.cri.socket)?;
-    let (runtime_service, image_service) =
-        cri::services(CriServer::new(config.clone(), store, images, runtime));
+    let (runtime_service, image_service) = cri::services(CriServer::new(engine));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
     let server = tonic::transport::Server::builder()

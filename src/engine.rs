@@ -1,0 +1,56 @@
+//! The engine: everything the front ends share, built once by the daemon. The CRI
+//! server (and later the Docker API, streaming and metrics listeners) each hold the
+//! same `Arc<Engine>` and call its core services; none of them owns state of its own.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::image::{ImageError, ImageService};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::store::{Store, StoreError};
+
+/// The core services behind every front end.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: Arc<Config>,
+    /// Metadata of every object namespace.
+    pub store: Arc<Store>,
+    /// Images: pulls, the content store, snapshots.
+    pub images: Arc<ImageService>,
+    /// Pods and containers, with their networks.
+    pub runtime: Arc<Runtime>,
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("recovering pods and containers: {0}")]
+    Runtime(#[from] RuntimeError),
+}
+
+impl Engine {
+    /// Opens the store, the image service and the runtime (which recovers the pods and
+    /// containers of the last run) on `config`'s root and state dirs.
+    pub async fn open(config: Arc<Config>) -> Result<Arc<Engine>, EngineError> {
+        // Opening blocks briefly (a migration at most); nothing is being served yet.
+        let store = Store::open(&config.root)?;
+        store.set_meta("last_started_version", env!("CARGO_PKG_VERSION"))?;
+        let store = Arc::new(store);
+        let images = Arc::new(ImageService::open(
+            &config.root,
+            store.clone(),
+            &config.registry,
+        )?);
+        let runtime = Runtime::open(config.clone(), store.clone(), images.clone()).await?;
+        Ok(Arc::new(Engine {
+            config,
+            store,
+            images,
+            runtime,
+        }))
+    }
+}
