@@ -11,14 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use super::exec_tree::{ExecTree, KillOnDrop};
 
 /// The name of the built-in runtime handler (also the empty handler).
 pub const BUILTIN_HANDLER: &str = "builtin";
 
-/// At most this much of an exec's stdout and of its stderr is kept (containerd: 16 MiB).
-const MAX_EXEC_OUTPUT: usize = 16 << 20;
+/// At most this much of an exec's stdout and stderr, together, is kept. kubelet's CRI
+/// client refuses a response over 16 MiB (its gRPC max receive size), so an ExecSync
+/// answer must fit in that with its framing; containerd caps each stream at 16 MiB,
+/// which lets a response reach 32 MiB that kubelet then cannot read. Bounding the sum
+/// also bounds the memory of one call: these buffers plus one encoded copy of the
+/// response.
+pub const MAX_EXEC_OUTPUT: usize = (16 << 20) - (64 << 10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -233,9 +242,16 @@ impl OciRuntime {
     }
 
     /// Runs the process described by `process_file` (OCI Process JSON) in the container,
-    /// collecting its output. After `timeout` (if any) the process is killed and
-    /// `timed_out` set. The pid file tells a process that ran from a runtime that failed
-    /// before running anything.
+    /// collecting at most [`MAX_EXEC_OUTPUT`] bytes of its stdout and stderr together
+    /// (the rest is read and dropped, so the process never blocks on a full pipe). The
+    /// pid file tells a process that ran from a runtime that failed before running
+    /// anything.
+    ///
+    /// At `timeout` (if any) the process and everything it started are killed
+    /// ([`ExecTree`]) and `timed_out` is set, without waiting for the output pipes
+    /// (a process that escaped the kill may still hold them). If the returned future is
+    /// dropped before it finishes (the CRI client cancelled the call), the same kill
+    /// runs.
     pub async fn exec(
         &self,
         id: &str,
@@ -250,60 +266,61 @@ impl OciRuntime {
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id)
+            // A process group of its own: its helpers (and runc's exec'd process, were
+            // it not a session leader) can be told from wharfd's other children.
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| OciError::Spawn {
             program: self.program.clone(),
             source,
         })?;
+        let mut guard = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(|pid| KillOnDrop::new(ExecTree::new(pid, pid_file)));
+        let budget = AtomicUsize::new(MAX_EXEC_OUTPUT);
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let read_out = async move {
+        let read_out = async {
             let mut buf = Vec::new();
             if let Some(s) = stdout.as_mut() {
-                read_capped(s, &mut buf).await;
+                read_capped(s, &mut buf, &budget).await;
             }
             buf
         };
-        let read_err = async move {
+        let read_err = async {
             let mut buf = Vec::new();
             if let Some(s) = stderr.as_mut() {
-                read_capped(s, &mut buf).await;
+                read_capped(s, &mut buf, &budget).await;
             }
             buf
         };
         let outputs = async { tokio::join!(read_out, read_err, child.wait()) };
-        let mut timed_out = false;
-        let (out, err, status) = match timeout {
-            None => outputs.await,
-            Some(limit) => {
-                tokio::pin!(outputs);
-                match tokio::time::timeout(limit, &mut outputs).await {
-                    Ok(done) => done,
-                    Err(_) => {
-                        timed_out = true;
-                        // Kill the exec'd process; the runtime then reports and exits.
-                        if let Some(pid) = read_pid(pid_file) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                        match tokio::time::timeout(Duration::from_secs(10), &mut outputs).await {
-                            Ok(done) => done,
-                            Err(_) => {
-                                return Err(OciError::Timeout {
-                                    program: self.program.clone(),
-                                    operation: "exec",
-                                    id: id.to_string(),
-                                    timeout: limit,
-                                })
-                            }
-                        }
-                    }
-                }
-            }
+        let finished = match timeout {
+            None => Some(outputs.await),
+            Some(limit) => tokio::time::timeout(limit, outputs).await.ok(),
         };
+        let Some((out, err, status)) = finished else {
+            let killed = guard.as_mut().map_or(0, KillOnDrop::kill_now);
+            // The runtime exits once its process is gone; reap it if it does so soon,
+            // else kill_on_drop ends it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            tracing::info!(
+                container = id,
+                ?timeout,
+                killed,
+                "exec timed out: its processes were killed"
+            );
+            return Ok(ExecOutput {
+                timed_out: true,
+                exit_code: -1,
+                ..Default::default()
+            });
+        };
+        if let Some(guard) = guard.as_mut() {
+            guard.disarm();
+        }
         let status = status?;
         if read_pid(pid_file).is_none() {
             return Err(OciError::Failed {
@@ -317,19 +334,42 @@ impl OciRuntime {
             stdout: out,
             stderr: err,
             exit_code: exit_code(status),
-            timed_out,
+            timed_out: false,
         })
     }
 }
 
-async fn read_capped(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 16384];
+/// Reads `reader` to its end, keeping what `budget` (shared by an exec's stdout and
+/// stderr) still allows and dropping the rest. The buffer grows by doubling, but never
+/// past what it could still be given, so an exec's buffers together stay within about
+/// twice the budget even in the worst interleaving, and within the budget itself when
+/// one stream fills it.
+async fn read_capped(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    budget: &AtomicUsize,
+) {
+    let mut chunk = vec![0u8; 64 << 10];
     loop {
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
+                let left = budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                        Some(left - left.min(n))
+                    })
+                    .unwrap_or(0);
+                let take = n.min(left);
+                if take == 0 {
+                    continue;
+                }
+                if buf.capacity() - buf.len() < take {
+                    let want = (buf.capacity() * 2)
+                        .max(buf.len() + take)
+                        .min(buf.len() + left);
+                    buf.reserve_exact(want - buf.len());
+                }
+                buf.extend_from_slice(&chunk[..take]);
             }
         }
     }
