@@ -23,8 +23,9 @@ pub const BUILTIN_HANDLER: &str = "builtin";
 
 /// At most this much of an exec's stdout and stderr, together, is kept. kubelet's CRI
 /// client refuses a response over 16 MiB (its gRPC max receive size), so an ExecSync
-/// answer must fit in that with its framing; containerd caps each stream at 16 MiB,
-/// which lets a response reach 32 MiB that kubelet then cannot read. Bounding the sum
+/// answer must fit in that with its framing; a cap of 16 MiB per stream (wharf's
+/// before, after containerd's) lets a response reach 32 MiB that kubelet then cannot
+/// read. Bounding the sum
 /// also bounds the memory of one call: these buffers plus one encoded copy of the
 /// response.
 pub const MAX_EXEC_OUTPUT: usize = (16 << 20) - (64 << 10);
