@@ -126,8 +126,18 @@ async fn exec_sync_timeout_kills_background_children_runc() {
 /// handler) leaves no process of that exec running.
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_cancelled_by_the_client_kills_the_tree() {
+    cancel_kills_the_tree("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_cancelled_by_the_client_kills_the_tree_runc() {
+    support::require_installed("/usr/sbin/runc", "runc");
+    cancel_kills_the_tree("runc").await;
+}
+
+async fn cancel_kills_the_tree(handler: &str) {
     let mut env = PodEnv::start().await;
-    let (pod_id, id) = sleeper(&mut env, "exec-cancel", "").await;
+    let (pod_id, id) = sleeper(&mut env, "exec-cancel", handler).await;
     let mut request = tonic::Request::new(cri::ExecSyncRequest {
         container_id: id.clone(),
         cmd: ["sh", "-c", "sleep 7311 & sleep 7312"]
@@ -295,6 +305,64 @@ async fn shared_pid_pod_creates_containers_after_many_execs() {
             )
             .await;
         assert!(!cgroup.is_empty(), "no cgroup hierarchy in next{i}");
+    }
+    env.remove_pod(&pod_id).await;
+}
+
+/// wharfd's peak resident memory (VmHWM) in KiB.
+fn daemon_peak_kib(env: &PodEnv) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", env.daemon.pid()))
+        .expect("wharfd's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A measurement, not a check (run with --ignored --nocapture): wharfd's peak memory
+/// across 1, then 4 concurrent ExecSync calls that each write 50 MB to stdout and to
+/// stderr.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn exec_sync_output_memory_measurement() {
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "exec-mem", "").await;
+    for n in [1, 4] {
+        let before = daemon_peak_kib(&env);
+        let mut calls = Vec::new();
+        for _ in 0..n {
+            let mut rt = env
+                .daemon
+                .runtime_client()
+                .await
+                .max_decoding_message_size(256 << 20);
+            let id = id.clone();
+            calls.push(tokio::spawn(async move {
+                rt.exec_sync(cri::ExecSyncRequest {
+                    container_id: id,
+                    cmd: [
+                        "sh",
+                        "-c",
+                        "head -c 50000000 /dev/zero; head -c 50000000 /dev/zero >&2",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                    timeout: 120,
+                })
+                .await
+                .map(|r| r.into_inner().stdout.len())
+            }));
+        }
+        for call in calls {
+            let _ = call.await;
+        }
+        let after = daemon_peak_kib(&env);
+        eprintln!(
+            "MEASURE wharfd VmHWM {before} KiB -> {after} KiB (+{} MiB) for {n} concurrent calls",
+            (after - before) / 1024
+        );
     }
     env.remove_pod(&pod_id).await;
 }
