@@ -122,6 +122,42 @@ async fn exec_sync_timeout_kills_background_children_runc() {
     timeout_kills_the_tree("runc").await;
 }
 
+/// A process that left the exec's session and lost its parent escapes the kill (it
+/// ends with the container) and keeps the output pipes open: the timeout still answers
+/// at once instead of waiting for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_timeout_answers_though_an_escaped_process_holds_the_output() {
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "exec-escape", "").await;
+    let started = Instant::now();
+    let err = env
+        .exec(&id, &["sh", "-c", "(setsid sleep 7351 &); sleep 7352"], 1)
+        .await
+        .expect_err("an exec past its timeout fails");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "a 1 s timeout answered after {took:?}: {err:?}"
+    );
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("timeout 1s exceeded"), "{err:?}");
+    assert_gone(&mut env, &id, "sleep 7352", "the exec'd process tree").await;
+    // The scenario is real: the escaped process still runs (and holds the pipes).
+    let escaped = processes_matching(&mut env, &id, "sleep 7351").await;
+    assert_eq!(escaped.len(), 1, "{escaped:?}");
+    // Removing the pod ends the escaped process with the container's cgroup.
+    env.remove_pod(&pod_id).await;
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 7351$"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "the escaped process outlived its pod: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
 /// A client that gives up on an ExecSync (its deadline passes, tonic drops the
 /// handler) leaves no process of that exec running.
 #[tokio::test(flavor = "multi_thread")]

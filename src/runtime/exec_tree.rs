@@ -16,8 +16,9 @@
 //!   parent lives), and the members of a group or session that one of them leads.
 //!
 //! Only a process that both left the session and lost its parent escapes (a daemon that
-//! double-forks and setsids on purpose); containerd and CRI-O kill only the exec'd
-//! process itself. A cgroup per exec would catch even that, but cgroup v2 forbids a
+//! double-forks and setsids on purpose); it is still killed with the container (it is
+//! in the container's cgroup), and the timeout answers without waiting for the output
+//! pipes it may hold. containerd kills only the exec'd process itself. A cgroup per exec would catch even that, but cgroup v2 forbids a
 //! child cgroup with processes next to the container's own once controllers are
 //! delegated, and neither runtime's exec takes one with libcontainer.
 //!
