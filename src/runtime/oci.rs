@@ -410,6 +410,31 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
+    #[tokio::test]
+    async fn exec_output_budget_is_shared_and_bounds_the_buffers() {
+        use tokio::io::AsyncReadExt as _;
+        let budget = AtomicUsize::new(100_000);
+        let mut out_src = tokio::io::repeat(1).take(1_000_000);
+        let mut err_src = tokio::io::repeat(2).take(1_000_000);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        tokio::join!(
+            read_capped(&mut out_src, &mut out, &budget),
+            read_capped(&mut err_src, &mut err, &budget)
+        );
+        assert_eq!(out.len() + err.len(), 100_000);
+        assert!(out.iter().all(|b| *b == 1) && err.iter().all(|b| *b == 2));
+        // Read to the end (nothing left for a writer to block on).
+        assert_eq!(out_src.limit() + err_src.limit(), 0);
+        assert!(out.capacity() <= 100_000 && err.capacity() <= 100_000);
+
+        let budget = AtomicUsize::new(MAX_EXEC_OUTPUT);
+        let mut big = tokio::io::repeat(0).take(40 << 20);
+        let mut buf = Vec::new();
+        read_capped(&mut big, &mut buf, &budget).await;
+        assert_eq!(buf.len(), MAX_EXEC_OUTPUT);
+        assert_eq!(buf.capacity(), MAX_EXEC_OUTPUT, "no doubling past the cap");
+    }
+
     #[test]
     fn runtime_messages() {
         let status = std::process::ExitStatus::from_raw(1 << 8);
