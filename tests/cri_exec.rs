@@ -274,6 +274,46 @@ async fn exec_sync_output_is_capped_and_drained() {
     env.remove_pod(&pod_id).await;
 }
 
+/// More concurrent large outputs than the daemon's large-output permits (4): the
+/// others wait for one, then every call returns its capped output.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_more_large_outputs_than_permits_all_complete() {
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "exec-permits", "").await;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        let mut rt = env
+            .daemon
+            .runtime_client()
+            .await
+            .max_decoding_message_size(64 << 20);
+        let id = id.clone();
+        calls.push(tokio::spawn(async move {
+            let out = rt
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: id,
+                    cmd: ["sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                    timeout: 60,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("large ExecSync {i}: {e:?}"))
+                .into_inner();
+            (out.exit_code, out.stdout.len(), out.stderr)
+        }));
+    }
+    for call in calls {
+        let (code, stdout, stderr) = call.await.expect("the call's task");
+        assert_eq!(code, 0);
+        assert_eq!(stdout, MAX_EXEC_OUTPUT, "stdout kept up to the cap");
+        // The cap was reached before stderr came: its line is dropped.
+        assert!(stderr.is_empty(), "{stderr:?}");
+    }
+    env.remove_pod(&pod_id).await;
+}
+
 /// Issue 30 item 6: in a pod whose containers share its PID namespace, creating a
 /// container failed with `failed to prepare rootfs` once ExecSync calls had pushed the
 /// namespace's pids past numbers the host uses: libcontainer's cgroup v1 mount read
@@ -357,14 +397,14 @@ fn daemon_peak_kib(env: &PodEnv) -> u64 {
 }
 
 /// A measurement, not a check (run with --ignored --nocapture): wharfd's peak memory
-/// across 1, then 4 concurrent ExecSync calls that each write 50 MB to stdout and to
+/// across 1, 4, then 8 concurrent ExecSync calls that each write 50 MB to stdout and to
 /// stderr.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn exec_sync_output_memory_measurement() {
     let mut env = PodEnv::start().await;
     let (pod_id, id) = sleeper(&mut env, "exec-mem", "").await;
-    for n in [1, 4] {
+    for n in [1, 4, 8] {
         let before = daemon_peak_kib(&env);
         let mut calls = Vec::new();
         for _ in 0..n {

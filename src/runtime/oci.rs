@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use super::exec_tree::{ExecTree, KillOnDrop};
 
@@ -29,6 +30,55 @@ pub const BUILTIN_HANDLER: &str = "builtin";
 /// also bounds the memory of one call: these buffers plus one encoded copy of the
 /// response.
 pub const MAX_EXEC_OUTPUT: usize = (16 << 20) - (64 << 10);
+
+/// What any exec may keep of its output without a large-output permit.
+pub const SMALL_EXEC_OUTPUT: usize = 1 << 20;
+
+/// How many execs at once may keep more than [`SMALL_EXEC_OUTPUT`]. Another one stops
+/// reading until a permit frees (its command blocks on the full pipe, its timeout still
+/// runs), so N concurrent execs hold at most about N x 1 MiB + 4 x 16 MiB of output
+/// (plus the encoded copy of each response being sent), not N x 16 MiB.
+const LARGE_EXEC_OUTPUTS: usize = 4;
+
+static LARGE_EXEC_OUTPUT_PERMITS: Semaphore = Semaphore::const_new(LARGE_EXEC_OUTPUTS);
+
+/// What one exec may still keep of its stdout and stderr together, and its
+/// large-output permit once it needs one.
+struct OutputBudget<'a> {
+    cap: usize,
+    left: AtomicUsize,
+    large: &'a Semaphore,
+    permit: OnceCell<Option<SemaphorePermit<'a>>>,
+}
+
+impl<'a> OutputBudget<'a> {
+    fn new(cap: usize, large: &'a Semaphore) -> OutputBudget<'a> {
+        OutputBudget {
+            cap,
+            left: AtomicUsize::new(cap),
+            large,
+            permit: OnceCell::new(),
+        }
+    }
+
+    /// Takes up to `n` bytes; returns how many, and what was left before. Past
+    /// [`SMALL_EXEC_OUTPUT`] in all, waits for a large-output permit first.
+    async fn take(&self, n: usize) -> (usize, usize) {
+        let left = self.left.load(Ordering::Relaxed);
+        if left > 0 && self.cap - left + n > SMALL_EXEC_OUTPUT {
+            self.permit
+                .get_or_init(|| async { self.large.acquire().await.ok() })
+                .await;
+        }
+        let left = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left - left.min(n))
+            })
+            .unwrap_or(0);
+        (n.min(left), left)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -280,7 +330,7 @@ impl OciRuntime {
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .map(|pid| KillOnDrop::new(ExecTree::new(pid, pid_file)));
-        let budget = AtomicUsize::new(MAX_EXEC_OUTPUT);
+        let budget = OutputBudget::new(MAX_EXEC_OUTPUT, &LARGE_EXEC_OUTPUT_PERMITS);
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
         let read_out = async {
@@ -348,19 +398,14 @@ impl OciRuntime {
 async fn read_capped(
     reader: &mut (impl AsyncReadExt + Unpin),
     buf: &mut Vec<u8>,
-    budget: &AtomicUsize,
+    budget: &OutputBudget<'_>,
 ) {
     let mut chunk = vec![0u8; 64 << 10];
     loop {
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let left = budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                        Some(left - left.min(n))
-                    })
-                    .unwrap_or(0);
-                let take = n.min(left);
+                let (take, left) = budget.take(n).await;
                 if take == 0 {
                     continue;
                 }
@@ -413,7 +458,8 @@ mod tests {
     #[tokio::test]
     async fn exec_output_budget_is_shared_and_bounds_the_buffers() {
         use tokio::io::AsyncReadExt as _;
-        let budget = AtomicUsize::new(100_000);
+        let large = Semaphore::new(1);
+        let budget = OutputBudget::new(100_000, &large);
         let mut out_src = tokio::io::repeat(1).take(1_000_000);
         let mut err_src = tokio::io::repeat(2).take(1_000_000);
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -427,12 +473,60 @@ mod tests {
         assert_eq!(out_src.limit() + err_src.limit(), 0);
         assert!(out.capacity() <= 100_000 && err.capacity() <= 100_000);
 
-        let budget = AtomicUsize::new(MAX_EXEC_OUTPUT);
+        let budget = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
         let mut big = tokio::io::repeat(0).take(40 << 20);
         let mut buf = Vec::new();
         read_capped(&mut big, &mut buf, &budget).await;
         assert_eq!(buf.len(), MAX_EXEC_OUTPUT);
         assert_eq!(buf.capacity(), MAX_EXEC_OUTPUT, "no doubling past the cap");
+    }
+
+    /// Only so many execs keep more than the small share at once; another stops reading
+    /// (its writer blocks) until a permit frees, then goes on to the end.
+    #[tokio::test]
+    async fn large_outputs_wait_for_a_permit() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt as _;
+        let large = Semaphore::new(1);
+        // A reads past the small share from a source that then stays open and idle.
+        let a = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
+        let (_idle_writer, idle) = tokio::io::duplex(1024);
+        let mut a_src = tokio::io::repeat(0)
+            .take(SMALL_EXEC_OUTPUT as u64 + 10)
+            .chain(idle);
+        let mut a_buf = Vec::new();
+        {
+            let a_read = read_capped(&mut a_src, &mut a_buf, &a);
+            assert!(tokio::time::timeout(Duration::from_millis(100), a_read)
+                .await
+                .is_err());
+        }
+        assert_eq!(a_buf.len(), SMALL_EXEC_OUTPUT + 10);
+        assert_eq!(large.available_permits(), 0, "A holds the permit");
+
+        let b = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
+        let total = 4 * SMALL_EXEC_OUTPUT as u64;
+        let mut b_src = tokio::io::repeat(1).take(total);
+        let mut b_buf = Vec::new();
+        {
+            let b_read = read_capped(&mut b_src, &mut b_buf, &b);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), b_read)
+                    .await
+                    .is_err(),
+                "B went past the small share without a permit"
+            );
+        }
+        assert!(b_buf.len() <= SMALL_EXEC_OUTPUT, "{}", b_buf.len());
+        assert!(
+            b_src.limit() > SMALL_EXEC_OUTPUT as u64,
+            "B stopped reading"
+        );
+
+        drop(a);
+        read_capped(&mut b_src, &mut b_buf, &b).await;
+        assert_eq!(b_src.limit(), 0, "B read to the end once A was done");
+        assert!(b_buf.len() > 2 * SMALL_EXEC_OUTPUT);
     }
 
     #[test]
