@@ -500,10 +500,22 @@ impl Runtime {
         }
         let container = self.running(namespace, query)?;
         let runtime = self.oci_runtime(&container.runtime_handler)?;
+        let program = cmd[0].clone();
         let bundle = container.bundle.clone();
         let exec_id = &new_id()?[..16];
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        // Removed however the call ends, a cancelled one included (the runtime's exec
+        // kills its processes itself when dropped).
+        struct RemoveOnDrop([PathBuf; 2]);
+        impl Drop for RemoveOnDrop {
+            fn drop(&mut self) {
+                for file in &self.0 {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+        }
+        let _files = RemoveOnDrop([process_file.clone(), pid_file.clone()]);
         let file = process_file.clone();
         blocking(move || {
             let spec = Spec::load(bundle.join("config.json"))
@@ -518,16 +530,15 @@ impl Runtime {
         })
         .await?;
         let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
-        let result = runtime
+        let output = runtime
             .exec(&container.id, &process_file, &pid_file, limit)
-            .await;
-        let _ = std::fs::remove_file(&process_file);
-        let _ = std::fs::remove_file(&pid_file);
-        let output = result?;
+            .await?;
         if output.timed_out {
+            // containerd's words: "timeout 1s exceeded".
             return Err(RuntimeError::DeadlineExceeded(format!(
-                "command in container {} timed out after {timeout}s",
-                container.id
+                "ExecSync {:?} in container {}: timeout {timeout}s exceeded; the command \
+                 and the processes it started were killed",
+                program, container.id
             )));
         }
         Ok(output)

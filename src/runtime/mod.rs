@@ -5,6 +5,7 @@
 
 pub mod caps;
 mod container;
+pub mod exec_tree;
 mod host;
 pub mod monitor;
 pub mod namespaces;

@@ -11,14 +11,74 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
+
+use super::exec_tree::{ExecTree, KillOnDrop};
 
 /// The name of the built-in runtime handler (also the empty handler).
 pub const BUILTIN_HANDLER: &str = "builtin";
 
-/// At most this much of an exec's stdout and of its stderr is kept (containerd: 16 MiB).
-const MAX_EXEC_OUTPUT: usize = 16 << 20;
+/// At most this much of an exec's stdout and stderr, together, is kept. kubelet's CRI
+/// client refuses a response over 16 MiB (its gRPC max receive size), so an ExecSync
+/// answer must fit in that with its framing; a cap of 16 MiB per stream (wharf's
+/// before, after containerd's) lets a response reach 32 MiB that kubelet then cannot
+/// read. Bounding the sum
+/// also bounds the memory of one call: these buffers plus one encoded copy of the
+/// response.
+pub const MAX_EXEC_OUTPUT: usize = (16 << 20) - (64 << 10);
+
+/// What any exec may keep of its output without a large-output permit.
+pub const SMALL_EXEC_OUTPUT: usize = 1 << 20;
+
+/// How many execs at once may keep more than [`SMALL_EXEC_OUTPUT`]. Another one stops
+/// reading until a permit frees (its command blocks on the full pipe, its timeout still
+/// runs), so N concurrent execs hold at most about N x 1 MiB + 4 x 16 MiB of output
+/// (plus the encoded copy of each response being sent), not N x 16 MiB.
+const LARGE_EXEC_OUTPUTS: usize = 4;
+
+static LARGE_EXEC_OUTPUT_PERMITS: Semaphore = Semaphore::const_new(LARGE_EXEC_OUTPUTS);
+
+/// What one exec may still keep of its stdout and stderr together, and its
+/// large-output permit once it needs one.
+struct OutputBudget<'a> {
+    cap: usize,
+    left: AtomicUsize,
+    large: &'a Semaphore,
+    permit: OnceCell<Option<SemaphorePermit<'a>>>,
+}
+
+impl<'a> OutputBudget<'a> {
+    fn new(cap: usize, large: &'a Semaphore) -> OutputBudget<'a> {
+        OutputBudget {
+            cap,
+            left: AtomicUsize::new(cap),
+            large,
+            permit: OnceCell::new(),
+        }
+    }
+
+    /// Takes up to `n` bytes; returns how many, and what was left before. Past
+    /// [`SMALL_EXEC_OUTPUT`] in all, waits for a large-output permit first.
+    async fn take(&self, n: usize) -> (usize, usize) {
+        let left = self.left.load(Ordering::Relaxed);
+        if left > 0 && self.cap - left + n > SMALL_EXEC_OUTPUT {
+            self.permit
+                .get_or_init(|| async { self.large.acquire().await.ok() })
+                .await;
+        }
+        let left = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left - left.min(n))
+            })
+            .unwrap_or(0);
+        (n.min(left), left)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -242,9 +302,16 @@ impl OciRuntime {
     }
 
     /// Runs the process described by `process_file` (OCI Process JSON) in the container,
-    /// collecting its output. After `timeout` (if any) the process is killed and
-    /// `timed_out` set. The pid file tells a process that ran from a runtime that failed
-    /// before running anything.
+    /// collecting at most [`MAX_EXEC_OUTPUT`] bytes of its stdout and stderr together
+    /// (the rest is read and dropped, so the process never blocks on a full pipe). The
+    /// pid file tells a process that ran from a runtime that failed before running
+    /// anything.
+    ///
+    /// At `timeout` (if any) the process and everything it started are killed
+    /// ([`ExecTree`]) and `timed_out` is set, without waiting for the output pipes
+    /// (a process that escaped the kill may still hold them). If the returned future is
+    /// dropped before it finishes (the CRI client cancelled the call), the same kill
+    /// runs.
     pub async fn exec(
         &self,
         id: &str,
@@ -259,60 +326,61 @@ impl OciRuntime {
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id)
+            // A process group of its own: its helpers (and runc's exec'd process, were
+            // it not a session leader) can be told from wharfd's other children.
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| OciError::Spawn {
             program: self.program.clone(),
             source,
         })?;
+        let mut guard = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(|pid| KillOnDrop::new(ExecTree::new(pid, pid_file)));
+        let budget = OutputBudget::new(MAX_EXEC_OUTPUT, &LARGE_EXEC_OUTPUT_PERMITS);
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let read_out = async move {
+        let read_out = async {
             let mut buf = Vec::new();
             if let Some(s) = stdout.as_mut() {
-                read_capped(s, &mut buf).await;
+                read_capped(s, &mut buf, &budget).await;
             }
             buf
         };
-        let read_err = async move {
+        let read_err = async {
             let mut buf = Vec::new();
             if let Some(s) = stderr.as_mut() {
-                read_capped(s, &mut buf).await;
+                read_capped(s, &mut buf, &budget).await;
             }
             buf
         };
         let outputs = async { tokio::join!(read_out, read_err, child.wait()) };
-        let mut timed_out = false;
-        let (out, err, status) = match timeout {
-            None => outputs.await,
-            Some(limit) => {
-                tokio::pin!(outputs);
-                match tokio::time::timeout(limit, &mut outputs).await {
-                    Ok(done) => done,
-                    Err(_) => {
-                        timed_out = true;
-                        // Kill the exec'd process; the runtime then reports and exits.
-                        if let Some(pid) = read_pid(pid_file) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                        match tokio::time::timeout(Duration::from_secs(10), &mut outputs).await {
-                            Ok(done) => done,
-                            Err(_) => {
-                                return Err(OciError::Timeout {
-                                    program: self.program.clone(),
-                                    operation: "exec",
-                                    id: id.to_string(),
-                                    timeout: limit,
-                                })
-                            }
-                        }
-                    }
-                }
-            }
+        let finished = match timeout {
+            None => Some(outputs.await),
+            Some(limit) => tokio::time::timeout(limit, outputs).await.ok(),
         };
+        let Some((out, err, status)) = finished else {
+            let killed = guard.as_mut().map_or(0, KillOnDrop::kill_now);
+            // The runtime exits once its process is gone; reap it if it does so soon,
+            // else kill_on_drop ends it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            tracing::info!(
+                container = id,
+                ?timeout,
+                killed,
+                "exec timed out: its processes were killed"
+            );
+            return Ok(ExecOutput {
+                timed_out: true,
+                exit_code: -1,
+                ..Default::default()
+            });
+        };
+        if let Some(guard) = guard.as_mut() {
+            guard.disarm();
+        }
         let status = status?;
         if read_pid(pid_file).is_none() {
             return Err(OciError::Failed {
@@ -326,19 +394,37 @@ impl OciRuntime {
             stdout: out,
             stderr: err,
             exit_code: exit_code(status),
-            timed_out,
+            timed_out: false,
         })
     }
 }
 
-async fn read_capped(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 16384];
+/// Reads `reader` to its end, keeping what `budget` (shared by an exec's stdout and
+/// stderr) still allows and dropping the rest. The buffer grows by doubling, but never
+/// past what it could still be given, so an exec's buffers together stay within about
+/// twice the budget even in the worst interleaving, and within the budget itself when
+/// one stream fills it.
+async fn read_capped(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    budget: &OutputBudget<'_>,
+) {
+    let mut chunk = vec![0u8; 64 << 10];
     loop {
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
+                let (take, left) = budget.take(n).await;
+                if take == 0 {
+                    continue;
+                }
+                if buf.capacity() - buf.len() < take {
+                    let want = (buf.capacity() * 2)
+                        .max(buf.len() + take)
+                        .min(buf.len() + left);
+                    buf.reserve_exact(want - buf.len());
+                }
+                buf.extend_from_slice(&chunk[..take]);
             }
         }
     }
@@ -377,6 +463,80 @@ fn runtime_message(stderr: &[u8], status: std::process::ExitStatus) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[tokio::test]
+    async fn exec_output_budget_is_shared_and_bounds_the_buffers() {
+        use tokio::io::AsyncReadExt as _;
+        let large = Semaphore::new(1);
+        let budget = OutputBudget::new(100_000, &large);
+        let mut out_src = tokio::io::repeat(1).take(1_000_000);
+        let mut err_src = tokio::io::repeat(2).take(1_000_000);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        tokio::join!(
+            read_capped(&mut out_src, &mut out, &budget),
+            read_capped(&mut err_src, &mut err, &budget)
+        );
+        assert_eq!(out.len() + err.len(), 100_000);
+        assert!(out.iter().all(|b| *b == 1) && err.iter().all(|b| *b == 2));
+        // Read to the end (nothing left for a writer to block on).
+        assert_eq!(out_src.limit() + err_src.limit(), 0);
+        assert!(out.capacity() <= 100_000 && err.capacity() <= 100_000);
+
+        let budget = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
+        let mut big = tokio::io::repeat(0).take(40 << 20);
+        let mut buf = Vec::new();
+        read_capped(&mut big, &mut buf, &budget).await;
+        assert_eq!(buf.len(), MAX_EXEC_OUTPUT);
+        assert_eq!(buf.capacity(), MAX_EXEC_OUTPUT, "no doubling past the cap");
+    }
+
+    /// Only so many execs keep more than the small share at once; another stops reading
+    /// (its writer blocks) until a permit frees, then goes on to the end.
+    #[tokio::test]
+    async fn large_outputs_wait_for_a_permit() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt as _;
+        let large = Semaphore::new(1);
+        // A reads past the small share from a source that then stays open and idle.
+        let a = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
+        let (_idle_writer, idle) = tokio::io::duplex(1024);
+        let mut a_src = tokio::io::repeat(0)
+            .take(SMALL_EXEC_OUTPUT as u64 + 10)
+            .chain(idle);
+        let mut a_buf = Vec::new();
+        {
+            let a_read = read_capped(&mut a_src, &mut a_buf, &a);
+            assert!(tokio::time::timeout(Duration::from_millis(100), a_read)
+                .await
+                .is_err());
+        }
+        assert_eq!(a_buf.len(), SMALL_EXEC_OUTPUT + 10);
+        assert_eq!(large.available_permits(), 0, "A holds the permit");
+
+        let b = OutputBudget::new(MAX_EXEC_OUTPUT, &large);
+        let total = 4 * SMALL_EXEC_OUTPUT as u64;
+        let mut b_src = tokio::io::repeat(1).take(total);
+        let mut b_buf = Vec::new();
+        {
+            let b_read = read_capped(&mut b_src, &mut b_buf, &b);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), b_read)
+                    .await
+                    .is_err(),
+                "B went past the small share without a permit"
+            );
+        }
+        assert!(b_buf.len() <= SMALL_EXEC_OUTPUT, "{}", b_buf.len());
+        assert!(
+            b_src.limit() > SMALL_EXEC_OUTPUT as u64,
+            "B stopped reading"
+        );
+
+        drop(a);
+        read_capped(&mut b_src, &mut b_buf, &b).await;
+        assert_eq!(b_src.limit(), 0, "B read to the end once A was done");
+        assert!(b_buf.len() > 2 * SMALL_EXEC_OUTPUT);
+    }
 
     #[test]
     fn runtime_messages() {

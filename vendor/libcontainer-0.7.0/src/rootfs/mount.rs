@@ -280,7 +280,12 @@ impl Mount {
         // get process cgroups
         let ppid = std::os::unix::process::parent_id();
         // The non-zero ppid means that the PID Namespace is not separated.
-        let ppid = if ppid == 0 { std::process::id() } else { ppid };
+        // wharf: with a separate PID namespace, the root is PID 1 of the runtime's own
+        // namespace, the one /proc still shows here. Upstream used our own pid, which
+        // is that 1 only in a new namespace: in a joined one (a pod's shared PID
+        // namespace) it named an unrelated host process, or none once the namespace's
+        // pids passed the host's ("procfs failed: File not found: /proc/121").
+        let ppid = if ppid == 0 { 1 } else { ppid };
         let root_cgroups = Process::new(ppid as i32)?.cgroups()?.0;
         let process_cgroups: HashMap<String, String> =
             ProcessCGroups::from_read(ProcfsHandle::new()?.open(
