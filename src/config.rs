@@ -528,7 +528,7 @@ impl RegistryConfig {
             });
         }
         if let Some(platform) = &self.platform {
-            crate::image::registry::Platform::parse(platform).map_err(|err| {
+            crate::image::platform::Platform::parse(platform).map_err(|err| {
                 ConfigError::Invalid {
                     key: "registry.platform",
                     message: err.to_string(),

@@ -7,6 +7,7 @@
 //! touch the disk.
 
 pub mod content;
+pub mod platform;
 pub mod registry;
 pub mod snapshot;
 pub mod unpack;
@@ -339,7 +340,7 @@ impl ImageService {
                 .insert(record.value);
         }
         let platform = match &registry_config.platform {
-            Some(platform) => Platform::parse(platform)?,
+            Some(platform) => Platform::parse(platform).map_err(RegistryError::from)?,
             None => Platform::host(),
         };
         Ok(ImageService {
