@@ -87,36 +87,6 @@ impl crate::error::HasKind for ImageError {
     }
 }
 
-// Beside ImageError until the registry module is split into files (issue 16).
-impl crate::error::HasKind for registry::RegistryError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
-        use registry::RegistryError;
-        match self {
-            RegistryError::InvalidReference { .. }
-            | RegistryError::InvalidDigest { .. }
-            | RegistryError::InvalidPlatform { .. } => ErrorKind::InvalidArgument,
-            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
-                ErrorKind::NotFound
-            }
-            RegistryError::Unauthorized { .. } => ErrorKind::Unauthenticated,
-            // Policy refusals (a redirect or token realm wharf will not follow): retrying
-            // cannot help until the registry or the configuration changes.
-            RegistryError::UnsupportedMediaType { .. }
-            | RegistryError::InvalidManifest { .. }
-            | RegistryError::Redirect { .. }
-            | RegistryError::InsecureRealm { .. }
-            | RegistryError::Registry { .. } => ErrorKind::FailedPrecondition,
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
-                ErrorKind::DataLoss
-            }
-            RegistryError::Transport { .. } => ErrorKind::Unavailable,
-            RegistryError::BlobFile { .. } => ErrorKind::Internal,
-            RegistryError::Endpoints { cause, .. } => cause.kind(),
-        }
-    }
-}
-
 impl ImageError {
     /// A configured limit refused the image.
     pub fn is_limit(&self) -> bool {

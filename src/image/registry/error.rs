@@ -69,6 +69,34 @@ pub enum RegistryError {
     },
 }
 
+impl crate::error::HasKind for RegistryError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            RegistryError::InvalidReference { .. }
+            | RegistryError::InvalidDigest { .. }
+            | RegistryError::InvalidPlatform { .. } => ErrorKind::InvalidArgument,
+            RegistryError::NotFound { .. } | RegistryError::PlatformNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            RegistryError::Unauthorized { .. } => ErrorKind::Unauthenticated,
+            // Policy refusals (a redirect or token realm wharf will not follow): retrying
+            // cannot help until the registry or the configuration changes.
+            RegistryError::UnsupportedMediaType { .. }
+            | RegistryError::InvalidManifest { .. }
+            | RegistryError::Redirect { .. }
+            | RegistryError::InsecureRealm { .. }
+            | RegistryError::Registry { .. } => ErrorKind::FailedPrecondition,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
+                ErrorKind::DataLoss
+            }
+            RegistryError::Transport { .. } => ErrorKind::Unavailable,
+            RegistryError::BlobFile { .. } => ErrorKind::Internal,
+            RegistryError::Endpoints { cause, .. } => cause.kind(),
+        }
+    }
+}
+
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "no platform at all".to_string()
