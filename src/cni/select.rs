@@ -1,0 +1,109 @@
+//! Which network a pod joins: the CNI network, the built-in bridge, or (mode `auto`)
+//! the CNI network when its conf dir holds one and the bridge otherwise; the calls
+//! then go to the CNI executor ([`super::plugins`]) or the bridge.
+
+use std::sync::Arc;
+
+use super::{bridge, Attachment, Cni, CniError, CniResult, NetworkConfigList};
+use crate::config::NetworkMode;
+
+/// The network a pod is attached to.
+#[derive(Debug, Clone)]
+pub enum Selected {
+    Cni(Arc<NetworkConfigList>),
+    Bridge,
+}
+
+/// Pod networking as configured: the CNI network, the built-in bridge, or (mode
+/// `auto`) the CNI network when its conf dir holds one and the bridge otherwise.
+pub struct Networks {
+    mode: NetworkMode,
+    cni: Cni,
+    bridge: bridge::BridgeNetwork,
+}
+
+impl Networks {
+    pub fn new(mode: NetworkMode, cni: Cni, bridge: bridge::BridgeNetwork) -> Networks {
+        Networks { mode, cni, bridge }
+    }
+
+    pub fn cni(&self) -> &Cni {
+        &self.cni
+    }
+
+    /// The network new pods are attached to now; `None` in mode `none`. In mode `cni`
+    /// without a usable config this is an error (as containerd refuses pods then).
+    pub fn select(&self) -> Result<Option<Selected>, CniError> {
+        match self.mode {
+            NetworkMode::None => Ok(None),
+            NetworkMode::Bridge => Ok(Some(Selected::Bridge)),
+            NetworkMode::Cni => match self.cni.network()? {
+                Some(network) => Ok(Some(Selected::Cni(network))),
+                None => Err(CniError::NoNetwork {
+                    dir: self.cni.config().conf_dir.clone(),
+                }),
+            },
+            NetworkMode::Auto => Ok(Some(match self.cni.network()? {
+                Some(network) => Selected::Cni(network),
+                None => Selected::Bridge,
+            })),
+        }
+    }
+
+    pub fn name(&self, selected: &Selected) -> String {
+        match selected {
+            Selected::Cni(network) => network.name.clone(),
+            Selected::Bridge => self.bridge.name().to_string(),
+        }
+    }
+
+    /// NetworkReady: the selected network is usable (for the bridge, it is set up).
+    pub async fn ready(&self) -> Result<(), CniError> {
+        match self.mode {
+            NetworkMode::None => Ok(()),
+            NetworkMode::Cni => self.cni.ready().await,
+            NetworkMode::Bridge => Ok(self.bridge.ready().await?),
+            NetworkMode::Auto => match self.cni.network()? {
+                Some(_) => self.cni.ready().await,
+                None => Ok(self.bridge.ready().await?),
+            },
+        }
+    }
+
+    pub async fn add(
+        &self,
+        selected: &Selected,
+        attachment: &Attachment,
+    ) -> Result<CniResult, CniError> {
+        match selected {
+            Selected::Cni(_) => self.cni.add(attachment).await,
+            Selected::Bridge => Ok(self.bridge.add(attachment).await?),
+        }
+    }
+
+    /// Detaches from whichever network the attachment was made on: both are asked, and
+    /// each does nothing when it holds nothing for the attachment (so a detach works
+    /// after the mode or the CNI config changed).
+    pub async fn del(&self, attachment: &Attachment) -> Result<(), CniError> {
+        self.cni.del(attachment).await?;
+        Ok(self.bridge.del(attachment).await?)
+    }
+
+    /// Start-up reconcile: built-in bridge leases of pods that no longer exist are
+    /// released (a CNI attachment is only known through its cache entry, which DEL of
+    /// the pod removes).
+    pub async fn release_unowned(&self, owned: &std::collections::HashSet<String>) {
+        self.bridge.release_unowned(owned).await
+    }
+
+    pub async fn check(
+        &self,
+        selected: &Selected,
+        attachment: &Attachment,
+    ) -> Result<(), CniError> {
+        match selected {
+            Selected::Cni(_) => self.cni.check(attachment).await,
+            Selected::Bridge => Ok(self.bridge.check(attachment).await?),
+        }
+    }
+}
