@@ -48,7 +48,7 @@ scripts/setup bench
 registry_bin=$(bench/cri-registry-bin.sh)
 # After the registry helper: a release build's wharfd is the one laid out by
 # link/wharfd.symbol-order (link/README.md).
-cargo build --release --locked --bins
+cargo build --release --locked --bins --example wharf-bench
 
 work=$(mktemp -d /tmp/wharf-compare-XXXXXX)
 out=${out:-$work/results}
@@ -66,7 +66,7 @@ cleanup() {
   # Pods a failed bench run left (a finished run removed its own).
   for run in "${bench_runs[@]}"; do
     for sock in "$work/wharf/state/wharf.sock" "$work/containerd/containerd.sock"; do
-      [[ -S $sock ]] && target/release/wharf-bench --endpoint "unix://$sock" --cleanup "$run" >/dev/null 2>&1
+      [[ -S $sock ]] && target/release/examples/wharf-bench --endpoint "unix://$sock" --cleanup "$run" >/dev/null 2>&1
     done
   done
   # Daemons and the registry, by the pids this script started, newest first.
@@ -182,7 +182,7 @@ for (( r=1; r<=rounds; r++ )); do
     if [[ $runtime == wharf ]]; then sock="$work/wharf/state/wharf.sock"; else sock="$work/containerd/containerd.sock"; fi
     echo "== round $r/$rounds: $runtime" >&2
     if [[ $runtime == wharf ]]; then wharf_json+=("$out/$runtime-$r.json"); else containerd_json+=("$out/$runtime-$r.json"); fi
-    target/release/wharf-bench --endpoint "unix://$sock" --image "$image" \
+    target/release/examples/wharf-bench --endpoint "unix://$sock" --image "$image" \
       --log-root "$work/logs" --json "${bench_args[@]}" > "$out/$runtime-$r.json" &
     bench_runs+=($!)
     wait "$!"

@@ -21,7 +21,7 @@ registry_bin=$(bench/cri-registry-bin.sh)
 # After the registry helper: bench-profile symbols' hashes differ from a release
 # build's, and the list must name the latter.
 cargo build --release --locked --bin wharfd --bin wharf-monitor --bin wharf-monitor-watch \
-  --bin wharf-bench
+  --example wharf-bench
 
 work=$(mktemp -d /tmp/wharf-profile-XXXXXX)
 tracefs_mounted_here=""
@@ -105,7 +105,7 @@ profile_run() {
     sleep 3
     python3 link/function-profile.py snapshot "$work/start.profile"
   fi
-  target/release/wharf-bench --endpoint "unix://$work/$name/state/wharf.sock" \
+  target/release/examples/wharf-bench --endpoint "unix://$work/$name/state/wharf.sock" \
     --image "$(cat "$work/image.ref")" --log-root "$work/logs-$name" "$@" > "$work/bench-$name.txt"
   kill -TERM "$daemon"
   wait "$daemon" || true
