@@ -11,7 +11,7 @@ use std::path::Path;
 
 use k8s_cri::v1 as cri;
 use support::net::{bridge_ports, stored_leases, TestBridge};
-use support::pods::PodEnv;
+use support::pods::{pod_namespaces, PodEnv};
 
 const CRASH_ENV: &str = "WHARF_TEST_CRASH_AT";
 const RUNNING: i32 = cri::ContainerState::ContainerRunning as i32;
@@ -99,12 +99,7 @@ fn cgroups_named(cgroup_parent: &str, id: &str) -> Vec<String> {
 
 fn shared_pid_pod(env: &PodEnv, name: &str) -> cri::PodSandboxConfig {
     let mut pod = env.pod_config(name);
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .expect("namespace options")
-        .pid = cri::NamespaceMode::Pod as i32;
+    pod_namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
     pod
 }
 

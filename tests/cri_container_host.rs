@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use support::pods::{unique, wait_for_file, PodEnv};
+use support::pods::{pod_namespaces, unique, wait_for_file, PodEnv};
 use tonic::Code;
 
 /// A host directory made a mount point with a propagation, unmounted with everything
@@ -332,12 +332,7 @@ async fn stop_returns_when_the_init_exits_though_orphans_hold_its_output() {
     let mut env = PodEnv::start().await;
     let mut pod = env.pod_config("orphans");
     // One PID namespace for the pod: the init's children outlive it.
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .expect("namespace options")
-        .pid = cri::NamespaceMode::Pod as i32;
+    pod_namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
     let pod_id = env.run_pod(&pod).await;
     let config = env.container_config(
         "main",

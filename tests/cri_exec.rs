@@ -7,19 +7,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use support::pods::PodEnv;
+use support::pods::{pod_namespaces, PodEnv};
 use tonic::Code;
 
 /// ExecSync's combined stdout + stderr cap (src/runtime/oci.rs `MAX_EXEC_OUTPUT`).
 const MAX_EXEC_OUTPUT: usize = (16 << 20) - (64 << 10);
-
-fn pod_namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .expect("pod_config sets namespace options")
-}
 
 fn pod_pid_mode(config: &mut cri::ContainerConfig) {
     config

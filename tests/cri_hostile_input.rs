@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use support::pods::{unique, wait_for_file, PodEnv};
+use support::pods::{pod_namespaces, unique, wait_for_file, PodEnv};
 use tonic::Code;
 
 fn assert_invalid(err: &tonic::Status, field: &str) {
@@ -23,14 +23,6 @@ fn assert_invalid(err: &tonic::Status, field: &str) {
         "the message is bounded: {} bytes",
         err.message().len()
     );
-}
-
-fn namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .expect("pod_config sets namespace options")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,7 +138,7 @@ async fn pod_configs_are_checked_before_anything_is_made() {
                 HashMap::from([("kernel.panic".into(), "1".into())])
         }),
         ("linux.sysctls[\"net.ipv4.ip_forward\"]", |p| {
-            namespaces(p).network = cri::NamespaceMode::Node as i32;
+            pod_namespaces(p).network = cri::NamespaceMode::Node as i32;
             p.linux.as_mut().expect("linux").sysctls =
                 HashMap::from([("net.ipv4.ip_forward".into(), "1".into())])
         }),
@@ -262,7 +254,7 @@ async fn cancelled_creates_complete_or_roll_back() {
         let deadline = Duration::from_millis(1 + rng.below(60));
         if i % 2 == 0 {
             let mut pod = env.pod_config("cancel");
-            namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
+            pod_namespaces(&mut pod).pid = cri::NamespaceMode::Pod as i32;
             let name = pod.metadata.as_ref().expect("metadata").name.clone();
             let call = env.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(pod),

@@ -3,15 +3,6 @@
 
 mod support;
 
-/// The pod's namespace options (every `PodEnv::pod_config` has them).
-fn pod_namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
-    pod.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .expect("pod_config sets namespace options")
-}
-
 fn set_security_context(
     config: &mut cri::ContainerConfig,
     context: cri::LinuxContainerSecurityContext,
@@ -25,7 +16,7 @@ fn set_security_context(
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use support::pods::{parse_log, unique, wait_for_file, PodEnv};
+use support::pods::{parse_log, pod_namespaces, unique, wait_for_file, PodEnv};
 use tonic::Code;
 
 const EXITED: i32 = cri::ContainerState::ContainerExited as i32;

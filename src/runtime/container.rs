@@ -731,9 +731,12 @@ fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
 /// container whose mounts silently never propagate).
 fn check_mount_propagation(config: &cri::ContainerConfig) -> Result<()> {
     for (i, m) in config.mounts.iter().enumerate() {
-        let needs = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationBidirectional) => "a shared mount",
-            Ok(cri::MountPropagation::PropagationHostToContainer) => "a shared or slave mount",
+        // What the host mount must be, and whether a slave one will do.
+        let (needs, slave_will_do) = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationBidirectional) => ("a shared mount", false),
+            Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                ("a shared or slave mount", true)
+            }
             _ => continue,
         };
         let path = Path::new(&m.host_path);
@@ -744,7 +747,7 @@ fn check_mount_propagation(config: &cri::ContainerConfig) -> Result<()> {
             "finding the mount of mounts[{i}].host_path {}",
             path.display()
         )))?;
-        let propagates = mount.shared || (mount.slave && needs == "a shared or slave mount");
+        let propagates = mount.shared || (mount.slave && slave_will_do);
         if !propagates {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "mounts[{i}]: path {:?} is mounted on {:?} but it is not {needs}",

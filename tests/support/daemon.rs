@@ -228,22 +228,7 @@ impl Daemon {
 
     /// Waits for a daemon that kills itself (a crash point) to exit; returns its status.
     pub fn wait_exited(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("wharfd is not running");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("poll wharfd") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "wharfd did not exit by itself within {STOP_TIMEOUT:?}; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_for_exit("by itself")
     }
 
     /// SIGKILL: the crash every component must survive.
@@ -252,9 +237,14 @@ impl Daemon {
     }
 
     fn signal_and_wait(&mut self, signal: Signal) -> ExitStatus {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal wharfd");
+        self.wait_for_exit(&format!("after {signal}"))
+    }
+
+    /// Waits up to STOP_TIMEOUT for the daemon to exit (killing it and panicking with
+    /// its log otherwise); `when` says what it should have exited on.
+    fn wait_for_exit(&mut self, when: &str) -> ExitStatus {
         let mut child = self.child.take().expect("wharfd is not running");
-        let pid = Pid::from_raw(child.id() as i32);
-        kill(pid, signal).expect("signal wharfd");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("poll wharfd") {
@@ -264,7 +254,7 @@ impl Daemon {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "wharfd did not exit within {STOP_TIMEOUT:?} of {signal}; its log:\n{}",
+                    "wharfd did not exit {when} within {STOP_TIMEOUT:?}; its log:\n{}",
                     self.log()
                 );
             }

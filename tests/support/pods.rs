@@ -27,6 +27,15 @@ pub struct PodEnv {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The namespace options of a pod config (every `PodEnv::pod_config` has them).
+pub fn pod_namespaces(pod: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    pod.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod_config sets namespace options")
+}
+
 /// A name unique in this test process.
 pub fn unique(prefix: &str) -> String {
     format!(
