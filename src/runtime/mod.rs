@@ -1,5 +1,5 @@
 //! Pods and containers: lifecycle (pod.rs, container.rs), in-memory state and recovery
-//! (service.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
+//! (service.rs), OCI spec generation (spec/), the OCI runtime CLI (oci.rs), the
 //! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
 //! `RuntimeReady` / `NetworkReady` conditions.
 

@@ -1,0 +1,208 @@
+//! The container's cgroup: its path and `linux.resources` (CPU, memory and swap,
+//! hugepages, pids, the cgroup v2 `unified` map), as containerd's `WithResources` and
+//! `WithCgroup`. The device cgroup rules are built in [`super::devices`].
+
+use std::path::{Component, Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources};
+
+use super::{SpecError, SpecOptions};
+
+/// `{cgroup_parent}/wharf-{container_id}` (cgroupfs driver); an empty parent is `/wharf`.
+pub(super) fn cgroups_path(parent: &str, id: &str) -> Result<PathBuf, SpecError> {
+    let parent = if parent.is_empty() { "/wharf" } else { parent };
+    if Path::new(parent)
+        .components()
+        .any(|c| c == Component::ParentDir)
+    {
+        return Err(SpecError::invalid(
+            "linux.cgroup_parent",
+            format!("{parent:?} contains '..'"),
+        ));
+    }
+    let parent = parent.trim_end_matches('/');
+    let parent = if parent.starts_with('/') {
+        parent.to_string()
+    } else {
+        format!("/{parent}")
+    };
+    Ok(PathBuf::from(format!("{parent}/wharf-{id}")))
+}
+
+/// Whether the host's cgroups can limit swap, as containerd checks before setting it
+/// (runc fails to write a swap limit the kernel does not account): cgroup v1 with
+/// `memory.memsw.limit_in_bytes`, or cgroup v2 with `memory.swap.max` in a child cgroup.
+pub fn host_swap_limit_supported() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("memory/memory.memsw.limit_in_bytes").exists() {
+        return true;
+    }
+    if !root.join("cgroup.controllers").exists() {
+        return false;
+    }
+    std::fs::read_dir(root)
+        .map(|dirs| {
+            dirs.flatten()
+                .any(|d| d.path().join("memory.swap.max").exists())
+        })
+        .unwrap_or(false)
+}
+
+/// linux.resources from the CRI resources: CPU shares/quota/period, cpuset, memory
+/// limit (when the host can limit swap: swap = limit unless memory_swap_limit_in_bytes
+/// is set, so the container cannot swap, as containerd), hugepage limits, the cgroup v2 `unified` map, pids limit from
+/// the options.
+pub fn resources(
+    res: Option<&cri::LinuxContainerResources>,
+    opts: &SpecOptions,
+) -> Result<LinuxResources, SpecError> {
+    let mut out = LinuxResources::default();
+    if let Some(limit) = opts.pids_limit.filter(|l| *l > 0) {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        out.set_pids(Some(pids));
+    }
+    let Some(r) = res else {
+        return Ok(out);
+    };
+    let nonneg = |v: i64, field: &str| -> Result<Option<u64>, SpecError> {
+        match v {
+            0 => Ok(None),
+            v if v > 0 => Ok(Some(v as u64)),
+            v => Err(SpecError::invalid(
+                format!("linux.resources.{field}"),
+                format!("{v} is negative"),
+            )),
+        }
+    };
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(nonneg(r.cpu_shares, "cpu_shares")?);
+    cpu.set_period(nonneg(r.cpu_period, "cpu_period")?);
+    cpu.set_quota((r.cpu_quota != 0).then_some(r.cpu_quota));
+    cpu.set_cpus((!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()));
+    cpu.set_mems((!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()));
+    if cpu != LinuxCpu::default() {
+        out.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = nonneg(r.memory_limit_in_bytes, "memory_limit_in_bytes")? {
+        let limit = limit as i64;
+        let mut mem = LinuxMemory::default();
+        mem.set_limit(Some(limit));
+        if opts.swap_limit {
+            let swap = if r.memory_swap_limit_in_bytes != 0 {
+                r.memory_swap_limit_in_bytes
+            } else {
+                limit
+            };
+            mem.set_swap(Some(swap));
+        }
+        out.set_memory(Some(mem));
+    }
+    if !r.hugepage_limits.is_empty() {
+        let mut pages = Vec::new();
+        for (i, h) in r.hugepage_limits.iter().enumerate() {
+            if h.page_size.is_empty() {
+                return Err(SpecError::invalid(
+                    format!("linux.resources.hugepage_limits[{i}].page_size"),
+                    "empty page size",
+                ));
+            }
+            let limit = i64::try_from(h.limit).map_err(|_| {
+                SpecError::invalid(
+                    format!("linux.resources.hugepage_limits[{i}].limit"),
+                    format!("{} is too large", h.limit),
+                )
+            })?;
+            let mut p = LinuxHugepageLimit::default();
+            p.set_page_size(h.page_size.clone());
+            p.set_limit(limit);
+            pages.push(p);
+        }
+        out.set_hugepage_limits(Some(pages));
+    }
+    if !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::spec::container_spec;
+    use crate::runtime::spec::test_support::*;
+
+    #[test]
+    fn resources_in_spec() {
+        let mut cfg = config();
+        cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            cpuset_cpus: "0-1".into(),
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_string(), "50M".to_string())].into(),
+            ..Default::default()
+        });
+        let spec = build(&cfg).unwrap();
+        let l = spec.linux().as_ref().unwrap();
+        let r = l.resources().as_ref().unwrap();
+        let cpu = r.cpu().as_ref().unwrap();
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(512), Some(50_000), Some(100_000))
+        );
+        assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
+        let mem = r.memory().unwrap();
+        assert_eq!(mem.limit(), Some(64 << 20));
+        assert_eq!(mem.swap(), Some(64 << 20));
+        assert_eq!(r.hugepage_limits().as_ref().unwrap()[0].limit(), 4 << 20);
+        assert_eq!(r.unified().as_ref().unwrap()["memory.high"], "50M");
+        assert!(r.pids().is_none());
+        assert_eq!(
+            l.cgroups_path().as_deref(),
+            Some(Path::new("/kubepods/pod1/wharf-c1"))
+        );
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(0));
+
+        let root = rootfs();
+        let mut o = opts(root.path());
+        o.swap_limit = false;
+        let spec = container_spec(&cfg, &pod(), &image(), &o).unwrap();
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.memory().unwrap().swap(), None);
+        let _ = host_swap_limit_supported();
+
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .memory_limit_in_bytes = -5;
+        assert_eq!(
+            field(build(&cfg).unwrap_err()),
+            "linux.resources.memory_limit_in_bytes"
+        );
+
+        let root = rootfs();
+        let mut o = opts(root.path());
+        o.pids_limit = Some(64);
+        let spec = container_spec(&config(), &pod(), &image(), &o).unwrap();
+        let pids = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .pids()
+            .unwrap();
+        assert_eq!(pids.limit(), 64);
+    }
+}
