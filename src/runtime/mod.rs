@@ -1,5 +1,6 @@
-//! Pods and containers: lifecycle (pod.rs, container.rs), in-memory state and recovery
-//! (service.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
+//! Pods and containers: lifecycle (pod.rs, container.rs), a pod's files (pod_files.rs:
+//! hostname, hosts, resolv.conf) and the checks of its config (pod_validation.rs),
+//! in-memory state and recovery (service.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
 //! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
 //! `RuntimeReady` / `NetworkReady` conditions.
 
@@ -11,6 +12,8 @@ pub mod monitor;
 pub mod namespaces;
 pub mod oci;
 mod pod;
+mod pod_files;
+mod pod_validation;
 pub mod records;
 pub mod seccomp;
 mod service;
