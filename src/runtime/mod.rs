@@ -1,6 +1,7 @@
 //! Pods and containers: lifecycle (pod.rs, container.rs), a pod's files (pod_files.rs:
 //! hostname, hosts, resolv.conf) and the checks of its config (pod_validation.rs),
-//! in-memory state and recovery (service.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
+//! in-memory state, locks and record helpers (service.rs), opening and recovery after a
+//! restart (recovery.rs), OCI spec generation (spec.rs), the OCI runtime CLI (oci.rs), the
 //! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
 //! `RuntimeReady` / `NetworkReady` conditions.
 
@@ -15,6 +16,7 @@ mod pod;
 mod pod_files;
 mod pod_validation;
 pub mod records;
+mod recovery;
 pub mod seccomp;
 mod service;
 pub mod spec;
