@@ -1,6 +1,17 @@
 //! The Kubernetes CRI front-end: tonic services for `runtime.v1.RuntimeService` and
 //! `runtime.v1.ImageService`. Handlers translate CRI messages into core calls and core
 //! errors into `tonic::Status` (in `status.rs`, the one place that mapping lives).
+//!
+//! The code for an RPC is found by its name, one file per group (as CRI-O's `server/`):
+//! - `runtime_service.rs`, `image_service.rs`: the tonic service impls, which only
+//!   dispatch each RPC to its handler (and answer UNIMPLEMENTED for those not done);
+//! - `pod_sandbox.rs`: Run/Stop/Remove/Status/List PodSandbox;
+//! - `container.rs`: Create/Start/Stop/Remove/List/Status Container,
+//!   UpdateContainerResources, ReopenContainerLog;
+//! - `exec.rs`: ExecSync;
+//! - `runtime_info.rs`: Version, Status, RuntimeConfig;
+//! - `image.rs`: List/Status/Pull/Remove Image, ImageFsInfo;
+//! - `status.rs`: core error kinds to gRPC codes; `client.rs`: a channel to a CRI socket.
 
 /// Implements a CRI service trait from its handwritten methods, answering every RPC
 /// listed under `pending` with UNIMPLEMENTED and a message naming it, until its issue
@@ -30,11 +41,16 @@ macro_rules! cri_service {
 }
 
 mod client;
+mod container;
+mod exec;
+mod image;
 mod image_service;
+mod pod_sandbox;
+mod runtime_info;
 mod runtime_service;
 mod status;
-mod workloads;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
@@ -84,4 +100,9 @@ pub fn services(
         RuntimeServiceServer::new(runtime_service::Runtime(server.clone())),
         ImageServiceServer::new(image_service::Images(server)),
     )
+}
+
+/// Whether `labels` has every key-value pair of a List filter's `label_selector`.
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

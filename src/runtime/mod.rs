@@ -1,5 +1,8 @@
-//! Pods and containers: lifecycle (pod.rs, container.rs), in-memory state and recovery
-//! (service.rs), OCI spec generation (spec/), the OCI runtime CLI (oci.rs), the
+//! Pods and containers: lifecycle (pod.rs, container.rs), a pod's files (pod_files.rs:
+//! hostname, hosts, resolv.conf) and the checks of its config (pod_validation.rs),
+//! in-memory state, locks and record helpers (service.rs), opening and recovery after a
+//! restart (recovery.rs), OCI spec generation (spec/: one builder per concern), the OCI
+//! runtime CLI (oci.rs), the
 //! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
 //! `RuntimeReady` / `NetworkReady` conditions.
 
@@ -11,7 +14,10 @@ pub mod monitor;
 pub mod namespaces;
 pub mod oci;
 mod pod;
+mod pod_files;
+mod pod_validation;
 pub mod records;
+mod recovery;
 pub mod seccomp;
 mod service;
 pub mod spec;

@@ -1,0 +1,217 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, ListContainers,
+//! ContainerStatus, UpdateContainerResources, ReopenContainerLog: CRI messages to
+//! `Runtime` container calls, and container records to CRI messages. The work is in
+//! `crate::runtime` (container.rs).
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+use super::status::{self, from_runtime};
+use super::{labels_match, CriServer, NAMESPACE};
+use crate::runtime::{ContainerRecord, ContainerState};
+
+fn container_state(state: ContainerState) -> i32 {
+    match state {
+        ContainerState::Created | ContainerState::Creating => {
+            cri::ContainerState::ContainerCreated as i32
+        }
+        ContainerState::Running => cri::ContainerState::ContainerRunning as i32,
+        ContainerState::Exited => cri::ContainerState::ContainerExited as i32,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown as i32,
+    }
+}
+
+pub(super) async fn create_container(
+    server: &CriServer,
+    request: cri::CreateContainerRequest,
+) -> Result<cri::CreateContainerResponse, Status> {
+    let config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
+    let container_id = server
+        .runtime
+        .create_container(NAMESPACE, &request.pod_sandbox_id, config)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::CreateContainerResponse { container_id })
+}
+
+pub(super) async fn start_container(
+    server: &CriServer,
+    request: cri::StartContainerRequest,
+) -> Result<cri::StartContainerResponse, Status> {
+    server
+        .runtime
+        .start_container(NAMESPACE, &request.container_id)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::StartContainerResponse {})
+}
+
+pub(super) async fn stop_container(
+    server: &CriServer,
+    request: cri::StopContainerRequest,
+) -> Result<cri::StopContainerResponse, Status> {
+    server
+        .runtime
+        .stop_container(NAMESPACE, &request.container_id, request.timeout)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::StopContainerResponse {})
+}
+
+pub(super) async fn remove_container(
+    server: &CriServer,
+    request: cri::RemoveContainerRequest,
+) -> Result<cri::RemoveContainerResponse, Status> {
+    server
+        .runtime
+        .remove_container(NAMESPACE, &request.container_id)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::RemoveContainerResponse {})
+}
+
+fn image_spec(container: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: container.image.clone(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn list_containers(
+    server: &CriServer,
+    request: cri::ListContainersRequest,
+) -> cri::ListContainersResponse {
+    let filter = request.filter.unwrap_or_default();
+    let mut containers = Vec::new();
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.state == ContainerState::Creating
+            || (!filter.id.is_empty() && !c.id.starts_with(&filter.id))
+            || (!filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id))
+            || filter
+                .state
+                .as_ref()
+                .is_some_and(|s| s.state != container_state(c.state))
+        {
+            return;
+        }
+        let config = match c.list_fields() {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!(container = %c.id, "ListContainers skips it: {err}");
+                return;
+            }
+        };
+        if !labels_match(&config.labels, &filter.label_selector) {
+            return;
+        }
+        containers.push(cri::Container {
+            id: c.id.clone(),
+            pod_sandbox_id: c.pod_id.clone(),
+            metadata: config.metadata,
+            image: Some(image_spec(c)),
+            image_ref: c.image_ref.clone(),
+            state: container_state(c.state),
+            created_at: c.created_at,
+            labels: config.labels,
+            annotations: config.annotations,
+            image_id: c.image_id.clone(),
+        });
+    });
+    containers.sort_by_key(|c| c.created_at);
+    cri::ListContainersResponse { containers }
+}
+
+pub(super) fn container_status(
+    server: &CriServer,
+    request: cri::ContainerStatusRequest,
+) -> Result<cri::ContainerStatusResponse, Status> {
+    let c = server
+        .runtime
+        .find_container(NAMESPACE, &request.container_id)
+        .ok_or_else(|| {
+            Status::not_found(format!("container {:?} not found", request.container_id))
+        })?;
+    let config = c.config().map_err(|err| status::from_error(&err))?;
+    let mounts = config
+        .mounts
+        .iter()
+        .map(|m| cri::Mount {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+            selinux_relabel: m.selinux_relabel,
+            propagation: m.propagation,
+            ..Default::default()
+        })
+        .collect();
+    let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
+    let status = cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: config.metadata.clone(),
+        state: container_state(c.state),
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: Some(image_spec(&c)),
+        image_ref: c.image_ref.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        mounts,
+        log_path: c.log_path.clone(),
+        resources: resources.map(|linux| cri::ContainerResources {
+            linux: Some(linux),
+            ..Default::default()
+        }),
+        image_id: c.image_id.clone(),
+        user: None,
+    };
+    let info = if request.verbose {
+        let info = serde_json::json!({
+            "id": c.id,
+            "sandboxID": c.pod_id,
+            "runtimeHandler": c.runtime_handler,
+            "bundle": c.bundle,
+            "pid": c.monitor.map(|m| m.pid),
+            "monitorPid": c.monitor.map(|m| m.monitor_pid),
+            "snapshotChain": c.chain_ids,
+        });
+        HashMap::from([("info".to_string(), info.to_string())])
+    } else {
+        HashMap::new()
+    };
+    Ok(cri::ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
+}
+
+pub(super) async fn update_container_resources(
+    server: &CriServer,
+    request: cri::UpdateContainerResourcesRequest,
+) -> Result<cri::UpdateContainerResourcesResponse, Status> {
+    server
+        .runtime
+        .update_resources(NAMESPACE, &request.container_id, request.linux)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::UpdateContainerResourcesResponse {})
+}
+
+pub(super) async fn reopen_container_log(
+    server: &CriServer,
+    request: cri::ReopenContainerLogRequest,
+) -> Result<cri::ReopenContainerLogResponse, Status> {
+    server
+        .runtime
+        .reopen_log(NAMESPACE, &request.container_id)
+        .await
+        .map_err(from_runtime)?;
+    Ok(cri::ReopenContainerLogResponse {})
+}
