@@ -40,6 +40,7 @@ macro_rules! cri_service {
     };
 }
 
+mod bandwidth;
 mod client;
 mod container;
 mod exec;

@@ -25,9 +25,21 @@ pub(super) async fn run_pod_sandbox(
     let config = request
         .config
         .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
+    let host_network = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
+    // Traffic shaping applies to the pod's own network only.
+    let bandwidth = if host_network {
+        None
+    } else {
+        super::bandwidth::pod_bandwidth(&config.annotations)?
+    };
     let pod_sandbox_id = server
         .runtime
-        .run_pod(NAMESPACE, config, &request.runtime_handler)
+        .run_pod(NAMESPACE, config, &request.runtime_handler, bandwidth)
         .await
         .map_err(from_runtime)?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
