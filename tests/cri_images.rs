@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::entries;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -73,19 +75,6 @@ async fn remove(client: &mut Client, image: &str) {
         .remove_image(RemoveImageRequest { image: spec(image) })
         .await
         .expect("RemoveImage");
-}
-
-/// Files directly inside `dir` (empty if it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 fn blobs_dir(daemon: &Daemon) -> PathBuf {

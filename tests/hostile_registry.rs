@@ -6,7 +6,8 @@
 
 mod support;
 
-use std::path::Path;
+use support::entries;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,18 +57,6 @@ fn alice() -> Option<AuthConfig> {
 
 /// `Basic base64("alice:s3cret")`
 const ALICE_BASIC: &str = "Basic YWxpY2U6czNjcmV0";
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
 
 /// The refusal: its code, a bounded message containing each of `needles`.
 fn assert_refused(err: &tonic::Status, code: Code, needles: &[&str]) {

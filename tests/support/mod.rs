@@ -12,6 +12,19 @@ pub mod pods;
 pub mod registry;
 pub mod token_server;
 
+/// The names of the entries directly inside `dir`, sorted (empty if it does not exist).
+pub fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// `path` from the Debian `package`; panics naming the package when it is absent.
 pub fn require_installed(path: &'static str, package: &str) -> &'static std::path::Path {
     let path = std::path::Path::new(path);

@@ -453,41 +453,50 @@ impl RegistryClient {
         })
     }
 
+    /// The client for API calls: a whole-request timeout (manifests and tokens are small).
     fn http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
-        let http = self.inner.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .user_agent(USER_AGENT)
-                .connect_timeout(self.inner.options.connect_timeout)
-                .timeout(Duration::from_secs(60))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| error_chain(&e))
-        });
-        http.as_ref().map_err(|message| {
-            Failure::fatal(RegistryError::Transport {
-                registry: endpoint.name.clone(),
-                message: format!("cannot create an HTTP client: {message}"),
-            })
-        })
+        built_client(
+            &self.inner.http,
+            endpoint,
+            || reqwest::Client::builder().timeout(Duration::from_secs(60)),
+            &self.inner.options,
+        )
     }
 
+    /// The client for blobs: a read timeout only, as a large layer may take long.
     fn blob_http(&self, endpoint: &Endpoint) -> Result<&reqwest::Client, Failure> {
-        let http = self.inner.blob_http.get_or_init(|| {
-            reqwest::Client::builder()
-                .user_agent(USER_AGENT)
-                .connect_timeout(self.inner.options.connect_timeout)
-                .read_timeout(self.inner.options.read_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| error_chain(&e))
-        });
-        http.as_ref().map_err(|message| {
-            Failure::fatal(RegistryError::Transport {
-                registry: endpoint.name.clone(),
-                message: format!("cannot create an HTTP client: {message}"),
-            })
-        })
+        built_client(
+            &self.inner.blob_http,
+            endpoint,
+            || reqwest::Client::builder().read_timeout(self.inner.options.read_timeout),
+            &self.inner.options,
+        )
     }
+}
+
+/// The HTTP client in `cell`, built on first use from `builder` with what every
+/// registry client has: wharf's user agent, the connect timeout, and no automatic
+/// redirects (wharf follows them itself, hop by hop; see redirect.rs).
+fn built_client<'a>(
+    cell: &'a OnceLock<Result<reqwest::Client, String>>,
+    endpoint: &Endpoint,
+    builder: impl FnOnce() -> reqwest::ClientBuilder,
+    options: &ClientOptions,
+) -> Result<&'a reqwest::Client, Failure> {
+    let http = cell.get_or_init(|| {
+        builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(options.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| error_chain(&e))
+    });
+    http.as_ref().map_err(|message| {
+        Failure::fatal(RegistryError::Transport {
+            registry: endpoint.name.clone(),
+            message: format!("cannot create an HTTP client: {message}"),
+        })
+    })
 }
 
 #[cfg(test)]
