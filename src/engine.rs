@@ -30,15 +30,28 @@ pub enum EngineError {
     Image(#[from] ImageError),
     #[error("recovering pods and containers: {0}")]
     Runtime(#[from] RuntimeError),
+    #[error("preparing the stored records: {0}")]
+    Records(String),
 }
+
+/// Work a front end needs done on the store before the runtime loads its records (the
+/// CRI's upgrade of records from before the core had its own types).
+pub type StorePreparation = fn(&Store) -> Result<(), String>;
 
 impl Engine {
     /// Opens the store, the image service and the runtime (which recovers the pods and
-    /// containers of the last run) on `config`'s root and state dirs.
-    pub async fn open(config: Arc<Config>) -> Result<Arc<Engine>, EngineError> {
+    /// containers of the last run) on `config`'s root and state dirs; `preparations` run
+    /// on the store first.
+    pub async fn open(
+        config: Arc<Config>,
+        preparations: &[StorePreparation],
+    ) -> Result<Arc<Engine>, EngineError> {
         // Opening blocks briefly (a migration at most); nothing is being served yet.
         let store = Store::open(&config.root)?;
         store.set_meta("last_started_version", env!("CARGO_PKG_VERSION"))?;
+        for prepare in preparations {
+            prepare(&store).map_err(EngineError::Records)?;
+        }
         let store = Arc::new(store);
         let images = Arc::new(ImageService::open(
             &config.root,

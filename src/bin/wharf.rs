@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{StatusRequest, VersionRequest};
 
 #[derive(Debug, Parser)]
 #[command(name = "wharf", version, about = "Command-line client for wharfd")]
@@ -50,14 +48,11 @@ async fn run(args: Args) -> Result<(), String> {
             args.cri_socket.display()
         )
     })?;
-    let mut client = RuntimeServiceClient::new(channel);
     match args.command {
         Command::Version => {
-            let version = client
-                .version(VersionRequest::default())
+            let version = wharf::cri::cli_calls::version(channel)
                 .await
-                .map_err(|status| status.message().to_string())?
-                .into_inner();
+                .map_err(|status| status.message().to_string())?;
             println!("Client: wharf {}", env!("CARGO_PKG_VERSION"));
             println!(
                 "Server: {} {} (CRI {})",
@@ -65,15 +60,13 @@ async fn run(args: Args) -> Result<(), String> {
             );
         }
         Command::Info => {
-            let response = client
-                .status(StatusRequest { verbose: true })
+            let response = wharf::cri::cli_calls::status(channel)
                 .await
-                .map_err(|status| status.message().to_string())?
-                .into_inner();
-            for condition in response.status.map(|s| s.conditions).unwrap_or_default() {
-                let state = if condition.status { "true" } else { "false" };
-                print!("{}: {state}", condition.r#type);
-                if !condition.status {
+                .map_err(|status| status.message().to_string())?;
+            for condition in response.conditions {
+                let state = if condition.ready { "true" } else { "false" };
+                print!("{}: {state}", condition.kind);
+                if !condition.ready {
                     print!(" ({}: {})", condition.reason, condition.message);
                 }
                 println!();

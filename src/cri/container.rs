@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
+use prost::Message;
 use tonic::Status;
 
+use super::records::{container_config, container_list_fields, pod_list_fields};
 use super::status::{self, from_runtime};
 use super::{labels_match, CriServer, NAMESPACE};
-use crate::runtime::{ContainerRecord, ContainerState};
+use crate::runtime::{ContainerRecord, ContainerState, RuntimeError};
 
 fn container_state(state: ContainerState) -> i32 {
     match state {
@@ -30,9 +32,24 @@ pub(super) async fn create_container(
     let config = request
         .config
         .ok_or_else(|| Status::invalid_argument("config: is missing"))?;
+    // The container's name is made from its pod's metadata too.
+    let pod = server
+        .runtime
+        .find_pod(NAMESPACE, &request.pod_sandbox_id)
+        .ok_or_else(|| {
+            from_runtime(RuntimeError::NotFound(format!(
+                "pod sandbox {:?}",
+                request.pod_sandbox_id
+            )))
+        })?;
+    let pod_meta = pod_list_fields(&pod)
+        .map_err(|err| status::from_error(&err))?
+        .metadata
+        .unwrap_or_default();
+    let spec = super::convert::container_spec(&config, &pod.id, &pod_meta).map_err(from_runtime)?;
     let container_id = server
         .runtime
-        .create_container(NAMESPACE, &request.pod_sandbox_id, config)
+        .create_container(NAMESPACE, &pod.id, spec, config.encode_to_vec())
         .await
         .map_err(from_runtime)?;
     Ok(cri::CreateContainerResponse { container_id })
@@ -98,7 +115,7 @@ pub(super) fn list_containers(
         {
             return;
         }
-        let config = match c.list_fields() {
+        let config = match container_list_fields(c) {
             Ok(config) => config,
             Err(err) => {
                 tracing::error!(container = %c.id, "ListContainers skips it: {err}");
@@ -135,7 +152,7 @@ pub(super) fn container_status(
         .ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", request.container_id))
         })?;
-    let config = c.config().map_err(|err| status::from_error(&err))?;
+    let config = container_config(&c).map_err(|err| status::from_error(&err))?;
     let mounts = config
         .mounts
         .iter()
@@ -148,7 +165,8 @@ pub(super) fn container_status(
             ..Default::default()
         })
         .collect();
-    let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
+    // Resources as UpdateContainerResources last set them.
+    let resources = c.spec.resources.as_ref().map(super::convert::cri_resources);
     let status = cri::ContainerStatus {
         id: c.id.clone(),
         metadata: config.metadata.clone(),
@@ -198,7 +216,11 @@ pub(super) async fn update_container_resources(
 ) -> Result<cri::UpdateContainerResourcesResponse, Status> {
     server
         .runtime
-        .update_resources(NAMESPACE, &request.container_id, request.linux)
+        .update_resources(
+            NAMESPACE,
+            &request.container_id,
+            request.linux.as_ref().map(super::convert::resources),
+        )
         .await
         .map_err(from_runtime)?;
     Ok(cri::UpdateContainerResourcesResponse {})

@@ -11,6 +11,9 @@
 //! - `exec.rs`: ExecSync;
 //! - `runtime_info.rs`: Version, Status, RuntimeConfig;
 //! - `image.rs`: List/Status/Pull/Remove Image, ImageFsInfo;
+//! - `convert.rs`: CRI messages to the core's types (`runtime::model`) and back;
+//! - `records.rs`: the CRI's extension of pod and container records (the request as
+//!   kubelet sent it) and the upgrade of records stored before the core had its types;
 //! - `status.rs`: core error kinds to gRPC codes; `client.rs`: a channel to a CRI socket.
 
 /// Implements a CRI service trait from its handwritten methods, answering every RPC
@@ -43,10 +46,12 @@ macro_rules! cri_service {
 mod bandwidth;
 mod client;
 mod container;
+mod convert;
 mod exec;
 mod image;
 mod image_service;
 mod pod_sandbox;
+mod records;
 mod runtime_info;
 mod runtime_service;
 mod status;
@@ -59,7 +64,12 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
 use crate::engine::Engine;
 
-pub use client::connect;
+pub use client::{connect, DaemonCondition, DaemonStatus, DaemonVersion};
+/// The calls the `wharf` CLI makes.
+pub mod cli_calls {
+    pub use super::client::{status, version};
+}
+pub use records::{upgrade_legacy_records, UpgradeError};
 
 /// The name reported by `Version`.
 pub const RUNTIME_NAME: &str = "wharf";
@@ -101,6 +111,14 @@ pub fn services(
         RuntimeServiceServer::new(runtime_service::Runtime(server.clone())),
         ImageServiceServer::new(image_service::Images(server)),
     )
+}
+
+/// What the CRI front end needs done on the store before the runtime loads it (see
+/// [`crate::engine::StorePreparation`]).
+pub fn prepare_store(store: &crate::store::Store) -> Result<(), String> {
+    upgrade_legacy_records(store)
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 /// Whether `labels` has every key-value pair of a List filter's `label_selector`.

@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
+use prost::Message;
 use tonic::Status;
 
+use super::records::{pod_config, pod_list_fields};
 use super::status::{self, from_runtime};
 use super::{labels_match, CriServer, NAMESPACE};
 use crate::runtime::{PodRecord, PodState};
@@ -37,9 +39,16 @@ pub(super) async fn run_pod_sandbox(
     } else {
         super::bandwidth::pod_bandwidth(&config.annotations)?
     };
+    let spec = super::convert::pod_spec(&config).map_err(from_runtime)?;
     let pod_sandbox_id = server
         .runtime
-        .run_pod(NAMESPACE, config, &request.runtime_handler, bandwidth)
+        .run_pod(
+            NAMESPACE,
+            spec,
+            config.encode_to_vec(),
+            &request.runtime_handler,
+            bandwidth,
+        )
         .await
         .map_err(from_runtime)?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
@@ -82,7 +91,7 @@ pub(super) fn pod_sandbox_status(
                 request.pod_sandbox_id
             ))
         })?;
-    let config = pod.config().map_err(|err| status::from_error(&err))?;
+    let config = pod_config(&pod).map_err(|err| status::from_error(&err))?;
     let options = config
         .linux
         .as_ref()
@@ -159,7 +168,7 @@ pub(super) fn list_pod_sandbox(
         {
             return;
         }
-        let config = match pod.list_fields() {
+        let config = match pod_list_fields(pod) {
             Ok(config) => config,
             Err(err) => {
                 // Skipped and logged, rather than failing kubelet's whole list.

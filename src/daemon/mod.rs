@@ -72,7 +72,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     create_dir(&config.state, 0o711)?;
     let _lock = RootLock::acquire(&config.root)?;
 
-    let engine = Engine::open(config.clone()).await?;
+    let engine = Engine::open(config.clone(), &[cri::prepare_store]).await?;
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;

@@ -12,17 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Spec};
-use prost::Message;
 use tracing::Instrument;
 
 use crate::image::snapshot;
 use crate::store::Kind;
 
+use super::model::{ContainerSpec, NamespaceMode, PodSpec, Propagation, Resources};
 use super::monitor;
 use super::oci::ExecOutput;
-use super::pod::MODE_POD;
 use super::records::{now_nanos, ContainerRecord, ContainerState, PodState};
 use super::service::{blocking, new_id, Result, Runtime, RuntimeError};
 use super::spec::{self, ImageDefaults, PodContext, SpecOptions};
@@ -30,33 +28,29 @@ use super::spec::{self, ImageDefaults, PodContext, SpecOptions};
 /// How long to wait for a container to die after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// CRI `NamespaceMode::TARGET`.
-const MODE_TARGET: i32 = 3;
-
-fn container_name(meta: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
-    format!(
-        "{}_{}_{}_{}_{}",
-        meta.name, pod.name, pod.namespace, pod.uid, meta.attempt
-    )
-}
-
 impl Runtime {
-    /// CreateContainer: returns the new container's ID.
+    /// CreateContainer: makes a container from `spec` in the pod `pod_query` names and
+    /// returns its ID. Detached from the caller like [`Runtime::run_pod`]: a cancelled
+    /// request never leaves a half-made container. `extension` is the front end's own
+    /// data, stored with the container.
     #[tracing::instrument(level = "debug", name = "create_container", skip_all)]
-    /// CreateContainer, detached from the caller like [`Runtime::run_pod`]: a
-    /// cancelled request never leaves a half-made container.
     pub async fn create_container(
         self: &Arc<Self>,
         namespace: &str,
         pod_query: &str,
-        config: cri::ContainerConfig,
+        spec: ContainerSpec,
+        extension: Vec<u8>,
     ) -> Result<String> {
         let runtime = self.clone();
         let pod_query = pod_query.to_string();
         let namespace = namespace.to_string();
         tokio::spawn(
-            async move { runtime.make_container(&namespace, &pod_query, config).await }
-                .in_current_span(),
+            async move {
+                runtime
+                    .make_container(&namespace, &pod_query, spec, extension)
+                    .await
+            }
+            .in_current_span(),
         )
         .await
         .map_err(|err| RuntimeError::Internal(format!("CreateContainer task failed: {err}")))?
@@ -66,23 +60,16 @@ impl Runtime {
         self: &Arc<Self>,
         namespace: &str,
         pod_query: &str,
-        config: cri::ContainerConfig,
+        config: ContainerSpec,
+        extension: Vec<u8>,
     ) -> Result<String> {
         let pod = self
             .find_pod(namespace, pod_query)
             .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_query:?}")))?;
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| RuntimeError::invalid("config.metadata", "is missing"))?;
-        if meta.name.is_empty() {
-            return Err(RuntimeError::invalid("config.metadata.name", "is empty"));
+        if config.name.is_empty() {
+            return Err(RuntimeError::invalid("name", "is empty"));
         }
-        let image_name = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let image_name = config.image.clone();
         if image_name.is_empty() {
             return Err(RuntimeError::invalid("config.image.image", "is empty"));
         }
@@ -90,7 +77,11 @@ impl Runtime {
             .images
             .get(namespace, &image_name)
             .ok_or_else(|| RuntimeError::ImageNotPulled(image_name.clone()))?;
-        if config.mounts.iter().any(|m| m.propagation != 0) {
+        if config
+            .mounts
+            .iter()
+            .any(|m| m.propagation != Propagation::Private)
+        {
             let config = config.clone();
             blocking(move || check_mount_propagation(&config)).await?;
         }
@@ -104,9 +95,7 @@ impl Runtime {
                 pod.id
             )));
         }
-        let pod_config = pod.config()?;
-        check_within_pod(&config, &pod_config, &pod.id)?;
-        let pod_meta = pod_config.metadata.clone().unwrap_or_default();
+        check_within_pod(&config, &pod.spec, &pod.id)?;
         let runtime = self.oci_runtime(&pod.runtime_handler)?;
         let image_config = self
             .images
@@ -116,7 +105,7 @@ impl Runtime {
 
         let id = new_id()?;
         let bundle = self.state_dir().join("containers").join(&id);
-        let log_path = container_log_path(&pod_config.log_directory, &config.log_path)?;
+        let log_path = container_log_path(&pod.spec.log_directory, &config.log_path)?;
         let image_ref = image
             .repo_digests
             .first()
@@ -127,7 +116,8 @@ impl Runtime {
             namespace: namespace.to_string(),
             pod_id: pod.id.clone(),
             state: ContainerState::Creating,
-            config: config.encode_to_vec(),
+            spec: config,
+            extension,
             image: image_name.clone(),
             image_id: image.id.clone(),
             image_ref,
@@ -144,7 +134,7 @@ impl Runtime {
             message: String::new(),
             monitor: None,
         };
-        let name = container_name(&meta, &pod_meta);
+        let name = record.spec.name.clone();
         self.images.hold(&id, record.chain_ids.clone());
         let inserted = tracing::debug_span!("store.insert").in_scope(|| {
             self.store
@@ -163,7 +153,7 @@ impl Runtime {
         let _guard = self.lock(&id).await;
         let result = async {
             let info = self
-                .setup_container(&mut record, &pod, &config, &defaults, &runtime)
+                .setup_container(&mut record, &pod, &defaults, &runtime)
                 .await?;
             record.state = ContainerState::Created;
             record.monitor = Some(info);
@@ -192,18 +182,11 @@ impl Runtime {
         &self,
         record: &mut ContainerRecord,
         pod: &super::records::PodRecord,
-        config: &cri::ContainerConfig,
         defaults: &ImageDefaults,
         runtime: &super::oci::OciRuntime,
     ) -> Result<monitor::MonitorInfo> {
-        let pod_config = pod.config()?;
-        let ns_options = config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default();
-        let target_pid_ns = if ns_options.pid == MODE_TARGET {
+        let ns_options = record.spec.security.namespaces.clone();
+        let target_pid_ns = if ns_options.pid == NamespaceMode::Target {
             let target = self
                 .find_container(&record.namespace, &ns_options.target_id)
                 .ok_or_else(|| {
@@ -227,7 +210,7 @@ impl Runtime {
             None
         };
         let pid_ns = match (ns_options.pid, pod.pid_holder) {
-            (MODE_POD, Some(holder)) => {
+            (NamespaceMode::Pod, Some(holder)) => {
                 if !monitor::alive(holder.pid, holder.start_time) {
                     return Err(RuntimeError::FailedPrecondition(format!(
                         "the PID namespace of pod {} is gone",
@@ -239,7 +222,6 @@ impl Runtime {
             _ => None,
         };
         let pod_context = PodContext {
-            sandbox_id: pod.id.clone(),
             hostname: std::fs::read_to_string(pod.dir.join("hostname"))
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
@@ -252,11 +234,7 @@ impl Runtime {
             resolv_conf: Some(pod.dir.join("resolv.conf")),
             hosts: Some(pod.dir.join("hosts")),
             hostname_file: Some(pod.dir.join("hostname")),
-            sysctls: pod_config
-                .linux
-                .as_ref()
-                .map(|l| l.sysctls.clone())
-                .unwrap_or_default(),
+            sysctls: pod.spec.sysctls.clone(),
         };
         let options = SpecOptions {
             rootfs: record.bundle.join("rootfs"),
@@ -273,13 +251,9 @@ impl Runtime {
         let chain = record.chain_ids.clone();
         let bundle = record.bundle.clone();
         let data_dir = self.config.root.join("containers").join(&record.id);
-        let config = config.clone();
+        let config = record.spec.clone();
         let defaults = defaults.clone();
-        let privileged = config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .is_some_and(|s| s.privileged);
+        let privileged = config.security.privileged;
         let log_path = record.log_path.clone();
         let span = tracing::Span::current();
         blocking(move || {
@@ -550,7 +524,7 @@ impl Runtime {
         &self,
         namespace: &str,
         query: &str,
-        resources: Option<cri::LinuxContainerResources>,
+        resources: Option<Resources>,
     ) -> Result<()> {
         let (_guard, container) = self.lock_container(namespace, query).await?;
         if !matches!(
@@ -575,17 +549,12 @@ impl Runtime {
             .map_err(RuntimeError::io(format!("writing {}", file.display())))?;
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         runtime.update(&container.id, &file).await?;
-        // The lifecycle lock is held: the stored config cannot change meanwhile.
-        let mut config = container.config()?;
-        let linux = config.linux.get_or_insert_with(Default::default);
         if let Some(new) = resources {
-            linux.resources = Some(new);
+            self.update_container(&container.id, |c| {
+                c.spec.resources = Some(new.clone());
+                true
+            })?;
         }
-        let encoded = config.encode_to_vec();
-        self.update_container(&container.id, |c| {
-            c.config = encoded.clone();
-            true
-        })?;
         Ok(())
     }
 
@@ -647,21 +616,8 @@ fn stop_signal(name: Option<&str>) -> i32 {
 /// What a container may not ask beyond its pod (as containerd, and a little stricter):
 /// privileged only in a privileged pod; the host's PID namespace only in a pod that
 /// has it. Network, IPC and UTS are always the pod's (the container cannot choose).
-fn check_within_pod(
-    config: &cri::ContainerConfig,
-    pod_config: &cri::PodSandboxConfig,
-    pod_id: &str,
-) -> Result<()> {
-    let container_sc = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref());
-    let pod_sc = pod_config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref());
-    let pod_privileged = pod_sc.is_some_and(|s| s.privileged);
-    if container_sc.is_some_and(|s| s.privileged) && !pod_privileged {
+fn check_within_pod(config: &ContainerSpec, pod: &PodSpec, pod_id: &str) -> Result<()> {
+    if config.security.privileged && !pod.privileged {
         return Err(RuntimeError::invalid(
             "linux.security_context.privileged",
             format!(
@@ -669,14 +625,8 @@ fn check_within_pod(
             ),
         ));
     }
-    let pid_mode = |sc: Option<&cri::LinuxContainerSecurityContext>| {
-        sc.and_then(|s| s.namespace_options.as_ref())
-            .map_or(0, |n| n.pid)
-    };
-    let pod_host_pid = pod_sc
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.pid == super::pod::MODE_NODE);
-    if pid_mode(container_sc) == super::pod::MODE_NODE && !pod_host_pid {
+    let pod_host_pid = pod.namespaces.pid == NamespaceMode::Node;
+    if config.security.namespaces.pid == NamespaceMode::Node && !pod_host_pid {
         return Err(RuntimeError::invalid(
             "linux.security_context.namespace_options.pid",
             format!("the host PID namespace is not allowed in sandbox {pod_id}: the pod does not use it"),
@@ -725,19 +675,17 @@ fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
     Ok(path.to_string_lossy().into_owned())
 }
 
-/// CRI mounts that propagate need a host source that propagates: BIDIRECTIONAL a
+/// Mounts that propagate need a host source that propagates: BIDIRECTIONAL a
 /// shared mount, HOST_TO_CONTAINER a shared or slave one. Refused otherwise with
 /// containerd's message, before anything is made (the runtime would create a
 /// container whose mounts silently never propagate).
-fn check_mount_propagation(config: &cri::ContainerConfig) -> Result<()> {
+fn check_mount_propagation(config: &ContainerSpec) -> Result<()> {
     for (i, m) in config.mounts.iter().enumerate() {
         // What the host mount must be, and whether a slave one will do.
-        let (needs, slave_will_do) = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationBidirectional) => ("a shared mount", false),
-            Ok(cri::MountPropagation::PropagationHostToContainer) => {
-                ("a shared or slave mount", true)
-            }
-            _ => continue,
+        let (needs, slave_will_do) = match m.propagation {
+            Propagation::Bidirectional => ("a shared mount", false),
+            Propagation::HostToContainer => ("a shared or slave mount", true),
+            Propagation::Private => continue,
         };
         let path = Path::new(&m.host_path);
         if !path.is_absolute() {
@@ -760,7 +708,7 @@ fn check_mount_propagation(config: &cri::ContainerConfig) -> Result<()> {
 }
 
 /// kubelet expects a missing bind-mount source to be created as a directory.
-fn create_missing_host_paths(config: &cri::ContainerConfig) -> Result<()> {
+fn create_missing_host_paths(config: &ContainerSpec) -> Result<()> {
     for (i, m) in config.mounts.iter().enumerate() {
         if m.host_path.is_empty() {
             continue;

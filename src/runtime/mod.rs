@@ -1,4 +1,5 @@
-//! Pods and containers: lifecycle (pod.rs, container.rs), a pod's files (pod_files.rs:
+//! Pods and containers: the core types front ends build (model.rs), lifecycle (pod.rs,
+//! container.rs), a pod's files (pod_files.rs:
 //! hostname, hosts, resolv.conf) and the checks of its config (pod_validation.rs),
 //! in-memory state, locks and record helpers (service.rs), opening and recovery after a
 //! restart (recovery.rs), OCI spec generation (spec/: one builder per concern), the OCI
@@ -10,6 +11,7 @@ pub mod caps;
 mod container;
 pub mod exec_tree;
 mod host;
+pub mod model;
 pub mod monitor;
 pub mod namespaces;
 pub mod oci;

@@ -13,13 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use prost::Message;
 use tracing::Instrument;
 
 use crate::store::Kind;
 
+use super::model::{DnsConfig, NamespaceMode, PodSpec};
 use super::monitor;
 use super::namespaces::{self, NamespaceRequest};
 use super::pod_files;
@@ -31,33 +30,22 @@ use crate::cni::{Attachment, Bandwidth, Dns, RuntimeConfig as CniRuntimeConfig};
 /// Size of a pod's /dev/shm (Docker's and containerd's default).
 const SHM_SIZE: &str = "size=65536k";
 
-/// `NamespaceMode` values of the CRI.
-pub(super) const MODE_POD: i32 = 0;
-pub(super) const MODE_NODE: i32 = 2;
-
-/// The record name that reserves a pod's metadata (unique per CRI namespace).
 /// The file in a pod's state dir where the PID-namespace holder writes its pid.
 const PAUSE_PID_FILE: &str = "pause.pid";
 
-fn pod_name(meta: &cri::PodSandboxMetadata) -> String {
-    format!(
-        "{}_{}_{}_{}",
-        meta.name, meta.namespace, meta.uid, meta.attempt
-    )
-}
-
 impl Runtime {
-    /// RunPodSandbox: returns the new pod's ID.
-    /// RunPodSandbox. The work runs detached from the caller: a client that cancels
+    /// RunPodSandbox: makes a pod from `spec` and returns its ID. The work runs detached from the caller: a client that cancels
     /// (a deadline, a dropped connection) drops only its wait, and the pod is either
     /// made or rolled back all the same, never left half-made with its name taken.
     ///
     /// `bandwidth` is the pod's traffic shaping, which each front end parses from its own
-    /// way of asking (the CRI: kubelet's bandwidth annotations).
+    /// way of asking (the CRI: kubelet's bandwidth annotations); `extension` is the
+    /// front end's own data, stored with the pod and never read by the core.
     pub async fn run_pod(
         self: &Arc<Self>,
         namespace: &str,
-        config: cri::PodSandboxConfig,
+        spec: PodSpec,
+        extension: Vec<u8>,
         runtime_handler: &str,
         bandwidth: Option<Bandwidth>,
     ) -> Result<String> {
@@ -67,7 +55,7 @@ impl Runtime {
         tokio::spawn(
             async move {
                 runtime
-                    .make_pod(&namespace, config, &handler, bandwidth)
+                    .make_pod(&namespace, spec, extension, &handler, bandwidth)
                     .await
             }
             .in_current_span(),
@@ -79,40 +67,30 @@ impl Runtime {
     async fn make_pod(
         self: &Arc<Self>,
         namespace: &str,
-        config: cri::PodSandboxConfig,
+        spec: PodSpec,
+        extension: Vec<u8>,
         runtime_handler: &str,
         bandwidth: Option<Bandwidth>,
     ) -> Result<String> {
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| RuntimeError::invalid("config.metadata", "is missing"))?;
-        if meta.name.is_empty() {
-            return Err(RuntimeError::invalid("config.metadata.name", "is empty"));
+        if spec.name.is_empty() {
+            return Err(RuntimeError::invalid("name", "is empty"));
         }
         self.oci_runtime(runtime_handler)?;
-        let options = config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default();
-        if options.network == 3
-            || options.ipc == 3
-            || options.pid == 3 && options.target_id.is_empty()
+        let modes = &spec.namespaces;
+        if modes.network == NamespaceMode::Target
+            || modes.ipc == NamespaceMode::Target
+            || modes.pid == NamespaceMode::Target && modes.target_id.is_empty()
         {
             return Err(RuntimeError::invalid(
                 "config.linux.security_context.namespace_options",
                 "TARGET mode is only valid for a container's pid namespace",
             ));
         }
-        let host_network = options.network == MODE_NODE;
-        let host_ipc = options.ipc == MODE_NODE;
-        validate_pod_config(&config, host_network, host_ipc)?;
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
+        let host_network = modes.network == NamespaceMode::Node;
+        let host_ipc = modes.ipc == NamespaceMode::Node;
+        let shared_pid = modes.pid == NamespaceMode::Pod;
+        validate_pod_config(&spec, host_network, host_ipc)?;
+        let cgroup_parent = Some(spec.cgroup_parent.clone())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| self.config.runtime.default_cgroup_parent.clone());
         if !cgroup_parent.starts_with('/') || cgroup_parent.split('/').any(|c| c == "..") {
@@ -127,7 +105,8 @@ impl Runtime {
             id: id.clone(),
             namespace: namespace.to_string(),
             state: PodState::Creating,
-            config: config.encode_to_vec(),
+            spec,
+            extension,
             runtime_handler: runtime_handler.to_string(),
             created_at: now_nanos(),
             namespaces: Default::default(),
@@ -137,7 +116,7 @@ impl Runtime {
             shm_mounted: false,
             network: None,
         };
-        let name = pod_name(&meta);
+        let name = record.spec.name.clone();
         // Intent first: the name is reserved and a crash from here on is cleaned up by
         // the start-up pass.
         self.store
@@ -150,15 +129,8 @@ impl Runtime {
             })?;
         let _guard = self.lock(&id).await;
         let result = async {
-            self.setup_pod(
-                &mut record,
-                &config,
-                host_network,
-                host_ipc,
-                options.pid == MODE_POD,
-                bandwidth,
-            )
-            .await?;
+            self.setup_pod(&mut record, host_network, host_ipc, shared_pid, bandwidth)
+                .await?;
             crate::crash_point::reached("pod.before_ready");
             record.state = PodState::Ready;
             self.save_pod(&record)
@@ -180,21 +152,20 @@ impl Runtime {
     async fn setup_pod(
         &self,
         record: &mut PodRecord,
-        config: &cri::PodSandboxConfig,
         host_network: bool,
         host_ipc: bool,
         shared_pid: bool,
         bandwidth: Option<Bandwidth>,
     ) -> Result<()> {
         let dir = record.dir.clone();
-        let hostname = if host_network || config.hostname.is_empty() {
+        let hostname = if host_network || record.spec.hostname.is_empty() {
             nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().to_string())
                 .unwrap_or_default()
         } else {
-            config.hostname.clone()
+            record.spec.hostname.clone()
         };
-        let dns = config.dns_config.clone();
+        let dns = record.spec.dns.clone();
         let request = NamespaceRequest {
             network: !host_network,
             ipc: !host_ipc,
@@ -233,7 +204,7 @@ impl Runtime {
         record.namespaces = pinned;
         record.shm_mounted = shm_mounted;
         if !host_network {
-            self.attach_network(record, config, bandwidth).await?;
+            self.attach_network(record, bandwidth).await?;
             crate::crash_point::reached("pod.after_network");
         }
         if shared_pid {
@@ -251,7 +222,6 @@ impl Runtime {
     async fn attach_network(
         &self,
         record: &mut PodRecord,
-        config: &cri::PodSandboxConfig,
         bandwidth: Option<Bandwidth>,
     ) -> Result<()> {
         let Some(selected) = self.cni.select().map_err(RuntimeError::Network)? else {
@@ -266,10 +236,10 @@ impl Runtime {
         // Intent first: a crash during ADD still owes a DEL.
         self.store
             .update(|tx| tx.replace(&record.namespace, Kind::Pod, &record.id, &*record))?;
-        let mut attachment = attachment(record, config)?;
+        let mut attachment = attachment(record)?;
         // Only ADD needs these: DEL and CHECK use the capability args cached by ADD.
         attachment.capability_args.bandwidth = bandwidth;
-        attachment.capability_args.dns = cni_dns(config.dns_config.as_ref());
+        attachment.capability_args.dns = cni_dns(record.spec.dns.as_ref());
         let result = self
             .cni
             .add(&selected, &attachment)
@@ -280,7 +250,7 @@ impl Runtime {
             network.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
         }
         // resolv.conf was written before ADD; the result's DNS may change it.
-        let dns = config.dns_config.clone();
+        let dns = record.spec.dns.clone();
         let network_dns = result.dns.clone();
         let network_name = self.cni.name(&selected);
         let path = record.dir.join("resolv.conf");
@@ -299,7 +269,7 @@ impl Runtime {
         if !owed {
             return Ok(());
         }
-        let attachment = attachment(pod, &pod.config()?)?;
+        let attachment = attachment(pod)?;
         self.cni
             .del(&attachment)
             .await
@@ -420,14 +390,17 @@ impl Runtime {
 /// The interface name of a pod's network inside its namespace.
 const POD_IFNAME: &str = "eth0";
 
-/// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them,
-/// and the port mappings for plugins that ask for them.
-fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachment> {
+/// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them
+/// (`IgnoreUnknown`, the front end's args, the pod's ID), and the port mappings for
+/// plugins that ask for them.
+fn attachment(pod: &PodRecord) -> Result<Attachment> {
     let netns = pod.namespaces.network.clone().ok_or_else(|| {
         RuntimeError::Internal(format!("pod {} has no network namespace to attach", pod.id))
     })?;
-    let meta = config.metadata.clone().unwrap_or_default();
-    let port_mappings = port_mappings(config)?;
+    let port_mappings = port_mappings(&pod.spec)?;
+    let mut args = vec![("IgnoreUnknown".to_string(), "1".to_string())];
+    args.extend(pod.spec.network_args.iter().cloned());
+    args.push(("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()));
     Ok(Attachment {
         container_id: pod.id.clone(),
         netns,
@@ -436,13 +409,7 @@ fn attachment(pod: &PodRecord, config: &cri::PodSandboxConfig) -> Result<Attachm
             .as_ref()
             .map(|n| n.ifname.clone())
             .unwrap_or_else(|| POD_IFNAME.to_string()),
-        args: vec![
-            ("IgnoreUnknown".into(), "1".into()),
-            ("K8S_POD_NAMESPACE".into(), meta.namespace),
-            ("K8S_POD_NAME".into(), meta.name),
-            ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
-            ("K8S_POD_UID".into(), meta.uid),
-        ],
+        args,
         capability_args: CniRuntimeConfig {
             port_mappings,
             ..Default::default()
@@ -522,9 +489,9 @@ pub(super) fn teardown_pod_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// The `dns` capability arg: the CRI `DNSConfig` as containerd passes it
+/// The `dns` capability arg: the pod's DNS config as containerd passes it
 /// (`toCNIDNS` in internal/cri/server/sandbox_run.go); CRI-O passes none.
-fn cni_dns(dns: Option<&cri::DnsConfig>) -> Option<Dns> {
+fn cni_dns(dns: Option<&DnsConfig>) -> Option<Dns> {
     given_dns_config(dns).map(|d| Dns {
         nameservers: d.servers.clone(),
         domain: None,
@@ -540,8 +507,8 @@ mod tests {
     #[test]
     fn dns_capability_is_the_dns_config() {
         assert_eq!(cni_dns(None), None);
-        assert_eq!(cni_dns(Some(&cri::DnsConfig::default())), None);
-        let dns = cri::DnsConfig {
+        assert_eq!(cni_dns(Some(&DnsConfig::default())), None);
+        let dns = DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["default.svc.cluster.local".into()],
             options: vec!["ndots:5".into()],
@@ -555,16 +522,5 @@ mod tests {
                 options: vec!["ndots:5".into()],
             })
         );
-    }
-
-    #[test]
-    fn pod_names_include_uid_and_attempt() {
-        let meta = cri::PodSandboxMetadata {
-            name: "web".into(),
-            uid: "u1".into(),
-            namespace: "default".into(),
-            attempt: 1,
-        };
-        assert_eq!(pod_name(&meta), "web_default_u1_1");
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use super::model::DnsConfig;
 
 use super::pod_validation::{check_dns_config, given_dns_config};
 use super::service::{Result, RuntimeError};
@@ -17,7 +17,7 @@ pub(super) fn write_pod_files(
     dir: &Path,
     hostname: &str,
     host_network: bool,
-    dns: Option<&cri::DnsConfig>,
+    dns: Option<&DnsConfig>,
 ) -> Result<()> {
     write_file(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
     write_file(&dir.join("hosts"), &hosts_file(host_network, hostname)?)?;
@@ -29,7 +29,7 @@ pub(super) fn write_pod_files(
 /// result's DNS changes it (see [`resolv_conf_with_network`]).
 pub(super) fn update_resolv_conf(
     path: &Path,
-    dns: Option<&cri::DnsConfig>,
+    dns: Option<&DnsConfig>,
     network_name: &str,
     network_dns: &Dns,
 ) -> Result<()> {
@@ -74,7 +74,7 @@ fn hosts_file(host_network: bool, hostname: &str) -> Result<Vec<u8>> {
 
 /// /etc/resolv.conf of a pod: from the CRI `DNSConfig` when given (as containerd writes
 /// it), else the host's.
-fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Vec<u8>> {
+fn resolv_conf(dns: Option<&DnsConfig>) -> Result<Vec<u8>> {
     let Some(dns) = given_dns_config(dns) else {
         return host_resolv_conf();
     };
@@ -117,7 +117,7 @@ const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// else of the host's file (options, sortlist) is kept. The result's `domain` and
 /// `options` are not used (podman's network status carries neither).
 fn resolv_conf_with_network(
-    dns: Option<&cri::DnsConfig>,
+    dns: Option<&DnsConfig>,
     network_name: &str,
     network: &Dns,
 ) -> Result<Option<Vec<u8>>> {
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn resolv_conf_from_dns_config() {
-        let dns = cri::DnsConfig {
+        let dns = DnsConfig {
             servers: vec!["10.0.0.10".into()],
             searches: vec![
                 "default.svc.cluster.local".into(),
@@ -211,7 +211,7 @@ mod tests {
             text,
             "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
         );
-        let bad = cri::DnsConfig {
+        let bad = DnsConfig {
             servers: vec!["10.0.0.10\nnameserver 1.1.1.1".into()],
             ..Default::default()
         };
@@ -249,7 +249,7 @@ mod tests {
             "search net.example\nnameserver 10.77.0.53\nnameserver fd77::53\n"
         );
         // A CRI DNSConfig wins; an empty network DNS changes nothing.
-        let given = cri::DnsConfig {
+        let given = DnsConfig {
             servers: vec!["10.96.0.10".into()],
             ..Default::default()
         };
@@ -273,7 +273,7 @@ mod tests {
             .unwrap()
             .is_some());
         assert!(
-            resolv_conf_with_network(Some(&cri::DnsConfig::default()), "n", &network)
+            resolv_conf_with_network(Some(&DnsConfig::default()), "n", &network)
                 .unwrap()
                 .is_some(),
             "an empty DNSConfig is no DNSConfig"
@@ -309,7 +309,7 @@ mod tests {
         assert!(err.contains("dns.search[0]"), "{err}");
         // Checked only when used: a DNSConfig makes the result's DNS irrelevant.
         assert!(resolv_conf_with_network(None, "podnet", &bad_server).is_err());
-        let given = cri::DnsConfig {
+        let given = DnsConfig {
             servers: vec!["10.96.0.10".into()],
             ..Default::default()
         };

@@ -1,18 +1,18 @@
-//! What a PodSandboxConfig may ask, checked before RunPodSandbox makes anything: the
+//! What a pod spec may ask, checked before RunPodSandbox makes anything: the
 //! log directory, the hostname, the DNS config, the port mappings and the sysctls.
 //! Error messages echo request values bounded (`truncated`).
 
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use super::model::{DnsConfig, PodSpec};
 
 use super::service::{Result, RuntimeError};
 use crate::cni::PortMapping;
 
-/// Checks everything in a PodSandboxConfig that RunPodSandbox would otherwise find
+/// Checks everything in a pod spec that RunPodSandbox would otherwise find
 /// wrong half-way (or never), before anything is made.
 pub(super) fn validate_pod_config(
-    config: &cri::PodSandboxConfig,
+    config: &PodSpec,
     host_network: bool,
     host_ipc: bool,
 ) -> Result<()> {
@@ -28,16 +28,11 @@ pub(super) fn validate_pod_config(
     if !host_network && !config.hostname.is_empty() {
         check_hostname(&config.hostname)?;
     }
-    if let Some(dns) = given_dns_config(config.dns_config.as_ref()) {
+    if let Some(dns) = given_dns_config(config.dns.as_ref()) {
         check_dns_config(dns)?;
     }
     port_mappings(config)?;
-    let sysctls = config
-        .linux
-        .as_ref()
-        .map(|l| l.sysctls.clone())
-        .unwrap_or_default();
-    super::spec::check_sysctls(&sysctls, !host_network, !host_ipc)?;
+    super::spec::check_sysctls(&config.sysctls, !host_network, !host_ipc)?;
     Ok(())
 }
 
@@ -68,7 +63,7 @@ fn check_hostname(hostname: &str) -> Result<()> {
 }
 
 /// DNS servers are IP addresses; servers, searches and options are single words.
-pub(super) fn check_dns_config(dns: &cri::DnsConfig) -> Result<()> {
+pub(super) fn check_dns_config(dns: &DnsConfig) -> Result<()> {
     for (i, value) in dns
         .servers
         .iter()
@@ -102,14 +97,14 @@ fn truncated(value: &str) -> String {
     crate::image::bounded(value, crate::image::MAX_ECHO)
 }
 
-/// The CRI `DNSConfig` when it says anything.
-pub(super) fn given_dns_config(dns: Option<&cri::DnsConfig>) -> Option<&cri::DnsConfig> {
-    dns.filter(|d| !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()))
+/// The pod's DNS config when it says anything.
+pub(super) fn given_dns_config(dns: Option<&DnsConfig>) -> Option<&DnsConfig> {
+    dns.filter(|d| d.is_given())
 }
 
 /// The pod's host port mappings (those with a host port), checked: ports in 1..65535,
-/// a known protocol, a host IP that is an address (or empty: every address).
-pub(super) fn port_mappings(config: &cri::PodSandboxConfig) -> Result<Vec<PortMapping>> {
+/// a host IP that is an address (or empty: every address).
+pub(super) fn port_mappings(config: &PodSpec) -> Result<Vec<PortMapping>> {
     let mut port_mappings = Vec::new();
     for (i, m) in config.port_mappings.iter().enumerate() {
         let port = |v: i32, field: &str| {
@@ -119,17 +114,6 @@ pub(super) fn port_mappings(config: &cri::PodSandboxConfig) -> Result<Vec<PortMa
                     format!("{v} is not a port number"),
                 )
             })
-        };
-        let protocol = match cri::Protocol::try_from(m.protocol) {
-            Ok(cri::Protocol::Tcp) => "tcp",
-            Ok(cri::Protocol::Udp) => "udp",
-            Ok(cri::Protocol::Sctp) => "sctp",
-            Err(_) => {
-                return Err(RuntimeError::invalid(
-                    format!("config.port_mappings[{i}].protocol"),
-                    format!("unknown protocol {}", m.protocol),
-                ))
-            }
         };
         let container_port = port(m.container_port, "container_port")?;
         if !m.host_ip.is_empty() && m.host_ip.parse::<std::net::IpAddr>().is_err() {
@@ -144,7 +128,7 @@ pub(super) fn port_mappings(config: &cri::PodSandboxConfig) -> Result<Vec<PortMa
         port_mappings.push(PortMapping {
             host_port: port(m.host_port, "host_port")?,
             container_port,
-            protocol: protocol.to_string(),
+            protocol: m.protocol.as_str().to_string(),
             host_ip: m.host_ip.clone(),
         });
     }

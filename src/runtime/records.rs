@@ -1,14 +1,15 @@
-//! What the store keeps about pods and containers. The CRI configs are kept as their
-//! protobuf encoding (base64 in the JSON record), so every field kubelet sent is
-//! answered back unchanged without mirroring the CRI types in serde structs.
+//! What the store keeps about pods and containers: the core's spec of each (see
+//! `model.rs`), its state, and an opaque extension that belongs to the front end of
+//! the object's namespace (the CRI keeps its original request there, protobuf-encoded,
+//! so every field kubelet sent is answered back unchanged, as containerd's container
+//! extensions do). Both are base64 in the JSON record.
 
 use std::path::PathBuf;
 
 use base64::Engine;
-use k8s_cri::v1 as cri;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use super::model::{ContainerSpec, PodSpec};
 use super::monitor::MonitorInfo;
 use super::namespaces::PodNamespaces;
 
@@ -70,9 +71,10 @@ pub struct PodRecord {
     #[serde(default = "cri_namespace")]
     pub namespace: String,
     pub state: PodState,
-    /// `PodSandboxConfig`, protobuf-encoded.
-    #[serde(with = "proto_b64")]
-    pub config: Vec<u8>,
+    pub spec: PodSpec,
+    /// The front end's own data (the CRI: its `PodSandboxConfig`, protobuf-encoded).
+    #[serde(with = "bytes_b64", default)]
+    pub extension: Vec<u8>,
     pub runtime_handler: String,
     pub created_at: i64,
     /// Pinned network / IPC / UTS namespaces (None where the host's are used).
@@ -111,68 +113,20 @@ pub enum NetworkPhase {
     Detached,
 }
 
-/// A stored config that does not decode: an error naming the object, never an empty
-/// config in its place.
+/// A stored record, or a front end's extension of it, that does not decode: an error
+/// naming the object, never an empty config in its place.
 #[derive(Debug, thiserror::Error)]
-#[error("the stored config of {kind} {id} cannot be decoded: {source}")]
+#[error("the stored config of {kind} {id} cannot be decoded: {reason}")]
 pub struct CorruptRecord {
     pub kind: &'static str,
     pub id: String,
-    #[source]
-    pub source: prost::DecodeError,
+    pub reason: String,
 }
 
 impl crate::error::HasKind for CorruptRecord {
     fn kind(&self) -> crate::error::ErrorKind {
         crate::error::ErrorKind::Internal
     }
-}
-
-fn decode<T: Message + Default>(
-    kind: &'static str,
-    id: &str,
-    bytes: &[u8],
-) -> Result<T, CorruptRecord> {
-    T::decode(bytes).map_err(|source| CorruptRecord {
-        kind,
-        id: id.to_string(),
-        source,
-    })
-}
-
-impl PodRecord {
-    pub fn config(&self) -> Result<cri::PodSandboxConfig, CorruptRecord> {
-        decode("pod sandbox", &self.id, &self.config)
-    }
-
-    /// Only what ListPodSandbox returns, decoded from the stored config: the other
-    /// fields (DNS, ports, the whole Linux config) are skipped, not built, on a call
-    /// kubelet makes every second for every pod.
-    pub fn list_fields(&self) -> Result<PodListFields, CorruptRecord> {
-        decode("pod sandbox", &self.id, &self.config)
-    }
-}
-
-/// The fields of `cri::PodSandboxConfig` a pod list shows (same tags).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodListFields {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<cri::PodSandboxMetadata>,
-    #[prost(map = "string, string", tag = "6")]
-    pub labels: std::collections::HashMap<String, String>,
-    #[prost(map = "string, string", tag = "7")]
-    pub annotations: std::collections::HashMap<String, String>,
-}
-
-/// The fields of `cri::ContainerConfig` a container list shows (same tags).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerListFields {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<cri::ContainerMetadata>,
-    #[prost(map = "string, string", tag = "9")]
-    pub labels: std::collections::HashMap<String, String>,
-    #[prost(map = "string, string", tag = "10")]
-    pub annotations: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,10 +137,11 @@ pub struct ContainerRecord {
     pub namespace: String,
     pub pod_id: String,
     pub state: ContainerState,
-    /// `ContainerConfig`, protobuf-encoded (resources updated by
-    /// UpdateContainerResources).
-    #[serde(with = "proto_b64")]
-    pub config: Vec<u8>,
+    /// What the container was made with (resources updated by UpdateContainerResources).
+    pub spec: ContainerSpec,
+    /// The front end's own data (the CRI: its `ContainerConfig`, protobuf-encoded).
+    #[serde(with = "bytes_b64", default)]
+    pub extension: Vec<u8>,
     /// The image as the request named it, and the resolved image ID and digest ref.
     pub image: String,
     pub image_id: String,
@@ -206,17 +161,6 @@ pub struct ContainerRecord {
     pub monitor: Option<MonitorInfo>,
 }
 
-impl ContainerRecord {
-    pub fn config(&self) -> Result<cri::ContainerConfig, CorruptRecord> {
-        decode("container", &self.id, &self.config)
-    }
-
-    /// Only what ListContainers returns (command, env, mounts, ... are skipped).
-    pub fn list_fields(&self) -> Result<ContainerListFields, CorruptRecord> {
-        decode("container", &self.id, &self.config)
-    }
-}
-
 /// Nanoseconds since the epoch, now.
 pub fn now_nanos() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
@@ -229,7 +173,7 @@ pub fn parse_time(text: &str) -> Option<i64> {
         .timestamp_nanos_opt()
 }
 
-mod proto_b64 {
+mod bytes_b64 {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -249,14 +193,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_round_trips_through_json() {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: "web".into(),
-                uid: "u1".into(),
-                namespace: "default".into(),
-                attempt: 2,
-            }),
+    fn records_round_trip_through_json() {
+        let spec = PodSpec {
+            name: "web_default_u1_2".into(),
             hostname: "web-0".into(),
             ..Default::default()
         };
@@ -264,7 +203,8 @@ mod tests {
             id: "abc".into(),
             namespace: "k8s.io".into(),
             state: PodState::Ready,
-            config: config.encode_to_vec(),
+            spec,
+            extension: vec![1, 2, 3],
             runtime_handler: String::new(),
             created_at: 1,
             namespaces: PodNamespaces::default(),
@@ -276,96 +216,17 @@ mod tests {
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: PodRecord = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.config().unwrap(), config);
         assert_eq!(back, record);
         // Records stored before they named their namespace are the CRI's.
         let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
         old.as_object_mut().unwrap().remove("namespace");
         let back: PodRecord = serde_json::from_value(old).unwrap();
         assert_eq!(back.namespace, "k8s.io");
-    }
-
-    #[test]
-    fn a_corrupt_config_is_an_error_naming_the_object() {
-        let record = ContainerRecord {
-            id: "c1".into(),
-            namespace: "k8s.io".into(),
-            pod_id: "p1".into(),
-            state: ContainerState::Created,
-            // A length-delimited field (metadata) longer than what follows.
-            config: vec![0x0a, 0x7f, 0x01],
-            image: String::new(),
-            image_id: String::new(),
-            image_ref: String::new(),
-            chain_ids: Vec::new(),
-            runtime_handler: String::new(),
-            stop_signal: None,
-            log_path: String::new(),
-            bundle: PathBuf::new(),
-            created_at: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            monitor: None,
-        };
-        let err = record.config().unwrap_err();
-        assert!(err.to_string().contains("container c1"), "{err}");
-        assert!(record.list_fields().is_err());
-    }
-
-    #[test]
-    fn list_fields_match_the_full_configs() {
-        let labels: std::collections::HashMap<String, String> =
-            [("app".to_string(), "web".to_string())].into();
-        let annotations: std::collections::HashMap<String, String> =
-            [("note".to_string(), "x".to_string())].into();
-        let pod = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: "web".into(),
-                uid: "u1".into(),
-                namespace: "default".into(),
-                attempt: 2,
-            }),
-            hostname: "web-0".into(),
-            labels: labels.clone(),
-            annotations: annotations.clone(),
-            port_mappings: vec![cri::PortMapping {
-                host_port: 8080,
-                ..Default::default()
-            }],
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: "/kubepods".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let fields = PodListFields::decode(pod.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(fields.metadata, pod.metadata);
-        assert_eq!(
-            (fields.labels, fields.annotations),
-            (labels.clone(), annotations.clone())
-        );
-
-        let container = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "app".into(),
-                attempt: 1,
-            }),
-            command: vec!["sleep".into()],
-            envs: vec![cri::KeyValue {
-                key: "A".into(),
-                value: "1".into(),
-            }],
-            labels: labels.clone(),
-            annotations: annotations.clone(),
-            log_path: "app.log".into(),
-            ..Default::default()
-        };
-        let fields = ContainerListFields::decode(container.encode_to_vec().as_slice()).unwrap();
-        assert_eq!(fields.metadata, container.metadata);
-        assert_eq!((fields.labels, fields.annotations), (labels, annotations));
+        // A record without its spec is an error, not an empty spec.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("spec");
+        let err = serde_json::from_value::<PodRecord>(old).unwrap_err();
+        assert!(err.to_string().contains("spec"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::path::{Component, Path};
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::SpecError;
@@ -60,7 +59,7 @@ pub(super) fn device_rules(privileged: bool) -> Vec<LinuxDeviceCgroup> {
 /// numbers and mode, and a device cgroup rule allowing `permissions` (a subset of
 /// "rwm", default "rwm").
 pub(super) fn devices(
-    config: &cri::ContainerConfig,
+    config: &crate::runtime::model::ContainerSpec,
 ) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut nodes = Vec::new();
@@ -124,7 +123,7 @@ mod tests {
     #[test]
     fn cri_devices() {
         let mut cfg = config();
-        cfg.devices = vec![cri::Device {
+        cfg.devices = vec![crate::runtime::model::Device {
             container_path: "/dev/mynull".into(),
             host_path: "/dev/null".into(),
             permissions: "rw".into(),

@@ -1,5 +1,5 @@
-//! The OCI runtime spec of a container, from the CRI CreateContainer request, the pod it
-//! joins and its image's config. Pure: nothing is mounted, created or started here; the
+//! The OCI runtime spec of a container, from its [`ContainerSpec`] (the core's
+//! model, which every front end builds), the pod it joins and its image's config. Pure: nothing is mounted, created or started here; the
 //! only reads are the image's /etc/passwd and /etc/group (for user names), the daemon's
 //! own /proc/self/oom_score_adj and, for `Localhost` seccomp profiles, the profile file.
 //!
@@ -27,9 +27,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{Linux, Root, Spec};
 
+use super::model::ContainerSpec;
 use super::{caps, seccomp};
 
 mod devices;
@@ -106,8 +106,6 @@ impl SpecError {
 /// Where the pod's shared things live (prepared by the pod code).
 #[derive(Debug, Clone, Default)]
 pub struct PodContext {
-    /// The pod sandbox's ID (annotation `io.kubernetes.cri.sandbox-id`).
-    pub sandbox_id: String,
     /// Hostname of the pod's UTS namespace.
     pub hostname: String,
     /// The pod's network namespace; None = host network.
@@ -160,16 +158,15 @@ pub struct SpecOptions {
     pub bounding_capabilities: Option<u64>,
 }
 
-/// The OCI runtime spec of a container: `config` (the CRI request) merged with `image`'s
-/// defaults, inside `pod`.
+/// The OCI runtime spec of a container: `config` merged with `image`'s defaults, inside
+/// `pod`.
 pub fn container_spec(
-    config: &cri::ContainerConfig,
+    config: &ContainerSpec,
     pod: &PodContext,
     image: &ImageDefaults,
     opts: &SpecOptions,
 ) -> Result<Spec, SpecError> {
-    let linux_cfg = config.linux.clone().unwrap_or_default();
-    let sc = linux_cfg.security_context.unwrap_or_default();
+    let sc = &config.security;
     let privileged = sc.privileged;
 
     if opts.container_id.is_empty() || opts.container_id.contains('/') {
@@ -180,16 +177,15 @@ pub fn container_spec(
     }
 
     // process (the capabilities also shape the seccomp profile)
-    let (process, cap_set) =
-        process::process(config, pod, image, opts, &sc, linux_cfg.resources.as_ref())?;
+    let (process, cap_set) = process::process(config, pod, image, opts)?;
 
     // mounts and namespaces
     let (mounts, rootfs_propagation) = mounts::mounts(config, pod, privileged, sc.readonly_rootfs)?;
-    let namespaces = namespaces::namespaces(&sc, pod, opts)?;
+    let namespaces = namespaces::namespaces(sc, pod, opts)?;
     let sysctls = namespaces::sysctls(pod)?;
 
     // resources
-    let mut resources = resources::resources(linux_cfg.resources.as_ref(), opts)?;
+    let mut resources = resources::resources(config.resources.as_ref(), opts)?;
     let (devices, device_allows) = devices::devices(config)?;
     let mut rules = devices::device_rules(privileged);
     if !privileged {
@@ -197,8 +193,8 @@ pub fn container_spec(
     }
     resources.set_devices(Some(rules));
 
-    let seccomp = security::seccomp_profile(&sc, privileged, &cap_set, opts)?;
-    let (masked, readonly) = security::masked_and_readonly_paths(&sc, privileged);
+    let seccomp = security::seccomp_profile(sc, privileged, &cap_set, opts)?;
+    let (masked, readonly) = security::masked_and_readonly_paths(sc, privileged);
 
     let mut linux = Linux::default();
     linux.set_uid_mappings(None);
@@ -221,22 +217,6 @@ pub fn container_spec(
     root.set_path(opts.rootfs.clone());
     root.set_readonly(Some(sc.readonly_rootfs));
 
-    let mut annotations = config.annotations.clone();
-    annotations.insert(
-        "io.kubernetes.cri.container-type".into(),
-        "container".into(),
-    );
-    annotations.insert(
-        "io.kubernetes.cri.sandbox-id".into(),
-        pod.sandbox_id.clone(),
-    );
-    if let Some(meta) = &config.metadata {
-        annotations.insert("io.kubernetes.cri.container-name".into(), meta.name.clone());
-    }
-    if let Some(img) = &config.image {
-        annotations.insert("io.kubernetes.cri.image-name".into(), img.image.clone());
-    }
-
     let mut spec = Spec::default();
     spec.set_version(OCI_VERSION.to_string());
     spec.set_root(Some(root));
@@ -248,7 +228,7 @@ pub fn container_spec(
             .filter(|_| !pod.hostname.is_empty())
             .map(|_| pod.hostname.clone()),
     );
-    spec.set_annotations(Some(annotations));
+    spec.set_annotations(Some(config.annotations.clone()));
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -258,6 +238,8 @@ pub fn container_spec(
 #[cfg(test)]
 mod test_support {
     use std::path::Path;
+
+    pub(super) use crate::runtime::model::*;
 
     use super::*;
 
@@ -308,7 +290,6 @@ mod test_support {
 
     pub(super) fn pod() -> PodContext {
         PodContext {
-            sandbox_id: "pod1".into(),
             hostname: "podhost".into(),
             netns_path: Some("/run/wharf/netns/pod1".into()),
             ipc_ns_path: Some("/run/wharf/ipcns/pod1".into()),
@@ -323,29 +304,19 @@ mod test_support {
         }
     }
 
-    pub(super) fn config() -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "web".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: "busybox:latest".into(),
-                ..Default::default()
-            }),
-            linux: Some(cri::LinuxContainerConfig::default()),
+    pub(super) fn config() -> ContainerSpec {
+        ContainerSpec {
+            name: "web".into(),
+            image: "busybox:latest".into(),
             ..Default::default()
         }
     }
 
-    pub(super) fn sc(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
-        cfg.linux
-            .get_or_insert_with(Default::default)
-            .security_context
-            .get_or_insert_with(Default::default)
+    pub(super) fn sc(cfg: &mut ContainerSpec) -> &mut SecurityOptions {
+        &mut cfg.security
     }
 
-    pub(super) fn build(cfg: &cri::ContainerConfig) -> Result<Spec, SpecError> {
+    pub(super) fn build(cfg: &ContainerSpec) -> Result<Spec, SpecError> {
         let root = rootfs();
         container_spec(cfg, &pod(), &image(), &opts(root.path()))
     }
@@ -408,7 +379,7 @@ mod tests {
         cfg.args = s(&["/bin/busybox id -u; /bin/busybox unshare -U /bin/busybox true \
              && echo UNSHARE_ALLOWED || echo UNSHARE_DENIED; /bin/busybox mkdir /tmp/x 2>&1; /bin/busybox cat /sys/fs/cgroup/memory/memory.limit_in_bytes \
              /sys/fs/cgroup/memory.max 2>/dev/null; echo DONE"]);
-        cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        cfg.resources = Some(Resources {
             memory_limit_in_bytes: 64 << 20,
             cpu_shares: 256,
             oom_score_adj: 500,
@@ -416,17 +387,10 @@ mod tests {
         });
         sc(&mut cfg).run_as_username = "user".into();
         sc(&mut cfg).readonly_rootfs = true;
-        sc(&mut cfg).seccomp = Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-            localhost_ref: String::new(),
-        });
-        sc(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Container as i32,
-            ..Default::default()
-        });
-        let run = |cfg: &cri::ContainerConfig, name: &str| -> String {
+        sc(&mut cfg).seccomp = Seccomp::RuntimeDefault;
+        sc(&mut cfg).namespaces.pid = NamespaceMode::Container;
+        let run = |cfg: &ContainerSpec, name: &str| -> String {
             let pod = PodContext {
-                sandbox_id: "runc-test".into(),
                 cgroup_parent: format!("/wharf-spec-test-{}", std::process::id()),
                 ..Default::default()
             };
@@ -464,8 +428,7 @@ mod tests {
         assert!(stdout.contains("Read-only file system"), "{stdout}");
         assert!(stdout.contains(&(64u64 << 20).to_string()), "{stdout}");
         // The control: without the filter the same call succeeds, so it was seccomp.
-        sc(&mut cfg).seccomp.as_mut().unwrap().profile_type =
-            cri::security_profile::ProfileType::Unconfined as i32;
+        sc(&mut cfg).seccomp = Seccomp::Unconfined;
         let stdout = run(&cfg, "unconfined");
         assert!(stdout.contains("UNSHARE_ALLOWED"), "{stdout}");
     }
@@ -479,10 +442,10 @@ mod tests {
         cfg.tty = true;
         let spec = build(&cfg).unwrap();
         let a = spec.annotations().as_ref().unwrap();
-        assert_eq!(a["io.kubernetes.cri.container-type"], "container");
-        assert_eq!(a["io.kubernetes.cri.sandbox-id"], "pod1");
-        assert_eq!(a["io.kubernetes.cri.container-name"], "web");
-        assert_eq!(a["user.note"], "x");
+        assert_eq!(
+            a,
+            &HashMap::from([("user.note".to_string(), "x".to_string())])
+        );
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));

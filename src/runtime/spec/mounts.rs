@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use crate::runtime::model::{ContainerSpec, Propagation};
 use oci_spec::runtime::Mount;
 
 use super::{PodContext, SpecError};
@@ -32,7 +32,7 @@ fn normalize(path: &Path) -> PathBuf {
 /// (shared for BIDIRECTIONAL, slave for HOST_TO_CONTAINER, as containerd; recursive in
 /// every runtime, and spelled as the OCI spec allows: libcontainer refuses `rshared`).
 pub(super) fn mounts(
-    config: &cri::ContainerConfig,
+    config: &ContainerSpec,
     pod: &PodContext,
     privileged: bool,
     readonly_rootfs: bool,
@@ -121,13 +121,13 @@ pub(super) fn mounts(
                 format!("{:?} contains '..'", m.container_path),
             ));
         }
-        if m.image.as_ref().is_some_and(|img| !img.image.is_empty()) {
+        if !m.image.is_empty() {
             return Err(SpecError::Unsupported {
                 field: format!("mounts[{i}].image"),
                 reason: "image volume mounts".into(),
             });
         }
-        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        if m.id_mapped {
             return Err(SpecError::Unsupported {
                 field: format!("mounts[{i}].uid_mappings"),
                 reason: "id-mapped mounts".into(),
@@ -140,23 +140,17 @@ pub(super) fn mounts(
                 format!("{:?} is not an absolute path", m.host_path),
             ));
         }
-        let prop = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
-            Ok(cri::MountPropagation::PropagationHostToContainer) => {
+        let prop = match m.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => {
                 if propagation.is_none() {
                     propagation = Some("slave");
                 }
                 "rslave"
             }
-            Ok(cri::MountPropagation::PropagationBidirectional) => {
+            Propagation::Bidirectional => {
                 propagation = Some("shared");
                 "rshared"
-            }
-            Err(_) => {
-                return Err(SpecError::invalid(
-                    format!("mounts[{i}].propagation"),
-                    format!("unknown propagation {}", m.propagation),
-                ))
             }
         };
         let mut options = vec!["rbind", prop];
@@ -192,7 +186,7 @@ mod tests {
     use crate::runtime::spec::test_support::*;
     use oci_spec::runtime::Spec;
 
-    fn find<'a>(spec: &'a Spec, dest: &str) -> Vec<&'a Mount> {
+    fn find<'a>(spec: &'a Spec, dest: &str) -> Vec<&'a oci_spec::runtime::Mount> {
         spec.mounts()
             .as_ref()
             .unwrap()
@@ -227,38 +221,18 @@ mod tests {
             .contains(&"ro".to_string()));
 
         let mut cfg = config();
-        let m = |c: &str, h: &str, ro: bool, p: cri::MountPropagation| cri::Mount {
+        let m = |c: &str, h: &str, ro: bool, p: Propagation| crate::runtime::model::Mount {
             container_path: c.into(),
             host_path: h.into(),
             readonly: ro,
-            propagation: p as i32,
+            propagation: p,
             ..Default::default()
         };
         cfg.mounts = vec![
-            m(
-                "/data/sub",
-                "/host/sub",
-                false,
-                cri::MountPropagation::PropagationPrivate,
-            ),
-            m(
-                "/data",
-                "/host/data",
-                true,
-                cri::MountPropagation::PropagationHostToContainer,
-            ),
-            m(
-                "/shared",
-                "/host/shared",
-                false,
-                cri::MountPropagation::PropagationBidirectional,
-            ),
-            m(
-                "/etc/hosts",
-                "/my/hosts",
-                true,
-                cri::MountPropagation::PropagationPrivate,
-            ),
+            m("/data/sub", "/host/sub", false, Propagation::Private),
+            m("/data", "/host/data", true, Propagation::HostToContainer),
+            m("/shared", "/host/shared", false, Propagation::Bidirectional),
+            m("/etc/hosts", "/my/hosts", true, Propagation::Private),
         ];
         let spec = build(&cfg).unwrap();
         let opts_of = |d: &str| find(&spec, d)[0].options().clone().unwrap();
@@ -288,33 +262,13 @@ mod tests {
 
         let mut cfg = config();
         cfg.mounts = vec![
-            m(
-                "/ok",
-                "/host",
-                false,
-                cri::MountPropagation::PropagationPrivate,
-            ),
-            m(
-                "rel/path",
-                "/host",
-                false,
-                cri::MountPropagation::PropagationPrivate,
-            ),
+            m("/ok", "/host", false, Propagation::Private),
+            m("rel/path", "/host", false, Propagation::Private),
         ];
         assert_eq!(field(build(&cfg).unwrap_err()), "mounts[1].container_path");
-        cfg.mounts[1] = m(
-            "/a/../etc",
-            "/host",
-            false,
-            cri::MountPropagation::PropagationPrivate,
-        );
+        cfg.mounts[1] = m("/a/../etc", "/host", false, Propagation::Private);
         assert_eq!(field(build(&cfg).unwrap_err()), "mounts[1].container_path");
-        cfg.mounts[1] = m(
-            "/a",
-            "host",
-            false,
-            cri::MountPropagation::PropagationPrivate,
-        );
+        cfg.mounts[1] = m("/a", "host", false, Propagation::Private);
         assert_eq!(field(build(&cfg).unwrap_err()), "mounts[1].host_path");
 
         // no pod shm: a private tmpfs

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use k8s_cri::v1 as cri;
+use crate::runtime::model::{NamespaceMode, SecurityOptions};
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
 use super::{PodContext, SpecError, SpecOptions};
@@ -20,19 +20,17 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&PathBuf>) -> LinuxNamespace 
 /// PID per the container's NamespaceOption (POD: the pod's, CONTAINER: new, NODE: host,
 /// TARGET: the target's, which the caller resolves); a new cgroup namespace on cgroup v2.
 pub(super) fn namespaces(
-    sc: &cri::LinuxContainerSecurityContext,
+    sc: &SecurityOptions,
     pod: &PodContext,
     opts: &SpecOptions,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     const F_PID: &str = "linux.security_context.namespace_options.pid";
-    let ns_opts = sc.namespace_options.clone().unwrap_or_default();
-    if let Some(userns) = &ns_opts.userns_options {
-        if userns.mode != cri::NamespaceMode::Node as i32 {
-            return Err(SpecError::Unsupported {
-                field: "linux.security_context.namespace_options.userns_options".into(),
-                reason: "user namespaces".into(),
-            });
-        }
+    let ns_opts = &sc.namespaces;
+    if sc.user_namespace {
+        return Err(SpecError::Unsupported {
+            field: "linux.security_context.namespace_options.userns_options".into(),
+            reason: "user namespaces".into(),
+        });
     }
     let mut out = vec![namespace(LinuxNamespaceType::Mount, None)];
     if let Some(p) = &pod.netns_path {
@@ -44,13 +42,13 @@ pub(super) fn namespaces(
     if let Some(p) = &pod.uts_ns_path {
         out.push(namespace(LinuxNamespaceType::Uts, Some(p)));
     }
-    match cri::NamespaceMode::try_from(ns_opts.pid) {
-        Ok(cri::NamespaceMode::Pod) => {
+    match ns_opts.pid {
+        NamespaceMode::Pod => {
             out.push(namespace(LinuxNamespaceType::Pid, pod.pid_ns_path.as_ref()));
         }
-        Ok(cri::NamespaceMode::Container) => out.push(namespace(LinuxNamespaceType::Pid, None)),
-        Ok(cri::NamespaceMode::Node) => {}
-        Ok(cri::NamespaceMode::Target) => match &opts.target_pid_ns_path {
+        NamespaceMode::Container => out.push(namespace(LinuxNamespaceType::Pid, None)),
+        NamespaceMode::Node => {}
+        NamespaceMode::Target => match &opts.target_pid_ns_path {
             Some(p) => out.push(namespace(LinuxNamespaceType::Pid, Some(p))),
             None => {
                 return Err(SpecError::Unsupported {
@@ -63,12 +61,6 @@ pub(super) fn namespaces(
                 })
             }
         },
-        Err(_) => {
-            return Err(SpecError::invalid(
-                F_PID,
-                format!("unknown mode {}", ns_opts.pid),
-            ));
-        }
     }
     if opts.cgroup_v2 {
         out.push(namespace(LinuxNamespaceType::Cgroup, None));
@@ -161,15 +153,12 @@ mod tests {
 
     #[test]
     fn namespaces_per_pid_mode_and_host_network() {
-        let set_pid = |mode: cri::NamespaceMode| {
+        let set_pid = |mode: NamespaceMode| {
             let mut cfg = config();
-            sc(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-                pid: mode as i32,
-                ..Default::default()
-            });
+            sc(&mut cfg).namespaces.pid = mode;
             cfg
         };
-        let spec = build(&set_pid(cri::NamespaceMode::Pod)).unwrap();
+        let spec = build(&set_pid(NamespaceMode::Pod)).unwrap();
         let ns = ns_of(&spec);
         assert!(ns.contains(&(LinuxNamespaceType::Mount, None)));
         assert!(ns.contains(&(LinuxNamespaceType::Pid, Some("/proc/123/ns/pid".into()))));
@@ -180,11 +169,11 @@ mod tests {
         assert!(!ns.iter().any(|(t, _)| *t == LinuxNamespaceType::Cgroup));
         assert_eq!(spec.hostname().as_deref(), Some("podhost"));
 
-        let ns = ns_of(&build(&set_pid(cri::NamespaceMode::Container)).unwrap());
+        let ns = ns_of(&build(&set_pid(NamespaceMode::Container)).unwrap());
         assert!(ns.contains(&(LinuxNamespaceType::Pid, None)));
-        let ns = ns_of(&build(&set_pid(cri::NamespaceMode::Node)).unwrap());
+        let ns = ns_of(&build(&set_pid(NamespaceMode::Node)).unwrap());
         assert!(!ns.iter().any(|(t, _)| *t == LinuxNamespaceType::Pid));
-        let err = build(&set_pid(cri::NamespaceMode::Target)).unwrap_err();
+        let err = build(&set_pid(NamespaceMode::Target)).unwrap_err();
         assert_eq!(field(err), "linux.security_context.namespace_options.pid");
 
         let root = rootfs();
@@ -194,7 +183,7 @@ mod tests {
         let mut p = pod();
         p.netns_path = None;
         p.uts_ns_path = None;
-        let spec = container_spec(&set_pid(cri::NamespaceMode::Target), &p, &image(), &o).unwrap();
+        let spec = container_spec(&set_pid(NamespaceMode::Target), &p, &image(), &o).unwrap();
         let ns = ns_of(&spec);
         assert!(ns.contains(&(LinuxNamespaceType::Pid, Some("/proc/9/ns/pid".into()))));
         assert!(!ns.iter().any(|(t, _)| *t == LinuxNamespaceType::Network));

@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{Capability, Process};
 
 use super::user::resolve_user;
 use super::{ImageDefaults, PodContext, SpecError, SpecOptions};
 use crate::runtime::caps;
+use crate::runtime::model::{ContainerSpec, SecurityOptions};
 
 /// PATH given to a container whose image sets none (containerd's default).
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -19,13 +19,13 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// capabilities (also returned: the seccomp profile depends on them) and oom_score_adj
 /// from `resources`.
 pub(super) fn process(
-    config: &cri::ContainerConfig,
+    config: &ContainerSpec,
     pod: &PodContext,
     image: &ImageDefaults,
     opts: &SpecOptions,
-    sc: &cri::LinuxContainerSecurityContext,
-    resources: Option<&cri::LinuxContainerResources>,
 ) -> Result<(Process, HashSet<Capability>), SpecError> {
+    let sc = &config.security;
+    let resources = config.resources.as_ref();
     let args = process_args(config, image)?;
     let env = process_env(config, image, &pod.hostname);
     let cwd = working_dir(config, image)?;
@@ -61,19 +61,14 @@ pub(super) fn process(
 /// request's add/drop, all for a privileged container, never more than wharfd's own
 /// bounding set), and the ambient ones the request adds.
 fn capabilities(
-    sc: &cri::LinuxContainerSecurityContext,
+    sc: &SecurityOptions,
     opts: &SpecOptions,
 ) -> Result<(HashSet<Capability>, HashSet<Capability>), SpecError> {
-    let cap_cfg = sc.capabilities.clone().unwrap_or_default();
+    let cap_cfg = &sc.capabilities;
     let held = caps::from_mask(opts.bounding_capabilities.unwrap_or(u64::MAX));
-    let cap_set = caps::compute(
-        sc.privileged,
-        &cap_cfg.add_capabilities,
-        &cap_cfg.drop_capabilities,
-        &held,
-    )?;
+    let cap_set = caps::compute(sc.privileged, &cap_cfg.add, &cap_cfg.drop, &held)?;
     let mut ambient = HashSet::new();
-    for name in &cap_cfg.add_ambient_capabilities {
+    for name in &cap_cfg.add_ambient {
         ambient.insert(caps::parse(name).ok_or_else(|| {
             SpecError::invalid(
                 "linux.security_context.capabilities.add_ambient_capabilities",
@@ -86,10 +81,7 @@ fn capabilities(
 
 /// containerd's rule: `command` set -> command + args; else `args` set -> image
 /// Entrypoint + args; else Entrypoint + Cmd. An empty result is an error.
-fn process_args(
-    config: &cri::ContainerConfig,
-    image: &ImageDefaults,
-) -> Result<Vec<String>, SpecError> {
+fn process_args(config: &ContainerSpec, image: &ImageDefaults) -> Result<Vec<String>, SpecError> {
     let args: Vec<String> = if !config.command.is_empty() {
         config.command.iter().chain(&config.args).cloned().collect()
     } else if !config.args.is_empty() {
@@ -125,12 +117,8 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 /// Environment: a default PATH and HOSTNAME (as containerd), then the image's Env, then
-/// the CRI envs; a later entry replaces an earlier one with the same key.
-fn process_env(
-    config: &cri::ContainerConfig,
-    image: &ImageDefaults,
-    hostname: &str,
-) -> Vec<String> {
+/// the container's env; a later entry replaces an earlier one with the same key.
+fn process_env(config: &ContainerSpec, image: &ImageDefaults, hostname: &str) -> Vec<String> {
     let mut env = vec![DEFAULT_PATH.to_string()];
     if !hostname.is_empty() {
         env.push(format!("HOSTNAME={hostname}"));
@@ -138,14 +126,14 @@ fn process_env(
     for entry in &image.env {
         set_env(&mut env, entry.clone());
     }
-    for kv in &config.envs {
-        set_env(&mut env, format!("{}={}", kv.key, kv.value));
+    for (key, value) in &config.env {
+        set_env(&mut env, format!("{key}={value}"));
     }
     env
 }
 
-/// cwd: the CRI working_dir (must be absolute), else the image's WorkingDir, else "/".
-fn working_dir(config: &cri::ContainerConfig, image: &ImageDefaults) -> Result<PathBuf, SpecError> {
+/// cwd: the container's working_dir (must be absolute), else the image's WorkingDir, else "/".
+fn working_dir(config: &ContainerSpec, image: &ImageDefaults) -> Result<PathBuf, SpecError> {
     if !config.working_dir.is_empty() {
         if !config.working_dir.starts_with('/') {
             return Err(SpecError::invalid(
@@ -220,16 +208,7 @@ mod tests {
     #[test]
     fn env_override_and_cwd() {
         let mut c = config();
-        c.envs = vec![
-            cri::KeyValue {
-                key: "A".into(),
-                value: "cri".into(),
-            },
-            cri::KeyValue {
-                key: "C".into(),
-                value: "x=y".into(),
-            },
-        ];
+        c.env = vec![("A".into(), "cri".into()), ("C".into(), "x=y".into())];
         let env = process_env(&c, &image(), "podhost");
         assert_eq!(
             env,
@@ -284,23 +263,23 @@ mod tests {
         assert!(c.ambient().as_ref().unwrap().is_empty());
 
         let mut cfg = config();
-        sc(&mut cfg).capabilities = Some(cri::Capability {
-            add_capabilities: s(&["CAP_SYS_ADMIN"]),
-            drop_capabilities: s(&["NET_RAW"]),
-            add_ambient_capabilities: vec![],
-        });
+        sc(&mut cfg).capabilities = Capabilities {
+            add: s(&["CAP_SYS_ADMIN"]),
+            drop: s(&["NET_RAW"]),
+            add_ambient: vec![],
+        };
         let set = caps_of(&build(&cfg).unwrap());
         assert!(set.contains(&Capability::SysAdmin));
         assert!(!set.contains(&Capability::NetRaw));
 
-        sc(&mut cfg).capabilities = Some(cri::Capability {
-            add_capabilities: s(&["CAP_TELEPORT"]),
+        sc(&mut cfg).capabilities = Capabilities {
+            add: s(&["CAP_TELEPORT"]),
             ..Default::default()
-        });
+        };
         let err = build(&cfg).unwrap_err();
         assert!(err.to_string().contains("CAP_TELEPORT"), "{err}");
 
-        sc(&mut cfg).capabilities = None;
+        sc(&mut cfg).capabilities = Capabilities::default();
         sc(&mut cfg).privileged = true;
         assert_eq!(caps_of(&build(&cfg).unwrap()).len(), caps::ALL.len());
     }
@@ -317,7 +296,7 @@ mod tests {
         assert_eq!(oom_score_adj(-1000, false).unwrap(), -1000);
         assert!(oom_score_adj(1001, false).is_err());
         let mut cfg = config();
-        cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        cfg.resources = Some(Resources {
             oom_score_adj: -999,
             ..Default::default()
         });

@@ -4,7 +4,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::{SpecError, SpecOptions};
@@ -49,12 +48,12 @@ pub fn host_swap_limit_supported() -> bool {
         .unwrap_or(false)
 }
 
-/// linux.resources from the CRI resources: CPU shares/quota/period, cpuset, memory
+/// linux.resources from the container's resources: CPU shares/quota/period, cpuset, memory
 /// limit (when the host can limit swap: swap = limit unless memory_swap_limit_in_bytes
 /// is set, so the container cannot swap, as containerd), hugepage limits, the cgroup v2 `unified` map, pids limit from
 /// the options.
 pub fn resources(
-    res: Option<&cri::LinuxContainerResources>,
+    res: Option<&crate::runtime::model::Resources>,
     opts: &SpecOptions,
 ) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
@@ -136,13 +135,13 @@ mod tests {
     #[test]
     fn resources_in_spec() {
         let mut cfg = config();
-        cfg.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        cfg.resources = Some(Resources {
             cpu_period: 100_000,
             cpu_quota: 50_000,
             cpu_shares: 512,
             memory_limit_in_bytes: 64 << 20,
             cpuset_cpus: "0-1".into(),
-            hugepage_limits: vec![cri::HugepageLimit {
+            hugepage_limits: vec![HugepageLimit {
                 page_size: "2MB".into(),
                 limit: 4 << 20,
             }],
@@ -178,13 +177,7 @@ mod tests {
         assert_eq!(r.memory().unwrap().swap(), None);
         let _ = host_swap_limit_supported();
 
-        cfg.linux
-            .as_mut()
-            .unwrap()
-            .resources
-            .as_mut()
-            .unwrap()
-            .memory_limit_in_bytes = -5;
+        cfg.resources.as_mut().unwrap().memory_limit_in_bytes = -5;
         assert_eq!(
             field(build(&cfg).unwrap_err()),
             "linux.resources.memory_limit_in_bytes"

@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{Capability, LinuxSeccomp};
 
 use super::{SpecError, SpecOptions};
+use crate::runtime::model::{Seccomp, SecurityOptions};
 use crate::runtime::seccomp;
 
 /// Docker's (and containerd's) masked paths.
@@ -36,7 +36,7 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
 /// The masked and read-only paths: none for a privileged container; else the request's,
 /// or Docker's defaults where it gives none.
 pub(super) fn masked_and_readonly_paths(
-    sc: &cri::LinuxContainerSecurityContext,
+    sc: &SecurityOptions,
     privileged: bool,
 ) -> (Vec<String>, Vec<String>) {
     if privileged {
@@ -61,57 +61,30 @@ pub(super) fn masked_and_readonly_paths(
 
 /// The seccomp profile, as containerd: none for privileged containers; `RuntimeDefault`
 /// -> wharf's default profile for the final capability set; `Unconfined` -> none;
-/// `Localhost` -> the JSON file. When the CRI leaves `seccomp` unset (and the deprecated
-/// `seccomp_profile_path` too), the container is unconfined, as containerd does unless
-/// configured otherwise; kubelet sends RuntimeDefault when its `seccompDefault` is on.
+/// `Localhost` -> the JSON file. (The CRI front end reads an unset `seccomp` as
+/// Unconfined, as containerd does unless configured otherwise; kubelet sends
+/// RuntimeDefault when its `seccompDefault` is on. Docker's default is RuntimeDefault.)
 pub(super) fn seccomp_profile(
-    sc: &cri::LinuxContainerSecurityContext,
+    sc: &SecurityOptions,
     privileged: bool,
     caps: &HashSet<Capability>,
     opts: &SpecOptions,
 ) -> Result<Option<LinuxSeccomp>, SpecError> {
-    use cri::security_profile::ProfileType;
     if privileged {
         return Ok(None);
     }
-    let load = |reference: &str| -> Result<Option<LinuxSeccomp>, SpecError> {
-        let path = seccomp::localhost_path(reference, &opts.seccomp_profile_root)?;
-        Ok(Some(seccomp::load_profile(
-            &path,
-            seccomp::host_arch(),
-            seccomp::host_kernel(),
-            caps,
-        )?))
-    };
-    if let Some(profile) = &sc.seccomp {
-        if profile.profile_type != ProfileType::Localhost as i32
-            && !profile.localhost_ref.is_empty()
-        {
-            return Err(SpecError::invalid(
-                "linux.security_context.seccomp.localhost_ref",
-                "may only be set when profile_type is Localhost",
-            ));
+    match &sc.seccomp {
+        Seccomp::Unconfined => Ok(None),
+        Seccomp::RuntimeDefault => Ok(Some(seccomp::default_profile(caps))),
+        Seccomp::Localhost(reference) => {
+            let path = seccomp::localhost_path(reference, &opts.seccomp_profile_root)?;
+            Ok(Some(seccomp::load_profile(
+                &path,
+                seccomp::host_arch(),
+                seccomp::host_kernel(),
+                caps,
+            )?))
         }
-        return match ProfileType::try_from(profile.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => Ok(Some(seccomp::default_profile(caps))),
-            Ok(ProfileType::Unconfined) => Ok(None),
-            Ok(ProfileType::Localhost) => load(&profile.localhost_ref),
-            Err(_) => Err(SpecError::invalid(
-                "linux.security_context.seccomp.profile_type",
-                format!("unknown profile type {}", profile.profile_type),
-            )),
-        };
-    }
-    #[allow(deprecated)]
-    let old = sc.seccomp_profile_path.as_str();
-    match old {
-        "" | "unconfined" => Ok(None),
-        "runtime/default" | "docker/default" => Ok(Some(seccomp::default_profile(caps))),
-        other if other.starts_with("localhost/") => load(other),
-        other => Err(SpecError::invalid(
-            "linux.security_context.seccomp_profile_path",
-            format!("unknown profile {other:?}"),
-        )),
     }
 }
 
@@ -155,10 +128,7 @@ mod tests {
 
         let mut cfg = config();
         sc(&mut cfg).privileged = true;
-        sc(&mut cfg).seccomp = Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-            localhost_ref: String::new(),
-        });
+        sc(&mut cfg).seccomp = Seccomp::RuntimeDefault;
         let spec = build(&cfg).unwrap();
         let l = spec.linux().as_ref().unwrap();
         assert!(l.masked_paths().clone().unwrap().is_empty());
@@ -180,10 +150,7 @@ mod tests {
     #[test]
     fn seccomp_in_spec() {
         let mut cfg = config();
-        sc(&mut cfg).seccomp = Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-            localhost_ref: String::new(),
-        });
+        sc(&mut cfg).seccomp = Seccomp::RuntimeDefault;
         let spec = build(&cfg).unwrap();
         let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
         assert_eq!(
@@ -195,10 +162,10 @@ mod tests {
             LinuxSeccompAction::ScmpActAllow
         );
 
-        sc(&mut cfg).capabilities = Some(cri::Capability {
-            add_capabilities: s(&["SYS_ADMIN"]),
+        sc(&mut cfg).capabilities = Capabilities {
+            add: s(&["SYS_ADMIN"]),
             ..Default::default()
-        });
+        };
         let spec = build(&cfg).unwrap();
         let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
         assert_eq!(
@@ -216,22 +183,12 @@ mod tests {
         )
         .unwrap();
         let mut cfg = config();
-        sc(&mut cfg).seccomp = Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::Localhost as i32,
-            localhost_ref: "p.json".into(),
-        });
+        sc(&mut cfg).seccomp = Seccomp::Localhost("p.json".into());
         let spec = container_spec(&cfg, &pod(), &image(), &o).unwrap();
         let profile = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
         assert_eq!(profile.default_action(), LinuxSeccompAction::ScmpActLog);
 
-        sc(&mut cfg).seccomp.as_mut().unwrap().profile_type =
-            cri::security_profile::ProfileType::Unconfined as i32;
-        let err = container_spec(&cfg, &pod(), &image(), &o).unwrap_err();
-        assert_eq!(field(err), "linux.security_context.seccomp.localhost_ref");
-        sc(&mut cfg).seccomp.as_mut().unwrap().profile_type =
-            cri::security_profile::ProfileType::Localhost as i32;
-
-        sc(&mut cfg).seccomp.as_mut().unwrap().localhost_ref = "missing.json".into();
+        sc(&mut cfg).seccomp = Seccomp::Localhost("missing.json".into());
         let err = container_spec(&cfg, &pod(), &image(), &o).unwrap_err();
         assert!(matches!(err, SpecError::Seccomp(_)));
         assert!(err.to_string().contains("missing.json"), "{err}");

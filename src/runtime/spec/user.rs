@@ -7,7 +7,6 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::User;
 
 use super::SpecError;
@@ -197,7 +196,7 @@ fn id_from_i64(v: i64, field: &str) -> Result<u32, SpecError> {
 /// Strict), then the CRI supplemental_groups.
 pub(super) fn resolve_user(
     rootfs: &Path,
-    sc: &cri::LinuxContainerSecurityContext,
+    sc: &crate::runtime::model::SecurityOptions,
     image_user: &str,
 ) -> Result<User, SpecError> {
     const F_USERNAME: &str = "linux.security_context.run_as_username";
@@ -215,7 +214,7 @@ pub(super) fn resolve_user(
             )
         } else if let Some(u) = &sc.run_as_user {
             (
-                Some(Ident::Id(id_from_i64(u.value, F_USER)?)),
+                Some(Ident::Id(id_from_i64(*u, F_USER)?)),
                 None,
                 F_USER,
                 F_GROUP,
@@ -243,7 +242,7 @@ pub(super) fn resolve_user(
             }
         };
     let group = match &sc.run_as_group {
-        Some(g) => Some(Ident::Id(id_from_i64(g.value, F_GROUP)?)),
+        Some(g) => Some(Ident::Id(id_from_i64(*g, F_GROUP)?)),
         None => group,
     };
 
@@ -287,7 +286,7 @@ pub(super) fn resolve_user(
     };
 
     let mut additional = vec![gid];
-    let strict = sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
+    let strict = sc.supplemental_groups_strict;
     if let (Some(e), false) = (entry, strict) {
         additional.extend(
             groups
@@ -319,17 +318,14 @@ mod tests {
     use crate::runtime::seccomp;
     use crate::runtime::spec::test_support::*;
 
-    fn user_of(
-        sc: &cri::LinuxContainerSecurityContext,
-        image_user: &str,
-    ) -> Result<User, SpecError> {
+    fn user_of(sc: &SecurityOptions, image_user: &str) -> Result<User, SpecError> {
         let root = rootfs();
         resolve_user(root.path(), sc, image_user)
     }
 
     #[test]
     fn user_from_image() {
-        let none = cri::LinuxContainerSecurityContext::default();
+        let none = SecurityOptions::default();
         let u = user_of(&none, "").unwrap();
         assert_eq!((u.uid(), u.gid()), (0, 0));
         let u = user_of(&none, "app").unwrap();
@@ -353,7 +349,7 @@ mod tests {
 
     #[test]
     fn user_from_cri() {
-        let mut sc = cri::LinuxContainerSecurityContext {
+        let mut sc = SecurityOptions {
             run_as_username: "svc".into(),
             supplemental_groups: vec![500, 10],
             ..Default::default()
@@ -363,8 +359,8 @@ mod tests {
         assert_eq!(u.additional_gids().clone().unwrap(), vec![2000, 10, 500]);
 
         sc.run_as_username.clear();
-        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
-        sc.run_as_group = Some(cri::Int64Value { value: 3000 });
+        sc.run_as_user = Some(1000);
+        sc.run_as_group = Some(3000);
         let u = user_of(&sc, "root").unwrap();
         assert_eq!((u.uid(), u.gid()), (1000, 3000));
         assert_eq!(
@@ -372,11 +368,11 @@ mod tests {
             vec![3000, 10, 29, 500]
         );
 
-        sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+        sc.supplemental_groups_strict = true;
         let u = user_of(&sc, "").unwrap();
         assert_eq!(u.additional_gids().clone().unwrap(), vec![3000, 500, 10]);
 
-        let bad = cri::LinuxContainerSecurityContext {
+        let bad = SecurityOptions {
             run_as_username: "ghost".into(),
             ..Default::default()
         };
@@ -384,16 +380,16 @@ mod tests {
             field(user_of(&bad, "").unwrap_err()),
             "linux.security_context.run_as_username"
         );
-        let bad = cri::LinuxContainerSecurityContext {
-            run_as_group: Some(cri::Int64Value { value: 5 }),
+        let bad = SecurityOptions {
+            run_as_group: Some(5),
             ..Default::default()
         };
         assert_eq!(
             field(user_of(&bad, "").unwrap_err()),
             "linux.security_context.run_as_group"
         );
-        let bad = cri::LinuxContainerSecurityContext {
-            run_as_user: Some(cri::Int64Value { value: -1 }),
+        let bad = SecurityOptions {
+            run_as_user: Some(-1),
             ..Default::default()
         };
         assert_eq!(
@@ -410,7 +406,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("etc")).unwrap();
         std::os::unix::fs::symlink(&evil, root.path().join("etc/passwd")).unwrap();
-        let none = cri::LinuxContainerSecurityContext::default();
+        let none = SecurityOptions::default();
         // The absolute target is resolved inside the rootfs (where it does not exist),
         // or refused: never read from the host.
         match resolve_user(root.path(), &none, "evil") {

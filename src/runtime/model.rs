@@ -1,0 +1,238 @@
+//! The core's own types: what a front end asks of a pod or a container. The CRI front
+//! end (src/cri/convert.rs) builds them from CRI messages, the Docker API front end
+//! from its JSON; the runtime, the spec builders and the stored records use only these.
+//!
+//! Field names follow the CRI's where the CRI has the concept (so an error names
+//! `mounts[2].host_path` for either front end); Kubernetes-only details (metadata,
+//! annotation-borne settings such as bandwidth) are parsed by the CRI front end and
+//! never reach here. Records store these types as JSON, beside an opaque extension per
+//! front end (its original request, as containerd's container extensions).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which namespace a pod or container uses (the CRI's `NamespaceMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceMode {
+    /// The pod's own (for a container: shared with the pod).
+    #[default]
+    Pod,
+    /// The container's own.
+    Container,
+    /// The host's.
+    Node,
+    /// Another container's (`target_id`; PID only).
+    Target,
+}
+
+/// A pod's namespaces. A container has only `pid` (and `target_id`): it always joins
+/// the pod's network, IPC and UTS namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceModes {
+    pub network: NamespaceMode,
+    pub ipc: NamespaceMode,
+    pub pid: NamespaceMode,
+    /// For `pid: Target`: the container whose PID namespace to join.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_id: String,
+}
+
+/// DNS settings for the pod's /etc/resolv.conf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    /// Whether it says anything (an empty one means: the host's resolv.conf).
+    pub fn is_given(&self) -> bool {
+        !(self.servers.is_empty() && self.searches.is_empty() && self.options.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// A port of the pod published on the host (`host_port` 0: none, only declared).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    pub container_port: i32,
+    pub host_port: i32,
+    /// Empty: every host address.
+    pub host_ip: String,
+}
+
+/// What a pod is made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSpec {
+    /// Unique in its object namespace (the CRI: name_namespace_uid_attempt).
+    pub name: String,
+    /// Empty: the host's hostname.
+    pub hostname: String,
+    /// Where the pod's container logs go (their `log_path` is relative to it).
+    pub log_directory: String,
+    pub dns: Option<DnsConfig>,
+    pub port_mappings: Vec<PortMapping>,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    /// Empty: the configured default.
+    pub cgroup_parent: String,
+    pub sysctls: HashMap<String, String>,
+    pub namespaces: NamespaceModes,
+    /// May the pod's containers be privileged.
+    pub privileged: bool,
+    /// CNI_ARGS for the pod's network (the CRI: `K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
+    /// `K8S_POD_UID`), after `IgnoreUnknown=1`; the runtime adds the pod's ID as
+    /// `K8S_POD_INFRA_CONTAINER_ID`, as containerd does.
+    pub network_args: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
+}
+
+/// A bind mount of a host path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub recursive_read_only: bool,
+    pub propagation: Propagation,
+    pub selinux_relabel: bool,
+    /// An image to mount instead of a host path (not supported yet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    /// Whether uid/gid mappings were asked (id-mapped mounts: not supported yet).
+    #[serde(default)]
+    pub id_mapped: bool,
+}
+
+/// A host device node given to the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub container_path: String,
+    pub host_path: String,
+    /// A subset of "rwm"; empty: "rwm".
+    pub permissions: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HugepageLimit {
+    pub page_size: String,
+    pub limit: u64,
+}
+
+/// A container's cgroup limits (0 / empty: not set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpu_shares: i64,
+    pub memory_limit_in_bytes: i64,
+    pub oom_score_adj: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    pub hugepage_limits: Vec<HugepageLimit>,
+    /// cgroup v2 files and values.
+    pub unified: HashMap<String, String>,
+    pub memory_swap_limit_in_bytes: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub add: Vec<String>,
+    pub drop: Vec<String>,
+    pub add_ambient: Vec<String>,
+}
+
+/// The seccomp profile of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seccomp {
+    #[default]
+    Unconfined,
+    /// wharf's default profile for the container's capabilities.
+    RuntimeDefault,
+    /// A profile file: absolute, or relative to the seccomp profile root (a
+    /// `localhost/` prefix is allowed).
+    Localhost(String),
+}
+
+/// Who the process runs as, what it may do and what it sees of the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityOptions {
+    pub privileged: bool,
+    pub readonly_rootfs: bool,
+    pub no_new_privs: bool,
+    pub capabilities: Capabilities,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    /// A name in the image's /etc/passwd (takes precedence over `run_as_user`).
+    pub run_as_username: String,
+    pub supplemental_groups: Vec<i64>,
+    /// Only `supplemental_groups`, not also the groups /etc/group lists the user in.
+    pub supplemental_groups_strict: bool,
+    pub namespaces: NamespaceModes,
+    /// A user namespace was asked (not supported yet).
+    #[serde(default)]
+    pub user_namespace: bool,
+    pub seccomp: Seccomp,
+    /// Empty: Docker's defaults.
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+/// What a container is made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Unique in its object namespace.
+    pub name: String,
+    /// The image as the request named it (a reference or an ID).
+    pub image: String,
+    /// Replaces the image's Entrypoint (then `args` replaces its Cmd).
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// Empty: the image's WorkingDir.
+    pub working_dir: String,
+    /// Added to (or replacing) the image's Env.
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub devices: Vec<Device>,
+    pub labels: HashMap<String, String>,
+    /// Annotations of the OCI spec.
+    pub annotations: HashMap<String, String>,
+    /// The log file, relative to the pod's log directory; empty: no log.
+    pub log_path: String,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+    pub resources: Option<Resources>,
+    pub security: SecurityOptions,
+}
