@@ -38,6 +38,7 @@ pub struct Config {
     /// Runtime state on tmpfs: sockets, monitor state, namespace pins.
     pub state: PathBuf,
     pub cri: CriConfig,
+    pub docker: DockerConfig,
     pub log: LogConfig,
     pub registry: RegistryConfig,
     /// How pod and container cgroups are managed.
@@ -303,6 +304,26 @@ pub struct CriConfig {
     pub shutdown_timeout_secs: u64,
 }
 
+/// The Docker Engine API (src/docker/).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Serve the Docker Engine API at all.
+    pub enabled: bool,
+    /// Its UNIX socket (root:root 0660, as the CRI socket); unset: `<state>/docker.sock`,
+    /// i.e. /run/wharf/docker.sock by default.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            enabled: true,
+            socket: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -337,6 +358,7 @@ impl Default for Config {
             root: PathBuf::from("/var/lib/wharf"),
             state: PathBuf::from("/run/wharf"),
             cri: CriConfig::default(),
+            docker: DockerConfig::default(),
             log: LogConfig::default(),
             registry: RegistryConfig::default(),
             cgroup_driver: CgroupDriver::Cgroupfs,
@@ -345,6 +367,22 @@ impl Default for Config {
             network: NetworkSection::default(),
         }
     }
+}
+
+/// An absolute socket path that fits in `sun_path`.
+fn check_socket_path(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    require_absolute(key, path)?;
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "{} is {len} bytes long; a UNIX socket path may be at most {MAX_SOCKET_PATH_LEN}",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// overlayfs' own limit on stacked lower directories (`OVL_MAX_STACK`).
@@ -465,21 +503,31 @@ impl Config {
         }
     }
 
+    /// The Docker API socket: configured, or `docker.sock` in the state dir.
+    pub fn docker_socket(&self) -> PathBuf {
+        self.docker
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state.join("docker.sock"))
+    }
+
     /// Checks what can be checked without touching the filesystem: paths are absolute,
-    /// the socket path fits in `sun_path`, the log filter parses.
+    /// the socket paths fit in `sun_path`, the log filter parses.
     pub fn validate(&self) -> Result<(), ConfigError> {
         require_absolute("root", &self.root)?;
         require_absolute("state", &self.state)?;
-        require_absolute("cri.socket", &self.cri.socket)?;
-        let socket_len = self.cri.socket.as_os_str().len();
-        if socket_len > MAX_SOCKET_PATH_LEN {
-            return Err(ConfigError::Invalid {
-                key: "cri.socket",
-                message: format!(
-                    "{} is {socket_len} bytes long; a UNIX socket path may be at most {MAX_SOCKET_PATH_LEN}",
-                    self.cri.socket.display()
-                ),
-            });
+        check_socket_path("cri.socket", &self.cri.socket)?;
+        if self.docker.enabled {
+            check_socket_path("docker.socket", &self.docker_socket())?;
+            if self.docker_socket() == self.cri.socket {
+                return Err(ConfigError::Invalid {
+                    key: "docker.socket",
+                    message: format!(
+                        "{} is also cri.socket; each API needs its own socket",
+                        self.cri.socket.display()
+                    ),
+                });
+            }
         }
         if self.root == self.state {
             return Err(ConfigError::Invalid {

@@ -1,11 +1,15 @@
-//! wharf: a container runtime for Linux nodes. `wharfd` serves the Kubernetes CRI over a
-//! UNIX socket; see docs/architecture.md for the layers.
+//! wharf: a container runtime for Linux nodes. `wharfd` serves the Kubernetes CRI and the
+//! Docker Engine API over UNIX sockets; see docs/architecture.md for the layers.
+
+// serde_json's json! of dockerd's larger objects (/info, inspect) nests deeply.
+#![recursion_limit = "256"]
 
 pub mod cni;
 pub mod config;
 pub mod crash_point;
 pub mod cri;
 pub mod daemon;
+pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod image;

@@ -177,6 +177,7 @@ pub(super) fn container_spec(
         annotations.insert("io.kubernetes.cri.image-name".into(), img.image.clone());
     }
     Ok(ContainerSpec {
+        requested_id: None,
         name: container_name(meta, pod_meta),
         image,
         command: config.command.clone(),
@@ -203,6 +204,7 @@ pub(super) fn container_spec(
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,
+        stop_signal: None,
         resources: linux.resources.as_ref().map(resources),
         security: security_options(&linux.security_context.unwrap_or_default())?,
     })
@@ -223,6 +225,7 @@ fn security_options(sc: &cri::LinuxContainerSecurityContext) -> Result<SecurityO
         run_as_user: sc.run_as_user.as_ref().map(|v| v.value),
         run_as_group: sc.run_as_group.as_ref().map(|v| v.value),
         run_as_username: sc.run_as_username.clone(),
+        user: String::new(),
         supplemental_groups: sc.supplemental_groups.clone(),
         supplemental_groups_strict: sc.supplemental_groups_policy
             == cri::SupplementalGroupsPolicy::Strict as i32,
@@ -300,6 +303,8 @@ pub(super) fn resources(r: &cri::LinuxContainerResources) -> Resources {
             .collect(),
         unified: r.unified.clone(),
         memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        // The CRI has none per container: kubelet limits the pod's cgroup.
+        pids_limit: 0,
     }
 }
 

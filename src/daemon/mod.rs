@@ -14,6 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, CriServer};
+use crate::docker;
 use crate::engine::{Engine, EngineError};
 
 mod in_flight;
@@ -47,8 +48,8 @@ pub enum DaemonError {
         lock: PathBuf,
         holder: String,
     },
-    #[error("socket {path} is in use by another process; stop it or choose another cri.socket")]
-    SocketInUse { path: PathBuf },
+    #[error("socket {path} is in use by another process; stop it or choose another {key}")]
+    SocketInUse { path: PathBuf, key: &'static str },
     #[error("cannot create socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -62,6 +63,8 @@ pub enum DaemonError {
     Serve(#[from] tonic::transport::Error),
     #[error("CRI server task failed: {0}")]
     ServerTask(tokio::task::JoinError),
+    #[error("Docker API server failed: {0}")]
+    DockerServe(std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns once in-flight calls have finished
@@ -77,7 +80,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
-    let socket = ServedSocket::bind(&config.cri.socket)?;
+    let socket = ServedSocket::bind(&config.cri.socket, "cri.socket")?;
+    let docker_socket = if config.docker.enabled {
+        match ServedSocket::bind(&config.docker_socket(), "docker.socket") {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                socket.remove();
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    let (docker_stop_tx, docker_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut docker_server = match &docker_socket {
+        Some(docker_socket) => {
+            let listener = docker_socket.listener()?;
+            let server = docker::DockerServer::new(engine.clone());
+            Some(tokio::spawn(docker::serve(listener, server, async {
+                let _ = docker_stop_rx.await;
+            })))
+        }
+        None => None,
+    };
     let (runtime_service, image_service) = cri::services(CriServer::new(engine));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let in_flight = InFlight::default();
@@ -101,8 +126,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         root = %config.root.display(),
         state = %config.state.display(),
         cri_socket = %config.cri.socket.display(),
+        docker_socket = %docker_socket.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
         "wharfd is ready"
     );
+    let docker_failed = async {
+        match docker_server.as_mut() {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -111,9 +143,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             // The server stopped by itself: an accept error. Clean up and report it.
             trimmer.abort();
             socket.remove();
+            if let Some(docker_socket) = &docker_socket {
+                docker_socket.remove();
+            }
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => Err(err.into()),
+                Err(join) => Err(DaemonError::ServerTask(join)),
+            };
+        }
+        result = docker_failed => {
+            trimmer.abort();
+            socket.remove();
+            if let Some(docker_socket) = &docker_socket {
+                docker_socket.remove();
+            }
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(DaemonError::DockerServe(err)),
                 Err(join) => Err(DaemonError::ServerTask(join)),
             };
         }
@@ -127,7 +174,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     trimmer.abort();
     // New connections stop now, whatever the drain does next.
     socket.remove();
+    if let Some(docker_socket) = &docker_socket {
+        docker_socket.remove();
+    }
     let _ = stop_tx.send(());
+    let _ = docker_stop_tx.send(());
     // Wait for the calls being handled, not for idle connections: clients keep those
     // open, and they are closed when the process exits.
     tokio::select! {
@@ -219,7 +270,7 @@ struct ServedSocket {
 }
 
 impl ServedSocket {
-    fn bind(path: &Path) -> Result<ServedSocket, DaemonError> {
+    fn bind(path: &Path, key: &'static str) -> Result<ServedSocket, DaemonError> {
         let socket_err = |source| DaemonError::Socket {
             path: path.to_path_buf(),
             source,
@@ -231,6 +282,7 @@ impl ServedSocket {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(DaemonError::SocketInUse {
                     path: path.to_path_buf(),
+                    key,
                 });
             }
             // Left behind by a daemon that was killed: nobody answers on it.
@@ -312,12 +364,12 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         // A stale socket from a killed daemon: bound once, nobody listening.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let socket = ServedSocket::bind(&path).unwrap();
+        let socket = ServedSocket::bind(&path, "cri.socket").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, SOCKET_MODE);
         assert_eq!((meta.uid(), meta.gid()), (0, 0));
         // Someone is listening now: a second bind is refused and the socket kept.
-        let err = ServedSocket::bind(&path).err().unwrap();
+        let err = ServedSocket::bind(&path, "cri.socket").err().unwrap();
         assert!(matches!(err, DaemonError::SocketInUse { .. }), "{err}");
         assert!(path.exists());
         socket.remove();
@@ -328,7 +380,7 @@ mod tests {
     fn remove_leaves_a_socket_that_is_not_ours() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cri.sock");
-        let socket = ServedSocket::bind(&path).unwrap();
+        let socket = ServedSocket::bind(&path, "cri.socket").unwrap();
         std::fs::remove_file(&path).unwrap();
         let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
         socket.remove();

@@ -747,6 +747,56 @@ impl ImageService {
         Ok(true)
     }
 
+    /// Tags the image `query` names as `reference` (normalized as Docker does; a tag,
+    /// not a digest). The tag moves off any other image that had it; an image left
+    /// with no tag keeps its digests and is not removed (as `docker tag` leaves it).
+    pub async fn tag(
+        &self,
+        namespace: &str,
+        query: &str,
+        reference: &str,
+    ) -> Result<Image, ImageError> {
+        let parsed = ImageReference::parse(reference)?;
+        let tag = parsed
+            .repo_tag()
+            .filter(|_| parsed.digest().is_none())
+            .ok_or_else(|| ImageError::InvalidImage {
+                reference: bounded(reference, MAX_ECHO),
+                message: "a tag must name a repository and a tag, not a digest".into(),
+            })?;
+        let _records = self.records.lock().await;
+        let image = self
+            .get(namespace, query)
+            .ok_or_else(|| ImageError::NotFound(bounded(query, MAX_ECHO)))?;
+        if image.repo_tags.contains(&tag) {
+            return Ok(image);
+        }
+        let previous = self
+            .get(namespace, &tag)
+            .filter(|other| other.id != image.id)
+            .map(|mut other| {
+                other.repo_tags.retain(|t| t != &tag);
+                other
+            });
+        let mut tagged = image.clone();
+        tagged.repo_tags.push(tag);
+        self.store.update(|tx| {
+            if let Some(other) = &previous {
+                tx.replace(namespace, Kind::Image, &other.id, other)?;
+            }
+            tx.replace(namespace, Kind::Image, &tagged.id, &tagged)
+        })?;
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let index = namespaces.entry(namespace.to_string()).or_default();
+        if let Some(other) = previous {
+            index.remove(&other.id);
+            index.insert(other);
+        }
+        index.remove(&tagged.id);
+        index.insert(tagged.clone());
+        Ok(tagged)
+    }
+
     /// Keeps `chain_ids` from GC for container `holder` until [`Self::release`].
     pub fn hold(&self, holder: &str, chain_ids: Vec<String>) {
         let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());

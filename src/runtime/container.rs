@@ -103,7 +103,23 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(format!("reading the image config: {e}")))?;
         let defaults = ImageDefaults::from_config_json(&image_config)?;
 
-        let id = new_id()?;
+        let id = match &config.requested_id {
+            Some(id)
+                if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                id.clone()
+            }
+            Some(id) => {
+                return Err(RuntimeError::invalid(
+                    "id",
+                    format!(
+                        "{:?} is not 64 lowercase hex digits",
+                        crate::image::bounded(id, crate::image::MAX_ECHO)
+                    ),
+                ))
+            }
+            None => new_id()?,
+        };
         let bundle = self.state_dir().join("containers").join(&id);
         let log_path = container_log_path(&pod.spec.log_directory, &config.log_path)?;
         let image_ref = image
@@ -111,6 +127,10 @@ impl Runtime {
             .first()
             .cloned()
             .unwrap_or_else(|| image.id.clone());
+        let stop_signal = config
+            .stop_signal
+            .clone()
+            .or_else(|| defaults.stop_signal.clone());
         let mut record = ContainerRecord {
             id: id.clone(),
             namespace: namespace.to_string(),
@@ -123,7 +143,7 @@ impl Runtime {
             image_ref,
             chain_ids: image.chain_ids(),
             runtime_handler: pod.runtime_handler.clone(),
-            stop_signal: defaults.stop_signal.clone(),
+            stop_signal,
             log_path: log_path.clone(),
             bundle: bundle.clone(),
             created_at: now_nanos(),
@@ -554,6 +574,23 @@ impl Runtime {
                 c.spec.resources = Some(new.clone());
                 true
             })?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the container's init (Docker's kill). The container must run.
+    pub fn signal_container(&self, namespace: &str, query: &str, signal: i32) -> Result<()> {
+        let container = self.running(namespace, query)?;
+        let not_running = || {
+            RuntimeError::FailedPrecondition(format!("container {} is not running", container.id))
+        };
+        let info = container.monitor.ok_or_else(not_running)?;
+        let sent =
+            monitor::signal(info.pid, info.pid_start_time, signal).map_err(RuntimeError::io(
+                format!("sending signal {signal} to container {}", container.id),
+            ))?;
+        if !sent {
+            return Err(not_running());
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ pub mod spec;
 
 pub use host::{CgroupLayout, HostInfo};
 pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};
-pub use service::{Runtime, RuntimeError};
+pub use service::{new_id, Runtime, RuntimeError};
 
 use std::path::Path;
 

@@ -163,6 +163,9 @@ pub struct Resources {
     /// cgroup v2 files and values.
     pub unified: HashMap<String, String>,
     pub memory_swap_limit_in_bytes: i64,
+    /// The most processes the container may have (0: no limit).
+    #[serde(default)]
+    pub pids_limit: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +199,10 @@ pub struct SecurityOptions {
     pub run_as_group: Option<i64>,
     /// A name in the image's /etc/passwd (takes precedence over `run_as_user`).
     pub run_as_username: String,
+    /// `user[:group]` by name or number, as Docker's `--user`, in place of the image's
+    /// User (used when none of the run_as fields is set).
+    #[serde(default)]
+    pub user: String,
     pub supplemental_groups: Vec<i64>,
     /// Only `supplemental_groups`, not also the groups /etc/group lists the user in.
     pub supplemental_groups_strict: bool,
@@ -212,6 +219,11 @@ pub struct SecurityOptions {
 /// What a container is made of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// The ID to give it (64 lowercase hex digits), when the front end chose one before
+    /// the pod existed (the Docker API: the pod's hostname is the container's short
+    /// ID); None: a new random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_id: Option<String>,
     /// Unique in its object namespace.
     pub name: String,
     /// The image as the request named it (a reference or an ID).
@@ -233,6 +245,9 @@ pub struct ContainerSpec {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// The signal that stops it (a name or number), in place of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
     pub resources: Option<Resources>,
     pub security: SecurityOptions,
 }

@@ -138,7 +138,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// A random 64-hex-digit ID, as containerd and CRI-O make them.
-pub(super) fn new_id() -> Result<String> {
+pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -280,6 +280,12 @@ impl Runtime {
         find_by_prefix(&containers, namespace, query).cloned()
     }
 
+    /// Changes whenever a container exits or is removed: a waiter looks at the
+    /// container again each time (Docker's `wait` conditions).
+    pub fn container_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.exits.subscribe()
+    }
+
     /// Calls `f` with each container of `namespace`, under the read lock (no clone of
     /// the ones `f` skips: kubelet lists every second).
     pub fn for_each_container(&self, namespace: &str, mut f: impl FnMut(&ContainerRecord)) {
@@ -395,8 +401,12 @@ impl Runtime {
         };
         self.store
             .update(|tx| tx.delete(&namespace, Kind::Container, id))?;
-        let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
-        containers.remove(id);
+        {
+            let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
+            containers.remove(id);
+        }
+        // Waiters for a removal (Docker's `wait?condition=removed`) look again.
+        self.exits.send_modify(|n| *n += 1);
         Ok(())
     }
 

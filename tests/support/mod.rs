@@ -4,6 +4,7 @@
 
 pub mod cleanup;
 pub mod daemon;
+pub mod docker;
 pub mod go_tools;
 pub mod hostile;
 pub mod images;

@@ -43,6 +43,7 @@ mod user;
 
 pub use image::ImageDefaults;
 pub use namespaces::check_sysctls;
+pub use process::process_args;
 pub use resources::{host_swap_limit_supported, resources};
 pub use security::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 

@@ -81,7 +81,10 @@ fn capabilities(
 
 /// containerd's rule: `command` set -> command + args; else `args` set -> image
 /// Entrypoint + args; else Entrypoint + Cmd. An empty result is an error.
-fn process_args(config: &ContainerSpec, image: &ImageDefaults) -> Result<Vec<String>, SpecError> {
+pub fn process_args(
+    config: &ContainerSpec,
+    image: &ImageDefaults,
+) -> Result<Vec<String>, SpecError> {
     let args: Vec<String> = if !config.command.is_empty() {
         config.command.iter().chain(&config.args).cloned().collect()
     } else if !config.args.is_empty() {

@@ -57,7 +57,8 @@ pub fn resources(
     opts: &SpecOptions,
 ) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
-    if let Some(limit) = opts.pids_limit.filter(|l| *l > 0) {
+    let asked = res.map(|r| r.pids_limit).filter(|l| *l > 0);
+    if let Some(limit) = asked.or(opts.pids_limit).filter(|l| *l > 0) {
         let mut pids = LinuxPids::default();
         pids.set_limit(limit);
         out.set_pids(Some(pids));

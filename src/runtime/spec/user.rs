@@ -226,6 +226,12 @@ pub(super) fn resolve_user(
                     "run_as_group is set without run_as_user or run_as_username",
                 ));
             }
+            // A user the request gives replaces the image's.
+            let image_user = if sc.user.is_empty() {
+                image_user
+            } else {
+                sc.user.as_str()
+            };
             match image_user.split_once(':') {
                 Some((u, g)) => (
                     (!u.is_empty()).then(|| Ident::parse(u)),

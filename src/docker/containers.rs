@@ -1,0 +1,778 @@
+//! `/containers/...`: create, list, inspect, start, stop, kill, wait, remove. A Docker
+//! container is a pod with one container in the `docker` namespace: create makes both,
+//! remove removes both. The container's ID is the core container's; its name is the
+//! pod's and the container's (unique in the namespace).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::convert::{self, CreateRequest, Extension};
+use super::error::{parse_json, ApiError};
+use super::{DockerServer, NAMESPACE};
+use crate::runtime::{ContainerRecord, ContainerState};
+
+/// dockerd's default stop timeout (seconds).
+const DEFAULT_STOP_TIMEOUT: i64 = 10;
+
+/// Where the Docker front end keeps a container's files (its log, a seccomp profile
+/// sent with the create): `<root>/docker/containers/<id>`.
+pub(super) fn container_dir(server: &DockerServer, id: &str) -> PathBuf {
+    server
+        .config
+        .root
+        .join("docker")
+        .join("containers")
+        .join(id)
+}
+
+pub(super) fn extension(container: &ContainerRecord) -> Extension {
+    serde_json::from_slice(&container.extension).unwrap_or_default()
+}
+
+/// A container by full ID, name (with or without the leading '/') or unique ID prefix,
+/// as dockerd looks them up.
+pub(super) fn find(server: &DockerServer, query: &str) -> Result<ContainerRecord, ApiError> {
+    let name = query.strip_prefix('/').unwrap_or(query);
+    let mut by_name = None;
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.state != ContainerState::Creating && c.spec.name == name {
+            by_name = Some(c.clone());
+        }
+    });
+    if let Some(found) = server
+        .runtime
+        .container(query)
+        .filter(|c| c.namespace == NAMESPACE && c.state != ContainerState::Creating)
+    {
+        return Ok(found);
+    }
+    if let Some(found) = by_name {
+        return Ok(found);
+    }
+    server
+        .runtime
+        .find_container(NAMESPACE, query)
+        .filter(|c| c.state != ContainerState::Creating)
+        .ok_or_else(|| ApiError::no_such_container(query))
+}
+
+/// A time in nanoseconds as dockerd writes it (RFC 3339, nanoseconds; the zero time
+/// for never).
+pub(super) fn rfc3339(nanos: i64) -> String {
+    if nanos <= 0 {
+        return "0001-01-01T00:00:00Z".to_string();
+    }
+    chrono::DateTime::from_timestamp_nanos(nanos)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// Docker's `units.HumanDuration`.
+fn human_duration(seconds: i64) -> String {
+    let hours = seconds / 3600;
+    match seconds {
+        s if s < 1 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s / 60 == 1 => "About a minute".to_string(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        _ if hours == 1 => "About an hour".to_string(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", hours / 24 / 365),
+    }
+}
+
+fn seconds_since(nanos: i64) -> i64 {
+    (crate::runtime::records::now_nanos() - nanos).max(0) / 1_000_000_000
+}
+
+/// Docker's state word.
+fn state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Creating | ContainerState::Created => "created",
+        ContainerState::Running => "running",
+        ContainerState::Exited => "exited",
+        ContainerState::Unknown => "dead",
+    }
+}
+
+/// `docker ps`'s STATUS column.
+fn status_text(c: &ContainerRecord) -> String {
+    match c.state {
+        ContainerState::Running => format!("Up {}", human_duration(seconds_since(c.started_at))),
+        ContainerState::Exited => format!(
+            "Exited ({}) {} ago",
+            c.exit_code,
+            human_duration(seconds_since(c.finished_at))
+        ),
+        ContainerState::Unknown => "Dead".to_string(),
+        ContainerState::Created | ContainerState::Creating => "Created".to_string(),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct CreateQuery {
+    name: Option<String>,
+}
+
+/// A random `adjective_surname` name, as dockerd's namesgenerator (a shorter list).
+fn random_name(taken: impl Fn(&str) -> bool) -> String {
+    const LEFT: &[&str] = &[
+        "admiring", "bold", "brave", "calm", "clever", "eager", "elastic", "festive", "gallant",
+        "happy", "jolly", "keen", "lucid", "nifty", "quirky", "serene", "sharp", "tender",
+        "vibrant", "zealous",
+    ];
+    const RIGHT: &[&str] = &[
+        "babbage", "bohr", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler",
+        "lamport", "lovelace", "noether", "pascal", "ritchie", "shannon", "thompson", "turing",
+        "wozniak",
+    ];
+    let mut seed = [0u8; 8];
+    if getrandom_fill(&mut seed).is_err() {
+        seed = crate::runtime::records::now_nanos().to_le_bytes();
+    }
+    let n = u64::from_le_bytes(seed);
+    let base = format!(
+        "{}_{}",
+        LEFT[(n % LEFT.len() as u64) as usize],
+        RIGHT[((n >> 16) % RIGHT.len() as u64) as usize]
+    );
+    if !taken(&base) {
+        return base;
+    }
+    // dockerd appends a digit on a collision.
+    (1..)
+        .map(|i| format!("{base}{i}"))
+        .find(|name| !taken(name))
+        .unwrap_or(base)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn name_taken(server: &DockerServer, name: &str) -> Option<String> {
+    let mut owner = None;
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.spec.name == name {
+            owner = Some(c.id.clone());
+        }
+    });
+    owner
+}
+
+/// POST `/containers/create?name=`: 201 `{"Id", "Warnings"}`.
+pub(super) async fn create(
+    State(server): State<Arc<DockerServer>>,
+    Query(query): Query<CreateQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let raw: Value = parse_json(&body)?;
+    let request: CreateRequest = serde_json::from_value(raw.clone())
+        .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
+    let name = match query.name.filter(|n| !n.is_empty()) {
+        Some(name) => {
+            let name = name.strip_prefix('/').unwrap_or(&name).to_string();
+            if !convert::valid_name(&name) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                    crate::image::bounded(&name, crate::image::MAX_ECHO)
+                )));
+            }
+            name
+        }
+        None => random_name(|n| name_taken(&server, n).is_some()),
+    };
+    if let Some(owner) = name_taken(&server, &name) {
+        return Err(ApiError::conflict(format!(
+            "Conflict. The container name \"/{name}\" is already in use by container \"{owner}\". \
+             You have to remove (or rename) that container to be able to reuse that name."
+        )));
+    }
+    // Checked before anything is made: the CLI pulls on a 404 and creates again.
+    let image = server
+        .images
+        .get(NAMESPACE, &request.image)
+        .ok_or_else(|| ApiError::no_such_image(&request.image))?;
+    let id = crate::runtime::new_id().map_err(ApiError::from)?;
+    let dir = container_dir(&server, &id);
+    let seccomp_file = dir.join("seccomp.json");
+    let (pod_spec, mut container_spec, profile) =
+        convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
+    // The image by ID: a tag moved meanwhile does not change what runs.
+    container_spec.image = image.id.clone();
+    // What it will run, for list and inspect (the spec builder's own rule).
+    let args = server
+        .images
+        .config_json(&image)
+        .ok()
+        .and_then(|json| crate::runtime::spec::ImageDefaults::from_config_json(&json).ok())
+        .and_then(|defaults| crate::runtime::spec::process_args(&container_spec, &defaults).ok())
+        .unwrap_or_default();
+    let log_path = if container_spec.log_path.is_empty() {
+        String::new()
+    } else {
+        dir.join(&container_spec.log_path).display().to_string()
+    };
+    let extension = Extension {
+        create: raw,
+        name: name.clone(),
+        log_path,
+        args,
+    };
+    let extension_bytes = serde_json::to_vec(&extension)
+        .map_err(|err| ApiError::internal(format!("encoding the container's record: {err}")))?;
+    let prepare = {
+        let dir = dir.clone();
+        move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            if let Some(profile) = profile {
+                std::fs::write(dir.join("seccomp.json"), profile)?;
+            }
+            Ok(())
+        }
+    };
+    tokio::task::spawn_blocking(prepare)
+        .await
+        .map_err(|err| ApiError::internal(format!("preparing {}: {err}", dir.display())))?
+        .map_err(|err| ApiError::internal(format!("preparing {}: {err}", dir.display())))?;
+    let made = async {
+        let pod_id = server
+            .runtime
+            .run_pod(NAMESPACE, pod_spec, Vec::new(), "", None)
+            .await?;
+        match server
+            .runtime
+            .create_container(NAMESPACE, &pod_id, container_spec, extension_bytes)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(err) => {
+                if let Err(cleanup) = server.runtime.remove_pod(NAMESPACE, &pod_id).await {
+                    tracing::warn!(pod = %pod_id, "removing the pod of a failed create: {cleanup}");
+                }
+                Err(err)
+            }
+        }
+    }
+    .await;
+    match made {
+        Ok(id) => {
+            tracing::info!(container = %id, name = %name, "docker container created");
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "Id": id, "Warnings": [] })),
+            )
+                .into_response())
+        }
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(err.into())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ListQuery {
+    all: Option<String>,
+    limit: Option<i64>,
+    filters: Option<String>,
+}
+
+fn truthy(value: Option<&str>) -> bool {
+    matches!(value, Some("1" | "true" | "True" | "yes"))
+}
+
+/// `filters={"name":["x"],"label":["a=b"]}` (also the old `{"name":{"x":true}}` shape).
+pub(super) fn parse_filters(text: Option<&str>) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(HashMap::new());
+    };
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| ApiError::bad_request(format!("invalid filter: {err}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request("invalid filter: not a JSON object"));
+    };
+    let mut filters = HashMap::new();
+    for (key, values) in map {
+        let list = match values {
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Value::Object(items) => items.into_iter().map(|(k, _)| k).collect(),
+            _ => return Err(ApiError::bad_request(format!("invalid filter '{key}'"))),
+        };
+        filters.insert(key, list);
+    }
+    Ok(filters)
+}
+
+/// A container's labels match `key` or `key=value`.
+pub(super) fn label_matches(labels: &HashMap<String, String>, wanted: &str) -> bool {
+    match wanted.split_once('=') {
+        Some((key, value)) => labels.get(key).is_some_and(|v| v == value),
+        None => labels.contains_key(wanted),
+    }
+}
+
+/// The command dockerd shows: the process's args, joined.
+fn command_of(ext: &Extension) -> String {
+    ext.args.join(" ")
+}
+
+/// GET `/containers/json`: newest first; running ones unless `all`.
+pub(super) async fn list(
+    State(server): State<Arc<DockerServer>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let all = truthy(query.all.as_deref()) || query.limit.is_some_and(|l| l > 0);
+    let filters = parse_filters(query.filters.as_deref())?;
+    for key in filters.keys() {
+        if !matches!(
+            key.as_str(),
+            "id" | "name" | "label" | "status" | "exited" | "ancestor"
+        ) {
+            return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
+        }
+    }
+    let names: Vec<regex::Regex> = filters
+        .get("name")
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    regex::Regex::new(n).map_err(|err| {
+                        ApiError::bad_request(format!("invalid filter 'name={n}': {err}"))
+                    })
+                })
+                .collect::<Result<_, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.state == ContainerState::Creating
+            || (!all && c.state != ContainerState::Running && !filters.contains_key("status"))
+        {
+            return;
+        }
+        let name = format!("/{}", c.spec.name);
+        let keep = filters.iter().all(|(key, values)| match key.as_str() {
+            "id" => values.iter().any(|v| c.id.starts_with(v.as_str())),
+            "name" => names.iter().any(|re| re.is_match(&name)),
+            "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
+            "status" => values.iter().any(|v| v == state_name(c.state)),
+            "exited" => {
+                c.state == ContainerState::Exited
+                    && values.iter().any(|v| v.parse() == Ok(c.exit_code))
+            }
+            "ancestor" => values.iter().any(|v| {
+                server
+                    .images
+                    .get(NAMESPACE, v)
+                    .is_some_and(|image| image.id == c.image_id)
+            }),
+            _ => true,
+        });
+        if keep {
+            found.push(c.clone());
+        }
+    });
+    found.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    if let Some(limit) = query.limit.filter(|l| *l > 0) {
+        found.truncate(limit as usize);
+    }
+    let items = found
+        .iter()
+        .map(|c| {
+            let ext = extension(c);
+            json!({
+                "Id": c.id,
+                "Names": [format!("/{}", c.spec.name)],
+                "Image": ext.create.get("Image").cloned().unwrap_or(Value::String(c.image.clone())),
+                "ImageID": c.image_id,
+                "Command": command_of(&ext),
+                "Created": c.created_at / 1_000_000_000,
+                "Ports": [],
+                "Labels": c.spec.labels,
+                "State": state_name(c.state),
+                "Status": status_text(c),
+                "HostConfig": { "NetworkMode": network_mode(&ext) },
+                "NetworkSettings": { "Networks": {} },
+                "Mounts": [],
+            })
+        })
+        .collect();
+    Ok(Json(items))
+}
+
+fn network_mode(ext: &Extension) -> String {
+    ext.create
+        .pointer("/HostConfig/NetworkMode")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// GET `/containers/{id}/json`: dockerd's shape; the create body's Config and
+/// HostConfig fields read back as they were sent.
+pub(super) async fn inspect(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = find(&server, &query)?;
+    let ext = extension(&c);
+    let pod = server.runtime.pod(&c.pod_id);
+    let args = ext.args.clone();
+    let pid = match (c.state, c.monitor) {
+        (ContainerState::Running, Some(m)) => m.pid,
+        _ => 0,
+    };
+    let mut config = ext.create.clone();
+    if let Some(object) = config.as_object_mut() {
+        object.remove("HostConfig");
+        object.remove("NetworkingConfig");
+        object
+            .entry("Hostname")
+            .or_insert_with(|| Value::String(c.id[..12].to_string()));
+        if object.get("Hostname").and_then(Value::as_str) == Some("") {
+            object.insert("Hostname".into(), Value::String(c.id[..12].to_string()));
+        }
+        object.entry("Labels").or_insert_with(|| json!({}));
+    }
+    let mut host_config = ext
+        .create
+        .get("HostConfig")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(object) = host_config.as_object_mut() {
+        object
+            .entry("NetworkMode")
+            .or_insert_with(|| Value::String("default".into()));
+        object
+            .entry("LogConfig")
+            .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
+        object
+            .entry("RestartPolicy")
+            .or_insert_with(|| json!({"Name": "no", "MaximumRetryCount": 0}));
+    }
+    let ip = pod
+        .as_ref()
+        .and_then(|p| p.network.as_ref())
+        .and_then(|n| n.ips.first().cloned())
+        .unwrap_or_default();
+    let pod_file = |name: &str| {
+        pod.as_ref()
+            .map(|p| p.dir.join(name).display().to_string())
+            .unwrap_or_default()
+    };
+    Ok(Json(json!({
+        "Id": c.id,
+        "Created": rfc3339(c.created_at),
+        "Path": args.first().cloned().unwrap_or_default(),
+        "Args": args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": state_name(c.state),
+            "Running": c.state == ContainerState::Running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": c.reason == "OOMKilled",
+            "Dead": c.state == ContainerState::Unknown,
+            "Pid": pid,
+            "ExitCode": c.exit_code,
+            "Error": if c.state == ContainerState::Unknown { c.message.clone() } else { String::new() },
+            "StartedAt": rfc3339(c.started_at),
+            "FinishedAt": rfc3339(c.finished_at),
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": pod_file("resolv.conf"),
+        "HostnamePath": pod_file("hostname"),
+        "HostsPath": pod_file("hosts"),
+        "LogPath": ext.log_path,
+        "Name": format!("/{}", c.spec.name),
+        "RestartCount": 0,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": host_config,
+        "GraphDriver": { "Name": "overlay2", "Data": null },
+        "Mounts": c.spec.mounts.iter().map(|m| json!({
+            "Type": "bind",
+            "Source": m.host_path,
+            "Destination": m.container_path,
+            "Mode": if m.readonly { "ro" } else { "" },
+            "RW": !m.readonly,
+            "Propagation": "rprivate",
+        })).collect::<Vec<_>>(),
+        "Config": config,
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": c.pod_id,
+            "HairpinMode": false,
+            "Ports": {},
+            "SandboxKey": pod.as_ref().and_then(|p| p.namespaces.network.clone()),
+            "Gateway": "",
+            "IPAddress": ip,
+            "IPPrefixLen": 0,
+            "MacAddress": "",
+            "Networks": {},
+        },
+    })))
+}
+
+/// POST `/containers/{id}/start`: 204; 304 when it already runs.
+pub(super) async fn start(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    match c.state {
+        ContainerState::Running => return Ok(StatusCode::NOT_MODIFIED),
+        ContainerState::Created => {}
+        // Restarting an exited container is not in the core yet.
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "container {} has exited: wharf cannot start an exited container again yet; \
+                 remove it and run a new one",
+                c.id
+            )))
+        }
+    }
+    server.runtime.start_container(NAMESPACE, &c.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct StopQuery {
+    t: Option<i64>,
+    signal: Option<String>,
+}
+
+/// POST `/containers/{id}/stop?t=`: 204; 304 when it is not running.
+pub(super) async fn stop(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<StopQuery>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    if c.state != ContainerState::Running {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    if params.signal.is_some() {
+        return Err(ApiError::bad_request(
+            "the stop signal parameter needs API 1.42; wharf serves 1.41",
+        ));
+    }
+    let timeout = params
+        .t
+        .or_else(|| {
+            extension(&c)
+                .create
+                .get("StopTimeout")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    // -1: wait for ever (dockerd); the core's stop waits as long as it is told.
+    let timeout = if timeout < 0 {
+        i64::from(u32::MAX)
+    } else {
+        timeout
+    };
+    // 0 means SIGKILL at once in the core, as in dockerd's `-t 0`.
+    server
+        .runtime
+        .stop_container(NAMESPACE, &c.id, timeout)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct KillQuery {
+    signal: Option<String>,
+}
+
+/// POST `/containers/{id}/kill?signal=`: 204; 409 when it is not running.
+pub(super) async fn kill(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<KillQuery>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    let signal = params.signal.unwrap_or_else(|| "KILL".to_string());
+    let number = parse_signal(&signal).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Invalid signal: {}",
+            crate::image::bounded(&signal, crate::image::MAX_ECHO)
+        ))
+    })?;
+    if c.state != ContainerState::Running {
+        return Err(ApiError::conflict(format!(
+            "Cannot kill container: {}: Container {} is not running",
+            query, c.id
+        )));
+    }
+    server.runtime.signal_container(NAMESPACE, &c.id, number)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A signal by name (`KILL`, `SIGKILL`) or number.
+fn parse_signal(text: &str) -> Option<i32> {
+    if let Ok(number) = text.parse::<i32>() {
+        return (1..=64).contains(&number).then_some(number);
+    }
+    let upper = text.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct WaitQuery {
+    condition: Option<String>,
+}
+
+/// POST `/containers/{id}/wait?condition=`: the headers at once, the body
+/// (`{"StatusCode", "Error"}`) when the condition is met: `not-running` (default),
+/// `next-exit` (an exit after this call), `removed`.
+pub(super) async fn wait(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let condition = params.condition.unwrap_or_else(|| "not-running".into());
+    if !matches!(
+        condition.as_str(),
+        "not-running" | "next-exit" | "removed" | ""
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "invalid condition: \"{}\"",
+            crate::image::bounded(&condition, crate::image::MAX_ECHO)
+        )));
+    }
+    let c = find(&server, &query)?;
+    let id = c.id.clone();
+    let finished_before = c.finished_at;
+    let mut events = server.runtime.container_events();
+    let runtime = server.runtime.clone();
+    let body = async move {
+        let mut last_exit = c.exit_code;
+        loop {
+            let now = runtime.container(&id);
+            if let Some(c) = &now {
+                last_exit = c.exit_code;
+            }
+            let done = match (condition.as_str(), &now) {
+                ("removed", None) => true,
+                ("removed", Some(_)) => false,
+                (_, None) => true,
+                ("next-exit", Some(c)) => {
+                    matches!(c.state, ContainerState::Exited | ContainerState::Unknown)
+                        && c.finished_at != finished_before
+                }
+                (_, Some(c)) => c.state != ContainerState::Running,
+            };
+            if done {
+                let body = json!({ "StatusCode": last_exit, "Error": null });
+                return Ok::<_, std::convert::Infallible>(Bytes::from(format!("{body}\n")));
+            }
+            if events.changed().await.is_err() {
+                let body = json!({ "StatusCode": last_exit, "Error": { "Message": "wharfd is stopping" } });
+                return Ok(Bytes::from(format!("{body}\n")));
+            }
+        }
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures_util::stream::once(body)))
+        .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RemoveQuery {
+    force: Option<String>,
+    v: Option<String>,
+}
+
+/// DELETE `/containers/{id}?force=`: 204; 409 for a running container without force.
+pub(super) async fn remove(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    let _ = params.v; // no anonymous volumes yet
+    let c = find(&server, &query)?;
+    if c.state == ContainerState::Running && !truthy(params.force.as_deref()) {
+        return Err(ApiError::conflict(format!(
+            "You cannot remove a running container {}. Stop the container before attempting \
+             removal or force remove",
+            c.id
+        )));
+    }
+    server.runtime.remove_pod(NAMESPACE, &c.pod_id).await?;
+    let dir = container_dir(&server, &c.id);
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    tracing::info!(container = %c.id, "docker container removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_dockers() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(5), "5 seconds");
+        assert_eq!(human_duration(61), "About a minute");
+        assert_eq!(human_duration(600), "10 minutes");
+        assert_eq!(human_duration(3700), "About an hour");
+        assert_eq!(human_duration(5 * 3600), "5 hours");
+        assert_eq!(human_duration(3 * 24 * 3600), "3 days");
+    }
+
+    #[test]
+    fn filters_and_signals() {
+        let f = parse_filters(Some(r#"{"name":["web"],"label":{"a=b":true}}"#)).unwrap();
+        assert_eq!(f["name"], vec!["web"]);
+        assert_eq!(f["label"], vec!["a=b"]);
+        assert!(parse_filters(Some("[1]")).is_err());
+        let labels = HashMap::from([("a".to_string(), "b".to_string())]);
+        assert!(label_matches(&labels, "a"));
+        assert!(label_matches(&labels, "a=b"));
+        assert!(!label_matches(&labels, "a=c"));
+        assert_eq!(parse_signal("KILL"), Some(9));
+        assert_eq!(parse_signal("sigterm"), Some(15));
+        assert_eq!(parse_signal("2"), Some(2));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(rfc3339(0), "0001-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,516 @@
+//! A Docker `POST /containers/create` body to the core's types: the pod (the
+//! container's own network, IPC and UTS namespaces, hostname, DNS) and the container
+//! (process, user, mounts, resources, security), with Docker's defaults where the CRI's
+//! differ (seccomp: Docker's default profile; hostname: the short ID). Refused here,
+//! with dockerd's wording where clients know it: what Docker would refuse, and what
+//! wharf does not do yet (named volumes, restart policies, other log drivers).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::runtime::model::{
+    Capabilities, ContainerSpec, DnsConfig, Mount, NamespaceMode, NamespaceModes, PodSpec,
+    Resources, Seccomp, SecurityOptions,
+};
+
+/// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    List(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            StringOrList::One(one) if one.is_empty() => Vec::new(),
+            StringOrList::One(one) => vec![one],
+            StringOrList::List(list) => list,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    pub name: String,
+    pub maximum_retry_count: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LogConfig {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub config: HashMap<String, String>,
+}
+
+/// The fields of `HostConfig` wharf reads; the whole object is kept as sent (inspect
+/// answers it back).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HostConfig {
+    pub binds: Option<Vec<String>>,
+    pub network_mode: String,
+    pub privileged: bool,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub readonly_rootfs: bool,
+    pub memory: i64,
+    pub memory_swap: i64,
+    pub nano_cpus: i64,
+    pub cpu_shares: i64,
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    pub pids_limit: Option<i64>,
+    pub oom_score_adj: i64,
+    pub sysctls: Option<HashMap<String, String>>,
+    pub security_opt: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
+    pub dns_search: Option<Vec<String>>,
+    pub dns_options: Option<Vec<String>>,
+    pub auto_remove: bool,
+    pub restart_policy: Option<RestartPolicy>,
+    pub log_config: Option<LogConfig>,
+}
+
+/// The create body: `Config` fields at the top, plus `HostConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateRequest {
+    pub hostname: String,
+    pub domainname: String,
+    pub user: String,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    pub env: Option<Vec<String>>,
+    pub cmd: Option<StringOrList>,
+    pub entrypoint: Option<StringOrList>,
+    pub image: String,
+    pub labels: Option<HashMap<String, String>>,
+    pub working_dir: String,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<i64>,
+    pub host_config: Option<HostConfig>,
+}
+
+/// What the Docker front end keeps with a container (its record's extension): the
+/// create body as sent, and what it decided (the name, the log file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    /// The create body, as JSON.
+    pub create: serde_json::Value,
+    /// The container's name, without the leading '/'.
+    pub name: String,
+    /// The log file (empty with the `none` log driver).
+    pub log_path: String,
+    /// The process's args (entrypoint and command resolved against the image).
+    pub args: Vec<String>,
+}
+
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn bounded(text: &str) -> String {
+    crate::image::bounded(text, crate::image::MAX_ECHO)
+}
+
+/// `-v /host:/container[:ro|rw|z|Z|...]`: a bind of an absolute host path.
+fn bind_mount(bind: &str) -> Result<Mount, ApiError> {
+    let parts: Vec<&str> = bind.split(':').collect();
+    let (source, target, options) = match parts.as_slice() {
+        [source, target] => (*source, *target, ""),
+        [source, target, options] => (*source, *target, *options),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid volume specification: '{}'",
+                bounded(bind)
+            )))
+        }
+    };
+    if !source.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "invalid volume specification: '{}': named volumes are not supported by wharf yet; \
+             bind an absolute host path",
+            bounded(bind)
+        )));
+    }
+    if !target.starts_with('/') {
+        return Err(ApiError::bad_request(format!(
+            "invalid volume specification: '{}': mount path must be absolute",
+            bounded(bind)
+        )));
+    }
+    let mut readonly = false;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" => readonly = true,
+            "rw" | "z" | "Z" | "rprivate" | "private" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid mode: {}",
+                    bounded(other)
+                )))
+            }
+        }
+    }
+    Ok(Mount {
+        container_path: target.to_string(),
+        host_path: source.to_string(),
+        readonly,
+        ..Default::default()
+    })
+}
+
+/// `--security-opt` values: seccomp (unconfined, or a profile the CLI read from a file
+/// and sent as JSON: `seccomp_file` gets it written), no-new-privileges.
+fn security_opts(
+    options: &[String],
+    security: &mut SecurityOptions,
+    seccomp_file: &std::path::Path,
+) -> Result<Option<String>, ApiError> {
+    let mut profile_json = None;
+    for option in options {
+        let (key, value) = option
+            .split_once('=')
+            .or_else(|| option.split_once(':'))
+            .unwrap_or((option.as_str(), ""));
+        match key {
+            "seccomp" if value == "unconfined" => security.seccomp = Seccomp::Unconfined,
+            "seccomp" if value.trim_start().starts_with('{') => {
+                security.seccomp = Seccomp::Localhost(seccomp_file.display().to_string());
+                profile_json = Some(value.to_string());
+            }
+            "no-new-privileges" if matches!(value, "" | "true") => security.no_new_privs = true,
+            "no-new-privileges" if value == "false" => security.no_new_privs = false,
+            "apparmor" | "label" => {} // no AppArmor or SELinux on wharf's hosts
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid --security-opt: {:?}",
+                    bounded(option)
+                )))
+            }
+        }
+    }
+    Ok(profile_json)
+}
+
+/// What a create asks, as the core's pod and container, for the container `id` named
+/// `name` whose log goes to `log_dir`/container.log. Also returns a seccomp profile
+/// (JSON) to write to `seccomp_file` before the create.
+pub fn specs(
+    request: &CreateRequest,
+    id: &str,
+    name: &str,
+    log_dir: &std::path::Path,
+    seccomp_file: &std::path::Path,
+) -> Result<(PodSpec, ContainerSpec, Option<String>), ApiError> {
+    if request.image.is_empty() {
+        return Err(ApiError::bad_request("Config.Image: no image specified"));
+    }
+    let host = request.host_config.clone().unwrap_or_default();
+    let network = match host.network_mode.as_str() {
+        "" | "default" | "bridge" => NamespaceMode::Pod,
+        "host" => NamespaceMode::Node,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "network {} not found: wharf serves the default bridge and host networks \
+                 (user-defined networks are not supported yet)",
+                bounded(other)
+            )))
+        }
+    };
+    if let Some(policy) = &host.restart_policy {
+        if !matches!(policy.name.as_str(), "" | "no") {
+            return Err(ApiError::bad_request(format!(
+                "restart policy {:?} is not supported by wharf yet",
+                bounded(&policy.name)
+            )));
+        }
+    }
+    let log_path = match host.log_config.as_ref().map(|l| l.kind.as_str()) {
+        None | Some("" | "json-file" | "local") => "container.log".to_string(),
+        Some("none") => String::new(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "failed to create task for container: failed to initialize logging driver: \
+                 logger: no log driver named '{}' is registered",
+                bounded(other)
+            )))
+        }
+    };
+    let dns = DnsConfig {
+        servers: host.dns.clone().unwrap_or_default(),
+        searches: host.dns_search.clone().unwrap_or_default(),
+        options: host.dns_options.clone().unwrap_or_default(),
+    };
+    let hostname = if request.hostname.is_empty() {
+        id[..12].to_string()
+    } else {
+        request.hostname.clone()
+    };
+    let pod = PodSpec {
+        name: name.to_string(),
+        hostname,
+        log_directory: log_dir.display().to_string(),
+        dns: dns.is_given().then_some(dns),
+        port_mappings: Vec::new(),
+        labels: HashMap::new(),
+        annotations: HashMap::new(),
+        cgroup_parent: String::new(),
+        sysctls: host.sysctls.clone().unwrap_or_default(),
+        namespaces: NamespaceModes {
+            network,
+            ipc: NamespaceMode::Pod,
+            pid: NamespaceMode::Container,
+            target_id: String::new(),
+        },
+        privileged: host.privileged,
+        network_args: Vec::new(),
+    };
+
+    let (command, args) = match request.entrypoint.clone().map(StringOrList::into_list) {
+        Some(entrypoint) if entrypoint.iter().any(|e| !e.is_empty()) => (
+            entrypoint,
+            request
+                .cmd
+                .clone()
+                .map(StringOrList::into_list)
+                .unwrap_or_default(),
+        ),
+        // `--entrypoint ""`: no entrypoint, the command alone.
+        Some(_) => (
+            request
+                .cmd
+                .clone()
+                .map(StringOrList::into_list)
+                .unwrap_or_default(),
+            Vec::new(),
+        ),
+        None => (
+            Vec::new(),
+            request
+                .cmd
+                .clone()
+                .map(StringOrList::into_list)
+                .unwrap_or_default(),
+        ),
+    };
+    let mut env = Vec::new();
+    for entry in request.env.clone().unwrap_or_default() {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => env.push((key.to_string(), value.to_string())),
+            // `-e NAME` with NAME unset on the client: the CLI leaves it out; a bare
+            // name here sets nothing, as dockerd.
+            None if !entry.is_empty() => {}
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid environment variable: {}",
+                    bounded(&entry)
+                )))
+            }
+        }
+    }
+    let mounts = host
+        .binds
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| bind_mount(b))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let cpu_period = if host.nano_cpus > 0 {
+        if host.cpu_quota > 0 || host.cpu_period > 0 {
+            return Err(ApiError::bad_request(
+                "Conflicting options: Nano CPUs and CPU Period cannot both be set",
+            ));
+        }
+        100_000
+    } else {
+        host.cpu_period
+    };
+    let cpu_quota = if host.nano_cpus > 0 {
+        host.nano_cpus * cpu_period / 1_000_000_000
+    } else {
+        host.cpu_quota
+    };
+    if host.memory_swap > 0 && host.memory > 0 && host.memory_swap < host.memory {
+        return Err(ApiError::bad_request(
+            "Minimum memoryswap limit should be larger than memory limit, see usage",
+        ));
+    }
+    let resources = Resources {
+        cpu_period,
+        cpu_quota,
+        cpu_shares: host.cpu_shares,
+        memory_limit_in_bytes: host.memory,
+        oom_score_adj: host.oom_score_adj,
+        cpuset_cpus: host.cpuset_cpus.clone(),
+        cpuset_mems: host.cpuset_mems.clone(),
+        hugepage_limits: Vec::new(),
+        unified: HashMap::new(),
+        // -1: unlimited swap; 0: as much as the memory limit.
+        memory_swap_limit_in_bytes: if host.memory_swap < 0 {
+            0
+        } else {
+            host.memory_swap
+        },
+        pids_limit: host.pids_limit.unwrap_or(0).max(0),
+    };
+    let mut security = SecurityOptions {
+        privileged: host.privileged,
+        readonly_rootfs: host.readonly_rootfs,
+        no_new_privs: false,
+        capabilities: Capabilities {
+            add: host.cap_add.clone().unwrap_or_default(),
+            drop: host.cap_drop.clone().unwrap_or_default(),
+            add_ambient: Vec::new(),
+        },
+        user: request.user.clone(),
+        namespaces: NamespaceModes {
+            pid: NamespaceMode::Container,
+            ..Default::default()
+        },
+        // Docker confines with its default profile unless told otherwise.
+        seccomp: Seccomp::RuntimeDefault,
+        ..Default::default()
+    };
+    let profile = security_opts(
+        &host.security_opt.clone().unwrap_or_default(),
+        &mut security,
+        seccomp_file,
+    )?;
+    let container = ContainerSpec {
+        requested_id: Some(id.to_string()),
+        name: name.to_string(),
+        image: request.image.clone(),
+        command,
+        args,
+        working_dir: request.working_dir.clone(),
+        env,
+        mounts,
+        devices: Vec::new(),
+        labels: request.labels.clone().unwrap_or_default(),
+        annotations: HashMap::new(),
+        log_path,
+        stdin: request.open_stdin,
+        stdin_once: request.stdin_once,
+        tty: request.tty,
+        stop_signal: request.stop_signal.clone().filter(|s| !s.is_empty()),
+        resources: Some(resources),
+        security,
+    };
+    Ok((pod, container, profile))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn specs_of(json: serde_json::Value) -> Result<(PodSpec, ContainerSpec), ApiError> {
+        let request: CreateRequest = serde_json::from_value(json).unwrap();
+        specs(
+            &request,
+            ID,
+            "web",
+            std::path::Path::new("/logs"),
+            std::path::Path::new("/seccomp.json"),
+        )
+        .map(|(p, c, _)| (p, c))
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1"));
+        assert!(valid_name("a.b_c"));
+        assert!(!valid_name("a"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name("we/b"));
+    }
+
+    #[test]
+    fn a_create_body_becomes_pod_and_container() {
+        let (pod, c) = specs_of(serde_json::json!({
+            "Image": "busybox",
+            "Cmd": ["echo", "hi"],
+            "Env": ["A=1", "B=x=y"],
+            "User": "1000:1000",
+            "Labels": {"app": "web"},
+            "HostConfig": {
+                "Binds": ["/srv:/data:ro"],
+                "NanoCpus": 500000000,
+                "Memory": 67108864,
+                "PidsLimit": 64,
+                "CapAdd": ["NET_ADMIN"],
+                "SecurityOpt": ["no-new-privileges"],
+                "Dns": ["10.0.0.53"]
+            }
+        }))
+        .unwrap();
+        assert_eq!(pod.hostname, "0123456789ab");
+        assert_eq!(pod.dns.unwrap().servers, vec!["10.0.0.53"]);
+        assert_eq!(pod.namespaces.network, NamespaceMode::Pod);
+        assert_eq!(c.command, Vec::<String>::new());
+        assert_eq!(c.args, vec!["echo", "hi"]);
+        assert_eq!(c.env[1], ("B".to_string(), "x=y".to_string()));
+        assert_eq!(c.security.user, "1000:1000");
+        assert!(c.security.no_new_privs);
+        assert_eq!(c.security.seccomp, Seccomp::RuntimeDefault);
+        assert_eq!(c.mounts[0].host_path, "/srv");
+        assert!(c.mounts[0].readonly);
+        let r = c.resources.unwrap();
+        assert_eq!((r.cpu_period, r.cpu_quota), (100_000, 50_000));
+        assert_eq!(r.pids_limit, 64);
+        assert_eq!(c.requested_id.as_deref(), Some(ID));
+
+        let (_, c) = specs_of(
+            serde_json::json!({"Image": "b", "Entrypoint": ["/bin/sh"], "Cmd": ["-c", "x"]}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.command, c.args),
+            (vec!["/bin/sh".into()], vec!["-c".into(), "x".into()])
+        );
+        let (_, c) =
+            specs_of(serde_json::json!({"Image": "b", "Entrypoint": "", "Cmd": "ls"})).unwrap();
+        assert_eq!((c.command, c.args), (vec!["ls".to_string()], vec![]));
+    }
+
+    #[test]
+    fn what_is_refused_says_why() {
+        let err = |json| specs_of(json).unwrap_err().message;
+        assert!(err(serde_json::json!({})).contains("no image"));
+        assert!(
+            err(serde_json::json!({"Image": "b", "HostConfig": {"Binds": ["vol:/data"]}}))
+                .contains("named volumes")
+        );
+        assert!(err(
+            serde_json::json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "syslog"}}})
+        )
+        .contains("no log driver named 'syslog'"));
+        assert!(
+            err(serde_json::json!({"Image": "b", "HostConfig": {"SecurityOpt": ["bogus"]}}))
+                .contains("--security-opt")
+        );
+        assert!(
+            err(serde_json::json!({"Image": "b", "HostConfig": {"NetworkMode": "mynet"}}))
+                .contains("mynet")
+        );
+    }
+}

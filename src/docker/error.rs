@@ -1,0 +1,146 @@
+//! Core errors to HTTP statuses: the one place this mapping lives, as status.rs is for
+//! the CRI. The body is dockerd's `{"message": "..."}`, which clients print as is.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ErrorKind, HasKind};
+
+/// Longest message sent (input echoed in errors is bounded where it is taken).
+const MAX_MESSAGE: usize = 4096;
+
+/// An API error: a status and dockerd-style message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// The HTTP status of each kind of failure (dockerd's errdefs mapping).
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::AlreadyExists | ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::ResourceExhausted
+        | ErrorKind::DeadlineExceeded
+        | ErrorKind::DataLoss
+        | ErrorKind::Internal
+        | ErrorKind::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            message = crate::image::bounded(&message, MAX_MESSAGE);
+        }
+        ApiError { status, message }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// Any core error: its kind's status and its message.
+    pub fn from_error(err: &impl HasKind) -> ApiError {
+        ApiError::new(status(err.kind()), err.to_string())
+    }
+
+    /// dockerd's "No such container: X".
+    pub fn no_such_container(query: &str) -> ApiError {
+        ApiError::not_found(format!(
+            "No such container: {}",
+            crate::image::bounded(query, crate::image::MAX_ECHO)
+        ))
+    }
+
+    /// dockerd's "No such image: X".
+    pub fn no_such_image(query: &str) -> ApiError {
+        ApiError::not_found(format!(
+            "No such image: {}",
+            crate::image::bounded(query, crate::image::MAX_ECHO)
+        ))
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for ApiError {
+    fn from(err: crate::runtime::RuntimeError) -> ApiError {
+        match err {
+            crate::runtime::RuntimeError::ImageNotPulled(image) => ApiError::no_such_image(&image),
+            other => ApiError::from_error(&other),
+        }
+    }
+}
+
+impl From<crate::image::ImageError> for ApiError {
+    fn from(err: crate::image::ImageError) -> ApiError {
+        ApiError::from_error(&err)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// dockerd's 404 for a path it does not serve.
+pub(super) async fn no_such_endpoint(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "page not found: {}",
+        crate::image::bounded(uri.path(), crate::image::MAX_ECHO)
+    ))
+}
+
+/// A JSON body, or dockerd's 400 naming what was wrong with it.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "request body is empty: a JSON object is required",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid JSON in the request body: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_dockerd_statuses() {
+        assert_eq!(status(ErrorKind::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(status(ErrorKind::AlreadyExists), StatusCode::CONFLICT);
+        assert_eq!(status(ErrorKind::InvalidArgument), StatusCode::BAD_REQUEST);
+        let long = ApiError::bad_request("x".repeat(10_000));
+        assert!(long.message.len() <= MAX_MESSAGE + 64);
+        let bad: Result<serde_json::Value, _> = parse_json(b"{nope");
+        assert_eq!(bad.unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,112 @@
+//! The Docker Engine API front end: the REST API dockerd serves (version 1.41, as
+//! dockerd 20.10; 1.24 at least), over a UNIX socket, for the `docker` CLI, docker-py,
+//! bollard and the `wharf` CLI. Handlers turn Docker JSON into the core's types
+//! (`runtime::model`) and core records back into Docker JSON; the behaviour is the
+//! core's. A Docker container is a single-container pod in the `docker` object
+//! namespace, so CRI List calls never see it and `docker ps` never sees CRI pods.
+//!
+//! The code for an endpoint is found by its resource, one file each:
+//! - `system.rs`: `/_ping`, `/version`, `/info`;
+//! - `containers.rs`: create, list, inspect, start, stop, kill, wait, remove;
+//! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
+//!   stdcopy stream);
+//! - `images.rs`: pull (`/images/create`), list, inspect, tag, remove;
+//! - `convert.rs`: a create request to a pod spec and a container spec;
+//! - `error.rs`: core error kinds to HTTP statuses and dockerd's `{"message"}` body.
+//!
+//! API versions: `/v1.24/...` to `/v1.41/...` and unprefixed paths are served alike
+//! (`version.rs` rewrites the path before routing); a newer or older version gets
+//! dockerd's 400 message. Every response has dockerd's `Api-Version` and `Ostype`
+//! headers.
+
+mod containers;
+mod convert;
+mod error;
+mod images;
+mod logs;
+mod system;
+mod version;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::engine::Engine;
+
+pub use error::ApiError;
+pub use version::{API_VERSION, MIN_API_VERSION};
+
+/// The object namespace of everything made through the Docker API.
+pub const NAMESPACE: &str = crate::store::DOCKER_NAMESPACE;
+
+/// What the Docker API handlers share: the engine.
+#[derive(Debug)]
+pub struct DockerServer {
+    engine: Arc<Engine>,
+}
+
+impl DockerServer {
+    pub fn new(engine: Arc<Engine>) -> Arc<DockerServer> {
+        Arc::new(DockerServer { engine })
+    }
+}
+
+impl std::ops::Deref for DockerServer {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// The API's routes (without the version prefix, which `service` strips).
+fn routes(server: Arc<DockerServer>) -> Router {
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/wait", post(containers::wait))
+        .route("/containers/{id}/logs", get(logs::logs))
+        .route(
+            "/containers/{id}",
+            axum::routing::delete(containers::remove),
+        )
+        .route("/images/create", post(images::create))
+        .route("/images/json", get(images::list))
+        // Image names contain slashes: the rest of the path is parsed by the handler.
+        .route(
+            "/images/{*rest}",
+            get(images::get_by_name)
+                .post(images::post_by_name)
+                .delete(images::remove),
+        )
+        .route(
+            version::BAD_VERSION_ROUTE,
+            axum::routing::any(version::refuse),
+        )
+        .fallback(error::no_such_endpoint)
+        .layer(axum::middleware::map_response(version::add_headers))
+        .with_state(server)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    server: Arc<DockerServer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::ServiceExt;
+    let service = tower::ServiceBuilder::new()
+        .map_request(version::strip_prefix)
+        .service(routes(server));
+    axum::serve(listener, service.into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,193 @@
+//! `/_ping`, `/version`, `/info`: what the daemon is and has, in dockerd's shapes.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{DockerServer, API_VERSION, MIN_API_VERSION, NAMESPACE};
+use crate::runtime::{CgroupLayout, ContainerState, HostInfo};
+
+/// GET and HEAD `/_ping`: "OK", with the headers the CLI negotiates from.
+pub(super) async fn ping() -> impl IntoResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("builder-version", HeaderValue::from_static("1"));
+    headers.insert("docker-experimental", HeaderValue::from_static("false"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    (headers, "OK")
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn os_release_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".to_string())
+}
+
+/// GET `/version`.
+pub(super) async fn version() -> Json<Value> {
+    let kernel = HostInfo::probe().kernel;
+    let version = env!("CARGO_PKG_VERSION");
+    Json(json!({
+        "Platform": { "Name": "wharf" },
+        "Components": [{
+            "Name": "Engine",
+            "Version": version,
+            "Details": {
+                "ApiVersion": API_VERSION,
+                "MinAPIVersion": MIN_API_VERSION,
+                "GitCommit": "",
+                "GoVersion": "",
+                "Os": "linux",
+                "Arch": arch(),
+                "KernelVersion": kernel,
+                "Experimental": "false",
+                "BuildTime": "",
+            },
+        }],
+        "Version": version,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": arch(),
+        "KernelVersion": kernel,
+        "BuildTime": "",
+    }))
+}
+
+/// MemTotal of /proc/meminfo, in bytes.
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// GET `/info`: real figures of this daemon and host.
+pub(super) async fn info(State(server): State<Arc<DockerServer>>) -> Json<Value> {
+    let (mut running, mut stopped, mut total) = (0, 0, 0);
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.state == ContainerState::Creating {
+            return;
+        }
+        total += 1;
+        if c.state == ContainerState::Running {
+            running += 1;
+        } else {
+            stopped += 1;
+        }
+    });
+    let images = server.images.list(NAMESPACE).len();
+    let host = HostInfo::probe();
+    let cgroup_version = match host.cgroup {
+        CgroupLayout::Unified => "2",
+        _ => "1",
+    };
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let forwarding =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1");
+    Json(json!({
+        "ID": hostname,
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": stopped,
+        "Images": images,
+        "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", "overlayfs"]],
+        "Plugins": {
+            "Volume": [],
+            "Network": ["bridge", "host"],
+            "Authorization": null,
+            "Log": ["json-file", "local"],
+        },
+        "MemoryLimit": true,
+        "SwapLimit": true,
+        "KernelMemory": false,
+        "CpuCfsPeriod": true,
+        "CpuCfsQuota": true,
+        "CPUShares": true,
+        "CPUSet": true,
+        "PidsLimit": true,
+        "IPv4Forwarding": forwarding,
+        "BridgeNfIptables": false,
+        "BridgeNfIp6tables": false,
+        "Debug": false,
+        "NFd": std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
+        "OomKillDisable": false,
+        "NGoroutines": 0,
+        "SystemTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": cgroup_version,
+        "NEventsListener": 0,
+        "KernelVersion": host.kernel,
+        "OperatingSystem": os_release_name(),
+        "OSVersion": "",
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {
+            "AllowNondistributableArtifactsCIDRs": [],
+            "AllowNondistributableArtifactsHostnames": [],
+            "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+            "IndexConfigs": {},
+            "Mirrors": [],
+        },
+        "NCPU": cpus,
+        "MemTotal": mem_total(),
+        "DockerRootDir": server.config.root,
+        "Name": hostname,
+        "Labels": [],
+        "ExperimentalBuild": false,
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        // The built-in runtime (youki's libcontainer in wharf-monitor).
+        "Runtimes": { "builtin": { "path": "wharf-monitor" } },
+        "DefaultRuntime": "builtin",
+        "Swarm": {
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "inactive",
+            "ControlAvailable": false,
+            "Error": "",
+            "RemoteManagers": null,
+        },
+        "LiveRestoreEnabled": true,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": ["name=seccomp,profile=default"],
+        "Warnings": [],
+    }))
+}

@@ -1,0 +1,295 @@
+//! The Docker Engine API with the real `docker` CLI (issue 18): system calls, pulls,
+//! detached containers with their logs, inspect, stop, wait, remove, image tags and
+//! removal, dockerd's error messages, and the separation of the Docker and CRI object
+//! namespaces.
+
+mod support;
+
+use k8s_cri::v1 as cri;
+use support::docker::DockerEnv;
+use support::pods::unique;
+
+#[tokio::test]
+async fn version_info_and_api_versions() {
+    let docker = DockerEnv::start().await;
+    assert_eq!(
+        docker.ok(&["version", "--format", "{{.Server.APIVersion}}"]),
+        "1.41"
+    );
+    let info = docker.ok(&[
+        "info",
+        "--format",
+        "{{.Containers}} {{.CgroupDriver}} {{.OSType}} {{.Driver}}",
+    ]);
+    assert_eq!(info, "0 cgroupfs linux overlay2");
+
+    let (status, head, body) = docker.http("GET", "/_ping", None);
+    assert_eq!((status, body.as_str()), (200, "OK"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("api-version: 1.41"), "{head}");
+    assert!(head.contains("ostype: linux"), "{head}");
+    let (status, _, body) = docker.http("GET", "/v1.24/version", None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = docker.http("GET", "/v1.99/version", None);
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("client version 1.99 is too new. Maximum supported API version is 1.41"),
+        "{body}"
+    );
+    let (status, _, body) = docker.http("GET", "/v1.12/version", None);
+    assert_eq!(status, 400);
+    assert!(body.contains("is too old"), "{body}");
+    let (status, _, body) = docker.http("GET", "/v1.41/nothing/here", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"message\""), "{body}");
+}
+
+#[tokio::test]
+async fn pull_run_detached_logs_inspect_stop_remove() {
+    let mut docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    let pulled = docker.ok(&["pull", &image]);
+    assert!(pulled.contains("Downloaded newer image"), "{pulled}");
+    let again = docker.ok(&["pull", &image]);
+    assert!(again.contains("Image is up to date"), "{again}");
+    let listed = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(listed.lines().any(|l| l == image), "{listed}");
+
+    let name = unique("web");
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-e",
+        "GREETING=hello",
+        "--label",
+        "app=web",
+        &image,
+        "sh",
+        "-c",
+        "echo $GREETING; echo oops >&2; hostname; exec sleep 600",
+    ]);
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = docker.ok(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id[..12]) && l.contains(&name) && l.contains("Up")),
+        "{ps}"
+    );
+    let by_label = docker.ok(&["ps", "-q", "--filter", "label=app=web"]);
+    assert_eq!(by_label, &id[..12]);
+    let by_name = docker.ok(&["ps", "-q", "--filter", &format!("name=^/{name}$")]);
+    assert_eq!(by_name, &id[..12]);
+
+    // The log has both streams, demultiplexed by the CLI; the hostname is the short ID.
+    let mut logs = docker.run(&["logs", &name]);
+    for _ in 0..50 {
+        if logs.stdout.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        logs = docker.run(&["logs", &name]);
+    }
+    assert_eq!(logs.stdout, format!("hello\n{}\n", &id[..12]));
+    assert_eq!(logs.stderr, "oops\n");
+    let tail = docker.ok(&["logs", "--tail", "1", &name]);
+    assert_eq!(tail, &id[..12]);
+
+    let state = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.Running}} {{.Name}} {{.Config.Image}} {{index .Config.Labels \"app\"}}",
+        &id[..12],
+    ]);
+    assert_eq!(state, format!("running true /{name} {image} web"));
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+    assert!(pid.parse::<i32>().unwrap() > 0, "{pid}");
+
+    // The CRI sees none of it, and docker sees no CRI container.
+    let cri_containers = docker
+        .env
+        .list_containers(cri::ContainerFilter::default())
+        .await;
+    assert!(cri_containers.is_empty(), "{cri_containers:?}");
+    let pod = docker.env.pod_config("cri-pod");
+    let pod_id = docker.env.run_pod(&pod).await;
+    let config = docker.env.container_config("sleeper", &["sleep", "600"]);
+    let cri_id = docker.env.run(&pod_id, &pod, &config).await;
+    let all = docker.ok(&["ps", "-a", "-q", "--no-trunc"]);
+    assert_eq!(all, id, "docker ps lists only Docker's containers");
+
+    let removal = docker.fails(&["rm", &name]);
+    assert!(
+        removal.contains("You cannot remove a running container"),
+        "{removal}"
+    );
+    docker.ok(&["stop", "-t", "1", &name]);
+    let state = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        &name,
+    ]);
+    assert_eq!(state, "exited 137");
+    docker.ok(&["rm", &name]);
+    let gone = docker.fails(&["inspect", &name]);
+    assert!(
+        gone.contains("No such object") || gone.contains("No such container"),
+        "{gone}"
+    );
+    assert!(docker.ok(&["ps", "-a", "-q"]).is_empty());
+    assert!(
+        !docker
+            .env
+            .daemon
+            .paths
+            .root
+            .join("docker/containers")
+            .join(&id)
+            .exists(),
+        "the container's files are removed with it"
+    );
+
+    // The CRI container is untouched by all of this.
+    assert_eq!(
+        docker.env.status(&cri_id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    docker.env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+async fn create_start_wait_and_exit_codes() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let name = unique("job");
+    let id = docker.ok(&[
+        "create",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+    let state = docker.ok(&["inspect", "-f", "{{.State.Status}}", &id]);
+    assert_eq!(state, "created");
+    let listed = docker.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert_eq!(listed, format!("{name} Created"));
+    docker.ok(&["start", &name]);
+    assert_eq!(docker.ok(&["wait", &name]), "3");
+    let state = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}} {{.State.Running}}",
+        &name,
+    ]);
+    assert_eq!(state, "exited 3 false");
+    let status = docker.ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "exited=3",
+        "--format",
+        "{{.Status}}",
+    ]);
+    assert!(status.starts_with("Exited (3)"), "{status}");
+    docker.ok(&["rm", &id[..8]]);
+}
+
+#[tokio::test]
+async fn dockerd_errors_and_refusals() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+
+    let err = docker.fails(&["rm", "no-such-container"]);
+    assert!(
+        err.contains("No such container: no-such-container"),
+        "{err}"
+    );
+    let err = docker.fails(&["stop", "no-such-container"]);
+    assert!(err.contains("No such container"), "{err}");
+
+    let name = unique("dup");
+    docker.ok(&["create", "--name", &name, &image, "true"]);
+    let err = docker.fails(&["create", "--name", &name, &image, "true"]);
+    assert!(
+        err.contains(&format!(
+            "Conflict. The container name \"/{name}\" is already in use"
+        )),
+        "{err}"
+    );
+    let err = docker.fails(&["create", "--name", "-bad", &image, "true"]);
+    assert!(err.contains("Invalid container name"), "{err}");
+    let err = docker.fails(&["create", "--log-driver", "syslog", &image, "true"]);
+    assert!(err.contains("no log driver named 'syslog'"), "{err}");
+    let err = docker.fails(&["create", "-v", "named:/data", &image, "true"]);
+    assert!(err.contains("named volumes"), "{err}");
+    let err = docker.fails(&["create", "--security-opt", "bogus", &image, "true"]);
+    assert!(err.contains("--security-opt"), "{err}");
+    // An image that is not in the registry: the CLI pulls on the 404 and reports why.
+    let missing = format!("{}/test/absent:1", docker.env.registry.host());
+    let err = docker.fails(&["create", &missing, "true"]);
+    assert!(
+        err.contains("Unable to find image") || err.contains("No such image"),
+        "{err}"
+    );
+    // Nothing of the refused creates is left.
+    let all = docker.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(all, name);
+
+    // Malformed JSON: a 400 that says so, and nothing made.
+    let (status, _, body) = docker.http("POST", "/v1.41/containers/create", Some("{nope"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid JSON"), "{body}");
+    let (status, _, body) =
+        docker.http("POST", "/v1.41/containers/create", Some(r#"{"Image": 5}"#));
+    assert_eq!(status, 400, "{body}");
+    let (status, _, _) = docker.http("POST", "/v1.41/containers/no-such/start", None);
+    assert_eq!(status, 404);
+    docker.ok(&["rm", &name]);
+}
+
+#[tokio::test]
+async fn image_tag_and_remove() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    docker.ok(&["tag", &image, "wharf-test/retagged:v1"]);
+    let tags = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        tags.lines().any(|t| t == "wharf-test/retagged:v1"),
+        "{tags}"
+    );
+    let inspect = docker.ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Os}} {{len .RootFS.Layers}}",
+        "wharf-test/retagged:v1",
+    ]);
+    assert!(inspect.starts_with("linux "), "{inspect}");
+
+    let name = unique("user");
+    docker.ok(&["create", "--name", &name, "wharf-test/retagged:v1", "true"]);
+    // Untagging one of two tags is allowed while a container uses the image.
+    let untagged = docker.ok(&["rmi", "wharf-test/retagged:v1"]);
+    assert!(
+        untagged.contains("Untagged: wharf-test/retagged:v1"),
+        "{untagged}"
+    );
+    let err = docker.fails(&["rmi", &image]);
+    assert!(
+        err.contains("image is being used by stopped container"),
+        "{err}"
+    );
+    docker.ok(&["rm", &name]);
+    let removed = docker.ok(&["rmi", &image]);
+    assert!(removed.contains("Deleted: sha256:"), "{removed}");
+    assert!(docker.ok(&["images", "-q"]).is_empty());
+    let err = docker.fails(&["rmi", "nothing-here:1"]);
+    assert!(err.contains("No such image"), "{err}");
+}
