@@ -1,0 +1,117 @@
+"""docker-py against wharfd's Docker API (run by tests/docker_py.rs).
+
+Environment: DOCKER_HOST (the wharfd Docker socket), WHARF_TEST_IMAGE (the busybox test
+image in a local registry), WHARF_TEST_NAME (a unique name prefix). Each check raises on
+failure; the last line printed is "docker-py: all checks passed".
+"""
+
+import os
+import sys
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+image_ref = os.environ["WHARF_TEST_IMAGE"]
+prefix = os.environ["WHARF_TEST_NAME"]
+
+client = docker.from_env()
+api = client.api
+
+# The version docker-py negotiated, and what the daemon says of itself.
+assert api.api_version == "1.41", api.api_version
+assert client.ping() is True
+info = client.info()
+assert info["OSType"] == "linux" and info["CgroupDriver"] == "cgroupfs", info
+
+# Pull, list, inspect.
+image = client.images.pull(image_ref)
+assert image.id.startswith("sha256:"), image.id
+assert image_ref in image.tags, image.tags
+assert any(i.id == image.id for i in client.images.list())
+assert client.images.get(image_ref).id == image.id
+
+# run() without detach: create, start, wait, then the logs (docker-py's own flow).
+output = client.containers.run(
+    image_ref,
+    ["sh", "-c", "echo out; echo err >&2"],
+    name=f"{prefix}-run",
+    stdout=True,
+    stderr=True,
+    environment={"A": "1"},
+)
+assert output == b"out\nerr\n", output
+ran = client.containers.get(f"{prefix}-run")
+assert ran.status == "exited", ran.status
+assert ran.attrs["State"]["ExitCode"] == 0
+ran.remove()
+
+# A failing command: ContainerError with the exit status.
+try:
+    client.containers.run(image_ref, ["sh", "-c", "exit 7"], name=f"{prefix}-fail")
+    raise AssertionError("a failing command did not raise")
+except docker.errors.ContainerError as err:
+    assert err.exit_status == 7, err.exit_status
+client.containers.get(f"{prefix}-fail").remove()
+
+# Detached, with labels and limits; logs, filters, stop, wait, remove.
+container = client.containers.run(
+    image_ref,
+    ["sh", "-c", "echo ready; exec sleep 600"],
+    name=f"{prefix}-bg",
+    detach=True,
+    labels={"suite": prefix},
+    mem_limit="64m",
+    pids_limit=32,
+)
+container.reload()
+assert container.status == "running", container.status
+assert container.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+assert container.attrs["HostConfig"]["PidsLimit"] == 32
+listed = client.containers.list(filters={"label": f"suite={prefix}"})
+assert [c.id for c in listed] == [container.id], listed
+for _ in range(50):
+    if container.logs() == b"ready\n":
+        break
+    import time
+
+    time.sleep(0.1)
+assert container.logs() == b"ready\n", container.logs()
+assert container.logs(timestamps=True).split(b" ", 1)[1] == b"ready\n"
+container.stop(timeout=1)
+assert container.wait()["StatusCode"] == 137
+container.reload()
+assert container.status == "exited"
+container.remove()
+try:
+    client.containers.get(container.id)
+    raise AssertionError("a removed container was found")
+except NotFound:
+    pass
+
+# Errors carry dockerd's statuses.
+try:
+    client.containers.get("no-such-container")
+    raise AssertionError("no error for a missing container")
+except NotFound as err:
+    assert "No such container: no-such-container" in str(err), str(err)
+blocker = client.containers.create(image_ref, ["true"], name=f"{prefix}-dup")
+try:
+    client.containers.create(image_ref, ["true"], name=f"{prefix}-dup")
+    raise AssertionError("a taken name was accepted")
+except APIError as err:
+    assert err.status_code == 409, err.status_code
+blocker.remove()
+try:
+    client.images.get("absent-image:1")
+    raise AssertionError("a missing image was found")
+except ImageNotFound:
+    pass
+
+# Tag and remove images.
+assert image.tag(f"{prefix}/copy", "v1") is True
+client.images.remove(f"{prefix}/copy:v1")
+client.images.remove(image_ref)
+assert client.images.list() == []
+
+print("docker-py: all checks passed")
+sys.exit(0)

@@ -1,0 +1,39 @@
+//! The Docker API with docker-py (issue 18), a client we did not write: pulls, run
+//! without detach (docker-py's create, start, wait, logs), detached containers with
+//! limits, filters, stop, wait, remove, errors and image tags (tests/docker-py/).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::docker::DockerEnv;
+use support::pods::unique;
+
+#[tokio::test]
+async fn docker_py_runs_containers_and_images() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/docker-py-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "docker-py is missing: run tests/docker-py/setup.sh (scripts/test does), which \
+         makes target/docker-py-venv with python3 -m venv and pip"
+    );
+    let docker = DockerEnv::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-py/test_api.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .env("DOCKER_HOST", format!("unix://{}", docker.socket().display()))
+        .env("WHARF_TEST_IMAGE", &docker.image)
+        .env("WHARF_TEST_NAME", unique("dpy"))
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()
+        .expect("run docker-py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("docker-py: all checks passed"),
+        "docker-py failed:\n{stdout}\n{stderr}\n--- wharfd log:\n{}",
+        docker.env.daemon.log()
+    );
+}
