@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::image::{ImageError, ImageService};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
@@ -19,6 +20,8 @@ pub struct Engine {
     pub images: Arc<ImageService>,
     /// Pods and containers, with their networks.
     pub runtime: Arc<Runtime>,
+    /// What happens to containers and images.
+    pub events: Arc<EventBus>,
 }
 
 /// Why the engine could not be built.
@@ -53,17 +56,24 @@ impl Engine {
             prepare(&store).map_err(EngineError::Records)?;
         }
         let store = Arc::new(store);
-        let images = Arc::new(ImageService::open(
-            &config.root,
+        let events = Arc::new(EventBus::default());
+        let images = Arc::new(
+            ImageService::open(&config.root, store.clone(), &config.registry)?
+                .with_events(events.clone()),
+        );
+        let runtime = Runtime::open(
+            config.clone(),
             store.clone(),
-            &config.registry,
-        )?);
-        let runtime = Runtime::open(config.clone(), store.clone(), images.clone()).await?;
+            images.clone(),
+            events.clone(),
+        )
+        .await?;
         Ok(Arc::new(Engine {
             config,
             store,
             images,
             runtime,
+            events,
         }))
     }
 }

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod docker;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod image;
 pub mod monitor;
 pub mod runtime;

@@ -293,3 +293,128 @@ async fn image_tag_and_remove() {
     let err = docker.fails(&["rmi", "nothing-here:1"]);
     assert!(err.contains("No such image"), "{err}");
 }
+
+/// Polls `docker ps -a` until no container is named `name` (10 s at most).
+async fn wait_gone(docker: &DockerEnv, name: &str) {
+    for _ in 0..100 {
+        let all = docker.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+        if !all.lines().any(|l| l == name) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("container {name} was not removed");
+}
+
+#[tokio::test]
+async fn start_again_restart_events_and_auto_remove() {
+    let mut docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let since = chrono::Utc::now().timestamp().to_string();
+
+    let name = unique("again");
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "echo run; echo data >> /kept; exec sleep 600",
+    ]);
+    let first_start = docker.ok(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
+    docker.ok(&["restart", "-t", "0", &name]);
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Status}}", &name]),
+        "running"
+    );
+    assert_ne!(
+        docker.ok(&["inspect", "-f", "{{.State.StartedAt}}", &name]),
+        first_start
+    );
+    docker.ok(&["stop", "-t", "0", &name]);
+    docker.ok(&["start", &name]);
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Status}}", &name]),
+        "running"
+    );
+    // One log and one writable layer across the three runs.
+    for _ in 0..50 {
+        if docker.ok(&["logs", &name]).lines().count() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(docker.ok(&["logs", &name]), "run\nrun\nrun");
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+    let kept = std::fs::read_to_string(format!("/proc/{pid}/root/kept")).unwrap();
+    assert_eq!(kept, "data\ndata\ndata\n");
+    docker.ok(&["rm", "-f", &name]);
+
+    // The events of all that, replayed with since/until, filtered by container.
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    let actions = docker.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    let actions: Vec<&str> = actions.lines().collect();
+    assert_eq!(actions.first(), Some(&"create"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"destroy"), "{actions:?}");
+    assert_eq!(
+        actions.iter().filter(|a| **a == "start").count(),
+        3,
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"die") && actions.contains(&"stop"),
+        "{actions:?}"
+    );
+    let ids = docker.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "event=destroy",
+        "--format",
+        "{{.Actor.ID}}",
+    ]);
+    assert_eq!(ids, id);
+
+    // --rm: the daemon removes the container when it exits, files included.
+    let temp = unique("temp");
+    let temp_id = docker.ok(&["run", "-d", "--rm", "--name", &temp, &image, "true"]);
+    wait_gone(&docker, &temp).await;
+    let dir = docker
+        .env
+        .daemon
+        .paths
+        .root
+        .join("docker/containers")
+        .join(&temp_id);
+    for _ in 0..50 {
+        if !dir.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists(), "{} is left", dir.display());
+
+    // ... also when it exits while wharfd is down (kill -9): removed at the restart.
+    let late = unique("late");
+    docker.ok(&["run", "-d", "--rm", "--name", &late, &image, "sleep", "1"]);
+    docker.env.daemon.kill9();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    docker.env.daemon.restart().await;
+    wait_gone(&docker, &late).await;
+}

@@ -22,7 +22,10 @@ async fn docker_py_runs_containers_and_images() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-py/test_api.py");
     let output = Command::new(&python)
         .arg(&script)
-        .env("DOCKER_HOST", format!("unix://{}", docker.socket().display()))
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
         .env("WHARF_TEST_IMAGE", &docker.image)
         .env("WHARF_TEST_NAME", unique("dpy"))
         .env_remove("DOCKER_TLS_VERIFY")

@@ -547,18 +547,55 @@ pub(super) async fn start(
     let c = find(&server, &query)?;
     match c.state {
         ContainerState::Running => return Ok(StatusCode::NOT_MODIFIED),
-        ContainerState::Created => {}
-        // Restarting an exited container is not in the core yet.
-        _ => {
-            return Err(ApiError::conflict(format!(
-                "container {} has exited: wharf cannot start an exited container again yet; \
-                 remove it and run a new one",
-                c.id
-            )))
+        ContainerState::Created | ContainerState::Creating => {
+            server.runtime.start_container(NAMESPACE, &c.id).await?
+        }
+        // A stopped container starts again from its bundle and writable layer.
+        ContainerState::Exited | ContainerState::Unknown => {
+            server.runtime.restart_container(NAMESPACE, &c.id).await?
         }
     }
-    server.runtime.start_container(NAMESPACE, &c.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST `/containers/{id}/restart?t=`: stop (as `stop`), then start again; 204.
+pub(super) async fn restart(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<StopQuery>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    if c.state == ContainerState::Running {
+        let timeout = stop_timeout(&c, params.t);
+        server
+            .runtime
+            .stop_container(NAMESPACE, &c.id, timeout)
+            .await?;
+    }
+    match server.runtime.container(&c.id).map(|c| c.state) {
+        Some(ContainerState::Created) => server.runtime.start_container(NAMESPACE, &c.id).await?,
+        Some(_) => server.runtime.restart_container(NAMESPACE, &c.id).await?,
+        None => return Err(ApiError::no_such_container(&query)),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The seconds a stop waits before SIGKILL: the request's `t`, else the container's
+/// StopTimeout, else dockerd's 10. 0 kills at once (`-t 0`); -1 waits for ever.
+fn stop_timeout(c: &ContainerRecord, t: Option<i64>) -> i64 {
+    let timeout = t
+        .or_else(|| {
+            extension(c)
+                .create
+                .get("StopTimeout")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    if timeout < 0 {
+        i64::from(u32::MAX)
+    } else {
+        timeout
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -738,6 +775,7 @@ pub(super) async fn remove(
         )));
     }
     server.runtime.remove_pod(NAMESPACE, &c.pod_id).await?;
+    // (Its files go with the destroy event: events.rs.)
     let dir = container_dir(&server, &c.id);
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     tracing::info!(container = %c.id, "docker container removed");

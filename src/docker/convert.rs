@@ -410,6 +410,7 @@ pub fn specs(
         stdin: request.open_stdin,
         stdin_once: request.stdin_once,
         tty: request.tty,
+        auto_remove: host.auto_remove,
         stop_signal: request.stop_signal.clone().filter(|s| !s.is_empty()),
         resources: Some(resources),
         security,

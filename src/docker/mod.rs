@@ -7,7 +7,9 @@
 //!
 //! The code for an endpoint is found by its resource, one file each:
 //! - `system.rs`: `/_ping`, `/version`, `/info`;
-//! - `containers.rs`: create, list, inspect, start, stop, kill, wait, remove;
+//! - `events.rs`: `/events`, and the front end's housekeeping on engine events;
+//! - `containers.rs`: create, list, inspect, start (again), stop, restart, kill, wait,
+//!   remove;
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
 //! - `images.rs`: pull (`/images/create`), list, inspect, tag, remove;
@@ -22,6 +24,7 @@
 mod containers;
 mod convert;
 mod error;
+mod events;
 mod images;
 mod logs;
 mod system;
@@ -47,8 +50,12 @@ pub struct DockerServer {
 }
 
 impl DockerServer {
+    /// The front end on `engine`, with its housekeeping task (files of destroyed
+    /// containers); call within a tokio runtime.
     pub fn new(engine: Arc<Engine>) -> Arc<DockerServer> {
-        Arc::new(DockerServer { engine })
+        let server = Arc::new(DockerServer { engine });
+        events::start_housekeeping(server.clone());
+        server
     }
 }
 
@@ -66,11 +73,13 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/events", get(events::events))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/{id}/json", get(containers::inspect))
         .route("/containers/{id}/start", post(containers::start))
         .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/restart", post(containers::restart))
         .route("/containers/{id}/kill", post(containers::kill))
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/logs", get(logs::logs))

@@ -21,6 +21,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RegistryConfig;
+use crate::events::{Event, EventBus, EventKind};
 use crate::store::{Kind, Store, StoreError};
 use content::{ContentError, ContentStore};
 use registry::{
@@ -285,6 +286,8 @@ pub struct ImageService {
     holds: std::sync::Mutex<HashMap<String, Vec<String>>>,
     /// Serializes record updates and GC decisions (not downloads).
     records: tokio::sync::Mutex<()>,
+    /// Where pulls, tags and removals are announced.
+    events: Arc<EventBus>,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -330,8 +333,21 @@ impl ImageService {
             namespaces: RwLock::new(namespaces),
             leases: Leases::default(),
             holds: std::sync::Mutex::new(HashMap::new()),
+            events: Arc::new(EventBus::default()),
             records: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Announces pulls, tags and removals on `events` (the engine's bus).
+    pub fn with_events(mut self, events: Arc<EventBus>) -> ImageService {
+        self.events = events;
+        self
+    }
+
+    fn image_event(&self, namespace: &str, action: &str, id: &str, name: &str) {
+        self.events.publish(
+            Event::new(namespace, EventKind::Image, action, id).with("name", name.to_string()),
+        );
     }
 
     pub fn snapshots(&self) -> &Snapshotter {
@@ -380,6 +396,9 @@ impl ImageService {
                     tracing::warn!(%reference, error = %gc, "cleaning up after a refused pull");
                 }
             }
+        }
+        if let Ok(image) = &result {
+            self.image_event(namespace, "pull", reference, &image.id);
         }
         result
     }
@@ -742,6 +761,11 @@ impl ImageService {
                     index.insert(remaining);
                 }
             }
+            drop(namespaces);
+            self.image_event(namespace, "untag", &image.id, query);
+            if !keep {
+                self.image_event(namespace, "delete", &image.id, query);
+            }
         }
         self.gc().await?;
         Ok(true)
@@ -794,6 +818,8 @@ impl ImageService {
         }
         index.remove(&tagged.id);
         index.insert(tagged.clone());
+        drop(namespaces);
+        self.image_event(namespace, "tag", &tagged.id, reference);
         Ok(tagged)
     }
 

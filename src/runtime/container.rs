@@ -186,6 +186,9 @@ impl Runtime {
             Ok(info) => {
                 self.watch(id.clone(), info);
                 tracing::info!(container = %id, name = %name, "container created");
+                if let Some(created) = self.container(&id) {
+                    self.container_event(&created, "create", &[]);
+                }
                 Ok(id)
             }
             Err(err) => {
@@ -385,6 +388,11 @@ impl Runtime {
                 container.id, container.state
             )));
         }
+        self.start_locked(&container).await
+    }
+
+    /// Starts a created container; its lifecycle lock is held.
+    async fn start_locked(&self, container: &ContainerRecord) -> Result<()> {
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         // Taken before the start: a fast container can exit (and its exit be recorded)
         // before `start` returns, and its start must not come after its finish.
@@ -406,7 +414,72 @@ impl Runtime {
             true
         })?;
         tracing::info!(container = %container.id, "container started");
+        self.container_event(container, "start", &[]);
         Ok(())
+    }
+
+    /// Starts an exited container again (Docker's start of a stopped container, and
+    /// restarts): the runtime's old container is deleted, a new one is created from the
+    /// same bundle (config.json, rootfs with its writable layer, log file) by a new
+    /// monitor, and started. The CRI never does this: kubelet makes a new container.
+    pub async fn restart_container(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+        let (_guard, container) = self.lock_container(namespace, query).await?;
+        if !matches!(
+            container.state,
+            ContainerState::Exited | ContainerState::Unknown
+        ) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} cannot be started again: it is {:?}, not exited",
+                container.id, container.state
+            )));
+        }
+        let pod = self
+            .pod(&container.pod_id)
+            .filter(|p| p.state == PodState::Ready)
+            .ok_or_else(|| {
+                RuntimeError::FailedPrecondition(format!(
+                    "the pod {} of container {} is not ready",
+                    container.pod_id, container.id
+                ))
+            })?;
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        if let Some(old) = container.monitor {
+            // The old monitor drains what the container's leftovers write, then exits.
+            let _ = tokio::time::timeout(
+                KILL_WAIT,
+                monitor::wait_exit(old.monitor_pid, old.monitor_start_time),
+            )
+            .await;
+        }
+        runtime.delete(&container.id).await?;
+        let log_path = if container.log_path.is_empty() {
+            PathBuf::from("/dev/null")
+        } else {
+            PathBuf::from(&container.log_path)
+        };
+        let timeout = Duration::from_secs(self.config.runtime.create_timeout_secs);
+        let info = monitor::create(
+            &self.monitor,
+            &runtime,
+            &container.id,
+            &container.bundle,
+            &log_path,
+            timeout,
+        )
+        .instrument(tracing::debug_span!("monitor.create"))
+        .await?;
+        let updated = self.update_container(&container.id, |c| {
+            c.state = ContainerState::Created;
+            c.monitor = Some(info);
+            c.exit_code = 0;
+            c.reason.clear();
+            c.message.clear();
+            true
+        })?;
+        self.watch(container.id.clone(), info);
+        tracing::info!(container = %container.id, pod = %pod.id, "container created again");
+        let container = updated.unwrap_or(container);
+        self.start_locked(&container).await
     }
 
     /// StopContainer: the stop signal (the image's, else SIGTERM), then SIGKILL after
@@ -421,7 +494,14 @@ impl Runtime {
             .find_container(namespace, query)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
         let _guard = self.lock(&container.id).await;
-        self.stop_locked(&container.id, timeout).await
+        let was_running = self
+            .container(&container.id)
+            .is_some_and(|c| c.state == ContainerState::Running);
+        self.stop_locked(&container.id, timeout).await?;
+        if was_running {
+            self.container_event(&container, "stop", &[]);
+        }
+        Ok(())
     }
 
     async fn stop_locked(&self, id: &str, timeout: i64) -> Result<()> {
@@ -592,6 +672,7 @@ impl Runtime {
         if !sent {
             return Err(not_running());
         }
+        self.container_event(&container, "kill", &[("signal", signal.to_string())]);
         Ok(())
     }
 

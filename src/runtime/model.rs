@@ -245,6 +245,10 @@ pub struct ContainerSpec {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// When it exits, its pod (and so the container) is removed: Docker's AutoRemove
+    /// (`docker run --rm`), done by the daemon, so it happens with no client attached.
+    #[serde(default)]
+    pub auto_remove: bool,
     /// The signal that stops it (a name or number), in place of the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,

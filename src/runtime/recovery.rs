@@ -21,8 +21,9 @@ impl Runtime {
         config: Arc<Config>,
         store: Arc<Store>,
         images: Arc<ImageService>,
+        events: Arc<crate::events::EventBus>,
     ) -> Result<Arc<Runtime>> {
-        let runtime = Runtime::new(config, store, images)?;
+        let runtime = Runtime::new(config, store, images, events)?;
         runtime.recover().await?;
         Ok(runtime)
     }
@@ -89,6 +90,21 @@ impl Runtime {
             self.pods().into_iter().map(|p| p.id).collect();
         self.cni.release_unowned(&owned).await;
         self.reconcile_dirs().await;
+        // Containers that asked to be removed on exit and exited while wharfd was down.
+        let exited_auto_remove: Vec<String> = self
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| {
+                c.spec.auto_remove
+                    && matches!(c.state, ContainerState::Exited | ContainerState::Unknown)
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        for id in exited_auto_remove {
+            self.remove_if_auto(&id).await;
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::events::{Event, EventBus, EventKind};
 use crate::image::ImageService;
 use crate::store::{Kind, Store, StoreError};
 
@@ -129,6 +130,8 @@ pub struct Runtime {
     container_writes: Mutex<()>,
     /// Bumped whenever a container exits, to wake whoever waits for one.
     pub(super) exits: tokio::sync::watch::Sender<u64>,
+    /// What happened to containers, for the front ends' event streams.
+    pub(super) events: Arc<EventBus>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -154,6 +157,7 @@ impl Runtime {
         config: Arc<Config>,
         store: Arc<Store>,
         images: Arc<ImageService>,
+        events: Arc<EventBus>,
     ) -> Result<Arc<Runtime>> {
         let host = super::HostInfo::probe();
         let cgroup_v2 = host.cgroup == super::CgroupLayout::Unified;
@@ -197,6 +201,7 @@ impl Runtime {
             locks: Mutex::new(HashMap::new()),
             container_writes: Mutex::new(()),
             exits,
+            events,
         }))
     }
 
@@ -278,6 +283,34 @@ impl Runtime {
     pub fn find_container(&self, namespace: &str, query: &str) -> Option<ContainerRecord> {
         let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
         find_by_prefix(&containers, namespace, query).cloned()
+    }
+
+    /// Publishes `action` for `container` (Docker's container event attributes: its
+    /// name and image).
+    pub(super) fn container_event(
+        &self,
+        container: &ContainerRecord,
+        action: &str,
+        extra: &[(&str, String)],
+    ) {
+        let mut event = Event::new(
+            &container.namespace,
+            EventKind::Container,
+            action,
+            &container.id,
+        )
+        .with("name", container.spec.name.clone())
+        .with("image", container.image.clone());
+        for (key, value) in extra {
+            event = event.with(key, value.clone());
+        }
+        for (key, value) in &container.spec.labels {
+            event
+                .attributes
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+        self.events.publish(event);
     }
 
     /// Changes whenever a container exits or is removed: a waiter looks at the
@@ -396,11 +429,12 @@ impl Runtime {
             .container_writes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Some(namespace) = self.container(id).map(|c| c.namespace) else {
+        let Some(container) = self.container(id) else {
             return Ok(());
         };
         self.store
-            .update(|tx| tx.delete(&namespace, Kind::Container, id))?;
+            .update(|tx| tx.delete(&container.namespace, Kind::Container, id))?;
+        self.container_event(&container, "destroy", &[]);
         {
             let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
             containers.remove(id);
@@ -426,7 +460,29 @@ impl Runtime {
             if let Err(err) = runtime.record_exit(&id) {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
+            runtime.remove_if_auto(&id).await;
         });
+    }
+
+    /// Removes the pod of an exited container that asked for it (`auto_remove`).
+    pub(super) async fn remove_if_auto(self: &Arc<Self>, id: &str) {
+        let Some(container) = self.container(id) else {
+            return;
+        };
+        let exited = matches!(
+            container.state,
+            ContainerState::Exited | ContainerState::Unknown
+        );
+        if !(container.spec.auto_remove && exited) {
+            return;
+        }
+        match self
+            .remove_pod(&container.namespace, &container.pod_id)
+            .await
+        {
+            Ok(()) => tracing::info!(container = %id, "removed on exit (auto-remove)"),
+            Err(err) => tracing::error!(container = %id, "auto-remove: {err}"),
+        }
     }
 
     /// Reads the exit the monitor left (or marks the container Unknown when there is
@@ -465,8 +521,16 @@ impl Runtime {
             }
             true
         })?;
-        if changed.is_some() {
+        if let Some(exited) = changed {
             tracing::info!(container = %id, "container exited");
+            if exited.reason == "OOMKilled" {
+                self.container_event(&exited, "oom", &[]);
+            }
+            self.container_event(
+                &exited,
+                "die",
+                &[("exitCode", exited.exit_code.to_string())],
+            );
             self.exits.send_modify(|n| *n += 1);
         }
         Ok(())
