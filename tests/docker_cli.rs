@@ -418,3 +418,49 @@ async fn start_again_restart_events_and_auto_remove() {
     docker.env.daemon.restart().await;
     wait_gone(&docker, &late).await;
 }
+
+#[tokio::test]
+async fn rename_and_top() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let first = unique("first");
+    let second = unique("second");
+    let other = unique("other");
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &first,
+        &image,
+        "sh",
+        "-c",
+        "sleep 601 & exec sleep 600",
+    ]);
+    docker.ok(&["create", "--name", &other, &image, "true"]);
+    docker.ok(&["rename", &first, &second]);
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.Name}}", &id]),
+        format!("/{second}")
+    );
+    let err = docker.fails(&["inspect", &first]);
+    assert!(err.contains("No such"), "{err}");
+    // The old name is free again; a taken one is refused with dockerd's words.
+    let err = docker.fails(&["rename", &second, &other]);
+    assert!(err.contains("is already in use"), "{err}");
+    docker.ok(&["rename", &other, &first]);
+
+    let top = docker.ok(&["top", &second]);
+    let mut lines = top.lines();
+    let header = lines.next().unwrap();
+    assert!(header.contains("PID") && header.contains("CMD"), "{top}");
+    let commands: Vec<&str> = lines.collect();
+    assert_eq!(commands.len(), 2, "{top}");
+    assert!(commands.iter().any(|l| l.ends_with("sleep 600")), "{top}");
+    assert!(commands.iter().any(|l| l.ends_with("sleep 601")), "{top}");
+    let custom = docker.ok(&["top", &second, "-o", "pid,comm"]);
+    assert!(custom.starts_with("PID"), "{custom}");
+    docker.ok(&["rm", "-f", &second, &first]);
+    let err = docker.fails(&["top", "no-such-container"]);
+    assert!(err.contains("No such container"), "{err}");
+}

@@ -782,6 +782,120 @@ pub(super) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RenameQuery {
+    name: Option<String>,
+}
+
+/// POST `/containers/{id}/rename?name=`: 204; 409 when the name is taken.
+pub(super) async fn rename(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<RenameQuery>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    let name = params.name.unwrap_or_default();
+    let name = name.strip_prefix('/').unwrap_or(&name).to_string();
+    if !convert::valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            crate::image::bounded(&name, crate::image::MAX_ECHO)
+        )));
+    }
+    if name == c.spec.name {
+        return Err(ApiError::conflict(format!(
+            "Renaming a container with the same name as its current name: {name}"
+        )));
+    }
+    if let Some(owner) = name_taken(&server, &name) {
+        return Err(ApiError::conflict(format!(
+            "Conflict. The container name \"/{name}\" is already in use by container \"{owner}\". \
+             You have to remove (or rename) that container to be able to reuse that name."
+        )));
+    }
+    server
+        .runtime
+        .rename_container(NAMESPACE, &c.id, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct TopQuery {
+    ps_args: Option<String>,
+}
+
+/// GET `/containers/{id}/top?ps_args=`: as dockerd, the host's `ps` (default `-ef`),
+/// keeping the rows of the container's processes.
+pub(super) async fn top(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    Query(params): Query<TopQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let c = find(&server, &query)?;
+    if c.state != ContainerState::Running {
+        return Err(ApiError::conflict(format!(
+            "Container {} is not running",
+            c.id
+        )));
+    }
+    let pids = server.runtime.container_pids(NAMESPACE, &c.id)?;
+    let args = params
+        .ps_args
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "-ef".to_string());
+    let output = tokio::process::Command::new("ps")
+        .args(args.split_whitespace())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|err| {
+            ApiError::internal(format!(
+                "running ps for the container's processes (install procps): {err}"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(ApiError::internal(format!(
+            "ps {}: {}",
+            crate::image::bounded(&args, crate::image::MAX_ECHO),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let titles: Vec<&str> = header.split_whitespace().collect();
+    let pid_column = titles.iter().position(|t| *t == "PID").ok_or_else(|| {
+        ApiError::internal(format!(
+            "Couldn't find PID field in ps output of {}",
+            crate::image::bounded(&args, crate::image::MAX_ECHO)
+        ))
+    })?;
+    let mut processes = Vec::new();
+    for line in lines {
+        // The last column (the command) may contain spaces.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < titles.len() {
+            continue;
+        }
+        let Ok(pid) = fields[pid_column].parse::<i32>() else {
+            continue;
+        };
+        if !pids.contains(&pid) {
+            continue;
+        }
+        let mut row: Vec<String> = fields[..titles.len() - 1]
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        row.push(fields[titles.len() - 1..].join(" "));
+        processes.push(row);
+    }
+    Ok(Json(json!({ "Titles": titles, "Processes": processes })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

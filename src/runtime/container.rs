@@ -658,6 +658,52 @@ impl Runtime {
         Ok(())
     }
 
+    /// Renames a container (and its pod, when the pod bears its name: a Docker
+    /// container's). The name is the store's unique name of the namespace.
+    pub async fn rename_container(&self, namespace: &str, query: &str, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(RuntimeError::invalid("name", "is empty"));
+        }
+        let (_guard, container) = self.lock_container(namespace, query).await?;
+        let old = container.spec.name.clone();
+        let renamed = self.rename_records(&container.id, name)?;
+        self.container_event(&renamed, "rename", &[("oldName", old)]);
+        Ok(())
+    }
+
+    /// The host pids of a running container's processes: its cgroup's `cgroup.procs`
+    /// (found through its init's /proc/PID/cgroup), so every pid mode is covered.
+    pub fn container_pids(&self, namespace: &str, query: &str) -> Result<Vec<i32>> {
+        let container = self.running(namespace, query)?;
+        let info = container.monitor.ok_or_else(|| {
+            RuntimeError::FailedPrecondition(format!("container {} has no init", container.id))
+        })?;
+        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", info.pid)).map_err(
+            RuntimeError::io(format!("reading the cgroups of container {}", container.id)),
+        )?;
+        // cgroup v1 "N:pids:/path" (any one controller holds every process), or v2
+        // "0::/path".
+        let procs_file = cgroups.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            match controllers {
+                "" => Some(PathBuf::from(format!("/sys/fs/cgroup{path}/cgroup.procs"))),
+                c if c.split(',').any(|c| c == "pids") => Some(PathBuf::from(format!(
+                    "/sys/fs/cgroup/{c}{path}/cgroup.procs"
+                ))),
+                _ => None,
+            }
+        });
+        let procs_file = procs_file.ok_or_else(|| {
+            RuntimeError::Internal(format!("container {} has no pids cgroup", container.id))
+        })?;
+        let text = std::fs::read_to_string(&procs_file).map_err(RuntimeError::io(format!(
+            "reading {}",
+            procs_file.display()
+        )))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
     /// Sends `signal` to the container's init (Docker's kill). The container must run.
     pub fn signal_container(&self, namespace: &str, query: &str, signal: i32) -> Result<()> {
         let container = self.running(namespace, query)?;

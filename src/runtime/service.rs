@@ -401,6 +401,48 @@ impl Runtime {
         Ok(())
     }
 
+    /// Gives container `id` the name `name`, and its pod too when the pod bears the
+    /// container's name (a Docker container's pod), in one transaction. A name in use
+    /// is `AlreadyExists`.
+    pub(super) fn rename_records(&self, id: &str, name: &str) -> Result<ContainerRecord> {
+        let _writes = self
+            .container_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut container = self
+            .container(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id:?}")))?;
+        let mut pod = self
+            .pod(&container.pod_id)
+            .filter(|p| p.spec.name == container.spec.name);
+        container.spec.name = name.to_string();
+        if let Some(pod) = pod.as_mut() {
+            pod.spec.name = name.to_string();
+        }
+        let taken = |err| match err {
+            StoreError::NameTaken { .. } => {
+                RuntimeError::AlreadyExists(format!("the name {name:?} is already in use"))
+            }
+            other => other.into(),
+        };
+        self.store
+            .update(|tx| {
+                tx.rename(&container.namespace, Kind::Container, id, name, &container)?;
+                if let Some(pod) = &pod {
+                    tx.rename(&pod.namespace, Kind::Pod, &pod.id, name, pod)?;
+                }
+                Ok(())
+            })
+            .map_err(taken)?;
+        if let Some(pod) = pod {
+            let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+            pods.insert(pod.id.clone(), pod);
+        }
+        let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
+        containers.insert(container.id.clone(), container.clone());
+        Ok(container)
+    }
+
     /// Applies `change` to the container's record (store, then memory), if it exists
     /// and `change` returns true. Read, change and write happen under one lock, so an
     /// exit recorded by the watcher and a lifecycle call never overwrite each other.

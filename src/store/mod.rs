@@ -332,6 +332,34 @@ impl Txn<'_> {
         Ok(changed > 0)
     }
 
+    /// Replaces an object's value and gives it a new name, in one step: `NameTaken` if
+    /// another object of the namespace and kind has it. Returns false if there is no
+    /// such object.
+    pub fn rename<T: Serialize>(
+        &mut self,
+        namespace: &str,
+        kind: Kind,
+        id: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<bool, StoreError> {
+        let data = encode(kind, id, value)?;
+        let result = self.tx.execute(
+            "UPDATE objects SET name = ?4, data = ?5, updated_at = ?6 \
+             WHERE namespace = ?1 AND kind = ?2 AND id = ?3",
+            params![namespace, kind.as_str(), id, name, data, now_nanos()],
+        );
+        match result {
+            Ok(changed) => Ok(changed > 0),
+            Err(err) if is_unique_violation(&err) => Err(StoreError::NameTaken {
+                namespace: namespace.to_string(),
+                kind,
+                name: name.to_string(),
+            }),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Removes an object; returns false if it was not there (removal is idempotent).
     pub fn delete(&mut self, namespace: &str, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let changed = self.tx.execute(
@@ -540,6 +568,35 @@ mod tests {
         assert_eq!(cri_pods.len(), 1);
         assert_eq!(cri_pods[0].id, "p1");
         assert_eq!(store.list::<Pod>(None, Kind::Pod).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rename_moves_the_name_or_refuses_a_taken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .update(|tx| {
+                tx.insert(CRI_NAMESPACE, Kind::Pod, "p1", Some("a"), &pod("u1"))?;
+                tx.insert(CRI_NAMESPACE, Kind::Pod, "p2", Some("b"), &pod("u2"))
+            })
+            .unwrap();
+        let err = store
+            .update(|tx| tx.rename(CRI_NAMESPACE, Kind::Pod, "p1", "b", &pod("u1")))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
+        assert!(store
+            .update(|tx| tx.rename(CRI_NAMESPACE, Kind::Pod, "p1", "c", &pod("u3")))
+            .unwrap());
+        // "a" is free again, and the value changed with the name.
+        store
+            .update(|tx| tx.insert(CRI_NAMESPACE, Kind::Pod, "p3", Some("a"), &pod("u4")))
+            .unwrap();
+        let renamed = store
+            .get::<Pod>(CRI_NAMESPACE, Kind::Pod, "p1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(renamed.name.as_deref(), Some("c"));
+        assert_eq!(renamed.value, pod("u3"));
     }
 
     #[test]
