@@ -464,3 +464,118 @@ async fn rename_and_top() {
     let err = docker.fails(&["top", "no-such-container"]);
     assert!(err.contains("No such container"), "{err}");
 }
+
+/// A tar whose one entry is named `name` (written raw: the tar crate's builder refuses
+/// `..`, which is the point of the test).
+fn tar_with_entry(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+#[tokio::test]
+async fn docker_cp_both_ways_and_never_outside_the_container() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let name = unique("cp");
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "echo inside > /made; mkdir /dir; echo a > /dir/a; ln -s / /hostroot; exec sleep 600",
+    ]);
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+    let in_container = |p: &str| format!("/proc/{pid}/root{p}");
+    for _ in 0..50 {
+        if std::path::Path::new(&in_container("/hostroot")).exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().display().to_string();
+
+    // Out of the container: a file, a directory.
+    docker.ok(&["cp", &format!("{name}:/made"), &out_dir]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("made")).unwrap(),
+        "inside\n"
+    );
+    docker.ok(&["cp", &format!("{name}:/dir"), &out_dir]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("dir/a")).unwrap(),
+        "a\n"
+    );
+    let err = docker.fails(&["cp", &format!("{name}:/nothing"), &out_dir]);
+    assert!(err.contains("Could not find the file /nothing"), "{err}");
+
+    // Into it.
+    let local = out.path().join("local.txt");
+    std::fs::write(&local, "from host\n").unwrap();
+    docker.ok(&["cp", &local.display().to_string(), &format!("{name}:/dir/")]);
+    assert_eq!(
+        std::fs::read_to_string(in_container("/dir/local.txt")).unwrap(),
+        "from host\n"
+    );
+
+    // A symlink to / inside the container is the container's root, never the host's.
+    let marker = format!("wharf-cp-escape-{}", unique("m"));
+    let host_marker = std::path::Path::new("/tmp").join(&marker);
+    std::fs::write(&host_marker, "host secret").unwrap();
+    let err = docker.fails(&["cp", &format!("{name}:/hostroot/tmp/{marker}"), &out_dir]);
+    assert!(err.contains("Could not find the file"), "{err}");
+    assert!(!out.path().join(&marker).exists());
+    let probe = out.path().join(format!("{marker}-in"));
+    std::fs::write(&probe, "probe").unwrap();
+    docker.ok(&[
+        "cp",
+        &probe.display().to_string(),
+        &format!("{name}:/hostroot/tmp/"),
+    ]);
+    assert!(std::path::Path::new(&in_container(&format!("/tmp/{marker}-in"))).exists());
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}-in")).exists());
+
+    // A tar entry climbing out with `..` is refused (400) and writes nothing.
+    let escape = format!("../../../../../../tmp/{marker}-put");
+    let (status, _, body) = support::docker::raw_http_bytes(
+        &docker.socket(),
+        "PUT",
+        &format!("/v1.41/containers/{id}/archive?path=/dir"),
+        "application/x-tar",
+        &tar_with_entry(&escape, b"pwned"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}-put")).exists());
+    // Extracting into a file is dockerd's 400; into nothing, its 404.
+    let (status, _, body) = support::docker::raw_http_bytes(
+        &docker.socket(),
+        "PUT",
+        &format!("/v1.41/containers/{id}/archive?path=/made"),
+        "application/x-tar",
+        &tar_with_entry("x", b"x"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a directory"), "{body}");
+    let (status, _, _) = support::docker::raw_http_bytes(
+        &docker.socket(),
+        "PUT",
+        &format!("/v1.41/containers/{id}/archive?path=/absent"),
+        "application/x-tar",
+        &tar_with_entry("x", b"x"),
+    );
+    assert_eq!(status, 404);
+    let _ = std::fs::remove_file(&host_marker);
+    docker.ok(&["rm", "-f", &name]);
+}

@@ -10,6 +10,7 @@
 //! - `events.rs`: `/events`, and the front end's housekeeping on engine events;
 //! - `containers.rs`: create, list, inspect, start (again), stop, restart, kill, wait,
 //!   remove;
+//! - `archive.rs`: `/containers/{id}/archive` (`docker cp`, through a chrooted helper);
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
 //! - `images.rs`: pull (`/images/create`), list, inspect, tag, remove;
@@ -21,6 +22,7 @@
 //! dockerd's 400 message. Every response has dockerd's `Api-Version` and `Ostype`
 //! headers.
 
+mod archive;
 mod containers;
 mod convert;
 mod error;
@@ -82,6 +84,10 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/restart", post(containers::restart))
         .route("/containers/{id}/rename", post(containers::rename))
         .route("/containers/{id}/top", get(containers::top))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::head).put(archive::put),
+        )
         .route("/containers/{id}/kill", post(containers::kill))
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/logs", get(logs::logs))

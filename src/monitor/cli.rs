@@ -26,6 +26,8 @@ pub enum Command {
     Oci(OciArgs),
     /// Hold a new PID namespace for a pod (prints nothing; writes the holder's pid).
     Pause(PauseArgs),
+    /// Copy files out of or into a container's rootfs, chrooted into it (docker cp).
+    Archive(super::archive::ArchiveArgs),
 }
 
 /// Which OCI runtime creates the container.

@@ -60,12 +60,15 @@
 //!   runc-compatible subset backed by libcontainer; errors: stderr + exit 1 (exec: 255)
 //! wharf-monitor pause --pid-file FILE
 //!   a PID-namespace holder for pods sharing one PID namespace; FILE gets its host pid
+//! wharf-monitor archive --root ROOTFS --path PATH stat|get|put
+//!   copies out of / into a container's rootfs from a chroot (`archive`)
 //! wharf-monitor-watch --id ID --bundle DIR ... (internal: only `run` starts it, by exec)
 //! ```
 //!
 //! Log lines follow the CRI format (`cri_log`); OOM detection reads the cgroup's own
 //! counters (`oom`).
 
+pub mod archive;
 pub mod cli;
 pub mod cri_log;
 mod files;
@@ -82,5 +85,6 @@ pub fn main(cli: cli::Cli) -> i32 {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Oci(args) => oci::main(args),
         cli::Command::Pause(args) => pause::main(args),
+        cli::Command::Archive(args) => archive::main(args),
     }
 }

@@ -704,6 +704,17 @@ impl Runtime {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// The root filesystem of an existing container (mounted from create to removal),
+    /// and the monitor program that copies files in and out of it from a chroot
+    /// (`wharf-monitor archive`).
+    pub fn container_rootfs(&self, namespace: &str, query: &str) -> Result<(PathBuf, PathBuf)> {
+        let container = self
+            .find_container(namespace, query)
+            .filter(|c| c.state != ContainerState::Creating)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        Ok((container.bundle.join("rootfs"), self.monitor.clone()))
+    }
+
     /// Sends `signal` to the container's init (Docker's kill). The container must run.
     pub fn signal_container(&self, namespace: &str, query: &str, signal: i32) -> Result<()> {
         let container = self.running(namespace, query)?;

@@ -111,17 +111,34 @@ pub fn raw_http(
     path: &str,
     body: Option<&str>,
 ) -> (u16, String, String) {
+    raw_http_bytes(
+        socket,
+        method,
+        path,
+        "application/json",
+        body.unwrap_or("").as_bytes(),
+    )
+}
+
+/// A raw HTTP/1.1 request with a binary body.
+pub fn raw_http_bytes(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     let mut stream = UnixStream::connect(socket).expect("connect to the Docker socket");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("read timeout");
-    let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send");
+    stream.write_all(body).expect("send the body");
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
