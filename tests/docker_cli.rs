@@ -579,3 +579,119 @@ async fn docker_cp_both_ways_and_never_outside_the_container() {
     let _ = std::fs::remove_file(&host_marker);
     docker.ok(&["rm", "-f", &name]);
 }
+
+/// Polls `docker inspect -f format name` until `done` holds (15 s at most).
+async fn wait_inspect(
+    docker: &DockerEnv,
+    name: &str,
+    format: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut last = String::new();
+    for _ in 0..150 {
+        last = docker.ok(&["inspect", "-f", format, name]);
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name}: {format} is still {last:?}");
+}
+
+#[tokio::test]
+async fn restart_policies_also_across_a_kill_9() {
+    let mut docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+
+    // on-failure:2 — two restarts, then it stays exited.
+    let failing = unique("failing");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "on-failure:2",
+        "--name",
+        &failing,
+        &image,
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
+    wait_inspect(
+        &docker,
+        &failing,
+        "{{.RestartCount}} {{.State.Status}}",
+        |s| s == "2 exited",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        docker.ok(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.ExitCode}}",
+            &failing
+        ]),
+        "2 1"
+    );
+    assert_eq!(docker.ok(&["logs", &failing]), "run\nrun\nrun");
+
+    // always — restarted after each exit, but not after `docker stop`.
+    let looping = unique("always");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        &looping,
+        &image,
+        "sh",
+        "-c",
+        "sleep 0.3",
+    ]);
+    wait_inspect(&docker, &looping, "{{.RestartCount}}", |s| {
+        s.parse::<u32>().unwrap() >= 2
+    })
+    .await;
+    wait_inspect(&docker, &looping, "{{.State.Status}}", |s| s == "running").await;
+    docker.ok(&["stop", "-t", "0", &looping]);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Status}}", &looping]),
+        "exited"
+    );
+    docker.ok(&["start", &looping]);
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.RestartCount}}", &looping]),
+        "0"
+    );
+    docker.ok(&["rm", "-f", &looping, &failing]);
+
+    // An exit while wharfd is down gets its restart when wharfd is back.
+    let survivor = unique("survivor");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "on-failure",
+        "--name",
+        &survivor,
+        &image,
+        "sh",
+        "-c",
+        "test -f /done && exec sleep 600; touch /done; sleep 1; exit 1",
+    ]);
+    docker.env.daemon.kill9();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    docker.env.daemon.restart().await;
+    wait_inspect(
+        &docker,
+        &survivor,
+        "{{.RestartCount}} {{.State.Status}}",
+        |s| s == "1 running",
+    )
+    .await;
+    docker.ok(&["rm", "-f", &survivor]);
+}

@@ -205,6 +205,7 @@ pub(super) fn container_spec(
         stdin_once: config.stdin_once,
         tty: config.tty,
         auto_remove: false,
+        restart: Default::default(),
         stop_signal: None,
         resources: linux.resources.as_ref().map(resources),
         security: security_options(&linux.security_context.unwrap_or_default())?,

@@ -506,7 +506,7 @@ pub(super) async fn inspect(
         "HostsPath": pod_file("hosts"),
         "LogPath": ext.log_path,
         "Name": format!("/{}", c.spec.name),
-        "RestartCount": 0,
+        "RestartCount": c.restart_count,
         "Driver": "overlay2",
         "Platform": "linux",
         "MountLabel": "",
@@ -552,7 +552,10 @@ pub(super) async fn start(
         }
         // A stopped container starts again from its bundle and writable layer.
         ContainerState::Exited | ContainerState::Unknown => {
-            server.runtime.restart_container(NAMESPACE, &c.id).await?
+            server
+                .runtime
+                .restart_container(NAMESPACE, &c.id, false)
+                .await?
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -574,7 +577,12 @@ pub(super) async fn restart(
     }
     match server.runtime.container(&c.id).map(|c| c.state) {
         Some(ContainerState::Created) => server.runtime.start_container(NAMESPACE, &c.id).await?,
-        Some(_) => server.runtime.restart_container(NAMESPACE, &c.id).await?,
+        Some(_) => {
+            server
+                .runtime
+                .restart_container(NAMESPACE, &c.id, false)
+                .await?
+        }
         None => return Err(ApiError::no_such_container(&query)),
     }
     Ok(StatusCode::NO_CONTENT)

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use crate::runtime::model::{
     Capabilities, ContainerSpec, DnsConfig, Mount, NamespaceMode, NamespaceModes, PodSpec,
-    Resources, Seccomp, SecurityOptions,
+    Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
 /// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
@@ -129,6 +129,43 @@ fn bounded(text: &str) -> String {
     crate::image::bounded(text, crate::image::MAX_ECHO)
 }
 
+/// Docker's restart policy names, with dockerd's errors.
+fn restart_policy(policy: Option<&RestartPolicy>) -> Result<CoreRestartPolicy, ApiError> {
+    let Some(policy) = policy else {
+        return Ok(CoreRestartPolicy::No);
+    };
+    let retries = policy.maximum_retry_count;
+    if retries < 0 {
+        return Err(ApiError::bad_request(
+            "invalid restart policy: maximum retry count cannot be negative",
+        ));
+    }
+    let core = match policy.name.as_str() {
+        "" | "no" => CoreRestartPolicy::No,
+        "always" => CoreRestartPolicy::Always,
+        "unless-stopped" => CoreRestartPolicy::UnlessStopped,
+        "on-failure" => {
+            return Ok(CoreRestartPolicy::OnFailure {
+                max_retries: u32::try_from(retries).unwrap_or(u32::MAX),
+            })
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid restart policy '{}'",
+                bounded(other)
+            )))
+        }
+    };
+    if retries != 0 {
+        return Err(ApiError::bad_request(format!(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure' \
+             (got '{}')",
+            bounded(&policy.name)
+        )));
+    }
+    Ok(core)
+}
+
 /// `-v /host:/container[:ro|rw|z|Z|...]`: a bind of an absolute host path.
 fn bind_mount(bind: &str) -> Result<Mount, ApiError> {
     let parts: Vec<&str> = bind.split(':').collect();
@@ -234,13 +271,11 @@ pub fn specs(
             )))
         }
     };
-    if let Some(policy) = &host.restart_policy {
-        if !matches!(policy.name.as_str(), "" | "no") {
-            return Err(ApiError::bad_request(format!(
-                "restart policy {:?} is not supported by wharf yet",
-                bounded(&policy.name)
-            )));
-        }
+    let restart = restart_policy(host.restart_policy.as_ref())?;
+    if host.auto_remove && restart != CoreRestartPolicy::No {
+        return Err(ApiError::bad_request(
+            "conflicting options: cannot specify both --restart and --rm",
+        ));
     }
     let log_path = match host.log_config.as_ref().map(|l| l.kind.as_str()) {
         None | Some("" | "json-file" | "local") => "container.log".to_string(),
@@ -411,6 +446,7 @@ pub fn specs(
         stdin_once: request.stdin_once,
         tty: request.tty,
         auto_remove: host.auto_remove,
+        restart,
         stop_signal: request.stop_signal.clone().filter(|s| !s.is_empty()),
         resources: Some(resources),
         security,

@@ -153,6 +153,8 @@ impl Runtime {
             reason: String::new(),
             message: String::new(),
             monitor: None,
+            restart_count: 0,
+            stopped_by_user: false,
         };
         let name = record.spec.name.clone();
         self.images.hold(&id, record.chain_ids.clone());
@@ -422,7 +424,15 @@ impl Runtime {
     /// restarts): the runtime's old container is deleted, a new one is created from the
     /// same bundle (config.json, rootfs with its writable layer, log file) by a new
     /// monitor, and started. The CRI never does this: kubelet makes a new container.
-    pub async fn restart_container(self: &Arc<Self>, namespace: &str, query: &str) -> Result<()> {
+    ///
+    /// `by_policy`: a restart policy's restart (counted), not a start through the API
+    /// (which resets the count).
+    pub async fn restart_container(
+        self: &Arc<Self>,
+        namespace: &str,
+        query: &str,
+        by_policy: bool,
+    ) -> Result<()> {
         let (_guard, container) = self.lock_container(namespace, query).await?;
         if !matches!(
             container.state,
@@ -474,6 +484,8 @@ impl Runtime {
             c.exit_code = 0;
             c.reason.clear();
             c.message.clear();
+            c.stopped_by_user = false;
+            c.restart_count = if by_policy { c.restart_count + 1 } else { 0 };
             true
         })?;
         self.watch(container.id.clone(), info);
@@ -497,6 +509,13 @@ impl Runtime {
         let was_running = self
             .container(&container.id)
             .is_some_and(|c| c.state == ContainerState::Running);
+        if was_running {
+            // Before the exit is recorded, so the restart policy sees it.
+            self.update_container(&container.id, |c| {
+                c.stopped_by_user = true;
+                true
+            })?;
+        }
         self.stop_locked(&container.id, timeout).await?;
         if was_running {
             self.container_event(&container, "stop", &[]);

@@ -216,6 +216,22 @@ pub struct SecurityOptions {
     pub readonly_paths: Vec<String>,
 }
 
+/// When the daemon starts a container again after it exits (Docker's restart
+/// policies). A container stopped through the API is not restarted by `always` or
+/// `unless-stopped` until it is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    Always,
+    UnlessStopped,
+    /// After a non-zero exit, at most `max_retries` times (0: no limit).
+    OnFailure {
+        max_retries: u32,
+    },
+}
+
 /// What a container is made of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -249,6 +265,8 @@ pub struct ContainerSpec {
     /// (`docker run --rm`), done by the daemon, so it happens with no client attached.
     #[serde(default)]
     pub auto_remove: bool,
+    #[serde(default)]
+    pub restart: RestartPolicy,
     /// The signal that stops it (a name or number), in place of the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,

@@ -159,6 +159,12 @@ pub struct ContainerRecord {
     pub reason: String,
     pub message: String,
     pub monitor: Option<MonitorInfo>,
+    /// Restarts by the restart policy since the last start through the API.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Stopped through the API: `always` and `unless-stopped` leave it stopped.
+    #[serde(default)]
+    pub stopped_by_user: bool,
 }
 
 /// Nanoseconds since the epoch, now.

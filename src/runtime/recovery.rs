@@ -105,6 +105,19 @@ impl Runtime {
         for id in exited_auto_remove {
             self.remove_if_auto(&id).await;
         }
+        // Restart policies of containers that exited while wharfd was down (in the
+        // background: a backoff must not hold up the daemon's start).
+        let ids: Vec<String> = self
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let runtime = self.clone();
+            tokio::spawn(async move { runtime.restart_by_policy(&id).await });
+        }
         Ok(())
     }
 

@@ -503,7 +503,42 @@ impl Runtime {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
             runtime.remove_if_auto(&id).await;
+            runtime.restart_by_policy(&id).await;
         });
+    }
+
+    /// Starts an exited container again if its restart policy says so, after dockerd's
+    /// backoff: 100 ms doubling with each restart up to 1 minute, back to 100 ms when
+    /// the last run lasted 10 s or more.
+    pub(super) async fn restart_by_policy(self: &Arc<Self>, id: &str) {
+        const FIRST_DELAY: Duration = Duration::from_millis(100);
+        const MAX_DELAY: Duration = Duration::from_secs(60);
+        const STABLE_RUN_NANOS: i64 = 10_000_000_000;
+        let Some(container) = self.container(id) else {
+            return;
+        };
+        if !restart_wanted(&container) {
+            return;
+        }
+        let ran = container.finished_at - container.started_at;
+        let delay = if ran >= STABLE_RUN_NANOS {
+            FIRST_DELAY
+        } else {
+            FIRST_DELAY
+                .saturating_mul(1 << container.restart_count.min(10))
+                .min(MAX_DELAY)
+        };
+        tokio::time::sleep(delay).await;
+        // Looked at again: it may have been removed, started or stopped meanwhile.
+        match self.container(id) {
+            Some(now) if restart_wanted(&now) && now.finished_at == container.finished_at => {
+                tracing::info!(container = %id, restarts = now.restart_count + 1, "restarting by its restart policy");
+                if let Err(err) = self.restart_container(&now.namespace, id, true).await {
+                    tracing::warn!(container = %id, "restart by policy: {err}");
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Removes the pod of an exited container that asked for it (`auto_remove`).
@@ -598,6 +633,27 @@ impl Runtime {
             {
                 return false;
             }
+        }
+    }
+}
+
+/// Whether an exited container's restart policy asks for a restart now.
+fn restart_wanted(container: &ContainerRecord) -> bool {
+    use super::model::RestartPolicy;
+    if !matches!(
+        container.state,
+        ContainerState::Exited | ContainerState::Unknown
+    ) || container.spec.auto_remove
+    {
+        return false;
+    }
+    match container.spec.restart {
+        RestartPolicy::No => false,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => !container.stopped_by_user,
+        RestartPolicy::OnFailure { max_retries } => {
+            container.exit_code != 0
+                && !container.stopped_by_user
+                && (max_retries == 0 || container.restart_count < max_retries)
         }
     }
 }
