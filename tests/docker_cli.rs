@@ -695,3 +695,52 @@ async fn restart_policies_also_across_a_kill_9() {
     .await;
     docker.ok(&["rm", "-f", &survivor]);
 }
+
+#[tokio::test]
+async fn stats_of_a_busy_container() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let name = unique("busy");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-m",
+        "64m",
+        "--pids-limit",
+        "20",
+        &image,
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let line = docker.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}",
+        &name,
+    ]);
+    let fields: Vec<&str> = line.split('|').collect();
+    let cpu: f64 = fields[0].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 20.0, "a busy loop uses a CPU: {line}");
+    assert!(fields[1].ends_with("/ 64MiB"), "{line}");
+    assert_eq!(fields[2], "1", "{line}");
+    let (status, _, body) = docker.http(
+        "GET",
+        &format!("/v1.41/containers/{name}/stats?stream=false&one-shot=true"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(json["pids_stats"]["limit"], 20);
+    assert!(
+        json["cpu_stats"]["cpu_usage"]["total_usage"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    docker.ok(&["rm", "-f", &name]);
+}

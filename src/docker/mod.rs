@@ -13,6 +13,7 @@
 //! - `archive.rs`: `/containers/{id}/archive` (`docker cp`, through a chrooted helper);
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
+//! - `stats.rs`: `/containers/{id}/stats` (the core's cgroup samples, dockerd's JSON);
 //! - `images.rs`: pull (`/images/create`), list, inspect, tag, remove;
 //! - `convert.rs`: a create request to a pod spec and a container spec;
 //! - `error.rs`: core error kinds to HTTP statuses and dockerd's `{"message"}` body.
@@ -29,6 +30,7 @@ mod error;
 mod events;
 mod images;
 mod logs;
+mod stats;
 mod system;
 mod version;
 
@@ -84,6 +86,7 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/restart", post(containers::restart))
         .route("/containers/{id}/rename", post(containers::rename))
         .route("/containers/{id}/top", get(containers::top))
+        .route("/containers/{id}/stats", get(stats::stats))
         .route(
             "/containers/{id}/archive",
             get(archive::get).head(archive::head).put(archive::put),

@@ -23,6 +23,7 @@ mod recovery;
 pub mod seccomp;
 mod service;
 pub mod spec;
+pub mod stats;
 
 pub use host::{CgroupLayout, HostInfo};
 pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};
