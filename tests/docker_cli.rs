@@ -744,3 +744,55 @@ async fn stats_of_a_busy_container() {
     );
     docker.ok(&["rm", "-f", &name]);
 }
+
+#[tokio::test]
+async fn update_resources_and_restart_policy() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let name = unique("upd");
+    docker.ok(&[
+        "run", "-d", "--name", &name, "-m", "64m", &image, "sleep", "600",
+    ]);
+    docker.ok(&[
+        "update",
+        "--memory",
+        "48m",
+        "--memory-swap",
+        "96m",
+        "--pids-limit",
+        "30",
+        "--restart",
+        "on-failure:3",
+        &name,
+    ]);
+    let host = docker.ok(&[
+        "inspect", "-f",
+        "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+        &name,
+    ]);
+    assert_eq!(host, format!("{} 30 on-failure 3", 48 << 20));
+    // The cgroup has the new limit.
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+    let limit = match memory {
+        Some(path) => {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+        }
+        None => std::fs::read_to_string(format!(
+            "/sys/fs/cgroup{}/memory.max",
+            cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap()
+        )),
+    }
+    .unwrap();
+    assert_eq!(limit.trim(), (48u64 << 20).to_string());
+    let err = docker.fails(&["update", "--restart", "sometimes", &name]);
+    assert!(
+        err.contains("invalid restart policy") || err.contains("sometimes"),
+        "{err}"
+    );
+    docker.ok(&["rm", "-f", &name]);
+}

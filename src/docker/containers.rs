@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::convert::{self, CreateRequest, Extension};
 use super::error::{parse_json, ApiError};
 use super::{DockerServer, NAMESPACE};
+use crate::runtime::model::RestartPolicy;
 use crate::runtime::{ContainerRecord, ContainerState};
 
 /// dockerd's default stop timeout (seconds).
@@ -468,9 +469,33 @@ pub(super) async fn inspect(
         object
             .entry("LogConfig")
             .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
-        object
-            .entry("RestartPolicy")
-            .or_insert_with(|| json!({"Name": "no", "MaximumRetryCount": 0}));
+        // What `update` may have changed since the create reads back as it is now.
+        let (policy, retries) = match c.spec.restart {
+            RestartPolicy::No => ("no", 0),
+            RestartPolicy::Always => ("always", 0),
+            RestartPolicy::UnlessStopped => ("unless-stopped", 0),
+            RestartPolicy::OnFailure { max_retries } => ("on-failure", max_retries),
+        };
+        object.insert(
+            "RestartPolicy".into(),
+            json!({"Name": policy, "MaximumRetryCount": retries}),
+        );
+        if let Some(r) = &c.spec.resources {
+            object.insert("Memory".into(), json!(r.memory_limit_in_bytes));
+            object.insert("CpuShares".into(), json!(r.cpu_shares));
+            object.insert("CpuQuota".into(), json!(r.cpu_quota));
+            object.insert("CpuPeriod".into(), json!(r.cpu_period));
+            object.insert("CpusetCpus".into(), json!(r.cpuset_cpus));
+            object.insert("CpusetMems".into(), json!(r.cpuset_mems));
+            object.insert(
+                "PidsLimit".into(),
+                if r.pids_limit > 0 {
+                    json!(r.pids_limit)
+                } else {
+                    Value::Null
+                },
+            );
+        }
     }
     let ip = pod
         .as_ref()
@@ -902,6 +927,39 @@ pub(super) async fn top(
         processes.push(row);
     }
     Ok(Json(json!({ "Titles": titles, "Processes": processes })))
+}
+
+/// POST `/containers/{id}/update`: resources (fields left at 0 keep their value) and
+/// the restart policy; `{"Warnings": []}`.
+pub(super) async fn update(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let c = find(&server, &query)?;
+    let update: convert::HostConfig = parse_json(&body)?;
+    let mut resources = c.spec.resources.clone().unwrap_or_default();
+    let changed = convert::merge_resources(&mut resources, &update)?;
+    if changed {
+        if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
+            return Err(ApiError::conflict(format!(
+                "Cannot update container {}: the container is not running",
+                c.id
+            )));
+        }
+        server
+            .runtime
+            .update_resources(NAMESPACE, &c.id, Some(resources))
+            .await?;
+    }
+    if update.restart_policy.is_some() {
+        let policy = convert::restart_policy(update.restart_policy.as_ref())?;
+        server
+            .runtime
+            .set_restart_policy(NAMESPACE, &c.id, policy)
+            .await?;
+    }
+    Ok(Json(json!({ "Warnings": [] })))
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ fn bounded(text: &str) -> String {
 }
 
 /// Docker's restart policy names, with dockerd's errors.
-fn restart_policy(policy: Option<&RestartPolicy>) -> Result<CoreRestartPolicy, ApiError> {
+pub fn restart_policy(policy: Option<&RestartPolicy>) -> Result<CoreRestartPolicy, ApiError> {
     let Some(policy) = policy else {
         return Ok(CoreRestartPolicy::No);
     };
@@ -164,6 +164,51 @@ fn restart_policy(policy: Option<&RestartPolicy>) -> Result<CoreRestartPolicy, A
         )));
     }
     Ok(core)
+}
+
+/// An update's resource fields over `resources` (a 0 or absent field keeps the current
+/// value, as dockerd's update); whether anything changed.
+pub fn merge_resources(resources: &mut Resources, update: &HostConfig) -> Result<bool, ApiError> {
+    let before = resources.clone();
+    if update.nano_cpus > 0 {
+        if update.cpu_quota > 0 || update.cpu_period > 0 {
+            return Err(ApiError::bad_request(
+                "Conflicting options: Nano CPUs and CPU Period cannot both be set",
+            ));
+        }
+        resources.cpu_period = 100_000;
+        resources.cpu_quota = update.nano_cpus * 100_000 / 1_000_000_000;
+    }
+    let set = |field: &mut i64, value: i64| {
+        if value != 0 {
+            *field = value;
+        }
+    };
+    set(&mut resources.cpu_quota, update.cpu_quota);
+    set(&mut resources.cpu_period, update.cpu_period);
+    set(&mut resources.cpu_shares, update.cpu_shares);
+    set(&mut resources.memory_limit_in_bytes, update.memory);
+    set(
+        &mut resources.memory_swap_limit_in_bytes,
+        update.memory_swap.max(0),
+    );
+    if let Some(limit) = update.pids_limit.filter(|l| *l != 0) {
+        resources.pids_limit = limit.max(0);
+    }
+    if !update.cpuset_cpus.is_empty() {
+        resources.cpuset_cpus = update.cpuset_cpus.clone();
+    }
+    if !update.cpuset_mems.is_empty() {
+        resources.cpuset_mems = update.cpuset_mems.clone();
+    }
+    if resources.memory_swap_limit_in_bytes > 0
+        && resources.memory_limit_in_bytes > resources.memory_swap_limit_in_bytes
+    {
+        return Err(ApiError::bad_request(
+            "Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time",
+        ));
+    }
+    Ok(*resources != before)
 }
 
 /// `-v /host:/container[:ro|rw|z|Z|...]`: a bind of an absolute host path.

@@ -85,6 +85,7 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/stop", post(containers::stop))
         .route("/containers/{id}/restart", post(containers::restart))
         .route("/containers/{id}/rename", post(containers::rename))
+        .route("/containers/{id}/update", post(containers::update))
         .route("/containers/{id}/top", get(containers::top))
         .route("/containers/{id}/stats", get(stats::stats))
         .route(

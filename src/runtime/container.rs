@@ -677,6 +677,27 @@ impl Runtime {
         Ok(())
     }
 
+    /// Sets the restart policy of a container (Docker's update).
+    pub async fn set_restart_policy(
+        &self,
+        namespace: &str,
+        query: &str,
+        policy: super::model::RestartPolicy,
+    ) -> Result<()> {
+        let (_guard, container) = self.lock_container(namespace, query).await?;
+        if container.spec.auto_remove && policy != super::model::RestartPolicy::No {
+            return Err(RuntimeError::invalid(
+                "restart",
+                "a container removed on exit (auto_remove) cannot have a restart policy",
+            ));
+        }
+        self.update_container(&container.id, |c| {
+            c.spec.restart = policy;
+            true
+        })?;
+        Ok(())
+    }
+
     /// Renames a container (and its pod, when the pod bears its name: a Docker
     /// container's). The name is the store's unique name of the namespace.
     pub async fn rename_container(&self, namespace: &str, query: &str, name: &str) -> Result<()> {
