@@ -237,20 +237,24 @@ impl WatchArgs {
         let log_fd = number(FLAGS[7], take(7)?)?;
         let parent_baseline = number(FLAGS[8], take(8)?)?;
         let cgroup = values[9].take().map(PathBuf::from);
-        let control_fd = values[10].take().map(|v| number(FLAGS[10], v)).transpose()?;
+        let control_fd = values[10]
+            .take()
+            .map(|v| number(FLAGS[10], v))
+            .transpose()?;
         let stdin = match values[11].take() {
             None => StdinMode::default(),
-            Some(value) => value
-                .to_str()
-                .and_then(StdinMode::parse)
-                .ok_or_else(|| {
-                    WatchError::Usage(format!(
-                        "--stdin must be none, open or once, got {value:?}"
-                    ))
-                })?,
+            Some(value) => value.to_str().and_then(StdinMode::parse).ok_or_else(|| {
+                WatchError::Usage(format!("--stdin must be none, open or once, got {value:?}"))
+            })?,
         };
-        let stdin_fd = values[12].take().map(|v| number(FLAGS[12], v)).transpose()?;
-        let pty_fd = values[13].take().map(|v| number(FLAGS[13], v)).transpose()?;
+        let stdin_fd = values[12]
+            .take()
+            .map(|v| number(FLAGS[12], v))
+            .transpose()?;
+        let pty_fd = values[13]
+            .take()
+            .map(|v| number(FLAGS[13], v))
+            .transpose()?;
         for (flag, path) in [("--bundle", &bundle), ("--log-path", &log_path)] {
             if !path.is_absolute() {
                 return Err(WatchError::Usage(format!(

@@ -631,7 +631,11 @@ mod tests {
             rx.recv().await.expect("event").expect("ok"),
             Event::Stderr(b"err".to_vec())
         );
-        let end = rx.recv().await.expect("end").expect_err("closed without exit");
+        let end = rx
+            .recv()
+            .await
+            .expect("end")
+            .expect_err("closed without exit");
         assert!(matches!(end, ControlError::Closed { .. }), "{end}");
         assert_eq!(end.kind(), ErrorKind::Unavailable);
         assert!(lock(&pending).closed);

@@ -82,7 +82,9 @@ mod tests {
         encode(&proto::InputEnd {}, &mut stream);
         assert_eq!(&stream[..4], &(hello.encoded_len() as u32).to_be_bytes());
 
-        let (first, used) = decode::<Request>(&stream).expect("decode").expect("complete");
+        let (first, used) = decode::<Request>(&stream)
+            .expect("decode")
+            .expect("complete");
         assert_eq!(first, hello);
         let rest = &stream[used..];
         let (second, used2) = decode::<Request>(rest).expect("decode").expect("complete");
@@ -137,7 +139,9 @@ mod tests {
         body.extend_from_slice(&[0x98, 0x06, 0x01]);
         let mut stream = (body.len() as u32).to_be_bytes().to_vec();
         stream.extend_from_slice(&body);
-        let (request, _) = decode::<Request>(&stream).expect("decode").expect("complete");
+        let (request, _) = decode::<Request>(&stream)
+            .expect("decode")
+            .expect("complete");
         assert_eq!(request.id, 5);
         assert!(matches!(
             request.kind,

@@ -810,7 +810,10 @@ mod tests {
         input.push(b"hello\n");
         input.close(None);
         assert!(!input.is_open());
-        assert!(input.pipe().is_some(), "closed only after the pending input");
+        assert!(
+            input.pipe().is_some(),
+            "closed only after the pending input"
+        );
         input.push(b"dropped");
         input.flush(None);
         assert!(input.pipe().is_none());
