@@ -575,8 +575,9 @@ async fn a_slow_reader_is_dropped_not_waited_for() {
     env.remove_pod(&pod_id).await;
 }
 
-/// VmRSS and Pss of the monitor (the watcher) of container `id`, in KiB.
-fn monitor_memory(bundle: &Path) -> (u64, u64) {
+/// VmRSS, Pss and private (clean + dirty) memory of the monitor (the watcher) of the
+/// container in `bundle`, in KiB.
+fn monitor_memory(bundle: &Path) -> (u64, u64, u64) {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("monitor.json")).expect("monitor.json"))
             .expect("json");
@@ -589,7 +590,11 @@ fn monitor_memory(bundle: &Path) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} in /proc/{pid}/{file}"))
     };
-    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+    (
+        field("status", "VmRSS:"),
+        field("smaps_rollup", "Pss:"),
+        field("smaps_rollup", "Private_Clean:") + field("smaps_rollup", "Private_Dirty:"),
+    )
 }
 
 /// Not a check: prints the RSS of idle watchers, this build's and (with
@@ -615,11 +620,11 @@ async fn watcher_memory() {
             ids.push(id);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle: Vec<(u64, u64)> = ids
+        let idle: Vec<(u64, u64, u64)> = ids
             .iter()
             .map(|id| monitor_memory(&bundle(&env, id)))
             .collect();
-        println!("{build}: idle watchers (VmRSS KiB, Pss KiB): {idle:?}");
+        println!("{build}: idle watchers (VmRSS, Pss, private; KiB): {idle:?}");
         if build == "this build" {
             for id in &ids {
                 let (control, mut events) = attach(&env, id, STDOUT).await.into_parts();
@@ -628,7 +633,7 @@ async fn watcher_memory() {
                 assert!(events.next().await.is_some_and(|e| e.is_err()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let used: Vec<(u64, u64)> = ids
+            let used: Vec<(u64, u64, u64)> = ids
                 .iter()
                 .map(|id| monitor_memory(&bundle(&env, id)))
                 .collect();
