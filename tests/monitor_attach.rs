@@ -392,6 +392,38 @@ async fn stdin_once_and_two_readers() {
     env.remove_pod(&pod_id).await;
 }
 
+/// The monitor serves the channel from create on: a session attached before
+/// StartContainer (as `docker run -it` does) sees the container's first output.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_before_start_misses_nothing() {
+    let mut env = PodEnv::start().await;
+    let config = with_stdio(
+        env.container_config("early", &["sh", "-c", "echo first; read x; echo got:$x"]),
+        true,
+        false,
+        false,
+    );
+    let pod = env.pod_config("attach-early");
+    let pod_id = env.run_pod(&pod).await;
+    let id = env.create(&pod_id, &pod, &config).await.expect("create");
+    let session = attach(&env, &id, STDIN_STDOUT).await;
+    assert!(session.info().running, "the init exists, waiting for start");
+    let (control, mut events) = session.into_parts();
+    env.rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let mut seen = Seen::default();
+    read_stdout(&mut events, &mut seen, "first\n").await;
+    control.write_stdin(b"early\n").await.expect("write");
+    read_stdout(&mut events, &mut seen, "got:early\n").await;
+    assert_eq!(read_exit(&mut events, &mut seen).await, (0, None));
+    assert_eq!(seen.stdout, "first\ngot:early\n");
+    env.remove_pod(&pod_id).await;
+}
+
 /// The errors a front end maps: stdin of a container without stdin, resize without a
 /// TTY, a bad signal, an exited container. The output of a container without stdin
 /// can still be attached.

@@ -35,10 +35,14 @@ use crate::monitor::control::{self, frame};
 use super::records::ContainerState;
 use super::service::{Result, Runtime, RuntimeError};
 
-/// How long the monitor may take to accept and answer a request.
+/// How long the monitor may take to answer a request (hello included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Output events read ahead of the consumer.
 const EVENT_QUEUE: usize = 64;
+/// Frames queued for the writer task; senders wait while it is full (stdin
+/// backpressure: the monitor stops reading a client while the container's stdin
+/// buffer is full).
+const FRAME_QUEUE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -139,21 +143,26 @@ struct Pending {
 struct Inner {
     id: String,
     info: SessionInfo,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Whole frames for the writer task: queueing one is cancel-safe, so a caller
+    /// dropped half-way never leaves half a frame on the socket.
+    frames: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
 }
 
-impl Drop for Inner {
-    /// The last `Control` is gone: shut the connection both ways, so the monitor and
-    /// the reader task let go of it at once (a write shutdown alone would leave an
-    /// attached session open until the container next wrote).
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        let writer: &OwnedWriteHalf = self.writer.get_mut();
-        let fd = AsRef::<UnixStream>::as_ref(writer).as_raw_fd();
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+/// Writes the session's frames in order. When every `Control` is gone (the queue
+/// closes), it shuts the connection both ways, so the monitor and the reader task let
+/// go of it at once (a write shutdown alone would leave an attached session open
+/// until the container next wrote).
+async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            break;
+        }
     }
+    use std::os::fd::AsRawFd;
+    let fd = AsRef::<UnixStream>::as_ref(&writer).as_raw_fd();
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
 }
 
 /// Sends requests on a session; clones share the connection.
@@ -287,12 +296,14 @@ pub async fn connect(bundle: &Path, id: &str) -> std::result::Result<Session, Co
     let pending = Arc::new(Mutex::new(Pending::default()));
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(read_events(id.to_string(), reader, pending.clone(), tx));
+    let (frames, queued) = mpsc::channel(FRAME_QUEUE);
+    tokio::spawn(write_frames(writer, queued));
     Ok(Session {
         control: Control {
             inner: Arc::new(Inner {
                 id: id.to_string(),
                 info,
-                writer: tokio::sync::Mutex::new(writer),
+                frames,
                 pending,
                 next_id: AtomicU64::new(1),
             }),
@@ -411,24 +422,15 @@ impl Control {
     ) -> std::result::Result<(), ControlError> {
         let mut buffer = Vec::new();
         frame::encode(request, &mut buffer);
-        let mut writer = self.inner.writer.lock().await;
-        match tokio::time::timeout(REQUEST_TIMEOUT, writer.write_all(&buffer)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe => Err(ControlError::Closed {
+        // Waits while the queue is full; fails once the connection is gone.
+        self.inner
+            .frames
+            .send(buffer)
+            .await
+            .map_err(|_| ControlError::Closed {
                 id: self.inner.id.clone(),
                 step,
-            }),
-            Ok(Err(source)) => Err(ControlError::Io {
-                id: self.inner.id.clone(),
-                step,
-                source,
-            }),
-            Err(_) => Err(ControlError::Timeout {
-                id: self.inner.id.clone(),
-                step,
-                timeout: REQUEST_TIMEOUT,
-            }),
-        }
+            })
     }
 
     /// Sends a request and waits for its reply.
@@ -548,13 +550,17 @@ impl Control {
 }
 
 impl Runtime {
-    /// Connects to the monitor of a running container (for resize, signal, close
-    /// stdin, or a later attach).
+    /// Connects to the monitor of a created or running container (for resize, signal,
+    /// close stdin, or a later attach). A created container's monitor is there
+    /// already: Docker attaches before it starts, so as to miss no output.
     pub async fn monitor_session(&self, namespace: &str, query: &str) -> Result<Session> {
         let container = self
             .find_container(namespace, query)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
-        if container.state != ContainerState::Running {
+        if !matches!(
+            container.state,
+            ContainerState::Created | ContainerState::Running
+        ) {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {} is not running (state {:?}): no monitor to talk to",
                 container.id, container.state
@@ -563,9 +569,10 @@ impl Runtime {
         Ok(connect(&container.bundle, &container.id).await?)
     }
 
-    /// Attaches to a running container's streams through its monitor. Asking for
-    /// stdin of a container created without it is InvalidArgument; a container that
-    /// is not running is FailedPrecondition.
+    /// Attaches to the streams of a created or running container through its
+    /// monitor. Asking for stdin of a container created without it is
+    /// InvalidArgument; a container that has exited is FailedPrecondition. (CRI
+    /// Attach, which wants a running container, checks that itself.)
     pub async fn attach(
         &self,
         namespace: &str,

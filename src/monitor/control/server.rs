@@ -346,7 +346,8 @@ impl Server {
         fds.push((self.listener.as_fd(), PollFlags::POLLIN, Source::Listener));
         for (index, client) in self.clients.iter().enumerate() {
             let mut flags = PollFlags::empty();
-            if !client.read_closed && !(stdin_full && client.has_stdin()) {
+            let paused = stdin_full && client.has_stdin();
+            if !client.read_closed && !paused {
                 flags |= PollFlags::POLLIN;
             }
             if !client.queued.is_empty() {
