@@ -602,6 +602,10 @@ async fn a_slow_reader_is_dropped_not_waited_for() {
     };
     assert!(slow_bytes < 200 * 65536, "the slow reader got everything");
     assert_eq!(ended.kind(), ErrorKind::Unavailable, "{ended}");
+    wait_for_file(&bundle(&env, &id).join("monitor.log"), |text| {
+        text.contains("disconnected 1 attached client(s)")
+    })
+    .await;
     control.close_stdin().await.expect("CloseStdin");
     assert_eq!(read_exit(&mut events, &mut seen).await, (0, None));
     env.remove_pod(&pod_id).await;

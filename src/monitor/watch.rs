@@ -571,6 +571,21 @@ impl Monitor {
         }
     }
 
+    /// Copies output (already logged) to the attached clients.
+    fn broadcast(&mut self, stream: proto::Stream, data: &[u8]) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let dropped = control.broadcast(stream, data);
+        if dropped > 0 {
+            self.note(&format!(
+                "control channel: disconnected {dropped} attached client(s) that fell {} \
+                 bytes behind",
+                super::control::server::CLIENT_BUFFER
+            ));
+        }
+    }
+
     /// Reads one chunk of the terminal's output (logged as stdout); returns whether
     /// there may be more now. EIO means no process holds the terminal any more.
     fn read_pty(&mut self, buffer: &mut [u8]) -> bool {
@@ -592,9 +607,7 @@ impl Monitor {
                     .log
                     .write_output(Stream::Stdout, &buffer[..n], &Utc::now());
                 self.log_result(result);
-                if let Some(control) = &mut self.control {
-                    control.broadcast(proto::Stream::Stdout, &buffer[..n]);
-                }
+                self.broadcast(proto::Stream::Stdout, &buffer[..n]);
                 true
             }
             Err(Errno::EINTR) => true,
@@ -626,13 +639,11 @@ impl Monitor {
             Ok(n) => {
                 let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
                 self.log_result(result);
-                if let Some(control) = &mut self.control {
-                    let stream = match stream {
-                        Stream::Stdout => proto::Stream::Stdout,
-                        Stream::Stderr => proto::Stream::Stderr,
-                    };
-                    control.broadcast(stream, &buffer[..n]);
-                }
+                let stream = match stream {
+                    Stream::Stdout => proto::Stream::Stdout,
+                    Stream::Stderr => proto::Stream::Stderr,
+                };
+                self.broadcast(stream, &buffer[..n]);
                 true
             }
             Err(Errno::EINTR) => true,
@@ -921,6 +932,15 @@ mod tests {
         assert_eq!(
             WatchArgs::parse(without_cgroup.to_args()).expect("parse"),
             without_cgroup
+        );
+        let with_tty = WatchArgs {
+            stdin_fd: None,
+            pty_fd: Some(10),
+            ..sample()
+        };
+        assert_eq!(
+            WatchArgs::parse(with_tty.to_args()).expect("parse"),
+            with_tty
         );
     }
 

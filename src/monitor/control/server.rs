@@ -600,10 +600,11 @@ impl Server {
     }
 
     /// Sends `data` the container wrote on `stream` to every client attached to it. A
-    /// client that has more than [`CLIENT_BUFFER`] queued is disconnected.
-    pub fn broadcast(&mut self, stream: proto::Stream, data: &[u8]) {
+    /// client that has more than [`CLIENT_BUFFER`] queued is disconnected; returns how
+    /// many were.
+    pub fn broadcast(&mut self, stream: proto::Stream, data: &[u8]) -> usize {
         if !self.clients.iter().any(|c| c.wants(stream)) {
-            return;
+            return 0;
         }
         let mut encoded = Vec::with_capacity(data.len() + 16);
         for chunk in data.chunks(frame::MAX_DATA) {
@@ -617,14 +618,17 @@ impl Server {
                 &mut encoded,
             );
         }
+        let mut dropped = 0;
         for client in self.clients.iter_mut().filter(|c| c.wants(stream)) {
             if client.queued.len() + encoded.len() > CLIENT_BUFFER {
                 client.drop_now();
+                dropped += 1;
                 continue;
             }
             client.queued.extend_from_slice(&encoded);
             client.flush();
         }
+        dropped
     }
 
     /// Forgets closed clients; a client attached with stdin that goes without ending
