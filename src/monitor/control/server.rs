@@ -852,6 +852,208 @@ mod tests {
         assert!(!input.wants_write());
     }
 
+    /// A server on a socket in a temporary bundle, and a connected client.
+    fn serve() -> (tempfile::TempDir, Server, std::os::unix::net::UnixStream) {
+        let bundle = tempfile::tempdir().expect("tempdir");
+        let (dir, dir_fd) = super::super::console::prepare_dir(bundle.path()).expect("dir");
+        let listener = super::super::console::listen_in(&dir_fd, super::super::SOCKET_NAME, 4)
+            .expect("listen");
+        let mut server = Server::new(listener, dir.join(super::super::SOCKET_NAME));
+        let client = std::os::unix::net::UnixStream::connect(dir.join(super::super::SOCKET_NAME))
+            .expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        assert_eq!(server.accept(), None);
+        assert_eq!(server.clients.len(), 1);
+        (bundle, server, client)
+    }
+
+    /// Sends `requests`, lets the server serve them, and returns what came back, and
+    /// whether the server closed the connection.
+    fn exchange(
+        server: &mut Server,
+        client: &mut std::os::unix::net::UnixStream,
+        requests: &[Request],
+    ) -> (Vec<Event>, bool) {
+        use std::io::{Read, Write};
+        let mut bytes = Vec::new();
+        for request in requests {
+            frame::encode(request, &mut bytes);
+        }
+        client.write_all(&bytes).expect("send");
+        let mut input = Input::new(StdinMode::default(), false, None);
+        let mut ctx = Context {
+            container_id: "c1",
+            input: &mut input,
+            pty: None,
+            init_pid: Pid::from_raw(i32::MAX),
+            running: true,
+        };
+        let mut buffer = vec![0u8; 4096];
+        server.client_ready(0, PollFlags::POLLIN, &mut ctx, &mut buffer);
+        server.reap(&mut ctx);
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let closed = loop {
+            match client.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(_) => break false,
+            }
+        };
+        let mut events = Vec::new();
+        let mut used = 0;
+        while let Some((event, n)) = frame::decode::<Event>(&received[used..]).expect("frame") {
+            events.push(event);
+            used += n;
+        }
+        assert_eq!(used, received.len(), "half a frame");
+        (events, closed)
+    }
+
+    fn hello(min_version: u32, max_version: u32) -> Request {
+        Request {
+            id: 0,
+            kind: Some(request::Kind::Hello(proto::Hello {
+                min_version,
+                max_version,
+            })),
+        }
+    }
+
+    fn reply_of(event: &Event) -> (u64, Code, &str) {
+        match &event.kind {
+            Some(event::Kind::Reply(reply)) => (
+                reply.id,
+                Code::try_from(reply.code).expect("code"),
+                reply.message.as_str(),
+            ),
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_picks_the_highest_common_version() {
+        let (_bundle, mut server, mut client) = serve();
+        let (events, closed) = exchange(&mut server, &mut client, &[hello(1, 7)]);
+        assert!(!closed);
+        let [Event {
+            kind: Some(event::Kind::Hello(reply)),
+        }] = events.as_slice()
+        else {
+            panic!("not a hello: {events:?}");
+        };
+        assert_eq!(reply.version, super::super::MAX_VERSION);
+        assert_eq!(reply.container_id, "c1");
+        assert!(reply.running && !reply.stdin && !reply.tty);
+    }
+
+    #[test]
+    fn versions_without_overlap_are_refused_clearly() {
+        let (_bundle, mut server, mut client) = serve();
+        let future = super::super::MAX_VERSION + 1;
+        let (events, closed) = exchange(&mut server, &mut client, &[hello(future, future + 2)]);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (_, code, message) = reply_of(&events[0]);
+        assert_eq!(code, Code::UnsupportedVersion);
+        assert!(message.contains("versions 1..=1"), "{message}");
+        assert!(closed, "the connection is closed after the refusal");
+    }
+
+    #[test]
+    fn hello_comes_first_and_once() {
+        let (_bundle, mut server, mut client) = serve();
+        let attach = Request {
+            id: 3,
+            kind: Some(request::Kind::Attach(proto::Attach {
+                stdout: true,
+                ..Default::default()
+            })),
+        };
+        let (events, closed) = exchange(&mut server, &mut client, &[attach]);
+        assert_eq!(reply_of(&events[0]).1, Code::ProtocolError);
+        assert!(closed);
+
+        let (_bundle, mut server, mut client) = serve();
+        let (events, closed) = exchange(&mut server, &mut client, &[hello(1, 1), hello(1, 1)]);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(reply_of(&events[1]).1, Code::ProtocolError);
+        assert!(closed);
+    }
+
+    #[test]
+    fn refusals_keep_the_connection() {
+        let (_bundle, mut server, mut client) = serve();
+        let request = |id, kind| Request {
+            id,
+            kind: Some(kind),
+        };
+        let (events, closed) = exchange(
+            &mut server,
+            &mut client,
+            &[
+                hello(1, 1),
+                request(
+                    1,
+                    request::Kind::Attach(proto::Attach {
+                        stdin: true,
+                        stdout: true,
+                        stderr: false,
+                    }),
+                ),
+                request(
+                    2,
+                    request::Kind::Resize(proto::Resize {
+                        width: 80,
+                        height: 24,
+                    }),
+                ),
+                request(3, request::Kind::Signal(proto::Signal { signal: 0 })),
+                request(4, request::Kind::CloseStdin(proto::CloseStdin {})),
+                // A newer client's request kind: decoded without one.
+                Request { id: 5, kind: None },
+                request(6, request::Kind::Attach(proto::Attach::default())),
+                request(
+                    7,
+                    request::Kind::Attach(proto::Attach {
+                        stdout: true,
+                        ..Default::default()
+                    }),
+                ),
+            ],
+        );
+        assert!(!closed);
+        let replies: Vec<(u64, Code)> = events[1..]
+            .iter()
+            .map(|e| {
+                let (id, code, _) = reply_of(e);
+                (id, code)
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                (1, Code::InvalidArgument),
+                (2, Code::FailedPrecondition),
+                (3, Code::InvalidArgument),
+                (4, Code::InvalidArgument),
+                (5, Code::InvalidArgument),
+                (6, Code::InvalidArgument),
+                (7, Code::Ok),
+            ]
+        );
+        assert!(reply_of(&events[1]).2.contains("without stdin"));
+        // Input without an attach with stdin breaks the protocol.
+        let input = Request {
+            id: 0,
+            kind: Some(request::Kind::Input(b"x".to_vec())),
+        };
+        let (events, closed) = exchange(&mut server, &mut client, &[input]);
+        assert_eq!(reply_of(&events[0]).1, Code::ProtocolError);
+        assert!(closed);
+    }
+
     #[test]
     fn no_stdin_accepts_nothing() {
         let mut input = Input::new(StdinMode::default(), false, None);
