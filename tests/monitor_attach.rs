@@ -435,6 +435,9 @@ async fn errors_name_the_container_and_the_step() {
         &["sh", "-c", "read x || echo stdin-is-null; sleep 1000"],
     );
     let (pod, pod_id, id) = run_one(&mut env, "", "attach-errors", &config).await;
+    // stdin is /dev/null: `read` sees EOF at once.
+    let log = env.log_path(&pod, "plain");
+    wait_for_file(&log, |text| text.contains("stdin-is-null")).await;
 
     let session = connect(&env, &id).await;
     assert!(!session.info().stdin && !session.info().stdin_open && !session.info().tty);
@@ -462,11 +465,8 @@ async fn errors_name_the_container_and_the_step() {
     control.signal(9).await.expect("SIGKILL");
     let mut seen = Seen::default();
     assert_eq!(read_exit(&mut events, &mut seen).await, (137, Some(9)));
-    // stdin was /dev/null: `read` saw EOF at once (before this session attached).
     let status = env.wait_exited(&id).await;
     assert_eq!(status.exit_code, 137);
-    let log = env.log_path(&pod, "plain");
-    wait_for_file(&log, |text| text.contains("stdin-is-null")).await;
 
     let err = monitor_control::connect(&bundle(&env, &id), &id)
         .await
@@ -553,7 +553,8 @@ async fn sessions_survive_a_wharfd_kill_and_restart() {
 async fn a_slow_reader_is_dropped_not_waited_for() {
     let mut env = PodEnv::start().await;
     let name = "loud";
-    // 64 KiB lines, 200 of them (12.5 MiB), then a marker; then it waits for stdin.
+    // 64 KiB lines, 200 of them (12.5 MiB) at most 13 MB/s (so that the fast reader
+    // keeps up on a loaded machine), then a marker; then it waits for stdin.
     let config = with_stdio(
         env.container_config(
             name,
@@ -561,7 +562,7 @@ async fn a_slow_reader_is_dropped_not_waited_for() {
                 "sh",
                 "-c",
                 "read go; i=0; line=$(head -c 65535 /dev/zero | tr '\\0' x); \
-                 while [ $i -lt 200 ]; do echo $line; i=$((i+1)); done; echo marker; read x; echo done",
+                 while [ $i -lt 200 ]; do echo $line; usleep 5000; i=$((i+1)); done; echo marker; read x; echo done",
             ],
         ),
         true,

@@ -352,7 +352,9 @@ async fn read_events<R: AsyncRead + Unpin>(
     let end = loop {
         let event = match read_frame::<proto::Event, _>(&mut reader).await {
             Ok(Some(event)) => event,
+            // A reset is the monitor closing too (it dropped this session, or exited).
             Ok(None) => break None,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => break None,
             Err(source) => {
                 break Some(ControlError::Io {
                     id: id.clone(),
