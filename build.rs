@@ -11,6 +11,17 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     println!("cargo:rerun-if-changed=build.rs");
     order_wharfd_functions();
+    compile_protos();
+}
+
+/// The project's own protocols (proto/), as prost types in OUT_DIR: the monitor control
+/// channel (src/monitor/control/). protoc is already needed by k8s-cri's build.
+fn compile_protos() {
+    let proto = "proto/monitor_control.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    if let Err(err) = prost_build::compile_protos(&[proto], &["proto/"]) {
+        panic!("compiling {proto}: {err} (protoc comes with the Debian package protobuf-compiler)");
+    }
 }
 
 /// Lays out wharfd's text with the functions it runs, start-up first, packed together

@@ -73,6 +73,18 @@ pub struct RunArgs {
     /// Longer lines are split into partial (P) lines of this many bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_LOG_LINE, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_log_line: u64,
+    /// Give the container a stdin that stays open (a pipe the monitor holds) for
+    /// clients of the control channel (CRI `stdin`).
+    #[arg(long)]
+    pub stdin: bool,
+    /// Close that stdin when the first client attached with stdin ends (CRI
+    /// `stdin_once`).
+    #[arg(long, requires = "stdin")]
+    pub stdin_once: bool,
+    /// The spec asks for a terminal (`process.terminal`, CRI `tty`): the monitor
+    /// receives and holds the PTY master through the runtime's console socket.
+    #[arg(long)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +177,7 @@ mod tests {
             RuntimeKind::External(PathBuf::from("/usr/sbin/runc"))
         );
         assert_eq!(args.max_log_line, DEFAULT_MAX_LOG_LINE);
+        assert!(!args.stdin && !args.stdin_once && !args.tty);
         assert!(Cli::try_parse_from(["wharf-monitor", "run", "--runtime", "runc"]).is_err());
     }
 

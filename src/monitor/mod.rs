@@ -6,10 +6,12 @@
 //! multi-threaded process leaves the child with locks held by threads that no longer
 //! exist. It also must be killable (upgrade, crash, `kill -9`) without stopping or losing
 //! a single container. So each container gets a small single-threaded process,
-//! `wharf-monitor run`, that creates the container, holds its stdout/stderr pipes,
-//! writes the CRI log file, reaps the container's init process and records how it
-//! ended. The daemon talks to the monitor only through files in the bundle and a
-//! one-shot sync pipe, so a restarted daemon rebuilds its view from those files.
+//! `wharf-monitor run`, that creates the container, holds its stdio (output pipes,
+//! stdin pipe, TTY master), writes the CRI log file, reaps the container's init
+//! process and records how it ended. The daemon learns about the container through files in the bundle and a
+//! one-shot sync pipe, so a restarted daemon rebuilds its view from those files; to
+//! attach to the container's stdio, resize its TTY or signal it, it connects to the
+//! monitor's control socket ([`control`]), which a restarted daemon finds again.
 //!
 //! # Process dance (`run`)
 //!
@@ -49,12 +51,15 @@
 //! | `exit.json` | monitor, atomically, after the init exited | `{"exit_code","signal","finished_at","oom_killed"}`; `exit_code` is 128+signal when killed |
 //! | `runtime.log` | external runtime (`--log`, JSON lines) | the runtime's own errors; the last `msg` becomes the create error |
 //! | `monitor.log` | monitor | errors after the sync line (its stderr is /dev/null) |
+//! | `control/monitor.sock` | monitor, before the sync line; removed at exit | the control channel ([`control`]): attach, stdin, resize, signal |
+//! | `control/console.sock` | monitor, during create with a TTY | the runtime's console socket: the PTY master comes through it |
 //!
 //! # CLI contract (the daemon depends on it)
 //!
 //! ```text
 //! wharf-monitor run --id ID --bundle DIR --runtime builtin|/abs/runtime --runtime-root DIR
 //!                   --log-path FILE [--max-log-line BYTES]          (stdout: sync pipe)
+//!                   [--stdin [--stdin-once]] [--tty]
 //!   sync line: {"monitor_pid":N,"pid":M} or {"monitor_pid":N,"error":"..."}
 //! wharf-monitor oci --root DIR [--log FILE] [--log-format FMT] start|kill|delete|state|exec|update ...
 //!   runc-compatible subset backed by libcontainer; errors: stderr + exit 1 (exec: 255)
@@ -70,6 +75,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod control;
 pub mod cri_log;
 mod files;
 pub use files::{error_chain, parse_parent_pid, parse_start_time};

@@ -20,6 +20,8 @@ use nix::unistd::{fork, getpid, pipe2, ForkResult, Pid};
 use serde::Serialize;
 
 use super::cli::{RunArgs, RuntimeKind};
+use super::control::console::{self, ConsoleSocket};
+use super::control::server::{Input, Server, StdinMode};
 use super::cri_log::CriLogWriter;
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
@@ -35,6 +37,8 @@ pub const MONITOR_STATE_FILE: &str = "monitor.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const RUNTIME_LOG_FILE: &str = "runtime.log";
 pub const MONITOR_LOG_FILE: &str = "monitor.log";
+/// How long after a successful create the PTY master may take to arrive.
+const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -97,6 +101,8 @@ struct Options {
     runtime_root: PathBuf,
     log_path: PathBuf,
     max_log_line: usize,
+    stdin: StdinMode,
+    tty: bool,
 }
 
 impl Options {
@@ -111,6 +117,11 @@ impl Options {
             runtime_root: absolute(args.runtime_root)?,
             log_path: absolute(args.log_path)?,
             max_log_line: usize::try_from(args.max_log_line).unwrap_or(usize::MAX),
+            stdin: StdinMode {
+                enabled: args.stdin,
+                once: args.stdin && args.stdin_once,
+            },
+            tty: args.tty,
         })
     }
 
@@ -263,9 +274,11 @@ fn after_runtime(error: impl Into<RunError>) -> StartFailure {
 
 /// The container's stdio as the runtime receives it.
 struct ContainerStdio {
-    stdin: File,
+    stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// With a TTY: where the runtime sends the PTY master (`--console-socket`).
+    console: Option<PathBuf>,
 }
 
 /// Everything up to the sync message: set up the monitor process, create the
@@ -282,12 +295,39 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
         fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|e| before_runtime(setup_error("non-blocking pipe")(e)))?;
     }
-    let stdin = File::open("/dev/null").map_err(|source| {
-        before_runtime(RunError::Setup {
-            what: "open /dev/null",
-            source,
-        })
-    })?;
+    // With stdin (and no TTY) the container reads a pipe whose write end the monitor
+    // keeps, so its stdin stays open; otherwise /dev/null (a TTY's input is the PTY).
+    let (stdin, stdin_pipe) = if options.stdin.enabled && !options.tty {
+        let (read, write) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| before_runtime(setup_error("stdin pipe")(e)))?;
+        fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(|e| before_runtime(setup_error("non-blocking stdin pipe")(e)))?;
+        (read, Some(write))
+    } else {
+        let null = File::open("/dev/null").map_err(|source| {
+            before_runtime(RunError::Setup {
+                what: "open /dev/null",
+                source,
+            })
+        })?;
+        (OwnedFd::from(null), None)
+    };
+    let control_setup = |what: &'static str| {
+        move |source: io::Error| before_runtime(RunError::Setup { what, source })
+    };
+    // The control socket exists before the daemon hears of the container.
+    let (control_dir, control_dir_fd) =
+        console::prepare_dir(&options.bundle).map_err(control_setup("control directory"))?;
+    let listener = console::listen_in(&control_dir_fd, super::control::SOCKET_NAME, 16)
+        .map_err(control_setup("control socket"))?;
+    let console_socket = if options.tty {
+        Some(
+            ConsoleSocket::listen(&control_dir, &control_dir_fd)
+                .map_err(control_setup("console socket"))?,
+        )
+    } else {
+        None
+    };
 
     let cgroup = oom::cgroups_path_from_bundle(&options.bundle).map_err(before_runtime)?;
 
@@ -304,12 +344,23 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
         stdin,
         stdout: stdout_write,
         stderr: stderr_write,
+        console: console_socket.as_ref().map(|c| c.path().to_path_buf()),
     };
     match &options.runtime {
         RuntimeKind::Builtin => create_builtin(options, stdio),
         RuntimeKind::External(runtime) => create_external(options, runtime, stdio),
     }
     .map_err(after_runtime)?;
+    let pty = console_socket
+        .map(|console| console.receive(CONSOLE_TIMEOUT))
+        .transpose()
+        .map_err(|source| {
+            after_runtime(RunError::Setup {
+                what: "receiving the PTY master from the runtime",
+                source,
+            })
+        })?;
+    drop(control_dir_fd);
 
     let init_pid = read_init_pid(&options.bundle_file(INIT_PID_FILE)).map_err(after_runtime)?;
     // The runtime's processes have exited, so the init was re-parented to us
@@ -345,6 +396,12 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
         log_failing: false,
         stdout: Some(stdout_read),
         stderr: Some(stderr_read),
+        input: Input::new(options.stdin, pty.is_some(), stdin_pipe),
+        pty,
+        control: Some(Server::new(
+            listener,
+            watch::control_socket_path(&options.bundle),
+        )),
         init_pid,
         init_exit: None,
         counters,
@@ -388,6 +445,7 @@ fn create_builtin(options: &Options, stdio: ContainerStdio) -> Result<(), RunErr
             reset_signals_for_child();
             // The init inherits this process's fds until it execs at start: the sync
             // pipe must not stay open there, or the daemon would wait for its EOF.
+            // The console socket is reached by a path through the monitor's own fds.
             let keep = [
                 0,
                 1,
@@ -444,6 +502,7 @@ fn build_with_libcontainer(options: &Options, stdio: ContainerStdio) -> Result<(
                 .with_stdin(stdio.stdin)
                 .with_stdout(stdio.stdout)
                 .with_stderr(stdio.stderr)
+                .with_console_socket(stdio.console.as_ref())
                 .as_init(&options.bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -461,7 +520,8 @@ fn create_external(
     let runtime_log = options.bundle_file(RUNTIME_LOG_FILE);
     // std resets the signal mask and SIGPIPE in the child before exec. The Command (and
     // with it the pipe write ends) is dropped at the end of this statement.
-    let status = Command::new(runtime)
+    let mut command = Command::new(runtime);
+    command
         .arg("--root")
         .arg(&options.runtime_root)
         .arg("--log")
@@ -472,7 +532,11 @@ fn create_external(
         .arg("--bundle")
         .arg(&options.bundle)
         .arg("--pid-file")
-        .arg(options.bundle_file(INIT_PID_FILE))
+        .arg(options.bundle_file(INIT_PID_FILE));
+    if let Some(console) = &stdio.console {
+        command.arg("--console-socket").arg(console);
+    }
+    let status = command
         .arg(&options.id)
         .stdin(Stdio::from(stdio.stdin))
         .stdout(Stdio::from(stdio.stdout))

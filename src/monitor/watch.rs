@@ -21,8 +21,12 @@
 //! ```text
 //! wharf-monitor-watch --id ID --bundle DIR --log-path FILE --max-log-line BYTES
 //!     --init-pid PID --stdout-fd FD --stderr-fd FD --log-fd FD --parent-baseline N
-//!     [--cgroup PATH]
+//!     [--cgroup PATH] [--control-fd FD] [--stdin none|open|once] [--stdin-fd FD]
+//!     [--pty-fd FD]
 //! ```
+//!
+//! `--control-fd` is the listening control socket ([`super::control`]), `--stdin-fd`
+//! the write end of the container's stdin pipe, `--pty-fd` the master of its TTY.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -43,6 +47,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+use super::control::proto;
+use super::control::server::{Context, Input, Server, Source, StdinMode};
 use super::cri_log::{format_timestamp, CriLogWriter, Stream};
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
@@ -140,6 +146,10 @@ pub struct WatchArgs {
     pub log_fd: RawFd,
     pub parent_baseline: u64,
     pub cgroup: Option<PathBuf>,
+    pub control_fd: Option<RawFd>,
+    pub stdin: StdinMode,
+    pub stdin_fd: Option<RawFd>,
+    pub pty_fd: Option<RawFd>,
 }
 
 impl WatchArgs {
@@ -162,13 +172,25 @@ impl WatchArgs {
         if let Some(cgroup) = &self.cgroup {
             push("--cgroup", cgroup.clone().into_os_string());
         }
+        if let Some(fd) = self.control_fd {
+            push("--control-fd", fd.to_string().into());
+        }
+        if self.stdin.enabled {
+            push("--stdin", self.stdin.name().into());
+        }
+        if let Some(fd) = self.stdin_fd {
+            push("--stdin-fd", fd.to_string().into());
+        }
+        if let Some(fd) = self.pty_fd {
+            push("--pty-fd", fd.to_string().into());
+        }
         args
     }
 
     /// Decodes the arguments after argv[0]: `--flag value` pairs, each flag once, all
-    /// but `--cgroup` required.
+    /// but `--cgroup` and the stdio ones required.
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, WatchError> {
-        const FLAGS: [&str; 10] = [
+        const FLAGS: [&str; 14] = [
             "--id",
             "--bundle",
             "--log-path",
@@ -179,8 +201,12 @@ impl WatchArgs {
             "--log-fd",
             "--parent-baseline",
             "--cgroup",
+            "--control-fd",
+            "--stdin",
+            "--stdin-fd",
+            "--pty-fd",
         ];
-        let mut values: [Option<OsString>; 10] = Default::default();
+        let mut values: [Option<OsString>; 14] = Default::default();
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let index = FLAGS
@@ -211,6 +237,24 @@ impl WatchArgs {
         let log_fd = number(FLAGS[7], take(7)?)?;
         let parent_baseline = number(FLAGS[8], take(8)?)?;
         let cgroup = values[9].take().map(PathBuf::from);
+        let control_fd = values[10]
+            .take()
+            .map(|v| number(FLAGS[10], v))
+            .transpose()?;
+        let stdin = match values[11].take() {
+            None => StdinMode::default(),
+            Some(value) => value.to_str().and_then(StdinMode::parse).ok_or_else(|| {
+                WatchError::Usage(format!("--stdin must be none, open or once, got {value:?}"))
+            })?,
+        };
+        let stdin_fd = values[12]
+            .take()
+            .map(|v| number(FLAGS[12], v))
+            .transpose()?;
+        let pty_fd = values[13]
+            .take()
+            .map(|v| number(FLAGS[13], v))
+            .transpose()?;
         for (flag, path) in [("--bundle", &bundle), ("--log-path", &log_path)] {
             if !path.is_absolute() {
                 return Err(WatchError::Usage(format!(
@@ -229,6 +273,10 @@ impl WatchArgs {
             log_fd,
             parent_baseline,
             cgroup,
+            control_fd,
+            stdin,
+            stdin_fd,
+            pty_fd,
         })
     }
 }
@@ -238,6 +286,21 @@ fn number<T: std::str::FromStr>(flag: &str, value: OsString) -> Result<T, WatchE
         .to_str()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| WatchError::Usage(format!("{flag} must be a number, got {value:?}")))
+}
+
+/// Where the monitor of the container in `bundle` serves its control channel.
+pub fn control_socket_path(bundle: &Path) -> PathBuf {
+    super::control::control_dir(bundle).join(super::control::SOCKET_NAME)
+}
+
+/// What poll reported ready, in [`Monitor::wait_and_handle`].
+#[derive(Debug, Clone, Copy)]
+enum Ready {
+    Signals,
+    Output(Stream),
+    Pty,
+    StdinPipe,
+    Control(Source),
 }
 
 /// Takes ownership of an fd named on the command line, close-on-exec again.
@@ -307,6 +370,12 @@ pub(super) struct Monitor {
     pub(super) log_failing: bool,
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
+    /// The master of the container's TTY: its output, and its input when it has stdin.
+    pub(super) pty: Option<OwnedFd>,
+    /// The container's stdin (see [`super::control`]).
+    pub(super) input: Input,
+    /// The control channel; None only when the watcher was started without one.
+    pub(super) control: Option<Server>,
     pub(super) init_pid: Pid,
     pub(super) init_exit: Option<InitExit>,
     pub(super) counters: OomCounters,
@@ -338,10 +407,10 @@ impl Monitor {
         // Reaping logged what the init wrote. Pipes still open now are held by processes
         // it left behind: record the exit at once, since Stop, Status and kubelet wait
         // for exit.json, and only then collect what those still write, for a while.
-        let orphans_hold_output = self.stdout.is_some() || self.stderr.is_some();
+        let orphans_hold_output = self.output_open();
         let mut recorded = orphans_hold_output.then(|| self.record_exit_noting(&exit));
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.stdout.is_some() || self.stderr.is_some() {
+        while self.output_open() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -356,7 +425,13 @@ impl Monitor {
         }
         self.stdout = None;
         self.stderr = None;
+        self.pty = None;
         let recorded = *recorded.get_or_insert_with(|| self.record_exit_noting(&exit));
+        // Attached clients learn the exit after all the output, and once exit.json is
+        // there (a client may ask the daemon for the status next).
+        if let Some(control) = self.control.take() {
+            control.finish(exit.exit_code, exit.signal);
+        }
         if recorded {
             0
         } else {
@@ -375,20 +450,46 @@ impl Monitor {
         }
     }
 
+    /// Whether some output source is still open.
+    fn output_open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some() || self.pty.is_some()
+    }
+
     fn wait_and_handle(&mut self, timeout: PollTimeout, buffer: &mut [u8]) {
-        let (signals_ready, stdout_ready, stderr_ready) = {
-            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-            let streams: Vec<Stream> = [
+        let ready: Vec<(Ready, PollFlags)> = {
+            let mut fds = Vec::with_capacity(4);
+            let mut sources = Vec::with_capacity(4);
+            fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+            sources.push(Ready::Signals);
+            for (stream, fd) in [
                 (Stream::Stdout, &self.stdout),
                 (Stream::Stderr, &self.stderr),
-            ]
-            .into_iter()
-            .filter_map(|(stream, fd)| {
-                let fd = fd.as_ref()?;
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                Some(stream)
-            })
-            .collect();
+            ] {
+                if let Some(fd) = fd {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    sources.push(Ready::Output(stream));
+                }
+            }
+            if let Some(pty) = &self.pty {
+                let mut flags = PollFlags::POLLIN;
+                if self.input.tty && self.input.wants_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(pty.as_fd(), flags));
+                sources.push(Ready::Pty);
+            }
+            if let Some(pipe) = self.input.pipe() {
+                if self.input.wants_write() {
+                    fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLOUT));
+                    sources.push(Ready::StdinPipe);
+                }
+            }
+            if let Some(control) = &self.control {
+                for (fd, flags, source) in control.poll_fds(self.input.is_full()) {
+                    fds.push(PollFd::new(fd, flags));
+                    sources.push(Ready::Control(source));
+                }
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => return,
@@ -399,25 +500,123 @@ impl Monitor {
                     return;
                 }
             }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
-            let mut stdout_ready = false;
-            let mut stderr_ready = false;
-            for (stream, fd) in streams.iter().zip(&fds[1..]) {
-                match stream {
-                    Stream::Stdout => stdout_ready = ready(fd),
-                    Stream::Stderr => stderr_ready = ready(fd),
-                }
-            }
-            (ready(&fds[0]), stdout_ready, stderr_ready)
+            sources
+                .into_iter()
+                .zip(&fds)
+                .filter_map(|(source, fd)| {
+                    let events = fd.revents().filter(|events| !events.is_empty())?;
+                    Some((source, events))
+                })
+                .collect()
         };
-        if stdout_ready {
-            self.read_stream(Stream::Stdout, buffer);
+        let mut signals_ready = false;
+        for (source, events) in ready {
+            match source {
+                Ready::Signals => signals_ready = true,
+                Ready::Output(stream) => {
+                    self.read_stream(stream, buffer);
+                }
+                Ready::Pty => {
+                    if events.contains(PollFlags::POLLOUT) {
+                        self.input.flush(self.pty.as_ref().map(AsFd::as_fd));
+                    }
+                    if events.intersects(!PollFlags::POLLOUT) {
+                        self.read_pty(buffer);
+                    }
+                }
+                Ready::StdinPipe => self.input.flush(None),
+                Ready::Control(source) => self.serve_control(source, events, buffer),
+            }
         }
-        if stderr_ready {
-            self.read_stream(Stream::Stderr, buffer);
+        if let Some(control) = &mut self.control {
+            let mut ctx = Context {
+                container_id: &self.id,
+                input: &mut self.input,
+                pty: self.pty.as_ref().map(AsFd::as_fd),
+                init_pid: self.init_pid,
+                running: self.init_exit.is_none(),
+            };
+            control.reap(&mut ctx);
+            // Whatever the clients sent: to the container at once, without waiting a
+            // poll round for POLLOUT.
+            if ctx.input.wants_write() {
+                ctx.input.flush(ctx.pty);
+            }
         }
         if signals_ready {
             self.handle_signals(buffer);
+        }
+    }
+
+    fn serve_control(&mut self, source: Source, events: PollFlags, buffer: &mut [u8]) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        match source {
+            Source::Listener => {
+                if let Some(note) = control.accept() {
+                    self.note(&note);
+                }
+            }
+            Source::Client(index) => {
+                let mut ctx = Context {
+                    container_id: &self.id,
+                    input: &mut self.input,
+                    pty: self.pty.as_ref().map(AsFd::as_fd),
+                    init_pid: self.init_pid,
+                    running: self.init_exit.is_none(),
+                };
+                control.client_ready(index, events, &mut ctx, buffer);
+            }
+        }
+    }
+
+    /// Copies output (already logged) to the attached clients.
+    fn broadcast(&mut self, stream: proto::Stream, data: &[u8]) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let dropped = control.broadcast(stream, data);
+        if dropped > 0 {
+            self.note(&format!(
+                "control channel: disconnected {dropped} attached client(s) that fell {} \
+                 bytes behind",
+                super::control::server::CLIENT_BUFFER
+            ));
+        }
+    }
+
+    /// Reads one chunk of the terminal's output (logged as stdout); returns whether
+    /// there may be more now. EIO means no process holds the terminal any more.
+    fn read_pty(&mut self, buffer: &mut [u8]) -> bool {
+        let Some(fd) = self.pty.as_ref() else {
+            return false;
+        };
+        match nix::unistd::read(fd.as_raw_fd(), buffer) {
+            Ok(0) | Err(Errno::EIO) => {
+                self.pty = None;
+                if self.input.tty {
+                    self.input.container_gone();
+                }
+                let result = self.log.flush_stream(Stream::Stdout, &Utc::now());
+                self.log_result(result);
+                false
+            }
+            Ok(n) => {
+                let result = self
+                    .log
+                    .write_output(Stream::Stdout, &buffer[..n], &Utc::now());
+                self.log_result(result);
+                self.broadcast(proto::Stream::Stdout, &buffer[..n]);
+                true
+            }
+            Err(Errno::EINTR) => true,
+            Err(Errno::EAGAIN) => false,
+            Err(errno) => {
+                self.pty = None;
+                self.note(&format!("reading the container's terminal failed: {errno}"));
+                false
+            }
         }
     }
 
@@ -440,6 +639,11 @@ impl Monitor {
             Ok(n) => {
                 let result = self.log.write_output(stream, &buffer[..n], &Utc::now());
                 self.log_result(result);
+                let stream = match stream {
+                    Stream::Stdout => proto::Stream::Stdout,
+                    Stream::Stderr => proto::Stream::Stderr,
+                };
+                self.broadcast(stream, &buffer[..n]);
                 true
             }
             Err(Errno::EINTR) => true,
@@ -464,6 +668,11 @@ impl Monitor {
                 if !self.read_stream(stream, buffer) {
                     break;
                 }
+            }
+        }
+        for _ in 0..MAX_DRAIN_CHUNKS_AT_EXIT {
+            if !self.read_pty(buffer) {
+                break;
             }
         }
     }
@@ -521,6 +730,8 @@ impl Monitor {
                 _ => continue,
             };
             self.drain_pending_output(buffer);
+            // Nothing reads the container's stdin any more.
+            self.input.container_gone();
             self.init_exit = Some(InitExit {
                 exit_code,
                 signal,
@@ -582,6 +793,20 @@ impl Monitor {
             source: errno.into(),
         })?;
         let parent_cgroup = args.cgroup.as_deref().and_then(oom::parent_cgroup);
+        let control = args
+            .control_fd
+            .map(|fd| inherited_fd("--control-fd", fd))
+            .transpose()?
+            .map(|listener| Server::new(listener, control_socket_path(&args.bundle)));
+        let stdin_pipe = args
+            .stdin_fd
+            .map(|fd| inherited_fd("--stdin-fd", fd))
+            .transpose()?;
+        let pty = args
+            .pty_fd
+            .map(|fd| inherited_fd("--pty-fd", fd))
+            .transpose()?;
+        let input = Input::new(args.stdin, pty.is_some(), stdin_pipe);
         Ok(Self {
             id: args.id,
             max_log_line: args.max_log_line,
@@ -592,6 +817,9 @@ impl Monitor {
             log_failing: false,
             stdout: Some(stdout),
             stderr: Some(stderr),
+            pty,
+            input,
+            control,
             init_pid: Pid::from_raw(args.init_pid),
             init_exit: None,
             counters: OomCounters::default(),
@@ -623,6 +851,10 @@ impl Monitor {
             log_fd: self.log.sink().as_raw_fd(),
             parent_baseline: self.parent_baseline,
             cgroup: self.cgroup.clone(),
+            control_fd: self.control.as_ref().map(|c| c.listener().as_raw_fd()),
+            stdin: self.input.mode,
+            stdin_fd: self.input.pipe().map(AsRawFd::as_raw_fd),
+            pty_fd: self.pty.as_ref().map(AsRawFd::as_raw_fd),
         };
         let c_string = |value: &OsStr| CString::new(value.as_bytes()).map_err(io::Error::other);
         let argv: Result<Vec<CString>, io::Error> = std::iter::once(watcher.as_os_str())
@@ -636,7 +868,12 @@ impl Monitor {
         let Some(path) = argv.first() else {
             return io::Error::other("empty argv");
         };
-        let handed_over = [args.stdout_fd, args.stderr_fd, args.log_fd];
+        let handed_over: Vec<RawFd> = [args.stdout_fd, args.stderr_fd, args.log_fd]
+            .into_iter()
+            .chain(args.control_fd)
+            .chain(args.stdin_fd)
+            .chain(args.pty_fd)
+            .collect();
         let failure = match handed_over
             .iter()
             .try_for_each(|&fd| fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map(drop))
@@ -648,7 +885,7 @@ impl Monitor {
             Err(errno) => io::Error::other(format!("clear close-on-exec: {errno}")),
         };
         // Still this process: the fds must not leak into anything it runs later.
-        for fd in handed_over {
+        for &fd in &handed_over {
             let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         }
         failure
@@ -671,6 +908,13 @@ mod tests {
             log_fd: 4,
             parent_baseline: 3,
             cgroup: Some("/wharf/pod1/c1".into()),
+            control_fd: Some(8),
+            stdin: StdinMode {
+                enabled: true,
+                once: true,
+            },
+            stdin_fd: Some(9),
+            pty_fd: None,
         }
     }
 
@@ -680,11 +924,23 @@ mod tests {
         assert_eq!(WatchArgs::parse(args.to_args()).expect("parse"), args);
         let without_cgroup = WatchArgs {
             cgroup: None,
+            control_fd: None,
+            stdin: StdinMode::default(),
+            stdin_fd: None,
             ..sample()
         };
         assert_eq!(
             WatchArgs::parse(without_cgroup.to_args()).expect("parse"),
             without_cgroup
+        );
+        let with_tty = WatchArgs {
+            stdin_fd: None,
+            pty_fd: Some(10),
+            ..sample()
+        };
+        assert_eq!(
+            WatchArgs::parse(with_tty.to_args()).expect("parse"),
+            with_tty
         );
     }
 
@@ -717,6 +973,11 @@ mod tests {
         assert!(message(args).contains("--bundle must be an absolute path"));
 
         assert!(message(vec!["--verbose".into()]).contains("unknown argument \"--verbose\""));
+
+        let mut args = sample().to_args();
+        let at = args.iter().position(|a| a == "--stdin").expect("flag") + 1;
+        args[at] = "always".into();
+        assert!(message(args).contains("--stdin must be none, open or once"));
     }
 
     #[test]

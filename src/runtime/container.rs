@@ -272,6 +272,11 @@ impl Runtime {
             target_pid_ns_path: target_pid_ns,
             bounding_capabilities: Some(super::host::bounding_capabilities()),
         };
+        let stdio = monitor::StdioOptions {
+            stdin: record.spec.stdin,
+            stdin_once: record.spec.stdin_once,
+            tty: record.spec.tty,
+        };
         let images = self.images.clone();
         let chain = record.chain_ids.clone();
         let bundle = record.bundle.clone();
@@ -325,6 +330,7 @@ impl Runtime {
             &record.id,
             &record.bundle,
             &log_path,
+            stdio,
             timeout,
         )
         .instrument(tracing::debug_span!("monitor.create"))
@@ -468,12 +474,18 @@ impl Runtime {
             PathBuf::from(&container.log_path)
         };
         let timeout = Duration::from_secs(self.config.runtime.create_timeout_secs);
+        let stdio = monitor::StdioOptions {
+            stdin: container.spec.stdin,
+            stdin_once: container.spec.stdin_once,
+            tty: container.spec.tty,
+        };
         let info = monitor::create(
             &self.monitor,
             &runtime,
             &container.id,
             &container.bundle,
             &log_path,
+            stdio,
             timeout,
         )
         .instrument(tracing::debug_span!("monitor.create"))

@@ -4,7 +4,7 @@
 //! in-memory state, locks and record helpers (service.rs), opening and recovery after a
 //! restart (recovery.rs), OCI spec generation (spec/: one builder per concern), the OCI
 //! runtime CLI (oci.rs), the
-//! monitor's daemon side (monitor.rs), and the host prerequisites behind the CRI
+//! monitor's daemon side (monitor.rs; its control channel: monitor_control.rs), and the host prerequisites behind the CRI
 //! `RuntimeReady` / `NetworkReady` conditions.
 
 pub mod caps;
@@ -13,6 +13,7 @@ pub mod exec_tree;
 mod host;
 pub mod model;
 pub mod monitor;
+pub mod monitor_control;
 pub mod namespaces;
 pub mod oci;
 mod pod;

@@ -70,6 +70,15 @@ struct SyncMessage {
     error: Option<String>,
 }
 
+/// How the container's stdio is set up (from CRI `stdin`, `stdin_once`, `tty`): the
+/// monitor keeps stdin open for clients of its control channel, and holds the TTY.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioOptions {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+}
+
 /// Where the monitor binary is: configured, or next to the running executable.
 pub fn monitor_program(configured: Option<&Path>) -> PathBuf {
     if let Some(path) = configured {
@@ -89,6 +98,7 @@ pub async fn create(
     id: &str,
     bundle: &Path,
     log_path: &Path,
+    stdio: StdioOptions,
     timeout: Duration,
 ) -> Result<MonitorInfo, MonitorError> {
     let (read_end, write_end) =
@@ -108,6 +118,9 @@ pub async fn create(
         .arg(&runtime.root)
         .arg("--log-path")
         .arg(log_path)
+        .args(stdio.stdin.then_some("--stdin"))
+        .args((stdio.stdin && stdio.stdin_once).then_some("--stdin-once"))
+        .args(stdio.tty.then_some("--tty"))
         .stdin(Stdio::null())
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::null());

@@ -51,6 +51,8 @@ pub enum RuntimeError {
     Oci(#[from] OciError),
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    #[error(transparent)]
+    Control(#[from] super::monitor_control::ControlError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -79,6 +81,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::Snapshot(err) => err.kind(),
             RuntimeError::Oci(err) => err.kind(),
             RuntimeError::Monitor(err) => err.kind(),
+            RuntimeError::Control(err) => err.kind(),
             RuntimeError::Network(err) => err.kind(),
             RuntimeError::Corrupt(err) => err.kind(),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,

@@ -57,6 +57,15 @@ impl DaemonPaths {
         }
     }
 
+    /// With the state dir `state` deep inside `dir` (the CRI socket stays short).
+    fn in_dir_with_state(dir: &Path, state: &Path) -> DaemonPaths {
+        DaemonPaths {
+            state: dir.join(state),
+            cri_socket: dir.join("wharf.sock"),
+            ..DaemonPaths::in_dir(dir)
+        }
+    }
+
     /// The flags that put a daemon on these paths.
     pub fn args(&self) -> Vec<String> {
         vec![
@@ -92,12 +101,21 @@ impl Daemon {
 
     /// Starts wharfd with `config_toml` as its config file (paths still come from flags).
     pub async fn start_with_config(config_toml: &str) -> Daemon {
+        Daemon::start_with_state(config_toml, None).await
+    }
+
+    /// Like [`Daemon::start_with_config`], with the state dir at `state` relative to
+    /// the daemon's temporary dir (e.g. a path longer than a socket address can be).
+    pub async fn start_with_state(config_toml: &str, state: Option<&Path>) -> Daemon {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("wharf-test-")
             .tempdir()
             .expect("create temporary dir for wharfd");
-        let paths = DaemonPaths::in_dir(dir.path());
+        let paths = match state {
+            Some(state) => DaemonPaths::in_dir_with_state(dir.path(), state),
+            None => DaemonPaths::in_dir(dir.path()),
+        };
         let cgroup_parent = format!(
             "/{}",
             dir.path()

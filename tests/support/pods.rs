@@ -51,11 +51,17 @@ impl PodEnv {
     }
 
     pub async fn start_with_config(config: &str) -> PodEnv {
+        PodEnv::start_with_state(config, None).await
+    }
+
+    /// With the daemon's state dir at `state` in its temporary dir (see
+    /// [`Daemon::start_with_state`]).
+    pub async fn start_with_state(config: &str, state: Option<&Path>) -> PodEnv {
         let registry = Registry::start().await;
         registry
             .push("test/busybox", "latest", &ImageBuilder::busybox().build())
             .await;
-        let daemon = Daemon::start_with_config(config).await;
+        let daemon = Daemon::start_with_state(config, state).await;
         let image = format!("{}/test/busybox:latest", registry.host());
         let mut images = daemon.image_client().await;
         images
