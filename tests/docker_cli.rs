@@ -68,7 +68,9 @@ async fn pull_run_detached_logs_inspect_stop_remove() {
         &image,
         "sh",
         "-c",
-        "echo $GREETING; echo oops >&2; hostname; exec sleep 600",
+        // stderr first, and a pause: the monitor reads the two pipes apart, so lines
+        // written at once may reach the log in either order.
+        "echo oops >&2; sleep 0.3; echo $GREETING; hostname; exec sleep 600",
     ]);
     assert_eq!(id.len(), 64, "{id}");
     let ps = docker.ok(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
@@ -349,7 +351,15 @@ async fn start_again_restart_events_and_auto_remove() {
     }
     assert_eq!(docker.ok(&["logs", &name]), "run\nrun\nrun");
     let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
-    let kept = std::fs::read_to_string(format!("/proc/{pid}/root/kept")).unwrap();
+    let kept_path = format!("/proc/{pid}/root/kept");
+    let mut kept = String::new();
+    for _ in 0..50 {
+        kept = std::fs::read_to_string(&kept_path).unwrap_or_default();
+        if kept.lines().count() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(kept, "data\ndata\ndata\n");
     docker.ok(&["rm", "-f", &name]);
 
@@ -795,4 +805,93 @@ async fn update_resources_and_restart_policy() {
         "{err}"
     );
     docker.ok(&["rm", "-f", &name]);
+}
+
+#[tokio::test]
+async fn run_attached_with_stdin_and_a_tty() {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+
+    // Output of both streams, the exit code, and --rm by the daemon.
+    let name = unique("attached");
+    let run = docker.run(&[
+        "run",
+        "--rm",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
+    ]);
+    assert_eq!(
+        (run.status, run.stdout.as_str(), run.stderr.as_str()),
+        (5, "out\n", "err\n")
+    );
+    wait_gone(&docker, &name).await;
+
+    // -i: the CLI's stdin reaches the container, and its end is the container's EOF.
+    let socket = docker.socket();
+    let output = std::process::Command::new(support::docker::docker_cli())
+        .args([
+            "run",
+            "-i",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "while read l; do echo got:$l; done; echo eof",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "got:one\ngot:two\neof\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // -it under a pseudo-terminal (script(1)): the container gets a TTY.
+    let command = format!(
+        "{} run -it --rm {image} sh -c 'test -t 0 && echo tty:yes; tty; exit 3'",
+        support::docker::docker_cli()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("tty:yes"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(output.status.code(), Some(3), "{text}");
+
+    // docker attach to a running container sees what it writes next.
+    let late = unique("late");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &late,
+        &image,
+        "sh",
+        "-c",
+        "sleep 1; echo later; sleep 1",
+    ]);
+    let attached = docker.ok(&["attach", "--no-stdin", &late]);
+    assert_eq!(attached, "later");
+    docker.ok(&["rm", "-f", &late]);
 }

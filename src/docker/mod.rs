@@ -10,6 +10,8 @@
 //! - `events.rs`: `/events`, and the front end's housekeeping on engine events;
 //! - `containers.rs`: create, list, inspect, start (again), stop, restart, kill, wait,
 //!   remove;
+//! - `attach.rs`: `/containers/{id}/attach` (hijacked, through the monitor's control
+//!   channel) and `/containers/{id}/resize`;
 //! - `archive.rs`: `/containers/{id}/archive` (`docker cp`, through a chrooted helper);
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
@@ -24,6 +26,7 @@
 //! headers.
 
 mod archive;
+mod attach;
 mod containers;
 mod convert;
 mod error;
@@ -87,6 +90,8 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/rename", post(containers::rename))
         .route("/containers/{id}/update", post(containers::update))
         .route("/containers/{id}/top", get(containers::top))
+        .route("/containers/{id}/attach", post(attach::attach))
+        .route("/containers/{id}/resize", post(attach::resize))
         .route("/containers/{id}/stats", get(stats::stats))
         .route(
             "/containers/{id}/archive",

@@ -60,6 +60,11 @@ impl DockerEnv {
         DockerEnv { env, image, config }
     }
 
+    /// DOCKER_CONFIG of this environment's CLI runs.
+    pub fn config_dir(&self) -> &Path {
+        self.config.path()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.env.daemon.paths.state.join("docker.sock")
     }
