@@ -92,20 +92,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
+    // One count for both APIs: shutdown and the memory trimmer wait for every call.
+    let in_flight = InFlight::default();
     let (docker_stop_tx, docker_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut docker_server = match &docker_socket {
         Some(docker_socket) => {
             let listener = docker_socket.listener()?;
             let server = docker::DockerServer::new(engine.clone());
-            Some(tokio::spawn(docker::serve(listener, server, async {
-                let _ = docker_stop_rx.await;
-            })))
+            Some(tokio::spawn(docker::serve(
+                listener,
+                server,
+                in_flight.layer(),
+                async {
+                    let _ = docker_stop_rx.await;
+                },
+            )))
         }
         None => None,
     };
     let (runtime_service, image_service) = cri::services(CriServer::new(engine));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let in_flight = InFlight::default();
     let server = tonic::transport::Server::builder()
         .layer(in_flight.layer())
         .add_service(runtime_service)

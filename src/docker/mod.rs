@@ -122,15 +122,30 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .with_state(server)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(
+/// Serves the API on `listener` until `shutdown` completes; every request passes
+/// through `layer` (the daemon's in-flight accounting, which its shutdown waits on).
+pub async fn serve<L>(
     listener: tokio::net::UnixListener,
     server: Arc<DockerServer>,
+    layer: L,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: tower::Layer<Router>,
+    L::Service: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send,
+{
     use axum::ServiceExt;
     let service = tower::ServiceBuilder::new()
         .map_request(version::strip_prefix)
+        .layer(layer)
         .service(routes(server));
     axum::serve(listener, service.into_make_service())
         .with_graceful_shutdown(shutdown)
