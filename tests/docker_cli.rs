@@ -163,9 +163,8 @@ async fn pull_run_detached_logs_inspect_stop_remove() {
 
 #[tokio::test]
 async fn create_start_wait_and_exit_codes() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let name = unique("job");
     let id = docker.ok(&[
         "create",
@@ -203,9 +202,8 @@ async fn create_start_wait_and_exit_codes() {
 
 #[tokio::test]
 async fn dockerd_errors_and_refusals() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
 
     let err = docker.fails(&["rm", "no-such-container"]);
     assert!(
@@ -257,9 +255,8 @@ async fn dockerd_errors_and_refusals() {
 
 #[tokio::test]
 async fn image_tag_and_remove() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     docker.ok(&["tag", &image, "wharf-test/retagged:v1"]);
     let tags = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(
@@ -310,9 +307,8 @@ async fn wait_gone(docker: &DockerEnv, name: &str) {
 
 #[tokio::test]
 async fn start_again_restart_events_and_auto_remove() {
-    let mut docker = DockerEnv::start().await;
+    let mut docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let since = chrono::Utc::now().timestamp().to_string();
 
     let name = unique("again");
@@ -431,9 +427,8 @@ async fn start_again_restart_events_and_auto_remove() {
 
 #[tokio::test]
 async fn rename_and_top() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let first = unique("first");
     let second = unique("second");
     let other = unique("other");
@@ -492,9 +487,8 @@ fn tar_with_entry(name: &str, data: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn docker_cp_both_ways_and_never_outside_the_container() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let name = unique("cp");
     let id = docker.ok(&[
         "run",
@@ -610,9 +604,8 @@ async fn wait_inspect(
 
 #[tokio::test]
 async fn restart_policies_also_across_a_kill_9() {
-    let mut docker = DockerEnv::start().await;
+    let mut docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
 
     // on-failure:2 — two restarts, then it stays exited.
     let failing = unique("failing");
@@ -708,9 +701,8 @@ async fn restart_policies_also_across_a_kill_9() {
 
 #[tokio::test]
 async fn stats_of_a_busy_container() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let name = unique("busy");
     docker.ok(&[
         "run",
@@ -757,9 +749,8 @@ async fn stats_of_a_busy_container() {
 
 #[tokio::test]
 async fn update_resources_and_restart_policy() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
     let name = unique("upd");
     docker.ok(&[
         "run", "-d", "--name", &name, "-m", "64m", &image, "sleep", "600",
@@ -809,9 +800,8 @@ async fn update_resources_and_restart_policy() {
 
 #[tokio::test]
 async fn run_attached_with_stdin_and_a_tty() {
-    let docker = DockerEnv::start().await;
+    let docker = DockerEnv::start_pulled().await;
     let image = docker.image.clone();
-    docker.ok(&["pull", "-q", &image]);
 
     // Output of both streams, the exit code, and --rm by the daemon.
     let name = unique("attached");

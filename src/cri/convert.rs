@@ -36,6 +36,16 @@ pub(super) fn container_name(
     )
 }
 
+/// A CRI enum value the core knows, or InvalidArgument naming `field` and the number.
+fn known<T, E>(
+    parsed: std::result::Result<T, E>,
+    value: i32,
+    field: impl FnOnce() -> String,
+    what: &str,
+) -> Result<T> {
+    parsed.map_err(|_| RuntimeError::invalid(field(), format!("unknown {what} {value}")))
+}
+
 fn namespace_mode(value: i32, field: &str) -> Result<NamespaceMode> {
     match cri::NamespaceMode::try_from(value) {
         Ok(cri::NamespaceMode::Pod) => Ok(NamespaceMode::Pod),
@@ -75,16 +85,16 @@ pub(super) fn pod_spec(config: &cri::PodSandboxConfig) -> Result<PodSpec> {
     )?;
     let mut port_mappings = Vec::new();
     for (i, m) in config.port_mappings.iter().enumerate() {
-        let protocol = match cri::Protocol::try_from(m.protocol) {
-            Ok(cri::Protocol::Tcp) => Protocol::Tcp,
-            Ok(cri::Protocol::Udp) => Protocol::Udp,
-            Ok(cri::Protocol::Sctp) => Protocol::Sctp,
-            Err(_) => {
-                return Err(RuntimeError::invalid(
-                    format!("config.port_mappings[{i}].protocol"),
-                    format!("unknown protocol {}", m.protocol),
-                ))
-            }
+        let protocol = known(
+            cri::Protocol::try_from(m.protocol),
+            m.protocol,
+            || format!("config.port_mappings[{i}].protocol"),
+            "protocol",
+        )?;
+        let protocol = match protocol {
+            cri::Protocol::Tcp => Protocol::Tcp,
+            cri::Protocol::Udp => Protocol::Udp,
+            cri::Protocol::Sctp => Protocol::Sctp,
         };
         port_mappings.push(PortMapping {
             protocol,
@@ -140,16 +150,16 @@ pub(super) fn container_spec(
     let linux = config.linux.clone().unwrap_or_default();
     let mut mounts = Vec::new();
     for (i, m) in config.mounts.iter().enumerate() {
-        let propagation = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
-            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
-            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
-            Err(_) => {
-                return Err(RuntimeError::invalid(
-                    format!("mounts[{i}].propagation"),
-                    format!("unknown propagation {}", m.propagation),
-                ))
-            }
+        let propagation = known(
+            cri::MountPropagation::try_from(m.propagation),
+            m.propagation,
+            || format!("mounts[{i}].propagation"),
+            "propagation",
+        )?;
+        let propagation = match propagation {
+            cri::MountPropagation::PropagationPrivate => Propagation::Private,
+            cri::MountPropagation::PropagationHostToContainer => Propagation::HostToContainer,
+            cri::MountPropagation::PropagationBidirectional => Propagation::Bidirectional,
         };
         mounts.push(Mount {
             container_path: m.container_path.clone(),

@@ -148,10 +148,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         result = &mut server => {
             // The server stopped by itself: an accept error. Clean up and report it.
             trimmer.abort();
-            socket.remove();
-            if let Some(docker_socket) = &docker_socket {
-                docker_socket.remove();
-            }
+            remove_sockets(&socket, docker_socket.as_ref());
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => Err(err.into()),
@@ -160,10 +157,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         result = docker_failed => {
             trimmer.abort();
-            socket.remove();
-            if let Some(docker_socket) = &docker_socket {
-                docker_socket.remove();
-            }
+            remove_sockets(&socket, docker_socket.as_ref());
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => Err(DaemonError::DockerServe(err)),
@@ -179,10 +173,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     trimmer.abort();
     // New connections stop now, whatever the drain does next.
-    socket.remove();
-    if let Some(docker_socket) = &docker_socket {
-        docker_socket.remove();
-    }
+    remove_sockets(&socket, docker_socket.as_ref());
     let _ = stop_tx.send(());
     let _ = docker_stop_tx.send(());
     // Wait for the calls being handled, not for idle connections: clients keep those
@@ -202,6 +193,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("wharfd stopped");
     Ok(())
+}
+
+/// Removes the API sockets (those still ours): no new connection from here on.
+fn remove_sockets(cri: &ServedSocket, docker: Option<&ServedSocket>) {
+    cri.remove();
+    if let Some(docker) = docker {
+        docker.remove();
+    }
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {

@@ -175,6 +175,25 @@ fn name_taken(server: &DockerServer, name: &str) -> Option<String> {
     owner
 }
 
+/// A name a client asks for (with or without the leading '/'): valid by Docker's rule
+/// and not in use, with dockerd's messages.
+fn checked_new_name(server: &DockerServer, requested: &str) -> Result<String, ApiError> {
+    let name = requested.strip_prefix('/').unwrap_or(requested).to_string();
+    if !convert::valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            crate::image::bounded(&name, crate::image::MAX_ECHO)
+        )));
+    }
+    if let Some(owner) = name_taken(server, &name) {
+        return Err(ApiError::conflict(format!(
+            "Conflict. The container name \"/{name}\" is already in use by container \"{owner}\". \
+             You have to remove (or rename) that container to be able to reuse that name."
+        )));
+    }
+    Ok(name)
+}
+
 /// POST `/containers/create?name=`: 201 `{"Id", "Warnings"}`.
 pub(super) async fn create(
     State(server): State<Arc<DockerServer>>,
@@ -185,24 +204,9 @@ pub(super) async fn create(
     let request: CreateRequest = serde_json::from_value(raw.clone())
         .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
     let name = match query.name.filter(|n| !n.is_empty()) {
-        Some(name) => {
-            let name = name.strip_prefix('/').unwrap_or(&name).to_string();
-            if !convert::valid_name(&name) {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
-                    crate::image::bounded(&name, crate::image::MAX_ECHO)
-                )));
-            }
-            name
-        }
+        Some(name) => checked_new_name(&server, &name)?,
         None => random_name(|n| name_taken(&server, n).is_some()),
     };
-    if let Some(owner) = name_taken(&server, &name) {
-        return Err(ApiError::conflict(format!(
-            "Conflict. The container name \"/{name}\" is already in use by container \"{owner}\". \
-             You have to remove (or rename) that container to be able to reuse that name."
-        )));
-    }
     // Checked before anything is made: the CLI pulls on a 404 and creates again.
     let image = server
         .images
@@ -828,25 +832,14 @@ pub(super) async fn rename(
     Query(params): Query<RenameQuery>,
 ) -> Result<StatusCode, ApiError> {
     let c = find(&server, &query)?;
-    let name = params.name.unwrap_or_default();
-    let name = name.strip_prefix('/').unwrap_or(&name).to_string();
-    if !convert::valid_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "Invalid container name ({}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
-            crate::image::bounded(&name, crate::image::MAX_ECHO)
-        )));
-    }
-    if name == c.spec.name {
+    let requested = params.name.unwrap_or_default();
+    if requested.strip_prefix('/').unwrap_or(&requested) == c.spec.name {
         return Err(ApiError::conflict(format!(
-            "Renaming a container with the same name as its current name: {name}"
+            "Renaming a container with the same name as its current name: {}",
+            c.spec.name
         )));
     }
-    if let Some(owner) = name_taken(&server, &name) {
-        return Err(ApiError::conflict(format!(
-            "Conflict. The container name \"/{name}\" is already in use by container \"{owner}\". \
-             You have to remove (or rename) that container to be able to reuse that name."
-        )));
-    }
+    let name = checked_new_name(&server, &requested)?;
     server
         .runtime
         .rename_container(NAMESPACE, &c.id, &name)

@@ -49,35 +49,29 @@ fn os_release_name() -> String {
 
 /// GET `/version`.
 pub(super) async fn version() -> Json<Value> {
-    let kernel = HostInfo::probe().kernel;
     let version = env!("CARGO_PKG_VERSION");
-    Json(json!({
-        "Platform": { "Name": "wharf" },
-        "Components": [{
-            "Name": "Engine",
-            "Version": version,
-            "Details": {
-                "ApiVersion": API_VERSION,
-                "MinAPIVersion": MIN_API_VERSION,
-                "GitCommit": "",
-                "GoVersion": "",
-                "Os": "linux",
-                "Arch": arch(),
-                "KernelVersion": kernel,
-                "Experimental": "false",
-                "BuildTime": "",
-            },
-        }],
-        "Version": version,
+    let details = json!({
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
         "GitCommit": "",
         "GoVersion": "",
         "Os": "linux",
         "Arch": arch(),
-        "KernelVersion": kernel,
+        "KernelVersion": HostInfo::probe().kernel,
         "BuildTime": "",
-    }))
+    });
+    // dockerd repeats the engine's details at the top level.
+    let mut answer = details.clone();
+    answer["Platform"] = json!({ "Name": "wharf" });
+    answer["Version"] = json!(version);
+    let mut engine_details = details;
+    engine_details["Experimental"] = json!("false");
+    answer["Components"] = json!([{
+        "Name": "Engine",
+        "Version": version,
+        "Details": engine_details,
+    }]);
+    Json(answer)
 }
 
 /// MemTotal of /proc/meminfo, in bytes.

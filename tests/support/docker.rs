@@ -60,6 +60,14 @@ impl DockerEnv {
         DockerEnv { env, image, config }
     }
 
+    /// As `start`, with the test image pulled through the Docker API (`docker pull`).
+    pub async fn start_pulled() -> DockerEnv {
+        let docker = DockerEnv::start().await;
+        let image = docker.image.clone();
+        docker.ok(&["pull", "-q", &image]);
+        docker
+    }
+
     /// DOCKER_CONFIG of this environment's CLI runs.
     pub fn config_dir(&self) -> &Path {
         self.config.path()
