@@ -12,10 +12,12 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-/// How many past events are kept for replay.
-pub const REPLAY: usize = 1024;
+/// How many past events are kept for replay: dockerd's 256 (`eventsLimit`). Each is
+/// also held by the broadcast channel's slots until overwritten, and a container's
+/// carry its labels (kubelet's pods have many): the daemon's memory pays for both.
+pub const REPLAY: usize = 256;
 /// How many events a slow subscriber may lag before it loses some.
-const CHANNEL: usize = 1024;
+const CHANNEL: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -74,7 +76,7 @@ impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             sender: broadcast::channel(CHANNEL).0,
-            recent: Mutex::new(VecDeque::with_capacity(REPLAY)),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 }
