@@ -91,6 +91,10 @@ cleanup() {
       sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule" 2>/dev/null; done
   done
   echo "$ip_forward_before" > /proc/sys/net/ipv4/ip_forward
+  # wharfd's pod cgroups of this run (their parent outlives the pods), never /wharf.
+  for dir in /sys/fs/cgroup/*/"wharf-bench-$tag" /sys/fs/cgroup/"wharf-bench-$tag"; do
+    [[ -d $dir ]] && find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
   rm -rf "$work/wharf" "$work/containerd" "$work/ipam" "$work/logs"
   echo "== results kept in $out" >&2
 }
@@ -157,6 +161,8 @@ pids+=($!)
 # --- wharfd ---------------------------------------------------------------------------
 mkdir -p "$work/wharf"
 cat > "$work/wharf/wharf.toml" <<EOF
+[runtime]
+default_cgroup_parent = "/wharf-bench-$tag"
 [network]
 mode = "cni"
 [cni]
