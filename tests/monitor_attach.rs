@@ -634,13 +634,15 @@ fn monitor_memory(bundle: &Path) -> (u64, u64, u64) {
     )
 }
 
-/// Not a check: prints the RSS of idle watchers, this build's and (with
-/// WHARF_BEFORE_MONITOR=/path/to/an/older/wharf-monitor, its watcher next to it) an
-/// older one's, for docs/benchmarks.md. `cargo test --test monitor_attach -- --ignored
-/// --nocapture watcher_memory`.
+/// An attach and detach leaves no session buffers behind in the watcher (its private
+/// memory grows by at most a few pages). Also prints the memory of idle watchers for
+/// docs/benchmarks.md, this build's and (with WHARF_BEFORE_MONITOR=/path/to/an/older/
+/// wharf-monitor, its watcher next to it) an older one's: `cargo test --test
+/// monitor_attach -- --nocapture watcher_memory`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore]
 async fn watcher_memory() {
+    /// Growth allowed per watcher (KiB): far below one session's 1 MiB queue.
+    const MAX_GROWTH_KIB: u64 = 256;
     let mut builds = vec![("this build".to_string(), String::new())];
     if let Ok(before) = std::env::var("WHARF_BEFORE_MONITOR") {
         builds.push((
@@ -675,6 +677,13 @@ async fn watcher_memory() {
                 .map(|id| monitor_memory(&bundle(&env, id)))
                 .collect();
             println!("{build}: after one attach and detach each: {used:?}");
+            for (before, after) in idle.iter().zip(&used) {
+                assert!(
+                    after.2 <= before.2 + MAX_GROWTH_KIB,
+                    "a detached session left {} KiB in the watcher (before {before:?}, after {after:?})",
+                    after.2.saturating_sub(before.2)
+                );
+            }
         }
     }
 }
