@@ -687,3 +687,267 @@ async fn watcher_memory() {
         }
     }
 }
+
+/// The runtime command prefix wharfd gives the monitor for `handler`.
+fn runtime_prefix(env: &PodEnv, handler: &str) -> Vec<String> {
+    let (program, name, extra): (&str, &str, &[&str]) = match handler {
+        "" => (env!("CARGO_BIN_EXE_wharf-monitor"), "builtin", &["oci"]),
+        "runc" => ("/usr/sbin/runc", "runc", &[]),
+        other => panic!("no prefix for handler {other}"),
+    };
+    let root = env.daemon.paths.state.join("runtime").join(name);
+    let mut argv = vec![program.to_string()];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.push("--root".into());
+    argv.push(root.to_string_lossy().into_owned());
+    argv
+}
+
+async fn exec(
+    env: &PodEnv,
+    handler: &str,
+    id: &str,
+    request: &monitor_control::ExecRequest,
+) -> (Session, i32) {
+    monitor_control::exec(&bundle(env, id), id, runtime_prefix(env, handler), request)
+        .await
+        .unwrap_or_else(|err| panic!("exec {:?} in {id}: {err}", request.cmd))
+}
+
+fn request(cmd: &[&str], stdin: bool, tty: bool) -> monitor_control::ExecRequest {
+    monitor_control::ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+        size: tty.then_some((91, 17)),
+    }
+}
+
+/// The pids (host) in /proc whose parent is `parent` and that are zombies.
+fn zombie_children(parent: i32) -> Vec<i32> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) && fields[0] == "Z" {
+            zombies.push(pid);
+        }
+    }
+    zombies
+}
+
+fn monitor_pid(env: &PodEnv, id: &str) -> i32 {
+    let text = std::fs::read_to_string(bundle(env, id).join("monitor.json")).expect("monitor.json");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("monitor.json is JSON");
+    value["monitor_pid"].as_i64().expect("monitor pid") as i32
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let rest = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
+            !rest.trim_start().starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Exec sessions (protocol version 2): without a TTY, stdin with EOF, both streams and
+/// exit codes; with a TTY, the first size, resize and the terminal's EOF; a missing
+/// executable is refused with the runtime's message; a client that goes first gets its
+/// process killed and reaped; a background child that holds stdout does not hold the
+/// session; nothing goes to the container's CRI log, and the monitor keeps no fd.
+async fn exec_sessions(handler: &str) {
+    let mut env = PodEnv::start().await;
+    let name = "exec-target";
+    let config = env.container_config(name, &["sleep", "3600"]);
+    let (pod, pod_id, id) = run_one(&mut env, handler, "exec", &config).await;
+    let monitor = monitor_pid(&env, &id);
+    let fds_before = fd_count(monitor);
+
+    // stdin to EOF, both streams, exit code.
+    let (session, pid) = exec(
+        &env,
+        handler,
+        &id,
+        &request(
+            &["sh", "-c", "echo out:$(cat); echo err >&2; exit 3"],
+            true,
+            false,
+        ),
+    )
+    .await;
+    assert!(pid > 0);
+    let (control, mut events) = session.into_parts();
+    control.write_stdin(b"fed in").await.expect("write");
+    control.end_stdin().await.expect("stdin EOF");
+    let mut seen = Seen::default();
+    assert_eq!(read_exit(&mut events, &mut seen).await, (3, None));
+    assert_eq!(seen.stdout, "out:fed in\n");
+    assert_eq!(seen.stderr, "err\n");
+    drop(control);
+
+    // Exit codes 0 and 137 (killed by a signal through the session).
+    let (session, _) = exec(&env, handler, &id, &request(&["true"], false, false)).await;
+    let (control, mut events) = session.into_parts();
+    assert_eq!(
+        read_exit(&mut events, &mut Seen::default()).await,
+        (0, None)
+    );
+    drop(control);
+    let (session, _) = exec(&env, handler, &id, &request(&["sleep", "60"], false, false)).await;
+    let (control, mut events) = session.into_parts();
+    control.signal(9).await.expect("SIGKILL the exec");
+    assert_eq!(
+        read_exit(&mut events, &mut Seen::default()).await,
+        (137, Some(9))
+    );
+    drop(control);
+
+    // A TTY: the first size, a resize, input echoed, ^D ends `cat`.
+    let (session, _) = exec(
+        &env,
+        handler,
+        &id,
+        &request(
+            &[
+                "sh",
+                "-c",
+                "[ -t 0 ] && echo tty:$TERM; stty size; read x; stty size; cat; echo done",
+            ],
+            true,
+            true,
+        ),
+    )
+    .await;
+    let (control, mut events) = session.into_parts();
+    let mut seen = Seen::default();
+    read_stdout(&mut events, &mut seen, "17 91").await;
+    assert!(seen.stdout.contains("tty:xterm"), "{:?}", seen.stdout);
+    control.resize(120, 40).await.expect("resize the exec");
+    control.write_stdin(b"go\n").await.expect("write");
+    read_stdout(&mut events, &mut seen, "40 120").await;
+    control.end_stdin().await.expect("^D");
+    read_stdout(&mut events, &mut seen, "done").await;
+    assert_eq!(read_exit(&mut events, &mut seen).await, (0, None));
+    drop(control);
+
+    // The runtime's own words for a missing executable.
+    let err = monitor_control::exec(
+        &bundle(&env, &id),
+        &id,
+        runtime_prefix(&env, handler),
+        &request(&["/no/such/binary"], false, false),
+    )
+    .await
+    .expect_err("no such binary");
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+
+    // A background child holding stdout open: the session still ends, soon after the
+    // main process.
+    let started = Instant::now();
+    let (session, _) = exec(
+        &env,
+        handler,
+        &id,
+        &request(&["sh", "-c", "sleep 30 & echo main-done"], false, false),
+    )
+    .await;
+    let (control, mut events) = session.into_parts();
+    let mut seen = Seen::default();
+    assert_eq!(read_exit(&mut events, &mut seen).await, (0, None));
+    assert_eq!(seen.stdout, "main-done\n");
+    drop(control);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the background child held the session for {:?}",
+        started.elapsed()
+    );
+
+    // A client that goes: its process is killed and reaped.
+    let (session, pid) = exec(&env, handler, &id, &request(&["sleep", "600"], true, false)).await;
+    assert!(process_alive(pid));
+    drop(session);
+    let deadline = Instant::now() + WAIT;
+    while process_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!process_alive(pid), "the exec outlived its client");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(zombie_children(monitor), Vec::<i32>::new(), "zombies");
+    assert_eq!(
+        fd_count(monitor),
+        fds_before,
+        "the monitor kept fds: {:?}",
+        std::fs::read_dir(format!("/proc/{monitor}/fd")).map(|d| d
+            .flatten()
+            .map(|e| std::fs::read_link(e.path()))
+            .collect::<Vec<_>>())
+    );
+    assert!(
+        std::fs::read_dir(bundle(&env, &id).join("exec"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "exec directories were left in the bundle"
+    );
+    // Exec output is the client's alone, not the container's log.
+    let lines = log_lines(&env, &pod, name);
+    assert!(
+        lines.is_empty(),
+        "exec output reached the CRI log: {lines:?}"
+    );
+    env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sessions_builtin() {
+    exec_sessions("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sessions_runc() {
+    support::require_installed("/usr/sbin/runc", "runc");
+    exec_sessions("runc").await;
+}
+
+/// An exec's process survives nothing it should not: after wharfd is killed with
+/// SIGKILL, the session's connection is gone, so the monitor kills the process (no
+/// orphan); a new exec after the restart works.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_after_a_wharfd_kill() {
+    let mut env = PodEnv::start().await;
+    let config = env.container_config("target", &["sleep", "3600"]);
+    let (_pod, _pod_id, id) = run_one(&mut env, "", "exec-restart", &config).await;
+    let before = env.daemon.kill9();
+    assert!(!before.success());
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime_client().await;
+    let (session, _) = exec(
+        &env,
+        "",
+        &id,
+        &request(&["sh", "-c", "echo hi"], false, false),
+    )
+    .await;
+    let (_control, mut events) = session.into_parts();
+    let mut seen = Seen::default();
+    assert_eq!(read_exit(&mut events, &mut seen).await, (0, None));
+    assert_eq!(seen.stdout, "hi\n");
+}

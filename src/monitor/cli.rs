@@ -131,6 +131,9 @@ pub enum OciCommand {
         pid_file: Option<PathBuf>,
         #[arg(short, long)]
         detach: bool,
+        /// With `process.terminal`: the UNIX socket to send the PTY master to.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
     /// Apply OCI LinuxResources JSON to the container's cgroup.

@@ -152,8 +152,16 @@ fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
             process,
             pid_file,
             detach,
+            console_socket,
             id,
-        } => return exec(root, &id, &process, pid_file.as_deref(), detach),
+        } => {
+            let options = ExecOptions {
+                pid_file: pid_file.as_deref(),
+                console_socket: console_socket.as_deref(),
+                detach,
+            };
+            return exec(root, &id, &process, &options);
+        }
         OciCommand::Update { resources, id } => update(root, &id, &resources)?,
     }
     Ok(0)
@@ -334,13 +342,20 @@ fn print_state(container: &Container) -> Result<(), OciError> {
     writeln!(stdout, "{json}").map_err(OciError::Print)
 }
 
-fn exec(
-    root: &Path,
-    id: &str,
-    process: &Path,
-    pid_file: Option<&Path>,
+/// How `exec` runs its process.
+struct ExecOptions<'a> {
+    pid_file: Option<&'a Path>,
+    /// With `process.terminal`: where to send the PTY master (needs `detach`).
+    console_socket: Option<&'a Path>,
     detach: bool,
-) -> Result<i32, OciError> {
+}
+
+fn exec(root: &Path, id: &str, process: &Path, options: &ExecOptions<'_>) -> Result<i32, OciError> {
+    let ExecOptions {
+        pid_file,
+        console_socket,
+        detach,
+    } = *options;
     container_dir(root, id)?;
     // Rust ignores SIGPIPE at startup; the exec'd process must get the default back.
     // SAFETY: restoring the default disposition runs no code in signal context.
@@ -351,6 +366,7 @@ fn exec(
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .and_then(ContainerBuilder::validate_id)
+        .map(|builder| builder.with_console_socket(console_socket))
         .and_then(|builder| {
             builder
                 .as_tenant()

@@ -410,7 +410,7 @@ impl Monitor {
         let orphans_hold_output = self.output_open();
         let mut recorded = orphans_hold_output.then(|| self.record_exit_noting(&exit));
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.output_open() {
+        while self.output_open() || self.control.as_ref().is_some_and(Server::execs_active) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -456,6 +456,19 @@ impl Monitor {
     }
 
     fn wait_and_handle(&mut self, timeout: PollTimeout, buffer: &mut [u8]) {
+        // An exec draining its output ends at its deadline.
+        let timeout = match self.control.as_ref().and_then(Server::next_deadline) {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let left = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                if timeout == PollTimeout::NONE {
+                    left
+                } else {
+                    timeout.min(left)
+                }
+            }
+            None => timeout,
+        };
         let ready: Vec<(Ready, PollFlags)> = {
             let mut fds = Vec::with_capacity(4);
             let mut sources = Vec::with_capacity(4);
@@ -536,6 +549,7 @@ impl Monitor {
                 init_pid: self.init_pid,
                 running: self.init_exit.is_none(),
             };
+            control.tick();
             control.reap(&mut ctx);
             // Whatever the clients sent: to the container at once, without waiting a
             // poll round for POLLOUT.
@@ -558,6 +572,7 @@ impl Monitor {
                     self.note(&note);
                 }
             }
+            Source::Exec(index, which) => control.exec_ready(index, which, events, buffer),
             Source::Client(index) => {
                 let mut ctx = Context {
                     container_id: &self.id,
@@ -722,13 +737,20 @@ impl Monitor {
                     return;
                 }
             };
-            let (exit_code, signal) = match status {
-                WaitStatus::Exited(pid, code) if pid == self.init_pid => (code, None),
-                WaitStatus::Signaled(pid, signal, _) if pid == self.init_pid => {
-                    (128 + signal as i32, Some(signal as i32))
+            let (pid, exit_code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, code, None),
+                WaitStatus::Signaled(pid, signal, _) => {
+                    (pid, 128 + signal as i32, Some(signal as i32))
                 }
                 _ => continue,
             };
+            if pid != self.init_pid {
+                // An exec's runtime or process; anything else is an orphan.
+                if let Some(control) = &mut self.control {
+                    control.child_exited(&self.id, pid, exit_code, signal);
+                }
+                continue;
+            }
             self.drain_pending_output(buffer);
             // Nothing reads the container's stdin any more.
             self.input.container_gone();

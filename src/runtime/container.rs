@@ -373,7 +373,7 @@ impl Runtime {
         }
     }
 
-    fn running(&self, namespace: &str, query: &str) -> Result<ContainerRecord> {
+    pub(super) fn running(&self, namespace: &str, query: &str) -> Result<ContainerRecord> {
         let container = self
             .find_container(namespace, query)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;

@@ -88,9 +88,9 @@ impl HasKind for ControlError {
             ControlError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             ControlError::Refused { code, .. } => match code {
                 proto::Code::InvalidArgument => ErrorKind::InvalidArgument,
-                proto::Code::FailedPrecondition | proto::Code::UnsupportedVersion => {
-                    ErrorKind::FailedPrecondition
-                }
+                proto::Code::FailedPrecondition
+                | proto::Code::UnsupportedVersion
+                | proto::Code::ExecFailed => ErrorKind::FailedPrecondition,
                 proto::Code::Ok | proto::Code::ProtocolError | proto::Code::Internal => {
                     ErrorKind::Internal
                 }
@@ -107,6 +107,18 @@ pub struct AttachStreams {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+}
+
+/// An exec session's process: what it runs and which of its streams the client takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+    /// The terminal's first size (width, height).
+    pub size: Option<(u16, u16)>,
 }
 
 /// What the monitor said of the container when the session began.
@@ -148,6 +160,17 @@ struct Inner {
     frames: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
+    /// An exec session's directory in the bundle, removed with the session.
+    exec_dir: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let dir = self.exec_dir.get_mut().map(Option::take);
+        if let Ok(Some(dir)) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Writes the session's frames in order. When every `Control` is gone (the queue
@@ -306,6 +329,7 @@ pub async fn connect(bundle: &Path, id: &str) -> std::result::Result<Session, Co
                 frames,
                 pending,
                 next_id: AtomicU64::new(1),
+                exec_dir: Mutex::new(None),
             }),
         },
         events: Events { rx },
@@ -441,6 +465,14 @@ impl Control {
         step: &'static str,
         kind: request::Kind,
     ) -> std::result::Result<(), ControlError> {
+        self.call_for_reply(step, kind).await.map(drop)
+    }
+
+    async fn call_for_reply(
+        &self,
+        step: &'static str,
+        kind: request::Kind,
+    ) -> std::result::Result<proto::Reply, ControlError> {
         let closed = || ControlError::Closed {
             id: self.inner.id.clone(),
             step,
@@ -475,7 +507,7 @@ impl Control {
             }
         };
         if reply.code == proto::Code::Ok as i32 {
-            Ok(())
+            Ok(reply)
         } else {
             Err(refused(&self.inner.id, step, reply))
         }
@@ -493,6 +525,34 @@ impl Control {
             }),
         )
         .await
+    }
+
+    /// Makes this session an exec session: the monitor runs `runtime` (argv up to its
+    /// subcommand) to exec the process in `dir/process.json`; returns its host pid once
+    /// it runs. Output and the exit that follow are the exec'd process's.
+    async fn exec(
+        &self,
+        runtime: Vec<String>,
+        dir: &Path,
+        request: &ExecRequest,
+    ) -> std::result::Result<i32, ControlError> {
+        let (width, height) = request.size.unwrap_or((0, 0));
+        let reply = self
+            .call_for_reply(
+                "starting the exec",
+                request::Kind::Exec(proto::Exec {
+                    runtime,
+                    dir: dir.to_string_lossy().into_owned(),
+                    stdin: request.stdin,
+                    stdout: request.stdout,
+                    stderr: request.stderr,
+                    tty: request.tty,
+                    width: width.into(),
+                    height: height.into(),
+                }),
+            )
+            .await?;
+        Ok(reply.pid)
     }
 
     /// Sends `data` to the container's stdin (needs an attach with stdin). Input sent
@@ -571,6 +631,45 @@ impl Runtime {
         Ok(connect(&container.bundle, &container.id).await?)
     }
 
+    /// Starts an exec session: `request.cmd` runs in the running container with its
+    /// process settings (user, env, capabilities, seccomp, cgroup: as ExecSync), its
+    /// stdio held by the container's monitor. The session's events are the exec'd
+    /// process's output and then its exit; [`Control::write_stdin`],
+    /// [`Control::end_stdin`] (its stdin's EOF), [`Control::resize`] and
+    /// [`Control::signal`] act on it. Dropping the session before the exit kills the
+    /// process. Returns the session and the process's host pid.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        query: &str,
+        request: &ExecRequest,
+    ) -> Result<(Session, i32)> {
+        if request.cmd.is_empty() {
+            return Err(RuntimeError::invalid("cmd", "is empty"));
+        }
+        if request.tty && request.stderr {
+            return Err(RuntimeError::invalid(
+                "stderr",
+                "an exec with a TTY has all its output on stdout",
+            ));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(RuntimeError::invalid(
+                "stdin, stdout, stderr",
+                "an exec must take at least one of its streams",
+            ));
+        }
+        let container = self.running(namespace, query)?;
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        exec(
+            &container.bundle,
+            &container.id,
+            runtime.command_prefix(),
+            request,
+        )
+        .await
+    }
+
     /// Attaches to the streams of a created or running container through its
     /// monitor. Asking for stdin of a container created without it is
     /// InvalidArgument; a container that has exited is FailedPrecondition. (CRI
@@ -585,6 +684,91 @@ impl Runtime {
         session.control.attach(streams).await?;
         Ok(session)
     }
+}
+
+/// Starts an exec session in the running container `id` whose bundle is `bundle`,
+/// with `runtime` (its program and the arguments before its subcommand, as
+/// [`super::oci::OciRuntime::command_prefix`] gives them): what [`Runtime::exec`] does
+/// once it found the container. Returns the session and the exec'd process's host pid.
+pub async fn exec(
+    bundle: &Path,
+    id: &str,
+    runtime: Vec<String>,
+    request: &ExecRequest,
+) -> Result<(Session, i32)> {
+    let session = connect(bundle, id).await?;
+    if session.info().version < 2 {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "container {id}: its monitor was started by an older wharf, without exec \
+             sessions (control protocol version {}): restart the container to exec in it",
+            session.info().version
+        )));
+    }
+    let exec_id = super::service::new_id()?;
+    let dir = bundle.join("exec").join(&exec_id[..16]);
+    // Removed with the session, however it ends.
+    *session
+        .control
+        .inner
+        .exec_dir
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
+    let owned_bundle = bundle.to_path_buf();
+    let (cmd, tty, size, process_dir) =
+        (request.cmd.clone(), request.tty, request.size, dir.clone());
+    super::service::blocking(move || {
+        write_exec_process(&owned_bundle, &process_dir, cmd, tty, size)
+    })
+    .await?;
+    let pid = session.control.exec(runtime, &dir, request).await?;
+    Ok((session, pid))
+}
+
+/// Writes `dir/process.json`: the container's own process with `cmd` as its args
+/// (ExecSync's settings), a terminal when `tty` (and `TERM=xterm` unless the container
+/// sets TERM, as Docker, containerd and CRI-O do).
+fn write_exec_process(
+    bundle: &Path,
+    dir: &Path,
+    cmd: Vec<String>,
+    tty: bool,
+    size: Option<(u16, u16)>,
+) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .map_err(|e| RuntimeError::Internal(format!("reading config.json: {e}")))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(cmd));
+    process.set_terminal(Some(tty));
+    // The first size is the terminal's before the process runs (runc, and wharf's own
+    // runtime, apply it when they make the terminal).
+    let console_size = match size {
+        Some((width, height)) if tty => Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u64::from(width))
+                .height(u64::from(height))
+                .build()
+                .map_err(|e| RuntimeError::Internal(format!("the console size: {e}")))?,
+        ),
+        _ => None,
+    };
+    process.set_console_size(console_size);
+    if tty {
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        process.set_env(Some(env));
+    }
+    let json = serde_json::to_vec(&process)
+        .map_err(|e| RuntimeError::Internal(format!("encoding the exec's process: {e}")))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+    let file = dir.join(control::exec::PROCESS_FILE);
+    std::fs::write(&file, json).map_err(RuntimeError::io(format!("writing {}", file.display())))
 }
 
 #[cfg(test)]
@@ -615,6 +799,7 @@ mod tests {
                     id: 7,
                     code: proto::Code::FailedPrecondition as i32,
                     message: "no".into(),
+                    pid: 0,
                 })),
             },
             proto::Event {
@@ -681,6 +866,7 @@ mod tests {
                     id: 1,
                     code: code as i32,
                     message: "why".into(),
+                    pid: 0,
                 },
             )
         };

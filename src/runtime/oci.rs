@@ -181,6 +181,16 @@ impl OciRuntime {
         }
     }
 
+    /// The runtime's program and the arguments before its subcommand, as the monitor
+    /// runs it for an exec session.
+    pub fn command_prefix(&self) -> Vec<String> {
+        let mut argv = vec![self.program.to_string_lossy().into_owned()];
+        argv.extend(self.prefix.iter().cloned());
+        argv.push("--root".into());
+        argv.push(self.root.to_string_lossy().into_owned());
+        argv
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.prefix)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Go clients the test suite drives wharfd with, from the modules pinned in
 # tests/go/go.mod (the Go module proxy; Go's build cache makes a rebuild take seconds):
-#   crictl       sigs.k8s.io/cri-tools/cmd/crictl (the `tool` of go.mod)
-#   cri-client   tests/go/cri-client: grpc-go + k8s.io/cri-api, dialing by socket path
+#   crictl        sigs.k8s.io/cri-tools/cmd/crictl (the `tool` of go.mod)
+#   cri-client    tests/go/cri-client: grpc-go + k8s.io/cri-api, dialing by socket path
+#   stream-client tests/go/stream-client: client-go's remotecommand and portforward
+#                 (SPDY/3.1, WebSocket) on the CRI streaming URLs, as kubectl uses them
 # into target/go-tools/, where tests/support/go_tools.rs finds them.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,3 +19,4 @@ go build -o "$out/crictl" \
   -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
   sigs.k8s.io/cri-tools/cmd/crictl
 go build -o "$out/cri-client" ./cri-client
+go build -o "$out/stream-client" ./stream-client

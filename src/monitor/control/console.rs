@@ -73,17 +73,21 @@ pub struct ConsoleSocket {
 impl ConsoleSocket {
     /// Listens at `<dir>/console.sock`; `dir_fd` must stay open until [`Self::receive`].
     pub fn listen(dir: &Path, dir_fd: &OwnedFd) -> io::Result<ConsoleSocket> {
-        let listener = listen_in(dir_fd, super::CONSOLE_SOCKET_NAME, 1)?;
+        Self::listen_named(dir, dir_fd, super::CONSOLE_SOCKET_NAME)
+    }
+
+    /// Listens at `<dir>/<name>` (an exec's console socket has a name of its own).
+    pub fn listen_named(dir: &Path, dir_fd: &OwnedFd, name: &str) -> io::Result<ConsoleSocket> {
+        let listener = listen_in(dir_fd, name, 1)?;
         let path = PathBuf::from(format!(
-            "/proc/{}/fd/{}/{}",
+            "/proc/{}/fd/{}/{name}",
             std::process::id(),
             dir_fd.as_raw_fd(),
-            super::CONSOLE_SOCKET_NAME
         ));
         Ok(ConsoleSocket {
             listener,
             path,
-            file: dir.join(super::CONSOLE_SOCKET_NAME),
+            file: dir.join(name),
         })
     }
 

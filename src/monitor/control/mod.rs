@@ -62,8 +62,18 @@
 //!   or the log.
 //! - **Exit**: once the init exited and its output is drained, every client past hello
 //!   gets `Exit` and the connection is closed; the socket file is removed.
+//! - **Exec** (version 2, [`exec`]): a connection that sends `Exec` runs a process in
+//!   the container through the OCI runtime's `exec --detach` and carries that
+//!   process's stdio, resize, signals and exit instead of the container's. Its output
+//!   is not logged (as with every runtime) and is read only while the client keeps up.
+//!   When the process exits, what it wrote is relayed for at most
+//!   [`exec::EXEC_DRAIN`] (a background child holding the pipes cannot hold the
+//!   session), then `Exit` and the close. A client that goes first gets its process
+//!   killed (its process group) and reaped: nothing is left orphaned, also when the
+//!   daemon itself is killed.
 
 pub mod console;
+pub mod exec;
 pub mod frame;
 pub mod server;
 
@@ -78,7 +88,8 @@ pub mod proto {
 
 /// The protocol versions this build speaks.
 pub const MIN_VERSION: u32 = 1;
-pub const MAX_VERSION: u32 = 1;
+/// Version 2 added exec sessions.
+pub const MAX_VERSION: u32 = 2;
 
 /// The directory in the bundle that holds the sockets (0700).
 pub const CONTROL_DIR: &str = "control";

@@ -12,6 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{accept4, getsockopt, recv, send, sockopt, MsgFlags, SockFlag};
 use nix::unistd::Pid;
 
+use super::exec::{self, ExecFd, ExecProcess, ExecState};
 use super::frame;
 use super::proto::{self, event, request, Code, Event, Request};
 
@@ -184,7 +185,7 @@ fn veof(pty: BorrowedFd<'_>) -> u8 {
 }
 
 /// Sets the window size of the terminal whose master is `pty`.
-fn set_window_size(pty: BorrowedFd<'_>, width: u16, height: u16) -> std::io::Result<()> {
+pub(super) fn set_window_size(pty: BorrowedFd<'_>, width: u16, height: u16) -> std::io::Result<()> {
     let size = nix::libc::winsize {
         ws_row: height,
         ws_col: width,
@@ -218,6 +219,8 @@ struct Client {
     queued: Vec<u8>,
     version: Option<u32>,
     attach: Option<proto::Attach>,
+    /// The exec session this connection runs.
+    exec: Option<Box<ExecProcess>>,
     /// This client's input ended (InputEnd, or its stdin attach ended otherwise).
     input_ended: bool,
     /// The peer will send nothing more.
@@ -236,6 +239,7 @@ impl Client {
             queued: Vec::new(),
             version: None,
             attach: None,
+            exec: None,
             input_ended: false,
             read_closed: false,
             closing: false,
@@ -245,6 +249,35 @@ impl Client {
 
     fn has_stdin(&self) -> bool {
         self.attach.as_ref().is_some_and(|a| a.stdin)
+    }
+
+    /// Not read while its input waits: the container's stdin buffer, or its exec's.
+    fn input_paused(&self, container_stdin_full: bool) -> bool {
+        match &self.exec {
+            Some(exec) => exec.input.is_full(),
+            None => container_stdin_full && self.has_stdin(),
+        }
+    }
+
+    /// An exec's output is read only while this client keeps up (backpressure on
+    /// the process, as a pipe gives).
+    fn takes_exec_output(&self) -> bool {
+        !self.gone && self.queued.len() < CLIENT_BUFFER / 2
+    }
+
+    fn reply_exec(&mut self, id: u64, result: Result<i32, (Code, String)>) {
+        let (code, message, pid) = match result {
+            Ok(pid) => (Code::Ok, String::new(), pid),
+            Err((code, message)) => (code, message, 0),
+        };
+        self.queue(&Event {
+            kind: Some(event::Kind::Reply(proto::Reply {
+                id,
+                code: code as i32,
+                message,
+                pid,
+            })),
+        });
     }
 
     fn wants(&self, stream: proto::Stream) -> bool {
@@ -269,6 +302,7 @@ impl Client {
                 id,
                 code: code as i32,
                 message,
+                pid: 0,
             })),
         });
     }
@@ -315,13 +349,25 @@ pub struct Server {
     path: PathBuf,
     uid: u32,
     clients: Vec<Client>,
+    /// Execs whose client went while the runtime was still starting them: their
+    /// process is killed once the runtime says which it is.
+    abandoned: Vec<ExecProcess>,
+    /// Children reaped while an exec was starting that no one claimed yet: an exec'd
+    /// process can exit before its runtime does (bounded).
+    early_exits: Vec<(Pid, i32, Option<i32>)>,
+    /// Names exec console sockets apart.
+    exec_serial: u64,
 }
 
-/// What to poll for: the listener, or client `index`.
+/// Exits kept for execs still starting.
+const MAX_EARLY_EXITS: usize = 256;
+
+/// What to poll for: the listener, client `index`, or an fd of client `index`'s exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Listener,
     Client(usize),
+    Exec(usize, ExecFd),
 }
 
 impl Server {
@@ -332,6 +378,9 @@ impl Server {
             path,
             uid: nix::unistd::geteuid().as_raw(),
             clients: Vec::new(),
+            abandoned: Vec::new(),
+            early_exits: Vec::new(),
+            exec_serial: 0,
         }
     }
 
@@ -346,7 +395,7 @@ impl Server {
         fds.push((self.listener.as_fd(), PollFlags::POLLIN, Source::Listener));
         for (index, client) in self.clients.iter().enumerate() {
             let mut flags = PollFlags::empty();
-            let paused = stdin_full && client.has_stdin();
+            let paused = client.input_paused(stdin_full);
             if !client.read_closed && !paused {
                 flags |= PollFlags::POLLIN;
             }
@@ -354,8 +403,100 @@ impl Server {
                 flags |= PollFlags::POLLOUT;
             }
             fds.push((client.fd.as_fd(), flags, Source::Client(index)));
+            if let Some(exec) = &client.exec {
+                let reads = client.takes_exec_output();
+                for (fd, which) in [
+                    (&exec.stdout, ExecFd::Stdout),
+                    (&exec.stderr, ExecFd::Stderr),
+                    (&exec.pty, ExecFd::Pty),
+                ] {
+                    let Some(fd) = fd else { continue };
+                    let mut flags = PollFlags::empty();
+                    if reads {
+                        flags |= PollFlags::POLLIN;
+                    }
+                    if which == ExecFd::Pty && exec.input.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push((fd.as_fd(), flags, Source::Exec(index, which)));
+                }
+                if let Some(pipe) = exec.input.pipe() {
+                    if exec.input.wants_write() {
+                        let source = Source::Exec(index, ExecFd::StdinPipe);
+                        fds.push((pipe.as_fd(), PollFlags::POLLOUT, source));
+                    }
+                }
+            }
         }
         fds
+    }
+
+    /// Serves an fd of client `index`'s exec after poll reported `events` for it.
+    pub fn exec_ready(
+        &mut self,
+        index: usize,
+        which: ExecFd,
+        events: PollFlags,
+        buffer: &mut [u8],
+    ) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return;
+        };
+        if client.gone {
+            return;
+        }
+        let queued = &mut client.queued;
+        let Some(exec) = client.exec.as_deref_mut() else {
+            return;
+        };
+        match which {
+            ExecFd::StdinPipe => exec.input.flush(None),
+            ExecFd::Pty if events.contains(PollFlags::POLLOUT) => {
+                let pty = exec.pty.as_ref().map(AsFd::as_fd);
+                exec.input.flush(pty);
+            }
+            _ => {}
+        }
+        if !events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        let (slot, stream) = match which {
+            ExecFd::Stdout => (&mut exec.stdout, proto::Stream::Stdout),
+            ExecFd::Stderr => (&mut exec.stderr, proto::Stream::Stderr),
+            ExecFd::Pty => (&mut exec.pty, proto::Stream::Stdout),
+            ExecFd::StdinPipe => return,
+        };
+        // A few chunks at most per round, so one busy exec does not starve the rest.
+        for _ in 0..4 {
+            let Some(fd) = slot.as_ref() else { return };
+            match exec::read_output(fd, buffer) {
+                None => return,
+                Some(0) => {
+                    *slot = None;
+                    if which == ExecFd::Pty {
+                        exec.input.container_gone();
+                    }
+                    return;
+                }
+                Some(n) => {
+                    for chunk in buffer[..n].chunks(frame::MAX_DATA) {
+                        frame::encode(
+                            &Event {
+                                kind: Some(event::Kind::Output(proto::Output {
+                                    stream: stream as i32,
+                                    data: chunk.to_vec(),
+                                })),
+                            },
+                            queued,
+                        );
+                    }
+                }
+            }
+            if queued.len() >= CLIENT_BUFFER / 2 {
+                break;
+            }
+        }
+        client.flush();
     }
 
     /// Takes the pending connections; returns a note for the monitor's log, if any.
@@ -427,8 +568,10 @@ impl Server {
             match recv(client.fd.as_raw_fd(), buffer, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => {
                     client.read_closed = true;
-                    // Without an attach that reads output, nothing is left to do.
-                    let reads = client.attach.as_ref().is_some_and(|a| a.stdout || a.stderr);
+                    // Without an attach that reads output, nothing is left to do; an
+                    // exec session ends when its process does.
+                    let reads = client.attach.as_ref().is_some_and(|a| a.stdout || a.stderr)
+                        || client.exec.is_some();
                     if !reads {
                         client.drop_now();
                     }
@@ -444,7 +587,7 @@ impl Server {
                 }
             }
             self.serve_received(index, ctx);
-            if ctx.input.is_full() && self.clients[index].has_stdin() {
+            if self.clients[index].input_paused(ctx.input.is_full()) {
                 return;
             }
         }
@@ -491,6 +634,9 @@ impl Server {
             }
             (kind, Some(_)) => kind,
         };
+        if client.exec.is_some() {
+            return self.serve_exec(index, id, kind);
+        }
         match kind {
             Some(request::Kind::Input(data)) => {
                 if !client.has_stdin() || client.input_ended {
@@ -533,6 +679,7 @@ impl Server {
                 };
                 client.reply(id, result);
             }
+            Some(request::Kind::Exec(request)) => self.start_exec(index, id, &request, ctx),
             Some(request::Kind::Hello(_)) => {}
             // A newer client's request: its kind is a field this monitor skipped.
             None => client.reply(
@@ -548,6 +695,232 @@ impl Server {
                 )),
             ),
         }
+    }
+
+    fn start_exec(&mut self, index: usize, id: u64, request: &proto::Exec, ctx: &Context<'_>) {
+        let client = &mut self.clients[index];
+        let refusal = if client.version.unwrap_or(0) < 2 {
+            Some((
+                Code::ProtocolError,
+                "exec needs control protocol version 2".to_string(),
+            ))
+        } else if client.attach.is_some() {
+            Some((
+                Code::InvalidArgument,
+                "this connection is attached to the container: exec on a connection of its \
+                 own"
+                .to_string(),
+            ))
+        } else if !ctx.running {
+            Some((
+                Code::FailedPrecondition,
+                format!("container {} has exited", ctx.container_id),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            let protocol = code == Code::ProtocolError;
+            client.reply(id, Err((code, message)));
+            client.closing |= protocol;
+            return;
+        }
+        let Some(control_dir) = self.path.parent() else {
+            return client.reply(id, Err((Code::Internal, "no control directory".into())));
+        };
+        self.exec_serial += 1;
+        match ExecProcess::spawn(request, id, ctx.container_id, control_dir, self.exec_serial) {
+            // Answered once the runtime has exited.
+            Ok(process) => client.exec = Some(Box::new(process)),
+            Err(refusal) => client.reply(id, Err(refusal)),
+        }
+    }
+
+    /// A request on an exec session: it acts on the exec'd process.
+    fn serve_exec(&mut self, index: usize, id: u64, kind: Option<request::Kind>) {
+        let client = &mut self.clients[index];
+        let Some(exec) = client.exec.as_deref_mut() else {
+            return;
+        };
+        let pid = match exec.state {
+            ExecState::Running { pid } => Some(pid),
+            _ => None,
+        };
+        match kind {
+            Some(request::Kind::Input(data)) => {
+                if !exec.input.mode.enabled || client.input_ended {
+                    return client.protocol_error(
+                        id,
+                        "input sent to an exec without stdin, or after its end".into(),
+                    );
+                }
+                exec.input.push(&data);
+            }
+            Some(request::Kind::InputEnd(_)) | Some(request::Kind::CloseStdin(_)) => {
+                let pty = exec.pty.as_ref().map(AsFd::as_fd);
+                exec.input.close(pty);
+                client.input_ended = true;
+                if let Some(request::Kind::CloseStdin(_)) = kind {
+                    client.reply(id, Ok(()));
+                }
+            }
+            Some(request::Kind::Resize(size)) => {
+                let result = match exec.pty.as_ref() {
+                    Some(pty) => resize_terminal(&size, pty.as_fd(), "the exec"),
+                    None => Err((
+                        Code::FailedPrecondition,
+                        "the exec has no TTY to resize (or it has exited)".to_string(),
+                    )),
+                };
+                client.reply(id, result);
+            }
+            Some(request::Kind::Signal(signal)) => {
+                let result = match pid {
+                    Some(pid) => signal_process(signal.signal, pid, "the exec'd process"),
+                    None => Err((
+                        Code::FailedPrecondition,
+                        "the exec'd process is not running".to_string(),
+                    )),
+                };
+                client.reply(id, result);
+            }
+            Some(request::Kind::Attach(_)) | Some(request::Kind::Exec(_)) => client.reply(
+                id,
+                Err((
+                    Code::InvalidArgument,
+                    "this connection runs an exec: attach or exec on a connection of its own"
+                        .into(),
+                )),
+            ),
+            Some(request::Kind::Hello(_)) => {}
+            None => client.reply(
+                id,
+                Err((
+                    Code::InvalidArgument,
+                    "request of a kind this monitor does not know".into(),
+                )),
+            ),
+        }
+    }
+
+    /// A child of the monitor was reaped (`exit_code` is 128 + signal when killed):
+    /// an exec's runtime, or an exec'd process. Returns whether it was one of those.
+    pub fn child_exited(
+        &mut self,
+        container_id: &str,
+        pid: Pid,
+        exit_code: i32,
+        signal: Option<i32>,
+    ) -> bool {
+        for client in &mut self.clients {
+            let Some(exec) = client.exec.as_deref_mut() else {
+                continue;
+            };
+            match exec.state {
+                ExecState::Starting { runtime } if runtime == pid => {
+                    let started = exec.runtime_exited(container_id, exit_code);
+                    let request_id = exec.request_id;
+                    let early = started.as_ref().ok().and_then(|started| {
+                        let at = self.early_exits.iter().position(|e| e.0 == *started)?;
+                        Some(self.early_exits.swap_remove(at))
+                    });
+                    match &started {
+                        Ok(_) => {
+                            if let Some((_, code, signal)) = early {
+                                exec.exited(code, signal);
+                            }
+                        }
+                        Err(_) => exec.state = ExecState::Done,
+                    }
+                    client.closing |= started.is_err();
+                    client.reply_exec(request_id, started.map(Pid::as_raw));
+                    client.flush();
+                    return true;
+                }
+                ExecState::Running { pid: process } if process == pid => {
+                    exec.exited(exit_code, signal);
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = self.abandoned.iter().position(
+            |exec| matches!(exec.state, ExecState::Starting { runtime } if runtime == pid),
+        ) {
+            let mut exec = self.abandoned.swap_remove(at);
+            if let Ok(process) = exec.runtime_exited(container_id, exit_code) {
+                exec::kill_group(process);
+            }
+            return true;
+        }
+        let starting = self.clients.iter().any(|c| {
+            c.exec
+                .as_ref()
+                .is_some_and(|e| matches!(e.state, ExecState::Starting { .. }))
+        });
+        if starting {
+            if self.early_exits.len() >= MAX_EARLY_EXITS {
+                self.early_exits.remove(0);
+            }
+            self.early_exits.push((pid, exit_code, signal));
+        } else {
+            self.early_exits.clear();
+        }
+        false
+    }
+
+    /// When the watcher must next call [`Server::tick`] (an exec draining its output).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter_map(|c| match c.exec.as_deref()?.state {
+                ExecState::Exited { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Ends the exec sessions whose process exited and whose output is drained (or
+    /// whose drain time is up): the client gets `Exit`, then the connection closes.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for client in &mut self.clients {
+            let Some(exec) = client.exec.as_deref_mut() else {
+                continue;
+            };
+            let ExecState::Exited {
+                exit_code,
+                signal,
+                deadline,
+            } = exec.state
+            else {
+                continue;
+            };
+            // Relay what is queued first: a client behind on output has it all before
+            // the exit, unless the drain time is up.
+            if exec.output_open() && now < deadline {
+                continue;
+            }
+            exec.close_all();
+            exec.state = ExecState::Done;
+            client.queue(&Event {
+                kind: Some(event::Kind::Exit(proto::Exit {
+                    exit_code,
+                    signal: signal.unwrap_or(0),
+                })),
+            });
+            client.closing = true;
+            client.flush();
+        }
+    }
+
+    /// Whether an exec session is still running or draining.
+    pub fn execs_active(&self) -> bool {
+        self.clients.iter().any(|c| {
+            c.exec
+                .as_ref()
+                .is_some_and(|e| !matches!(e.state, ExecState::Done))
+        })
     }
 
     fn hello(&mut self, index: usize, id: u64, hello: proto::Hello, ctx: &Context<'_>) {
@@ -637,6 +1010,12 @@ impl Server {
         for index in 0..self.clients.len() {
             if self.clients[index].gone {
                 self.end_input(index, ctx);
+                // An exec that outlives its client is killed (and reaped as any child).
+                if let Some(mut exec) = self.clients[index].exec.take() {
+                    if exec.abandon().is_some() {
+                        self.abandoned.push(*exec);
+                    }
+                }
             }
         }
         self.clients.retain(|c| !c.gone);
@@ -655,8 +1034,24 @@ impl Server {
             })),
         };
         for client in self.clients.iter_mut().filter(|c| !c.gone) {
-            if client.version.is_some() {
-                client.queue(&exit);
+            match client.exec.as_deref_mut() {
+                // A session that has had its own exit is closing already.
+                Some(exec) if exec.state == ExecState::Done => {}
+                Some(exec) => {
+                    let (exit_code, signal) = match exec.state {
+                        ExecState::Exited {
+                            exit_code, signal, ..
+                        } => (exit_code, signal.unwrap_or(0)),
+                        // Killed with the container's end.
+                        _ => (128 + nix::libc::SIGKILL, nix::libc::SIGKILL),
+                    };
+                    exec.abandon();
+                    client.queue(&Event {
+                        kind: Some(event::Kind::Exit(proto::Exit { exit_code, signal })),
+                    });
+                }
+                None if client.version.is_some() => client.queue(&exit),
+                None => {}
             }
             client.closing = true;
             client.flush();
@@ -732,6 +1127,15 @@ fn resize(size: &proto::Resize, ctx: &Context<'_>) -> Result<(), (Code, String)>
             format!("container {} has no TTY to resize", ctx.container_id),
         ));
     };
+    resize_terminal(size, pty, &format!("container {}", ctx.container_id))
+}
+
+/// Sets the size of the terminal `pty` of `what`.
+fn resize_terminal(
+    size: &proto::Resize,
+    pty: BorrowedFd<'_>,
+    what: &str,
+) -> Result<(), (Code, String)> {
     let (Ok(width), Ok(height)) = (u16::try_from(size.width), u16::try_from(size.height)) else {
         return Err((
             Code::InvalidArgument,
@@ -747,19 +1151,14 @@ fn resize(size: &proto::Resize, ctx: &Context<'_>) -> Result<(), (Code, String)>
     set_window_size(pty, width, height).map_err(|err| {
         (
             Code::Internal,
-            format!("TIOCSWINSZ on the terminal of {}: {err}", ctx.container_id),
+            format!("TIOCSWINSZ on the terminal of {what}: {err}"),
         )
     })
 }
 
 fn send_signal(signal: i32, ctx: &Context<'_>) -> Result<(), (Code, String)> {
-    if !(1..=nix::libc::SIGRTMAX()).contains(&signal) {
-        return Err((
-            Code::InvalidArgument,
-            format!("{signal} is not a signal number"),
-        ));
-    }
     if !ctx.running {
+        check_signal(signal)?;
         return Err((
             Code::FailedPrecondition,
             format!("container {} has exited", ctx.container_id),
@@ -767,13 +1166,30 @@ fn send_signal(signal: i32, ctx: &Context<'_>) -> Result<(), (Code, String)> {
     }
     // The init is this process's child and not reaped yet (running), so its pid is
     // still its own.
-    // SAFETY: plain syscall.
-    if unsafe { nix::libc::kill(ctx.init_pid.as_raw(), signal) } < 0 {
-        let err = std::io::Error::last_os_error();
+    signal_process(
+        signal,
+        ctx.init_pid,
+        &format!("container {}", ctx.container_id),
+    )
+}
+
+fn check_signal(signal: i32) -> Result<(), (Code, String)> {
+    if !(1..=nix::libc::SIGRTMAX()).contains(&signal) {
         return Err((
-            Code::Internal,
-            format!("signal {signal} to container {}: {err}", ctx.container_id),
+            Code::InvalidArgument,
+            format!("{signal} is not a signal number"),
         ));
+    }
+    Ok(())
+}
+
+/// Sends `signal` to `pid`, a child of the monitor not yet reaped (so its own pid).
+fn signal_process(signal: i32, pid: Pid, what: &str) -> Result<(), (Code, String)> {
+    check_signal(signal)?;
+    // SAFETY: plain syscall.
+    if unsafe { nix::libc::kill(pid.as_raw(), signal) } < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err((Code::Internal, format!("signal {signal} to {what}: {err}")));
     }
     Ok(())
 }
@@ -957,7 +1373,7 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         let (_, code, message) = reply_of(&events[0]);
         assert_eq!(code, Code::UnsupportedVersion);
-        assert!(message.contains("versions 1..=1"), "{message}");
+        assert!(message.contains("versions 1..=2"), "{message}");
         assert!(closed, "the connection is closed after the refusal");
     }
 

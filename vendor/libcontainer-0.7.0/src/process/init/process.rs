@@ -154,7 +154,11 @@ pub fn container_init_process(
     // See: https://github.com/opencontainers/runc/blob/v1.4.0/libcontainer/setns_init_linux.go
     if let Some(csocketfd) = args.console_socket {
         let mount_console = matches!(args.container_type, ContainerType::InitContainer);
-        tty::setup_console(ctx.syscall.as_ref(), csocketfd, mount_console).map_err(|err| {
+        let console_size = ctx.process.console_size().as_ref().map(|size| {
+            let clamp = |n: u64| u16::try_from(n).unwrap_or(u16::MAX);
+            (clamp(size.width()), clamp(size.height()))
+        });
+        tty::setup_console(ctx.syscall.as_ref(), csocketfd, mount_console, console_size).map_err(|err| {
             tracing::error!(?err, "failed to set up tty");
             InitProcessError::Tty(err)
         })?;
