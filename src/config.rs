@@ -302,6 +302,98 @@ pub struct CriConfig {
     pub socket: PathBuf,
     /// How long a SIGTERM waits for in-flight calls before the daemon exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// The streaming server of Exec, Attach and PortForward (src/streaming/).
+    pub streaming: StreamingConfig,
+}
+
+/// `[cri.streaming]`: where the one-time URLs of Exec, Attach and PortForward point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// The address to listen on (kubelet reaches it, or redirects clients to it). Not
+    /// loopback: TLS is required (`tls_cert_file`, `tls_key_file`), as containerd's
+    /// `enable_tls_streaming`.
+    pub address: String,
+    /// The TCP port; 0 picks a free one at start.
+    pub port: u16,
+    /// A session with no traffic this long is closed (kubelet's
+    /// `streamingConnectionIdleTimeout`, 4 h).
+    pub idle_timeout_secs: u64,
+    /// An unused URL expires after this long (kubelet's streaming cache: 1 minute);
+    /// every URL is single use.
+    pub token_ttl_secs: u64,
+    /// PEM certificate chain and private key of the TLS listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            idle_timeout_secs: 4 * 60 * 60,
+            token_ttl_secs: 60,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The listen address, checked.
+    pub fn ip(&self) -> Result<std::net::IpAddr, ConfigError> {
+        self.address.parse().map_err(|_| ConfigError::Invalid {
+            key: "cri.streaming.address",
+            message: format!("{:?} is not an IP address", self.address),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let ip = self.ip()?;
+        if self.idle_timeout_secs == 0 {
+            return invalid(
+                "cri.streaming.idle_timeout_secs",
+                "must be at least 1".into(),
+            );
+        }
+        if self.token_ttl_secs == 0 {
+            return invalid("cri.streaming.token_ttl_secs", "must be at least 1".into());
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                require_absolute("cri.streaming.tls_cert_file", cert)?;
+                require_absolute("cri.streaming.tls_key_file", key)?;
+            }
+            (Some(_), None) => {
+                return invalid(
+                    "cri.streaming.tls_key_file",
+                    "is needed with tls_cert_file".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return invalid(
+                    "cri.streaming.tls_cert_file",
+                    "is needed with tls_key_file".into(),
+                )
+            }
+            (None, None) if !ip.is_loopback() => {
+                return invalid(
+                    "cri.streaming.address",
+                    format!(
+                        "{ip} is not a loopback address: exec and port-forward streams \
+                         would cross the network in clear; set tls_cert_file and \
+                         tls_key_file, or listen on 127.0.0.1"
+                    ),
+                )
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
 }
 
 /// The Docker Engine API (src/docker/).
@@ -412,6 +504,7 @@ impl Default for CriConfig {
         CriConfig {
             socket: PathBuf::from("/run/wharf/wharf.sock"),
             shutdown_timeout_secs: 30,
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -542,6 +635,7 @@ impl Config {
             key: "log.level",
             message,
         })?;
+        self.cri.streaming.validate()?;
         self.registry.validate()?;
         self.runtime.validate()?;
         self.cni.validate()?;
@@ -685,6 +779,57 @@ mod tests {
         assert_eq!(config.cri.socket, PathBuf::from("/run/wharf-test/cri.sock"));
         assert_eq!(config.cri.shutdown_timeout_secs, 30);
         assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn streaming_settings_are_checked_by_name() {
+        for (toml, key) in [
+            (
+                "[cri.streaming]\naddress = \"localhost\"\n",
+                "cri.streaming.address",
+            ),
+            (
+                "[cri.streaming]\naddress = \"0.0.0.0\"\n",
+                "cri.streaming.address",
+            ),
+            (
+                "[cri.streaming]\nidle_timeout_secs = 0\n",
+                "cri.streaming.idle_timeout_secs",
+            ),
+            (
+                "[cri.streaming]\ntoken_ttl_secs = 0\n",
+                "cri.streaming.token_ttl_secs",
+            ),
+            (
+                "[cri.streaming]\ntls_cert_file = \"/c.pem\"\n",
+                "cri.streaming.tls_key_file",
+            ),
+            (
+                "[cri.streaming]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"/k.pem\"\n",
+                "cri.streaming.tls_cert_file",
+            ),
+        ] {
+            let checked = |text: &str| {
+                let config = Config::from_toml(text)?;
+                config.validate().map_err(|e| e.to_string())?;
+                Ok::<Config, String>(config)
+            };
+            let err = checked(toml).expect_err(toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let config = Config::from_toml(
+            "[cri.streaming]\naddress = \"::1\"\nport = 10010\nidle_timeout_secs = 5\n",
+        )
+        .expect("valid");
+        config.validate().expect("valid");
+        assert_eq!(config.cri.streaming.port, 10010);
+        Config::from_toml(
+            "[cri.streaming]\naddress = \"0.0.0.0\"\ntls_cert_file = \"/c.pem\"\n\
+             tls_key_file = \"/k.pem\"\n",
+        )
+        .expect("parses")
+        .validate()
+        .expect("TLS on any address");
     }
 
     #[test]

@@ -18,3 +18,4 @@ pub mod monitor;
 pub mod runtime;
 pub mod state_file;
 pub mod store;
+pub mod streaming;

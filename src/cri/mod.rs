@@ -84,11 +84,16 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 #[derive(Debug)]
 pub struct CriServer {
     engine: Arc<Engine>,
+    /// Where Exec, Attach and PortForward URLs lead.
+    streaming: Arc<crate::streaming::StreamingServer>,
 }
 
 impl CriServer {
-    pub fn new(engine: Arc<Engine>) -> Arc<CriServer> {
-        Arc::new(CriServer { engine })
+    pub fn new(
+        engine: Arc<Engine>,
+        streaming: Arc<crate::streaming::StreamingServer>,
+    ) -> Arc<CriServer> {
+        Arc::new(CriServer { engine, streaming })
     }
 }
 

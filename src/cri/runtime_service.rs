@@ -14,9 +14,6 @@ pub struct Runtime(pub(super) Arc<CriServer>);
 cri_service! {
     impl k8s_cri::v1::runtime_service_server::RuntimeService as "RuntimeService" for Runtime;
     pending {
-        exec(ExecRequest) -> ExecResponse;
-        attach(AttachRequest) -> AttachResponse;
-        port_forward(PortForwardRequest) -> PortForwardResponse;
         container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
         list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
         pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
@@ -155,6 +152,27 @@ cri_service! {
         exec::exec_sync(&self.0, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        exec::exec(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        exec::attach(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        exec::port_forward(&self.0, request.into_inner()).map(Response::new)
     }
 
     // The runtime itself (runtime_info.rs).

@@ -65,6 +65,12 @@ pub enum DaemonError {
     ServerTask(tokio::task::JoinError),
     #[error("Docker API server failed: {0}")]
     DockerServe(std::io::Error),
+    #[error("cannot listen on {what} {address}: {source}")]
+    Bind {
+        what: &'static str,
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns once in-flight calls have finished
@@ -110,7 +116,40 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let (runtime_service, image_service) = cri::services(CriServer::new(engine));
+    // The streaming server: its URLs name the address actually bound (port 0 picks).
+    let streaming_config = &config.cri.streaming;
+    // Checked with the rest of the configuration at load; parsed again here.
+    let streaming_ip = streaming_config.ip().map_err(|err| DaemonError::Bind {
+        what: "cri.streaming.address",
+        address: streaming_config.address.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()),
+    })?;
+    let streaming_listener = tokio::net::TcpListener::bind((streaming_ip, streaming_config.port))
+        .await
+        .map_err(|source| DaemonError::Bind {
+            what: "cri.streaming.address",
+            address: format!("{}:{}", streaming_config.address, streaming_config.port),
+            source,
+        })?;
+    let streaming_address =
+        streaming_listener
+            .local_addr()
+            .map_err(|source| DaemonError::Bind {
+                what: "cri.streaming.address",
+                address: format!("{}:{}", streaming_config.address, streaming_config.port),
+                source,
+            })?;
+    let streaming =
+        crate::streaming::StreamingServer::new(engine.clone(), streaming_config, streaming_address);
+    let (streaming_stop_tx, streaming_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let streaming_server = tokio::spawn(crate::streaming::serve(
+        streaming_listener,
+        streaming.clone(),
+        async {
+            let _ = streaming_stop_rx.await;
+        },
+    ));
+    let (runtime_service, image_service) = cri::services(CriServer::new(engine, streaming));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(in_flight.layer())
@@ -133,6 +172,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         state = %config.state.display(),
         cri_socket = %config.cri.socket.display(),
         docker_socket = %docker_socket.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
+        streaming = %streaming_address,
         "wharfd is ready"
     );
     let docker_failed = async {
@@ -176,6 +216,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     remove_sockets(&socket, docker_socket.as_ref());
     let _ = stop_tx.send(());
     let _ = docker_stop_tx.send(());
+    let _ = streaming_stop_tx.send(());
+    drop(streaming_server);
     // Wait for the calls being handled, not for idle connections: clients keep those
     // open, and they are closed when the process exits.
     tokio::select! {

@@ -373,6 +373,12 @@ impl Runtime {
         }
     }
 
+    /// The container, if it is running (FailedPrecondition otherwise, NotFound when
+    /// there is none).
+    pub fn running_container(&self, namespace: &str, query: &str) -> Result<ContainerRecord> {
+        self.running(namespace, query)
+    }
+
     pub(super) fn running(&self, namespace: &str, query: &str) -> Result<ContainerRecord> {
         let container = self
             .find_container(namespace, query)

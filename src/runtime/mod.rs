@@ -19,6 +19,7 @@ pub mod oci;
 mod pod;
 mod pod_files;
 mod pod_validation;
+pub mod port_forward;
 pub mod records;
 mod recovery;
 pub mod seccomp;
