@@ -333,3 +333,386 @@ async fn crictl_exec() {
     assert!(text.contains("typed-42"), "{out:?}");
     env.remove_pod(&pod_id).await;
 }
+
+/// A pod serving HTTP on 127.0.0.1:8080 and on [::1]:8081 (busybox httpd).
+async fn web_pod(env: &mut PodEnv, name: &str) -> String {
+    let pod = env.pod_config(name);
+    let pod_id = env.run_pod(&pod).await;
+    let config = env.container_config(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-the-pod > /www/index.html && \
+             httpd -p 127.0.0.1:8080 -h /www && httpd -f -p [::1]:8081 -h /www",
+        ],
+    );
+    env.run(&pod_id, &pod, &config).await;
+    // httpd listens once the container runs; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pod_id
+}
+
+async fn port_forward_url(env: &mut PodEnv, pod_id: &str) -> String {
+    env.rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            port: vec![],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url
+}
+
+/// An HTTP GET of / on 127.0.0.1:port, the body.
+async fn http_get(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the forwarded port");
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the response within 20 s")
+    .expect("read");
+    response
+}
+
+/// kubectl's port-forward code (client-go over SPDY): two ports of one session, one
+/// served on IPv4 and one on IPv6 loopback, many connections in parallel.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_with_client_go() {
+    use std::io::BufRead;
+    let mut env = PodEnv::start().await;
+    let pod_id = web_pod(&mut env, "stream-pf").await;
+    let url = port_forward_url(&mut env, &pod_id).await;
+    let mut child = Command::new(go_tool("stream-client"))
+        .args(["portforward", "--url", &url, "--ports", "0:8080,0:8081"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stream-client portforward");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut local = std::collections::HashMap::new();
+    while local.len() < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stream-client reports its ports");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["ready", l, r] = words[..] {
+            local.insert(r.to_string(), l.parse::<u16>().expect("local port"));
+        }
+    }
+    let mut gets = Vec::new();
+    for round in 0..8 {
+        let port = local[if round % 2 == 0 { "8080" } else { "8081" }];
+        gets.push(tokio::spawn(http_get(port)));
+    }
+    for get in gets {
+        let response = get.await.expect("task");
+        assert!(response.contains("hello-from-the-pod"), "{response}");
+    }
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    env.remove_pod(&pod_id).await;
+}
+
+/// Port-forward over WebSocket (kubelet's v4 channel protocol), two ports on one
+/// session: each channel opens with its port; the one with nothing listening reports
+/// its error on its own error channel while the other connection still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut env = PodEnv::start().await;
+    let pod_id = web_pod(&mut env, "stream-pfws").await;
+    let url = port_forward_url(&mut env, &pod_id).await;
+    let ws_url = format!("{}?port=8080&port=9", url.replacen("http://", "ws://", 1));
+    let mut request = ws_url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("v4.channel.k8s.io")
+    );
+    let mut first = std::collections::HashMap::new();
+    let mut data = Vec::new();
+    let mut port9_error = String::new();
+    let mut sent = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = |data: &[u8]| data.windows(18).any(|w| w == b"hello-from-the-pod");
+    while !served(&data) || port9_error.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, socket.next())
+            .await
+            .expect("messages within 20 s")
+            .expect("the socket stays open")
+            .expect("a message");
+        let Message::Binary(bytes) = message else {
+            continue;
+        };
+        let (channel, payload) = (bytes[0], &bytes[1..]);
+        if let std::collections::hash_map::Entry::Vacant(entry) = first.entry(channel) {
+            // Each channel's first message: its port, little endian.
+            entry.insert(u16::from_le_bytes([payload[0], payload[1]]));
+            if first.len() == 4 && !sent {
+                sent = true;
+                let mut get = vec![0u8];
+                get.extend_from_slice(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n");
+                socket
+                    .send(Message::Binary(get.into()))
+                    .await
+                    .expect("send");
+            }
+            continue;
+        }
+        match channel {
+            0 => data.extend_from_slice(payload),
+            3 => port9_error.push_str(&String::from_utf8_lossy(payload)),
+            other => panic!("data on channel {other}: {payload:?}"),
+        }
+    }
+    assert_eq!(first[&0], 8080);
+    assert_eq!(first[&1], 8080);
+    assert_eq!(first[&2], 9);
+    assert_eq!(first[&3], 9);
+    assert!(port9_error.contains("port 9"), "{port9_error}");
+    let _ = socket.close(None).await;
+    env.remove_pod(&pod_id).await;
+}
+
+fn children_of(parent: i32) -> Vec<(i32, String, bool)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|at| stat[at + 1..].to_string()) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(parent) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        children.push((pid, cmdline.trim().to_string(), fields[0] == "Z"));
+    }
+    children
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn monitor_pid(env: &PodEnv, id: &str) -> i32 {
+    let path = env
+        .daemon
+        .paths
+        .state
+        .join("containers")
+        .join(id)
+        .join("monitor.json");
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("monitor.json"))
+            .expect("monitor.json is JSON");
+    value["monitor_pid"].as_i64().expect("monitor_pid") as i32
+}
+
+/// A client killed mid-exec (SIGKILL, over each transport): the exec'd process is
+/// killed and reaped, and neither the monitor nor wharfd keeps an fd for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_killed_mid_stream_leaks_nothing() {
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "stream-kill").await;
+    let monitor = monitor_pid(&env, &id);
+    let daemon = env.daemon.pid() as i32;
+    // Warm up: the first session makes lazily opened things (a connection pool).
+    let url = exec_url(&mut env, &id, &["true"], false, false).await;
+    assert_eq!(stream_client(&["exec", "--url", &url], b"").0, 0);
+    let monitor_fds = fd_count(monitor);
+    let daemon_fds = fd_count(daemon);
+    for (transport, marker) in [("spdy", "601"), ("websocket", "602")] {
+        let url = exec_url(&mut env, &id, &["sleep", marker], true, false).await;
+        let mut child = Command::new(go_tool("stream-client"))
+            .args(["exec", "--url", &url, "--stdin", "--transport", transport])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stream-client");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !children_of(monitor)
+            .iter()
+            .any(|(_, cmd, _)| cmd == &format!("sleep {marker}"))
+        {
+            assert!(Instant::now() < deadline, "{transport}: the exec never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill().expect("SIGKILL the client");
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let children = children_of(monitor);
+            let left = children
+                .iter()
+                .any(|(_, cmd, _)| cmd == &format!("sleep {marker}"));
+            let zombies = children.iter().any(|(_, _, zombie)| *zombie);
+            if !left && !zombies {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{transport}: the exec outlived its client: {children:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fd_count(monitor) != monitor_fds || fd_count(daemon) > daemon_fds {
+        assert!(
+            Instant::now() < deadline,
+            "fds left: monitor {} (was {monitor_fds}), wharfd {} (was {daemon_fds})",
+            fd_count(monitor),
+            fd_count(daemon)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.remove_pod(&pod_id).await;
+}
+
+/// `idle_timeout_secs`: a session that moves nothing is closed; one that has not
+/// even opened its streams too.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_are_closed() {
+    let mut env = PodEnv::start_with_config("[cri.streaming]\nidle_timeout_secs = 2\n").await;
+    let (pod_id, id) = sleeper(&mut env, "stream-idle").await;
+    for transport in ["spdy", "websocket"] {
+        let url = exec_url(&mut env, &id, &["sleep", "60"], false, false).await;
+        let started = Instant::now();
+        let (code, _, stderr) =
+            stream_client(&["exec", "--url", &url, "--transport", transport], b"");
+        assert_ne!(code, 0, "{transport}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{transport}: the idle session lasted {:?}",
+            started.elapsed()
+        );
+        assert!(stderr.contains("idle"), "{transport}: {stderr}");
+    }
+    env.remove_pod(&pod_id).await;
+}
+
+/// With `tls_cert_file` and `tls_key_file` the URLs are https and the server speaks
+/// TLS (here on loopback; the same lets it listen on other addresses).
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_over_tls() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (install the openssl package)");
+    assert!(status.success());
+    let config = format!(
+        "[cri.streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut env = PodEnv::start_with_config(&config).await;
+    let (pod_id, id) = sleeper(&mut env, "stream-tls").await;
+    let url = exec_url(
+        &mut env,
+        &id,
+        &["sh", "-c", "echo secret; exit 4"],
+        false,
+        false,
+    )
+    .await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (code, stdout, stderr) = stream_client(&["exec", "--url", &url], b"");
+    assert_eq!((code, stdout.as_str()), (4, "secret\n"), "{stderr}");
+    env.remove_pod(&pod_id).await;
+}
+
+/// Attach to a TTY container with client-go: its output, input through the terminal,
+/// a resize, and the end when the container exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_with_a_tty() {
+    let mut env = PodEnv::start().await;
+    let pod = env.pod_config("stream-attach-tty");
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = env.container_config(
+        "term",
+        &["sh", "-c", "read x; stty size; echo got:$x; exit 0"],
+    );
+    config.stdin = true;
+    config.stdin_once = true;
+    config.tty = true;
+    let id = env.run(&pod_id, &pod, &config).await;
+    let url = env
+        .rt
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url;
+    let (code, stdout, stderr) = stream_client(
+        &[
+            "attach", "--url", &url, "--stdin", "--tty", "--resize", "77x22",
+        ],
+        b"hi\n",
+    );
+    assert_eq!(code, 0, "{stdout:?} {stderr:?}");
+    assert!(stdout.contains("22 77"), "{stdout:?}");
+    assert!(stdout.contains("got:hi"), "{stdout:?}");
+    env.remove_pod(&pod_id).await;
+}

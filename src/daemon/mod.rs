@@ -65,6 +65,8 @@ pub enum DaemonError {
     ServerTask(tokio::task::JoinError),
     #[error("Docker API server failed: {0}")]
     DockerServe(std::io::Error),
+    #[error(transparent)]
+    StreamingTls(#[from] crate::streaming::tls::TlsError),
     #[error("cannot listen on {what} {address}: {source}")]
     Bind {
         what: &'static str,
@@ -139,11 +141,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 address: format!("{}:{}", streaming_config.address, streaming_config.port),
                 source,
             })?;
+    let streaming_tls = match (
+        &streaming_config.tls_cert_file,
+        &streaming_config.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(crate::streaming::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let streaming =
         crate::streaming::StreamingServer::new(engine.clone(), streaming_config, streaming_address);
     let (streaming_stop_tx, streaming_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let streaming_server = tokio::spawn(crate::streaming::serve(
         streaming_listener,
+        streaming_tls,
         streaming.clone(),
         async {
             let _ = streaming_stop_rx.await;

@@ -18,6 +18,7 @@ pub mod session;
 pub mod spdy;
 pub mod spdy_transport;
 pub mod status;
+pub mod tls;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -193,15 +194,26 @@ pub fn routes(server: Arc<StreamingServer>) -> Router {
         .with_state(server)
 }
 
-/// Serves `listener` until `shutdown` resolves.
+/// Serves `listener` (over TLS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     server: Arc<StreamingServer>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, routes(server).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = routes(server).into_make_service();
+    match tls {
+        Some(acceptor) => {
+            axum::serve(tls::TlsListener::new(listener, acceptor)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn serve_token(

@@ -27,7 +27,8 @@
 //! * PING: client pings (odd ids) are echoed, as spdystream does. GOAWAY from the client
 //!   stops new streams (they are refused) while open ones run until the client closes
 //!   the TCP connection, which spdystream does once its streams are gone.
-//!   [`Session::close`] writes what is queued, then GOAWAY(OK), then closes.
+//!   [`Session::close`] writes what is queued, then GOAWAY(OK), then closes. Over 1024
+//!   open streams, new ones are refused (REFUSED_STREAM).
 //!
 //! # Flow control
 //! spdystream implements none: it parses WINDOW_UPDATE and SETTINGS and drops them, never
@@ -152,6 +153,7 @@ fn invalid(frame: &'static str, stream: u32, reason: impl Into<String>) -> SpdyE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResetStatus(pub u32);
 
+#[allow(dead_code)] // the whole table, used or not
 impl ResetStatus {
     pub const PROTOCOL_ERROR: Self = Self(1);
     pub const INVALID_STREAM: Self = Self(2);
@@ -170,6 +172,7 @@ impl ResetStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoAwayStatus(pub u32);
 
+#[allow(dead_code)] // the whole table, used or not
 impl GoAwayStatus {
     pub const OK: Self = Self(0);
     pub const PROTOCOL_ERROR: Self = Self(1);
@@ -797,10 +800,6 @@ impl Session {
     pub async fn closed(&self) {
         let _ = self.closed.clone().wait_for(|closed| *closed).await;
     }
-
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
 }
 
 /// A stream the client opened, waiting for the application's answer.
@@ -816,10 +815,11 @@ pub struct IncomingStream {
 impl IncomingStream {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let h = &self.headers;
-        h.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        let found = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name));
+        found.map(|(_, v)| v.as_str())
     }
 
     /// Answers with SYN_REPLY (the given headers) and returns the stream.
@@ -1045,9 +1045,10 @@ impl Reader<'_> {
                         ResetStatus::REFUSED_STREAM
                     } else {
                         self.conn.last_accepted.store(id, SeqCst);
-                        let mut st = StreamState::default();
-                        st.id = id;
-                        let st = Arc::new(st);
+                        let st = Arc::new(StreamState {
+                            id,
+                            ..Default::default()
+                        });
                         if fin {
                             st.finish_recv(false);
                         }
@@ -1064,9 +1065,8 @@ impl Reader<'_> {
                         return Ok(());
                     }
                 };
-                self.conn
-                    .send_control(Frame::RstStream { id, status })
-                    .await?;
+                let reset = Frame::RstStream { id, status };
+                self.conn.send_control(reset).await?;
             }
             Frame::RstStream { id, status } => {
                 debug!(stream = id, status = status.0, "client reset stream");
@@ -1082,7 +1082,10 @@ impl Reader<'_> {
                 self.goaway_received = true;
             }
             // Not acted upon: see "Flow control" in the module documentation.
-            Frame::Settings { entries, .. } => trace!(?entries, "SETTINGS ignored"),
+            Frame::Settings { entries, .. } => {
+                let window = entries.iter().find(|e| e.1 == SETTINGS_INITIAL_WINDOW_SIZE);
+                debug!(?entries, ?window, "client SETTINGS ignored");
+            }
             other => trace!(frame = ?other, "frame ignored"),
         }
         Ok(())
@@ -1601,7 +1604,7 @@ mod tests {
         let mut st = open(&mut tx, &mut rx, &mut inc, 1).await;
         st.write_all(b"bye").await.unwrap();
         timeout(T, session.close()).await.unwrap();
-        assert!(session.is_closed());
+        timeout(T, session.closed()).await.unwrap();
         rx.want(data(1, b"bye", false)).await;
         rx.want(goaway(1, G::OK)).await;
         rx.want_eof().await;

@@ -124,7 +124,9 @@ async fn remote_command(
             && (!stderr || o.stderr.is_some())
             && (!resize || o.resize.is_some())
     };
-    let deadline = Instant::now() + STREAM_CREATION_TIMEOUT;
+    // A session idle before it even started is over too.
+    let creation_timeout = STREAM_CREATION_TIMEOUT.min(server.idle_timeout);
+    let deadline = Instant::now() + creation_timeout;
     while !complete(&opened) {
         let next = tokio::time::timeout_at(deadline.into(), incoming.recv()).await;
         let stream = match next {
@@ -132,13 +134,12 @@ async fn remote_command(
             Ok(None) => return,
             Err(_) => {
                 tracing::info!(
-                    "streaming: the client did not open its streams within {:?}",
-                    STREAM_CREATION_TIMEOUT
+                    "streaming: the client did not open its streams within {creation_timeout:?}"
                 );
                 if let Some(mut error) = opened.error.take() {
                     let message = format!(
-                        "timed out waiting for the client to create its streams ({:?})",
-                        STREAM_CREATION_TIMEOUT
+                        "timed out waiting for the client to create its streams \
+                         ({creation_timeout:?})"
                     );
                     let _ = error.write_all(message.as_bytes()).await;
                     let _ = error.shutdown().await;

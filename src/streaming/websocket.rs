@@ -272,7 +272,7 @@ async fn remote_command(
         }
         // The client is gone: the session sees its stdin end, then its writes fail.
     };
-    let reader = tokio::spawn(reader);
+    let mut reader = tokio::spawn(reader);
     let activity = Activity::default();
     let idle_timeout = server.idle_timeout;
     let writer = async {
@@ -289,6 +289,9 @@ async fn remote_command(
             () = activity.idle(idle_timeout) => Outcome::Failed(format!(
                 "the session was idle for {idle_timeout:?}"
             )),
+            // The connection ended: the client is gone (dropping the session kills an
+            // exec'd process).
+            _ = &mut reader => Outcome::ClientGone,
         };
         // Output first, then the status.
         for forwarder in forwarders {
