@@ -716,3 +716,98 @@ async fn attach_with_a_tty() {
     assert!(stdout.contains("got:hi"), "{stdout:?}");
     env.remove_pod(&pod_id).await;
 }
+
+/// crictl port-forward (SPDY, client-go underneath) to the pod's HTTP server.
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_port_forward() {
+    let mut env = PodEnv::start().await;
+    let pod_id = web_pod(&mut env, "stream-crictl-pf").await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let socket = env.daemon.paths.cri_socket.clone();
+    let endpoint = format!("unix://{}", socket.display());
+    let mut child = Command::new(go_tool("crictl"))
+        .args(["--runtime-endpoint", &endpoint, "--config", "/dev/null"])
+        .args(["port-forward", &pod_id, &format!("{local}:8080")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("crictl port-forward");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", local))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "crictl never listened on {local}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        let response = http_get(local).await;
+        assert!(response.contains("hello-from-the-pod"), "{response}");
+    }
+    child.kill().expect("stop crictl");
+    let _ = child.wait();
+    env.remove_pod(&pod_id).await;
+}
+
+/// WebSocket remote commands in the base64 framing (`v4.base64.channel.k8s.io`, what
+/// browsers and older clients use): text messages, the channel a digit.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_base64_websocket() {
+    use base64::Engine as _;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "stream-b64").await;
+    let url = exec_url(
+        &mut env,
+        &id,
+        &["sh", "-c", "echo hi; echo oops >&2; exit 2"],
+        false,
+        false,
+    )
+    .await;
+    let mut request = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.base64.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket upgrade");
+    let mut channels: std::collections::BTreeMap<char, Vec<u8>> = Default::default();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(20), socket.next())
+        .await
+        .expect("messages within 20 s")
+    {
+        match message.expect("a message") {
+            Message::Text(text) => {
+                let mut chars = text.as_str().chars();
+                let channel = chars.next().expect("a channel digit");
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(chars.as_str())
+                    .expect("base64");
+                channels.entry(channel).or_default().extend(data);
+            }
+            Message::Close(_) => break,
+            other => panic!("not a text message: {other:?}"),
+        }
+    }
+    assert_eq!(channels.get(&'1').map(Vec::as_slice), Some(&b"hi\n"[..]));
+    assert_eq!(channels.get(&'2').map(Vec::as_slice), Some(&b"oops\n"[..]));
+    let status: serde_json::Value =
+        serde_json::from_slice(channels.get(&'3').expect("a status")).expect("JSON status");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "2", "{status}");
+    env.remove_pod(&pod_id).await;
+}
