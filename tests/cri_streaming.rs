@@ -811,3 +811,37 @@ async fn exec_over_base64_websocket() {
     assert_eq!(status["details"]["causes"][0]["message"], "2", "{status}");
     env.remove_pod(&pod_id).await;
 }
+
+/// Over SPDY, a connection that fails (nothing listens on its port) answers on its own
+/// error stream and ends its own pair only: the session keeps serving the next pairs
+/// (client-go's own forwarder would close the session itself on the error, so this
+/// drives the streams directly with the same libraries).
+#[tokio::test(flavor = "multi_thread")]
+async fn spdy_port_forward_failure_is_per_connection() {
+    let mut env = PodEnv::start().await;
+    let pod_id = web_pod(&mut env, "stream-pf-pairs").await;
+    let url = port_forward_url(&mut env, &pod_id).await;
+    let (code, stdout, stderr) =
+        stream_client(&["pf-pairs", "--url", &url, "--ports", "8080,9,8081"], b"");
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].starts_with("port 8080 ok HTTP/1.1 200"),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("port 9 error "), "{stdout}");
+    assert!(
+        lines[1].contains("127.0.0.1:9") && lines[1].contains("[::1]:9"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("port 8081 ok HTTP/1.1 200"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with("again 8080 ok HTTP/1.1 200"),
+        "{stdout}"
+    );
+    env.remove_pod(&pod_id).await;
+}

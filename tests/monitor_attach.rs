@@ -722,6 +722,7 @@ fn request(cmd: &[&str], stdin: bool, tty: bool) -> monitor_control::ExecRequest
         stderr: !tty,
         tty,
         size: tty.then_some((91, 17)),
+        ..Default::default()
     }
 }
 

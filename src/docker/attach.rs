@@ -37,7 +37,7 @@ fn truthy(value: &Option<String>) -> bool {
 }
 
 /// One stdcopy frame: `[stream, 0, 0, 0, length BE32]` + data.
-fn frame(stream: u8, data: &[u8], out: &mut Vec<u8>) {
+pub(super) fn frame(stream: u8, data: &[u8], out: &mut Vec<u8>) {
     out.push(stream);
     out.extend_from_slice(&[0, 0, 0]);
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());

@@ -12,6 +12,8 @@
 //!   remove;
 //! - `attach.rs`: `/containers/{id}/attach` (hijacked, through the monitor's control
 //!   channel) and `/containers/{id}/resize`;
+//! - `exec.rs`: `/containers/{id}/exec` and `/exec/{id}/{start,resize,json}` (the
+//!   monitor's exec sessions, as CRI Exec);
 //! - `archive.rs`: `/containers/{id}/archive` (`docker cp`, through a chrooted helper);
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
@@ -31,6 +33,7 @@ mod containers;
 mod convert;
 mod error;
 mod events;
+mod exec;
 mod images;
 mod logs;
 mod stats;
@@ -54,13 +57,18 @@ pub const NAMESPACE: &str = crate::store::DOCKER_NAMESPACE;
 #[derive(Debug)]
 pub struct DockerServer {
     engine: Arc<Engine>,
+    /// `docker exec` instances (in memory, as dockerd keeps them).
+    execs: std::sync::Mutex<exec::Execs>,
 }
 
 impl DockerServer {
     /// The front end on `engine`, with its housekeeping task (files of destroyed
     /// containers); call within a tokio runtime.
     pub fn new(engine: Arc<Engine>) -> Arc<DockerServer> {
-        let server = Arc::new(DockerServer { engine });
+        let server = Arc::new(DockerServer {
+            engine,
+            execs: Default::default(),
+        });
         events::start_housekeeping(server.clone());
         server
     }
@@ -92,6 +100,10 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/top", get(containers::top))
         .route("/containers/{id}/attach", post(attach::attach))
         .route("/containers/{id}/resize", post(attach::resize))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/resize", post(exec::resize))
+        .route("/exec/{id}/json", get(exec::inspect))
         .route("/containers/{id}/stats", get(stats::stats))
         .route(
             "/containers/{id}/archive",

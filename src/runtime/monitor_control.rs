@@ -119,6 +119,12 @@ pub struct ExecRequest {
     pub tty: bool,
     /// The terminal's first size (width, height).
     pub size: Option<(u16, u16)>,
+    /// `KEY=value` entries added to (or replacing those of) the container's env.
+    pub env: Vec<String>,
+    /// Another user than the container's (`uid[:gid]` or names, Docker's `--user`).
+    pub user: String,
+    /// Another working directory than the container's (absolute).
+    pub working_dir: String,
 }
 
 /// What the monitor said of the container when the session began.
@@ -192,6 +198,14 @@ async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec
 #[derive(Clone)]
 pub struct Control {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("container", &self.inner.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The events of a session, in the order the monitor sent them.
@@ -714,10 +728,9 @@ pub async fn exec(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
     let owned_bundle = bundle.to_path_buf();
-    let (cmd, tty, size, process_dir) =
-        (request.cmd.clone(), request.tty, request.size, dir.clone());
+    let (owned_request, process_dir) = (request.clone(), dir.clone());
     super::service::blocking(move || {
-        write_exec_process(&owned_bundle, &process_dir, cmd, tty, size)
+        write_exec_process(&owned_bundle, &process_dir, &owned_request)
     })
     .await?;
     let pid = session.control.exec(runtime, &dir, request).await?;
@@ -727,18 +740,45 @@ pub async fn exec(
 /// Writes `dir/process.json`: the container's own process with `cmd` as its args
 /// (ExecSync's settings), a terminal when `tty` (and `TERM=xterm` unless the container
 /// sets TERM, as Docker, containerd and CRI-O do).
-fn write_exec_process(
-    bundle: &Path,
-    dir: &Path,
-    cmd: Vec<String>,
-    tty: bool,
-    size: Option<(u16, u16)>,
-) -> Result<()> {
+fn write_exec_process(bundle: &Path, dir: &Path, request: &ExecRequest) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let (tty, size) = (request.tty, request.size);
     let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
         .map_err(|e| RuntimeError::Internal(format!("reading config.json: {e}")))?;
     let mut process = spec.process().clone().unwrap_or_default();
-    process.set_args(Some(cmd));
+    process.set_args(Some(request.cmd.clone()));
+    if !request.env.is_empty() {
+        let mut env = process.env().clone().unwrap_or_default();
+        for entry in &request.env {
+            let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            if key.is_empty() {
+                return Err(RuntimeError::invalid(
+                    "env",
+                    format!("{entry:?} is not KEY=value"),
+                ));
+            }
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            env.push(entry.clone());
+        }
+        process.set_env(Some(env));
+    }
+    if !request.working_dir.is_empty() {
+        if !request.working_dir.starts_with('/') {
+            return Err(RuntimeError::invalid(
+                "working_dir",
+                format!("{:?} is not an absolute path", request.working_dir),
+            ));
+        }
+        process.set_cwd(PathBuf::from(&request.working_dir));
+    }
+    if !request.user.is_empty() {
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .map(|root| bundle.join(root.path()))
+            .unwrap_or_else(|| bundle.join("rootfs"));
+        process.set_user(super::spec::resolve_exec_user(&rootfs, &request.user)?);
+    }
     process.set_terminal(Some(tty));
     // The first size is the terminal's before the process runs (runc, and wharf's own
     // runtime, apply it when they make the terminal).

@@ -50,7 +50,7 @@ impl Runtime {
 /// current one when None): 127.0.0.1 first, then ::1.
 pub async fn dial_localhost(netns: Option<&Path>, port: u16) -> std::io::Result<TcpStream> {
     let (v4, v6) = sockets_in(netns.map(Path::to_path_buf)).await?;
-    let mut last = None;
+    let mut errors = Vec::new();
     for (socket, address) in [
         (v4, SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
         (v6, SocketAddr::from((Ipv6Addr::LOCALHOST, port))),
@@ -60,12 +60,15 @@ pub async fn dial_localhost(netns: Option<&Path>, port: u16) -> std::io::Result<
         let socket = unsafe { TcpSocket::from_raw_fd(socket.into_raw_fd()) };
         match socket.connect(address).await {
             Ok(stream) => return Ok(stream),
-            Err(err) => last = Some(format!("dial {address}: {err}")),
+            Err(err) => errors.push(format!("dial {address}: {err}")),
         }
+    }
+    if errors.is_empty() {
+        errors.push("no IPv4 or IPv6 socket could be made".into());
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::ConnectionRefused,
-        last.unwrap_or_else(|| "no IPv4 or IPv6 socket could be made".into()),
+        errors.join("; "),
     ))
 }
 

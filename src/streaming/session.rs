@@ -212,6 +212,7 @@ pub async fn run_remote_command(
                 stderr: *stderr && !*tty,
                 tty: *tty,
                 size: size.filter(|(w, h)| *w > 0 && *h > 0),
+                ..Default::default()
             };
             match engine.runtime.exec(namespace, container_id, &exec).await {
                 Ok((session, _pid)) => {

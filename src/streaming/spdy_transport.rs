@@ -342,7 +342,7 @@ async fn forward_one(
         }
         Err(err) => {
             // kubelet's words, then this pair (only) ends.
-            let message = format!("error forwarding port {port} to pod {pod_id}: {err}");
+            let message = format!("error {err}");
             let _ = error.write_all(message.as_bytes()).await;
             let _ = error.shutdown().await;
             data.reset(ResetStatus::CANCEL).await;

@@ -375,7 +375,7 @@ async fn port_forward_session(
                     .await
                 }
                 Err(err) => {
-                    let message = format!("error forwarding port {port} to pod {pod_id}: {err}");
+                    let message = format!("error {err}");
                     let _ = out.send((data_channel + 1, message.into_bytes())).await;
                 }
             }

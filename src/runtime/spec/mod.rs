@@ -46,6 +46,7 @@ pub use namespaces::check_sysctls;
 pub use process::process_args;
 pub use resources::{host_swap_limit_supported, resources};
 pub use security::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
+pub use user::resolve_exec_user;
 
 /// The OCI runtime spec version wharf writes.
 pub const OCI_VERSION: &str = "1.2.0";

@@ -188,6 +188,17 @@ fn id_from_i64(v: i64, field: &str) -> Result<u32, SpecError> {
     u32::try_from(v).map_err(|_| SpecError::invalid(field, format!("{v} is not a valid id")))
 }
 
+/// The user of an exec'd process (Docker's `exec --user`: `uid`, `uid:gid`, `name`,
+/// `name:group`), looked up in the container's /etc/passwd and /etc/group as the
+/// container's own user is.
+pub fn resolve_exec_user(rootfs: &Path, user: &str) -> Result<User, SpecError> {
+    resolve_user(
+        rootfs,
+        &crate::runtime::model::SecurityOptions::default(),
+        user,
+    )
+}
+
 /// The process user, as containerd: the CRI `run_as_username` or `run_as_user`, with
 /// `run_as_group`; else the image's User (`uid`, `uid:gid`, `name`, `name:group`). Names
 /// are looked up in the image's /etc/passwd and /etc/group. Without a group, the gid is

@@ -24,6 +24,18 @@
 //	    negotiated X-Stream-Protocol-Version, or Sec-WebSocket-Protocol with
 //	    websocket; "-" when the response has none); a non-101 response's body goes to
 //	    stderr. Exits 0 on any HTTP response.
+//	stream-client pf-pairs --url URL --ports P1,P2,... [--timeout 20s]
+//	    Checks a portforward URL at the stream level, as client-go's PortForwarder
+//	    drives it per local connection, on ONE SPDY connection (portforward.k8s.io):
+//	    for each port in order, with requestID its index, an error stream then a
+//	    data stream (headers streamType, port, requestID), "GET / HTTP/1.0" written
+//	    to the data stream and its write side closed, and both streams read to EOF.
+//	    Prints one line per port: "port P ok FIRST-LINE" (the first line of the data,
+//	    trimmed) when data came back, else "port P error TEXT" (the error stream's
+//	    text, on one line), else "port P failed ERROR" (a local error). Then repeats
+//	    the first port on the same connection (requestID the number of ports) and
+//	    prints "again P ..." the same way. Exits 0 once that line is out, whatever the
+//	    ports' outcomes; a lost or refused connection or the timeout exit 255.
 //
 // Failures of stream-client itself (bad flags, a refused upgrade, a lost connection, the
 // timeout) print "stream-client: ERROR" to stderr and exit 255; a remote command that
@@ -51,6 +63,8 @@ import (
 	"syscall"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/tools/remotecommand"
@@ -63,6 +77,7 @@ const usage = `usage:
   stream-client exec|attach --url URL [--transport spdy|websocket] [--protocols P,...] [--tty] [--stdin] [--resize WxH[,WxH...]] [--timeout 30s]
   stream-client portforward --url URL --ports LOCAL:REMOTE[,...] [--address 127.0.0.1]
   stream-client probe --url URL [--transport spdy|websocket] [--protocols P,...] [--method POST] [--timeout 10s]
+  stream-client pf-pairs --url URL --ports P1,P2,... [--timeout 20s]
 `
 
 // The subprotocols client-go's executors offer: NewSPDYExecutor's list, and for
@@ -92,6 +107,8 @@ func main() {
 		err = runPortForward(args)
 	case "probe":
 		err = runProbe(args)
+	case "pf-pairs":
+		err = runPFPairs(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -429,4 +446,212 @@ func runProbe(args []string) error {
 		}
 	}
 	return nil
+}
+
+const (
+	// pfRequest is what pf-pairs sends on each data stream.
+	pfRequest = "GET / HTTP/1.0\r\n\r\n"
+	// pfErrorGrace is how long pf-pairs waits for the error stream's end when the data
+	// stream could not be created. kubelet's server resets the data stream as soon as
+	// the port's forwarding fails, which can come before its reply to the stream (the
+	// creation then fails with "Stream reset"), and it writes the error stream's text
+	// and resets that stream first.
+	pfErrorGrace = 2 * time.Second
+)
+
+func runPFPairs(args []string) error {
+	fs, rawURL, verbosity := newFlags("pf-pairs")
+	ports := fs.String("ports", "", "remote ports P1,P2,... to forward to in turn, on one connection")
+	timeout := fs.Duration("timeout", 20*time.Second, "limit on the whole run")
+	u, err := parseFlags(fs, args, rawURL, verbosity)
+	if err != nil {
+		return err
+	}
+	var remote []uint16
+	for _, item := range splitList(*ports) {
+		port, err := strconv.ParseUint(item, 10, 16)
+		if err != nil || port == 0 {
+			return fmt.Errorf("--ports %q: want a port from 1 to 65535", item)
+		}
+		remote = append(remote, uint16(port))
+	}
+	if len(remote) == 0 {
+		return errors.New("--ports is required")
+	}
+
+	deadline := time.After(*timeout)
+	rt, upgrader, err := spdy.RoundTripperFor(restConfig(u))
+	if err != nil {
+		return err
+	}
+	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: rt}, "POST", u)
+	type dialResult struct {
+		conn     httpstream.Connection
+		protocol string
+		err      error
+	}
+	dialed := make(chan dialResult, 1)
+	go func() {
+		conn, protocol, err := dialer.Dial(portforward.PortForwardProtocolV1Name)
+		dialed <- dialResult{conn, protocol, err}
+	}()
+	var conn httpstream.Connection
+	select {
+	case <-deadline:
+		return fmt.Errorf("timed out after %v upgrading the connection", *timeout)
+	case r := <-dialed:
+		if r.err != nil {
+			return fmt.Errorf("error upgrading connection: %w", r.err)
+		}
+		conn = r.conn
+		defer conn.Close()
+		if r.protocol != portforward.PortForwardProtocolV1Name {
+			return fmt.Errorf("unable to negotiate protocol: client supports %q, server returned %q",
+				portforward.PortForwardProtocolV1Name, r.protocol)
+		}
+	}
+
+	// forward runs one error/data stream pair and prints its line.
+	forward := func(label string, port uint16, requestID int) error {
+		done := make(chan pfOutcome, 1)
+		go func() { done <- pfPair(conn, port, requestID) }()
+		var outcome pfOutcome
+		select {
+		case <-deadline:
+			return fmt.Errorf("timed out after %v on port %d (requestID %d)", *timeout, port, requestID)
+		case outcome = <-done:
+		}
+		if outcome.connErr != nil {
+			return outcome.connErr
+		}
+		fmt.Printf("%s %d %s\n", label, port, outcome.line)
+		select {
+		case <-conn.CloseChan():
+			return fmt.Errorf("the connection closed after port %d (requestID %d)", port, requestID)
+		default:
+		}
+		return nil
+	}
+	for i, port := range remote {
+		if err := forward("port", port, i); err != nil {
+			return err
+		}
+	}
+	return forward("again", remote[0], len(remote))
+}
+
+// pfOutcome is how one error/data stream pair went: line is what follows "port P",
+// connErr a failure of the connection itself.
+type pfOutcome struct {
+	line    string
+	connErr error
+}
+
+// pfPair does on conn what client-go's PortForwarder.handleConnection does for one local
+// connection, with pfRequest as the local connection's bytes: it creates the error
+// stream (closing its write side at once) and the data stream with the same port and
+// requestID headers, writes pfRequest to the data stream and half-closes it, and reads
+// both streams to EOF, resetting the data stream once it is done and removing both from
+// the connection at the end. When the data stream cannot be created, the error stream's
+// text, if it comes within pfErrorGrace, is the outcome (see pfErrorGrace).
+func pfPair(conn httpstream.Connection, port uint16, requestID int) pfOutcome {
+	// createStream fails a stream creation as the connection's failure when the
+	// connection is gone, as this port's otherwise.
+	createStream := func(headers http.Header) (httpstream.Stream, *pfOutcome) {
+		stream, err := conn.CreateStream(headers)
+		if err == nil {
+			return stream, nil
+		}
+		err = fmt.Errorf("creating the %s stream for port %d (requestID %d): %w",
+			headers.Get(v1.StreamType), port, requestID, err)
+		select {
+		case <-conn.CloseChan():
+			return nil, &pfOutcome{connErr: err}
+		default:
+			return nil, &pfOutcome{line: "failed " + err.Error()}
+		}
+	}
+
+	headers := http.Header{}
+	headers.Set(v1.StreamType, v1.StreamTypeError)
+	headers.Set(v1.PortHeader, strconv.Itoa(int(port)))
+	headers.Set(v1.PortForwardRequestIDHeader, strconv.Itoa(requestID))
+	errorStream, failed := createStream(headers)
+	if failed != nil {
+		return *failed
+	}
+	_ = errorStream.Close()
+	defer conn.RemoveStreams(errorStream)
+	type readResult struct {
+		data []byte
+		err  error
+	}
+	errorRead := make(chan readResult, 1)
+	go func() {
+		message, err := io.ReadAll(errorStream)
+		errorRead <- readResult{message, err}
+	}()
+
+	headers.Set(v1.StreamType, v1.StreamTypeData)
+	dataStream, failed := createStream(headers)
+	if failed != nil {
+		if failed.connErr == nil {
+			select {
+			case message := <-errorRead:
+				if text := strings.TrimSpace(string(message.data)); text != "" {
+					return pfOutcome{line: "error " + oneLine(text)}
+				}
+			case <-time.After(pfErrorGrace):
+			}
+			_ = errorStream.Reset()
+		}
+		return *failed
+	}
+	defer conn.RemoveStreams(dataStream)
+	dataRead := make(chan readResult, 1)
+	go func() {
+		// Keep the start of the data, enough for its first line; read the rest to EOF.
+		reader := bufio.NewReader(dataStream)
+		first, err := reader.ReadString('\n')
+		if err == nil {
+			_, err = io.Copy(io.Discard, reader)
+		}
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		dataRead <- readResult{[]byte(first), err}
+	}()
+
+	var localErrs []string
+	if _, err := io.WriteString(dataStream, pfRequest); err != nil {
+		localErrs = append(localErrs, fmt.Sprintf("writing the request: %v", err))
+	}
+	if err := dataStream.Close(); err != nil {
+		localErrs = append(localErrs, fmt.Sprintf("closing the data stream's write side: %v", err))
+	}
+	data := <-dataRead
+	_ = dataStream.Reset()
+	message := <-errorRead
+	if data.err != nil {
+		localErrs = append(localErrs, fmt.Sprintf("reading the data stream: %v", data.err))
+	}
+	if message.err != nil {
+		localErrs = append(localErrs, fmt.Sprintf("reading the error stream: %v", message.err))
+	}
+
+	switch {
+	case len(data.data) > 0:
+		return pfOutcome{line: strings.TrimSpace("ok " + strings.TrimSpace(string(data.data)))}
+	case len(strings.TrimSpace(string(message.data))) > 0:
+		return pfOutcome{line: "error " + oneLine(strings.TrimSpace(string(message.data)))}
+	case len(localErrs) > 0:
+		return pfOutcome{line: "failed " + strings.Join(localErrs, "; ")}
+	default:
+		return pfOutcome{line: "failed no data and no error came back"}
+	}
+}
+
+// oneLine puts text on one line, each line break a space.
+func oneLine(text string) string {
+	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(text)
 }
