@@ -885,3 +885,108 @@ async fn run_attached_with_stdin_and_a_tty() {
     assert_eq!(attached, "later");
     docker.ok(&["rm", "-f", &late]);
 }
+
+/// `docker exec`: output of both streams and the exit code, -e/-u/-w, -i with stdin to
+/// its EOF, -it under a pseudo-terminal, -d (detached, its exit in inspect), a missing
+/// executable (126, the runtime's words), and exec into a stopped container (refused).
+#[tokio::test]
+async fn docker_exec() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("exec");
+    docker.ok(&["run", "-d", "--name", &name, &image, "sleep", "600"]);
+
+    let run = docker.run(&["exec", &name, "sh", "-c", "echo out; echo err >&2; exit 4"]);
+    assert_eq!(
+        (run.status, run.stdout.as_str(), run.stderr.as_str()),
+        (4, "out\n", "err\n")
+    );
+    let out = docker.ok(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "-u",
+        "65534:65534",
+        "-w",
+        "/tmp",
+        &name,
+        "sh",
+        "-c",
+        "echo $GREETING $(id -u):$(id -g) $(pwd)",
+    ]);
+    assert_eq!(out, "hi 65534:65534 /tmp");
+
+    // -i: the CLI's stdin to its end.
+    let socket = docker.socket();
+    let output = std::process::Command::new(support::docker::docker_cli())
+        .args(["exec", "-i", &name, "sh", "-c", "cat; echo end"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"piped in\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "piped in\nend\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // -it under a pseudo-terminal: a TTY, and the exit code.
+    let command = format!(
+        "{} exec -it {name} sh -c 'test -t 0 && echo tty:yes; echo term:$TERM; exit 6'",
+        support::docker::docker_cli()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("tty:yes"), "{text}");
+    assert!(text.contains("term:xterm"), "{text}");
+    assert_eq!(output.status.code(), Some(6), "{text}");
+
+    // -d: runs on without a client; its file appears, and it is still running.
+    docker.ok(&[
+        "exec",
+        "-d",
+        &name,
+        "sh",
+        "-c",
+        "sleep 1; echo done > /tmp/detached",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let run = docker.run(&["exec", &name, "cat", "/tmp/detached"]);
+        if run.status == 0 {
+            assert_eq!(run.stdout, "done\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached exec never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let run = docker.run(&["exec", &name, "/no/such/binary"]);
+    assert_eq!(run.status, 126, "{run:?}");
+    // dockerd writes the runtime's message into the stream (stdout).
+    assert!(run.stdout.contains("/no/such/binary"), "{run:?}");
+    assert!(run.stdout.contains("OCI runtime exec failed"), "{run:?}");
+
+    docker.ok(&["stop", "-t", "1", &name]);
+    let stderr = docker.fails(&["exec", &name, "true"]);
+    assert!(stderr.contains("is not running"), "{stderr}");
+    docker.ok(&["rm", &name]);
+}

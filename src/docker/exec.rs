@@ -43,6 +43,8 @@ pub(super) struct ExecEntry {
     pid: i32,
     /// The running session, for resize.
     control: Option<Control>,
+    /// A resize that came before the process ran: its first size.
+    pending_size: Option<(u16, u16)>,
     /// Order of finishing, for eviction.
     finished_seq: u64,
 }
@@ -129,6 +131,7 @@ pub(super) async fn create(
             exit_code: None,
             pid: 0,
             control: None,
+            pending_size: None,
             finished_seq: 0,
         },
     );
@@ -190,19 +193,30 @@ pub(super) async fn resize(
     let (Ok(height), Ok(width)) = (u16::try_from(height), u16::try_from(width)) else {
         return Err(ApiError::bad_request("h and w must be at most 65535"));
     };
-    let entry = lock(&server)
-        .entries
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| no_such_exec(&id))?;
-    let Some(control) = entry.control.filter(|_| entry.running) else {
-        return Err(ApiError::conflict(format!("Exec {id} is not running")));
+    let control = {
+        let mut execs = lock(&server);
+        let entry = execs
+            .entries
+            .get_mut(&id)
+            .ok_or_else(|| no_such_exec(&id))?;
+        if !entry.running {
+            return Err(ApiError::conflict(format!("Exec {id} is not running")));
+        }
+        if !entry.config.tty {
+            return Err(ApiError::bad_request(format!(
+                "exec {id} has no TTY to resize"
+            )));
+        }
+        match &entry.control {
+            Some(control) => control.clone(),
+            // The CLI resizes right after start, maybe before the process runs: that
+            // size is its first.
+            None => {
+                entry.pending_size = Some((width, height));
+                return Ok(StatusCode::CREATED);
+            }
+        }
     };
-    if !entry.config.tty {
-        return Err(ApiError::bad_request(format!(
-            "exec {id} has no TTY to resize"
-        )));
-    }
     control
         .resize(width, height)
         .await
@@ -248,6 +262,7 @@ pub(super) async fn start(
         entry.running = true;
         entry.clone()
     };
+    let container_id = entry.container_id.clone();
     let config = &entry.config;
     let tty = start.tty.unwrap_or(config.tty) || config.tty;
     let size = start
@@ -273,39 +288,37 @@ pub(super) async fn start(
         stdout: exec_request.stdout || !(exec_request.stdin || exec_request.stderr),
         ..exec_request
     };
-    let started = server
-        .runtime
-        .exec(NAMESPACE, &entry.container_id, &exec_request)
-        .await;
-    let (session, pid) = match started {
-        Ok(started) => started,
-        Err(err) => {
-            finish(&server, &id, None);
-            return Err(exec_error(&err));
-        }
-    };
-    let (control, events) = session.into_parts();
-    if let Some(entry) = lock(&server).entries.get_mut(&id) {
-        entry.pid = pid;
-        entry.control = Some(control.clone());
-    }
-    if detach {
-        tokio::spawn(drain_detached(server.clone(), id.clone(), control, events));
-        return Ok(StatusCode::OK.into_response());
-    }
-    if wants_upgrade {
+    if wants_upgrade && !detach {
+        // Hijacked first, as dockerd: a process that cannot start is reported on the
+        // stream (then inspect says 126).
         let on_upgrade = hyper::upgrade::on(&mut request);
         let exec_id = id.clone();
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::warn!(exec = %exec_id, "exec: the connection upgrade failed: {err}");
+                    finish(&server, &exec_id, None);
+                    return;
+                }
+            };
+            let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+            match run(&server, &exec_id, &container_id, exec_request.clone()).await {
+                Ok((control, events)) => {
                     let stdin = exec_request.stdin.then_some(reader);
                     relay(&server, &exec_id, control, events, stdin, writer, tty).await;
                 }
                 Err(err) => {
-                    tracing::warn!(exec = %exec_id, "exec: the connection upgrade failed: {err}");
-                    finish(&server, &exec_id, None);
+                    // On stdout, framed without a TTY, as dockerd writes it.
+                    let message = format!("{}\r\n", exec_error(&err).message);
+                    let mut out = Vec::new();
+                    if tty {
+                        out.extend_from_slice(message.as_bytes());
+                    } else {
+                        super::attach::frame(1, message.as_bytes(), &mut out);
+                    }
+                    let _ = writer.write_all(&out).await;
+                    let _ = writer.shutdown().await;
                 }
             }
         });
@@ -316,6 +329,13 @@ pub(super) async fn start(
             .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
             .body(axum::body::Body::empty())
             .map_err(|err| ApiError::internal(err.to_string()));
+    }
+    let (control, events) = run(&server, &id, &container_id, exec_request)
+        .await
+        .map_err(|err| exec_error(&err))?;
+    if detach {
+        tokio::spawn(drain_detached(server.clone(), id.clone(), control, events));
+        return Ok(StatusCode::OK.into_response());
     }
     // No upgrade asked: the output as the response body (no stdin), as dockerd
     // answers such a client.
@@ -339,6 +359,45 @@ pub(super) async fn start(
         .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
         .body(axum::body::Body::from_stream(stream))
         .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// Runs exec `id`'s process; records its pid and session (and applies a size that came
+/// first), or its failure (126).
+async fn run(
+    server: &DockerServer,
+    id: &str,
+    container_id: &str,
+    mut request: ExecRequest,
+) -> Result<(Control, Events), crate::runtime::RuntimeError> {
+    if request.tty && request.size.is_none() {
+        request.size = lock(server).entries.get(id).and_then(|e| e.pending_size);
+    }
+    let (session, pid) = match server.runtime.exec(NAMESPACE, container_id, &request).await {
+        Ok(started) => started,
+        Err(err) => {
+            finish(server, id, None);
+            return Err(err);
+        }
+    };
+    let (control, events) = session.into_parts();
+    let late_size = {
+        let mut execs = lock(server);
+        match execs.entries.get_mut(id) {
+            Some(entry) => {
+                entry.pid = pid;
+                entry.control = Some(control.clone());
+                entry
+                    .pending_size
+                    .take()
+                    .filter(|size| Some(*size) != request.size)
+            }
+            None => None,
+        }
+    };
+    if let Some((width, height)) = late_size {
+        let _ = control.resize(width, height).await;
+    }
+    Ok((control, events))
 }
 
 /// A failed start: dockerd's words for the runtime's refusal (the CLI exits 126).

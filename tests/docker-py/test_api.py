@@ -88,6 +88,24 @@ try:
 except NotFound:
     pass
 
+# exec_run: output, exit codes, environment and workdir, demuxed streams, a stream.
+execer = client.containers.run(image_ref, ["sleep", "600"], name=f"{prefix}-exec", detach=True)
+result = execer.exec_run(["sh", "-c", "echo $X $(pwd); exit 3"], environment={"X": "y"}, workdir="/tmp")
+assert result.exit_code == 3 and result.output == b"y /tmp\n", result
+result = execer.exec_run(["sh", "-c", "echo out; echo err >&2"], demux=True)
+assert result.exit_code == 0 and result.output == (b"out\n", b"err\n"), result
+result = execer.exec_run(["sh", "-c", "for i in 1 2 3; do echo $i; done"], stream=True)
+assert b"".join(result.output) == b"1\n2\n3\n", result
+exec_id = api.exec_create(execer.id, ["sh", "-c", "exit 7"])["Id"]
+api.exec_start(exec_id)
+assert api.exec_inspect(exec_id)["ExitCode"] == 7, api.exec_inspect(exec_id)
+try:
+    api.exec_start(exec_id)
+    raise AssertionError("an exec started twice")
+except APIError as err:
+    assert err.status_code == 409, err.status_code
+execer.remove(force=True)
+
 # Errors carry dockerd's statuses.
 try:
     client.containers.get("no-such-container")

@@ -33,6 +33,7 @@ pub struct DockerEnv {
 }
 
 /// What a CLI run printed.
+#[derive(Debug)]
 pub struct Run {
     pub status: i32,
     pub stdout: String,
