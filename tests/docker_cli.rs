@@ -990,3 +990,92 @@ async fn docker_exec() {
     assert!(stderr.contains("is not running"), "{stderr}");
     docker.ok(&["rm", &name]);
 }
+
+/// `docker pause` / `unpause`: the processes freeze (a counter stops), ps and inspect
+/// say paused, exec is refused while paused, events are sent; stop and kill work on a
+/// paused container.
+#[tokio::test]
+async fn pause_and_unpause() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("pause");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+    ]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    docker.ok(&["pause", &name]);
+    let stderr = docker.fails(&["pause", &name]);
+    assert!(stderr.contains("is already paused"), "{stderr}");
+    assert_eq!(
+        docker.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            &name
+        ]),
+        "paused true"
+    );
+    let listed = docker.ok(&[
+        "ps",
+        "--filter",
+        &format!("name={name}"),
+        "--format",
+        "{{.Status}}",
+    ]);
+    assert!(listed.ends_with("(Paused)"), "{listed}");
+    let stderr = docker.fails(&["exec", &name, "true"]);
+    assert!(stderr.contains("is paused"), "{stderr}");
+    // Frozen: the counter does not move (read through the rootfs from the host).
+    let id = docker.ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let count_file = docker
+        .env
+        .daemon
+        .paths
+        .state
+        .join("containers")
+        .join(&id)
+        .join("rootfs/tmp/count");
+    let before = std::fs::read_to_string(&count_file).unwrap_or_default();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        std::fs::read_to_string(&count_file).unwrap_or_default(),
+        before
+    );
+    docker.ok(&["unpause", &name]);
+    let stderr = docker.fails(&["unpause", &name]);
+    assert!(stderr.contains("is not paused"), "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&count_file).unwrap_or_default() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counter never moved again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Stop and kill reach paused containers.
+    docker.ok(&["pause", &name]);
+    docker.ok(&["stop", "-t", "1", &name]);
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Status}}", &name]),
+        "exited"
+    );
+    docker.ok(&["start", &name]);
+    docker.ok(&["pause", &name]);
+    docker.ok(&["kill", &name]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while docker.ok(&["inspect", "-f", "{{.State.Status}}", &name]) != "exited" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kill of a paused container"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    docker.ok(&["rm", &name]);
+}

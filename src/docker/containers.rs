@@ -99,9 +99,10 @@ fn seconds_since(nanos: i64) -> i64 {
 }
 
 /// Docker's state word.
-fn state_name(state: ContainerState) -> &'static str {
-    match state {
+fn state_name(c: &ContainerRecord) -> &'static str {
+    match c.state {
         ContainerState::Creating | ContainerState::Created => "created",
+        ContainerState::Running if c.paused => "paused",
         ContainerState::Running => "running",
         ContainerState::Exited => "exited",
         ContainerState::Unknown => "dead",
@@ -111,6 +112,10 @@ fn state_name(state: ContainerState) -> &'static str {
 /// `docker ps`'s STATUS column.
 fn status_text(c: &ContainerRecord) -> String {
     match c.state {
+        ContainerState::Running if c.paused => format!(
+            "Up {} (Paused)",
+            human_duration(seconds_since(c.started_at))
+        ),
         ContainerState::Running => format!("Up {}", human_duration(seconds_since(c.started_at))),
         ContainerState::Exited => format!(
             "Exited ({}) {} ago",
@@ -381,7 +386,7 @@ pub(super) async fn list(
             "id" => values.iter().any(|v| c.id.starts_with(v.as_str())),
             "name" => names.iter().any(|re| re.is_match(&name)),
             "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
-            "status" => values.iter().any(|v| v == state_name(c.state)),
+            "status" => values.iter().any(|v| v == state_name(c)),
             "exited" => {
                 c.state == ContainerState::Exited
                     && values.iter().any(|v| v.parse() == Ok(c.exit_code))
@@ -415,7 +420,7 @@ pub(super) async fn list(
                 "Created": c.created_at / 1_000_000_000,
                 "Ports": [],
                 "Labels": c.spec.labels,
-                "State": state_name(c.state),
+                "State": state_name(c),
                 "Status": status_text(c),
                 "HostConfig": { "NetworkMode": network_mode(&ext) },
                 "NetworkSettings": { "Networks": {} },
@@ -517,9 +522,9 @@ pub(super) async fn inspect(
         "Path": args.first().cloned().unwrap_or_default(),
         "Args": args.iter().skip(1).collect::<Vec<_>>(),
         "State": {
-            "Status": state_name(c.state),
+            "Status": state_name(&c),
             "Running": c.state == ContainerState::Running,
-            "Paused": false,
+            "Paused": c.paused,
             "Restarting": false,
             "OOMKilled": c.reason == "OOMKilled",
             "Dead": c.state == ContainerState::Unknown,
@@ -707,6 +712,30 @@ pub(super) async fn kill(
         )));
     }
     server.runtime.signal_container(NAMESPACE, &c.id, number)?;
+    if c.paused && number == nix::libc::SIGKILL {
+        // A frozen process dies only once thawed (dockerd unpauses after SIGKILL too).
+        server.runtime.unpause_container(NAMESPACE, &c.id).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST `/containers/{id}/pause`: 204.
+pub(super) async fn pause(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    server.runtime.pause_container(NAMESPACE, &c.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST `/containers/{id}/unpause`: 204.
+pub(super) async fn unpause(
+    State(server): State<Arc<DockerServer>>,
+    Path(query): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&server, &query)?;
+    server.runtime.unpause_container(NAMESPACE, &c.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

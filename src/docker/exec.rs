@@ -104,6 +104,12 @@ pub(super) async fn create(
             container.id
         )));
     }
+    if container.paused {
+        return Err(ApiError::conflict(format!(
+            "Container {} is paused, unpause the container before exec",
+            container.id
+        )));
+    }
     if config.cmd.as_ref().is_none_or(Vec::is_empty) {
         return Err(ApiError::bad_request("No exec command specified"));
     }

@@ -110,6 +110,8 @@ fn routes(server: Arc<DockerServer>) -> Router {
             get(archive::get).head(archive::head).put(archive::put),
         )
         .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/pause", post(containers::pause))
+        .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/wait", post(containers::wait))
         .route("/containers/{id}/logs", get(logs::logs))
         .route(

@@ -123,6 +123,10 @@ pub enum OciCommand {
     },
     /// Print the OCI state JSON.
     State { id: String },
+    /// Freeze every process of the container (cgroup freezer).
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Run a process (OCI Process JSON) inside a running container.
     Exec {
         #[arg(short, long)]

@@ -148,6 +148,12 @@ fn run_command(root: &Path, command: OciCommand) -> Result<i32, OciError> {
             Err(err) => return Err(err),
         },
         OciCommand::State { id } => print_state(&load(root, &id)?)?,
+        OciCommand::Pause { id } => load(root, &id)?
+            .pause()
+            .map_err(runtime_error("pause", &id))?,
+        OciCommand::Resume { id } => load(root, &id)?
+            .resume()
+            .map_err(runtime_error("resume", &id))?,
         OciCommand::Exec {
             process,
             pid_file,

@@ -155,6 +155,7 @@ impl Runtime {
             monitor: None,
             restart_count: 0,
             stopped_by_user: false,
+            paused: false,
         };
         let name = record.spec.name.clone();
         self.images.hold(&id, record.chain_ids.clone());
@@ -545,6 +546,11 @@ impl Runtime {
         let Some(container) = self.container(id) else {
             return Ok(());
         };
+        if container.paused {
+            // Frozen processes take no signal: thaw first (dockerd stops a paused
+            // container too).
+            self.resume_locked(&container).await?;
+        }
         if !matches!(
             container.state,
             ContainerState::Created | ContainerState::Running
@@ -771,6 +777,57 @@ impl Runtime {
             .filter(|c| c.state != ContainerState::Creating)
             .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
         Ok((container.bundle.join("rootfs"), self.monitor.clone()))
+    }
+
+    /// Pauses a running container: every process frozen (cgroup freezer), as Docker's
+    /// pause.
+    pub async fn pause_container(&self, namespace: &str, query: &str) -> Result<()> {
+        let (_guard, container) = self.lock_container(namespace, query).await?;
+        if container.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "Container {} is not running",
+                container.id
+            )));
+        }
+        if container.paused {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "Container {} is already paused",
+                container.id
+            )));
+        }
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        runtime.pause(&container.id).await?;
+        self.update_container(&container.id, |c| {
+            c.paused = true;
+            true
+        })?;
+        self.container_event(&container, "pause", &[]);
+        Ok(())
+    }
+
+    /// Unpauses a paused container.
+    pub async fn unpause_container(&self, namespace: &str, query: &str) -> Result<()> {
+        let (_guard, container) = self.lock_container(namespace, query).await?;
+        if !container.paused || container.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "Container {} is not paused",
+                container.id
+            )));
+        }
+        self.resume_locked(&container).await?;
+        self.container_event(&container, "unpause", &[]);
+        Ok(())
+    }
+
+    /// Thaws a paused container (its lock held) and records it.
+    async fn resume_locked(&self, container: &ContainerRecord) -> Result<()> {
+        let runtime = self.oci_runtime(&container.runtime_handler)?;
+        runtime.resume(&container.id).await?;
+        self.update_container(&container.id, |c| {
+            c.paused = false;
+            true
+        })?;
+        Ok(())
     }
 
     /// Sends `signal` to the container's init (Docker's kill). The container must run.

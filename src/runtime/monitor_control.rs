@@ -674,6 +674,12 @@ impl Runtime {
             ));
         }
         let container = self.running(namespace, query)?;
+        if container.paused {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "Container {} is paused, unpause the container before exec",
+                container.id
+            )));
+        }
         let runtime = self.oci_runtime(&container.runtime_handler)?;
         exec(
             &container.bundle,

@@ -299,6 +299,16 @@ impl OciRuntime {
         state.get("status")?.as_str().map(str::to_string)
     }
 
+    /// Freezes the container's processes (`pause`).
+    pub async fn pause(&self, id: &str) -> Result<(), OciError> {
+        self.run("pause", &[], id, &[]).await
+    }
+
+    /// Thaws them (`resume`).
+    pub async fn resume(&self, id: &str) -> Result<(), OciError> {
+        self.run("resume", &[], id, &[]).await
+    }
+
     /// Signals every process of the container (`kill --all`).
     pub async fn kill_all(&self, id: &str, signal: i32) -> Result<(), OciError> {
         self.run("kill", &["--all"], id, &[&signal.to_string()])

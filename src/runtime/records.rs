@@ -165,6 +165,9 @@ pub struct ContainerRecord {
     /// Stopped through the API: `always` and `unless-stopped` leave it stopped.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// Frozen (Docker's pause); only while running.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// Nanoseconds since the epoch, now.

@@ -576,6 +576,7 @@ impl Runtime {
             if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                 return false;
             }
+            c.paused = false;
             match &exit {
                 Some(exit) => {
                     c.state = ContainerState::Exited;
