@@ -70,11 +70,7 @@ fn go_arch() -> &'static str {
 fn web_server_image(port: u16) -> OciImage {
     let page = format!("<html><body>wharf critest web server on port {port}</body></html>\n");
     ImageBuilder::busybox()
-        .layer(
-            LayerBuilder::new()
-                .dir("www")
-                .file("www/index.html", page),
-        )
+        .layer(LayerBuilder::new().dir("www").file("www/index.html", page))
         .with_config(|config| {
             config.set_cmd(Some(
                 ["httpd", "-f", "-p", &port.to_string(), "-h", "/www"]
@@ -109,7 +105,11 @@ impl Suite {
             .await;
         registry.push(&web, "latest", &web_server_image(80)).await;
         registry
-            .push(&host_net_web, "latest", &web_server_image(HOST_NET_WEB_PORT))
+            .push(
+                &host_net_web,
+                "latest",
+                &web_server_image(HOST_NET_WEB_PORT),
+            )
             .await;
         let config = format!(
             "{}\n[registry.mirrors]\n\"gcr.io\" = [{:?}]\n",
@@ -157,7 +157,7 @@ impl Suite {
         command
             .current_dir(self.dir.path())
             .args(["-runtime-endpoint", &endpoint, "-image-endpoint", &endpoint])
-            .args(["-test-images-file", &self.images_file, "-parallel", "1"])
+            .args(["-test-images-file", &self.images_file])
             .args(["-ginkgo.focus", focus])
             .args(["-ginkgo.no-color", "-ginkgo.timeout", "10m"])
             .arg(format!("-ginkgo.json-report={}", report.display()))
@@ -175,11 +175,19 @@ impl Suite {
         let elapsed = started.elapsed();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let specs = ran_specs(&report);
+        let specs = ran_specs(&report).unwrap_or_else(|err| {
+            panic!(
+                "critest {flags:?} ({}) wrote no report: {err}\n---- critest stdout ----\n\
+                 {stdout}\n---- critest stderr ----\n{stderr}",
+                output.status
+            )
+        });
         let summary: Vec<String> = specs
             .iter()
             .map(|(name, state, secs, _)| format!("  {state:<8} {secs:>6.2}s  {name}"))
             .collect();
+        // Captured by the test harness: shown on failure and with --nocapture.
+        eprintln!("---- critest {flags:?} stdout ----\n{stdout}---- end of critest stdout ----");
         eprintln!(
             "critest {flags:?} (focus {focus:?}, skip {skip:?}): {} in {elapsed:.1?}\n{}",
             output.status,
@@ -209,9 +217,8 @@ impl Suite {
 }
 
 /// The specs of a ginkgo JSON report that ran: (leaf text, state, seconds, failure).
-fn ran_specs(report: &Path) -> Vec<(String, String, f64, String)> {
-    let text = std::fs::read_to_string(report)
-        .unwrap_or_else(|err| panic!("critest wrote no report {}: {err}", report.display()));
+fn ran_specs(report: &Path) -> std::io::Result<Vec<(String, String, f64, String)>> {
+    let text = std::fs::read_to_string(report)?;
     let suites: Value = serde_json::from_str(&text).expect("the report is JSON");
     let mut specs = Vec::new();
     for suite in suites.as_array().expect("a list of suite reports") {
@@ -237,15 +244,13 @@ fn ran_specs(report: &Path) -> Vec<(String, String, f64, String)> {
                 format!(
                     "{} at {}:{}",
                     failure["Message"].as_str().unwrap_or_default(),
-                    failure["Location"]["FileName"]
-                        .as_str()
-                        .unwrap_or_default(),
+                    failure["Location"]["FileName"].as_str().unwrap_or_default(),
                     failure["Location"]["LineNumber"]
                 ),
             ));
         }
     }
-    specs
+    Ok(specs)
 }
 
 /// Every streaming spec over SPDY (critest's default transport, kubelet's).

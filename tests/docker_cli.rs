@@ -1079,3 +1079,107 @@ async fn pause_and_unpause() {
     }
     docker.ok(&["rm", &name]);
 }
+
+/// Health checks run by the daemon: starting, then healthy; a failing check makes it
+/// unhealthy after its retries; ps shows it and filters on it; inspect has the log;
+/// events say health_status; bad settings are refused with dockerd's words.
+#[tokio::test]
+async fn health_checks() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("health");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--health-cmd",
+        "test -f /tmp/ok && echo fine",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        &image,
+        "sh",
+        "-c",
+        "touch /tmp/ok; sleep 600",
+    ]);
+    let status =
+        |docker: &DockerEnv| docker.ok(&["inspect", "-f", "{{.State.Health.Status}}", &name]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&docker) != "healthy" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {}",
+            status(&docker)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.ExitCode}}:{{.Output}}{{end}}",
+        &name,
+    ]);
+    assert!(log.contains("0:fine"), "{log}");
+    let listed = docker.ok(&[
+        "ps",
+        "--filter",
+        "health=healthy",
+        "--format",
+        "{{.Names}} {{.Status}}",
+    ]);
+    assert!(
+        listed.contains(&name) && listed.contains("(healthy)"),
+        "{listed}"
+    );
+    // Break it: two failures make it unhealthy.
+    docker.ok(&["exec", &name, "rm", "/tmp/ok"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&docker) != "unhealthy" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unhealthy: {}",
+            status(&docker)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        docker
+            .ok(&["inspect", "-f", "{{.State.Health.FailingStreak}}", &name])
+            .parse::<u32>()
+            .unwrap()
+            >= 2
+    );
+    // `until` is in whole seconds: let this second pass.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let events = docker.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        "0s",
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(events.contains("health_status: healthy"), "{events}");
+    assert!(events.contains("health_status: unhealthy"), "{events}");
+    docker.ok(&["rm", "-f", &name]);
+
+    let stderr = docker.fails(&[
+        "run",
+        "-d",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1us",
+        &image,
+        "true",
+    ]);
+    assert!(
+        stderr.contains("Interval in Healthcheck cannot be less than 1ms"),
+        "{stderr}"
+    );
+}

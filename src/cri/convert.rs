@@ -187,6 +187,7 @@ pub(super) fn container_spec(
         annotations.insert("io.kubernetes.cri.image-name".into(), img.image.clone());
     }
     Ok(ContainerSpec {
+        healthcheck: None,
         requested_id: None,
         name: container_name(meta, pod_meta),
         image,

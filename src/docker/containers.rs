@@ -109,6 +109,43 @@ fn state_name(c: &ContainerRecord) -> &'static str {
     }
 }
 
+/// The health word of `docker ps` (`health: starting` while starting).
+fn health_word(status: crate::runtime::health::HealthStatus) -> &'static str {
+    use crate::runtime::health::HealthStatus;
+    match status {
+        HealthStatus::Starting => "health: starting",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Unhealthy => "unhealthy",
+    }
+}
+
+/// `State.Health` of inspect: null without a check.
+fn health_json(server: &DockerServer, c: &ContainerRecord) -> Value {
+    if c.spec.healthcheck.is_none() {
+        return Value::Null;
+    }
+    let Some(health) = server.runtime.health(&c.id) else {
+        return json!({"Status": "starting", "FailingStreak": 0, "Log": []});
+    };
+    let log: Vec<Value> = health
+        .log
+        .iter()
+        .map(|probe| {
+            json!({
+                "Start": rfc3339(probe.start),
+                "End": rfc3339(probe.end),
+                "ExitCode": probe.exit_code,
+                "Output": probe.output,
+            })
+        })
+        .collect();
+    json!({
+        "Status": health.status.as_str(),
+        "FailingStreak": health.failing_streak,
+        "Log": log,
+    })
+}
+
 /// `docker ps`'s STATUS column.
 fn status_text(c: &ContainerRecord) -> String {
     match c.state {
@@ -355,7 +392,7 @@ pub(super) async fn list(
     for key in filters.keys() {
         if !matches!(
             key.as_str(),
-            "id" | "name" | "label" | "status" | "exited" | "ancestor"
+            "id" | "name" | "label" | "status" | "exited" | "ancestor" | "health"
         ) {
             return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
         }
@@ -387,6 +424,14 @@ pub(super) async fn list(
             "name" => names.iter().any(|re| re.is_match(&name)),
             "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
             "status" => values.iter().any(|v| v == state_name(c)),
+            "health" => {
+                let health = match (&c.spec.healthcheck, server.runtime.health(&c.id)) {
+                    (None, _) => "none",
+                    (Some(_), Some(health)) => health.status.as_str(),
+                    (Some(_), None) => "starting",
+                };
+                values.iter().any(|v| v == health)
+            }
             "exited" => {
                 c.state == ContainerState::Exited
                     && values.iter().any(|v| v.parse() == Ok(c.exit_code))
@@ -421,7 +466,12 @@ pub(super) async fn list(
                 "Ports": [],
                 "Labels": c.spec.labels,
                 "State": state_name(c),
-                "Status": status_text(c),
+                "Status": match server.runtime.health(&c.id) {
+                    Some(health) if c.state == ContainerState::Running && !c.paused => {
+                        format!("{} ({})", status_text(c), health_word(health.status))
+                    }
+                    _ => status_text(c),
+                },
                 "HostConfig": { "NetworkMode": network_mode(&ext) },
                 "NetworkSettings": { "Networks": {} },
                 "Mounts": [],
@@ -533,6 +583,7 @@ pub(super) async fn inspect(
             "Error": if c.state == ContainerState::Unknown { c.message.clone() } else { String::new() },
             "StartedAt": rfc3339(c.started_at),
             "FinishedAt": rfc3339(c.finished_at),
+            "Health": health_json(&server, &c),
         },
         "Image": c.image_id,
         "ResolvConfPath": pod_file("resolv.conf"),

@@ -100,7 +100,81 @@ pub struct CreateRequest {
     pub working_dir: String,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
+    pub healthcheck: Option<HealthConfig>,
     pub host_config: Option<HostConfig>,
+}
+
+/// `Config.Healthcheck` (durations in nanoseconds; 0 means dockerd's default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    pub test: Option<Vec<String>>,
+    pub interval: i64,
+    pub timeout: i64,
+    pub start_period: i64,
+    pub start_interval: i64,
+    pub retries: i64,
+}
+
+/// The core's check for a create's `Healthcheck`; None for none (`NONE`, or no test:
+/// wharf does not read checks from image configs yet).
+fn healthcheck(
+    config: &HealthConfig,
+) -> Result<Option<crate::runtime::model::Healthcheck>, ApiError> {
+    use crate::runtime::health::{DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
+    let test = config.test.clone().unwrap_or_default();
+    let command = match test.split_first() {
+        None => return Ok(None),
+        Some((kind, _)) if kind == "NONE" => return Ok(None),
+        Some((kind, rest)) if kind == "CMD" => rest.to_vec(),
+        Some((kind, rest)) if kind == "CMD-SHELL" => {
+            vec!["/bin/sh".to_string(), "-c".to_string(), rest.join(" ")]
+        }
+        Some((kind, _)) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown Healthcheck type {kind:?} (CMD, CMD-SHELL or NONE)"
+            )))
+        }
+    };
+    if command.is_empty() {
+        return Err(ApiError::bad_request("Healthcheck test has no command"));
+    }
+    let duration = |field: &str, nanos: i64, default: std::time::Duration| {
+        if nanos == 0 {
+            return Ok(default);
+        }
+        if nanos < 1_000_000 {
+            return Err(ApiError::bad_request(format!(
+                "{field} in Healthcheck cannot be less than 1ms"
+            )));
+        }
+        Ok(std::time::Duration::from_nanos(nanos as u64))
+    };
+    if config.retries < 0 {
+        return Err(ApiError::bad_request(
+            "Retries in Healthcheck cannot be negative",
+        ));
+    }
+    Ok(Some(crate::runtime::model::Healthcheck {
+        command,
+        interval: duration("Interval", config.interval, DEFAULT_INTERVAL)?,
+        timeout: duration("Timeout", config.timeout, DEFAULT_TIMEOUT)?,
+        start_period: duration(
+            "StartPeriod",
+            config.start_period,
+            std::time::Duration::ZERO,
+        )?,
+        start_interval: duration(
+            "StartInterval",
+            config.start_interval,
+            std::time::Duration::ZERO,
+        )?,
+        retries: if config.retries == 0 {
+            DEFAULT_RETRIES
+        } else {
+            u32::try_from(config.retries).unwrap_or(u32::MAX)
+        },
+    }))
 }
 
 /// What the Docker front end keeps with a container (its record's extension): the
@@ -474,7 +548,12 @@ pub fn specs(
         &mut security,
         seccomp_file,
     )?;
+    let healthcheck = match &request.healthcheck {
+        Some(config) => healthcheck(config)?,
+        None => None,
+    };
     let container = ContainerSpec {
+        healthcheck,
         requested_id: Some(id.to_string()),
         name: name.to_string(),
         image: request.image.clone(),

@@ -10,6 +10,7 @@
 pub mod caps;
 mod container;
 pub mod exec_tree;
+pub mod health;
 mod host;
 pub mod model;
 pub mod monitor;

@@ -272,4 +272,24 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     pub resources: Option<Resources>,
     pub security: SecurityOptions,
+    /// Run by the daemon (`runtime::health`); the Docker API's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// A container's health check (Docker's `HEALTHCHECK`), as the front end gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// The command: run as is (Docker's `CMD`), or `/bin/sh -c` of one string
+    /// (`CMD-SHELL`, already expanded by the front end).
+    pub command: Vec<String>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// Failures in this time after the start do not count.
+    pub start_period: std::time::Duration,
+    /// The interval during the start period (0: `interval`).
+    #[serde(default)]
+    pub start_interval: std::time::Duration,
+    /// Consecutive failures that make it unhealthy.
+    pub retries: u32,
 }

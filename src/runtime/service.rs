@@ -135,6 +135,8 @@ pub struct Runtime {
     pub(super) exits: tokio::sync::watch::Sender<u64>,
     /// What happened to containers, for the front ends' event streams.
     pub(super) events: Arc<EventBus>,
+    /// Health of the containers that have a check.
+    pub(super) health: super::health::HealthTable,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -205,6 +207,7 @@ impl Runtime {
             container_writes: Mutex::new(()),
             exits,
             events,
+            health: Default::default(),
         }))
     }
 
@@ -480,6 +483,7 @@ impl Runtime {
         self.store
             .update(|tx| tx.delete(&container.namespace, Kind::Container, id))?;
         self.container_event(&container, "destroy", &[]);
+        self.forget_health(id);
         {
             let mut containers = self.containers.write().unwrap_or_else(|p| p.into_inner());
             containers.remove(id);
@@ -493,6 +497,7 @@ impl Runtime {
     /// exit.json after the init exited (processes the init left behind may keep the
     /// monitor draining output for a while), or when the monitor is gone.
     pub(super) fn watch(self: &Arc<Self>, id: String, info: monitor::MonitorInfo) {
+        self.watch_health(id.clone());
         let runtime = self.clone();
         let Some(bundle) = self.container(&id).map(|c| c.bundle) else {
             return;

@@ -20,3 +20,4 @@ go build -o "$out/crictl" \
   sigs.k8s.io/cri-tools/cmd/crictl
 go build -o "$out/cri-client" ./cri-client
 go build -o "$out/stream-client" ./stream-client
+go test -c -o "$out/critest" -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/critest
