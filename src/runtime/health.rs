@@ -95,11 +95,8 @@ impl Runtime {
 
     async fn health_loop(self: Arc<Self>, id: String, check: Healthcheck) {
         let mut run = None;
-        loop {
-            // The run's first sight of Running starts its clock.
-            let Some(container) = self.container(&id) else {
-                break;
-            };
+        // The run's first sight of Running starts its clock.
+        while let Some(container) = self.container(&id) {
             let in_start_period = run.is_some_and(|started: i64| {
                 (now_nanos() - started) < check.start_period.as_nanos() as i64
             });
