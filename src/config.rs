@@ -405,6 +405,21 @@ pub struct DockerConfig {
     /// Its UNIX socket (root:root 0660, as the CRI socket); unset: `<state>/docker.sock`,
     /// i.e. /run/wharf/docker.sock by default.
     pub socket: Option<PathBuf>,
+    /// A group (name or gid) given the socket (root:<group> 0660), as dockerd's
+    /// `--group`: its members may use the API, which is root's power on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// More listeners: `tcp://IP:PORT`. A non-loopback address needs mutual TLS
+    /// (`tls_cert_file`, `tls_key_file` and `tls_ca_file`, dockerd's `--tlsverify`).
+    pub hosts: Vec<String>,
+    /// PEM server certificate chain and key of the TCP hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA whose client certificates are accepted (and required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DockerConfig {
@@ -412,7 +427,87 @@ impl Default for DockerConfig {
         DockerConfig {
             enabled: true,
             socket: None,
+            group: None,
+            hosts: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
+    }
+}
+
+impl DockerConfig {
+    /// The TCP addresses of `hosts`, checked.
+    pub fn tcp_hosts(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "docker.hosts",
+            message,
+        };
+        let mut addresses = Vec::new();
+        for host in &self.hosts {
+            let Some(address) = host.strip_prefix("tcp://") else {
+                return Err(invalid(format!(
+                    "{host:?} is not tcp://IP:PORT (the UNIX socket is docker.socket)"
+                )));
+            };
+            let address: std::net::SocketAddr = address.parse().map_err(|_| {
+                invalid(format!(
+                    "{host:?} is not tcp://IP:PORT (an IP address and a port)"
+                ))
+            })?;
+            addresses.push(address);
+        }
+        Ok(addresses)
+    }
+
+    /// Whether the TCP hosts are served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let hosts = self.tcp_hosts()?;
+        for (key, file) in [
+            ("docker.tls_cert_file", &self.tls_cert_file),
+            ("docker.tls_key_file", &self.tls_key_file),
+            ("docker.tls_ca_file", &self.tls_ca_file),
+        ] {
+            if let Some(file) = file {
+                require_absolute(key, file)?;
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid(
+                "docker.tls_key_file",
+                "tls_cert_file and tls_key_file go together".into(),
+            );
+        }
+        if self.tls_ca_file.is_some() && !self.tls() {
+            return invalid(
+                "docker.tls_ca_file",
+                "needs tls_cert_file and tls_key_file".into(),
+            );
+        }
+        let mutual = self.tls() && self.tls_ca_file.is_some();
+        if let Some(open) = hosts.iter().find(|a| !a.ip().is_loopback()) {
+            if !mutual {
+                return invalid(
+                    "docker.hosts",
+                    format!(
+                        "{open} is not a loopback address: the Docker API is root on this \
+                         host, so it is served there only with mutual TLS (tls_cert_file, \
+                         tls_key_file and tls_ca_file)"
+                    ),
+                );
+            }
+        }
+        if let Some(group) = &self.group {
+            if group.is_empty() {
+                return invalid("docker.group", "is empty".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -611,6 +706,7 @@ impl Config {
         require_absolute("state", &self.state)?;
         check_socket_path("cri.socket", &self.cri.socket)?;
         if self.docker.enabled {
+            self.docker.validate()?;
             check_socket_path("docker.socket", &self.docker_socket())?;
             if self.docker_socket() == self.cri.socket {
                 return Err(ConfigError::Invalid {

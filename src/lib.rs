@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod state_file;
 pub mod store;
 pub mod streaming;
+pub mod tls;

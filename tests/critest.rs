@@ -200,8 +200,8 @@ impl Suite {
             .collect();
         assert!(
             output.status.success() && failures.is_empty(),
-            "critest {flags:?} failed ({}):\n{}\n---- critest stdout ----\n{stdout}\n\
-             ---- critest stderr ----\n{stderr}",
+            "critest {flags:?} failed ({}), its stdout above:\n{}\n---- critest stderr ----\n\
+             {stderr}",
             output.status,
             failures.join("\n")
         );
@@ -211,7 +211,7 @@ impl Suite {
         want.sort_unstable();
         assert_eq!(
             ran, want,
-            "critest ran other specs than expected:\n{stdout}"
+            "critest ran other specs than expected (its stdout above)"
         );
     }
 }

@@ -1183,3 +1183,172 @@ async fn health_checks() {
         "{stderr}"
     );
 }
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`
+/// (openssl), as a dockerd `--tlsverify` setup has them.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (install the openssl package)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={who}"),
+            "-keyout",
+            &format!("{who}-key.pem"),
+            "-out",
+            &format!("{who}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{who}.ext"),
+            "-out",
+            &format!("{who}.pem"),
+        ]);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `[docker] hosts`: a plain TCP listener on loopback, and one with mutual TLS that
+/// the CLI reaches with `--tlsverify` and its client certificate, and that refuses a
+/// client without one; `[docker] group` gives the socket to a group; a non-loopback
+/// host without mutual TLS is refused at start.
+#[tokio::test]
+async fn tcp_hosts_mutual_tls_and_group() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let (plain, secure) = (free_port(), free_port());
+    let config =
+        format!("[docker]\nhosts = [\"tcp://127.0.0.1:{plain}\", \"tcp://127.0.0.1:{secure}\"]\n");
+    // Two listeners with one TLS setting would both be TLS: serve the plain one from
+    // a daemon of its own.
+    let docker = DockerEnv::start_with_config(&config).await;
+    let version = |host: &str, extra: &[&str]| {
+        std::process::Command::new(support::docker::docker_cli())
+            .args(["-H", host])
+            .args(extra)
+            .args(["version", "--format", "{{.Server.APIVersion}}"])
+            .env("DOCKER_CONFIG", docker.config_dir())
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("docker version")
+    };
+    let out = version(&format!("tcp://127.0.0.1:{plain}"), &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1.41",
+        "{out:?}"
+    );
+    drop(docker);
+
+    let dir = certs.path();
+    let config = format!(
+        "[docker]\nhosts = [\"tcp://127.0.0.1:{secure}\"]\ngroup = \"0\"\n\
+         tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+        dir.join("server.pem").display(),
+        dir.join("server-key.pem").display(),
+        dir.join("ca.pem").display()
+    );
+    let docker = DockerEnv::start_with_config(&config).await;
+    let version = |host: &str, extra: &[&str]| {
+        std::process::Command::new(support::docker::docker_cli())
+            .args(["-H", host])
+            .args(extra)
+            .args(["version", "--format", "{{.Server.APIVersion}}"])
+            .env("DOCKER_CONFIG", docker.config_dir())
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("docker version")
+    };
+    let host = format!("tcp://127.0.0.1:{secure}");
+    let ca = dir.join("ca.pem").display().to_string();
+    let cert = dir.join("client.pem").display().to_string();
+    let key = dir.join("client-key.pem").display().to_string();
+    let out = version(
+        &host,
+        &[
+            "--tlsverify",
+            "--tlscacert",
+            &ca,
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1.41",
+        "{out:?}"
+    );
+    // Without a client certificate: refused.
+    let out = version(&host, &["--tlsverify", "--tlscacert", &ca]);
+    assert!(!out.status.success(), "{out:?}");
+    // The socket: root:<group> 0660.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(docker.socket()).expect("docker.sock");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+        (0, 0, 0o660)
+    );
+    drop(docker);
+
+    // A host on every address without mutual TLS: wharfd refuses to start.
+    let err = wharf::config::Config::from_toml(&format!(
+        "[docker]\nhosts = [\"tcp://0.0.0.0:{plain}\"]\n"
+    ))
+    .expect("parses")
+    .validate()
+    .expect_err("refused");
+    assert!(err.to_string().contains("docker.hosts"), "{err}");
+    assert!(err.to_string().contains("mutual TLS"), "{err}");
+}

@@ -66,7 +66,9 @@ pub enum DaemonError {
     #[error("Docker API server failed: {0}")]
     DockerServe(std::io::Error),
     #[error(transparent)]
-    StreamingTls(#[from] crate::streaming::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
+    #[error("docker.group: {group:?}: {message}")]
+    Group { group: String, message: String },
     #[error("cannot listen on {what} {address}: {source}")]
     Bind {
         what: &'static str,
@@ -88,9 +90,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
-    let socket = ServedSocket::bind(&config.cri.socket, "cri.socket")?;
+    let socket = ServedSocket::bind(&config.cri.socket, "cri.socket", 0)?;
+    let docker_gid = match (config.docker.enabled, &config.docker.group) {
+        (true, Some(group)) => docker_group(group)?,
+        _ => 0,
+    };
     let docker_socket = if config.docker.enabled {
-        match ServedSocket::bind(&config.docker_socket(), "docker.socket") {
+        match ServedSocket::bind(&config.docker_socket(), "docker.socket", docker_gid) {
             Ok(socket) => Some(socket),
             Err(err) => {
                 socket.remove();
@@ -103,10 +109,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // One count for both APIs: shutdown and the memory trimmer wait for every call.
     let in_flight = InFlight::default();
     let (docker_stop_tx, docker_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut docker_server = match &docker_socket {
-        Some(docker_socket) => {
+    let (docker_stop_tx_tcp, _) = tokio::sync::broadcast::channel::<()>(1);
+    // One front end (its exec instances, its housekeeping) for every Docker listener.
+    let docker_front = config
+        .docker
+        .enabled
+        .then(|| docker::DockerServer::new(engine.clone()));
+    let mut docker_server = match (&docker_socket, &docker_front) {
+        (Some(docker_socket), Some(front)) => {
             let listener = docker_socket.listener()?;
-            let server = docker::DockerServer::new(engine.clone());
+            let server = front.clone();
             Some(tokio::spawn(docker::serve(
                 listener,
                 server,
@@ -116,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 },
             )))
         }
-        None => None,
+        _ => None,
     };
     // The streaming server: its URLs name the address actually bound (port 0 picks).
     let streaming_config = &config.cri.streaming;
@@ -145,7 +157,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &streaming_config.tls_cert_file,
         &streaming_config.tls_key_file,
     ) {
-        (Some(cert), Some(key)) => Some(crate::streaming::tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(crate::tls::TlsFiles {
+            section: "cri.streaming",
+            cert,
+            key,
+            client_ca: None,
+        })?),
         _ => None,
     };
     let streaming =
@@ -159,6 +176,56 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let _ = streaming_stop_rx.await;
         },
     ));
+    // The Docker API's TCP hosts (plain on loopback, else mutual TLS), each sharing
+    // the in-flight accounting and the shutdown.
+    let mut docker_tcp = Vec::new();
+    if config.docker.enabled {
+        let acceptor = match (&config.docker.tls_cert_file, &config.docker.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(crate::tls::TlsFiles {
+                section: "docker",
+                cert,
+                key,
+                client_ca: config.docker.tls_ca_file.as_deref(),
+            })?),
+            _ => None,
+        };
+        let hosts = config.docker.tcp_hosts().map_err(|err| DaemonError::Bind {
+            what: "docker.hosts",
+            address: config.docker.hosts.join(", "),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()),
+        })?;
+        for address in hosts {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    what: "docker.hosts",
+                    address: address.to_string(),
+                    source,
+                })?;
+            let Some(server) = docker_front.clone() else {
+                break;
+            };
+            let stop = docker_stop_tx_tcp.subscribe();
+            let shutdown = async move {
+                let mut stop = stop;
+                let _ = stop.recv().await;
+            };
+            let task = match &acceptor {
+                Some(acceptor) => {
+                    let listener = crate::tls::TlsListener::new(listener, acceptor.clone())
+                        .map_err(|source| DaemonError::Bind {
+                            what: "docker.hosts",
+                            address: address.to_string(),
+                            source,
+                        })?;
+                    tokio::spawn(docker::serve(listener, server, in_flight.layer(), shutdown))
+                }
+                None => tokio::spawn(docker::serve(listener, server, in_flight.layer(), shutdown)),
+            };
+            tracing::info!(%address, tls = acceptor.is_some(), "Docker API listening on TCP");
+            docker_tcp.push(task);
+        }
+    }
     let (runtime_service, image_service) = cri::services(CriServer::new(engine, streaming));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -226,6 +293,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     remove_sockets(&socket, docker_socket.as_ref());
     let _ = stop_tx.send(());
     let _ = docker_stop_tx.send(());
+    let _ = docker_stop_tx_tcp.send(());
+    drop(docker_tcp);
     let _ = streaming_stop_tx.send(());
     drop(streaming_server);
     // Wait for the calls being handled, not for idle connections: clients keep those
@@ -318,6 +387,24 @@ impl RootLock {
     }
 }
 
+/// The gid of `[docker] group` (a name in the group database, or a number).
+fn docker_group(group: &str) -> Result<u32, DaemonError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid.as_raw()),
+        Ok(None) => Err(DaemonError::Group {
+            group: group.to_string(),
+            message: "no such group".into(),
+        }),
+        Err(errno) => Err(DaemonError::Group {
+            group: group.to_string(),
+            message: errno.to_string(),
+        }),
+    }
+}
+
 /// A listening UNIX socket created with its final owner and mode already set, that is
 /// removed on shutdown only if the path still names it.
 struct ServedSocket {
@@ -327,7 +414,8 @@ struct ServedSocket {
 }
 
 impl ServedSocket {
-    fn bind(path: &Path, key: &'static str) -> Result<ServedSocket, DaemonError> {
+    /// Binds `path`, owned by root and group `gid` (0: root), mode 0660.
+    fn bind(path: &Path, key: &'static str, gid: u32) -> Result<ServedSocket, DaemonError> {
         let socket_err = |source| DaemonError::Socket {
             path: path.to_path_buf(),
             source,
@@ -352,7 +440,7 @@ impl ServedSocket {
         let temp = PathBuf::from(temp_name);
         let _ = std::fs::remove_file(&temp);
         let listener = std::os::unix::net::UnixListener::bind(&temp).map_err(socket_err)?;
-        let prepared = std::os::unix::fs::chown(&temp, Some(0), Some(0))
+        let prepared = std::os::unix::fs::chown(&temp, Some(0), Some(gid))
             .and_then(|()| {
                 std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(SOCKET_MODE))
             })
@@ -421,12 +509,12 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         // A stale socket from a killed daemon: bound once, nobody listening.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let socket = ServedSocket::bind(&path, "cri.socket").unwrap();
+        let socket = ServedSocket::bind(&path, "cri.socket", 0).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, SOCKET_MODE);
         assert_eq!((meta.uid(), meta.gid()), (0, 0));
         // Someone is listening now: a second bind is refused and the socket kept.
-        let err = ServedSocket::bind(&path, "cri.socket").err().unwrap();
+        let err = ServedSocket::bind(&path, "cri.socket", 0).err().unwrap();
         assert!(matches!(err, DaemonError::SocketInUse { .. }), "{err}");
         assert!(path.exists());
         socket.remove();
@@ -437,7 +525,7 @@ mod tests {
     fn remove_leaves_a_socket_that_is_not_ours() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cri.sock");
-        let socket = ServedSocket::bind(&path, "cri.socket").unwrap();
+        let socket = ServedSocket::bind(&path, "cri.socket", 0).unwrap();
         std::fs::remove_file(&path).unwrap();
         let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
         socket.remove();

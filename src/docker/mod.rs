@@ -138,13 +138,15 @@ fn routes(server: Arc<DockerServer>) -> Router {
 
 /// Serves the API on `listener` until `shutdown` completes; every request passes
 /// through `layer` (the daemon's in-flight accounting, which its shutdown waits on).
-pub async fn serve<L>(
-    listener: tokio::net::UnixListener,
+pub async fn serve<Listener, L>(
+    listener: Listener,
     server: Arc<DockerServer>,
     layer: L,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
+    Listener: axum::serve::Listener,
+    Listener::Addr: std::fmt::Debug,
     L: tower::Layer<Router>,
     L::Service: tower::Service<
             axum::extract::Request,

@@ -18,7 +18,6 @@ pub mod session;
 pub mod spdy;
 pub mod spdy_transport;
 pub mod status;
-pub mod tls;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -204,7 +203,7 @@ pub async fn serve(
     let app = routes(server).into_make_service();
     match tls {
         Some(acceptor) => {
-            axum::serve(tls::TlsListener::new(listener, acceptor)?, app)
+            axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -52,7 +52,12 @@ impl Run {
 
 impl DockerEnv {
     pub async fn start() -> DockerEnv {
-        let env = PodEnv::start().await;
+        DockerEnv::start_with_config("").await
+    }
+
+    /// With `config` (TOML) for the daemon.
+    pub async fn start_with_config(config: &str) -> DockerEnv {
+        let env = PodEnv::start_with_config(config).await;
         let image = env.image.clone();
         let config = tempfile::Builder::new()
             .prefix("wharf-docker-config-")

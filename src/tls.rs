@@ -1,6 +1,8 @@
-//! The streaming server's TLS listener (`tls_cert_file`, `tls_key_file`): rustls over
-//! the TCP listener. Handshakes run in tasks of their own, so a slow or silent client
-//! never holds up the next one; the server takes finished connections from a queue.
+//! TLS listeners (rustls over a TCP listener) for the streaming server and the Docker
+//! API's TCP hosts: a certificate and key, and optionally a client CA whose
+//! certificates clients must present (mutual TLS). Handshakes run in tasks of their
+//! own, so a slow or silent client never holds up the next one; the server takes
+//! finished connections from a queue.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,25 +21,46 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cri.streaming.{key}: reading {path}: {message}")]
+    #[error("{key}: reading {path}: {message}")]
     Pem {
-        key: &'static str,
+        key: String,
         path: String,
         message: String,
     },
-    #[error("cri.streaming: the certificate and key do not make a TLS configuration: {0}")]
-    Config(String),
+    #[error("{section}: the certificate, key and CA do not make a TLS configuration: {message}")]
+    Config { section: String, message: String },
 }
 
-/// The rustls acceptor for the PEM certificate chain and key at these paths.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
-    let pem_error = |key, path: &Path| {
-        let path = path.display().to_string();
+/// The PEM files of one TLS listener and the configuration section naming them.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// `cri.streaming`, `docker`: error messages name `<section>.tls_cert_file` etc.
+    pub section: &'a str,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<&'a Path>,
+}
+
+/// The rustls acceptor for these files.
+pub fn acceptor(files: TlsFiles<'_>) -> Result<TlsAcceptor, TlsError> {
+    let TlsFiles {
+        section,
+        cert: cert_file,
+        key: key_file,
+        client_ca,
+    } = files;
+    let pem_error = |key: &str, path: &Path| {
+        let (key, path) = (format!("{section}.{key}"), path.display().to_string());
         move |err: rustls_pki_types::pem::Error| TlsError::Pem {
             key,
             path,
             message: err.to_string(),
         }
+    };
+    let config_error = |message: String| TlsError::Config {
+        section: section.to_string(),
+        message,
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(pem_error("tls_cert_file", cert_file))?
@@ -45,7 +68,7 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsErr
         .map_err(pem_error("tls_cert_file", cert_file))?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
-            key: "tls_cert_file",
+            key: format!("{section}.tls_cert_file"),
             path: cert_file.display().to_string(),
             message: "no CERTIFICATE in it".into(),
         });
@@ -53,12 +76,33 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsErr
     let key =
         PrivateKeyDer::from_pem_file(key_file).map_err(pem_error("tls_key_file", key_file))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|err| TlsError::Config(err.to_string()))?
-        .with_no_client_auth()
+        .map_err(|err| config_error(err.to_string()))?;
+    let builder = match client_ca {
+        Some(ca_file) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in
+                CertificateDer::pem_file_iter(ca_file).map_err(pem_error("tls_ca_file", ca_file))?
+            {
+                let ca = ca.map_err(pem_error("tls_ca_file", ca_file))?;
+                roots
+                    .add(ca)
+                    .map_err(|err| config_error(format!("the client CA: {err}")))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|err| config_error(format!("the client CA: {err}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
-        .map_err(|err| TlsError::Config(err.to_string()))?;
+        .map_err(|err| config_error(err.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
