@@ -54,6 +54,7 @@ mod pod_sandbox;
 mod records;
 mod runtime_info;
 mod runtime_service;
+mod stats;
 mod status;
 
 use std::collections::HashMap;
@@ -84,6 +85,8 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 #[derive(Debug)]
 pub struct CriServer {
     engine: Arc<Engine>,
+    /// The previous CPU sample of each container and pod, for nano-cores.
+    cpu_samples: stats::CpuSamples,
     /// Where Exec, Attach and PortForward URLs lead.
     streaming: Arc<crate::streaming::StreamingServer>,
 }
@@ -93,7 +96,11 @@ impl CriServer {
         engine: Arc<Engine>,
         streaming: Arc<crate::streaming::StreamingServer>,
     ) -> Arc<CriServer> {
-        Arc::new(CriServer { engine, streaming })
+        Arc::new(CriServer {
+            engine,
+            cpu_samples: Default::default(),
+            streaming,
+        })
     }
 }
 

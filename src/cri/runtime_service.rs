@@ -7,17 +7,13 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use super::{container, exec, pod_sandbox, runtime_info, status, CriServer};
+use super::{container, exec, pod_sandbox, runtime_info, stats, status, CriServer};
 
 pub struct Runtime(pub(super) Arc<CriServer>);
 
 cri_service! {
     impl k8s_cri::v1::runtime_service_server::RuntimeService as "RuntimeService" for Runtime;
     pending {
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
@@ -173,6 +169,60 @@ cri_service! {
         request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         exec::port_forward(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    // Stats (stats.rs).
+
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        // cgroup files and a writable layer's walk: off the async workers.
+        let server = self.0.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || stats::container_stats(&server, request))
+            .await
+            .map_err(|err| Status::internal(format!("container_stats: {err}")))?
+            .map(Response::new)
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        // cgroup files and a writable layer's walk: off the async workers.
+        let server = self.0.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || stats::list_container_stats(&server, request))
+            .await
+            .map_err(|err| Status::internal(format!("list_container_stats: {err}")))?
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        // cgroup files and a writable layer's walk: off the async workers.
+        let server = self.0.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || stats::pod_sandbox_stats(&server, request))
+            .await
+            .map_err(|err| Status::internal(format!("pod_sandbox_stats: {err}")))?
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        // cgroup files and a writable layer's walk: off the async workers.
+        let server = self.0.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || stats::list_pod_sandbox_stats(&server, request))
+            .await
+            .map_err(|err| Status::internal(format!("list_pod_sandbox_stats: {err}")))?
+            .map(Response::new)
     }
 
     // The runtime itself (runtime_info.rs).

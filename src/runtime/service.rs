@@ -137,6 +137,8 @@ pub struct Runtime {
     pub(super) events: Arc<EventBus>,
     /// Health of the containers that have a check.
     pub(super) health: super::health::HealthTable,
+    /// Writable-layer usage, refreshed at most every few seconds (stats polls).
+    pub(super) layer_usage: super::stats::LayerUsageCache,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -208,6 +210,7 @@ impl Runtime {
             exits,
             events,
             health: Default::default(),
+            layer_usage: Default::default(),
         }))
     }
 

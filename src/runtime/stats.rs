@@ -257,7 +257,79 @@ fn sample(pid: i32) -> Option<ContainerStats> {
     Some(stats)
 }
 
+/// How long a writable layer's measured usage is reused: kubelet polls every 10 s, and
+/// walking a large upper dir on every poll would cost more than the rest of the stats.
+const LAYER_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Entries walked per measure at most (a layer with more is reported as far as counted).
+const LAYER_WALK_LIMIT: u64 = 1_000_000;
+
+/// A container's writable layer: where it is and what it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerUsage {
+    /// The upper dir of the container's overlay.
+    pub path: PathBuf,
+    /// Bytes of disk its files take (allocated blocks).
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// The last measure of each container's writable layer.
+#[derive(Debug, Default)]
+pub struct LayerUsageCache(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LayerUsage)>>,
+);
+
+/// Counts the blocks and inodes under `dir` without following symlinks.
+fn walk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        bytes += meta.blocks() * 512;
+        inodes += 1;
+        if inodes >= LAYER_WALK_LIMIT {
+            break;
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
 impl Runtime {
+    /// The writable layer's usage of container `id` (measured at most every 10 s).
+    pub fn writable_layer_usage(&self, id: &str) -> Option<LayerUsage> {
+        let path = self.config.root.join("containers").join(id).join("upper");
+        {
+            let cache = self.layer_usage.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, usage)) = cache.get(id) {
+                if at.elapsed() < LAYER_USAGE_TTL {
+                    return Some(usage.clone());
+                }
+            }
+        }
+        if !path.is_dir() {
+            return None;
+        }
+        let (bytes, inodes) = walk_usage(&path);
+        let usage = LayerUsage {
+            path,
+            bytes,
+            inodes,
+        };
+        let mut cache = self.layer_usage.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the containers that are gone.
+        cache.retain(|id, _| self.container(id).is_some());
+        cache.insert(id.to_string(), (std::time::Instant::now(), usage.clone()));
+        Some(usage)
+    }
+
     /// One sample of a running container's usage.
     pub fn container_stats(&self, namespace: &str, query: &str) -> Result<ContainerStats> {
         let container = self
