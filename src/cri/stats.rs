@@ -263,7 +263,7 @@ fn pod_stats_of(
                     .and_then(value),
             }),
             memory: Some(memory),
-            network: (!interfaces.is_empty()).then(|| cri::NetworkUsage {
+            network: (!interfaces.is_empty()).then_some(cri::NetworkUsage {
                 timestamp: read_at,
                 default_interface,
                 interfaces,
