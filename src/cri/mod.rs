@@ -47,6 +47,7 @@ mod bandwidth;
 mod client;
 mod container;
 mod convert;
+mod events;
 mod exec;
 mod image;
 mod image_service;

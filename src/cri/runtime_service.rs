@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use super::{container, exec, pod_sandbox, runtime_info, stats, status, CriServer};
+use super::{container, exec, pod_sandbox, runtime_info, stats, CriServer};
 
 pub struct Runtime(pub(super) Arc<CriServer>);
 
@@ -253,7 +253,7 @@ cri_service! {
         )))
     }
 
-    // Events: not implemented yet (a stream, so not in `pending`).
+    // Events (events.rs).
 
     type GetContainerEventsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<k8s_cri::v1::ContainerEventResponse, Status>> + Send>,
@@ -263,6 +263,9 @@ cri_service! {
         &self,
         _request: Request<k8s_cri::v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(status::not_implemented("RuntimeService", "GetContainerEvents"))
+        let events = super::events::get_container_events(self.0.clone());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(events),
+        )))
     }
 }
