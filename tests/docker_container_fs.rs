@@ -54,15 +54,16 @@ async fn diff_export_commit_and_run_the_new_image() {
         "sh",
         "-c",
         "echo hi > /hello; echo extra >> /etc/passwd; rm /etc/group; mkdir -p /tmp/dir; \
-         touch /tmp/dir/f; exec sleep 600",
+         touch /tmp/dir/f; ln -s / /escape; exec sleep 600",
     ]);
 
     // docker diff: dockerd's kinds and order; the runtime's mount points
     // (/etc/hosts, /etc/hostname, /etc/resolv.conf) are not changes.
-    let diff = diff_when(&docker, &name, "A /tmp/dir/f").await;
+    let diff = diff_when(&docker, &name, "A /escape").await;
     assert_eq!(
         diff,
         [
+            "A /escape",
             "C /etc",
             "D /etc/group",
             "C /etc/passwd",
@@ -96,6 +97,20 @@ async fn diff_export_commit_and_run_the_new_image() {
         );
     }
     assert!(!listing.iter().any(|l| l == "etc/group"), "{listing:?}");
+    // A symlink to / is archived as a link, never followed out of the container.
+    assert!(
+        !listing.iter().any(|l| l.starts_with("escape/")),
+        "{listing:?}"
+    );
+    let mut archive = tar::Archive::new(std::fs::File::open(&exported).unwrap());
+    let escape = archive
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.path().unwrap().to_str() == Some("escape"))
+        .expect("the escape link");
+    assert_eq!(escape.header().entry_type(), tar::EntryType::Symlink);
+    assert_eq!(escape.link_name().unwrap().unwrap().to_str(), Some("/"));
     let hello = std::process::Command::new("tar")
         .arg("-xOf")
         .arg(&exported)
@@ -200,7 +215,7 @@ async fn diff_export_commit_and_run_the_new_image() {
     ]);
     assert_eq!(
         history.lines().next(),
-        Some("a commit message|sh -c echo hi > /hello; echo extra >> /etc/passwd; rm /etc/group; mkdir -p /tmp/dir; touch /tmp/dir/f; exec sleep 600"),
+        Some("a commit message|sh -c echo hi > /hello; echo extra >> /etc/passwd; rm /etc/group; mkdir -p /tmp/dir; touch /tmp/dir/f; ln -s / /escape; exec sleep 600"),
         "{history}"
     );
 
@@ -302,6 +317,12 @@ async fn opaque_directories_in_diff_and_commit() {
     docker.ok(&["commit", &name, "wharf-test/opaque:v1"]);
     let out = docker.ok(&["run", "--rm", "wharf-test/opaque:v1", "ls", "-A", "/home"]);
     assert_eq!(out, "file");
+    // A container whose image was removed (rmi -f) cannot be committed: its config is
+    // gone. Its diff still reads (its layers are held).
+    docker.ok(&["rmi", "-f", &image]);
+    let err = docker.fails(&["commit", &name, "wharf-test/orphan:v1"]);
+    assert!(err.contains("the container's image was removed"), "{err}");
+    assert_eq!(docker.ok(&["diff", &name]).lines().count(), 3);
     docker.ok(&["rm", &name]);
 }
 
@@ -361,6 +382,8 @@ async fn system_df_and_prunes() {
     assert_eq!(size_of(&kept), 0, "{body}");
     assert_eq!(usage["Volumes"], serde_json::json!([]));
     assert_eq!(usage["BuildCache"], serde_json::json!([]));
+    let verbose = docker.ok(&["system", "df", "-v"]);
+    assert!(verbose.contains(&stopped), "{verbose}");
 
     // docker container prune: the stopped ones the filter selects, never a running one.
     let stopped_id = docker.ok(&["inspect", "-f", "{{.Id}}", &stopped]);

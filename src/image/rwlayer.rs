@@ -489,6 +489,35 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     record
 }
 
+/// Appends a link entry (symbolic or hard) whose target is `target` byte for byte (the
+/// tar crate's own `append_link` rewrites it as a path: `/` would become `//`), with a
+/// GNU long-link entry before it when the target is longer than the header's field.
+fn append_link<W: Write>(
+    builder: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    path: &Path,
+    target: &[u8],
+) -> io::Result<()> {
+    let field_len = header.as_old().linkname.len();
+    if target.len() > field_len {
+        let mut long = tar::Header::new_gnu();
+        long.as_mut_bytes()[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        long.set_size(target.len() as u64 + 1);
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_cksum();
+        builder.append(&long, target.chain(&[0u8][..]))?;
+    }
+    let field = &mut header.as_old_mut().linkname;
+    field.fill(0);
+    let n = target.len().min(field_len);
+    field[..n].copy_from_slice(&target[..n]);
+    builder.append_data(header, path, io::empty())
+}
+
 /// Reads exactly `left` bytes: a file that shrank meanwhile is padded with zeros (the
 /// tar header already promised its size), one that grew is cut.
 struct Exact<R> {
@@ -562,8 +591,7 @@ impl<W: Write> TarWalk<'_, W> {
                     Err(err) => return Err(err),
                 };
                 let mut header = header(&stat, tar::EntryType::Symlink);
-                self.builder
-                    .append_link(&mut header, raw_rel, OsStr::from_bytes(&target))
+                append_link(self.builder, &mut header, raw_rel, &target)
             }
             libc::S_IFCHR if self.layer && stat.rdev == 0 => {
                 // An overlay whiteout: the OCI `.wh.` file.
@@ -655,8 +683,8 @@ impl<W: Write> TarWalk<'_, W> {
             let key = (stat.dev, stat.ino);
             if let Some(first) = self.links.get(&key) {
                 let mut header = header(stat, tar::EntryType::Link);
-                let first = Path::new(OsStr::from_bytes(first)).to_path_buf();
-                return self.builder.append_link(&mut header, rel, first);
+                let first = first.clone();
+                return append_link(self.builder, &mut header, rel, &first);
             }
             self.links.insert(key, rel.as_os_str().as_bytes().to_vec());
         }
@@ -985,9 +1013,29 @@ mod tests {
         fs::write(outside.join("secret"), "host").unwrap();
         std::os::unix::fs::symlink(&outside, root.join("a/escape")).unwrap();
         std::os::unix::fs::symlink("/", root.join("rootlink")).unwrap();
+        let long = format!("/{}/target", "x".repeat(150));
+        std::os::unix::fs::symlink(&long, root.join("long")).unwrap();
         let tar = write_tar(&root, None, Vec::new()).unwrap();
-        assert_eq!(listing(&tar), ["dir a", "link a/escape", "link rootlink"]);
+        assert_eq!(
+            listing(&tar),
+            ["dir a", "link a/escape", "link long", "link rootlink"]
+        );
         assert!(!String::from_utf8_lossy(&tar).contains("host"));
+        // Link targets byte for byte, long ones too.
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let targets: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let target = e.link_name().unwrap()?.display().to_string();
+                Some(target)
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [outside.display().to_string(), long, "/".to_string()]
+        );
     }
 
     #[test]
