@@ -15,6 +15,12 @@
 //! - `exec.rs`: `/containers/{id}/exec` and `/exec/{id}/{start,resize,json}` (the
 //!   monitor's exec sessions, as CRI Exec);
 //! - `archive.rs`: `/containers/{id}/archive` (`docker cp`, through a chrooted helper);
+//! - `filesystem.rs`: `/containers/{id}/changes` (`docker diff`) and
+//!   `/containers/{id}/export` (`docker export`), from the container's read-write layer
+//!   and rootfs mount (`image::rwlayer`);
+//! - `commit.rs`: `/commit` (`docker commit`: the read-write layer as a new image, the
+//!   `changes` as Dockerfile instructions);
+//! - `prune.rs`: `/system/df`, `/containers/prune`, `/images/prune`;
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
 //! - `stats.rs`: `/containers/{id}/stats` (the core's cgroup samples, dockerd's JSON);
@@ -29,13 +35,16 @@
 
 mod archive;
 mod attach;
+mod commit;
 mod containers;
 mod convert;
 mod error;
 mod events;
 mod exec;
+mod filesystem;
 mod images;
 mod logs;
+mod prune;
 mod stats;
 mod system;
 mod version;
@@ -89,6 +98,12 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/version", get(system::version))
         .route("/info", get(system::info))
         .route("/events", get(events::events))
+        .route("/system/df", get(prune::df))
+        .route("/containers/prune", post(prune::prune_containers))
+        .route("/images/prune", post(prune::prune_images))
+        .route("/containers/{id}/changes", get(filesystem::changes))
+        .route("/containers/{id}/export", get(filesystem::export))
+        .route("/commit", post(commit::commit))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/{id}/json", get(containers::inspect))

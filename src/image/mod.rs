@@ -9,6 +9,7 @@
 pub mod content;
 pub mod platform;
 pub mod registry;
+pub mod rwlayer;
 pub mod snapshot;
 pub mod unpack;
 

@@ -779,6 +779,34 @@ impl Runtime {
         Ok((container.bundle.join("rootfs"), self.monitor.clone()))
     }
 
+    /// The read-write layer of an existing container: its overlay upper dir
+    /// (`<root>/containers/<id>/upper`) and its image's layer dirs, top-most first.
+    pub fn container_layer(
+        &self,
+        namespace: &str,
+        query: &str,
+    ) -> Result<crate::image::rwlayer::LayerSource> {
+        let container = self
+            .find_container(namespace, query)
+            .filter(|c| c.state != ContainerState::Creating)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let snapshots = self.images.snapshots();
+        Ok(crate::image::rwlayer::LayerSource {
+            upper: self
+                .config
+                .root
+                .join("containers")
+                .join(&container.id)
+                .join("upper"),
+            lowers: container
+                .chain_ids
+                .iter()
+                .rev()
+                .map(|chain| snapshots.layer_dir(chain))
+                .collect(),
+        })
+    }
+
     /// Pauses a running container: every process frozen (cgroup freezer), as Docker's
     /// pause.
     pub async fn pause_container(&self, namespace: &str, query: &str) -> Result<()> {

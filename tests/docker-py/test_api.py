@@ -7,6 +7,7 @@ failure; the last line printed is "docker-py: all checks passed".
 
 import os
 import sys
+import time
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -124,6 +125,41 @@ try:
     raise AssertionError("a missing image was found")
 except ImageNotFound:
     pass
+
+# The container filesystem: diff (dockerd's kinds), commit (the new image runs with the
+# changes and its new CMD), and the pruning of what is left.
+fs = client.containers.run(
+    image_ref,
+    ["sh", "-c", "echo hi > /hello; rm /etc/group; exec sleep 600"],
+    name=f"{prefix}-fs",
+    detach=True,
+)
+changes = {}
+for _ in range(100):
+    changes = {c["Path"]: c["Kind"] for c in fs.diff() or []}
+    if "/hello" in changes and "/etc/group" in changes:
+        break
+    time.sleep(0.1)
+assert changes == {"/etc": 0, "/etc/group": 2, "/hello": 1}, changes
+committed = fs.commit(
+    repository=f"{prefix}/committed",
+    tag="v1",
+    message="from docker-py",
+    author="docker-py",
+    changes=['CMD ["cat", "/hello"]', "ENV FROM=py"],
+)
+assert committed.id.startswith("sha256:"), committed.id
+assert f"{prefix}/committed:v1" in committed.tags, committed.tags
+assert committed.attrs["Comment"] == "from docker-py", committed.attrs["Comment"]
+assert committed.attrs["Author"] == "docker-py", committed.attrs["Author"]
+assert "FROM=py" in committed.attrs["Config"]["Env"], committed.attrs["Config"]
+assert client.containers.run(committed.id, remove=True) == b"hi\n"
+fs.remove(force=True)
+client.images.remove(committed.id)
+pruned = client.containers.prune()
+assert pruned["SpaceReclaimed"] >= 0, pruned
+usage = client.df()
+assert usage["Volumes"] == [] and usage["Images"][0]["Containers"] >= 0, usage
 
 # Tag and remove images.
 assert image.tag(f"{prefix}/copy", "v1") is True
