@@ -70,11 +70,7 @@ fn go_arch() -> &'static str {
 fn web_server_image(port: u16) -> OciImage {
     let page = format!("<html><body>wharf critest web server on port {port}</body></html>\n");
     ImageBuilder::busybox()
-        .layer(
-            LayerBuilder::new()
-                .dir("www")
-                .file("www/index.html", page),
-        )
+        .layer(LayerBuilder::new().dir("www").file("www/index.html", page))
         .with_config(|config| {
             config.set_cmd(Some(
                 ["httpd", "-f", "-p", &port.to_string(), "-h", "/www"]
@@ -109,7 +105,11 @@ impl Suite {
             .await;
         registry.push(&web, "latest", &web_server_image(80)).await;
         registry
-            .push(&host_net_web, "latest", &web_server_image(HOST_NET_WEB_PORT))
+            .push(
+                &host_net_web,
+                "latest",
+                &web_server_image(HOST_NET_WEB_PORT),
+            )
             .await;
         let config = format!(
             "{}\n[registry.mirrors]\n\"gcr.io\" = [{:?}]\n",
@@ -237,9 +237,7 @@ fn ran_specs(report: &Path) -> Vec<(String, String, f64, String)> {
                 format!(
                     "{} at {}:{}",
                     failure["Message"].as_str().unwrap_or_default(),
-                    failure["Location"]["FileName"]
-                        .as_str()
-                        .unwrap_or_default(),
+                    failure["Location"]["FileName"].as_str().unwrap_or_default(),
                     failure["Location"]["LineNumber"]
                 ),
             ));
