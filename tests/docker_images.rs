@@ -273,6 +273,47 @@ async fn save_to_a_file_rmi_load_and_run() {
     let again = docker.ok(&["load", "-i", &by_id.to_string_lossy()]);
     assert_eq!(again, format!("Loaded image ID: {id}"));
 
+    // Two images sharing the base layer: as dockerd, the second layer.tar of the same
+    // content (under another v1 ID: the top layer of one, not of the other) is a
+    // symlink to the first; wharf's load follows it.
+    let fresh = ImageBuilder::busybox()
+        .layer(LayerBuilder::new().file("fresh", "on the same base\n"))
+        .build();
+    let fresh_name = format!("{}:1", unique("fresh"));
+    let fresh_tar = write(
+        dir.path(),
+        "fresh.tar",
+        &tar_of(&docker_archive(&[(&fresh, &[fresh_name.as_str()])])),
+    );
+    docker.ok(&["load", "-i", &fresh_tar]);
+    let both = dir.path().join("both.tar");
+    docker.ok(&["save", "-o", &both.to_string_lossy(), &other, &fresh_name]);
+    let entries = read_tar(&std::fs::read(&both).unwrap());
+    let links: Vec<(&String, &String)> = entries
+        .iter()
+        .filter_map(|(path, item)| match item {
+            Item::Symlink(target) => Some((path, target)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(links.len(), 1, "{:?}", entries.keys());
+    let (link, target) = links[0];
+    assert!(link.ends_with("/layer.tar"), "{link}");
+    assert!(
+        target.starts_with("../") && target.ends_with("/layer.tar"),
+        "{target}"
+    );
+    docker.ok(&["rmi", &other, &fresh_name]);
+    let loaded = docker.ok(&["load", "-i", &both.to_string_lossy()]);
+    assert_eq!(
+        loaded,
+        format!("Loaded image: {other}\nLoaded image: {fresh_name}")
+    );
+    assert_eq!(
+        docker.ok(&["run", "--rm", &fresh_name, "cat", "/fresh"]),
+        "on the same base"
+    );
+
     // Names docker save cannot find: dockerd's messages.
     let nowhere = dir.path().join("nowhere.tar");
     let nowhere = nowhere.to_string_lossy();
@@ -308,10 +349,20 @@ async fn save_and_load_through_pipes() {
         id
     );
 
-    // save | load in one pipe, of an image that is there: loads again, same ID.
+    // save | load in one pipe, of an image that is there (as pulled: its record keeps
+    // its registry manifest and gzip layer): loads again, same ID, and the uncompressed
+    // layer the load stored is not kept.
+    docker.ok(&["rmi", &image]);
+    let pull = docker.ok(&["pull", "-q", &image]);
+    assert!(pull.contains(&image), "{pull}");
+    let blobs = support::entries(&docker.env.daemon.paths.root.join("content/sha256"));
     let run = docker.shell(&format!("\"$DOCKER\" save {image} | \"$DOCKER\" load"));
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), format!("Loaded image: {image}"));
+    assert_eq!(
+        support::entries(&docker.env.daemon.paths.root.join("content/sha256")),
+        blobs
+    );
     let out = docker.ok(&["run", "--rm", &image, "echo", "piped"]);
     assert_eq!(out, "piped");
 

@@ -100,7 +100,7 @@ impl ImageService {
             let max_layers = self.max_layers_per_image;
             blocking(move || plan(&spool, &platform, max_layers)).await?
         };
-        let _lease = self.leases.take(
+        let lease = self.leases.take(
             planned
                 .iter()
                 .flat_map(|image| {
@@ -150,7 +150,13 @@ impl ImageService {
         drop(spool);
 
         let mut report = LoadReport::default();
+        let mut kept_old_records = false;
         for (image, layers) in planned.into_iter().zip(unpacked) {
+            // An image already here keeps its record (and blobs): the ones this load
+            // stored for it are garbage then.
+            kept_old_records |= self
+                .get(namespace, &image.id)
+                .is_some_and(|old| old.manifest_digest != image.manifest_digest);
             let moved_tags = image
                 .tags
                 .iter()
@@ -194,6 +200,10 @@ impl ImageService {
                 layers,
                 moved_tags,
             });
+        }
+        drop(lease);
+        if kept_old_records {
+            self.gc().await?;
         }
         Ok(report)
     }
