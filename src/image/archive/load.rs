@@ -763,3 +763,72 @@ fn oci_image(
         tags: name.into_iter().collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(annotations: &[(&str, &str)]) -> RawDescriptor {
+        RawDescriptor {
+            media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+            digest: String::new(),
+            size: 0,
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            platform: None,
+        }
+    }
+
+    #[test]
+    fn oci_names_come_from_whole_references() {
+        let name = |a: &[(&str, &str)]| oci_name(&descriptor(a)).unwrap();
+        assert_eq!(
+            name(&[("org.opencontainers.image.ref.name", "localhost/app:v1")]),
+            Some("localhost/app:v1".to_string())
+        );
+        assert_eq!(
+            name(&[("org.opencontainers.image.ref.name", "busybox:1")]),
+            Some("docker.io/library/busybox:1".to_string())
+        );
+        // A bare tag names no repository.
+        assert_eq!(
+            name(&[("org.opencontainers.image.ref.name", "latest")]),
+            None
+        );
+        assert_eq!(
+            name(&[
+                (
+                    "io.containerd.image.name",
+                    "docker.io/library/busybox:latest"
+                ),
+                ("org.opencontainers.image.ref.name", "latest"),
+            ]),
+            Some("docker.io/library/busybox:latest".to_string())
+        );
+        assert_eq!(name(&[]), None);
+        assert!(oci_name(&descriptor(&[("io.containerd.image.name", "Bad Name")])).is_err());
+    }
+
+    #[test]
+    fn configs_must_be_linux_images_with_diff_ids() {
+        let ok = br#"{"os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}}"#;
+        assert_eq!(image_config(ok, "c.json").unwrap().len(), 1);
+        let windows = br#"{"os":"windows","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(
+            image_config(windows, "c.json").unwrap_err().to_string(),
+            "cannot load windows image on linux"
+        );
+        let bad_digest = br#"{"rootfs":{"diff_ids":["sha256:../../x"]}}"#;
+        assert!(image_config(bad_digest, "c.json").is_err());
+        let none = br#"{"os":"linux"}"#;
+        assert!(image_config(none, "c.json")
+            .unwrap_err()
+            .to_string()
+            .contains("no rootfs.diff_ids"));
+        assert!(image_config(b"{", "c.json").is_err());
+    }
+}
