@@ -1,6 +1,7 @@
 //! The Docker API with docker-py (issue 18), a client we did not write: pulls, run
 //! without detach (docker-py's create, start, wait, logs), detached containers with
-//! limits, filters, stop, wait, remove, errors and image tags (tests/docker-py/).
+//! limits, filters, stop, wait, remove, errors, image tags, and image save and load
+//! (tests/docker-py/).
 
 mod support;
 

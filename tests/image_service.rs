@@ -150,3 +150,104 @@ async fn garbage_collection_during_a_pull_keeps_what_the_pull_uses() {
     assert_eq!(blobs, image.layers.len() + 2, "layers + config + manifest");
     assert!(service.content().exists(&image.config_digest));
 }
+
+#[tokio::test]
+async fn an_uncompressed_base_layer_pulls() {
+    // Its blob digest is its diff ID and so its chain ID: the pull takes one lock for
+    // both (the locks are not reentrant; two would wait on each other forever).
+    support::daemon::require_root();
+    let registry = Registry::start().await;
+    let base = support::images::gunzip(&support::images::base_layer().blob);
+    let image = ImageBuilder::new()
+        .layer_blob(LayerBlob::uncompressed(base))
+        .build();
+    registry.push("test/plain", "latest", &image).await;
+    let root = tempfile::tempdir().unwrap();
+    let service = open_service(root.path());
+    let reference = format!("{}/test/plain:latest", registry.host());
+    let pulled = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        service.pull(CRI_NAMESPACE, &reference, &Credentials::Anonymous),
+    )
+    .await
+    .expect("the pull finished")
+    .expect("pull");
+    assert_eq!(pulled.layers[0].digest, pulled.layers[0].chain_id);
+}
+
+#[tokio::test]
+async fn saved_images_load_into_another_root_and_imports_run_through_the_core() {
+    // What the `wharf` CLI will use: save to any writer, load and import from any reader.
+    support::daemon::require_root();
+    let registry = Registry::start().await;
+    let image = ImageBuilder::busybox()
+        .layer(LayerBuilder::new().file("etc/motd", "saved\n"))
+        .build();
+    registry.push("test/saved", "v1", &image).await;
+    let root = tempfile::tempdir().unwrap();
+    let service = open_service(root.path());
+    let reference = format!("{}/test/saved:v1", registry.host());
+    service
+        .pull(CRI_NAMESPACE, &reference, &Credentials::Anonymous)
+        .await
+        .expect("pull");
+    let archive = service
+        .save(CRI_NAMESPACE, std::slice::from_ref(&reference))
+        .expect("save");
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        archive.write_to(&mut bytes).expect("write the archive");
+        bytes
+    })
+    .await
+    .unwrap();
+
+    let other_root = tempfile::tempdir().unwrap();
+    let other = open_service(other_root.path());
+    let report = other
+        .load(CRI_NAMESPACE, std::io::Cursor::new(bytes))
+        .await
+        .expect("load");
+    assert_eq!(report.images.len(), 1);
+    assert_eq!(report.images[0].id, image.config_digest);
+    assert_eq!(report.images[0].tags, vec![reference.clone()]);
+    assert_eq!(report.images[0].layers.len(), 2, "both layers unpacked");
+    let loaded = other.get(CRI_NAMESPACE, &reference).expect("loaded image");
+    for layer in &loaded.layers {
+        // Layers of a docker-archive are stored uncompressed: the blob is the diff ID.
+        assert_eq!(layer.digest, layer.diff_id);
+        assert!(other.snapshots().exists(&layer.chain_id));
+        assert!(other.content().exists(&layer.digest));
+    }
+    let motd = other
+        .snapshots()
+        .layer_dir(&loaded.layers[1].chain_id)
+        .join("etc/motd");
+    assert_eq!(std::fs::read_to_string(motd).unwrap(), "saved\n");
+
+    // Import: one layer, the changes in its config.
+    let tarball = support::images::base_layer().blob.clone();
+    let imported = other
+        .import(
+            CRI_NAMESPACE,
+            std::io::Cursor::new(tarball),
+            wharf::image::archive::ImportOptions {
+                reference: Some("imported/base".into()),
+                message: None,
+                changes: vec!["CMD [\"sh\"]".into(), "USER 1000".into()],
+                source: "-".into(),
+            },
+        )
+        .await
+        .expect("import");
+    assert_eq!(imported.repo_tags, vec!["docker.io/imported/base:latest"]);
+    assert_eq!(imported.user, "1000");
+    assert_eq!(
+        imported.layers[0].diff_id,
+        support::images::base_layer().diff_id
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&other.config_json(&imported).unwrap()).unwrap();
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh"]));
+    assert_eq!(config["comment"], serde_json::json!("Imported from -"));
+}

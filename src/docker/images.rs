@@ -1,4 +1,7 @@
-//! `/images/...`: pull (`POST /images/create`), list, inspect, history, tag, remove.
+//! `/images/...`: pull and import (`POST /images/create`), list, inspect, history, tag,
+//! remove, save (`GET /images/get`, `/images/{name}/get`) and load (`POST /images/load`).
+//! The archive formats are the core's (`crate::image::archive`): the handlers only move
+//! bytes between the request or response and the core's blocking readers and writers.
 //! Images of the Docker API live in the `docker` namespace of the same image service
 //! (content and snapshots are shared with the CRI's, records are not). Names are shown
 //! in Docker's familiar form (`busybox:latest` for `docker.io/library/busybox:latest`).
@@ -7,10 +10,11 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,10 +27,7 @@ use crate::runtime::ContainerState;
 
 /// `docker.io/library/busybox:latest` -> `busybox:latest`, as dockerd shows names.
 pub(super) fn familiar(reference: &str) -> String {
-    if let Some(rest) = reference.strip_prefix("docker.io/") {
-        return rest.strip_prefix("library/").unwrap_or(rest).to_string();
-    }
-    reference.to_string()
+    crate::image::familiar(reference)
 }
 
 /// The image config JSON of `image`, or null.
@@ -178,7 +179,9 @@ fn registry_auth(headers: &HeaderMap) -> Result<Credentials, ApiError> {
 pub(super) struct CreateQuery {
     from_image: Option<String>,
     from_src: Option<String>,
+    repo: Option<String>,
     tag: Option<String>,
+    message: Option<String>,
     platform: Option<String>,
 }
 
@@ -194,13 +197,9 @@ pub(super) async fn create(
     State(server): State<Arc<DockerServer>>,
     Query(query): Query<CreateQuery>,
     headers: HeaderMap,
+    uri: Uri,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    if query.from_src.is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "importing an image from a tarball (fromSrc) is not supported by wharf yet",
-        ));
-    }
     if let Some(platform) = query.platform.as_deref().filter(|p| !p.is_empty()) {
         let wanted = crate::image::platform::Platform::parse(platform)
             .map_err(|err| ApiError::bad_request(err.to_string()))?;
@@ -211,6 +210,9 @@ pub(super) async fn create(
                 host.os, host.architecture
             )));
         }
+    }
+    if let Some(source) = query.from_src.clone().filter(|s| !s.is_empty()) {
+        return import(&server, query, &source, &uri, body).await;
     }
     let from = query
         .from_image
@@ -311,6 +313,9 @@ pub(super) async fn get_by_name(
     if let Some(name) = rest.strip_suffix("/history") {
         return history(&server, name).map(IntoResponse::into_response);
     }
+    if let Some(name) = rest.strip_suffix("/get") {
+        return save_names(&server, vec![name.to_string()]);
+    }
     Err(ApiError::not_found(format!(
         "page not found: /images/{}",
         crate::image::bounded(&rest, crate::image::MAX_ECHO)
@@ -383,6 +388,260 @@ fn history(server: &DockerServer, name: &str) -> Result<Json<Vec<Value>>, ApiErr
             .collect::<Vec<_>>());
     }
     Ok(Json(out))
+}
+
+/// POST `/images/create?fromSrc=-` (`docker import`): the body is a tarball (plain,
+/// gzip or zstd), `repo` (with `tag`) names the image, `changes` are Dockerfile
+/// instructions for its config, `message` its comment; answers `{"status": "<id>"}`.
+async fn import(
+    server: &DockerServer,
+    query: CreateQuery,
+    source: &str,
+    uri: &Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if source != "-" {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "importing an image from a URL is not supported by wharf: send the tarball as \
+             the request body (fromSrc=-)",
+        ));
+    }
+    let changes = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(pairs)| {
+            pairs
+                .into_iter()
+                .filter(|(key, _)| key == "changes")
+                .map(|(_, value)| value)
+                .collect()
+        })
+        .unwrap_or_default();
+    let repo = query.repo.filter(|r| !r.is_empty());
+    let reference = match (repo, query.tag.filter(|t| !t.is_empty())) {
+        (Some(repo), Some(tag)) => {
+            let name = if last_component_has_tag(&repo) && !repo.contains('@') {
+                repo.rsplit_once(':')
+                    .map_or(repo.as_str(), |(name, _)| name)
+            } else {
+                repo.as_str()
+            };
+            Some(format!("{name}:{tag}"))
+        }
+        (repo, _) => repo,
+    };
+    let options = crate::image::archive::ImportOptions {
+        reference,
+        message: query.message,
+        changes,
+        source: source.to_string(),
+    };
+    let (reader, task) = body_reader(body);
+    let image = server.images.import(NAMESPACE, reader, options).await;
+    finish_body(task).await;
+    let image = image?;
+    json_stream(vec![progress(json!({ "status": image.id }))])
+}
+
+/// The request body as a blocking reader, for the core's archive readers (which run on
+/// blocking threads), and the task that feeds it. When the reader is dropped early (the
+/// core refused the input), the task reads the rest of the body and drops it: the answer
+/// waits for it ([`finish_body`]), since a client still sending would otherwise get a
+/// reset instead of the error.
+fn body_reader(body: Body) -> (impl std::io::Read + Send + 'static, BodyTask) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let task = tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut reader_gone = false;
+        while let Some(chunk) = stream.next().await {
+            if reader_gone {
+                continue;
+            }
+            let chunk = chunk.map_err(std::io::Error::other);
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() {
+                reader_gone = true;
+            }
+            if failed {
+                break;
+            }
+        }
+    });
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    (reader, task)
+}
+
+type BodyTask = tokio::task::JoinHandle<()>;
+
+/// Waits (at most a minute) until the rest of the request body was read.
+async fn finish_body(task: BodyTask) {
+    if tokio::time::timeout(std::time::Duration::from_secs(60), task)
+        .await
+        .is_err()
+    {
+        tracing::debug!("gave up draining a request body");
+    }
+}
+
+/// A 200 answer streaming dockerd's JSON messages.
+fn json_stream(messages: Vec<Bytes>) -> Result<Response, ApiError> {
+    let stream = futures_util::stream::iter(messages.into_iter().map(Ok::<_, std::io::Error>));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// GET `/images/get?names=a&names=b` (`docker save`): a docker-archive, streamed.
+pub(super) async fn save(
+    State(server): State<Arc<DockerServer>>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let names = pairs
+        .into_iter()
+        .filter(|(key, _)| key == "names")
+        .map(|(_, value)| value)
+        .collect();
+    save_names(&server, names)
+}
+
+/// The archive of `names`: errors finding them are HTTP errors; one while writing
+/// aborts the response (the client sees a cut transfer, never a short archive that
+/// looks whole).
+fn save_names(server: &DockerServer, names: Vec<String>) -> Result<Response, ApiError> {
+    let archive = server.images.save(NAMESPACE, &names)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
+        if let Err(err) = archive.write_to(out) {
+            tracing::warn!(error = %err, "docker save failed midway");
+            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-tar")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// A blocking writer into a response body's channel.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct LoadQuery {
+    quiet: Option<String>,
+}
+
+/// POST `/images/load?quiet=` (`docker load`): a docker-archive or an OCI image layout
+/// tarball. Everything is checked and stored before the answer starts, so a bad
+/// archive is a 400 naming what is wrong (dockerd answers 200 and puts the error in the
+/// stream; the docker CLI and docker-py report both alike). The answer is dockerd's:
+/// `Loading layer` progress unless quiet, then `Loaded image: name:tag` (or `Loaded
+/// image ID: sha256:...` when the last image has no tag) as `{"stream"}` messages.
+pub(super) async fn load(
+    State(server): State<Arc<DockerServer>>,
+    Query(query): Query<LoadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // dockerd's default is quiet; "0", "false", "none" and "" turn it off.
+    let quiet = !matches!(
+        query
+            .quiet
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("" | "0" | "false" | "none")
+    );
+    let (reader, task) = body_reader(body);
+    let report = server.images.load(NAMESPACE, reader).await;
+    finish_body(task).await;
+    let report = report?;
+    let stream = |text: String| progress(json!({ "stream": text }));
+    let mut messages = Vec::new();
+    let mut ids = String::new();
+    for image in &report.images {
+        if !quiet {
+            for (diff_id, size) in &image.layers {
+                let short: String = diff_id
+                    .trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect();
+                messages.push(progress(json!({
+                    "status": "Loading layer",
+                    "progressDetail": {"current": size, "total": size},
+                    "progress": progress_bar(*size),
+                    "id": short,
+                })));
+            }
+        }
+        ids.push_str(&format!("Loaded image ID: {}\n", image.id));
+        for (tag, previous) in &image.moved_tags {
+            messages.push(stream(format!(
+                "The image {} already exists, renaming the old one with ID {previous} to empty \
+                 string\n",
+                familiar(tag)
+            )));
+        }
+        for tag in &image.tags {
+            messages.push(stream(format!("Loaded image: {}\n", familiar(tag))));
+        }
+    }
+    if report
+        .images
+        .last()
+        .is_some_and(|image| image.tags.is_empty())
+    {
+        messages.push(stream(ids));
+    }
+    json_stream(messages)
+}
+
+/// dockerd's finished progress bar: `[====>]  1.23MB/1.23MB`.
+fn progress_bar(size: u64) -> String {
+    let human = human_size(size);
+    format!("[{}>]  {human}/{human}", "=".repeat(49))
+}
+
+/// Docker's `units.HumanSize`: decimal units, four significant digits.
+fn human_size(size: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = size as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let digits = if value >= 1.0 {
+        value.log10().floor() as i32 + 1
+    } else {
+        1
+    };
+    let decimals = (4 - digits).max(0) as usize;
+    let mut text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}{}", units[unit])
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -522,6 +781,10 @@ mod tests {
             "127.0.0.1:5000/busybox:1"
         );
         assert!(last_component_has_tag("127.0.0.1:5000/busybox:1"));
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1_234_567), "1.235MB");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(12_340), "12.34kB");
         assert!(!last_component_has_tag("127.0.0.1:5000/busybox"));
     }
 

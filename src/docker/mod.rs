@@ -24,7 +24,10 @@
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
 //! - `stats.rs`: `/containers/{id}/stats` (the core's cgroup samples, dockerd's JSON);
-//! - `images.rs`: pull (`/images/create`), list, inspect, tag, remove;
+//! - `images.rs`: pull and import (`/images/create`), list, inspect, history, tag,
+//!   remove, save (`/images/get`, `/images/{name}/get`: a docker-archive) and load
+//!   (`/images/load`: a docker-archive or an OCI image layout), the archive formats
+//!   being the core's (`crate::image::archive`);
 //! - `convert.rs`: a create request to a pod spec and a container spec;
 //! - `error.rs`: core error kinds to HTTP statuses and dockerd's `{"message"}` body.
 //!
@@ -135,6 +138,8 @@ fn routes(server: Arc<DockerServer>) -> Router {
         )
         .route("/images/create", post(images::create))
         .route("/images/json", get(images::list))
+        .route("/images/get", get(images::save))
+        .route("/images/load", post(images::load))
         // Image names contain slashes: the rest of the path is parsed by the handler.
         .route(
             "/images/{*rest}",

@@ -3,7 +3,10 @@
 //!
 //! Ingest is atomic: bytes go to `<root>/content/ingest/<hex>.<n>` while being hashed, and
 //! only a blob whose size and digest match is fsynced and renamed into place. A crash
-//! leaves at most a temp file, removed at the next start.
+//! leaves at most a temp file, removed at the next start. Archives being loaded are
+//! spooled the same way, one file per entry, in a directory `ingest/spool-<n>` (a
+//! [`SpoolDir`]) removed when done or at the next start; a spooled file whose digest
+//! was computed while writing it becomes a blob by a rename ([`ContentStore::commit_spooled`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -101,9 +104,14 @@ impl ContentStore {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         for entry in std::fs::read_dir(&ingest).map_err(io_err(&ingest))? {
-            let path = entry.map_err(io_err(&ingest))?.path();
+            let entry = entry.map_err(io_err(&ingest))?;
+            let path = entry.path();
             tracing::info!(path = %path.display(), "removing partial download left by a crash");
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+            }
         }
         Ok(ContentStore {
             blobs,
@@ -166,6 +174,38 @@ impl ContentStore {
         })
     }
 
+    /// A fresh directory to spool an archive's entries into (`ingest/spool-<pid>.<n>`),
+    /// removed with everything in it when dropped.
+    pub fn spool_dir(&self) -> Result<SpoolDir, ContentError> {
+        let n = self.next_ingest.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .ingest
+            .join(format!("spool-{}.{n}", std::process::id()));
+        std::fs::create_dir(&path).map_err(io_err(&path))?;
+        Ok(SpoolDir {
+            path,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes a spooled file (in a [`SpoolDir`] of this store) the blob `digest`: the
+    /// caller computed `digest` from the file's bytes while writing it. The file is
+    /// synced and renamed into place; if the blob exists already, the file is left
+    /// where it is (its spool directory removes it).
+    pub fn commit_spooled(&self, file: &Path, digest: &str) -> Result<(), ContentError> {
+        let target = self.blobs.join(digest_hex(digest)?);
+        if target.is_file() {
+            return Ok(());
+        }
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(file))?;
+        std::fs::rename(file, &target).map_err(io_err(&target))?;
+        File::open(&self.blobs)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_err(&self.blobs))
+    }
+
     /// Serializes writers of one digest (see `writers`). Hold the guard while checking
     /// for and fetching the blob. Any other content-addressed key (a snapshot chain ID)
     /// can be locked the same way.
@@ -225,6 +265,46 @@ impl ContentStore {
             }
         }
         Ok((bytes, inodes))
+    }
+}
+
+/// A temporary directory of spooled files (see [`ContentStore::spool_dir`]); removed
+/// with its content when dropped.
+#[derive(Debug)]
+pub struct SpoolDir {
+    path: PathBuf,
+    next: AtomicU64,
+}
+
+impl SpoolDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new empty file in the directory, open for writing.
+    pub fn create(&self) -> Result<(File, PathBuf), ContentError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.path.join(n.to_string());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok((file, path))
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %err,
+                    "cannot remove a spool directory (removed at the next start)"
+                );
+            }
+        }
     }
 }
 
@@ -432,6 +512,31 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn spooled_files_become_blobs_and_the_rest_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let spool = store.spool_dir().unwrap();
+        let (mut file, path) = spool.create().unwrap();
+        file.write_all(b"layer").unwrap();
+        drop(file);
+        let (_, other) = spool.create().unwrap();
+        let digest = sha256_digest(b"layer");
+        store.commit_spooled(&path, &digest).unwrap();
+        assert_eq!(store.read(&digest).unwrap(), b"layer");
+        assert!(!path.exists() && other.exists());
+        let spool_path = spool.path().to_path_buf();
+        drop(spool);
+        assert!(!spool_path.exists());
+        // A crash leaves a spool directory: removed at the next open.
+        let left = store.spool_dir().unwrap();
+        let left_path = left.path().to_path_buf();
+        std::mem::forget(left);
+        drop(store);
+        ContentStore::open(dir.path()).unwrap();
+        assert!(!left_path.exists());
     }
 
     #[tokio::test]

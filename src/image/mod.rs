@@ -6,6 +6,8 @@
 //! containerd's CRI image IDs), and are mirrored in memory so that List/Status never
 //! touch the disk.
 
+pub mod archive;
+pub mod changes;
 pub mod content;
 pub mod platform;
 pub mod registry;
@@ -54,6 +56,9 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A load, save or import refused its input.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
     #[error("image operation failed: {0}")]
     Task(String),
     #[error(
@@ -83,6 +88,7 @@ impl crate::error::HasKind for ImageError {
             }
             ImageError::DiffIdMismatch { .. } => ErrorKind::DataLoss,
             ImageError::Store(store) => store.kind(),
+            ImageError::Archive(archive) => archive.kind(),
             ImageError::Snapshot(snapshot) => snapshot.kind(),
             ImageError::Task(_) => ErrorKind::Internal,
         }
@@ -92,14 +98,17 @@ impl crate::error::HasKind for ImageError {
 impl ImageError {
     /// A configured limit refused the image.
     pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            ImageError::TooManyLayers { .. }
-                | ImageError::Unpack {
-                    source: UnpackError::Limit { .. },
-                    ..
-                }
-        )
+        match self {
+            ImageError::Archive(archive) => archive.is_limit(),
+            _ => matches!(
+                self,
+                ImageError::TooManyLayers { .. }
+                    | ImageError::Unpack {
+                        source: UnpackError::Limit { .. },
+                        ..
+                    }
+            ),
+        }
     }
 }
 
@@ -118,6 +127,15 @@ pub fn bounded(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// `docker.io/library/busybox:latest` -> `busybox:latest`: a reference in Docker's
+/// familiar form, as `docker images` and `docker save`'s manifest show names.
+pub fn familiar(reference: &str) -> String {
+    if let Some(rest) = reference.strip_prefix("docker.io/") {
+        return rest.strip_prefix("library/").unwrap_or(rest).to_string();
+    }
+    reference.to_string()
 }
 
 /// One layer of a stored image.
@@ -498,8 +516,7 @@ impl ImageService {
     ) -> Result<(), ImageError> {
         // Locks on the blob and on the snapshot: garbage collection takes the same ones
         // before deleting, so what is seen here as present stays present.
-        let _writer = self.content.lock_digest(&layer.digest).await;
-        let _snapshot = self.content.lock_digest(&layer.chain_id).await;
+        let _locks = self.lock_layer(&layer.digest, &layer.chain_id).await;
         let have_blob = self.content.exists(&layer.digest);
         let have_snapshot = self.snapshots.exists(&layer.chain_id);
         if have_blob && have_snapshot {
@@ -593,6 +610,26 @@ impl ImageService {
             self.commit_snapshot(pending, &layer.chain_id).await?;
         }
         Ok(())
+    }
+
+    /// Locks a layer's blob and its snapshot chain (garbage collection takes the same
+    /// locks). An uncompressed base layer's blob digest is its chain ID: one lock then,
+    /// as the digest locks are not reentrant.
+    async fn lock_layer(
+        &self,
+        digest: &str,
+        chain_id: &str,
+    ) -> (
+        tokio::sync::OwnedMutexGuard<()>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) {
+        let blob = self.content.lock_digest(digest).await;
+        let chain = if chain_id == digest {
+            None
+        } else {
+            Some(self.content.lock_digest(chain_id).await)
+        };
+        (blob, chain)
     }
 
     /// Commits on the blocking pool: a commit runs syncfs, which can take a while on a

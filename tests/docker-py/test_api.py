@@ -161,6 +161,28 @@ assert pruned["SpaceReclaimed"] >= 0, pruned
 usage = client.df()
 assert usage["Volumes"] == [] and usage["Images"][0]["Containers"] >= 0, usage
 
+# save() and images.load(): docker save / docker load, a round trip.
+saved = b"".join(image.save(named=True))
+client.images.remove(image_ref)
+try:
+    client.images.get(image_ref)
+    raise AssertionError("a removed image was found")
+except ImageNotFound:
+    pass
+loaded = client.images.load(saved)
+assert [i.id for i in loaded] == [image.id], loaded
+assert image_ref in client.images.get(image_ref).tags
+# Saved by ID, the archive names no tag: "Loaded image ID".
+by_id = b"".join(image.save())
+assert [i.id for i in client.images.load(by_id)] == [image.id]
+# A broken archive is an error naming what is wrong.
+try:
+    client.images.load(b"not an archive" * 100)
+    raise AssertionError("a broken archive was loaded")
+except APIError as err:
+    assert err.status_code == 400, err.status_code
+    assert "reading the archive" in str(err), str(err)
+
 # Tag and remove images.
 assert image.tag(f"{prefix}/copy", "v1") is True
 client.images.remove(f"{prefix}/copy:v1")

@@ -66,6 +66,17 @@ impl DockerEnv {
         DockerEnv { env, image, config }
     }
 
+    /// As `start`, with `config_toml` as wharfd's config file.
+    pub async fn start_with_config(config_toml: &str) -> DockerEnv {
+        let env = PodEnv::start_with_config(config_toml).await;
+        let image = env.image.clone();
+        let config = tempfile::Builder::new()
+            .prefix("wharf-docker-config-")
+            .tempdir()
+            .expect("DOCKER_CONFIG dir");
+        DockerEnv { env, image, config }
+    }
+
     /// As `start`, with the test image pulled through the Docker API (`docker pull`).
     pub async fn start_pulled() -> DockerEnv {
         let docker = DockerEnv::start().await;
@@ -93,6 +104,23 @@ impl DockerEnv {
             .env_remove("DOCKER_TLS_VERIFY")
             .output()
             .expect("run the docker CLI");
+        Run::from(output)
+    }
+
+    /// Runs the shell `script` (`sh -c`) with this environment's DOCKER_HOST and
+    /// DOCKER_CONFIG, and `$DOCKER` the CLI's path: for pipes (`"$DOCKER" save x |
+    /// "$DOCKER" load`).
+    pub fn shell(&self, script: &str) -> Run {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("DOCKER", docker_cli())
+            .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", self.config.path())
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .output()
+            .expect("run sh");
         Run::from(output)
     }
 

@@ -66,14 +66,14 @@ struct RawManifest {
 }
 
 #[derive(Clone, Debug)]
-pub(super) struct IndexEntry {
+pub(crate) struct IndexEntry {
     digest: String,
     size: u64,
     platform: Option<Platform>,
 }
 
 #[derive(Debug)]
-pub(super) enum ParsedManifest {
+pub(crate) enum ParsedManifest {
     Image {
         media_type: String,
         config: LayerDescriptor,
@@ -109,7 +109,7 @@ fn descriptor(
 
 /// Parses a manifest or index, checking media types and descriptors. `reference` names
 /// it in errors.
-pub(super) fn parse_manifest(
+pub(crate) fn parse_manifest(
     bytes: &[u8],
     reference: &str,
 ) -> Result<ParsedManifest, RegistryError> {

@@ -65,6 +65,7 @@ use blob::BlobDownload;
 use endpoint::{mirror_key, parse_mirror, Endpoint};
 pub use error::RegistryError;
 use error::{error_chain, most_specific};
+pub(crate) use manifest::{parse_manifest, ParsedManifest};
 use reference::valid_digest;
 pub use reference::ImageReference;
 use retry::Failure;
