@@ -66,17 +66,6 @@ impl DockerEnv {
         DockerEnv { env, image, config }
     }
 
-    /// As `start`, with `config_toml` as wharfd's config file.
-    pub async fn start_with_config(config_toml: &str) -> DockerEnv {
-        let env = PodEnv::start_with_config(config_toml).await;
-        let image = env.image.clone();
-        let config = tempfile::Builder::new()
-            .prefix("wharf-docker-config-")
-            .tempdir()
-            .expect("DOCKER_CONFIG dir");
-        DockerEnv { env, image, config }
-    }
-
     /// As `start`, with the test image pulled through the Docker API (`docker pull`).
     pub async fn start_pulled() -> DockerEnv {
         let docker = DockerEnv::start().await;
