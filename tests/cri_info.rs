@@ -3,8 +3,8 @@
 mod support;
 
 use k8s_cri::v1::{
-    CgroupDriver, ContainerStatsRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
-    VersionRequest,
+    CgroupDriver, ListMetricDescriptorsRequest, RunPodSandboxRequest, RuntimeConfigRequest,
+    StatusRequest, VersionRequest,
 };
 use support::daemon::{wharf_binary, Daemon};
 use tonic::Code;
@@ -143,12 +143,14 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
     let status = daemon
         .runtime_client()
         .await
-        .container_stats(ContainerStatsRequest::default())
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
         .await
-        .expect_err("ContainerStats has not landed");
+        .expect_err("ListMetricDescriptors has not landed");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status.message().contains("RuntimeService/ContainerStats"),
+        status
+            .message()
+            .contains("RuntimeService/ListMetricDescriptors"),
         "{status:?}"
     );
     // An implemented RPC with a bad request names the missing field instead.
