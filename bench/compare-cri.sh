@@ -18,8 +18,8 @@
 #
 # Usage (root): bench/compare-cri.sh [--rounds N] [--out DIR] [-- wharf-bench args...]
 #   --rounds N   rounds per runtime (default 3, minimum 3)
-#   --out DIR    keep the JSON of every run and summary.txt in DIR (default: a temp dir
-#                that is printed and kept)
+#   --out DIR    keep the JSON of every run, summary.txt and the daemons' logs (logs/)
+#                in DIR (default: a temp dir that is printed and kept)
 #   extra args after -- go to every wharf-bench run (e.g. --concurrency 1,10,50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,150 +45,40 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 scripts/setup bench
+# shellcheck source=bench/lib/compare-setup.sh
+source bench/lib/compare-setup.sh
 registry_bin=$(bench/cri-registry-bin.sh)
 # After the registry helper: a release build's wharfd is the one laid out by
 # link/wharfd.symbol-order (link/README.md).
 cargo build --release --locked --bins --example wharf-bench
-
-work=$(mktemp -d /tmp/wharf-compare-XXXXXX)
-out=${out:-$work/results}
-mkdir -p "$out"
-tag=$(( $$ % 100000 ))
-octet=$(( $$ % 250 ))
-bridge="wcmp$tag"
-ip_forward_before=$(cat /proc/sys/net/ipv4/ip_forward)
-pids=()
+compare_init compare wcmp 10.198
+wharf_bench="$target_dir/release/examples/wharf-bench"
 bench_runs=()  # pids of wharf-bench runs: their pods carry the label wharf-bench.run=<pid>
 
-cleanup() {
-  set +e
-  echo "== cleaning up" >&2
+compare_cleanup_extra() {
   # Pods a failed bench run left (a finished run removed its own).
   for run in "${bench_runs[@]}"; do
-    for sock in "$work/wharf/state/wharf.sock" "$work/containerd/containerd.sock"; do
-      [[ -S $sock ]] && target/release/examples/wharf-bench --endpoint "unix://$sock" --cleanup "$run" >/dev/null 2>&1
+    for sock in "$wharf_sock" "$containerd_sock"; do
+      [[ -S $sock ]] && "$wharf_bench" --endpoint "unix://$sock" --cleanup "$run" >/dev/null 2>&1
     done
   done
-  # Daemons and the registry, by the pids this script started, newest first.
-  for (( i=${#pids[@]}-1; i>=0; i-- )); do
-    kill -TERM "${pids[$i]}" 2>/dev/null
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null
-  done
-  # Shims and monitors outlive their daemon by design; end those of this run's dirs.
-  for pid in $(pgrep -f "containerd-shim-runc-v2 .*$work/|wharf-monitor(-watch)? .*$work/" || true); do
-    kill -KILL "$pid" 2>/dev/null
-  done
-  # Mounts under the work dir (containerd's rootfs and shm mounts, wharf's pins).
-  grep " $work/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
-    umount -l "$m" 2>/dev/null
-  done
-  ip link del "$bridge" 2>/dev/null
-  for table in nat filter; do
-    iptables-save -t "$table" | grep -- "-A " | grep -E "10\.198\.$octet\.|\"$bridge\"|$bridge" |
-      sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule" 2>/dev/null; done
-  done
-  echo "$ip_forward_before" > /proc/sys/net/ipv4/ip_forward
-  # wharfd's pod cgroups of this run (their parent outlives the pods), never /wharf.
-  for dir in /sys/fs/cgroup/*/"wharf-bench-$tag" /sys/fs/cgroup/"wharf-bench-$tag"; do
-    [[ -d $dir ]] && find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
-  done
-  rm -rf "$work/wharf" "$work/containerd" "$work/ipam" "$work/logs"
-  echo "== results kept in $out" >&2
 }
-trap cleanup EXIT
 
-# --- registry with the images ---------------------------------------------------------
-"$registry_bin" --ref-file "$work/image.ref" --pause-ref-file "$work/pause.ref" \
-  > "$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do [[ -s $work/pause.ref && -s $work/image.ref ]] && break; sleep 0.5; done
-[[ -s $work/pause.ref ]] || { echo "the registry did not start: $(cat "$work/registry.log")" >&2; exit 1; }
-image=$(cat "$work/image.ref")
-pause=$(cat "$work/pause.ref")
-registry_host=${image%%/*}
-
-# --- the shared CNI config ------------------------------------------------------------
-mkdir -p "$work/net.d" "$work/ipam" "$work/logs"
-cat > "$work/net.d/10-bench.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "bench-$tag",
-  "plugins": [
-    {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.198.$octet.0/24"}]],
-              "dataDir": "$work/ipam"}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-EOF
-
-# --- containerd -----------------------------------------------------------------------
-mkdir -p "$work/containerd/certs.d/$registry_host"
-cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
-server = "http://$registry_host"
-[host."http://$registry_host"]
-  capabilities = ["pull", "resolve"]
-EOF
-cat > "$work/containerd/config.toml" <<EOF
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-[grpc]
-  address = "$work/containerd/containerd.sock"
-[ttrpc]
-  address = "$work/containerd/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$pause"
-  # No CAP_SYS_RESOURCE on the test machines: never lower oom_score_adj.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$work/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "$work/containerd/certs.d"
-EOF
-containerd --config "$work/containerd/config.toml" > "$work/containerd.log" 2>&1 &
-pids+=($!)
-
-# --- wharfd ---------------------------------------------------------------------------
-mkdir -p "$work/wharf"
-cat > "$work/wharf/wharf.toml" <<EOF
-[runtime]
-default_cgroup_parent = "/wharf-bench-$tag"
-[network]
-mode = "cni"
-[cni]
-conf_dir = "$work/net.d"
-plugin_dirs = ["/usr/lib/cni"]
-EOF
-target/release/wharfd --config "$work/wharf/wharf.toml" --root "$work/wharf/root" \
-  --state "$work/wharf/state" --cri-socket "$work/wharf/state/wharf.sock" > "$work/wharfd.log" 2>&1 &
-pids+=($!)
-
-for sock in "$work/containerd/containerd.sock" "$work/wharf/state/wharf.sock"; do
-  for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.2; done
-  [[ -S $sock ]] || { echo "no socket $sock; logs in $work" >&2; exit 1; }
-done
-containerd_version=$(containerd --version)
-echo "== registry $registry_host, image $image, containerd: $containerd_version" >&2
+compare_start_registry "$registry_bin"
+compare_write_cni
+compare_start_containerd
+compare_start_wharfd
+compare_wait_sockets
 
 # --- rounds: A B A B ... --------------------------------------------------------------
 wharf_json=()       # in round order: the summary's round-1 figures are the fresh daemons'
 containerd_json=()
 for (( r=1; r<=rounds; r++ )); do
   for runtime in wharf containerd; do
-    if [[ $runtime == wharf ]]; then sock="$work/wharf/state/wharf.sock"; else sock="$work/containerd/containerd.sock"; fi
+    if [[ $runtime == wharf ]]; then sock="$wharf_sock"; else sock="$containerd_sock"; fi
     echo "== round $r/$rounds: $runtime" >&2
     if [[ $runtime == wharf ]]; then wharf_json+=("$out/$runtime-$r.json"); else containerd_json+=("$out/$runtime-$r.json"); fi
-    target/release/examples/wharf-bench --endpoint "unix://$sock" --image "$image" \
+    "$wharf_bench" --endpoint "unix://$sock" --image "$image" \
       --log-root "$work/logs" --json "${bench_args[@]}" > "$out/$runtime-$r.json" &
     bench_runs+=($!)
     wait "$!"

@@ -318,7 +318,8 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
     // The control socket exists before the daemon hears of the container.
     let (control_dir, control_dir_fd) =
         console::prepare_dir(&options.bundle).map_err(control_setup("control directory"))?;
-    let listener = console::listen_in(&control_dir_fd, super::control::SOCKET_NAME, 16)
+    // A burst of exec sessions and attaches connects at once: a backlog to take them.
+    let listener = console::listen_in(&control_dir_fd, super::control::SOCKET_NAME, 128)
         .map_err(control_setup("control socket"))?;
     let console_socket = if options.tty {
         Some(

@@ -559,6 +559,11 @@ impl Monitor {
         }
         if signals_ready {
             self.handle_signals(buffer);
+            // An exec reaped just now whose output is already drained ends at once:
+            // nothing else would wake poll before its drain deadline.
+            if let Some(control) = &mut self.control {
+                control.tick();
+            }
         }
     }
 

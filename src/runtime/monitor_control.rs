@@ -271,10 +271,19 @@ pub async fn connect(bundle: &Path, id: &str) -> std::result::Result<Session, Co
         };
         // Through the directory fd: the bundle path may be longer than sun_path.
         let short = control::short_path(dir_fd.as_fd(), control::SOCKET_NAME);
-        match UnixStream::connect(&short).await {
-            Ok(stream) => stream,
-            Err(err) if gone(&err) => return Err(no_channel()),
-            Err(err) => return Err(io_error("connecting to its monitor")(err)),
+        // A full accept backlog (a burst of sessions) answers EAGAIN: try again
+        // shortly, for a while, as the monitor accepts in its loop.
+        let mut attempts = 0;
+        loop {
+            match UnixStream::connect(&short).await {
+                Ok(stream) => break stream,
+                Err(err) if gone(&err) => return Err(no_channel()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => return Err(io_error("connecting to its monitor")(err)),
+            }
         }
     };
     let hello = proto::Request {

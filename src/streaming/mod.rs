@@ -200,7 +200,10 @@ pub async fn serve(
     server: Arc<StreamingServer>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = routes(server).into_make_service();
+    // Interactive streams: a keystroke's echo must not wait for the peer's delayed ACK
+    // (the TLS listener sets it on every connection too).
     match tls {
         Some(acceptor) => {
             axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
@@ -208,6 +211,9 @@ pub async fn serve(
                 .await
         }
         None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await

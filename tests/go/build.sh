@@ -5,6 +5,8 @@
 #   cri-client    tests/go/cri-client: grpc-go + k8s.io/cri-api, dialing by socket path
 #   stream-client tests/go/stream-client: client-go's remotecommand and portforward
 #                 (SPDY/3.1, WebSocket) on the CRI streaming URLs, as kubectl uses them
+#   stream-bench  tests/go/stream-bench: exec round trips, port-forward throughput and
+#                 per-session memory of a CRI streaming server (bench/compare-streaming.sh)
 # into target/go-tools/, where tests/support/go_tools.rs finds them.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,3 +23,4 @@ go build -o "$out/crictl" \
 go build -o "$out/cri-client" ./cri-client
 go build -o "$out/stream-client" ./stream-client
 go test -c -o "$out/critest" -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/critest
+go build -o "$out/stream-bench" ./stream-bench
