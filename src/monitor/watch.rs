@@ -541,6 +541,12 @@ impl Monitor {
                 Ready::Control(source) => self.serve_control(source, events, buffer),
             }
         }
+        // Children first: an exec reaped now whose output is drained ends in this round
+        // (its Exit sent, its connection closed), as nothing else would wake poll before
+        // its drain deadline.
+        if signals_ready {
+            self.handle_signals(buffer);
+        }
         if let Some(control) = &mut self.control {
             let mut ctx = Context {
                 container_id: &self.id,
@@ -555,14 +561,6 @@ impl Monitor {
             // poll round for POLLOUT.
             if ctx.input.wants_write() {
                 ctx.input.flush(ctx.pty);
-            }
-        }
-        if signals_ready {
-            self.handle_signals(buffer);
-            // An exec reaped just now whose output is already drained ends at once:
-            // nothing else would wake poll before its drain deadline.
-            if let Some(control) = &mut self.control {
-                control.tick();
             }
         }
     }
