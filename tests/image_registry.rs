@@ -307,7 +307,14 @@ async fn resolve_by_tag_and_by_digest_then_stream_blobs() {
         .expect("resolve by digest");
     assert_resolved(&client, &by_digest, &image, &anonymous).await;
     // one /v2/ ping for the session, not one per request; two manifests, two configs
-    // and two layer fetches
+    // and two layer fetches. The registry logs a request after answering it: wait (a
+    // few seconds at most) for the last line before counting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while log_requests(&registry.log(), "GET", "/v2/test/busybox/blobs/") < 4
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let log = registry.log();
     assert_eq!(log_pings(&log) - pings, 1, "{log}");
     assert_eq!(log_requests(&log, "GET", "/v2/test/busybox/manifests/"), 2);
