@@ -435,18 +435,23 @@ async fn relay<R, W>(
         let control = control.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
+            let mut feeding = true;
             loop {
                 match reader.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if control.write_stdin(&buf[..n]).await.is_err() {
-                            return;
-                        }
+                    // After the process's end, what the client still sends is read and
+                    // dropped: closing with unread input would reset the connection
+                    // under the client before it read the end of the output.
+                    Ok(n) if feeding => {
+                        feeding = control.write_stdin(&buf[..n]).await.is_ok();
                     }
+                    Ok(_) => {}
                 }
             }
             // The client half-closed: the process's stdin ends.
-            let _ = control.end_stdin().await;
+            if feeding {
+                let _ = control.end_stdin().await;
+            }
         })
     });
     let mut exit = None;
@@ -475,8 +480,14 @@ async fn relay<R, W>(
     finish(server, id, exit);
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
-    if let Some(input) = input {
-        input.abort();
+    if let Some(mut input) = input {
+        // The client closes once it has read the end; until then its input is drained.
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut input)
+            .await
+            .is_err()
+        {
+            input.abort();
+        }
     }
     drop(control);
 }
