@@ -83,7 +83,12 @@ impl ImageService {
         let mut images = Vec::new();
         for (image, tags) in selected {
             if image.layers.is_empty() {
-                return Err(ArchiveError::invalid("empty export - not implemented").into());
+                return Err(ArchiveError::invalid(format!(
+                    "image {} has no layers: a docker-archive of it is not written \
+                     (dockerd refuses it too: \"empty export\")",
+                    image.id
+                ))
+                .into());
             }
             let config = self.content.read(&image.id)?;
             let config_json: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
