@@ -119,7 +119,7 @@ pub(super) async fn list(
 }
 
 /// The credentials of an `X-Registry-Auth` header (base64url JSON).
-fn registry_auth(headers: &HeaderMap) -> Result<Credentials, ApiError> {
+pub(super) fn registry_auth(headers: &HeaderMap) -> Result<Credentials, ApiError> {
     let Some(value) = headers.get("x-registry-auth") else {
         return Ok(Credentials::Anonymous);
     };
@@ -185,10 +185,7 @@ pub(super) struct CreateQuery {
     platform: Option<String>,
 }
 
-/// One JSON message of a progress stream.
-fn progress(message: Value) -> Bytes {
-    Bytes::from(format!("{message}\r\n"))
-}
+use super::transfer::message as progress;
 
 /// POST `/images/create?fromImage=&tag=`: pulls, answering dockerd's JSON progress
 /// messages. Errors before anything was pulled are HTTP errors (as dockerd's, whose
@@ -224,71 +221,11 @@ pub(super) async fn create(
         None if from.contains('@') || last_component_has_tag(&from) => from.clone(),
         None => format!("{from}:latest"),
     };
-    let credentials = registry_auth(&headers)?;
-    let before = server.images.get(NAMESPACE, &reference).map(|i| i.id);
-    let image = server
-        .images
-        .pull(NAMESPACE, &reference, &credentials)
-        .await
-        .map_err(|err| match &err {
-            crate::image::ImageError::NotFound(_) => ApiError::not_found(format!(
-                "pull access denied for {}, repository does not exist or may require \
-                 'docker login': {err}",
-                familiar(&from)
-            )),
-            _ => ApiError::from(err),
-        })?;
-    let shown = familiar(&reference);
-    let parsed = crate::image::registry::ImageReference::parse(&reference)
-        .map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let tag_or_digest = parsed
-        .digest()
-        .or(parsed.tag())
-        .unwrap_or("latest")
-        .to_string();
-    let mut messages = vec![progress(json!({
-        "status": format!("Pulling from {}", parsed.repository()),
-        "id": tag_or_digest,
-    }))];
-    let up_to_date = before.as_deref() == Some(image.id.as_str());
-    for layer in &image.layers {
-        let short = layer
-            .digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&layer.digest)
-            .chars()
-            .take(12)
-            .collect::<String>();
-        let status = if up_to_date {
-            "Already exists"
-        } else {
-            "Pull complete"
-        };
-        messages.push(progress(
-            json!({"status": status, "progressDetail": {}, "id": short}),
-        ));
-    }
-    messages.push(progress(json!({
-        "status": format!("Digest: {}", image.manifest_digest)
-    })));
-    messages.push(progress(json!({
-        "status": if up_to_date {
-            format!("Status: Image is up to date for {shown}")
-        } else {
-            format!("Status: Downloaded newer image for {shown}")
-        }
-    })));
-    tracing::info!(reference = %reference, image = %image.id, "pulled image (docker)");
-    let stream = futures_util::stream::iter(messages.into_iter().map(Ok::<_, std::io::Error>));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(Body::from_stream(stream))
-        .map_err(|err| ApiError::internal(err.to_string()))
+    super::transfer::pull(&server, &from, reference, &headers).await
 }
 
 /// Whether the last path component of a reference carries a `:tag`.
-fn last_component_has_tag(reference: &str) -> bool {
+pub(super) fn last_component_has_tag(reference: &str) -> bool {
     reference
         .rsplit('/')
         .next()
@@ -589,7 +526,7 @@ pub(super) async fn load(
                 messages.push(progress(json!({
                     "status": "Loading layer",
                     "progressDetail": {"current": size, "total": size},
-                    "progress": progress_bar(*size),
+                    "progress": super::transfer::progress_bar(*size, *size),
                     "id": short,
                 })));
             }
@@ -616,34 +553,6 @@ pub(super) async fn load(
     json_stream(messages)
 }
 
-/// dockerd's finished progress bar: `[====>]  1.23MB/1.23MB`.
-fn progress_bar(size: u64) -> String {
-    let human = human_size(size);
-    format!("[{}>]  {human}/{human}", "=".repeat(49))
-}
-
-/// Docker's `units.HumanSize`: decimal units, four significant digits.
-fn human_size(size: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut value = size as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    let digits = if value >= 1.0 {
-        value.log10().floor() as i32 + 1
-    } else {
-        1
-    };
-    let decimals = (4 - digits).max(0) as usize;
-    let mut text = format!("{value:.decimals$}");
-    if text.contains('.') {
-        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
-    format!("{text}{}", units[unit])
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 pub(super) struct TagQuery {
@@ -656,13 +565,12 @@ pub(super) async fn post_by_name(
     State(server): State<Arc<DockerServer>>,
     Path(rest): Path<String>,
     Query(query): Query<TagQuery>,
-) -> Result<StatusCode, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Some(name) = rest.strip_suffix("/tag") else {
-        if rest.ends_with("/push") {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "pushing images through the Docker API is not supported by wharf yet",
-            ));
+        if let Some(name) = rest.strip_suffix("/push") {
+            let tag = query.tag.as_deref().filter(|t| !t.is_empty());
+            return super::transfer::push(&server, name, tag, &headers).await;
         }
         return Err(ApiError::not_found(format!(
             "page not found: /images/{}",
@@ -683,7 +591,7 @@ pub(super) async fn post_by_name(
         .tag(NAMESPACE, &image.id, &format!("{repo}:{tag}"))
         .await
         .map_err(|err| ApiError::bad_request(err.to_string()))?;
-    Ok(StatusCode::CREATED)
+    Ok(StatusCode::CREATED.into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -781,10 +689,6 @@ mod tests {
             "127.0.0.1:5000/busybox:1"
         );
         assert!(last_component_has_tag("127.0.0.1:5000/busybox:1"));
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(1_234_567), "1.235MB");
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(12_340), "12.34kB");
         assert!(!last_component_has_tag("127.0.0.1:5000/busybox"));
     }
 

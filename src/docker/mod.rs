@@ -50,6 +50,7 @@ mod logs;
 mod prune;
 mod stats;
 mod system;
+mod transfer;
 mod version;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod changes;
 pub mod content;
 pub mod platform;
+pub mod progress;
 pub mod registry;
 pub mod rwlayer;
 pub mod snapshot;
@@ -27,6 +28,7 @@ use crate::config::RegistryConfig;
 use crate::events::{Event, EventBus, EventKind};
 use crate::store::{Kind, Store, StoreError};
 use content::{ContentError, ContentStore};
+use progress::{LayerState, Outcome, Progress, ProgressSink};
 use registry::{
     Credentials, ImageReference, LayerDescriptor, Platform, PushBlob, RegistryClient,
     RegistryError, ResolvedImage,
@@ -406,7 +408,21 @@ impl ImageService {
         reference: &str,
         credentials: &Credentials,
     ) -> Result<Image, ImageError> {
-        let result = self.pull_inner(namespace, reference, credentials).await;
+        self.pull_with_progress(namespace, reference, credentials, &ProgressSink::none())
+            .await
+    }
+
+    /// `pull`, reporting each layer's progress to `progress`.
+    pub async fn pull_with_progress(
+        &self,
+        namespace: &str,
+        reference: &str,
+        credentials: &Credentials,
+        progress: &ProgressSink,
+    ) -> Result<Image, ImageError> {
+        let result = self
+            .pull_inner(namespace, reference, credentials, progress)
+            .await;
         if let Err(error) = &result {
             if error.is_limit() {
                 // A refused image leaves nothing: the layers it did unpack go too (the
@@ -427,6 +443,7 @@ impl ImageService {
         namespace: &str,
         reference: &str,
         credentials: &Credentials,
+        progress: &ProgressSink,
     ) -> Result<Image, ImageError> {
         let reference = ImageReference::parse(reference)?;
         let resolved = self
@@ -455,10 +472,21 @@ impl ImageService {
                 ])
                 .collect(),
         );
+        progress.report(Progress::Layers(
+            layers
+                .iter()
+                .map(|layer| LayerState {
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    present: self.content.exists(&layer.digest)
+                        && self.snapshots.exists(&layer.chain_id),
+                })
+                .collect(),
+        ));
         // Collected first: a lazy `map` closure here makes the future not `Send`.
         let fetches: Vec<_> = layers
             .iter()
-            .map(|layer| self.ensure_layer(&resolved, layer, credentials, &limits))
+            .map(|layer| self.ensure_layer(&resolved, layer, credentials, &limits, progress))
             .collect();
         futures_util::stream::iter(fetches)
             .buffer_unordered(self.max_concurrent_downloads)
@@ -513,6 +541,7 @@ impl ImageService {
         layer: &Layer,
         credentials: &Credentials,
         limits: &unpack::Limits,
+        progress: &ProgressSink,
     ) -> Result<(), ImageError> {
         // Locks on the blob and on the snapshot: garbage collection takes the same ones
         // before deleting, so what is seen here as present stays present.
@@ -520,8 +549,10 @@ impl ImageService {
         let have_blob = self.content.exists(&layer.digest);
         let have_snapshot = self.snapshots.exists(&layer.chain_id);
         if have_blob && have_snapshot {
+            progress.done(&layer.digest, Outcome::Exists);
             return Ok(());
         }
+        let digest = || layer.digest.clone();
         let compression = Compression::from_media_type(&layer.media_type).map_err(|source| {
             ImageError::Unpack {
                 digest: layer.digest.clone(),
@@ -531,6 +562,7 @@ impl ImageService {
         if have_blob {
             // Only the snapshot is missing (removed, or a crash before its commit):
             // unpack from the stored blob.
+            progress.report(Progress::Extracting { digest: digest() });
             let pending = self.snapshots.prepare()?;
             let blob = self.content.path(&layer.digest)?;
             let file = std::fs::File::open(&blob)
@@ -551,6 +583,7 @@ impl ImageService {
             .await?;
             check_diff_id(layer, &stats.diff_id)?;
             self.commit_snapshot(pending, &layer.chain_id).await?;
+            progress.done(&layer.digest, Outcome::Pulled);
             return Ok(());
         }
 
@@ -581,9 +614,11 @@ impl ImageService {
                 .registry
                 .fetch_blob(resolved, &layer.digest, layer.size, credentials)
                 .await?;
+            let mut transferred = progress.transfer(&layer.digest, layer.size);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 ingest.write(&chunk)?;
+                transferred.add(chunk.len() as u64);
                 if unpacking && chunks_tx.send(chunk).await.is_err() {
                     // The unpacker stopped early: its error is reported below.
                     break;
@@ -593,6 +628,13 @@ impl ImageService {
         }
         .await;
         drop(chunks_tx);
+        if downloaded.is_ok() {
+            progress.report(Progress::Verifying { digest: digest() });
+            progress.report(Progress::Downloaded { digest: digest() });
+            if unpacking {
+                progress.report(Progress::Extracting { digest: digest() });
+            }
+        }
         // Always wait for the unpacker, even when the download failed: the pending
         // snapshot must not be removed while it is still writing into it.
         let unpacked = match unpacker {
@@ -609,6 +651,7 @@ impl ImageService {
         if let Some(pending) = pending {
             self.commit_snapshot(pending, &layer.chain_id).await?;
         }
+        progress.done(&layer.digest, Outcome::Pulled);
         Ok(())
     }
 
@@ -717,6 +760,19 @@ impl ImageService {
         target: &str,
         credentials: &Credentials,
     ) -> Result<String, ImageError> {
+        self.push_with_progress(namespace, query, target, credentials, &ProgressSink::none())
+            .await
+    }
+
+    /// `push`, reporting each blob's progress to `progress`.
+    pub async fn push_with_progress(
+        &self,
+        namespace: &str,
+        query: &str,
+        target: &str,
+        credentials: &Credentials,
+        progress: &ProgressSink,
+    ) -> Result<String, ImageError> {
         let image = self
             .get(namespace, query)
             .ok_or_else(|| ImageError::NotFound(query.to_string()))?;
@@ -737,8 +793,24 @@ impl ImageService {
         for layer in &image.layers {
             blobs.push(blob(&layer.digest, layer.size)?);
         }
-        let mount_from: Vec<String> = image
-            .references()
+        // Repositories that have some of these layers: this image's other names, and
+        // those of images that share a layer with it (a committed or built image's
+        // base), as dockerd mounts from a layer's known sources.
+        let digests: HashSet<&str> = image.layers.iter().map(|l| l.digest.as_str()).collect();
+        let sharing: Vec<Image> = self
+            .list(namespace)
+            .into_iter()
+            .filter(|other| {
+                other.id == image.id
+                    || other
+                        .layers
+                        .iter()
+                        .any(|l| digests.contains(l.digest.as_str()))
+            })
+            .collect();
+        let mount_from: Vec<String> = sharing
+            .iter()
+            .flat_map(|other| other.references())
             .filter_map(|r| ImageReference::parse(r).ok())
             .filter(|r| r.registry() == target.registry() && r.repository() != target.repository())
             .map(|r| r.repository().to_string())
@@ -747,16 +819,18 @@ impl ImageService {
             .collect();
         let digest = self
             .registry
-            .push(
+            .push_with_progress(
                 &target,
                 credentials,
                 &manifest,
                 &image.manifest_media_type,
                 &blobs,
                 &mount_from,
+                progress,
             )
             .await?;
         tracing::info!(image = %image.id, target = %target, %digest, "pushed image");
+        self.image_event(namespace, "push", &target.to_string(), &image.id);
         Ok(digest)
     }
 

@@ -91,6 +91,8 @@ impl DockerEnv {
             .env("DOCKER_CONFIG", self.config.path())
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY")
+            // No input: a CLI that prompts (for a login) fails instead of waiting.
+            .stdin(std::process::Stdio::null())
             .output()
             .expect("run the docker CLI");
         Run::from(output)

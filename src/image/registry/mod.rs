@@ -58,6 +58,7 @@ use tracing::warn;
 
 pub use super::platform::Platform;
 use crate::config::RegistryConfig;
+use crate::image::progress::ProgressSink;
 
 pub use auth::Credentials;
 use auth::{Session, SessionKey};
@@ -415,6 +416,7 @@ impl RegistryClient {
         mount_from: &'a [String],
     ) -> BoxFuture<'a, Result<String, RegistryError>> {
         Box::pin(async move {
+            let nobody = ProgressSink::none();
             self.push_inner(
                 target,
                 credentials,
@@ -422,6 +424,34 @@ impl RegistryClient {
                 manifest_media_type,
                 blobs,
                 mount_from,
+                &nobody,
+            )
+            .await
+            .map_err(|e| e.scrub(credentials))
+        })
+    }
+
+    /// `push`, reporting each blob's progress to `progress`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_with_progress<'a>(
+        &'a self,
+        target: &'a ImageReference,
+        credentials: &'a Credentials,
+        manifest: &'a [u8],
+        manifest_media_type: &'a str,
+        blobs: &'a [PushBlob],
+        mount_from: &'a [String],
+        progress: &'a ProgressSink,
+    ) -> BoxFuture<'a, Result<String, RegistryError>> {
+        Box::pin(async move {
+            self.push_inner(
+                target,
+                credentials,
+                manifest,
+                manifest_media_type,
+                blobs,
+                mount_from,
+                progress,
             )
             .await
             .map_err(|e| e.scrub(credentials))

@@ -14,6 +14,7 @@ use super::manifest::{parse_manifest, sha256_digest, strings};
 use super::reference::{check_path_component, valid_digest, DOCKER_HUB};
 use super::retry::{oci_failure, Failure};
 use super::{ImageReference, PushBlob, RegistryClient, RegistryError, MANIFEST_MEDIA_TYPES};
+use crate::image::progress::{Outcome, ProgressSink};
 
 impl RegistryClient {
     /// Repositories of `mount_from` that are on `target`'s registry, without tag or
@@ -53,6 +54,7 @@ impl RegistryClient {
         sources
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn push_inner(
         &self,
         target: &ImageReference,
@@ -61,6 +63,7 @@ impl RegistryClient {
         manifest_media_type: &str,
         blobs: &[PushBlob],
         mount_from: &[String],
+        progress: &ProgressSink,
     ) -> Result<String, RegistryError> {
         let manifest_digest = sha256_digest(manifest);
         if let Some(expected) = target.digest() {
@@ -105,7 +108,17 @@ impl RegistryClient {
         // Indexes, not `&PushBlob`: a closure over references here trips rustc's
         // "FnOnce is not general enough" when the future must be Send.
         stream::iter(0..blobs.len())
-            .map(|i| self.push_blob(&endpoint, target, credentials, &access, &blobs[i], &sources))
+            .map(|i| {
+                self.push_blob(
+                    &endpoint,
+                    target,
+                    credentials,
+                    &access,
+                    &blobs[i],
+                    &sources,
+                    progress,
+                )
+            })
             .buffer_unordered(self.inner.options.max_concurrent_uploads)
             .try_collect::<Vec<()>>()
             .await?;
@@ -141,6 +154,7 @@ impl RegistryClient {
         Ok(manifest_digest)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push_blob(
         &self,
         endpoint: &Endpoint,
@@ -149,6 +163,7 @@ impl RegistryClient {
         access: &Access,
         blob: &PushBlob,
         sources: &[String],
+        progress: &ProgressSink,
     ) -> Result<(), RegistryError> {
         let file_error = |source| RegistryError::BlobFile {
             digest: blob.digest.clone(),
@@ -187,6 +202,7 @@ impl RegistryClient {
             .await?;
         if exists {
             debug!(%digest, %target, "blob already in the repository");
+            progress.done(digest, Outcome::Exists);
             return Ok(());
         }
         for source in sources {
@@ -210,6 +226,12 @@ impl RegistryClient {
             match mounted {
                 Ok(()) => {
                     debug!(%digest, %target, from = %source, "blob mounted");
+                    progress.done(
+                        digest,
+                        Outcome::Mounted {
+                            from: source.clone(),
+                        },
+                    );
                     return Ok(());
                 }
                 Err(error) => debug!(%digest, from = %source, %error, "blob mount failed"),
@@ -225,7 +247,9 @@ impl RegistryClient {
                 let file = tokio::fs::File::open(&path)
                     .await
                     .map_err(|source| Failure::fatal(file_error(source)))?;
+                let mut transferred = progress.transfer(digest, size);
                 let body = tokio_util::io::ReaderStream::with_capacity(file, chunk_size)
+                    .inspect_ok(move |chunk| transferred.add(chunk.len() as u64))
                     .map_err(OciDistributionError::IoError);
                 let result = match (chunked, &session.chunked) {
                     (true, Some(client)) => client.push_blob_stream(oci, body, digest, None).await,
@@ -243,6 +267,7 @@ impl RegistryClient {
         })
         .await?;
         debug!(%digest, %target, chunked, "blob uploaded");
+        progress.done(digest, Outcome::Pushed);
         Ok(())
     }
 }
