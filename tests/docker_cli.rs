@@ -1477,7 +1477,10 @@ async fn attach_and_detach_keys() {
     );
     let err = docker.fails(&["attach", "--no-stdin", "--detach-keys", "bad", &name]);
     // The CLI reads no body from a refused upgrade (as against dockerd).
-    assert!(err.contains("unable to upgrade to tcp, received 400"), "{err}");
+    assert!(
+        err.contains("unable to upgrade to tcp, received 400"),
+        "{err}"
+    );
     let (status, _, body) = docker.http(
         "POST",
         "/containers/nothing-here/attach?stream=1&stdout=1",

@@ -47,6 +47,9 @@ fn truthy(value: &Option<String>) -> bool {
     matches!(value.as_deref(), Some("1" | "true" | "True"))
 }
 
+/// How long a log replay waits after the 101 (see its use).
+const HEADERS_READ_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// dockerd's default detach keys: ctrl-p, ctrl-q.
 pub(super) const DEFAULT_DETACH_KEYS: [u8; 2] = [16, 17];
 
@@ -218,6 +221,12 @@ pub(super) async fn attach(
         let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         let selection = Selection::streams(streams.stdout, want_stderr, !tty);
         let point = live.as_ref().map(|(_, point)| point.clone());
+        if logs {
+            // A client that reads the 101 through a buffered reader and then takes the
+            // socket under it (docker-py) loses what came with the headers: the log,
+            // ready at once, waits until it has read them.
+            tokio::time::sleep(HEADERS_READ_GRACE).await;
+        }
         if logs
             && replay_logs(&log_path, point.as_ref(), &selection, tty, &mut writer)
                 .await

@@ -62,6 +62,8 @@ struct ExecConfig {
     attach_stdin: bool,
     attach_stdout: bool,
     attach_stderr: bool,
+    /// docker-py spells it `detachKeys` (dockerd's JSON decoding ignores case).
+    #[serde(alias = "detachKeys")]
     detach_keys: String,
     tty: bool,
     env: Option<Vec<String>>,
