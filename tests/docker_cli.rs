@@ -1352,3 +1352,346 @@ async fn tcp_hosts_mutual_tls_and_group() {
     assert!(err.to_string().contains("docker.hosts"), "{err}");
     assert!(err.to_string().contains("mutual TLS"), "{err}");
 }
+
+/// A docker CLI command line under a pseudo-terminal (script(1)), its input piped in:
+/// what a user types reaches the CLI's terminal.
+fn spawn_in_pty(docker: &DockerEnv, command: &str) -> std::process::Child {
+    std::process::Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script")
+}
+
+/// Types `keys` one by one, as a user does (each key its own read).
+fn type_keys(child: &mut std::process::Child, keys: &[u8]) {
+    use std::io::Write;
+    let stdin = child.stdin.as_mut().expect("piped stdin");
+    for key in keys {
+        stdin.write_all(&[*key]).expect("type");
+        stdin.flush().expect("flush");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+}
+
+/// Waits (10 s at most) for a CLI under `spawn_in_pty` to end; its exit status and
+/// output.
+fn ended(mut child: std::process::Child) -> (Option<i32>, String) {
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut out = String::new();
+            use std::io::Read;
+            if let Some(mut stdout) = child.stdout.take() {
+                let _ = stdout.read_to_string(&mut out);
+            }
+            return (status.code(), out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output");
+    panic!(
+        "the docker CLI did not end: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// `docker run -it` and `docker attach` leave with the detach keys (ctrl-p ctrl-q, or
+/// `--detach-keys`) and the container runs on with its terminal's input still open
+/// (StdinOnce closes no TTY's stdin, as dockerd); a key that starts the sequence but is
+/// not followed by the rest reaches the container; malformed keys are dockerd's 400.
+#[tokio::test]
+async fn attach_and_detach_keys() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("detach");
+    let script = "read a; echo \"a=$a\" >> /tmp/log; read b; echo \"b=$b\" >> /tmp/log; \
+                  exec sleep 600";
+    let mut cli = spawn_in_pty(
+        &docker,
+        &format!(
+            "{} run -it --name {name} {image} sh -c '{script}'",
+            support::docker::docker_cli()
+        ),
+    );
+    // The CLI creates, attaches, starts.
+    for _ in 0..100 {
+        let run = docker.run(&["inspect", "-f", "{{.State.Running}}", &name]);
+        if run.stdout.trim() == "true" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // ctrl-p then y: not the sequence, so both keys go on.
+    type_keys(&mut cli, b"x\x10y\n");
+    type_keys(&mut cli, b"\x10\x11");
+    let (status, out) = ended(cli);
+    assert_eq!(status, Some(0), "{out}");
+    let log = wait_file(&docker, &name, "/tmp/log", |s| s.contains("a=")).await;
+    assert_eq!(log, "a=x\x10y\n");
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Running}}", &name]),
+        "true"
+    );
+
+    // Attach again (its own keys), type the second line, leave again.
+    let mut cli = spawn_in_pty(
+        &docker,
+        &format!(
+            "{} attach --detach-keys ctrl-x,z {name}",
+            support::docker::docker_cli()
+        ),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    type_keys(&mut cli, b"second\n");
+    type_keys(&mut cli, b"\x18z");
+    // docker attach says so, and exits 1 (as against dockerd).
+    let (status, out) = ended(cli);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(out.contains("read escape sequence"), "{out}");
+    let log = wait_file(&docker, &name, "/tmp/log", |s| s.contains("b=")).await;
+    assert_eq!(log, "a=x\x10y\nb=second\n");
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Running}}", &name]),
+        "true"
+    );
+
+    // Malformed keys: dockerd's 400, before anything is attached.
+    let (status, _, body) = docker.http(
+        "POST",
+        &format!("/containers/{name}/attach?stream=1&stdout=1&detachKeys=ctrl-"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("Invalid detach keys (ctrl-) provided"),
+        "{body}"
+    );
+    let err = docker.fails(&["attach", "--no-stdin", "--detach-keys", "bad", &name]);
+    // The CLI reads no body from a refused upgrade (as against dockerd).
+    assert!(
+        err.contains("unable to upgrade to tcp, received 400"),
+        "{err}"
+    );
+    let (status, _, body) = docker.http(
+        "POST",
+        "/containers/nothing-here/attach?stream=1&stdout=1",
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("No such container: nothing-here"), "{body}");
+    docker.ok(&["pause", &name]);
+    let (status, _, body) = docker.http(
+        "POST",
+        &format!("/containers/{name}/attach?stream=1&stdout=1"),
+        None,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("is paused, unpause the container before attach"),
+        "{body}"
+    );
+    docker.ok(&["unpause", &name]);
+    docker.ok(&["rm", "-f", &name]);
+}
+
+/// Polls `cat path` in container `name` until `done` says so; returns the text.
+async fn wait_file(
+    docker: &DockerEnv,
+    name: &str,
+    path: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let run = docker.run(&["exec", name, "cat", path]);
+        last = run.stdout;
+        if run.status == 0 && done(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name}:{path} is still {last:?}");
+}
+
+/// `docker ps -s` and `docker inspect --size`: the writable layer's bytes (SizeRw) and
+/// with the image's layers under it (SizeRootFs); without `size` neither is there.
+#[tokio::test]
+async fn container_sizes() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("sized");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &image,
+        "sh",
+        "-c",
+        "head -c 300000 /dev/zero > /big; touch /done; exec sleep 600",
+    ]);
+    wait_file(&docker, &name, "/done", |_| true).await;
+    let sizes = docker.ok(&[
+        "inspect",
+        "--size",
+        "-f",
+        "{{.SizeRw}} {{.SizeRootFs}}",
+        &name,
+    ]);
+    let (rw, root) = sizes.split_once(' ').expect("two sizes");
+    let (rw, root): (u64, u64) = (
+        rw.parse().expect("SizeRw"),
+        root.parse().expect("SizeRootFs"),
+    );
+    // The file, and little else (the daemon's own mount points are left out).
+    assert!((300_000..310_000).contains(&rw), "{sizes}");
+    // The busybox image's unpacked layer is more than a megabyte.
+    assert!(root > rw + 1_000_000, "{sizes}");
+    let (status, _, body) = docker.http("GET", &format!("/containers/{name}/json"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("SizeRw") && !body.contains("SizeRootFs"),
+        "{body}"
+    );
+
+    let ps = docker.ok(&["ps", "-s", "--format", "{{.Names}} {{.Size}}"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&format!("{name} 300kB (virtual "))),
+        "{ps}"
+    );
+    let (status, _, body) = docker.http("GET", "/containers/json?size=1", None);
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(listed[0]["SizeRw"], rw, "{body}");
+    assert_eq!(listed[0]["SizeRootFs"], root, "{body}");
+    let (_, _, body) = docker.http("GET", "/containers/json", None);
+    assert!(!body.contains("SizeRw"), "{body}");
+    // A bad size flag is no size.
+    let (status, _, body) = docker.http("GET", "/containers/nothing-here/json?size=1", None);
+    assert_eq!(status, 404, "{body}");
+    docker.ok(&["rm", "-f", &name]);
+}
+
+/// `docker ps` filters as dockerd's: before/since (by name or ID), volume (a bind's
+/// source or destination), network (name or ID), limit, and dockerd's refusals.
+#[tokio::test]
+async fn list_filters() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let host_path = host_dir.path().display().to_string();
+    let [first, second, third] = [unique("first"), unique("second"), unique("third")];
+    docker.ok(&["create", "--name", &first, &image, "true"]);
+    let second_id = docker.ok(&[
+        "create",
+        "--name",
+        &second,
+        "-v",
+        &format!("{host_path}:/data"),
+        &image,
+        "true",
+    ]);
+    docker.ok(&[
+        "create",
+        "--name",
+        &third,
+        "--network",
+        "host",
+        &image,
+        "true",
+    ]);
+    let names = |filters: &[&str]| {
+        let mut args = vec!["ps", "-a", "--format", "{{.Names}}"];
+        for filter in filters {
+            args.extend(["--filter", filter]);
+        }
+        docker.ok(&args).lines().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(
+        names(&[&format!("before={third}")]),
+        format!("{second} {first}")
+    );
+    assert_eq!(names(&[&format!("before={}", &second_id[..12])]), first);
+    assert_eq!(
+        names(&[&format!("since={first}")]),
+        format!("{third} {second}")
+    );
+    assert_eq!(
+        names(&[&format!("since={first}"), &format!("before={third}")]),
+        second
+    );
+    assert_eq!(names(&["volume=/data"]), second);
+    assert_eq!(names(&[&format!("volume={host_path}")]), second);
+    assert!(names(&["volume=/elsewhere"]).is_empty());
+    assert_eq!(names(&["network=host"]), third);
+    assert_eq!(names(&["network=bridge"]), format!("{second} {first}"));
+    let host_id = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.host.NetworkID}}",
+        &third,
+    ]);
+    assert_eq!(host_id.len(), 64, "{host_id}");
+    assert_eq!(names(&[&format!("network={}", &host_id[..12])]), third);
+    assert!(names(&["network=none"]).is_empty());
+    assert_eq!(
+        names(&["is-task=false", "isolation=default"]),
+        format!("{third} {second} {first}")
+    );
+    assert!(names(&["is-task=true"]).is_empty());
+    // Without -a, before/since show running containers only (none here).
+    assert!(docker
+        .ok(&["ps", "-q", "--filter", &format!("before={third}")])
+        .is_empty());
+    // -n: the newest N, stopped ones included.
+    assert_eq!(
+        docker
+            .ok(&["ps", "-n", "2", "--format", "{{.Names}}"])
+            .lines()
+            .collect::<Vec<_>>(),
+        [&third, &second]
+    );
+
+    let err = docker.fails(&["ps", "--filter", "bogus=1"]);
+    assert!(err.contains("invalid filter 'bogus'"), "{err}");
+    let err = docker.fails(&["ps", "--filter", "status=sleeping"]);
+    assert!(err.contains("invalid filter 'status=sleeping'"), "{err}");
+    let err = docker.fails(&["ps", "--filter", "health=fine"]);
+    assert!(
+        err.contains("Unrecognised filter value for health: fine"),
+        "{err}"
+    );
+    let err = docker.fails(&["ps", "--filter", "before=nothing-here"]);
+    assert!(err.contains("No such container: nothing-here"), "{err}");
+    let err = docker.fails(&["ps", "--filter", "publish=1:2"]);
+    assert!(
+        err.contains("filter for 'publish' should not contain ':': 1:2"),
+        "{err}"
+    );
+    let (status, _, body) = docker.http(
+        "GET",
+        "/containers/json?filters=%7B%22bogus%22%3A%5B%221%22%5D%7D",
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid filter 'bogus'"), "{body}");
+    let (status, _, body) = docker.http(
+        "GET",
+        "/containers/json?filters=%7B%22before%22%3A%5B%22nothing-here%22%5D%7D",
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    for name in [&first, &second, &third] {
+        docker.ok(&["rm", name]);
+    }
+}

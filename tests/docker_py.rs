@@ -11,8 +11,8 @@ use std::process::Command;
 use support::docker::DockerEnv;
 use support::pods::unique;
 
-#[tokio::test]
-async fn docker_py_runs_containers_and_images() {
+/// Runs `tests/docker-py/<script>` against a fresh wharfd; it prints `done` last.
+async fn run_script(script: &str, done: &str) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/docker-py-venv/bin/python");
     assert!(
         python.is_file(),
@@ -20,7 +20,9 @@ async fn docker_py_runs_containers_and_images() {
          makes target/docker-py-venv with python3 -m venv and pip"
     );
     let docker = DockerEnv::start().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-py/test_api.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/docker-py")
+        .join(script);
     let output = Command::new(&python)
         .arg(&script)
         .env(
@@ -36,8 +38,20 @@ async fn docker_py_runs_containers_and_images() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success() && stdout.contains("docker-py: all checks passed"),
+        output.status.success() && stdout.contains(done),
         "docker-py failed:\n{stdout}\n{stderr}\n--- wharfd log:\n{}",
         docker.env.daemon.log()
     );
+}
+
+#[tokio::test]
+async fn docker_py_runs_containers_and_images() {
+    run_script("test_api.py", "docker-py: all checks passed").await;
+}
+
+/// Attach with logs (replay then live, each line once; stream=0), several clients,
+/// detach keys for attach and exec (tests/docker-py/test_attach.py).
+#[tokio::test]
+async fn docker_py_attach_logs_and_detach_keys() {
+    run_script("test_attach.py", "docker-py attach: all checks passed").await;
 }

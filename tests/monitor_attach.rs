@@ -424,6 +424,53 @@ async fn attach_before_start_misses_nothing() {
     env.remove_pod(&pod_id).await;
 }
 
+/// An attach says where the container's output stood: the log's size then, and the
+/// start of a line not logged yet; what follows comes live, so the log up to there,
+/// the pending bytes and the live output are each byte once (Docker's attach?logs=1).
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_says_where_the_output_stood() {
+    let mut env = PodEnv::start().await;
+    let config = with_stdio(
+        env.container_config(
+            "point",
+            &[
+                "sh",
+                "-c",
+                "echo first; printf part; read x; echo got:$x; sleep 1000",
+            ],
+        ),
+        true,
+        false,
+        false,
+    );
+    let (pod, pod_id, id) = run_one(&mut env, "", "attach-point", &config).await;
+    let log = env.log_path(&pod, "point");
+    wait_for_file(&log, |text| text.contains("first")).await;
+    // printf's bytes reach the monitor right after the line.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let session = connect(&env, &id).await;
+    let point = session.control.attach(STDIN_STDOUT).await.expect("attach");
+    let logged = std::fs::read(&log).expect("log");
+    assert_eq!(point.log_offset, Some(logged.len() as u64), "{point:?}");
+    assert_eq!(point.stdout_pending, b"part", "{point:?}");
+    assert!(point.stderr_pending.is_empty(), "{point:?}");
+    let (control, mut events) = session.into_parts();
+    control.write_stdin(b"x\n").await.expect("write");
+    let mut seen = Seen::default();
+    read_stdout(&mut events, &mut seen, "got:x\n").await;
+    assert_eq!(seen.stdout, "got:x\n");
+    // The line the pending bytes began is in the log past the offset.
+    wait_for_file(&log, |text| text.contains("partgot:x")).await;
+    let after = std::fs::read(&log).expect("log");
+    assert!(
+        String::from_utf8_lossy(&after[logged.len()..]).contains(" stdout F partgot:x\n"),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    drop(control);
+    env.remove_pod(&pod_id).await;
+}
+
 /// The errors a front end maps: stdin of a container without stdin, resize without a
 /// TTY, a bad signal, an exited container. The output of a container without stdin
 /// can still be attached.

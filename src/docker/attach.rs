@@ -6,6 +6,14 @@
 //! stdin with `StdinOnce`) while output keeps flowing until the container exits. Since
 //! the monitor exists from create on, an attach before start loses no output (what
 //! `docker run` does).
+//!
+//! `logs=1` first replays the container's log (the streams asked for), then, with
+//! `stream=1`, goes on with the live output: the monitor says where its output stood as
+//! the attach took effect (the log's size and the start of a line not logged yet), so
+//! each byte is shown once. `stream=0` ends the connection after the log. With a TTY
+//! the client's input is watched for the detach keys (`detachKeys`, dockerd's
+//! `ctrl-p,ctrl-q` by default): they end the attach and leave the container running,
+//! as dockerd does (which looks for them only with a TTY).
 
 use std::sync::Arc;
 
@@ -16,10 +24,13 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::containers::find;
+use super::containers::{extension, find};
 use super::error::ApiError;
+use super::filesystem::container_event;
+use super::logs::{replay, Selection};
 use super::{DockerServer, NAMESPACE};
-use crate::runtime::monitor_control::{AttachStreams, Event};
+use crate::runtime::monitor_control::{AttachPoint, AttachStreams, Event, Session};
+use crate::runtime::{ContainerState, RuntimeError};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
@@ -36,6 +47,87 @@ fn truthy(value: &Option<String>) -> bool {
     matches!(value.as_deref(), Some("1" | "true" | "True"))
 }
 
+/// How long a log replay waits after the 101 (see its use).
+const HEADERS_READ_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// dockerd's default detach keys: ctrl-p, ctrl-q.
+pub(super) const DEFAULT_DETACH_KEYS: [u8; 2] = [16, 17];
+
+/// Detach keys as moby's `term.ToBytes` reads them: comma-separated, each a single
+/// character, `ctrl-@`, `ctrl-a`..`ctrl-z`, `ctrl-[`, `ctrl-\\`, `ctrl-]`, `ctrl-^`,
+/// `ctrl-_` or `DEL`. None when one is none of those.
+pub(super) fn parse_detach_keys(keys: &str) -> Option<Vec<u8>> {
+    keys.split(',')
+        .map(|key| match key.as_bytes() {
+            [one] => Some(*one),
+            b"DEL" => Some(127),
+            [b'c', b't', b'r', b'l', b'-', code] => match code {
+                b'@' => Some(0),
+                b'a'..=b'z' => Some(code - b'a' + 1),
+                b'[' => Some(27),
+                b'\\' => Some(28),
+                b']' => Some(29),
+                b'^' => Some(30),
+                b'_' => Some(31),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// `detachKeys` of a request: dockerd's default when absent or empty, a 400 with
+/// dockerd's message when malformed. `what` is "detach" (attach) or "escape" (exec).
+pub(super) fn detach_keys(value: Option<&str>, what: &str) -> Result<Vec<u8>, ApiError> {
+    match value {
+        None | Some("") => Ok(DEFAULT_DETACH_KEYS.to_vec()),
+        Some(keys) => parse_detach_keys(keys).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid {what} keys ({}) provided",
+                crate::image::bounded(keys, crate::image::MAX_ECHO)
+            ))
+        }),
+    }
+}
+
+/// Finds the detach keys in a client's input (moby's `escapeProxy`, over a byte stream
+/// rather than one read per key): bytes that may start the sequence are held back
+/// until they turn out to be it (the attach ends) or not (they are passed on).
+#[derive(Debug)]
+pub(super) struct DetachMatcher {
+    keys: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl DetachMatcher {
+    pub(super) fn new(keys: Vec<u8>) -> DetachMatcher {
+        DetachMatcher {
+            keys,
+            held: Vec::new(),
+        }
+    }
+
+    /// Appends to `out` what of `data` goes on to the container; true when the keys
+    /// were typed (then what followed them is dropped).
+    pub(super) fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.keys.is_empty() {
+            out.extend_from_slice(data);
+            return false;
+        }
+        for &byte in data {
+            self.held.push(byte);
+            while !self.keys.starts_with(&self.held) {
+                out.push(self.held.remove(0));
+            }
+            if self.held.len() == self.keys.len() {
+                self.held.clear();
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// One stdcopy frame: `[stream, 0, 0, 0, length BE32]` + data.
 pub(super) fn frame(stream: u8, data: &[u8], out: &mut Vec<u8>) {
     out.push(stream);
@@ -44,21 +136,21 @@ pub(super) fn frame(stream: u8, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
-/// POST `/containers/{id}/attach?stream=1&stdin=&stdout=&stderr=`.
+/// POST `/containers/{id}/attach?stream=&logs=&stdin=&stdout=&stderr=&detachKeys=`.
 pub(super) async fn attach(
     State(server): State<Arc<DockerServer>>,
     Path(query): Path<String>,
     Query(params): Query<AttachQuery>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
+    let keys = detach_keys(params.detach_keys.as_deref(), "detach")?;
     let container = find(&server, &query)?;
-    if !truthy(&params.stream) {
-        // `logs` without `stream`: what the log holds, then the end.
-        return Err(ApiError::bad_request(
-            "attach without stream=1 is not supported by wharf yet; use the logs endpoint",
-        ));
+    if container.paused {
+        return Err(ApiError::conflict(format!(
+            "container {} is paused, unpause the container before attach",
+            crate::image::bounded(&query, crate::image::MAX_ECHO)
+        )));
     }
-    let _ = (&params.logs, &params.detach_keys);
     let upgrade = request
         .headers()
         .get(header::UPGRADE)
@@ -69,21 +161,55 @@ pub(super) async fn attach(
             "attach needs a connection upgrade (Upgrade: tcp), as the docker CLI and SDKs send",
         ));
     }
+    let tty = container.spec.tty;
+    let logs = truthy(&params.logs);
+    let want_stderr = truthy(&params.stderr);
     let streams = AttachStreams {
         stdin: truthy(&params.stdin),
         stdout: truthy(&params.stdout),
         // With a TTY stderr is stdout (the terminal merges them): Docker clients ask
         // for both, the monitor has one.
-        stderr: truthy(&params.stderr) && !container.spec.tty,
+        stderr: want_stderr && !tty,
     };
+    let log_path = std::path::PathBuf::from(extension(&container).log_path);
     // Attached before the 101, so a refusal is an HTTP error the client reads.
-    let session = server
-        .runtime
-        .attach(NAMESPACE, &container.id, streams)
-        .await?;
-    let tty = session.info().tty;
+    let live = if truthy(&params.stream) {
+        let attached = if logs
+            && !matches!(
+                container.state,
+                ContainerState::Created | ContainerState::Running
+            ) {
+            // Nothing live to wait for: the log is all there is.
+            None
+        } else {
+            match server
+                .runtime
+                .attach_at(NAMESPACE, &container.id, streams)
+                .await
+            {
+                Ok(attached) => Some(attached),
+                // It exited meanwhile: its log is complete.
+                Err(RuntimeError::FailedPrecondition(_)) if logs => None,
+                Err(err) => return Err(err.into()),
+            }
+        };
+        match attached {
+            Some((session, mut point)) => {
+                if point.log_offset.is_none() && logs {
+                    // A monitor that does not say: the log's size now is the nearest.
+                    point.log_offset = tokio::fs::metadata(&log_path).await.ok().map(|m| m.len());
+                }
+                Some((session, point))
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    container_event(&server, &container, "attach", &[]);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let id = container.id.clone();
+    let server_for_task = server.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -92,52 +218,32 @@ pub(super) async fn attach(
                 return;
             }
         };
-        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-        let (control, mut events) = session.into_parts();
-        let input = if streams.stdin {
-            let control = control.clone();
-            Some(tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if control.write_stdin(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+        let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        let selection = Selection::streams(streams.stdout, want_stderr, !tty);
+        let point = live.as_ref().map(|(_, point)| point.clone());
+        if logs {
+            // A client that reads the 101 through a buffered reader and then takes the
+            // socket under it (docker-py) loses what came with the headers: the log,
+            // ready at once, waits until it has read them.
+            tokio::time::sleep(HEADERS_READ_GRACE).await;
+        }
+        if logs
+            && replay_logs(&log_path, point.as_ref(), &selection, tty, &mut writer)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if let Some((session, _)) = live {
+            let detached = stream_live(session, streams, tty, keys, reader, &mut writer, &id).await;
+            if detached {
+                if let Some(container) = server_for_task.runtime.container(&id) {
+                    container_event(&server_for_task, &container, "detach", &[]);
                 }
-                // The client half-closed: its input ends (StdinOnce closes stdin).
-                let _ = control.end_stdin().await;
-            }))
-        } else {
-            None
-        };
-        let mut out = Vec::with_capacity(32 * 1024);
-        while let Some(event) = events.next().await {
-            out.clear();
-            match event {
-                Ok(Event::Stdout(data)) if tty => out.extend_from_slice(&data),
-                Ok(Event::Stdout(data)) => frame(1, &data, &mut out),
-                Ok(Event::Stderr(data)) if tty => out.extend_from_slice(&data),
-                Ok(Event::Stderr(data)) => frame(2, &data, &mut out),
-                Ok(Event::Exit { .. }) => break,
-                Err(err) => {
-                    tracing::debug!(container = %id, "attach: {err}");
-                    break;
-                }
-            }
-            if writer.write_all(&out).await.is_err() {
-                break;
             }
         }
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
-        if let Some(input) = input {
-            input.abort();
-        }
-        drop(control);
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -146,6 +252,132 @@ pub(super) async fn attach(
         .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
         .body(axum::body::Body::empty())
         .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// The log up to where the live output starts (all of it when nothing is live), then
+/// what the streams wrote since their last logged line.
+async fn replay_logs<W: tokio::io::AsyncWrite + Unpin>(
+    path: &std::path::Path,
+    point: Option<&AttachPoint>,
+    selection: &Selection,
+    tty: bool,
+    writer: &mut W,
+) -> std::io::Result<()> {
+    let limit = point.and_then(|p| p.log_offset);
+    if let Err(err) = replay(path, limit, selection, writer).await {
+        tracing::debug!(path = %path.display(), "attach: replaying the log: {err}");
+        return Err(err);
+    }
+    let Some(point) = point else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    for (stream, pending) in [(1u8, &point.stdout_pending), (2, &point.stderr_pending)] {
+        if pending.is_empty() {
+            continue;
+        }
+        if tty {
+            out.extend_from_slice(pending);
+        } else {
+            frame(stream, pending, &mut out);
+        }
+    }
+    if !out.is_empty() {
+        writer.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// The live part of an attach: the container's output to the client until it exits
+/// (or the client goes), the client's input to its stdin. Returns whether the client
+/// typed the detach keys (looked for with a TTY only, as dockerd).
+async fn stream_live<R, W>(
+    session: Session,
+    streams: AttachStreams,
+    tty: bool,
+    keys: Vec<u8>,
+    mut reader: R,
+    writer: &mut W,
+    id: &str,
+) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (control, mut events) = session.into_parts();
+    let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
+    let input = if streams.stdin {
+        let control = control.clone();
+        Some(tokio::spawn(async move {
+            let mut matcher = tty.then(|| DetachMatcher::new(keys));
+            let mut buf = vec![0u8; 32 * 1024];
+            let mut passed = Vec::with_capacity(buf.len());
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        passed.clear();
+                        let detached = match matcher.as_mut() {
+                            Some(matcher) => matcher.feed(&buf[..n], &mut passed),
+                            None => {
+                                passed.extend_from_slice(&buf[..n]);
+                                false
+                            }
+                        };
+                        if !passed.is_empty() && control.write_stdin(&passed).await.is_err() {
+                            return;
+                        }
+                        if detached {
+                            // The container's stdin stays as it is: no end of input.
+                            let _ = detach_tx.send(());
+                            return;
+                        }
+                    }
+                }
+            }
+            // The client half-closed: its input ends (StdinOnce closes stdin).
+            let _ = control.end_stdin().await;
+        }))
+    } else {
+        None
+    };
+    let (mut detached, mut input_done) = (false, false);
+    let mut out = Vec::with_capacity(32 * 1024);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            result = &mut detach_rx, if !input_done => {
+                input_done = true;
+                if result.is_ok() {
+                    detached = true;
+                    break;
+                }
+                // The input ended without detaching: output goes on.
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        out.clear();
+        match event {
+            Ok(Event::Stdout(data)) if tty => out.extend_from_slice(&data),
+            Ok(Event::Stdout(data)) => frame(1, &data, &mut out),
+            Ok(Event::Stderr(data)) if tty => out.extend_from_slice(&data),
+            Ok(Event::Stderr(data)) => frame(2, &data, &mut out),
+            Ok(Event::Exit { .. }) => break,
+            Err(err) => {
+                tracing::debug!(container = %id, "attach: {err}");
+                break;
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    if let Some(input) = input {
+        input.abort();
+    }
+    drop(control);
+    detached
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -189,6 +421,60 @@ pub(super) async fn resize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detach_keys_read_as_dockers() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q"), Some(vec![16, 17]));
+        assert_eq!(
+            parse_detach_keys("ctrl-@,ctrl-a,ctrl-z,ctrl-[,ctrl-\\,ctrl-],ctrl-^,ctrl-_"),
+            Some(vec![0, 1, 26, 27, 28, 29, 30, 31])
+        );
+        assert_eq!(parse_detach_keys("a,b,DEL"), Some(vec![b'a', b'b', 127]));
+        for bad in [
+            "",
+            "ctrl-",
+            "ctrl-A",
+            "ctrl-1",
+            "ab",
+            "a,",
+            "ctrl-p,,ctrl-q",
+        ] {
+            assert_eq!(parse_detach_keys(bad), None, "{bad:?}");
+        }
+        assert_eq!(detach_keys(None, "detach").unwrap(), vec![16, 17]);
+        assert_eq!(detach_keys(Some(""), "detach").unwrap(), vec![16, 17]);
+        let err = detach_keys(Some("ctrl-"), "detach").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.message, "Invalid detach keys (ctrl-) provided");
+    }
+
+    #[test]
+    fn detach_keys_are_found_in_a_byte_stream() {
+        let mut out = Vec::new();
+        let mut m = DetachMatcher::new(vec![16, 17]);
+        // Not the sequence: everything passes, the held key too.
+        assert!(!m.feed(b"ab\x10", &mut out));
+        assert_eq!(out, b"ab");
+        assert!(!m.feed(b"c", &mut out));
+        assert_eq!(out, b"ab\x10c");
+        // The sequence across reads: what came before passes, what follows is dropped.
+        out.clear();
+        assert!(!m.feed(b"x\x10", &mut out));
+        assert!(m.feed(b"\x11after", &mut out));
+        assert_eq!(out, b"x");
+        // Overlapping starts: p p q is a p, then the sequence.
+        let mut m = DetachMatcher::new(vec![16, 16, 17]);
+        out.clear();
+        assert!(m.feed(b"\x10\x10\x10\x11", &mut out));
+        assert_eq!(out, b"\x10");
+        // A held key followed by the start again.
+        let mut m = DetachMatcher::new(vec![b'a', b'b']);
+        out.clear();
+        assert!(!m.feed(b"aa", &mut out));
+        assert_eq!(out, b"a");
+        assert!(m.feed(b"b", &mut out));
+        assert_eq!(out, b"a");
+    }
 
     #[test]
     fn stdcopy_frames() {

@@ -99,7 +99,7 @@ fn seconds_since(nanos: i64) -> i64 {
 }
 
 /// Docker's state word.
-fn state_name(c: &ContainerRecord) -> &'static str {
+pub(super) fn state_name(c: &ContainerRecord) -> &'static str {
     match c.state {
         ContainerState::Creating | ContainerState::Created => "created",
         ContainerState::Running if c.paused => "paused",
@@ -110,7 +110,7 @@ fn state_name(c: &ContainerRecord) -> &'static str {
 }
 
 /// The health word of `docker ps` (`health: starting` while starting).
-fn health_word(status: crate::runtime::health::HealthStatus) -> &'static str {
+pub(super) fn health_word(status: crate::runtime::health::HealthStatus) -> &'static str {
     use crate::runtime::health::HealthStatus;
     match status {
         HealthStatus::Starting => "health: starting",
@@ -147,7 +147,7 @@ fn health_json(server: &DockerServer, c: &ContainerRecord) -> Value {
 }
 
 /// `docker ps`'s STATUS column.
-fn status_text(c: &ContainerRecord) -> String {
+pub(super) fn status_text(c: &ContainerRecord) -> String {
     match c.state {
         ContainerState::Running if c.paused => format!(
             "Up {} (Paused)",
@@ -332,15 +332,7 @@ pub(super) async fn create(
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-pub(super) struct ListQuery {
-    all: Option<String>,
-    limit: Option<i64>,
-    filters: Option<String>,
-}
-
-fn truthy(value: Option<&str>) -> bool {
+pub(super) fn truthy(value: Option<&str>) -> bool {
     matches!(value, Some("1" | "true" | "True" | "yes"))
 }
 
@@ -378,110 +370,11 @@ pub(super) fn label_matches(labels: &HashMap<String, String>, wanted: &str) -> b
 }
 
 /// The command dockerd shows: the process's args, joined.
-fn command_of(ext: &Extension) -> String {
+pub(super) fn command_of(ext: &Extension) -> String {
     ext.args.join(" ")
 }
 
-/// GET `/containers/json`: newest first; running ones unless `all`.
-pub(super) async fn list(
-    State(server): State<Arc<DockerServer>>,
-    Query(query): Query<ListQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let all = truthy(query.all.as_deref()) || query.limit.is_some_and(|l| l > 0);
-    let filters = parse_filters(query.filters.as_deref())?;
-    for key in filters.keys() {
-        if !matches!(
-            key.as_str(),
-            "id" | "name" | "label" | "status" | "exited" | "ancestor" | "health"
-        ) {
-            return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
-        }
-    }
-    let names: Vec<regex::Regex> = filters
-        .get("name")
-        .map(|names| {
-            names
-                .iter()
-                .map(|n| {
-                    regex::Regex::new(n).map_err(|err| {
-                        ApiError::bad_request(format!("invalid filter 'name={n}': {err}"))
-                    })
-                })
-                .collect::<Result<_, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    let mut found = Vec::new();
-    server.runtime.for_each_container(NAMESPACE, |c| {
-        if c.state == ContainerState::Creating
-            || (!all && c.state != ContainerState::Running && !filters.contains_key("status"))
-        {
-            return;
-        }
-        let name = format!("/{}", c.spec.name);
-        let keep = filters.iter().all(|(key, values)| match key.as_str() {
-            "id" => values.iter().any(|v| c.id.starts_with(v.as_str())),
-            "name" => names.iter().any(|re| re.is_match(&name)),
-            "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
-            "status" => values.iter().any(|v| v == state_name(c)),
-            "health" => {
-                let health = match (&c.spec.healthcheck, server.runtime.health(&c.id)) {
-                    (None, _) => "none",
-                    (Some(_), Some(health)) => health.status.as_str(),
-                    (Some(_), None) => "starting",
-                };
-                values.iter().any(|v| v == health)
-            }
-            "exited" => {
-                c.state == ContainerState::Exited
-                    && values.iter().any(|v| v.parse() == Ok(c.exit_code))
-            }
-            "ancestor" => values.iter().any(|v| {
-                server
-                    .images
-                    .get(NAMESPACE, v)
-                    .is_some_and(|image| image.id == c.image_id)
-            }),
-            _ => true,
-        });
-        if keep {
-            found.push(c.clone());
-        }
-    });
-    found.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-    if let Some(limit) = query.limit.filter(|l| *l > 0) {
-        found.truncate(limit as usize);
-    }
-    let items = found
-        .iter()
-        .map(|c| {
-            let ext = extension(c);
-            json!({
-                "Id": c.id,
-                "Names": [format!("/{}", c.spec.name)],
-                "Image": ext.create.get("Image").cloned().unwrap_or(Value::String(c.image.clone())),
-                "ImageID": c.image_id,
-                "Command": command_of(&ext),
-                "Created": c.created_at / 1_000_000_000,
-                "Ports": [],
-                "Labels": c.spec.labels,
-                "State": state_name(c),
-                "Status": match server.runtime.health(&c.id) {
-                    Some(health) if c.state == ContainerState::Running && !c.paused => {
-                        format!("{} ({})", status_text(c), health_word(health.status))
-                    }
-                    _ => status_text(c),
-                },
-                "HostConfig": { "NetworkMode": network_mode(&ext) },
-                "NetworkSettings": { "Networks": {} },
-                "Mounts": [],
-            })
-        })
-        .collect();
-    Ok(Json(items))
-}
-
-fn network_mode(ext: &Extension) -> String {
+pub(super) fn network_mode(ext: &Extension) -> String {
     ext.create
         .pointer("/HostConfig/NetworkMode")
         .and_then(Value::as_str)
@@ -490,11 +383,18 @@ fn network_mode(ext: &Extension) -> String {
         .to_string()
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct InspectQuery {
+    size: Option<String>,
+}
+
 /// GET `/containers/{id}/json`: dockerd's shape; the create body's Config and
 /// HostConfig fields read back as they were sent.
 pub(super) async fn inspect(
     State(server): State<Arc<DockerServer>>,
     Path(query): Path<String>,
+    Query(params): Query<InspectQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let c = find(&server, &query)?;
     let ext = extension(&c);
@@ -566,7 +466,8 @@ pub(super) async fn inspect(
             .map(|p| p.dir.join(name).display().to_string())
             .unwrap_or_default()
     };
-    Ok(Json(json!({
+    let networks = super::list::networks_json(&ext, &ip);
+    let mut inspected = json!({
         "Id": c.id,
         "Created": rfc3339(c.created_at),
         "Path": args.first().cloned().unwrap_or_default(),
@@ -619,9 +520,15 @@ pub(super) async fn inspect(
             "IPAddress": ip,
             "IPPrefixLen": 0,
             "MacAddress": "",
-            "Networks": {},
+            "Networks": networks,
         },
-    })))
+    });
+    if truthy(params.size.as_deref()) {
+        let (rw, root) = super::list::sizes(&server, &c).await;
+        inspected["SizeRw"] = json!(rw);
+        inspected["SizeRootFs"] = json!(root);
+    }
+    Ok(Json(inspected))
 }
 
 /// POST `/containers/{id}/start`: 204; 304 when it already runs.

@@ -567,7 +567,10 @@ pub fn specs(
         annotations: HashMap::new(),
         log_path,
         stdin: request.open_stdin,
-        stdin_once: request.stdin_once,
+        // dockerd closes the stdin of a StdinOnce container when an attach's input
+        // ends only without a TTY: a terminal's session outlives its client (and a
+        // client that detaches leaves it as it was).
+        stdin_once: request.stdin_once && !request.tty,
         tty: request.tty,
         auto_remove: host.auto_remove,
         restart,

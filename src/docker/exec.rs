@@ -62,6 +62,8 @@ struct ExecConfig {
     attach_stdin: bool,
     attach_stdout: bool,
     attach_stderr: bool,
+    /// docker-py spells it `detachKeys` (dockerd's JSON decoding ignores case).
+    #[serde(alias = "detachKeys")]
     detach_keys: String,
     tty: bool,
     env: Option<Vec<String>>,
@@ -113,6 +115,8 @@ pub(super) async fn create(
     if config.cmd.as_ref().is_none_or(Vec::is_empty) {
         return Err(ApiError::bad_request("No exec command specified"));
     }
+    // dockerd's words (its exec create says "escape" where attach says "detach").
+    super::attach::detach_keys(Some(&config.detach_keys), "escape")?;
     if config.privileged {
         return Err(ApiError::bad_request(
             "privileged exec is not supported by wharf: the process gets the container's \
@@ -312,7 +316,15 @@ pub(super) async fn start(
             match run(&server, &exec_id, &container_id, exec_request.clone()).await {
                 Ok((control, events)) => {
                     let stdin = exec_request.stdin.then_some(reader);
-                    relay(&server, &exec_id, control, events, stdin, writer, tty).await;
+                    // With a TTY the detach keys end the stream and leave the process
+                    // running, as dockerd.
+                    let keys = tty
+                        .then(|| {
+                            super::attach::detach_keys(Some(&entry.config.detach_keys), "escape")
+                                .ok()
+                        })
+                        .flatten();
+                    relay(&server, &exec_id, control, events, stdin, writer, tty, keys).await;
                 }
                 Err(err) => {
                     // On stdout, framed without a TTY, as dockerd writes it.
@@ -356,6 +368,7 @@ pub(super) async fn start(
             None::<tokio::io::Empty>,
             pipe_writer,
             tty,
+            None,
         )
         .await;
     });
@@ -418,23 +431,30 @@ fn exec_error(err: &crate::runtime::RuntimeError) -> ApiError {
 }
 
 /// Copies the client's input to the process and its output, framed, to the client;
-/// records the exit before the stream ends (the CLI inspects right after).
+/// records the exit before the stream ends (the CLI inspects right after). With
+/// `detach_keys`, the client typing them ends the stream and leaves the process
+/// running (its output then dropped, its exit recorded, as a detached exec's).
+#[allow(clippy::too_many_arguments)]
 async fn relay<R, W>(
-    server: &DockerServer,
+    server: &Arc<DockerServer>,
     id: &str,
     control: Control,
     mut events: Events,
     stdin: Option<R>,
     mut writer: W,
     tty: bool,
+    detach_keys: Option<Vec<u8>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
+    let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
     let input = stdin.map(|mut reader| {
         let control = control.clone();
         tokio::spawn(async move {
+            let mut matcher = detach_keys.map(super::attach::DetachMatcher::new);
             let mut buf = vec![0u8; 32 * 1024];
+            let mut passed = Vec::with_capacity(buf.len());
             let mut feeding = true;
             loop {
                 match reader.read(&mut buf).await {
@@ -443,7 +463,22 @@ async fn relay<R, W>(
                     // dropped: closing with unread input would reset the connection
                     // under the client before it read the end of the output.
                     Ok(n) if feeding => {
-                        feeding = control.write_stdin(&buf[..n]).await.is_ok();
+                        passed.clear();
+                        let detached = match matcher.as_mut() {
+                            Some(matcher) => matcher.feed(&buf[..n], &mut passed),
+                            None => {
+                                passed.extend_from_slice(&buf[..n]);
+                                false
+                            }
+                        };
+                        if !passed.is_empty() {
+                            feeding = control.write_stdin(&passed).await.is_ok();
+                        }
+                        if detached {
+                            // The process's stdin stays open.
+                            let _ = detach_tx.send(());
+                            return;
+                        }
                     }
                     Ok(_) => {}
                 }
@@ -456,7 +491,39 @@ async fn relay<R, W>(
     });
     let mut exit = None;
     let mut out = Vec::with_capacity(32 * 1024);
-    while let Some(event) = events.next().await {
+    let mut input_done = false;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            result = &mut detach_rx, if !input_done => {
+                input_done = true;
+                if result.is_err() {
+                    continue;
+                }
+                // Detached: the process runs on; its session goes to a task of the
+                // daemon that records its exit.
+                if let Some(container) = lock(server)
+                    .entries
+                    .get(id)
+                    .and_then(|e| server.runtime.container(&e.container_id))
+                {
+                    super::filesystem::container_event(
+                        server,
+                        &container,
+                        "exec_detach",
+                        &[("execID", id.to_string())],
+                    );
+                }
+                let _ = writer.flush().await;
+                let _ = writer.shutdown().await;
+                if let Some(input) = input {
+                    input.abort();
+                }
+                tokio::spawn(drain_detached(server.clone(), id.to_string(), control, events));
+                return;
+            }
+        };
+        let Some(event) = event else { break };
         out.clear();
         match event {
             Ok(Event::Stdout(data)) if tty => out.extend_from_slice(&data),

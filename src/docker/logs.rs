@@ -86,7 +86,7 @@ fn parse_line(line: &[u8]) -> Option<LogLine<'_>> {
 }
 
 /// What the request selects, and how it is framed.
-struct Selection {
+pub(super) struct Selection {
     stdout: bool,
     stderr: bool,
     since: Option<i64>,
@@ -96,6 +96,18 @@ struct Selection {
 }
 
 impl Selection {
+    /// Every line of the streams asked for, as they were written (attach's `logs`).
+    pub(super) fn streams(stdout: bool, stderr: bool, framed: bool) -> Selection {
+        Selection {
+            stdout,
+            stderr,
+            since: None,
+            until: None,
+            timestamps: false,
+            framed,
+        }
+    }
+
     /// The bytes a client gets for `line` (empty when it is not selected).
     fn render(&self, line: &LogLine<'_>, out: &mut Vec<u8>) {
         if (line.stderr && !self.stderr) || (!line.stderr && !self.stdout) {
@@ -252,6 +264,49 @@ pub(super) async fn logs(
         .header("content-type", content_type)
         .body(Body::from_stream(stream))
         .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// Writes the selected lines of the log at `path`, up to its first `limit` bytes (all
+/// of it without), to `out`: what `attach?logs=1` replays. A log not there yet is
+/// empty; a line cut at `limit` is left out (it was not complete there).
+pub(super) async fn replay<W: tokio::io::AsyncWrite + Unpin>(
+    path: &std::path::Path,
+    limit: Option<u64>,
+    selection: &Selection,
+    out: &mut W,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let mut file = file.take(limit.unwrap_or(u64::MAX));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rendered = Vec::new();
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let complete = pending
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        rendered.clear();
+        for line in pending[..complete]
+            .split(|b| *b == b'\n')
+            .filter_map(parse_line)
+        {
+            selection.render(&line, &mut rendered);
+        }
+        pending.drain(..complete);
+        if !rendered.is_empty() {
+            out.write_all(&rendered).await?;
+        }
+    }
 }
 
 /// A body stream fed by a task: the task sends chunks; the stream ends when it returns

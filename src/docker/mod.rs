@@ -46,6 +46,7 @@ mod events;
 mod exec;
 mod filesystem;
 mod images;
+mod list;
 mod logs;
 mod prune;
 mod stats;
@@ -109,7 +110,7 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/export", get(filesystem::export))
         .route("/commit", post(commit::commit))
         .route("/containers/create", post(containers::create))
-        .route("/containers/json", get(containers::list))
+        .route("/containers/json", get(list::list))
         .route("/containers/{id}/json", get(containers::inspect))
         .route("/containers/{id}/start", post(containers::start))
         .route("/containers/{id}/stop", post(containers::stop))

@@ -14,27 +14,15 @@ use serde_json::{json, Value};
 use super::containers::{container_dir, label_matches, parse_filters};
 use super::error::ApiError;
 use super::images::familiar;
+use super::list::{size_rw, sizes};
 use super::{DockerServer, NAMESPACE};
 use crate::events::{Event, EventKind};
-use crate::image::rwlayer::{self, RUNTIME_MOUNTPOINTS};
 use crate::runtime::{ContainerRecord, ContainerState};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 pub(super) struct PruneQuery {
     filters: Option<String>,
-}
-
-/// Bytes of a container's read-write layer (`SizeRw`); 0 when it cannot be read.
-async fn size_rw(server: &DockerServer, id: &str) -> u64 {
-    let Ok(layer) = server.runtime.container_layer(NAMESPACE, id) else {
-        return 0;
-    };
-    tokio::task::spawn_blocking(move || rwlayer::size(&layer.upper, RUNTIME_MOUNTPOINTS))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0)
 }
 
 /// The image config's `created` and `config.Labels`.
@@ -110,18 +98,17 @@ pub(super) async fn df(State(server): State<Arc<DockerServer>>) -> Result<Json<V
         item["SharedSize"] = json!(shared.get(id.as_str()).copied().unwrap_or(0));
         item["Containers"] = json!(users.get(&id).copied().unwrap_or(0));
     }
-    let all: super::containers::ListQuery = serde_json::from_value(json!({"all": "1"}))
+    let all: super::list::ListQuery = serde_json::from_value(json!({"all": "1"}))
         .map_err(|err| ApiError::internal(err.to_string()))?;
-    let Json(mut containers) = super::containers::list(State(server.clone()), Query(all)).await?;
+    let Json(mut containers) = super::list::list(State(server.clone()), Query(all)).await?;
     for item in &mut containers {
         let id = item["Id"].as_str().unwrap_or_default().to_string();
-        let size = size_rw(&server, &id).await;
-        let image_size = item["ImageID"]
-            .as_str()
-            .and_then(|image| records.iter().find(|r| r.id == image))
-            .map_or(0, |image| image.size);
-        item["SizeRw"] = json!(size);
-        item["SizeRootFs"] = json!(size + image_size);
+        let (size_rw, size_root) = match server.runtime.container(&id) {
+            Some(c) => sizes(&server, &c).await,
+            None => (0, 0),
+        };
+        item["SizeRw"] = json!(size_rw);
+        item["SizeRootFs"] = json!(size_root);
     }
     Ok(Json(json!({
         "LayersSize": layers_size,

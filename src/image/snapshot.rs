@@ -309,6 +309,16 @@ impl Snapshotter {
     pub fn usage(&self) -> Result<(u64, u64), SnapshotError> {
         walk_usage(&self.root, Some(&self.layers))
     }
+
+    /// Disk bytes of the committed layer `chain_id` (what its commit recorded, or a walk
+    /// of it when it has no record); None when it is not there.
+    pub fn layer_usage(&self, chain_id: &str) -> Option<u64> {
+        let dir = self.layers.join(chain_hex(chain_id).ok()?);
+        if let Some((bytes, _)) = read_usage(&dir) {
+            return Some(bytes);
+        }
+        walk_usage(&dir, None).ok().map(|(bytes, _)| bytes)
+    }
 }
 
 /// The record of a committed layer's usage, next to its `fs`.
@@ -955,9 +965,13 @@ mod tests {
             .join("fs");
         fs::write(fs_dir.join("b"), vec![1u8; 1024 * 1024]).unwrap();
         assert_eq!(snapshots.usage().unwrap(), before);
+        let recorded = snapshots.layer_usage(A).unwrap();
+        assert!((64 * 1024..1024 * 1024).contains(&recorded), "{recorded}");
+        assert_eq!(snapshots.layer_usage("sha256:nope"), None);
         // without the record, the layer is walked
         fs::remove_file(fs_dir.parent().unwrap().join(USAGE_FILE)).unwrap();
         let walked = snapshots.usage().unwrap();
+        assert!(snapshots.layer_usage(A).unwrap() > 1024 * 1024);
         assert!(
             walked.0 > before.0 + 1000 * 1024 && walked.1 == before.1 + 1,
             "{walked:?}"

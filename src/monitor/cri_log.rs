@@ -63,6 +63,14 @@ impl<W: Write> CriLogWriter<W> {
         &self.sink
     }
 
+    /// What `stream` wrote since its last complete line: not in the log yet.
+    pub fn pending(&self, stream: Stream) -> &[u8] {
+        match stream {
+            Stream::Stdout => &self.stdout_pending,
+            Stream::Stderr => &self.stderr_pending,
+        }
+    }
+
     /// Feeds bytes read from `stream`; complete lines (and overlong chunks) are written
     /// with timestamp `now`. On a write error the text is still consumed (a full disk
     /// must not make the monitor buffer without bound); the first error is returned.

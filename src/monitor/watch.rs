@@ -48,7 +48,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::control::proto;
-use super::control::server::{Context, Input, Server, Source, StdinMode};
+use super::control::server::{Context, Input, OutputPosition, Server, Source, StdinMode};
 use super::cri_log::{format_timestamp, CriLogWriter, Stream};
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
@@ -554,6 +554,7 @@ impl Monitor {
                 pty: self.pty.as_ref().map(AsFd::as_fd),
                 init_pid: self.init_pid,
                 running: self.init_exit.is_none(),
+                output: None,
             };
             control.tick();
             control.reap(&mut ctx);
@@ -583,6 +584,11 @@ impl Monitor {
                     pty: self.pty.as_ref().map(AsFd::as_fd),
                     init_pid: self.init_pid,
                     running: self.init_exit.is_none(),
+                    output: Some(OutputPosition {
+                        log: self.log.sink().as_fd(),
+                        stdout_pending: self.log.pending(Stream::Stdout),
+                        stderr_pending: self.log.pending(Stream::Stderr),
+                    }),
                 };
                 control.client_ready(index, events, &mut ctx, buffer);
             }

@@ -127,6 +127,19 @@ pub struct ExecRequest {
     pub working_dir: String,
 }
 
+/// Where a container's output stood when an attach took effect: what came before is
+/// in its log up to `log_offset` bytes, and then in the `*_pending` bytes (the start of
+/// a line the log does not have yet); what comes after arrives as [`Event`]s. So an
+/// attach that shows the log first shows each byte once (Docker's `attach?logs=1`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachPoint {
+    /// The log file's size; None from a monitor that predates this (then the log's
+    /// size when the attach was answered is the best guess).
+    pub log_offset: Option<u64>,
+    pub stdout_pending: Vec<u8>,
+    pub stderr_pending: Vec<u8>,
+}
+
 /// What the monitor said of the container when the session began.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -537,17 +550,27 @@ impl Control {
     }
 
     /// Attaches this session to the container's streams: output comes as [`Event`]s,
-    /// and with `stdin` [`Control::write_stdin`] feeds the container.
-    pub async fn attach(&self, streams: AttachStreams) -> std::result::Result<(), ControlError> {
-        self.call(
-            "attaching",
-            request::Kind::Attach(proto::Attach {
-                stdin: streams.stdin,
-                stdout: streams.stdout,
-                stderr: streams.stderr,
-            }),
-        )
-        .await
+    /// and with `stdin` [`Control::write_stdin`] feeds the container. Returns where the
+    /// container's output stood as the attach took effect.
+    pub async fn attach(
+        &self,
+        streams: AttachStreams,
+    ) -> std::result::Result<AttachPoint, ControlError> {
+        let reply = self
+            .call_for_reply(
+                "attaching",
+                request::Kind::Attach(proto::Attach {
+                    stdin: streams.stdin,
+                    stdout: streams.stdout,
+                    stderr: streams.stderr,
+                }),
+            )
+            .await?;
+        Ok(AttachPoint {
+            log_offset: reply.log_offset,
+            stdout_pending: reply.stdout_pending,
+            stderr_pending: reply.stderr_pending,
+        })
     }
 
     /// Makes this session an exec session: the monitor runs `runtime` (argv up to its
@@ -709,9 +732,19 @@ impl Runtime {
         query: &str,
         streams: AttachStreams,
     ) -> Result<Session> {
+        Ok(self.attach_at(namespace, query, streams).await?.0)
+    }
+
+    /// [`Runtime::attach`], and where the container's output stood as it took effect.
+    pub async fn attach_at(
+        &self,
+        namespace: &str,
+        query: &str,
+        streams: AttachStreams,
+    ) -> Result<(Session, AttachPoint)> {
         let session = self.monitor_session(namespace, query).await?;
-        session.control.attach(streams).await?;
-        Ok(session)
+        let point = session.control.attach(streams).await?;
+        Ok((session, point))
     }
 }
 
@@ -855,6 +888,7 @@ mod tests {
                     code: proto::Code::FailedPrecondition as i32,
                     message: "no".into(),
                     pid: 0,
+                    ..Default::default()
                 })),
             },
             proto::Event {
@@ -922,6 +956,7 @@ mod tests {
                     code: code as i32,
                     message: "why".into(),
                     pid: 0,
+                    ..Default::default()
                 },
             )
         };

@@ -207,6 +207,39 @@ pub struct Context<'a> {
     pub init_pid: Pid,
     /// The init has not exited.
     pub running: bool,
+    /// Where the container's output stands (told to a client as it attaches).
+    pub output: Option<OutputPosition<'a>>,
+}
+
+/// The container's log file, and what each stream wrote since its last logged line
+/// (the rest of a line the log has not got yet).
+pub struct OutputPosition<'a> {
+    pub log: BorrowedFd<'a>,
+    pub stdout_pending: &'a [u8],
+    pub stderr_pending: &'a [u8],
+}
+
+impl OutputPosition<'_> {
+    /// The log's size now, and the pending bytes of the streams `attach` takes.
+    fn for_attach(&self, attach: &proto::Attach) -> (Option<u64>, Vec<u8>, Vec<u8>) {
+        let size = nix::sys::stat::fstat(self.log.as_raw_fd())
+            .ok()
+            .and_then(|stat| u64::try_from(stat.st_size).ok());
+        // Pending text is below the log's line limit; a frame carries it only when it
+        // fits with room to spare (else the client does without it).
+        let pending = |wanted: bool, bytes: &[u8]| {
+            if wanted && bytes.len() <= frame::MAX_DATA {
+                bytes.to_vec()
+            } else {
+                Vec::new()
+            }
+        };
+        (
+            size,
+            pending(attach.stdout, self.stdout_pending),
+            pending(attach.stderr, self.stderr_pending),
+        )
+    }
 }
 
 /// One connection.
@@ -276,6 +309,7 @@ impl Client {
                 code: code as i32,
                 message,
                 pid,
+                ..Default::default()
             })),
         });
     }
@@ -303,6 +337,7 @@ impl Client {
                 code: code as i32,
                 message,
                 pid: 0,
+                ..Default::default()
             })),
         });
     }
@@ -654,10 +689,26 @@ impl Server {
             }
             Some(request::Kind::Attach(attach)) => {
                 let result = check_attach(&attach, client.attach.is_some(), ctx);
-                if result.is_ok() {
-                    client.attach = Some(attach);
+                if let Err(err) = result {
+                    return client.reply(id, Err(err));
                 }
-                client.reply(id, result);
+                // Output from here on goes to this client: tell it where that is.
+                let (log_offset, stdout_pending, stderr_pending) = ctx
+                    .output
+                    .as_ref()
+                    .map(|output| output.for_attach(&attach))
+                    .unwrap_or_default();
+                client.attach = Some(attach);
+                client.queue(&Event {
+                    kind: Some(event::Kind::Reply(proto::Reply {
+                        id,
+                        code: Code::Ok as i32,
+                        log_offset,
+                        stdout_pending,
+                        stderr_pending,
+                        ..Default::default()
+                    })),
+                });
             }
             Some(request::Kind::Resize(size)) => {
                 let result = resize(&size, ctx);
@@ -1305,6 +1356,7 @@ mod tests {
             pty: None,
             init_pid: Pid::from_raw(i32::MAX),
             running: true,
+            output: None,
         };
         let mut buffer = vec![0u8; 4096];
         server.client_ready(0, PollFlags::POLLIN, &mut ctx, &mut buffer);

@@ -1,0 +1,381 @@
+//! GET `/containers/json` (`docker ps`): newest first, running ones unless `all` (or a
+//! `limit`), dockerd 20.10's filters (`id`, `name` as a regex, `label`, `status`,
+//! `exited`, `ancestor`, `before`, `since`, `volume`, `network`, `health`, `isolation`,
+//! `is-task`, `publish`, `expose`) and, with `size`, the sizes of `docker ps -s`; also
+//! the sizes and built-in networks inspect shows.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::containers::{
+    command_of, extension, find, health_word, label_matches, network_mode, parse_filters,
+    state_name, status_text, truthy,
+};
+use super::convert::Extension;
+use super::error::ApiError;
+use super::{DockerServer, NAMESPACE};
+use crate::image::rwlayer::{self, RUNTIME_MOUNTPOINTS};
+use crate::runtime::{ContainerRecord, ContainerState};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ListQuery {
+    all: Option<String>,
+    limit: Option<i64>,
+    size: Option<String>,
+    filters: Option<String>,
+}
+
+/// The filters dockerd 20.10 takes (`acceptedPsFilterTags`); any other is a 400.
+const FILTERS: &[&str] = &[
+    "ancestor",
+    "before",
+    "exited",
+    "id",
+    "isolation",
+    "label",
+    "name",
+    "status",
+    "health",
+    "since",
+    "volume",
+    "network",
+    "is-task",
+    "publish",
+    "expose",
+];
+
+/// dockerd's container state words (`IsValidStateString`).
+const STATES: &[&str] = &[
+    "paused",
+    "restarting",
+    "removing",
+    "running",
+    "dead",
+    "created",
+    "exited",
+];
+
+/// dockerd's health words (`IsValidHealthString`).
+const HEALTHS: &[&str] = &["starting", "healthy", "unhealthy", "none"];
+
+/// The built-in network a container is on (`bridge` or `host`), and its ID: wharf has
+/// no network objects yet, so the ID is derived from the name (stable, 64 hex digits,
+/// as dockerd's network IDs look).
+pub(super) fn network_of(ext: &Extension) -> (&'static str, String) {
+    let name = match network_mode(ext).as_str() {
+        "host" => "host",
+        _ => "bridge",
+    };
+    (name, network_id(name))
+}
+
+fn network_id(name: &str) -> String {
+    hex::encode(Sha256::digest(format!("wharf built-in network {name}")))
+}
+
+/// `NetworkSettings.Networks` of list and inspect: the container's one network.
+pub(super) fn networks_json(ext: &Extension, ip: &str) -> Value {
+    let (name, id) = network_of(ext);
+    let ip = if name == "host" { "" } else { ip };
+    json!({
+        name: {
+            "IPAMConfig": null,
+            "Links": null,
+            "Aliases": null,
+            "NetworkID": id,
+            "EndpointID": "",
+            "Gateway": "",
+            "IPAddress": ip,
+            "IPPrefixLen": 0,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "MacAddress": "",
+            "DriverOpts": null,
+        }
+    })
+}
+
+/// Bytes of a container's read-write layer (dockerd's `SizeRw`: the sizes of its files,
+/// each inode once); 0 when it cannot be read.
+pub(super) async fn size_rw(server: &DockerServer, id: &str) -> u64 {
+    let Ok(layer) = server.runtime.container_layer(NAMESPACE, id) else {
+        return 0;
+    };
+    tokio::task::spawn_blocking(move || rwlayer::size(&layer.upper, RUNTIME_MOUNTPOINTS))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0)
+}
+
+/// `SizeRw` and `SizeRootFs` (the read-write layer and the image's unpacked layers
+/// beneath it), as `docker ps -s` and `docker inspect --size` show them.
+pub(super) async fn sizes(server: &DockerServer, c: &ContainerRecord) -> (u64, u64) {
+    let rw = size_rw(server, &c.id).await;
+    let snapshots = server.images.snapshots();
+    let image: u64 = c
+        .chain_ids
+        .iter()
+        .filter_map(|chain| snapshots.layer_usage(chain))
+        .sum();
+    (rw, rw + image)
+}
+
+/// The pod's first IP, if it has one.
+pub(super) fn ip_of(server: &DockerServer, c: &ContainerRecord) -> String {
+    server
+        .runtime
+        .pod(&c.pod_id)
+        .and_then(|p| p.network.and_then(|n| n.ips.first().cloned()))
+        .unwrap_or_default()
+}
+
+/// dockerd's `invalidFilter` message.
+fn invalid_filter(key: &str, value: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "invalid filter '{key}={}'",
+        crate::image::bounded(value, crate::image::MAX_ECHO)
+    ))
+}
+
+/// `publish` / `expose` values: `port[/proto]` or `start-end[/proto]`.
+fn check_port_filter(key: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains(':') {
+        return Err(ApiError::bad_request(format!(
+            "filter for '{key}' should not contain ':': {}",
+            crate::image::bounded(value, crate::image::MAX_ECHO)
+        )));
+    }
+    let port = value.split_once('/').map_or(value, |(port, _)| port);
+    let (start, end) = port.split_once('-').unwrap_or((port, port));
+    match (start.parse::<u16>(), end.parse::<u16>()) {
+        (Ok(start), Ok(end)) if start <= end => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "error while looking up for {key} {}: invalid port range",
+            crate::image::bounded(value, crate::image::MAX_ECHO)
+        ))),
+    }
+}
+
+/// GET `/containers/json`.
+pub(super) async fn list(
+    State(server): State<Arc<DockerServer>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let filters = parse_filters(query.filters.as_deref())?;
+    if let Some(key) = filters.keys().find(|k| !FILTERS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "invalid filter '{}'",
+            crate::image::bounded(key, crate::image::MAX_ECHO)
+        )));
+    }
+    let values = |key: &str| filters.get(key).map(Vec::as_slice).unwrap_or_default();
+    let mut exited: Vec<i32> = Vec::new();
+    for value in values("exited") {
+        exited.push(value.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "strconv.Atoi: parsing {:?}: invalid syntax",
+                crate::image::bounded(value, crate::image::MAX_ECHO)
+            ))
+        })?);
+    }
+    if let Some(value) = values("status")
+        .iter()
+        .find(|v| !STATES.contains(&v.as_str()))
+    {
+        return Err(invalid_filter("status", value));
+    }
+    let is_task = match values("is-task") {
+        [] => None,
+        values if values.iter().all(|v| v == "true") => Some(true),
+        values if values.iter().all(|v| v == "false") => Some(false),
+        values => {
+            return Err(invalid_filter(
+                "is-task",
+                &format!("[{}]", values.join(" ")),
+            ))
+        }
+    };
+    if let Some(value) = values("health")
+        .iter()
+        .find(|v| !HEALTHS.contains(&v.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "Unrecognised filter value for health: {}",
+            crate::image::bounded(value, crate::image::MAX_ECHO)
+        )));
+    }
+    for key in ["publish", "expose"] {
+        for value in values(key) {
+            check_port_filter(key, value)?;
+        }
+    }
+    // before / since: a container by ID or name (the last one given counts, as
+    // dockerd's); one that is not there is dockerd's 404.
+    let mut before = None;
+    for value in values("before") {
+        before = Some(find(&server, value)?.created_at);
+    }
+    let mut since = None;
+    for value in values("since") {
+        since = Some(find(&server, value)?.created_at);
+    }
+    let regexes = |key: &str| -> Result<Vec<regex::Regex>, ApiError> {
+        values(key)
+            .iter()
+            .map(|n| {
+                regex::Regex::new(n).map_err(|err| {
+                    ApiError::bad_request(format!("invalid filter '{key}={n}': {err}"))
+                })
+            })
+            .collect()
+    };
+    let names = regexes("name")?;
+    let isolations = regexes("isolation")?;
+    // A status filter, or a limit, shows stopped containers too (dockerd's).
+    let all = truthy(query.all.as_deref())
+        || query.limit.is_some_and(|l| l > 0)
+        || filters.contains_key("status");
+    let mut found = Vec::new();
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        if c.state == ContainerState::Creating || (!all && c.state != ContainerState::Running) {
+            return;
+        }
+        if before.is_some_and(|t| c.created_at >= t) || since.is_some_and(|t| c.created_at <= t) {
+            return;
+        }
+        let name = format!("/{}", c.spec.name);
+        let ext = extension(c);
+        let keep = filters.iter().all(|(key, values)| match key.as_str() {
+            "id" => values.iter().any(|v| c.id.starts_with(v.as_str())),
+            "name" => names.iter().any(|re| re.is_match(&name)),
+            "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
+            "status" => values.iter().any(|v| v == state_name(c)),
+            "health" => {
+                let health = match (&c.spec.healthcheck, server.runtime.health(&c.id)) {
+                    (None, _) => "none",
+                    (Some(_), Some(health)) => health.status.as_str(),
+                    (Some(_), None) => "starting",
+                };
+                values.iter().any(|v| v == health)
+            }
+            "exited" => {
+                c.state == ContainerState::Exited
+                    && c.started_at > 0
+                    && exited.contains(&c.exit_code)
+            }
+            "ancestor" => values.iter().any(|v| {
+                server
+                    .images
+                    .get(NAMESPACE, v)
+                    .is_some_and(|image| image.id == c.image_id)
+            }),
+            // A bind mount's destination or source.
+            "volume" => values.iter().any(|v| {
+                let v = v.trim_end_matches('/');
+                c.spec.mounts.iter().any(|m| {
+                    m.container_path.trim_end_matches('/') == v
+                        || m.host_path.trim_end_matches('/') == v
+                })
+            }),
+            // The network's name, or a prefix of its ID.
+            "network" => {
+                let (network, id) = network_of(&ext);
+                values
+                    .iter()
+                    .any(|v| v == network || (!v.is_empty() && id.starts_with(v.as_str())))
+            }
+            "isolation" => isolations.iter().any(|re| re.is_match("default")),
+            // No swarm tasks here.
+            "is-task" => is_task == Some(false),
+            // No published ports yet (each container's `Ports` is empty).
+            "publish" | "expose" => false,
+            "before" | "since" => true,
+            _ => false,
+        });
+        if keep {
+            found.push(c.clone());
+        }
+    });
+    found.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    if let Some(limit) = query.limit.filter(|l| *l > 0) {
+        found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    let with_size = truthy(query.size.as_deref());
+    let mut items = Vec::with_capacity(found.len());
+    for c in &found {
+        let ext = extension(c);
+        let mut item = json!({
+            "Id": c.id,
+            "Names": [format!("/{}", c.spec.name)],
+            "Image": ext.create.get("Image").cloned().unwrap_or(Value::String(c.image.clone())),
+            "ImageID": c.image_id,
+            "Command": command_of(&ext),
+            "Created": c.created_at / 1_000_000_000,
+            "Ports": [],
+            "Labels": c.spec.labels,
+            "State": state_name(c),
+            "Status": match server.runtime.health(&c.id) {
+                Some(health) if c.state == ContainerState::Running && !c.paused => {
+                    format!("{} ({})", status_text(c), health_word(health.status))
+                }
+                _ => status_text(c),
+            },
+            "HostConfig": { "NetworkMode": network_mode(&ext) },
+            "NetworkSettings": { "Networks": networks_json(&ext, &ip_of(&server, c)) },
+            "Mounts": c.spec.mounts.iter().map(|m| json!({
+                "Type": "bind",
+                "Source": m.host_path,
+                "Destination": m.container_path,
+                "Mode": if m.readonly { "ro" } else { "" },
+                "RW": !m.readonly,
+                "Propagation": "rprivate",
+            })).collect::<Vec<_>>(),
+        });
+        if with_size {
+            // dockerd leaves them out when 0 (`omitempty`).
+            let (rw, root) = sizes(&server, c).await;
+            if rw > 0 {
+                item["SizeRw"] = json!(rw);
+            }
+            if root > 0 {
+                item["SizeRootFs"] = json!(root);
+            }
+        }
+        items.push(item);
+    }
+    Ok(Json(items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_networks_have_stable_ids() {
+        let bridge = network_id("bridge");
+        assert_eq!(bridge.len(), 64);
+        assert_eq!(bridge, network_id("bridge"));
+        assert_ne!(bridge, network_id("host"));
+    }
+
+    #[test]
+    fn port_filters_are_checked() {
+        assert!(check_port_filter("publish", "80").is_ok());
+        assert!(check_port_filter("expose", "8000-8080/tcp").is_ok());
+        let err = check_port_filter("publish", "1:2").unwrap_err();
+        assert_eq!(
+            err.message,
+            "filter for 'publish' should not contain ':': 1:2"
+        );
+        assert!(check_port_filter("expose", "x").is_err());
+        assert!(check_port_filter("expose", "9-8").is_err());
+    }
+}
