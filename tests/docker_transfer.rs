@@ -300,15 +300,41 @@ async fn push_to_a_registry_that_requires_credentials() {
     );
     assert!(!err.contains(password));
 
-    // With credentials in the CLI's config (as `docker login` stores them): the CLI
-    // sends them in X-Registry-Auth.
+    // `docker login`: wharfd checks the credentials (POST /auth); a wrong password is
+    // refused and nothing is stored.
+    let login = |secret: &str| {
+        docker.shell(&format!(
+            "printf '%s' '{secret}' | \"$DOCKER\" login {} -u {user} --password-stdin",
+            private.host()
+        ))
+    };
+    let refused = login("wrong-password");
+    assert_ne!(refused.status, 0, "{}", refused.stdout);
+    assert!(
+        refused
+            .stderr
+            .contains("authentication failed for registry"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !docker.config_dir().join("config.json").exists()
+            || !std::fs::read_to_string(docker.config_dir().join("config.json"))
+                .unwrap_or_default()
+                .contains(&private.host())
+    );
+    let accepted = login(password);
+    assert_eq!(accepted.status, 0, "{}{}", accepted.stdout, accepted.stderr);
+    assert!(
+        accepted.stdout.contains("Login Succeeded"),
+        "{}",
+        accepted.stdout
+    );
+    // The CLI stored them and sends them in X-Registry-Auth.
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = serde_json::json!({"auths": {private.host(): {"auth": auth}}});
-    std::fs::write(
-        docker.config_dir().join("config.json"),
-        serde_json::to_vec(&config).expect("config JSON"),
-    )
-    .expect("write the CLI's config.json");
+    let stored = std::fs::read_to_string(docker.config_dir().join("config.json"))
+        .expect("the CLI's config.json");
+    assert!(stored.contains(&auth), "{stored}");
     let out = docker.ok(&["push", &target]);
     assert!(out.contains(": Pushed"), "{out}");
     let (_, _, digest) = private.get_manifest("team/app", "1").await;
@@ -316,4 +342,11 @@ async fn push_to_a_registry_that_requires_credentials() {
     let log = docker.env.daemon.log();
     assert!(!log.contains(password), "the password reached wharfd's log");
     assert!(!log.contains(&auth), "the credentials reached wharfd's log");
+
+    // Search needs Docker Hub's API, which wharf does not call: a clear refusal.
+    let err = docker.fails(&["search", "busybox"]);
+    assert!(
+        err.contains("searching registries is not supported by wharf"),
+        "{err}"
+    );
 }

@@ -232,6 +232,18 @@ pub(super) fn last_component_has_tag(reference: &str) -> bool {
         .is_some_and(|last| last.contains(':'))
 }
 
+/// GET `/images/search?term=`: dockerd asks Docker Hub's v1 search API
+/// (index.docker.io), which this daemon does not call: registries have no common
+/// search API (the v2 distribution API has none), and nodes running wharf are often
+/// offline. The answer says so instead of failing with a network error.
+pub(super) async fn search() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "searching registries is not supported by wharf: Docker Hub's v1 search API is not \
+         called (search on the registry's website, then pull by name)",
+    )
+}
+
 fn find_image(server: &DockerServer, name: &str) -> Result<Image, ApiError> {
     server
         .images

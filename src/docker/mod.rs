@@ -102,6 +102,8 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/_ping", get(system::ping).head(system::ping))
         .route("/version", get(system::version))
         .route("/info", get(system::info))
+        .route("/auth", post(system::auth))
+        .route("/images/search", get(images::search))
         .route("/events", get(events::events))
         .route("/system/df", get(prune::df))
         .route("/containers/prune", post(prune::prune_containers))

@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::{DockerServer, API_VERSION, MIN_API_VERSION, NAMESPACE};
+use crate::image::registry::Credentials;
 use crate::runtime::{CgroupLayout, ContainerState, HostInfo};
 
 /// GET and HEAD `/_ping`: "OK", with the headers the CLI negotiates from.
@@ -184,4 +186,73 @@ pub(super) async fn info(State(server): State<Arc<DockerServer>>) -> Json<Value>
         "SecurityOptions": ["name=seccomp,profile=default"],
         "Warnings": [],
     }))
+}
+
+#[derive(Debug, serde::Deserialize, Default)]
+#[serde(default)]
+pub(super) struct AuthConfig {
+    username: String,
+    password: String,
+    serveraddress: String,
+    identitytoken: String,
+    registrytoken: String,
+}
+
+/// `docker login`'s server address as a registry host: Docker Hub's
+/// `https://index.docker.io/v1/` is `docker.io`; a scheme and path are dropped.
+fn login_registry(address: &str) -> Result<String, ApiError> {
+    let address = address.trim();
+    let without_scheme = address
+        .strip_prefix("https://")
+        .or_else(|| address.strip_prefix("http://"))
+        .unwrap_or(address);
+    let host = without_scheme.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Ok("docker.io".into());
+    }
+    if matches!(
+        host,
+        "index.docker.io" | "registry-1.docker.io" | "docker.io"
+    ) {
+        return Ok("docker.io".into());
+    }
+    if host.contains(char::is_whitespace) || host.contains(['@', '?', '#']) {
+        return Err(ApiError::bad_request(format!(
+            "invalid registry address {:?}",
+            crate::image::bounded(address, crate::image::MAX_ECHO)
+        )));
+    }
+    Ok(host.to_string())
+}
+
+/// POST `/auth` (`docker login`): checks the credentials against the registry, as
+/// dockerd does; the CLI stores them, wharfd does not. A refusal is a 401 naming the
+/// registry (never the credentials).
+pub(super) async fn auth(
+    State(server): State<Arc<DockerServer>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let config: AuthConfig = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::bad_request(format!("invalid JSON in the login request: {err}"))
+    })?;
+    let registry = login_registry(&config.serveraddress)?;
+    let credentials = if !config.registrytoken.is_empty() {
+        Credentials::RegistryToken(config.registrytoken)
+    } else if !config.identitytoken.is_empty() {
+        Credentials::IdentityToken(config.identitytoken)
+    } else if !config.username.is_empty() {
+        Credentials::Basic {
+            username: config.username,
+            password: config.password,
+        }
+    } else {
+        return Err(ApiError::bad_request(
+            "a login needs a username and password (or an identity token)",
+        ));
+    };
+    server.images.login(&registry, &credentials).await?;
+    tracing::info!(%registry, "registry login checked");
+    Ok(Json(
+        json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+    ))
 }

@@ -748,6 +748,12 @@ impl ImageService {
         Ok(image)
     }
 
+    /// Checks `credentials` against `registry` (`docker login`); stores nothing (the
+    /// client keeps credentials and sends them with each pull or push).
+    pub async fn login(&self, registry: &str, credentials: &Credentials) -> Result<(), ImageError> {
+        Ok(self.registry.login(registry, credentials).await?)
+    }
+
     /// Pushes a stored image to `target` (a tag or digest reference). Blobs come from
     /// the content store; ones the registry has are skipped, and ones under another
     /// name of this image on the same registry are mounted instead of uploaded.

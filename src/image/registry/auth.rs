@@ -19,7 +19,7 @@ use super::endpoint::{host_part, Endpoint};
 use super::error::echo;
 use super::redirect::read_capped;
 use super::retry::Failure;
-use super::{RegistryClient, RegistryError};
+use super::{ImageReference, RegistryClient, RegistryError};
 
 /// Cached authenticated clients; beyond this, expired ones and then all are dropped.
 const MAX_SESSIONS: usize = 64;
@@ -331,6 +331,47 @@ impl RegistryClient {
         if let Ok(mut sessions) = self.inner.sessions.lock() {
             sessions.retain(|_, s| !Arc::ptr_eq(s, session));
         }
+    }
+
+    /// Checks `credentials` against `registry` (a host[:port], `docker login`'s
+    /// server): a token registry must grant a token for them (no repository scope),
+    /// a Basic one must answer `/v2/` with them. Nothing is cached.
+    pub async fn login(
+        &self,
+        registry: &str,
+        credentials: &Credentials,
+    ) -> Result<(), RegistryError> {
+        let result = async {
+            let reference = ImageReference::parse(&format!("{registry}/login-check"))?;
+            let endpoint = self.origin(&reference);
+            let (auth, _, _) = self
+                .negotiate(&endpoint, credentials, &[])
+                .await
+                .map_err(|f| f.error)?;
+            if let RegistryAuth::Basic(..) = auth {
+                let http = self.http(&endpoint).map_err(|f| f.error)?;
+                let url = format!("{}/v2/", endpoint.url);
+                let response = self
+                    .get_following(
+                        http,
+                        &endpoint,
+                        &url,
+                        reqwest::header::HeaderMap::new(),
+                        &auth,
+                        "GET /v2/",
+                    )
+                    .await
+                    .map_err(|f| f.error)?;
+                if response.status().as_u16() == 401 {
+                    return Err(RegistryError::Unauthorized {
+                        registry: endpoint.name.clone(),
+                    });
+                }
+            }
+            Ok(())
+        }
+        .await;
+        result.map_err(|e| e.scrub(credentials))
     }
 
     /// The auth oci-client is to use: pings `/v2/` and follows the challenge.

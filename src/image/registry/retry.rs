@@ -17,7 +17,7 @@ use super::{RegistryClient, RegistryError, MANIFEST_MEDIA_TYPES};
 
 /// An error plus whether trying again may help.
 pub(super) struct Failure {
-    error: RegistryError,
+    pub(super) error: RegistryError,
     transient: bool,
 }
 
