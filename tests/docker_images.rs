@@ -730,3 +730,92 @@ async fn hostile_archives_are_refused_and_change_nothing() {
         "a new layer"
     );
 }
+
+/// A tag that moves to a new image leaves the old one untagged (`<none>`), as dockerd
+/// does; the image filters (dangling, reference patterns, before, since) and `docker
+/// image prune` see it.
+#[tokio::test]
+async fn untagged_images_stay_until_pruned() {
+    let docker = DockerEnv::start_pulled().await;
+    let name = unique("untag");
+    let target = format!("wharf-test/{}:v1", unique("app"));
+    let commit = |content: &str| -> String {
+        docker.ok(&[
+            "run",
+            "--name",
+            &name,
+            &docker.image,
+            "sh",
+            "-c",
+            &format!("echo {content} > /marker"),
+        ]);
+        let id = docker.ok(&["commit", &name, &target]);
+        docker.ok(&["rm", &name]);
+        id
+    };
+    let first = commit("one");
+    // Created times have a one-second resolution in the filters.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = commit("two");
+    assert_ne!(first, second);
+    let dangling = docker.ok(&["images", "--filter", "dangling=true", "--no-trunc", "-q"]);
+    assert_eq!(dangling, first, "the first image is kept untagged");
+    let listed = docker.ok(&[
+        "images",
+        "-a",
+        "--format",
+        "{{.ID}} {{.Repository}}:{{.Tag}}",
+    ]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| first.contains(l.split(' ').next().unwrap_or("-"))
+                && l.ends_with("<none>:<none>")),
+        "{listed}"
+    );
+    // reference patterns: `*` does not cross `/`.
+    let by_pattern = docker.ok(&[
+        "images",
+        "--filter",
+        "reference=wharf-test/*",
+        "--no-trunc",
+        "-q",
+    ]);
+    assert_eq!(by_pattern, second);
+    let by_star = docker.ok(&["images", "--filter", "reference=*", "-q"]);
+    assert!(by_star.is_empty(), "{by_star}");
+    let since = docker.ok(&[
+        "images",
+        "--filter",
+        &format!("since={}", docker.image),
+        "--no-trunc",
+        "-q",
+    ]);
+    assert!(since.contains(&second) && since.contains(&first), "{since}");
+    let before = docker.ok(&[
+        "images",
+        "--filter",
+        &format!("before={target}"),
+        "--no-trunc",
+        "-q",
+    ]);
+    assert!(
+        before.contains(&first) && !before.contains(&second),
+        "{before}"
+    );
+    let err = docker.fails(&["images", "--filter", "before=no-such-image:1"]);
+    assert!(err.contains("No such image"), "{err}");
+    let err = docker.fails(&["images", "--filter", "bogus=1"]);
+    assert!(err.contains("invalid filter 'bogus'"), "{err}");
+
+    let pruned = docker.ok(&["image", "prune", "-f"]);
+    assert!(pruned.contains(&first), "{pruned}");
+    assert!(docker
+        .ok(&["images", "--filter", "dangling=true", "-q"])
+        .is_empty());
+    assert_eq!(
+        docker.ok(&["run", "--rm", &target, "cat", "/marker"]),
+        "two"
+    );
+    docker.ok(&["rmi", &target]);
+}

@@ -67,6 +67,21 @@ pub(super) struct ListQuery {
     filters: Option<String>,
 }
 
+/// dockerd's `reference.FamiliarMatch`: the pattern (`path.Match`: `*` does not cross
+/// `/`) against the familiar `name:tag`, or against the name alone.
+fn reference_matches(pattern: &glob::Pattern, familiar_tag: &str) -> bool {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let name = match familiar_tag.rfind(':') {
+        Some(colon) if !familiar_tag[colon..].contains('/') => &familiar_tag[..colon],
+        _ => familiar_tag,
+    };
+    pattern.matches_with(familiar_tag, options) || pattern.matches_with(name, options)
+}
+
 /// GET `/images/json`.
 pub(super) async fn list(
     State(server): State<Arc<DockerServer>>,
@@ -75,10 +90,39 @@ pub(super) async fn list(
     let _ = query.all; // no intermediate images: every image is a top-level one
     let filters = parse_filters(query.filters.as_deref())?;
     for key in filters.keys() {
-        if !matches!(key.as_str(), "dangling" | "reference" | "label") {
+        if !matches!(
+            key.as_str(),
+            "dangling" | "reference" | "label" | "before" | "since"
+        ) {
             return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
         }
     }
+    let patterns = filters
+        .get("reference")
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| {
+                    glob::Pattern::new(v).map_err(|err| {
+                        ApiError::bad_request(format!("invalid reference filter {v:?}: {err}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    // `before=`/`since=` an image: created before or after it.
+    let created_bound = |key: &str| -> Result<Option<i64>, ApiError> {
+        match filters.get(key).and_then(|v| v.last()) {
+            None => Ok(None),
+            Some(name) => {
+                let image = find_image(&server, name)?;
+                Ok(Some(created_of(&config_of(&server, &image)).0))
+            }
+        }
+    };
+    let before = created_bound("before")?;
+    let since = created_bound("since")?;
     let mut images = server.images.list(NAMESPACE);
     images.sort_by(|a, b| b.id.cmp(&a.id));
     let mut out = Vec::new();
@@ -91,17 +135,19 @@ pub(super) async fn list(
             "dangling" => values
                 .iter()
                 .any(|v| (v == "true") == image.repo_tags.is_empty()),
-            "reference" => values.iter().any(|pattern| {
-                tags.iter()
-                    .any(|t| t == pattern || t.split(':').next() == Some(pattern.as_str()))
-            }),
+            "reference" => patterns
+                .iter()
+                .any(|pattern| tags.iter().any(|t| reference_matches(pattern, t))),
             "label" => values.iter().all(|v| label_matches(&labels, v)),
             _ => true,
         });
+        let (created, _) = created_of(&config);
+        let keep = keep
+            && before.is_none_or(|bound| created < bound)
+            && since.is_none_or(|bound| created > bound);
         if !keep {
             continue;
         }
-        let (created, _) = created_of(&config);
         out.push(json!({
             "Id": image.id,
             "ParentId": "",

@@ -689,7 +689,8 @@ impl ImageService {
     }
 
     /// Records a pulled image: its references move to it from any image that had them,
-    /// and an image left with no reference is dropped (as containerd's CRI does).
+    /// and an image left with no reference is dropped (as containerd's CRI does), except
+    /// where untagged images are kept ([`keeps_untagged`]).
     async fn record_pulled(&self, namespace: &str, pulled: Image) -> Result<Image, ImageError> {
         let _records = self.records.lock().await;
         let mut updated: Vec<Image> = Vec::new();
@@ -710,7 +711,7 @@ impl ImageService {
                         .repo_tags
                         .retain(|tag| !pulled.repo_tags.contains(tag));
                     if other.repo_tags.len() != before {
-                        if other.references().next().is_none() {
+                        if other.references().next().is_none() && !keeps_untagged(namespace) {
                             dropped.push(other.id.clone());
                         } else {
                             updated.push(other);
@@ -1088,6 +1089,12 @@ fn layers_of(resolved: &ResolvedImage) -> Result<Vec<Layer>, ImageError> {
 }
 
 /// Runs blocking filesystem work on the blocking pool.
+/// Whether an image that loses its last reference to another stays, untagged
+/// (`<none>:<none>` until pruned): dockerd keeps them, containerd's CRI drops them.
+fn keeps_untagged(namespace: &str) -> bool {
+    namespace == crate::store::DOCKER_NAMESPACE
+}
+
 async fn blocking<T, E>(
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ImageError>
