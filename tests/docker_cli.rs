@@ -1403,6 +1403,42 @@ fn ended(mut child: std::process::Child) -> (Option<i32>, String) {
     );
 }
 
+/// An attach without `Upgrade: tcp` (curl's) is answered as dockerd answers it: 200
+/// with the raw stream (stdcopy frames without a TTY) as the body, to the end of the
+/// container's output.
+#[tokio::test]
+async fn attach_without_an_upgrade() {
+    let docker = DockerEnv::start_pulled().await;
+    let name = unique("plain-attach");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &docker.image,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; echo err$i >&2; sleep 0.2; done",
+    ]);
+    let (status, head, body) = docker.http(
+        "POST",
+        &format!("/v1.41/containers/{name}/attach?logs=1&stream=1&stdout=1&stderr=0"),
+        None,
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/vnd.docker.raw-stream"),
+        "{head}"
+    );
+    let framed: String = ["line1\n", "line2\n", "line3\n"]
+        .iter()
+        .map(|line| format!("\u{1}\0\0\0\0\0\0\u{6}{line}"))
+        .collect();
+    assert_eq!(body, framed, "stdout only, framed, all of it");
+    docker.ok(&["rm", &name]);
+}
+
 /// `docker run -it` and `docker attach` leave with the detach keys (ctrl-p ctrl-q, or
 /// `--detach-keys`) and the container runs on with its terminal's input still open
 /// (StdinOnce closes no TTY's stdin, as dockerd); a key that starts the sequence but is
@@ -1622,6 +1658,10 @@ async fn list_filters() {
         format!("{second} {first}")
     );
     assert_eq!(names(&[&format!("before={}", &second_id[..12])]), first);
+    // id, as name, is an unanchored regex (dockerd's filters.Match).
+    assert_eq!(names(&[&format!("id={}", &second_id[10..24])]), second);
+    assert_eq!(names(&[&format!("id=^{}", &second_id[..8])]), second);
+    assert!(names(&[&format!("id=^{}", &second_id[10..24])]).is_empty());
     assert_eq!(
         names(&[&format!("since={first}")]),
         format!("{third} {second}")

@@ -819,3 +819,241 @@ async fn untagged_images_stay_until_pruned() {
     );
     docker.ok(&["rmi", &target]);
 }
+
+/// An image's HEALTHCHECK runs without any `--health-*` flag; flags override each
+/// setting they name and keep the image's test; `--no-healthcheck` turns it off; inspect
+/// shows the merged check as dockerd does.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_healthcheck_is_merged_with_the_request() {
+    let docker = DockerEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("wharf-test/{}:v1", unique("health"));
+    let image = ImageBuilder::busybox()
+        .edit_config_json(|config| {
+            config["config"]["Healthcheck"] = json!({
+                "Test": ["CMD-SHELL", "echo from-image"],
+                "Interval": 200_000_000i64,
+                "Timeout": 3_000_000_000i64,
+                "Retries": 2,
+            });
+        })
+        .build();
+    let archive = write(
+        dir.path(),
+        "health.tar",
+        &tar_of(&docker_archive(&[(&image, &[tag.as_str()])])),
+    );
+    docker.ok(&["load", "-i", &archive]);
+
+    let plain = unique("health-image");
+    docker.ok(&["run", "-d", "--name", &plain, &tag, "sleep", "600"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = docker.ok(&["inspect", "-f", "{{.State.Health.Status}}", &plain]);
+        if status == "healthy" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.Output}}{{end}}",
+        &plain,
+    ]);
+    assert!(log.contains("from-image"), "{log}");
+
+    // A flag overrides its own setting; the test and the others come from the image.
+    let merged = unique("health-merged");
+    docker.ok(&[
+        "create",
+        "--name",
+        &merged,
+        "--health-retries",
+        "7",
+        &tag,
+        "sleep",
+        "600",
+    ]);
+    let check = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Healthcheck.Test}} {{.Config.Healthcheck.Retries}} {{.Config.Healthcheck.Interval}}",
+        &merged,
+    ]);
+    assert_eq!(check, r#"["CMD-SHELL","echo from-image"] 7 200ms"#);
+
+    // --no-healthcheck: no check at all.
+    let none = unique("health-none");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &none,
+        "--no-healthcheck",
+        &tag,
+        "sleep",
+        "600",
+    ]);
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let state = docker.ok(&["inspect", "-f", "{{json .State.Health}}", &none]);
+    assert_eq!(state, "null", "no health state with --no-healthcheck");
+    docker.ok(&["rm", "-f", &plain, &merged, &none]);
+    docker.ok(&["rmi", &tag]);
+}
+
+/// Serves `files` (path → body) over HTTP/1.0 on a loopback port until dropped; any
+/// other path is a 404 with a body. Returns the port.
+async fn serve_files(files: Vec<(&'static str, Vec<u8>)>) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let files = std::sync::Arc::new(files);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request);
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let reply = match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => {
+                        let mut reply =
+                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                                .into_bytes();
+                        reply.extend_from_slice(body);
+                        reply
+                    }
+                    None => {
+                        b"HTTP/1.0 404 Not Found\r\nContent-Length: 9\r\n\r\nno such\n\n".to_vec()
+                    }
+                };
+                let _ = stream.write_all(&reply).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// `docker import URL` downloads the tarball (dockerd's progress words), bzip2 and xz
+/// tarballs import from a URL or stdin as gzip ones do, and a failed download or a
+/// scheme other than http(s) is refused naming it, with nothing made. (Multi-threaded:
+/// the file server runs while the test waits on the CLI.)
+#[tokio::test(flavor = "multi_thread")]
+async fn import_from_a_url_and_bzip2_xz_tarballs() {
+    use std::io::Write;
+    let docker = DockerEnv::start().await;
+    let tar = gunzip(&base_layer().blob);
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+    bz.write_all(&tar).unwrap();
+    let bz = bz.finish().unwrap();
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&tar).unwrap();
+    let xz = xz.finish().unwrap();
+    let (port, server) = serve_files(vec![
+        ("/rootfs.tar.bz2", bz),
+        ("/rootfs.tar.gz", base_layer().blob.clone()),
+    ])
+    .await;
+
+    // Through the API, to see dockerd's progress messages.
+    let url = format!("http://127.0.0.1:{port}/rootfs.tar.gz");
+    let repo = unique("from-url");
+    let (status, _, body) = docker.http(
+        "POST",
+        &format!("/v1.41/images/create?fromSrc={url}&repo={repo}&tag=v1"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let messages: Vec<Value> = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        messages[0]["status"],
+        format!("Downloading from {url}"),
+        "{body}"
+    );
+    assert!(
+        messages.iter().any(|m| m["status"] == "Importing"
+            && m["progressDetail"]["total"] == base_layer().blob.len()),
+        "{body}"
+    );
+    let id = messages.last().unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("sha256:"), "{body}");
+    let comment = docker.ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Comment}}",
+        &format!("{repo}:v1"),
+    ]);
+    assert_eq!(comment, format!("Imported from {url}"));
+
+    // The CLI, with a bzip2 tarball: stored decompressed, and it runs.
+    let bz_name = format!("{}:v1", unique("bzip2"));
+    docker.ok(&[
+        "import",
+        "--change",
+        r#"CMD ["echo", "bzip2 ok"]"#,
+        &format!("http://127.0.0.1:{port}/rootfs.tar.bz2"),
+        &bz_name,
+    ]);
+    assert_eq!(docker.ok(&["run", "--rm", &bz_name]), "bzip2 ok");
+    // xz, from stdin.
+    let dir = tempfile::tempdir().unwrap();
+    let xz_file = write(dir.path(), "rootfs.tar.xz", &xz);
+    let xz_name = format!("{}:v1", unique("xz"));
+    let run = docker.shell(&format!(
+        "\"$DOCKER\" import --change 'CMD [\"echo\", \"xz ok\"]' - {xz_name} < {xz_file}"
+    ));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(docker.ok(&["run", "--rm", &xz_name]), "xz ok");
+
+    // Refusals: a 404, a server that is not there, another scheme.
+    let before = docker.ok(&["images", "-q", "--no-trunc"]);
+    let missing = format!("http://127.0.0.1:{port}/missing.tar");
+    let err = docker.fails(&["import", &missing, "refused:1"]);
+    assert!(
+        err.contains(&format!(
+            "failed to GET {missing} with status 404 Not Found: no such"
+        )),
+        "{err}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let err = docker.fails(&[
+        "import",
+        &format!("http://127.0.0.1:{closed_port}/x.tar"),
+        "refused:2",
+    ]);
+    assert!(err.contains("error downloading remote context"), "{err}");
+    let (status, _, body) = docker.http(
+        "POST",
+        "/v1.41/images/create?fromSrc=file:///etc/shadow&repo=refused&tag=3",
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("only http and https"), "{body}");
+    assert_eq!(docker.ok(&["images", "-q", "--no-trunc"]), before);
+    server.abort();
+}

@@ -1,5 +1,6 @@
 //! POST `/containers/{id}/attach` and `/containers/{id}/resize`: the container's
-//! stdio over a hijacked connection (`Upgrade: tcp`, 101, then raw bytes both ways),
+//! stdio over a hijacked connection (`Upgrade: tcp`, 101, then raw bytes both ways; a
+//! request without the upgrade gets a 200 with the output as its body, as dockerd's),
 //! through the container's monitor (`runtime::monitor_control`): Docker's stdcopy
 //! frames for output without a TTY, raw bytes with one; the client's input goes to the
 //! container's stdin, and its half-close ends that input (closing the container's
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,11 +158,6 @@ pub(super) async fn attach(
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
-    if !upgrade {
-        return Err(ApiError::bad_request(
-            "attach needs a connection upgrade (Upgrade: tcp), as the docker CLI and SDKs send",
-        ));
-    }
     let tty = container.spec.tty;
     let logs = truthy(&params.logs);
     let want_stderr = truthy(&params.stderr);
@@ -207,43 +204,56 @@ pub(super) async fn attach(
         None
     };
     container_event(&server, &container, "attach", &[]);
+    let attach = Attachment {
+        server: server.clone(),
+        id: container.id.clone(),
+        live,
+        logs,
+        log_path,
+        selection: Selection::streams(streams.stdout, want_stderr, !tty),
+        streams,
+        tty,
+        keys,
+    };
+    if !upgrade {
+        // dockerd answers a plain request (curl's) with 200 and the stream as the body;
+        // stdin is the request's body if it has one, else never ends (an empty body is
+        // not a half-close that would close a `StdinOnce` container's stdin).
+        let has_body = request.headers().contains_key(header::CONTENT_LENGTH)
+            || request.headers().contains_key(header::TRANSFER_ENCODING);
+        let stdin: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if has_body {
+            Box::new(tokio_util::io::StreamReader::new(
+                request
+                    .into_body()
+                    .into_data_stream()
+                    .map(|chunk| chunk.map_err(std::io::Error::other)),
+            ))
+        } else {
+            Box::new(tokio_util::io::StreamReader::new(
+                futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>(),
+            ))
+        };
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(attach.serve(stdin, ours));
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
+            .body(axum::body::Body::from_stream(
+                tokio_util::io::ReaderStream::new(theirs),
+            ))
+            .map_err(|err| ApiError::internal(err.to_string()));
+    }
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let id = container.id.clone();
-    let server_for_task = server.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
-                tracing::warn!(container = %id, "attach: the connection upgrade failed: {err}");
+                tracing::warn!(container = %attach.id, "attach: the connection upgrade failed: {err}");
                 return;
             }
         };
-        let (reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-        let selection = Selection::streams(streams.stdout, want_stderr, !tty);
-        let point = live.as_ref().map(|(_, point)| point.clone());
-        if logs {
-            // A client that reads the 101 through a buffered reader and then takes the
-            // socket under it (docker-py) loses what came with the headers: the log,
-            // ready at once, waits until it has read them.
-            tokio::time::sleep(HEADERS_READ_GRACE).await;
-        }
-        if logs
-            && replay_logs(&log_path, point.as_ref(), &selection, tty, &mut writer)
-                .await
-                .is_err()
-        {
-            return;
-        }
-        if let Some((session, _)) = live {
-            let detached = stream_live(session, streams, tty, keys, reader, &mut writer, &id).await;
-            if detached {
-                if let Some(container) = server_for_task.runtime.container(&id) {
-                    container_event(&server_for_task, &container, "detach", &[]);
-                }
-            }
-        }
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
+        let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+        attach.serve(reader, writer).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -252,6 +262,69 @@ pub(super) async fn attach(
         .header(header::CONTENT_TYPE, "application/vnd.docker.raw-stream")
         .body(axum::body::Body::empty())
         .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// An attach once accepted: what it replays and streams.
+struct Attachment {
+    server: Arc<DockerServer>,
+    id: String,
+    live: Option<(Session, AttachPoint)>,
+    logs: bool,
+    log_path: std::path::PathBuf,
+    selection: Selection,
+    streams: AttachStreams,
+    tty: bool,
+    keys: Vec<u8>,
+}
+
+impl Attachment {
+    /// Replays the log (when asked), then the live streams, over `reader` (the
+    /// client's input) and `writer` (the container's output).
+    async fn serve<R, W>(self, reader: R, mut writer: W)
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let point = self.live.as_ref().map(|(_, point)| point.clone());
+        if self.logs {
+            // A client that reads the 101 through a buffered reader and then takes the
+            // socket under it (docker-py) loses what came with the headers: the log,
+            // ready at once, waits until it has read them.
+            tokio::time::sleep(HEADERS_READ_GRACE).await;
+        }
+        if self.logs
+            && replay_logs(
+                &self.log_path,
+                point.as_ref(),
+                &self.selection,
+                self.tty,
+                &mut writer,
+            )
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some((session, _)) = self.live {
+            let detached = stream_live(
+                session,
+                self.streams,
+                self.tty,
+                self.keys,
+                reader,
+                &mut writer,
+                &self.id,
+            )
+            .await;
+            if detached {
+                if let Some(container) = self.server.runtime.container(&self.id) {
+                    container_event(&self.server, &container, "detach", &[]);
+                }
+            }
+        }
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    }
 }
 
 /// The log up to where the live output starts (all of it when nothing is live), then

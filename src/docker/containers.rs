@@ -242,8 +242,8 @@ pub(super) async fn create(
     Query(query): Query<CreateQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let raw: Value = parse_json(&body)?;
-    let request: CreateRequest = serde_json::from_value(raw.clone())
+    let mut raw: Value = parse_json(&body)?;
+    let mut request: CreateRequest = serde_json::from_value(raw.clone())
         .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
     let name = match query.name.filter(|n| !n.is_empty()) {
         Some(name) => checked_new_name(&server, &name)?,
@@ -254,6 +254,22 @@ pub(super) async fn create(
         .images
         .get(NAMESPACE, &request.image)
         .ok_or_else(|| ApiError::no_such_image(&request.image))?;
+    let image_config = server.images.config_json(&image).ok();
+    // The image's HEALTHCHECK, under what the request sets (dockerd's merge, which
+    // inspect's Config shows).
+    let image_health = image_config
+        .as_deref()
+        .and_then(|json| serde_json::from_slice::<Value>(json).ok())
+        .and_then(|mut config| {
+            serde_json::from_value::<convert::HealthConfig>(config["config"]["Healthcheck"].take())
+                .ok()
+        });
+    request.healthcheck = convert::merge_healthcheck(request.healthcheck.take(), image_health);
+    if let (Some(merged), Some(object)) = (&request.healthcheck, raw.as_object_mut()) {
+        if let Ok(value) = serde_json::to_value(merged) {
+            object.insert("Healthcheck".into(), value);
+        }
+    }
     let id = crate::runtime::new_id().map_err(ApiError::from)?;
     let dir = container_dir(&server, &id);
     let seccomp_file = dir.join("seccomp.json");
@@ -262,11 +278,9 @@ pub(super) async fn create(
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
     // What it will run, for list and inspect (the spec builder's own rule).
-    let args = server
-        .images
-        .config_json(&image)
-        .ok()
-        .and_then(|json| crate::runtime::spec::ImageDefaults::from_config_json(&json).ok())
+    let args = image_config
+        .as_deref()
+        .and_then(|json| crate::runtime::spec::ImageDefaults::from_config_json(json).ok())
         .and_then(|defaults| crate::runtime::spec::process_args(&container_spec, &defaults).ok())
         .unwrap_or_default();
     let log_path = if container_spec.log_path.is_empty() {

@@ -116,8 +116,38 @@ pub struct HealthConfig {
     pub retries: i64,
 }
 
-/// The core's check for a create's `Healthcheck`; None for none (`NONE`, or no test:
-/// wharf does not read checks from image configs yet).
+/// dockerd's merge of a create's `Healthcheck` with the image's: no test in the
+/// request takes the image's test, and each unset (zero) setting the image's.
+pub fn merge_healthcheck(
+    request: Option<HealthConfig>,
+    image: Option<HealthConfig>,
+) -> Option<HealthConfig> {
+    let Some(image) = image else {
+        return request;
+    };
+    let Some(mut merged) = request else {
+        return Some(image);
+    };
+    if merged.test.as_ref().is_none_or(Vec::is_empty) {
+        merged.test = image.test;
+    }
+    let fields = [
+        (&mut merged.interval, image.interval),
+        (&mut merged.timeout, image.timeout),
+        (&mut merged.start_period, image.start_period),
+        (&mut merged.start_interval, image.start_interval),
+        (&mut merged.retries, image.retries),
+    ];
+    for (field, from_image) in fields {
+        if *field == 0 {
+            *field = from_image;
+        }
+    }
+    Some(merged)
+}
+
+/// The core's check for a create's `Healthcheck` (merged with the image's); None for
+/// none (`NONE`, or no test).
 fn healthcheck(
     config: &HealthConfig,
 ) -> Result<Option<crate::runtime::model::Healthcheck>, ApiError> {

@@ -255,7 +255,7 @@ pub(super) async fn create(
         }
     }
     if let Some(source) = query.from_src.clone().filter(|s| !s.is_empty()) {
-        return import(&server, query, &source, &uri, body).await;
+        return import(server, query, source, &uri, body).await;
     }
     let from = query
         .from_image
@@ -385,23 +385,18 @@ fn history(server: &DockerServer, name: &str) -> Result<Json<Vec<Value>>, ApiErr
     Ok(Json(out))
 }
 
-/// POST `/images/create?fromSrc=-` (`docker import`): the body is a tarball (plain,
-/// gzip or zstd), `repo` (with `tag`) names the image, `changes` are Dockerfile
-/// instructions for its config, `message` its comment; answers `{"status": "<id>"}`.
+/// POST `/images/create?fromSrc=-|URL` (`docker import`): the tarball (plain, gzip,
+/// zstd, bzip2 or xz) is the request body or downloaded from the URL; `repo` (with
+/// `tag`) names the image, `changes` are Dockerfile instructions for its config,
+/// `message` its comment; answers `{"status": "<id>"}` (after dockerd's `Downloading
+/// from` and `Importing` progress for a URL).
 async fn import(
-    server: &DockerServer,
+    server: Arc<DockerServer>,
     query: CreateQuery,
-    source: &str,
+    source: String,
     uri: &Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if source != "-" {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "importing an image from a URL is not supported by wharf: send the tarball as \
-             the request body (fromSrc=-)",
-        ));
-    }
     let changes = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|Query(pairs)| {
             pairs
@@ -428,13 +423,83 @@ async fn import(
         reference,
         message: query.message,
         changes,
-        source: source.to_string(),
+        source: source.clone(),
     };
-    let (reader, task) = body_reader(body);
-    let image = server.images.import(NAMESPACE, reader, options).await;
-    finish_body(task).await;
-    let image = image?;
-    json_stream(vec![progress(json!({ "status": image.id }))])
+    if source == "-" {
+        let (reader, task) = body_reader(body);
+        let image = server.images.import(NAMESPACE, reader, options).await;
+        finish_body(task).await;
+        let image = image?;
+        return json_stream(vec![progress(json!({ "status": image.id }))]);
+    }
+    // A URL: the body is not read (dockerd closes it). A failed GET is the answer's
+    // error; once the download runs, errors are in the stream.
+    drop(body);
+    let remote = server.images.open_import_url(&source).await?;
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let _ = body_tx
+        .send(Ok(progress(
+            json!({"status": format!("Downloading from {}", remote.url)}),
+        )))
+        .await;
+    let reader = ImportProgress {
+        inner: tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+            remote
+                .response
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(std::io::Error::other)),
+        )),
+        total: remote.length,
+        current: 0,
+        reported: 0,
+        messages: body_tx.clone(),
+    };
+    tokio::spawn(async move {
+        let last = match server.images.import(NAMESPACE, reader, options).await {
+            Ok(image) => json!({ "status": image.id }),
+            Err(err) => {
+                let text = err.to_string();
+                json!({"errorDetail": {"message": text}, "error": text})
+            }
+        };
+        let _ = body_tx.send(Ok(progress(last))).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(body_rx),
+        ))
+        .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// The downloaded tarball, reporting dockerd's `Importing` progress (every 512 KiB, as
+/// its progress reader) while the import reads it (on a blocking thread).
+struct ImportProgress<R> {
+    inner: R,
+    total: Option<u64>,
+    current: u64,
+    reported: u64,
+    messages: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl<R: std::io::Read> std::io::Read for ImportProgress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.current += n as u64;
+        if self.current - self.reported >= 512 * 1024 || (n == 0 && self.current > self.reported) {
+            self.reported = self.current;
+            let total = self.total.unwrap_or(0);
+            let value = json!({
+                "status": "Importing",
+                "progressDetail": {"current": self.current, "total": total},
+                "progress": super::transfer::progress_bar(self.current, total),
+            });
+            // A client that went away does not stop the import.
+            let _ = self.messages.blocking_send(Ok(progress(value)));
+        }
+        Ok(n)
+    }
 }
 
 /// The request body as a blocking reader, for the core's archive readers (which run on

@@ -238,6 +238,8 @@ pub(super) async fn list(
             .collect()
     };
     let names = regexes("name")?;
+    // dockerd matches IDs as it matches names: each value an unanchored regex.
+    let ids = regexes("id")?;
     let isolations = regexes("isolation")?;
     // A status filter, or a limit, shows stopped containers too (dockerd's).
     let all = truthy(query.all.as_deref())
@@ -254,7 +256,7 @@ pub(super) async fn list(
         let name = format!("/{}", c.spec.name);
         let ext = extension(c);
         let keep = filters.iter().all(|(key, values)| match key.as_str() {
-            "id" => values.iter().any(|v| c.id.starts_with(v.as_str())),
+            "id" => ids.iter().any(|re| re.is_match(&c.id)),
             "name" => names.iter().any(|re| re.is_match(&name)),
             "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
             "status" => values.iter().any(|v| v == state_name(c)),

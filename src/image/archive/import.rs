@@ -1,4 +1,4 @@
-//! `docker import`: a root filesystem tarball (plain, gzip or zstd) becomes a one-layer
+//! `docker import`: a root filesystem tarball (plain, gzip, zstd, bzip2 or xz) becomes a one-layer
 //! image, its config made as dockerd's `ImportImage` makes it.
 
 use std::io::{self, Read, Write};
@@ -7,7 +7,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::spool::SpooledFile;
-use super::{sniff, ArchiveError};
+use super::{sniff, whole_stream, ArchiveError, Detected};
 use crate::image::registry::ImageReference;
 use crate::image::unpack::{self, Compression};
 use crate::image::{blocking, changes, Image, ImageError, ImageService, Layer};
@@ -24,6 +24,23 @@ pub struct ImportOptions {
     /// Where the tarball came from, for the default message: `-` for a request body.
     pub source: String,
 }
+
+/// A tarball `docker import URL` is downloading.
+#[derive(Debug)]
+pub struct RemoteTarball {
+    /// The URL as fetched (`http://` added where the source had no scheme).
+    pub url: String,
+    /// Its `Content-Length`, when the server sent one.
+    pub length: Option<u64>,
+    /// The body, not read yet.
+    pub response: reqwest::Response,
+}
+
+/// Redirects an import URL may take (Go's `http.Get` default).
+const MAX_IMPORT_REDIRECTS: usize = 10;
+
+/// How much of an error page is quoted.
+const QUOTED_BODY: usize = 512;
 
 /// Copies what is read through it into the spool file, hashing it: the layer blob is
 /// the tarball as it came.
@@ -50,6 +67,59 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 impl ImageService {
+    /// Starts the download of `source` for an import, as dockerd: a source without a
+    /// scheme is `http://source`; only http and https; an answer of 400 or more is an
+    /// error naming the URL, the status and the start of the body.
+    pub async fn open_import_url(&self, source: &str) -> Result<RemoteTarball, ImageError> {
+        let with_scheme = if source.contains("://") {
+            source.to_string()
+        } else {
+            format!("http://{source}")
+        };
+        let echo = |text: &str| crate::image::bounded(text, crate::image::MAX_ECHO);
+        let url = reqwest::Url::parse(&with_scheme).map_err(|err| {
+            ArchiveError::invalid(format!("invalid import source {:?}: {err}", echo(source)))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ArchiveError::invalid(format!(
+                "invalid import source {:?}: only http and https URLs (or - for the request \
+                 body) can be imported",
+                echo(source)
+            ))
+            .into());
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(300))
+            .redirect(reqwest::redirect::Policy::limited(MAX_IMPORT_REDIRECTS))
+            .build()
+            .map_err(|err| {
+                ArchiveError::Download(format!("cannot create an HTTP client: {err}"))
+            })?;
+        let shown = echo(url.as_str());
+        let response = client.get(url.clone()).send().await.map_err(|err| {
+            ArchiveError::Download(format!(
+                "error downloading remote context {shown}: {}",
+                crate::image::registry::error_chain(&err)
+            ))
+        })?;
+        let status = response.status();
+        if status.as_u16() >= 400 {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ArchiveError::Download(format!(
+                "failed to GET {shown} with status {status}: {}",
+                crate::image::bounded(body.trim(), QUOTED_BODY)
+            ))
+            .into());
+        }
+        Ok(RemoteTarball {
+            url: url.to_string(),
+            length: response.content_length(),
+            response,
+        })
+    }
+
     /// Imports the tarball `input` as a one-layer image in `namespace`, tagged as
     /// `options` says. The reference and the changes are checked before the input is
     /// read. Reading is blocking (done on a blocking thread).
@@ -99,9 +169,18 @@ impl ImageService {
             ..self.unpack_limits.clone()
         };
         let (spool, blob, diff_id, compression) = blocking(move || {
-            let (detected, input) = sniff(input)
-                .map_err(|err| ArchiveError::Read(crate::image::bounded(&err.to_string(), 512)))?;
-            let compression = detected.compression("the tarball")?;
+            let read_error =
+                |err: io::Error| ArchiveError::Read(crate::image::bounded(&err.to_string(), 512));
+            let (detected, input) = sniff(input).map_err(read_error)?;
+            // gzip, zstd and plain tarballs are kept as they came; bzip2 and xz, which
+            // no registry takes as a layer, are stored decompressed.
+            let (compression, input): (Compression, Box<dyn Read>) = match detected {
+                Detected::Bzip2 | Detected::Xz => (
+                    Compression::None,
+                    whole_stream(detected, input).map_err(read_error)?,
+                ),
+                _ => (detected.compression("the tarball")?, Box::new(input)),
+            };
             let (file, path) = spool.create().map_err(ArchiveError::Internal)?;
             let mut tee = Tee {
                 inner: input,

@@ -43,7 +43,7 @@ use std::io::{self, Read};
 
 use super::unpack::{Compression, UnpackError};
 
-pub use import::ImportOptions;
+pub use import::{ImportOptions, RemoteTarball};
 pub use load::{LoadReport, LoadedImage};
 pub use save::SaveArchive;
 
@@ -74,6 +74,9 @@ pub enum ArchiveError {
     Layer { path: String, source: UnpackError },
     #[error("reading the archive: {0}")]
     Read(String),
+    /// `docker import URL`: the GET failed (dockerd's words).
+    #[error("{0}")]
+    Download(String),
     /// dockerd's message for a name `docker save` cannot find.
     /// Our own storage failed while reading the input (not the input's fault).
     #[error(transparent)]
@@ -95,6 +98,7 @@ impl crate::error::HasKind for ArchiveError {
                 ..
             }
             | ArchiveError::Internal(_) => ErrorKind::Internal,
+            ArchiveError::Download(_) => ErrorKind::Unavailable,
             _ => ErrorKind::InvalidArgument,
         }
     }
@@ -148,15 +152,16 @@ impl Detected {
         }
     }
 
-    /// The layer compression this is, or an error naming what wharf cannot read.
+    /// The compression of a layer inside an archive, or an error naming what wharf cannot
+    /// store as a layer blob.
     fn compression(self, what: &str) -> Result<Compression, ArchiveError> {
         match self {
             Detected::Plain => Ok(Compression::None),
             Detected::Gzip => Ok(Compression::Gzip),
             Detected::Zstd => Ok(Compression::Zstd),
             Detected::Bzip2 | Detected::Xz => Err(ArchiveError::invalid(format!(
-                "{what} is compressed with {}, which wharf does not read (use gzip, zstd or \
-                 no compression)",
+                "{what} is compressed with {}, which wharf does not read in a layer (use \
+                 gzip, zstd or no compression)",
                 if self == Detected::Bzip2 {
                     "bzip2"
                 } else {
@@ -199,6 +204,22 @@ fn decompressed<'a, R: Read + 'a>(
             io::BufReader::with_capacity(256 * 1024, reader),
         )),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+    })
+}
+
+/// A whole archive or tarball (what `docker load` and `docker import` read, not a layer
+/// inside one) decompressed: besides gzip and zstd, bzip2 and xz, which dockerd's
+/// `DecompressStream` reads there too (registries never carry them as layers).
+fn whole_stream<'a, R: Read + 'a>(detected: Detected, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match detected {
+        Detected::Plain => Box::new(reader),
+        Detected::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(256 * 1024, reader),
+        )),
+        Detected::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        // Multi-stream, as `bzip2 -c a b` and pbzip2 write and Go's reader reads.
+        Detected::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(reader)),
+        Detected::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(reader)),
     })
 }
 
@@ -255,7 +276,7 @@ mod tests {
         assert_eq!(Detected::of(b"manif"), Detected::Plain);
         assert_eq!(Detected::of(b""), Detected::Plain);
         assert!(Detected::Xz
-            .compression("the archive")
+            .compression("layer a/layer.tar")
             .unwrap_err()
             .to_string()
             .contains("xz"));

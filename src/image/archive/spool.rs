@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use sha2::{Digest as _, Sha256};
 
-use super::{components, decompressed, echo, sniff, ArchiveError};
+use super::{components, echo, sniff, whole_stream, ArchiveError};
 use crate::image::content::{ContentError, SpoolDir};
 
 /// How much of a stream one tar header (with its PAX records or GNU long name) may take:
@@ -92,12 +92,11 @@ impl<R: Read> Read for Guard<R> {
 }
 
 impl Spool {
-    /// Reads the whole archive `input` (plain, gzip or zstd) into `dir`. Synchronous: run
+    /// Reads the whole archive `input` (plain, gzip, zstd, bzip2 or xz) into `dir`. Synchronous: run
     /// it on a blocking thread.
     pub fn read(input: impl Read, dir: SpoolDir, limits: &Limits) -> Result<Spool, ArchiveError> {
         let (detected, input) = sniff(input).map_err(read_err)?;
-        let compression = detected.compression("the archive")?;
-        let stream = decompressed(input, compression).map_err(read_err)?;
+        let stream = whole_stream(detected, input).map_err(read_err)?;
         let header_budget = Rc::new(Cell::new(Some(MAX_HEADER_BYTES)));
         let exceeded = Rc::new(Cell::new(None));
         let guard = Guard {

@@ -209,7 +209,7 @@ pub(super) fn most_specific(failures: Vec<(String, RegistryError)>) -> Option<Re
 
 /// An error and its sources, for transport messages ("error sending request: ...:
 /// connection refused").
-pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
