@@ -121,6 +121,9 @@ crictl_bin="$PWD/target/go-tools/crictl"
 [[ -x $crictl_bin ]] || crictl_bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/go-tools/crictl"
 
 compare_init docker wdk 10.196
+# The cleanup (the EXIT trap) also on SIGINT and SIGTERM.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # dockerd's own network: another bridge, subnet 10.195.<octet>.0/24.
 dbridge="ddk$tag"
 dsubnet_prefix=10.195.$octet
