@@ -245,7 +245,8 @@ pub(super) async fn create(
     let mut raw: Value = parse_json(&body)?;
     let mut request: CreateRequest = serde_json::from_value(raw.clone())
         .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
-    let name = match query.name.filter(|n| !n.is_empty()) {
+    let generated = query.name.as_deref().is_none_or(str::is_empty);
+    let mut name = match query.name.filter(|n| !n.is_empty()) {
         Some(name) => checked_new_name(&server, &name)?,
         None => random_name(|n| name_taken(&server, n).is_some()),
     };
@@ -273,7 +274,7 @@ pub(super) async fn create(
     let id = crate::runtime::new_id().map_err(ApiError::from)?;
     let dir = container_dir(&server, &id);
     let seccomp_file = dir.join("seccomp.json");
-    let (pod_spec, mut container_spec, profile) =
+    let (mut pod_spec, mut container_spec, profile) =
         convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
@@ -288,14 +289,12 @@ pub(super) async fn create(
     } else {
         dir.join(&container_spec.log_path).display().to_string()
     };
-    let extension = Extension {
+    let mut extension = Extension {
         create: raw,
         name: name.clone(),
         log_path,
         args,
     };
-    let extension_bytes = serde_json::to_vec(&extension)
-        .map_err(|err| ApiError::internal(format!("encoding the container's record: {err}")))?;
     let prepare = {
         let dir = dir.clone();
         move || -> std::io::Result<()> {
@@ -310,16 +309,41 @@ pub(super) async fn create(
         .await
         .map_err(|err| ApiError::internal(format!("preparing {}: {err}", dir.display())))?
         .map_err(|err| ApiError::internal(format!("preparing {}: {err}", dir.display())))?;
-    let made = async {
-        let pod_id = server
-            .runtime
-            .run_pod(NAMESPACE, pod_spec, Vec::new(), "", None)
-            .await?;
+    // A generated name is only checked against the containers that exist: a create
+    // running at the same time may have drawn it too, and the pod's name (reserved
+    // atomically by run_pod) is taken. dockerd reserves its draws and draws again; so
+    // does this, a few times, then fails as before.
+    let mut draws = 1;
+    let pod_id = loop {
         match server
             .runtime
-            .create_container(NAMESPACE, &pod_id, container_spec, extension_bytes)
+            .run_pod(NAMESPACE, pod_spec.clone(), Vec::new(), "", None)
             .await
         {
+            Err(crate::runtime::RuntimeError::AlreadyExists(_)) if generated && draws < 10 => {
+                draws += 1;
+                name = random_name(|n| name_taken(&server, n).is_some());
+                pod_spec.name = name.clone();
+                container_spec.name = name.clone();
+                extension.name = name.clone();
+            }
+            result => break result,
+        }
+    };
+    let made = async {
+        let pod_id = pod_id?;
+        let created = match serde_json::to_vec(&extension) {
+            Ok(extension_bytes) => {
+                server
+                    .runtime
+                    .create_container(NAMESPACE, &pod_id, container_spec, extension_bytes)
+                    .await
+            }
+            Err(err) => Err(crate::runtime::RuntimeError::Internal(format!(
+                "encoding the container's record: {err}"
+            ))),
+        };
+        match created {
             Ok(id) => Ok(id),
             Err(err) => {
                 if let Err(cleanup) = server.runtime.remove_pod(NAMESPACE, &pod_id).await {
