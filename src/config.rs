@@ -46,6 +46,38 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub cni: CniSection,
     pub network: NetworkSection,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus listener (`GET /metrics`, plain HTTP).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT`; empty disables it. Unset: [`DEFAULT_METRICS_ADDRESS`], where a port
+    /// already taken is only a warning (a second wharfd on the host still starts); an
+    /// address set here that cannot be bound stops the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Loopback only by default: the metrics name pods and images.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:1338";
+
+impl MetricsConfig {
+    /// The address to listen on and whether it was configured; None when disabled.
+    pub fn listen_address(&self) -> Result<Option<(std::net::SocketAddr, bool)>, ConfigError> {
+        let (text, configured) = match self.address.as_deref() {
+            None => (DEFAULT_METRICS_ADDRESS, false),
+            Some("") => return Ok(None),
+            Some(address) => (address, true),
+        };
+        text.parse()
+            .map(|address| Some((address, configured)))
+            .map_err(|_| ConfigError::Invalid {
+                key: "metrics.address",
+                message: format!("{text:?} is not IP:PORT (or empty to disable the listener)"),
+            })
+    }
 }
 
 /// Which network pods (other than host-network ones) are attached to.
@@ -552,6 +584,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             cni: CniSection::default(),
             network: NetworkSection::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -735,6 +768,7 @@ impl Config {
         self.registry.validate()?;
         self.runtime.validate()?;
         self.cni.validate()?;
+        self.metrics.listen_address()?;
         self.network.validate()
     }
 

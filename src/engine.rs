@@ -1,5 +1,5 @@
 //! The engine: everything the front ends share, built once by the daemon. The CRI
-//! server (and later the Docker API, streaming and metrics listeners) each hold the
+//! server, the Docker API, the streaming and the metrics listeners each hold the
 //! same `Arc<Engine>` and call its core services; none of them owns state of its own.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::image::{ImageError, ImageService};
+use crate::metrics::{Metrics, MetricsError};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
 
@@ -22,6 +23,8 @@ pub struct Engine {
     pub runtime: Arc<Runtime>,
     /// What happens to containers and images.
     pub events: Arc<EventBus>,
+    /// The Prometheus registry of all of the above, and the front ends' call metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the engine could not be built.
@@ -35,6 +38,8 @@ pub enum EngineError {
     Runtime(#[from] RuntimeError),
     #[error("preparing the stored records: {0}")]
     Records(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Work a front end needs done on the store before the runtime loads its records (the
@@ -68,12 +73,17 @@ impl Engine {
             events.clone(),
         )
         .await?;
+        let mut collectors = store.metric_collectors();
+        collectors.extend(images.metric_collectors());
+        collectors.extend(runtime.metric_collectors());
+        let metrics = Arc::new(Metrics::new(collectors, runtime.clone(), events.clone())?);
         Ok(Arc::new(Engine {
             config,
             store,
             images,
             runtime,
             events,
+            metrics,
         }))
     }
 }

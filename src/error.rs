@@ -34,3 +34,22 @@ pub enum ErrorKind {
 pub trait HasKind: std::error::Error {
     fn kind(&self) -> ErrorKind;
 }
+
+impl ErrorKind {
+    /// A short snake_case name, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::DataLoss => "data_loss",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}

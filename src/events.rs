@@ -7,7 +7,7 @@
 //! kept for `since` replays. Publishing never blocks: a subscriber that falls behind
 //! loses the oldest events (and is told so), the publisher never waits.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::broadcast;
@@ -70,6 +70,9 @@ impl Event {
 pub struct EventBus {
     sender: broadcast::Sender<Event>,
     recent: Mutex<VecDeque<Event>>,
+    /// Events published, by namespace, kind and action (the metrics' counters: exact,
+    /// where a subscriber could lag and miss some).
+    counts: Mutex<HashMap<(String, EventKind, String), u64>>,
 }
 
 impl Default for EventBus {
@@ -77,6 +80,7 @@ impl Default for EventBus {
         EventBus {
             sender: broadcast::channel(CHANNEL).0,
             recent: Mutex::new(VecDeque::new()),
+            counts: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -89,6 +93,14 @@ impl EventBus {
                 recent.pop_front();
             }
             recent.push_back(event.clone());
+        }
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            // The action's word only (`exec_start: sh -c ...` is `exec_start`): a
+            // bounded set of keys.
+            let action = event.action.split(':').next().unwrap_or_default();
+            let key = (event.namespace.clone(), event.kind, action.to_string());
+            *counts.entry(key).or_default() += 1;
         }
         // No subscriber is not an error.
         let _ = self.sender.send(event);
@@ -104,6 +116,12 @@ impl EventBus {
     }
 
     /// A receiver of the events published from now on.
+    /// How many events of each namespace, kind and action were published.
+    pub fn counts(&self) -> Vec<((String, EventKind, String), u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub fn receiver(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
     }

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod metrics;
 pub mod monitor;
 pub mod runtime;
 pub mod state_file;

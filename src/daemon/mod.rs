@@ -226,10 +226,51 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             docker_tcp.push(task);
         }
     }
+    // The Prometheus listener.
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics_address = match config.metrics.listen_address() {
+        Ok(address) => address,
+        Err(err) => {
+            return Err(DaemonError::Bind {
+                what: "metrics.address",
+                address: config.metrics.address.clone().unwrap_or_default(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()),
+            })
+        }
+    };
+    let mut metrics_listening = None;
+    if let Some((address, configured)) = metrics_address {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                metrics_listening = listener.local_addr().ok();
+                tokio::spawn(crate::metrics::serve(
+                    listener,
+                    engine.metrics.clone(),
+                    async {
+                        let _ = metrics_stop_rx.await;
+                    },
+                ));
+            }
+            Err(source) if configured => {
+                return Err(DaemonError::Bind {
+                    what: "metrics.address",
+                    address: address.to_string(),
+                    source,
+                })
+            }
+            Err(err) => tracing::warn!(
+                %address,
+                "the metrics listener is off: cannot listen on its default address ({err}); \
+                 set [metrics] address"
+            ),
+        }
+    }
+    let cri_metrics = crate::metrics::ApiLayer::cri(engine.metrics.api.clone());
     let (runtime_service, image_service) = cri::services(CriServer::new(engine, streaming));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(in_flight.layer())
+        .layer(cri_metrics)
         .add_service(runtime_service)
         .add_service(image_service)
         .serve_with_incoming_shutdown(UnixListenerStream::new(socket.listener()?), async {
@@ -250,6 +291,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cri_socket = %config.cri.socket.display(),
         docker_socket = %docker_socket.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
         streaming = %streaming_address,
+        metrics = %metrics_listening.map(|a| a.to_string()).unwrap_or_default(),
         "wharfd is ready"
     );
     let docker_failed = async {
@@ -297,6 +339,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     drop(docker_tcp);
     let _ = streaming_stop_tx.send(());
     drop(streaming_server);
+    let _ = metrics_stop_tx.send(());
     // Wait for the calls being handled, not for idle connections: clients keep those
     // open, and they are closed when the process exits.
     tokio::select! {

@@ -156,8 +156,40 @@ fn routes(server: Arc<DockerServer>) -> Router {
             axum::routing::any(version::refuse),
         )
         .fallback(error::no_such_endpoint)
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            count_call,
+        ))
         .layer(axum::middleware::map_response(version::add_headers))
         .with_state(server)
+}
+
+/// Counts each call in the engine's metrics by HTTP method and route template (never
+/// by the IDs and names in the path), with its status.
+async fn count_call(
+    axum::extract::State(server): axum::extract::State<Arc<DockerServer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_string();
+    // Extension methods are the client's to invent: one label for all of them.
+    let verb = match request.method().as_str() {
+        verb @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => verb,
+        _ => "OTHER",
+    };
+    let method = format!("{verb} {route}");
+    let response = next.run(request).await;
+    server
+        .engine
+        .metrics
+        .api
+        .observe("docker", &method, response.status().as_str(), started);
+    response
 }
 
 /// Serves the API on `listener` until `shutdown` completes; every request passes

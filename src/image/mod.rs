@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod changes;
 pub mod content;
+mod metrics;
 pub mod platform;
 pub mod progress;
 pub mod registry;
@@ -309,6 +310,7 @@ pub struct ImageService {
     records: tokio::sync::Mutex<()>,
     /// Where pulls, tags and removals are announced.
     events: Arc<EventBus>,
+    metrics: metrics::ImageMetrics,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -356,7 +358,13 @@ impl ImageService {
             holds: std::sync::Mutex::new(HashMap::new()),
             events: Arc::new(EventBus::default()),
             records: tokio::sync::Mutex::new(()),
+            metrics: metrics::ImageMetrics::new(),
         })
+    }
+
+    /// The image service's metrics, for the engine's registry.
+    pub fn metric_collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.metrics.collectors()
     }
 
     /// Announces pulls, tags and removals on `events` (the engine's bus).
@@ -420,9 +428,25 @@ impl ImageService {
         credentials: &Credentials,
         progress: &ProgressSink,
     ) -> Result<Image, ImageError> {
+        let started = std::time::Instant::now();
         let result = self
             .pull_inner(namespace, reference, credentials, progress)
             .await;
+        match &result {
+            Ok(_) => {
+                self.metrics.pulls.with_label_values(&["success"]).inc();
+                self.metrics
+                    .pull_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                use crate::error::HasKind as _;
+                self.metrics
+                    .pulls
+                    .with_label_values(&[error.kind().as_str()])
+                    .inc();
+            }
+        }
         if let Err(error) = &result {
             if error.is_limit() {
                 // A refused image leaves nothing: the layers it did unpack go too (the
@@ -569,14 +593,17 @@ impl ImageService {
                 .map_err(|source| ContentError::Io { path: blob, source })?;
             let dir = pending.path().to_path_buf();
             let limits = limits.clone();
+            let timer = self.metrics.unpack_seconds.clone();
             let stats = join_unpack(
                 tokio::task::spawn_blocking(move || {
-                    unpack::apply_layer_limited(
-                        std::io::BufReader::new(file),
-                        compression,
-                        &dir,
-                        limits,
-                    )
+                    timed_unpack(&timer, || {
+                        unpack::apply_layer_limited(
+                            std::io::BufReader::new(file),
+                            compression,
+                            &dir,
+                            limits,
+                        )
+                    })
                 }),
                 &layer.digest,
             )
@@ -598,13 +625,16 @@ impl ImageService {
         let unpacker = pending.as_ref().map(|pending| {
             let dir = pending.path().to_path_buf();
             let limits = limits.clone();
+            let timer = self.metrics.unpack_seconds.clone();
             tokio::task::spawn_blocking(move || {
-                unpack::apply_layer_limited(
-                    ChannelReader::new(chunks_rx),
-                    compression,
-                    &dir,
-                    limits,
-                )
+                timed_unpack(&timer, || {
+                    unpack::apply_layer_limited(
+                        ChannelReader::new(chunks_rx),
+                        compression,
+                        &dir,
+                        limits,
+                    )
+                })
             })
         });
         let mut ingest = self.content.ingest(&layer.digest, Some(layer.size))?;
@@ -619,6 +649,7 @@ impl ImageService {
                 let chunk = chunk?;
                 ingest.write(&chunk)?;
                 transferred.add(chunk.len() as u64);
+                self.metrics.pull_bytes.inc_by(chunk.len() as u64);
                 if unpacking && chunks_tx.send(chunk).await.is_err() {
                     // The unpacker stopped early: its error is reported below.
                     break;
@@ -1160,4 +1191,19 @@ impl std::io::Read for ChannelReader {
         self.current.advance(n);
         Ok(n)
     }
+}
+
+/// Runs an unpack, observing its time in `histogram` when it succeeds.
+fn timed_unpack<T, E>(
+    histogram: &prometheus::Histogram,
+    unpack: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let timer = histogram.start_timer();
+    let result = unpack();
+    if result.is_ok() {
+        timer.observe_duration();
+    } else {
+        timer.stop_and_discard();
+    }
+    result
 }

@@ -12,6 +12,7 @@ mod container;
 pub mod exec_tree;
 pub mod health;
 mod host;
+mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod monitor_control;

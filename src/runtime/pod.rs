@@ -240,11 +240,12 @@ impl Runtime {
         // Only ADD needs these: DEL and CHECK use the capability args cached by ADD.
         attachment.capability_args.bandwidth = bandwidth;
         attachment.capability_args.dns = cni_dns(record.spec.dns.as_ref());
-        let result = self
-            .cni
-            .add(&selected, &attachment)
-            .await
-            .map_err(RuntimeError::Network)?;
+        let network_name = self.cni.name(&selected);
+        let started = std::time::Instant::now();
+        let result = self.cni.add(&selected, &attachment).await;
+        self.metrics
+            .network_operation("attach", &network_name, started, result.is_ok());
+        let result = result.map_err(RuntimeError::Network)?;
         if let Some(network) = record.network.as_mut() {
             network.phase = NetworkPhase::Attached;
             network.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
@@ -252,7 +253,6 @@ impl Runtime {
         // resolv.conf was written before ADD; the result's DNS may change it.
         let dns = record.spec.dns.clone();
         let network_dns = result.dns.clone();
-        let network_name = self.cni.name(&selected);
         let path = record.dir.join("resolv.conf");
         blocking(move || {
             pod_files::update_resolv_conf(&path, dns.as_ref(), &network_name, &network_dns)
@@ -270,10 +270,16 @@ impl Runtime {
             return Ok(());
         }
         let attachment = attachment(pod)?;
-        self.cni
-            .del(&attachment)
-            .await
-            .map_err(RuntimeError::Network)?;
+        let network_name = pod
+            .network
+            .as_ref()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let started = std::time::Instant::now();
+        let deleted = self.cni.del(&attachment).await;
+        self.metrics
+            .network_operation("detach", &network_name, started, deleted.is_ok());
+        deleted.map_err(RuntimeError::Network)?;
         if let Some(network) = pod.network.as_mut() {
             network.phase = NetworkPhase::Detached;
         }

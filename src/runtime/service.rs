@@ -139,6 +139,7 @@ pub struct Runtime {
     pub(super) health: super::health::HealthTable,
     /// Writable-layer usage, refreshed at most every few seconds (stats polls).
     pub(super) layer_usage: super::stats::LayerUsageCache,
+    pub(super) metrics: super::metrics::RuntimeMetrics,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -211,6 +212,7 @@ impl Runtime {
             events,
             health: Default::default(),
             layer_usage: Default::default(),
+            metrics: Default::default(),
         }))
     }
 
@@ -336,6 +338,17 @@ impl Runtime {
             .values()
             .filter(|c| c.namespace == namespace)
             .for_each(&mut f);
+    }
+
+    /// The runtime's metrics, for the engine's registry.
+    pub fn metric_collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.metrics.collectors()
+    }
+
+    /// Calls `f` with every container of every namespace, under the read lock.
+    pub fn for_each_container_everywhere(&self, f: impl FnMut(&ContainerRecord)) {
+        let containers = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        containers.values().for_each(f);
     }
 
     /// Calls `f` with each pod of `namespace`, under the read lock.

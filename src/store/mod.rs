@@ -144,7 +144,16 @@ pub struct Record<T> {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Time per operation (waiting for the connection included), for the metrics.
+    op_seconds: prometheus::HistogramVec,
 }
+
+/// Store operation latency buckets (seconds): reads take microseconds, a synchronous
+/// commit an fsync or two.
+const STORE_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+];
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,10 +186,36 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         schema::migrate(&mut conn, &path)?;
+        let op_seconds = crate::metrics::fixed(prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "wharf_store_operation_duration_seconds",
+                "Metadata store (SQLite) operations: get, list, update (a transaction, \
+                 committed with fsync).",
+            )
+            .buckets(STORE_BUCKETS.to_vec()),
+            &["operation"],
+        ));
         Ok(Store {
             path,
             conn: Mutex::new(conn),
+            op_seconds,
         })
+    }
+
+    /// The store's metrics, for the engine's registry.
+    pub fn metric_collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.op_seconds.clone())]
+    }
+
+    /// Times one operation.
+    fn timed<R>(&self, operation: &str, f: impl FnOnce() -> R) -> R {
+        let timer = self
+            .op_seconds
+            .with_label_values(&[operation])
+            .start_timer();
+        let result = f();
+        timer.observe_duration();
+        result
     }
 
     pub fn path(&self) -> &Path {
@@ -205,11 +240,19 @@ impl Store {
         kind: Kind,
         id: &str,
     ) -> Result<Option<Record<T>>, StoreError> {
-        get_record(&self.lock(), namespace, kind, id)
+        self.timed("get", || get_record(&self.lock(), namespace, kind, id))
     }
 
     /// Every object of `kind` in `namespace` (all namespaces when `None`), oldest first.
     pub fn list<T: DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        kind: Kind,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        self.timed("list", || self.list_untimed(namespace, kind))
+    }
+
+    fn list_untimed<T: DeserializeOwned>(
         &self,
         namespace: Option<&str>,
         kind: Kind,
@@ -230,6 +273,16 @@ impl Store {
     /// Runs `change` in one transaction: every write in it lands, or none does (an
     /// error from the closure, or a crash before commit, rolls all of them back).
     pub fn update<R, E>(&self, change: impl FnOnce(&mut Txn<'_>) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        self.timed("update", || self.update_untimed(change))
+    }
+
+    fn update_untimed<R, E>(
+        &self,
+        change: impl FnOnce(&mut Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E>
     where
         E: From<StoreError>,
     {

@@ -144,6 +144,10 @@ impl Daemon {
             // (mode auto's default) would be shared by every test's daemon.
             config_toml.push_str("\n[network]\nmode = \"none\"\n");
         }
+        if !config_toml.contains("[metrics]") {
+            // The default metrics port is one per host: tests that scrape pick their own.
+            config_toml.push_str("\n[metrics]\naddress = \"\"\n");
+        }
         std::fs::write(&paths.config, &config_toml).expect("write wharfd config");
         let mut daemon = Daemon {
             paths,
