@@ -9,6 +9,7 @@ use crate::events::EventBus;
 use crate::image::{ImageError, ImageService};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
+use crate::volume::{VolumeError, VolumeService};
 
 /// The core services behind every front end.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct Engine {
     pub images: Arc<ImageService>,
     /// Pods and containers, with their networks.
     pub runtime: Arc<Runtime>,
+    /// Named and anonymous volumes (the Docker API's).
+    pub volumes: Arc<VolumeService>,
     /// What happens to containers and images.
     pub events: Arc<EventBus>,
 }
@@ -31,6 +34,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("opening the volumes: {0}")]
+    Volume(#[from] VolumeError),
     #[error("recovering pods and containers: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("preparing the stored records: {0}")]
@@ -61,10 +66,13 @@ impl Engine {
             ImageService::open(&config.root, store.clone(), &config.registry)?
                 .with_events(events.clone()),
         );
+        let volumes =
+            Arc::new(VolumeService::open(&config.root, store.clone())?.with_events(events.clone()));
         let runtime = Runtime::open(
             config.clone(),
             store.clone(),
             images.clone(),
+            volumes.clone(),
             events.clone(),
         )
         .await?;
@@ -73,6 +81,7 @@ impl Engine {
             store,
             images,
             runtime,
+            volumes,
             events,
         }))
     }
