@@ -643,6 +643,11 @@ impl Runtime {
             return Ok(());
         };
         self.cleanup_container(&container).await;
+        if container.spec.auto_remove {
+            // Docker's --rm takes the anonymous volumes too, before the removal is
+            // seen (the CLI lists volumes right after its wait for "removed").
+            self.remove_anonymous_volumes(&container).await;
+        }
         self.delete_container_record(&container.id)?;
         drop(guard);
         self.forget_lock(&container.id);

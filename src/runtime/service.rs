@@ -574,11 +574,8 @@ impl Runtime {
             .remove_pod(&container.namespace, &container.pod_id)
             .await
         {
-            Ok(()) => {
-                // Docker's --rm removes the container's anonymous volumes too.
-                self.remove_anonymous_volumes(&container).await;
-                tracing::info!(container = %id, "removed on exit (auto-remove)")
-            }
+            // (Its anonymous volumes went with it: remove_container.)
+            Ok(()) => tracing::info!(container = %id, "removed on exit (auto-remove)"),
             Err(err) => tracing::error!(container = %id, "auto-remove: {err}"),
         }
     }
