@@ -1057,3 +1057,74 @@ async fn no_leaked_mounts_or_volumes_after_50_cycles() {
         .starts_with("cyc-"),);
     docker.ok(&["volume", "rm", &named, &tmpvol]);
 }
+
+/// Restarts the daemon so that it kills itself at `point` (src/crash_point.rs), runs
+/// `docker args` (which fails: the daemon dies), and starts it again unarmed.
+async fn crash_during(docker: &mut DockerEnv, point: &str, args: &[&str]) {
+    assert!(docker.env.daemon.stop().success(), "wharfd stopped cleanly");
+    docker.env.daemon.env = vec![("WHARF_TEST_CRASH_AT".to_string(), point.to_string())];
+    docker.env.daemon.restart().await;
+    let run = docker.run(args);
+    assert_ne!(
+        run.status, 0,
+        "docker {args:?} succeeded though wharfd died at {point}"
+    );
+    let status = docker.env.daemon.wait_exited();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(nix::libc::SIGKILL),
+        "wharfd did not die at {point}: {status}"
+    );
+    docker.env.daemon.env.clear();
+    docker.env.daemon.restart().await;
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_gives_back_what_was_made() {
+    let mut docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let kept = unique("kept");
+    docker.ok(&["volume", "create", &kept]);
+    let before = snapshot(&docker);
+
+    // A container create cut after its volumes were made: the restart removes the new
+    // named and anonymous ones, keeps the one that was there.
+    let fresh = unique("fresh");
+    crash_during(
+        &mut docker,
+        "create.after_volumes",
+        &[
+            "create",
+            "-v",
+            &format!("{fresh}:/f"),
+            "-v",
+            &format!("{kept}:/k"),
+            "-v",
+            "/anon",
+            &image,
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(snapshot(&docker), before);
+
+    // A volume create cut before its record: the directory is swept at the restart.
+    let half = unique("half");
+    crash_during(
+        &mut docker,
+        "volume.create.before_record",
+        &["volume", "create", &half],
+    )
+    .await;
+    assert_eq!(snapshot(&docker), before);
+
+    // A removal cut after its record went: the data is swept too.
+    crash_during(
+        &mut docker,
+        "volume.remove.after_record",
+        &["volume", "rm", &kept],
+    )
+    .await;
+    assert!(!volume_names(&docker, &[]).contains(&kept));
+    assert!(!volumes_dir(&docker).join(&kept).exists());
+}

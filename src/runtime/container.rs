@@ -200,6 +200,7 @@ impl Runtime {
                 .await?;
                 record.spec.mounts = mounts;
                 taken?;
+                crate::crash_point::reached("create.after_volumes");
             }
             let info = self
                 .setup_container(&mut record, &pod, &defaults, &runtime)
