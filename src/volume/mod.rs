@@ -314,6 +314,18 @@ impl VolumeService {
     /// Unmounts what is mounted on the volume's `_data` and removes its directory;
     /// refuses (leaving everything) when something stays mounted below it.
     fn remove_dir(&self, name: &str) -> Result<()> {
+        self.unmount_for_removal(name)?;
+        let dir = self.volume_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_err(name, format!("removing {}", dir.display()))(err)),
+        }
+    }
+
+    /// Unmounts what is mounted on the volume's `_data`; an error when something stays
+    /// mounted below its directory (its data is never removed then).
+    fn unmount_for_removal(&self, name: &str) -> Result<()> {
         let dir = self.volume_dir(name);
         let data = dir.join("_data");
         mount::unmount_all(&data)
@@ -327,11 +339,7 @@ impl VolumeService {
                 source: std::io::Error::other("something is still mounted below it"),
             });
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(io_err(name, format!("removing {}", dir.display()))(err)),
-        }
+        Ok(())
     }
 
     /// Every volume, oldest first.
@@ -513,13 +521,30 @@ impl VolumeService {
                 users,
             });
         }
+        // Unmounted first: a volume whose mount stays is not removed at all.
+        self.unmount_for_removal(name)?;
         self.store
             .update(|tx| tx.delete(DOCKER_NAMESPACE, Kind::Volume, name))?;
-        drop(state);
         crate::crash_point::reached("volume.remove.after_record");
-        if let Err(err) = self.remove_dir(name) {
-            // The record is gone; the next start sweeps the directory.
-            tracing::error!(volume = %name, "{err}");
+        // Out of the way while the lock is held (a create of the same name may come
+        // next), deleted after; what a crash leaves is swept at the next start (a
+        // name starting with '.' is never a volume's).
+        let dir = self.volume_dir(name);
+        let trash = random_name()
+            .map(|r| self.dir.join(format!(".removing-{}", &r[..16])))
+            .ok()
+            .filter(|trash| std::fs::rename(&dir, trash).is_ok());
+        if trash.is_none() {
+            if let Err(err) = self.remove_dir(name) {
+                tracing::error!(volume = %name, "{err}");
+            }
+        }
+        drop(state);
+        if let Some(trash) = trash {
+            if let Err(err) = std::fs::remove_dir_all(&trash) {
+                // The next start sweeps it.
+                tracing::error!(volume = %name, "removing {}: {err}", trash.display());
+            }
         }
         tracing::info!(volume = %name, "volume removed");
         self.event("destroy", name, &[]);
