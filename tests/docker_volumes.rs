@@ -845,6 +845,44 @@ async fn binds_tmpfs_and_volumes_from() {
     );
     assert!(!absent.exists());
 
+    // A volume that binds a host directory (the local driver's type=none, o=bind):
+    // mounted while used, and removing it never touches the directory's content.
+    let device = host.path().join("device");
+    std::fs::create_dir(&device).unwrap();
+    std::fs::write(device.join("old"), "old\n").unwrap();
+    let bindvol = unique("bindvol");
+    docker.ok(&[
+        "volume",
+        "create",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        &format!("device={}", device.display()),
+        &bindvol,
+    ]);
+    assert_eq!(
+        docker.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{bindvol}:/d"),
+            &image,
+            "sh",
+            "-c",
+            "echo new > /d/new; cat /d/old"
+        ]),
+        "old"
+    );
+    assert_eq!(
+        std::fs::read_to_string(device.join("new")).unwrap(),
+        "new\n"
+    );
+    assert!(mounts_under(&volumes_dir(&docker)).is_empty());
+    docker.ok(&["volume", "rm", &bindvol]);
+    assert!(device.join("old").is_file() && device.join("new").is_file());
+
     // tmpfs: size and mode, noexec; not a volume, not listed as one.
     let before = volume_names(&docker, &[]);
     let t = unique("tmpfs");
