@@ -831,6 +831,27 @@ mod tests {
     }
 
     #[test]
+    fn sizes_as_go_units_reads_them() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1.5GB"), Some(3 << 29));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1k"), None);
+    }
+
+    #[test]
+    fn removal_leaves_no_directory_behind_and_a_same_name_create_is_fresh() {
+        let (_dir, volumes) = service();
+        volumes.create(named("again")).unwrap();
+        std::fs::write(volumes.mountpoint("again").join("f"), "old").unwrap();
+        volumes.remove("again", false).unwrap();
+        assert_eq!(std::fs::read_dir(&volumes.dir).unwrap().count(), 0);
+        volumes.create(named("again")).unwrap();
+        assert!(!volumes.mountpoint("again").join("f").exists());
+    }
+
+    #[test]
     fn anonymous_names_are_64_hex() {
         let (_dir, volumes) = service();
         let v = volumes.create(CreateVolume::default()).unwrap();
