@@ -914,6 +914,40 @@ async fn binds_tmpfs_and_volumes_from() {
     );
     docker.ok(&["rm", &t]);
     assert_eq!(volume_names(&docker, &[]), before);
+    // --tmpfs: Docker's defaults, overridden by what is given; in HostConfig.Tmpfs,
+    // not in Mounts (dockerd's).
+    let flag = unique("tmpfs-flag");
+    let out = docker.ok(&[
+        "run",
+        "--name",
+        &flag,
+        "--tmpfs",
+        "/run2:size=2m,exec",
+        &image,
+        "grep",
+        " /run2 ",
+        "/proc/mounts",
+    ]);
+    assert!(
+        out.starts_with("tmpfs /run2 tmpfs rw,nosuid,nodev,"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("noexec") && out.contains("size=2048k"),
+        "{out}"
+    );
+    assert_eq!(
+        docker.ok(&[
+            "inspect",
+            "-f",
+            "{{json .Mounts}} {{json .HostConfig.Tmpfs}}",
+            &flag
+        ]),
+        r#"[] {"/run2":"size=2m,exec"}"#
+    );
+    docker.ok(&["rm", &flag]);
+    let err = docker.fails(&["create", "--tmpfs", "relative", &image, "true"]);
+    assert!(err.contains("mount path must be absolute"), "{err}");
 
     // --volumes-from: the same volume and binds; :ro makes them read-only.
     let source = unique("source");

@@ -519,7 +519,7 @@ pub(super) async fn inspect(
         "ExecIDs": null,
         "HostConfig": host_config,
         "GraphDriver": { "Name": "overlay2", "Data": null },
-        "Mounts": c.spec.mounts.iter().map(mounts::mount_point_json).collect::<Vec<_>>(),
+        "Mounts": c.spec.mounts.iter().filter_map(mounts::mount_point_json).collect::<Vec<_>>(),
         "Config": config,
         "NetworkSettings": {
             "Bridge": "",

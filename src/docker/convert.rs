@@ -56,6 +56,8 @@ pub struct HostConfig {
     pub binds: Option<Vec<String>>,
     pub mounts: Option<Vec<super::mounts::ApiMount>>,
     pub volumes_from: Option<Vec<String>>,
+    /// `--tmpfs /path[:options]`.
+    pub tmpfs: Option<HashMap<String, String>>,
     #[serde(deserialize_with = "super::mounts::null_default")]
     pub volume_driver: String,
     pub network_mode: String,
@@ -440,11 +442,12 @@ pub fn specs(
     }
     // Binds and Mounts; VolumesFrom and the anonymous volumes are added by the
     // create, which can look up containers and the image.
-    let mounts = super::mounts::explicit_mounts(
+    let mut mounts = super::mounts::explicit_mounts(
         host.binds.as_deref().unwrap_or_default(),
         host.mounts.as_deref().unwrap_or_default(),
         &host.volume_driver,
     )?;
+    super::mounts::add_tmpfs_flags(&mut mounts, host.tmpfs.as_ref())?;
 
     let cpu_period = if host.nano_cpus > 0 {
         if host.cpu_quota > 0 || host.cpu_period > 0 {

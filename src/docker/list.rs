@@ -331,7 +331,7 @@ pub(super) async fn list(
             },
             "HostConfig": { "NetworkMode": network_mode(&ext) },
             "NetworkSettings": { "Networks": networks_json(&ext, &ip_of(&server, c)) },
-            "Mounts": c.spec.mounts.iter().map(super::mounts::mount_point_json).collect::<Vec<_>>(),
+            "Mounts": c.spec.mounts.iter().filter_map(super::mounts::mount_point_json).collect::<Vec<_>>(),
         });
         if with_size {
             // dockerd leaves them out when 0 (`omitempty`).

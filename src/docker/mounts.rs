@@ -286,6 +286,7 @@ pub fn parse_api_mount(m: &ApiMount, volume_driver: &str) -> Result<Mount, ApiEr
             mount.tmpfs = Some(TmpfsOptions {
                 size_bytes: options.size_bytes,
                 mode: options.mode & 0o7777,
+                ..Default::default()
             });
         }
     }
@@ -331,6 +332,49 @@ pub fn explicit_mounts(
         mounts.push(mount);
     }
     Ok(mounts)
+}
+
+/// `HostConfig.Tmpfs` (`--tmpfs /path[:opts]`): a tmpfs at each path, over any other
+/// mount there (dockerd's precedence), with the options after Docker's defaults.
+pub fn add_tmpfs_flags(
+    mounts: &mut Vec<Mount>,
+    tmpfs: Option<&HashMap<String, String>>,
+) -> Result<(), ApiError> {
+    let Some(tmpfs) = tmpfs else {
+        return Ok(());
+    };
+    let mut paths: Vec<&String> = tmpfs.keys().collect();
+    paths.sort();
+    for path in paths {
+        if path == "/" {
+            return Err(ApiError::bad_request(
+                "invalid specification: destination can't be '/'",
+            ));
+        }
+        if !path.starts_with('/') {
+            return Err(ApiError::bad_request(format!(
+                "invalid mount path: '{}' mount path must be absolute",
+                bounded(path)
+            )));
+        }
+        let data = tmpfs.get(path).map(String::as_str).unwrap_or_default();
+        let dest = normalized(path);
+        mounts.retain(|m| normalized(&m.container_path) != dest);
+        mounts.push(Mount {
+            container_path: path.clone(),
+            tmpfs: Some(TmpfsOptions {
+                options: data
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                flag: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 /// A `VolumesFrom` entry: the container's name or ID and whether it asks read-only
@@ -439,9 +483,13 @@ pub fn config_volumes(volumes: Option<&HashMap<String, Value>>) -> Result<Vec<St
     Ok(paths)
 }
 
-/// dockerd's `MountPoint` JSON of a container's mount.
-pub fn mount_point_json(m: &Mount) -> Value {
-    match (&m.volume, &m.tmpfs) {
+/// dockerd's `MountPoint` JSON of a container's mount (None for a `--tmpfs` one,
+/// which dockerd shows in `HostConfig.Tmpfs` only).
+pub fn mount_point_json(m: &Mount) -> Option<Value> {
+    if m.tmpfs.as_ref().is_some_and(|t| t.flag) {
+        return None;
+    }
+    Some(match (&m.volume, &m.tmpfs) {
         (Some(volume), _) => json!({
             "Type": "volume",
             "Name": volume.name,
@@ -472,7 +520,7 @@ pub fn mount_point_json(m: &Mount) -> Value {
                 Propagation::Bidirectional => "rshared",
             },
         }),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -194,6 +194,12 @@ pub struct VolumeSource {
 pub struct TmpfsOptions {
     pub size_bytes: i64,
     pub mode: u32,
+    /// Mount options as given (Docker's `--tmpfs /path:opts`), after the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// From `--tmpfs` (HostConfig.Tmpfs): not one of inspect's `Mounts`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flag: bool,
 }
 
 /// A host device node given to the container.

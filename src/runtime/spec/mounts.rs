@@ -160,6 +160,8 @@ pub(super) fn mounts(
             if tmpfs.mode != 0 {
                 options.push(format!("mode={:o}", tmpfs.mode & 0o7777));
             }
+            // Given ones last: they override the defaults (`exec`, `rw`...).
+            options.extend(tmpfs.options.iter().cloned());
             let options: Vec<&str> = options.iter().map(String::as_str).collect();
             user_mounts.push(mount(
                 &m.container_path,
