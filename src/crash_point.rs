@@ -7,7 +7,9 @@
 //! Points: `pod.after_network`, `pod.after_pid_holder`, `pod.before_ready` (in
 //! RunPodSandbox), `start.before_runtime`, `start.after_runtime` (in StartContainer),
 //! and `start.after_init_exec`, inside the vendored libcontainer's start, between the
-//! init's exec and the state file's update.
+//! init's exec and the state file's update; `create.after_volumes` (a container's
+//! volumes made and referenced, its create not done), `volume.create.before_record`
+//! and `volume.remove.after_record` (tests/docker_volumes.rs).
 
 use std::sync::OnceLock;
 

@@ -10,6 +10,7 @@ use crate::image::{ImageError, ImageService};
 use crate::metrics::{Metrics, MetricsError};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError};
+use crate::volume::{VolumeError, VolumeService};
 
 /// The core services behind every front end.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct Engine {
     pub images: Arc<ImageService>,
     /// Pods and containers, with their networks.
     pub runtime: Arc<Runtime>,
+    /// Named and anonymous volumes (the Docker API's).
+    pub volumes: Arc<VolumeService>,
     /// What happens to containers and images.
     pub events: Arc<EventBus>,
     /// The Prometheus registry of all of the above, and the front ends' call metrics.
@@ -34,6 +37,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("opening the volumes: {0}")]
+    Volume(#[from] VolumeError),
     #[error("recovering pods and containers: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("preparing the stored records: {0}")]
@@ -66,10 +71,13 @@ impl Engine {
             ImageService::open(&config.root, store.clone(), &config.registry)?
                 .with_events(events.clone()),
         );
+        let volumes =
+            Arc::new(VolumeService::open(&config.root, store.clone())?.with_events(events.clone()));
         let runtime = Runtime::open(
             config.clone(),
             store.clone(),
             images.clone(),
+            volumes.clone(),
             events.clone(),
         )
         .await?;
@@ -82,6 +90,7 @@ impl Engine {
             store,
             images,
             runtime,
+            volumes,
             events,
             metrics,
         }))

@@ -21,3 +21,4 @@ pub mod state_file;
 pub mod store;
 pub mod streaming;
 pub mod tls;
+pub mod volume;

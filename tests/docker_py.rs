@@ -1,7 +1,7 @@
 //! The Docker API with docker-py (issue 18), a client we did not write: pulls, run
 //! without detach (docker-py's create, start, wait, logs), detached containers with
 //! limits, filters, stop, wait, remove, errors, image tags, and image save and load
-//! (tests/docker-py/).
+//! (tests/docker-py/), and volumes.
 
 mod support;
 
@@ -54,4 +54,12 @@ async fn docker_py_runs_containers_and_images() {
 #[tokio::test]
 async fn docker_py_attach_logs_and_detach_keys() {
     run_script("test_attach.py", "docker-py attach: all checks passed").await;
+}
+
+/// Volumes: create (labels, driver options), get, list with filters, remove (409 in
+/// use), prune, a container's volumes, binds and tmpfs mounts, bad input
+/// (tests/docker-py/test_volumes.py).
+#[tokio::test]
+async fn docker_py_volumes() {
+    run_script("test_volumes.py", "docker-py volumes: all checks passed").await;
 }

@@ -174,6 +174,7 @@ pub(super) fn container_spec(
                 .map(|i| i.image.clone())
                 .unwrap_or_default(),
             id_mapped: !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty(),
+            ..Default::default()
         });
     }
     let mut annotations = config.annotations.clone();

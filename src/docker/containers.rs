@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::convert::{self, CreateRequest, Extension};
 use super::error::{parse_json, ApiError};
+use super::mounts;
 use super::{DockerServer, NAMESPACE};
 use crate::runtime::model::RestartPolicy;
 use crate::runtime::{ContainerRecord, ContainerState};
@@ -278,12 +279,29 @@ pub(super) async fn create(
         convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
-    // What it will run, for list and inspect (the spec builder's own rule).
-    let args = image_config
+    let defaults = image_config
         .as_deref()
         .and_then(|json| crate::runtime::spec::ImageDefaults::from_config_json(json).ok())
-        .and_then(|defaults| crate::runtime::spec::process_args(&container_spec, &defaults).ok())
         .unwrap_or_default();
+    // Mounts lent by other containers, and anonymous volumes for `-v /ctr` and the
+    // image's VOLUMEs (dockerd's order: explicit mounts win).
+    let host = request.host_config.clone().unwrap_or_default();
+    let mut lent = Vec::new();
+    for entry in host.volumes_from.as_deref().unwrap_or_default() {
+        let (source, readonly) = mounts::parse_volumes_from(entry)?;
+        let from = find(&server, source)?;
+        lent.extend(mounts::lent_mounts(&from.spec.mounts, readonly));
+    }
+    let mut anonymous = mounts::config_volumes(request.volumes.as_ref())?;
+    anonymous.extend(defaults.volumes.iter().cloned());
+    container_spec.mounts = mounts::merge(
+        lent,
+        std::mem::take(&mut container_spec.mounts),
+        &anonymous,
+        &host.volume_driver,
+    );
+    // What it will run, for list and inspect (the spec builder's own rule).
+    let args = crate::runtime::spec::process_args(&container_spec, &defaults).unwrap_or_default();
     let log_path = if container_spec.log_path.is_empty() {
         String::new()
     } else {
@@ -539,14 +557,7 @@ pub(super) async fn inspect(
         "ExecIDs": null,
         "HostConfig": host_config,
         "GraphDriver": { "Name": "overlay2", "Data": null },
-        "Mounts": c.spec.mounts.iter().map(|m| json!({
-            "Type": "bind",
-            "Source": m.host_path,
-            "Destination": m.container_path,
-            "Mode": if m.readonly { "ro" } else { "" },
-            "RW": !m.readonly,
-            "Propagation": "rprivate",
-        })).collect::<Vec<_>>(),
+        "Mounts": c.spec.mounts.iter().filter_map(mounts::mount_point_json).collect::<Vec<_>>(),
         "Config": config,
         "NetworkSettings": {
             "Bridge": "",
@@ -821,13 +832,13 @@ pub(super) struct RemoveQuery {
     v: Option<String>,
 }
 
-/// DELETE `/containers/{id}?force=`: 204; 409 for a running container without force.
+/// DELETE `/containers/{id}?force=&v=`: 204; 409 for a running container without
+/// force; `v` removes its anonymous volumes too.
 pub(super) async fn remove(
     State(server): State<Arc<DockerServer>>,
     Path(query): Path<String>,
     Query(params): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let _ = params.v; // no anonymous volumes yet
     let c = find(&server, &query)?;
     if c.state == ContainerState::Running && !truthy(params.force.as_deref()) {
         return Err(ApiError::conflict(format!(
@@ -837,6 +848,10 @@ pub(super) async fn remove(
         )));
     }
     server.runtime.remove_pod(NAMESPACE, &c.pod_id).await?;
+    if truthy(params.v.as_deref()) {
+        // `rm -v`: its anonymous volumes (named ones are kept).
+        server.runtime.remove_anonymous_volumes(&c).await;
+    }
     // (Its files go with the destroy event: events.rs.)
     let dir = container_dir(&server, &c.id);
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;

@@ -3,7 +3,7 @@
 //! (process, user, mounts, resources, security), with Docker's defaults where the CRI's
 //! differ (seccomp: Docker's default profile; hostname: the short ID). Refused here,
 //! with dockerd's wording where clients know it: what Docker would refuse, and what
-//! wharf does not do yet (named volumes, restart policies, other log drivers).
+//! wharf does not do yet (other log drivers). Mounts are read in `mounts.rs`.
 
 use std::collections::HashMap;
 
@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::runtime::model::{
-    Capabilities, ContainerSpec, DnsConfig, Mount, NamespaceMode, NamespaceModes, PodSpec,
-    Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
+    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, PodSpec, Resources,
+    RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
 /// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
@@ -54,6 +54,12 @@ pub struct LogConfig {
 #[serde(rename_all = "PascalCase", default)]
 pub struct HostConfig {
     pub binds: Option<Vec<String>>,
+    pub mounts: Option<Vec<super::mounts::ApiMount>>,
+    pub volumes_from: Option<Vec<String>>,
+    /// `--tmpfs /path[:options]`.
+    pub tmpfs: Option<HashMap<String, String>>,
+    #[serde(deserialize_with = "super::mounts::null_default")]
+    pub volume_driver: String,
     pub network_mode: String,
     pub privileged: bool,
     pub cap_add: Option<Vec<String>>,
@@ -98,6 +104,8 @@ pub struct CreateRequest {
     pub image: String,
     pub labels: Option<HashMap<String, String>>,
     pub working_dir: String,
+    /// `-v /ctr` (anonymous volumes), as a set of paths.
+    pub volumes: Option<HashMap<String, serde_json::Value>>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
     pub healthcheck: Option<HealthConfig>,
@@ -315,53 +323,6 @@ pub fn merge_resources(resources: &mut Resources, update: &HostConfig) -> Result
     Ok(*resources != before)
 }
 
-/// `-v /host:/container[:ro|rw|z|Z|...]`: a bind of an absolute host path.
-fn bind_mount(bind: &str) -> Result<Mount, ApiError> {
-    let parts: Vec<&str> = bind.split(':').collect();
-    let (source, target, options) = match parts.as_slice() {
-        [source, target] => (*source, *target, ""),
-        [source, target, options] => (*source, *target, *options),
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "invalid volume specification: '{}'",
-                bounded(bind)
-            )))
-        }
-    };
-    if !source.starts_with('/') {
-        return Err(ApiError::bad_request(format!(
-            "invalid volume specification: '{}': named volumes are not supported by wharf yet; \
-             bind an absolute host path",
-            bounded(bind)
-        )));
-    }
-    if !target.starts_with('/') {
-        return Err(ApiError::bad_request(format!(
-            "invalid volume specification: '{}': mount path must be absolute",
-            bounded(bind)
-        )));
-    }
-    let mut readonly = false;
-    for option in options.split(',').filter(|o| !o.is_empty()) {
-        match option {
-            "ro" => readonly = true,
-            "rw" | "z" | "Z" | "rprivate" | "private" => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid mode: {}",
-                    bounded(other)
-                )))
-            }
-        }
-    }
-    Ok(Mount {
-        container_path: target.to_string(),
-        host_path: source.to_string(),
-        readonly,
-        ..Default::default()
-    })
-}
-
 /// `--security-opt` values: seccomp (unconfined, or a profile the CLI read from a file
 /// and sent as JSON: `seccomp_file` gets it written), no-new-privileges.
 fn security_opts(
@@ -509,13 +470,14 @@ pub fn specs(
             }
         }
     }
-    let mounts = host
-        .binds
-        .clone()
-        .unwrap_or_default()
-        .iter()
-        .map(|b| bind_mount(b))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Binds and Mounts; VolumesFrom and the anonymous volumes are added by the
+    // create, which can look up containers and the image.
+    let mut mounts = super::mounts::explicit_mounts(
+        host.binds.as_deref().unwrap_or_default(),
+        host.mounts.as_deref().unwrap_or_default(),
+        &host.volume_driver,
+    )?;
+    super::mounts::add_tmpfs_flags(&mut mounts, host.tmpfs.as_ref())?;
 
     let cpu_period = if host.nano_cpus > 0 {
         if host.cpu_quota > 0 || host.cpu_period > 0 {
@@ -691,8 +653,8 @@ mod tests {
         let err = |json| specs_of(json).unwrap_err().message;
         assert!(err(serde_json::json!({})).contains("no image"));
         assert!(
-            err(serde_json::json!({"Image": "b", "HostConfig": {"Binds": ["vol:/data"]}}))
-                .contains("named volumes")
+            err(serde_json::json!({"Image": "b", "HostConfig": {"Binds": ["/vol:ro"]}}))
+                .contains("invalid volume specification")
         );
         assert!(err(
             serde_json::json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "syslog"}}})

@@ -89,6 +89,8 @@ impl Filter {
                     || (event.kind == EventKind::Image
                         && (event.id == *v || event.attributes.get("name") == Some(v)))
             }),
+            // A volume's name (its events), or a container's mount of it.
+            "volume" => event.kind == EventKind::Volume && values.contains(&event.id),
             "label" => values.iter().all(|v| match v.split_once('=') {
                 Some((key, value)) => event.attributes.get(key).is_some_and(|x| x == value),
                 None => event.attributes.contains_key(v),
@@ -109,7 +111,7 @@ pub(super) async fn events(
     for key in filters.keys() {
         if !matches!(
             key.as_str(),
-            "type" | "event" | "container" | "image" | "label"
+            "type" | "event" | "container" | "image" | "volume" | "label"
         ) {
             return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
         }

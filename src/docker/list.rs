@@ -279,12 +279,13 @@ pub(super) async fn list(
                     .get(NAMESPACE, v)
                     .is_some_and(|image| image.id == c.image_id)
             }),
-            // A bind mount's destination or source.
+            // A volume's name, or a mount's destination (or a bind's source).
             "volume" => values.iter().any(|v| {
-                let v = v.trim_end_matches('/');
+                let trimmed = v.trim_end_matches('/');
                 c.spec.mounts.iter().any(|m| {
-                    m.container_path.trim_end_matches('/') == v
-                        || m.host_path.trim_end_matches('/') == v
+                    m.volume.as_ref().is_some_and(|vol| vol.name == *v)
+                        || m.container_path.trim_end_matches('/') == trimmed
+                        || (m.volume.is_none() && m.host_path.trim_end_matches('/') == trimmed)
                 })
             }),
             // The network's name, or a prefix of its ID.
@@ -332,14 +333,7 @@ pub(super) async fn list(
             },
             "HostConfig": { "NetworkMode": network_mode(&ext) },
             "NetworkSettings": { "Networks": networks_json(&ext, &ip_of(&server, c)) },
-            "Mounts": c.spec.mounts.iter().map(|m| json!({
-                "Type": "bind",
-                "Source": m.host_path,
-                "Destination": m.container_path,
-                "Mode": if m.readonly { "ro" } else { "" },
-                "RW": !m.readonly,
-                "Propagation": "rprivate",
-            })).collect::<Vec<_>>(),
+            "Mounts": c.spec.mounts.iter().filter_map(super::mounts::mount_point_json).collect::<Vec<_>>(),
         });
         if with_size {
             // dockerd leaves them out when 0 (`omitempty`).

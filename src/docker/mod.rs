@@ -21,6 +21,9 @@
 //! - `commit.rs`: `/commit` (`docker commit`: the read-write layer as a new image, the
 //!   `changes` as Dockerfile instructions);
 //! - `prune.rs`: `/system/df`, `/containers/prune`, `/images/prune`;
+//! - `volumes.rs`: `/volumes` (create, list, inspect, remove, prune; the core's
+//!   `crate::volume`), and `mounts.rs`: a create's Binds, Mounts, VolumesFrom and
+//!   anonymous volumes, and the `Mounts` of inspect and list;
 //! - `logs.rs`: `/containers/{id}/logs` (the container's log file, framed as Docker's
 //!   stdcopy stream);
 //! - `stats.rs`: `/containers/{id}/stats` (the core's cgroup samples, dockerd's JSON);
@@ -48,11 +51,13 @@ mod filesystem;
 mod images;
 mod list;
 mod logs;
+mod mounts;
 mod prune;
 mod stats;
 mod system;
 mod transfer;
 mod version;
+mod volumes;
 
 use std::sync::Arc;
 
@@ -107,6 +112,13 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/events", get(events::events))
         .route("/system/df", get(prune::df))
         .route("/containers/prune", post(prune::prune_containers))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/create", post(volumes::create))
+        .route("/volumes/prune", post(volumes::prune))
+        .route(
+            "/volumes/{name}",
+            get(volumes::inspect).delete(volumes::remove),
+        )
         .route("/images/prune", post(prune::prune_images))
         .route("/containers/{id}/changes", get(filesystem::changes))
         .route("/containers/{id}/export", get(filesystem::export))

@@ -51,7 +51,7 @@ fn image_facts(
 }
 
 /// GET `/system/df`: images (with their sizes, shared sizes and how many containers use
-/// them), containers (with `SizeRw`), no volumes, no build cache.
+/// them), containers (with `SizeRw`), volumes (with `UsageData`), no build cache.
 pub(super) async fn df(State(server): State<Arc<DockerServer>>) -> Result<Json<Value>, ApiError> {
     let all: super::images::ListQuery = serde_json::from_value(json!({"all": "1"}))
         .map_err(|err| ApiError::internal(err.to_string()))?;
@@ -114,7 +114,7 @@ pub(super) async fn df(State(server): State<Arc<DockerServer>>) -> Result<Json<V
         "LayersSize": layers_size,
         "Images": images,
         "Containers": containers,
-        "Volumes": [],
+        "Volumes": super::volumes::df_volumes(&server).await,
         "BuildCache": [],
     })))
 }

@@ -60,7 +60,7 @@ impl Runtime {
         self: &Arc<Self>,
         namespace: &str,
         pod_query: &str,
-        config: ContainerSpec,
+        mut config: ContainerSpec,
         extension: Vec<u8>,
     ) -> Result<String> {
         let pod = self
@@ -131,6 +131,18 @@ impl Runtime {
             .stop_signal
             .clone()
             .or_else(|| defaults.stop_signal.clone());
+        // Last of the checks: the volumes are checked and named before the record is
+        // stored, so a create cut by a crash knows which ones it made.
+        let has_volumes = config.mounts.iter().any(|m| m.volume.is_some());
+        if has_volumes {
+            let volumes = self.volumes.clone();
+            let mut mounts = std::mem::take(&mut config.mounts);
+            config.mounts = blocking(move || {
+                super::volumes::name_volumes(&volumes, &mut mounts)?;
+                Ok(mounts)
+            })
+            .await?;
+        }
         let mut record = ContainerRecord {
             id: id.clone(),
             namespace: namespace.to_string(),
@@ -175,6 +187,21 @@ impl Runtime {
         }
         let _guard = self.lock(&id).await;
         let result = async {
+            if has_volumes {
+                // From here the container holds references on its volumes (made now
+                // when missing), given back if the create fails.
+                let volumes = self.volumes.clone();
+                let container = id.clone();
+                let mut mounts = std::mem::take(&mut record.spec.mounts);
+                let (mounts, taken) = blocking(move || {
+                    let taken = super::volumes::take_volumes(&volumes, &container, &mut mounts);
+                    Ok((mounts, taken))
+                })
+                .await?;
+                record.spec.mounts = mounts;
+                taken?;
+                crate::crash_point::reached("create.after_volumes");
+            }
             let info = self
                 .setup_container(&mut record, &pod, &defaults, &runtime)
                 .await?;
@@ -198,6 +225,7 @@ impl Runtime {
                 // The monitor's stderr is not kept: the cause goes to wharfd's log too.
                 tracing::warn!(container = %id, name = %name, error = %err, "container create failed");
                 self.cleanup_container(&record).await;
+                self.remove_made_volumes(&record).await;
                 self.release_name(Kind::Container, namespace, &id);
                 Err(err)
             }
@@ -287,11 +315,14 @@ impl Runtime {
         let privileged = config.security.privileged;
         let log_path = record.log_path.clone();
         let span = tracing::Span::current();
+        let volumes = self.volumes.clone();
+        let container_id = record.id.clone();
         blocking(move || {
             let _span = tracing::debug_span!(parent: &span, "bundle.prepare").entered();
             std::fs::create_dir_all(&bundle)
                 .map_err(RuntimeError::io(format!("creating {}", bundle.display())))?;
             create_missing_host_paths(&config)?;
+            super::volumes::activate_volumes(&volumes, &container_id, &config.mounts, false)?;
             if !log_path.is_empty() {
                 if let Some(parent) = Path::new(&log_path).parent() {
                     std::fs::create_dir_all(parent).map_err(RuntimeError::io(format!(
@@ -306,6 +337,8 @@ impl Runtime {
             tracing::debug_span!("rootfs.mount").in_scope(|| {
                 snapshot::mount_rootfs(images.snapshots(), &chain, &data_dir, &rootfs, false)
             })?;
+            tracing::debug_span!("volumes.copy_up")
+                .in_scope(|| super::volumes::copy_up_volumes(&rootfs, &config.mounts))?;
             let spec_span = tracing::debug_span!("spec.write").entered();
             let mut spec = spec::container_spec(&config, &pod_context, &defaults, &options)?;
             if privileged {
@@ -367,6 +400,7 @@ impl Runtime {
         if let Err(err) = result {
             tracing::error!(container = %container.id, "cleaning up container: {err}");
         }
+        self.release_volumes(container);
         if self.images.release(&container.id) {
             if let Err(err) = self.images.gc().await {
                 tracing::warn!("image garbage collection: {err}");
@@ -486,7 +520,14 @@ impl Runtime {
             stdin_once: container.spec.stdin_once,
             tty: container.spec.tty,
         };
-        let info = monitor::create(
+        {
+            let volumes = self.volumes.clone();
+            let id = container.id.clone();
+            let mounts = container.spec.mounts.clone();
+            blocking(move || super::volumes::activate_volumes(&volumes, &id, &mounts, false))
+                .await?;
+        }
+        let info = match monitor::create(
             &self.monitor,
             &runtime,
             &container.id,
@@ -496,7 +537,14 @@ impl Runtime {
             timeout,
         )
         .instrument(tracing::debug_span!("monitor.create"))
-        .await?;
+        .await
+        {
+            Ok(info) => info,
+            Err(err) => {
+                self.deactivate_volumes(&container);
+                return Err(err.into());
+            }
+        };
         let updated = self.update_container(&container.id, |c| {
             c.state = ContainerState::Created;
             c.monitor = Some(info);
@@ -596,6 +644,11 @@ impl Runtime {
             return Ok(());
         };
         self.cleanup_container(&container).await;
+        if container.spec.auto_remove {
+            // Docker's --rm takes the anonymous volumes too, before the removal is
+            // seen (the CLI lists volumes right after its wait for "removed").
+            self.remove_anonymous_volumes(&container).await;
+        }
         self.delete_container_record(&container.id)?;
         drop(guard);
         self.forget_lock(&container.id);

@@ -28,6 +28,7 @@ pub mod seccomp;
 mod service;
 pub mod spec;
 pub mod stats;
+mod volumes;
 
 pub use host::{CgroupLayout, HostInfo};
 pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};

@@ -132,6 +132,74 @@ pub struct Mount {
     /// Whether uid/gid mappings were asked (id-mapped mounts: not supported yet).
     #[serde(default)]
     pub id_mapped: bool,
+    /// A volume mounted instead of a host path: the runtime makes or finds it, takes a
+    /// reference for the container and sets `host_path` to its data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSource>,
+    /// A tmpfs mounted instead of a host path (`host_path` empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsOptions>,
+    /// The mode text the request gave (Docker's `Mode`, shown by inspect); the
+    /// runtime reads the fields above, never this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+}
+
+/// What kind of mount a [`Mount`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    Bind,
+    Volume,
+    Tmpfs,
+}
+
+impl Mount {
+    pub fn kind(&self) -> MountKind {
+        if self.volume.is_some() {
+            MountKind::Volume
+        } else if self.tmpfs.is_some() {
+            MountKind::Tmpfs
+        } else {
+            MountKind::Bind
+        }
+    }
+}
+
+/// The volume of a volume mount (Docker's named and anonymous volumes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSource {
+    /// Empty: a new anonymous volume, named by the runtime.
+    pub name: String,
+    /// For a volume the mount creates: its driver (empty: local), labels and options.
+    #[serde(default)]
+    pub driver: String,
+    #[serde(default)]
+    pub labels: Option<HashMap<String, String>>,
+    #[serde(default)]
+    pub options: Option<HashMap<String, String>>,
+    /// Made for this container alone (Docker's `rm -v` and auto-remove remove it).
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Do not copy the image's content at the mount point into a new empty volume.
+    #[serde(default)]
+    pub no_copy: bool,
+    /// The container's create made this (named) volume: a create that fails, or is
+    /// cut by a crash, removes it again.
+    #[serde(default)]
+    pub made: bool,
+}
+
+/// A tmpfs mount's size (bytes, 0: the kernel's default) and mode (0: 1777).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsOptions {
+    pub size_bytes: i64,
+    pub mode: u32,
+    /// Mount options as given (Docker's `--tmpfs /path:opts`), after the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// From `--tmpfs` (HostConfig.Tmpfs): not one of inspect's `Mounts`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flag: bool,
 }
 
 /// A host device node given to the container.

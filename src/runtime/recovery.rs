@@ -21,9 +21,10 @@ impl Runtime {
         config: Arc<Config>,
         store: Arc<Store>,
         images: Arc<ImageService>,
+        volumes: Arc<crate::volume::VolumeService>,
         events: Arc<crate::events::EventBus>,
     ) -> Result<Arc<Runtime>> {
-        let runtime = Runtime::new(config, store, images, events)?;
+        let runtime = Runtime::new(config, store, images, volumes, events)?;
         runtime.recover().await?;
         Ok(runtime)
     }
@@ -31,6 +32,9 @@ impl Runtime {
     async fn recover(self: &Arc<Self>) -> Result<()> {
         let pods = self.store.list::<PodRecord>(None, Kind::Pod)?;
         let containers = self.store.list::<ContainerRecord>(None, Kind::Container)?;
+        // Creates cut by a crash give back the volumes they made once every other
+        // container's references are known (one may use them meanwhile).
+        let mut interrupted = Vec::new();
         for record in containers {
             // The store's key is the truth (records written before they named it).
             let mut container = record.value;
@@ -40,9 +44,15 @@ impl Runtime {
                 self.cleanup_container(&container).await;
                 self.store
                     .update(|tx| tx.delete(&record.namespace, Kind::Container, &container.id))?;
+                interrupted.push(container);
                 continue;
             }
             self.images.hold(&container.id, container.chain_ids.clone());
+            for name in super::volumes::volume_names(&container.spec.mounts) {
+                if let Err(err) = self.volumes.add_ref(name, &container.id) {
+                    tracing::error!(container = %container.id, volume = %name, "the volume of a container: {err}");
+                }
+            }
             let id = container.id.clone();
             let live = matches!(
                 container.state,
@@ -68,10 +78,22 @@ impl Runtime {
                             true
                         })?;
                     }
+                    // Still running with its volumes: they stay mounted.
+                    if let Err(err) = super::volumes::activate_volumes(
+                        &self.volumes,
+                        &id,
+                        &container.spec.mounts,
+                        true,
+                    ) {
+                        tracing::error!(container = %id, "mounting the volumes of a live container: {err}");
+                    }
                     self.watch(id, info)
                 }
                 _ => self.record_exit(&id)?,
             }
+        }
+        for container in interrupted {
+            self.remove_made_volumes(&container).await;
         }
         for record in pods {
             let mut pod = record.value;
@@ -89,6 +111,8 @@ impl Runtime {
         let owned: std::collections::HashSet<String> =
             self.pods().into_iter().map(|p| p.id).collect();
         self.cni.release_unowned(&owned).await;
+        // Option-backed volumes whose users stopped while wharfd was down.
+        self.volumes.unmount_unused();
         self.reconcile_dirs().await;
         // Containers that asked to be removed on exit and exited while wharfd was down.
         let exited_auto_remove: Vec<String> = self

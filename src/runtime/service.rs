@@ -62,6 +62,8 @@ pub enum RuntimeError {
     Network(crate::cni::CniError),
     #[error(transparent)]
     Corrupt(#[from] super::records::CorruptRecord),
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     #[error("{0}")]
     Internal(String),
 }
@@ -84,6 +86,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::Control(err) => err.kind(),
             RuntimeError::Network(err) => err.kind(),
             RuntimeError::Corrupt(err) => err.kind(),
+            RuntimeError::Volume(err) => err.kind(),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -119,6 +122,7 @@ pub struct Runtime {
     pub(super) config: Arc<Config>,
     pub(super) store: Arc<Store>,
     pub(super) images: Arc<ImageService>,
+    pub(super) volumes: Arc<crate::volume::VolumeService>,
     pub(super) monitor: PathBuf,
     pub(super) restrict_oom_score_adj: bool,
     pub(super) cgroup_v2: bool,
@@ -165,6 +169,7 @@ impl Runtime {
         config: Arc<Config>,
         store: Arc<Store>,
         images: Arc<ImageService>,
+        volumes: Arc<crate::volume::VolumeService>,
         events: Arc<EventBus>,
     ) -> Result<Arc<Runtime>> {
         let host = super::HostInfo::probe();
@@ -199,6 +204,7 @@ impl Runtime {
             config,
             store,
             images,
+            volumes,
             monitor,
             restrict_oom_score_adj,
             cgroup_v2,
@@ -581,6 +587,7 @@ impl Runtime {
             .remove_pod(&container.namespace, &container.pod_id)
             .await
         {
+            // (Its anonymous volumes went with it: remove_container.)
             Ok(()) => tracing::info!(container = %id, "removed on exit (auto-remove)"),
             Err(err) => tracing::error!(container = %id, "auto-remove: {err}"),
         }
@@ -625,6 +632,7 @@ impl Runtime {
         })?;
         if let Some(exited) = changed {
             tracing::info!(container = %id, "container exited");
+            self.deactivate_volumes(&exited);
             if exited.reason == "OOMKilled" {
                 self.container_event(&exited, "oom", &[]);
             }

@@ -12,6 +12,9 @@ pub struct ImageDefaults {
     pub working_dir: String,
     pub user: String,
     pub stop_signal: Option<String>,
+    /// The image's `VOLUME` paths, sorted (the Docker API gives each an anonymous
+    /// volume).
+    pub volumes: Vec<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -34,6 +37,8 @@ struct ConfigSection {
     user: Option<String>,
     #[serde(rename = "StopSignal", default)]
     stop_signal: Option<String>,
+    #[serde(rename = "Volumes", default)]
+    volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl ImageDefaults {
@@ -49,6 +54,7 @@ impl ImageDefaults {
             working_dir: c.working_dir.unwrap_or_default(),
             user: c.user.unwrap_or_default(),
             stop_signal: c.stop_signal.filter(|s| !s.is_empty()),
+            volumes: c.volumes.unwrap_or_default().into_keys().collect(),
         })
     }
 }

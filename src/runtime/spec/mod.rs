@@ -253,6 +253,7 @@ mod test_support {
             working_dir: "/work".into(),
             user: String::new(),
             stop_signal: Some("SIGQUIT".into()),
+            volumes: Vec::new(),
         }
     }
 

@@ -133,6 +133,44 @@ pub(super) fn mounts(
                 reason: "id-mapped mounts".into(),
             });
         }
+        if let Some(tmpfs) = &m.tmpfs {
+            // Docker's tmpfs mounts: noexec, nosuid, nodev, then size and mode.
+            let mut options: Vec<String> = vec![
+                "noexec".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                if m.readonly { "ro" } else { "rw" }.into(),
+            ];
+            if tmpfs.size_bytes < 0 {
+                return Err(SpecError::invalid(
+                    format!("mounts[{i}].tmpfs.size_bytes"),
+                    "is negative",
+                ));
+            }
+            if tmpfs.size_bytes > 0 {
+                // dockerd's ConvertTmpfsOptions: the largest unit that divides it.
+                let size = tmpfs.size_bytes;
+                let text = [("g", 1i64 << 30), ("m", 1 << 20), ("k", 1 << 10)]
+                    .iter()
+                    .find(|(_, unit)| size % unit == 0)
+                    .map(|(suffix, unit)| format!("size={}{suffix}", size / unit))
+                    .unwrap_or_else(|| format!("size={size}"));
+                options.push(text);
+            }
+            if tmpfs.mode != 0 {
+                options.push(format!("mode={:o}", tmpfs.mode & 0o7777));
+            }
+            // Given ones last: they override the defaults (`exec`, `rw`...).
+            options.extend(tmpfs.options.iter().cloned());
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
+            user_mounts.push(mount(
+                &m.container_path,
+                "tmpfs",
+                Path::new("tmpfs"),
+                &options,
+            ));
+            continue;
+        }
         let src = Path::new(&m.host_path);
         if !src.is_absolute() {
             return Err(SpecError::invalid(
