@@ -11,6 +11,9 @@ pub enum ErrorKind {
     NotFound,
     /// The name or ID is taken.
     AlreadyExists,
+    /// The request is understood but refused by policy (a predefined object, an
+    /// overlapping address pool): dockerd's 403.
+    PermissionDenied,
     /// The request is valid, but the object's state or the host cannot do it now.
     FailedPrecondition,
     /// A configured limit or a pool (addresses, subnets) is used up.

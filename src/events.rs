@@ -23,6 +23,7 @@ const CHANNEL: usize = 256;
 pub enum EventKind {
     Container,
     Image,
+    Network,
 }
 
 impl EventKind {
@@ -30,6 +31,7 @@ impl EventKind {
         match self {
             EventKind::Container => "container",
             EventKind::Image => "image",
+            EventKind::Network => "network",
         }
     }
 }

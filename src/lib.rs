@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod image;
 pub mod monitor;
+pub mod network;
 pub mod runtime;
 pub mod state_file;
 pub mod store;
