@@ -124,9 +124,9 @@ pub struct EndpointSettings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EndpointIpamConfig {
-    #[serde(rename = "IPv4Address")]
+    #[serde(rename = "IPv4Address", deserialize_with = "super::networks::nullable")]
     pub ipv4_address: String,
-    #[serde(rename = "IPv6Address")]
+    #[serde(rename = "IPv6Address", deserialize_with = "super::networks::nullable")]
     pub ipv6_address: String,
 }
 

@@ -20,6 +20,15 @@ use super::{DockerServer, NAMESPACE};
 use crate::network::{NetworkSpec, NetworkView, OPTION_BRIDGE_NAME, PREDEFINED};
 use crate::runtime::ContainerState;
 
+/// A field that clients (docker-py) may send as `null`: its default then.
+pub(super) fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 fn api(err: impl crate::error::HasKind) -> ApiError {
     ApiError::from_error(&err)
 }
@@ -27,9 +36,12 @@ fn api(err: impl crate::error::HasKind) -> ApiError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct IpamConfig {
+    #[serde(deserialize_with = "nullable")]
     subnet: String,
     #[serde(rename = "IPRange")]
+    #[serde(deserialize_with = "nullable")]
     ip_range: String,
+    #[serde(deserialize_with = "nullable")]
     gateway: String,
     auxiliary_addresses: Option<HashMap<String, String>>,
 }
@@ -37,6 +49,7 @@ struct IpamConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct Ipam {
+    #[serde(deserialize_with = "nullable")]
     driver: String,
     config: Option<Vec<IpamConfig>>,
 }
@@ -44,14 +57,20 @@ struct Ipam {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct CreateRequest {
+    #[serde(deserialize_with = "nullable")]
     name: String,
+    #[serde(deserialize_with = "nullable")]
     driver: String,
+    #[serde(deserialize_with = "nullable")]
     internal: bool,
+    #[serde(deserialize_with = "nullable")]
     attachable: bool,
+    #[serde(deserialize_with = "nullable")]
     ingress: bool,
     #[serde(rename = "IPAM")]
     ipam: Option<Ipam>,
     #[serde(rename = "EnableIPv6")]
+    #[serde(deserialize_with = "nullable")]
     enable_ipv6: bool,
     options: Option<BTreeMap<String, String>>,
     labels: Option<BTreeMap<String, String>>,
@@ -395,6 +414,7 @@ pub(super) async fn prune(
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct ConnectRequest {
+    #[serde(deserialize_with = "nullable")]
     container: String,
     endpoint_config: Option<EndpointSettings>,
 }
@@ -434,7 +454,9 @@ pub(super) async fn connect(
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 struct DisconnectRequest {
+    #[serde(deserialize_with = "nullable")]
     container: String,
+    #[serde(deserialize_with = "nullable")]
     force: bool,
 }
 
