@@ -79,7 +79,7 @@ pub enum NetworkError {
     Store {
         network: String,
         step: &'static str,
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -361,7 +361,7 @@ impl NetworkRegistry {
             move |source| NetworkError::Store {
                 network: "*".into(),
                 step,
-                source,
+                source: Box::new(source),
             }
         };
         let mut tables = Tables::default();
@@ -672,7 +672,7 @@ impl NetworkRegistry {
                 source => NetworkError::Store {
                     network: name.clone(),
                     step: "storing the network",
-                    source,
+                    source: Box::new(source),
                 },
             })?;
         let bridge = BridgeNetwork::new(bridge_spec(&record, self.ip_forward), self.store.clone())
@@ -736,7 +736,7 @@ impl NetworkRegistry {
             .map_err(|source| NetworkError::Store {
                 network: record.name.clone(),
                 step: "deleting the network record",
-                source,
+                source: Box::new(source),
             })?;
         self.shared.write().networks.remove(&record.id);
         tracing::info!(network = %record.name, id = %record.id, "network removed");
@@ -759,7 +759,7 @@ impl NetworkRegistry {
         let key = Endpoint::key(&record.id, &request.pod_id);
         {
             let tables = self.shared.read();
-            let taken = tables.endpoints.get(&key).is_some()
+            let taken = tables.endpoints.contains_key(&key)
                 || tables
                     .endpoints
                     .values()
@@ -821,7 +821,7 @@ impl NetworkRegistry {
                 source => NetworkError::Store {
                     network: record.name.clone(),
                     step: "storing the endpoint",
-                    source,
+                    source: Box::new(source),
                 },
             })?;
         let attachment = Attachment {
@@ -869,7 +869,7 @@ impl NetworkRegistry {
             return Err(NetworkError::Store {
                 network: record.name.clone(),
                 step: "recording the attached endpoint",
-                source,
+                source: Box::new(source),
             });
         }
         self.shared.write().endpoints.insert(key, endpoint.clone());
@@ -927,7 +927,7 @@ impl NetworkRegistry {
             .map_err(|source| NetworkError::Store {
                 network: record.name.clone(),
                 step: "deleting the endpoint",
-                source,
+                source: Box::new(source),
             })?;
         let still_attached = self
             .shared

@@ -60,12 +60,19 @@ pub enum RuntimeError {
     },
     #[error("pod network: {0}")]
     Network(crate::cni::CniError),
+    /// Boxed: the registry's errors are larger than the rest.
     #[error(transparent)]
-    UserNetwork(#[from] crate::network::NetworkError),
+    UserNetwork(Box<crate::network::NetworkError>),
     #[error(transparent)]
     Corrupt(#[from] super::records::CorruptRecord),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::network::NetworkError> for RuntimeError {
+    fn from(err: crate::network::NetworkError) -> RuntimeError {
+        RuntimeError::UserNetwork(Box::new(err))
+    }
 }
 
 impl crate::error::HasKind for RuntimeError {
