@@ -212,13 +212,13 @@ async fn main() {
     let store = Arc::new(wharf::store::Store::open(dir.path()).expect("open the store"));
     let builtin = Network::Builtin(
         BridgeNetwork::new(
-            BridgeSpec {
-                bridge: builtin_bridge.clone(),
-                subnet: Some(format!("10.190.{octet}.0/24").parse().expect("subnet")),
-                masquerade: true,
-                ip_forward: false,
-                mtu: 0,
-            },
+            BridgeSpec::basic(
+                builtin_bridge.clone(),
+                Some(format!("10.190.{octet}.0/24").parse().expect("subnet")),
+                true,
+                false,
+                0,
+            ),
             store,
         )
         .expect("built-in bridge network"),

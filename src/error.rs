@@ -11,6 +11,9 @@ pub enum ErrorKind {
     NotFound,
     /// The name or ID is taken.
     AlreadyExists,
+    /// The request is understood but refused by policy (a predefined object, an
+    /// overlapping address pool): dockerd's 403.
+    PermissionDenied,
     /// The request is valid, but the object's state or the host cannot do it now.
     FailedPrecondition,
     /// A configured limit or a pool (addresses, subnets) is used up.
@@ -42,6 +45,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::NotFound => "not_found",
             ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::FailedPrecondition => "failed_precondition",
             ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",

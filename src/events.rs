@@ -24,6 +24,7 @@ pub enum EventKind {
     Container,
     Image,
     Volume,
+    Network,
 }
 
 impl EventKind {
@@ -32,6 +33,7 @@ impl EventKind {
             EventKind::Container => "container",
             EventKind::Image => "image",
             EventKind::Volume => "volume",
+            EventKind::Network => "network",
         }
     }
 }

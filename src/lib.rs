@@ -16,6 +16,7 @@ pub mod events;
 pub mod image;
 pub mod metrics;
 pub mod monitor;
+pub mod network;
 pub mod runtime;
 pub mod state_file;
 pub mod store;

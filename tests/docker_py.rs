@@ -31,6 +31,11 @@ async fn run_script(script: &str, done: &str) {
         )
         .env("WHARF_TEST_IMAGE", &docker.image)
         .env("WHARF_TEST_NAME", unique("dpy"))
+        // A /24 of this process for the network script: 172.19.(pid).0/24.
+        .env(
+            "WHARF_TEST_SUBNET",
+            format!("172.19.{}.0/24", std::process::id() % 250 + 1),
+        )
         .env_remove("DOCKER_TLS_VERIFY")
         .env_remove("DOCKER_CERT_PATH")
         .output()
@@ -62,4 +67,10 @@ async fn docker_py_attach_logs_and_detach_keys() {
 #[tokio::test]
 async fn docker_py_volumes() {
     run_script("test_volumes.py", "docker-py volumes: all checks passed").await;
+}
+
+/// User-defined networks through docker-py (tests/docker-py/test_networks.py).
+#[tokio::test]
+async fn docker_py_networks() {
+    run_script("test_networks.py", "docker-py networks: all checks passed").await;
 }

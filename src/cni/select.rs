@@ -20,11 +20,32 @@ pub struct Networks {
     mode: NetworkMode,
     cni: Cni,
     bridge: bridge::BridgeNetwork,
+    /// User-defined networks.
+    registry: Arc<crate::network::NetworkRegistry>,
 }
 
 impl Networks {
-    pub fn new(mode: NetworkMode, cni: Cni, bridge: bridge::BridgeNetwork) -> Networks {
-        Networks { mode, cni, bridge }
+    pub fn new(
+        mode: NetworkMode,
+        cni: Cni,
+        bridge: bridge::BridgeNetwork,
+        registry: Arc<crate::network::NetworkRegistry>,
+    ) -> Networks {
+        Networks {
+            mode,
+            cni,
+            bridge,
+            registry,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<crate::network::NetworkRegistry> {
+        &self.registry
+    }
+
+    /// The built-in bridge (its name; its subnet once set up).
+    pub fn bridge(&self) -> &bridge::BridgeNetwork {
+        &self.bridge
     }
 
     pub fn cni(&self) -> &Cni {
@@ -86,14 +107,25 @@ impl Networks {
     /// after the mode or the CNI config changed).
     pub async fn del(&self, attachment: &Attachment) -> Result<(), CniError> {
         self.cni.del(attachment).await?;
-        Ok(self.bridge.del(attachment).await?)
+        self.bridge.del(attachment).await?;
+        self.registry
+            .detach_pod(&attachment.container_id)
+            .await
+            .map_err(|err| CniError::Io {
+                context: format!(
+                    "detaching pod {} from its user-defined networks",
+                    attachment.container_id
+                ),
+                source: std::io::Error::other(err.to_string()),
+            })
     }
 
     /// Start-up reconcile: built-in bridge leases of pods that no longer exist are
     /// released (a CNI attachment is only known through its cache entry, which DEL of
     /// the pod removes).
     pub async fn release_unowned(&self, owned: &std::collections::HashSet<String>) {
-        self.bridge.release_unowned(owned).await
+        self.bridge.release_unowned(owned).await;
+        self.registry.recover(owned).await
     }
 
     pub async fn check(

@@ -124,6 +124,7 @@ pub(super) fn pod_spec(config: &cri::PodSandboxConfig) -> Result<PodSpec> {
             ("K8S_POD_NAME".into(), meta.name.clone()),
             ("K8S_POD_UID".into(), meta.uid.clone()),
         ],
+        networks: Vec::new(),
     })
 }
 

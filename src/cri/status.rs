@@ -24,6 +24,7 @@ pub fn code(kind: ErrorKind) -> Code {
         ErrorKind::AlreadyExists => Code::AlreadyExists,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::DataLoss => Code::DataLoss,

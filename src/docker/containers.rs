@@ -279,6 +279,15 @@ pub(super) async fn create(
         convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
+    // User-defined networks by ID: dockerd's 404 before anything is made.
+    for wanted in &mut pod_spec.networks {
+        let network = server
+            .runtime
+            .networks()
+            .get(NAMESPACE, &wanted.network)
+            .map_err(|err| ApiError::from_error(&err))?;
+        wanted.network = network.record.id;
+    }
     let defaults = image_config
         .as_deref()
         .and_then(|json| crate::runtime::spec::ImageDefaults::from_config_json(json).ok())
@@ -342,6 +351,11 @@ pub(super) async fn create(
                 draws += 1;
                 name = random_name(|n| name_taken(&server, n).is_some());
                 pod_spec.name = name.clone();
+                for wanted in &mut pod_spec.networks {
+                    if let Some(first) = wanted.dns_names.first_mut() {
+                        *first = name.clone();
+                    }
+                }
                 container_spec.name = name.clone();
                 extension.name = name.clone();
             }
@@ -522,7 +536,8 @@ pub(super) async fn inspect(
             .map(|p| p.dir.join(name).display().to_string())
             .unwrap_or_default()
     };
-    let networks = super::list::networks_json(&ext, &ip);
+    let networks =
+        super::list::with_user_networks(super::list::networks_json(&ext, &ip), &server, &c.pod_id);
     let mut inspected = json!({
         "Id": c.id,
         "Created": rfc3339(c.created_at),

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::runtime::model::{
-    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, PodSpec, Resources,
-    RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
+    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest,
+    PodSpec, Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
 /// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
@@ -110,6 +110,60 @@ pub struct CreateRequest {
     pub stop_timeout: Option<i64>,
     pub healthcheck: Option<HealthConfig>,
     pub host_config: Option<HostConfig>,
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+/// `NetworkingConfig` of a create: per network, the endpoint's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<HashMap<String, EndpointSettings>>,
+}
+
+/// An endpoint's settings (create, `network connect`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<EndpointIpamConfig>,
+    pub aliases: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointIpamConfig {
+    #[serde(rename = "IPv4Address", deserialize_with = "super::networks::nullable")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address", deserialize_with = "super::networks::nullable")]
+    pub ipv6_address: String,
+}
+
+impl EndpointSettings {
+    /// The core's request for attaching container `id` named `name` to `network`.
+    pub fn request(&self, network: &str, id: &str, name: &str) -> Result<NetworkRequest, ApiError> {
+        let ipam = self.ipam_config.clone().unwrap_or_default();
+        if !ipam.ipv6_address.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "invalid IPv6 address {}: wharf's networks are IPv4 only",
+                bounded(&ipam.ipv6_address)
+            )));
+        }
+        if !ipam.ipv4_address.is_empty() && ipam.ipv4_address.parse::<std::net::Ipv4Addr>().is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid IPv4 address: {}",
+                bounded(&ipam.ipv4_address)
+            )));
+        }
+        let short = id.get(..12).unwrap_or(id).to_string();
+        Ok(NetworkRequest {
+            network: network.to_string(),
+            owner_id: id.to_string(),
+            aliases: self.aliases.clone().unwrap_or_default(),
+            dns_names: vec![name.to_string(), short],
+            ipv4: ipam.ipv4_address,
+        })
+    }
 }
 
 /// `Config.Healthcheck` (durations in nanoseconds; 0 means dockerd's default).
@@ -370,9 +424,48 @@ pub fn specs(
         return Err(ApiError::bad_request("Config.Image: no image specified"));
     }
     let host = request.host_config.clone().unwrap_or_default();
+    let endpoint = |network: &str| {
+        request
+            .networking_config
+            .as_ref()
+            .and_then(|c| c.endpoints_config.as_ref())
+            .and_then(|e| e.get(network))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut networks = Vec::new();
     let network = match host.network_mode.as_str() {
-        "" | "default" | "bridge" => NamespaceMode::Pod,
-        "host" => NamespaceMode::Node,
+        mode @ ("" | "default" | "bridge" | "host") => {
+            // The CLI names the endpoint after the mode (`default` too).
+            let all = ["default", "bridge", "host", mode].map(endpoint);
+            if all.iter().any(|settings| {
+                settings
+                    .ipam_config
+                    .as_ref()
+                    .is_some_and(|c| !c.ipv4_address.is_empty() || !c.ipv6_address.is_empty())
+            }) {
+                return Err(ApiError::bad_request(
+                    "user specified IP address is supported on user defined networks only",
+                ));
+            }
+            if all
+                .iter()
+                .any(|settings| settings.aliases.as_ref().is_some_and(|a| !a.is_empty()))
+            {
+                return Err(ApiError::bad_request(
+                    "network-scoped alias is supported only for containers in user defined networks",
+                ));
+            }
+            if mode == "host" {
+                NamespaceMode::Node
+            } else {
+                NamespaceMode::Pod
+            }
+        }
+        user if user != "none" && !user.starts_with("container:") => {
+            networks.push(endpoint(user).request(user, id, name)?);
+            NamespaceMode::Pod
+        }
         other => {
             return Err(ApiError::bad_request(format!(
                 "network {} not found: wharf serves the default bridge and host networks \
@@ -426,6 +519,7 @@ pub fn specs(
         },
         privileged: host.privileged,
         network_args: Vec::new(),
+        networks,
     };
 
     let (command, args) = match request.entrypoint.clone().map(StringOrList::into_list) {
@@ -664,9 +758,14 @@ mod tests {
             err(serde_json::json!({"Image": "b", "HostConfig": {"SecurityOpt": ["bogus"]}}))
                 .contains("--security-opt")
         );
-        assert!(
-            err(serde_json::json!({"Image": "b", "HostConfig": {"NetworkMode": "mynet"}}))
-                .contains("mynet")
-        );
+        assert!(err(
+            serde_json::json!({"Image": "b", "HostConfig": {"NetworkMode": "container:x"}})
+        )
+        .contains("container:x"));
+        assert!(err(serde_json::json!({
+            "Image": "b",
+            "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"IPv4Address": "10.0.0.9"}}}}
+        }))
+        .contains("user defined networks only"));
     }
 }

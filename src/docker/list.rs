@@ -75,12 +75,34 @@ pub(super) fn network_of(ext: &Extension) -> (&'static str, String) {
     (name, network_id(name))
 }
 
-fn network_id(name: &str) -> String {
+pub(super) fn network_id(name: &str) -> String {
     hex::encode(Sha256::digest(format!("wharf built-in network {name}")))
 }
 
-/// `NetworkSettings.Networks` of list and inspect: the container's one network.
+/// Whether the container's network mode is a predefined network.
+fn is_builtin_mode(ext: &Extension) -> bool {
+    matches!(network_mode(ext).as_str(), "default" | "bridge" | "host")
+}
+
+/// `networks` (a predefined network's entry) with the container's user-defined
+/// networks added.
+pub(super) fn with_user_networks(
+    mut networks: Value,
+    server: &DockerServer,
+    pod_id: &str,
+) -> Value {
+    if let Some(object) = networks.as_object_mut() {
+        object.extend(super::networks::endpoints_json(server, pod_id));
+    }
+    networks
+}
+
+/// `NetworkSettings.Networks` of list and inspect: the container's predefined network
+/// (none for a container made on a user-defined network: see [`with_user_networks`]).
 pub(super) fn networks_json(ext: &Extension, ip: &str) -> Value {
+    if !is_builtin_mode(ext) {
+        return json!({});
+    }
     let (name, id) = network_of(ext);
     let ip = if name == "host" { "" } else { ip };
     json!({
@@ -291,9 +313,12 @@ pub(super) async fn list(
             // The network's name, or a prefix of its ID.
             "network" => {
                 let (network, id) = network_of(&ext);
-                values
-                    .iter()
-                    .any(|v| v == network || (!v.is_empty() && id.starts_with(v.as_str())))
+                let user = server.runtime.networks().endpoints_of_pod(&c.pod_id);
+                values.iter().any(|v| {
+                    let by_id = |id: &str| !v.is_empty() && id.starts_with(v.as_str());
+                    (is_builtin_mode(&ext) && (v == network || by_id(&id)))
+                        || user.iter().any(|(n, _)| n.name == *v || by_id(&n.id))
+                })
             }
             "isolation" => isolations.iter().any(|re| re.is_match("default")),
             // No swarm tasks here.
@@ -332,7 +357,7 @@ pub(super) async fn list(
                 _ => status_text(c),
             },
             "HostConfig": { "NetworkMode": network_mode(&ext) },
-            "NetworkSettings": { "Networks": networks_json(&ext, &ip_of(&server, c)) },
+            "NetworkSettings": { "Networks": with_user_networks(networks_json(&ext, &ip_of(&server, c)), &server, &c.pod_id) },
             "Mounts": c.spec.mounts.iter().filter_map(super::mounts::mount_point_json).collect::<Vec<_>>(),
         });
         if with_size {

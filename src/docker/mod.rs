@@ -52,6 +52,7 @@ mod images;
 mod list;
 mod logs;
 mod mounts;
+mod networks;
 mod prune;
 mod stats;
 mod system;
@@ -152,6 +153,15 @@ fn routes(server: Arc<DockerServer>) -> Router {
             "/containers/{id}",
             axum::routing::delete(containers::remove),
         )
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/images/create", post(images::create))
         .route("/images/json", get(images::list))
         .route("/images/get", get(images::save))

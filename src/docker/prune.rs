@@ -207,7 +207,7 @@ fn parse_until(text: &str, now: i64) -> Result<i64, ApiError> {
 /// The filters a prune takes: `until` (created before), `label` (all match), `label!`
 /// (excluded when all match: moby's `MatchKVList`).
 #[derive(Debug)]
-struct PruneFilters {
+pub(super) struct PruneFilters {
     until: Option<i64>,
     labels: Vec<String>,
     not_labels: Vec<String>,
@@ -215,7 +215,7 @@ struct PruneFilters {
 }
 
 impl PruneFilters {
-    fn parse(text: Option<&str>, images: bool) -> Result<PruneFilters, ApiError> {
+    pub(super) fn parse(text: Option<&str>, images: bool) -> Result<PruneFilters, ApiError> {
         let filters = parse_filters(text)?;
         for key in filters.keys() {
             let known = matches!(key.as_str(), "until" | "label" | "label!")
@@ -262,7 +262,7 @@ impl PruneFilters {
         })
     }
 
-    fn matches(&self, created: i64, labels: &HashMap<String, String>) -> bool {
+    pub(super) fn matches(&self, created: i64, labels: &HashMap<String, String>) -> bool {
         if self.until.is_some_and(|until| created > until) {
             return false;
         }
@@ -273,7 +273,7 @@ impl PruneFilters {
     }
 }
 
-fn prune_event(server: &DockerServer, kind: EventKind, reclaimed: u64) {
+pub(super) fn prune_event(server: &DockerServer, kind: EventKind, reclaimed: u64) {
     server
         .events
         .publish(Event::new(NAMESPACE, kind, "prune", "").with("reclaimed", reclaimed.to_string()));

@@ -106,6 +106,29 @@ pub struct PodSpec {
     /// `K8S_POD_UID`), after `IgnoreUnknown=1`; the runtime adds the pod's ID as
     /// `K8S_POD_INFRA_CONTAINER_ID`, as containerd does.
     pub network_args: Vec<(String, String)>,
+    /// User-defined networks to attach (in order: eth0, eth1, ...) instead of the
+    /// configured pod network; empty: the configured one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkRequest>,
+}
+
+/// An attachment to a user-defined network ([`crate::network`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    /// The network's name or ID.
+    pub network: String,
+    /// The front end's ID of what is attached (Docker: the container's).
+    #[serde(default)]
+    pub owner_id: String,
+    /// Network-scoped aliases.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// More names that resolve to the pod on the network (name, short ID).
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// A static IPv4 address; empty: one from the network's pool.
+    #[serde(default)]
+    pub ipv4: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -224,6 +224,9 @@ impl Runtime {
         record: &mut PodRecord,
         bandwidth: Option<Bandwidth>,
     ) -> Result<()> {
+        if !record.spec.networks.is_empty() {
+            return self.attach_user_networks(record).await;
+        }
         let Some(selected) = self.cni.select().map_err(RuntimeError::Network)? else {
             return Ok(());
         };
@@ -258,6 +261,148 @@ impl Runtime {
             pod_files::update_resolv_conf(&path, dns.as_ref(), &network_name, &network_dns)
         })
         .await
+    }
+
+    /// Attaches a pod to the user-defined networks its spec names (eth0, eth1, ...),
+    /// with the embedded DNS in its resolv.conf.
+    async fn attach_user_networks(&self, record: &mut PodRecord) -> Result<()> {
+        let requests = record.spec.networks.clone();
+        record.network = Some(PodNetwork {
+            name: requests
+                .first()
+                .map(|r| r.network.clone())
+                .unwrap_or_default(),
+            ifname: POD_IFNAME.to_string(),
+            phase: NetworkPhase::Attaching,
+            ips: Vec::new(),
+        });
+        // Intent first: a crash while attaching still owes a detach.
+        self.store
+            .update(|tx| tx.replace(&record.namespace, Kind::Pod, &record.id, &*record))?;
+        let mut ips = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            let endpoint = self
+                .connect_pod(record, request, format!("eth{index}"))
+                .await?;
+            if let Some(ip) = endpoint.ip {
+                ips.push(ip.to_string());
+            }
+        }
+        if let Some(network) = record.network.as_mut() {
+            network.phase = NetworkPhase::Attached;
+            network.ips = ips;
+        }
+        let dns = record.spec.dns.clone();
+        let path = record.dir.join("resolv.conf");
+        blocking(move || pod_files::write_embedded_dns_resolv_conf(&path, dns.as_ref())).await
+    }
+
+    async fn connect_pod(
+        &self,
+        pod: &PodRecord,
+        request: &crate::runtime::model::NetworkRequest,
+        ifname: String,
+    ) -> Result<crate::network::Endpoint> {
+        let netns = pod.namespaces.network.clone().ok_or_else(|| {
+            RuntimeError::FailedPrecondition(format!(
+                "pod {} has no network namespace of its own to connect",
+                pod.id
+            ))
+        })?;
+        let ipv4 = match request.ipv4.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                RuntimeError::invalid("ipv4", format!("{text:?} is not an IPv4 address"))
+            })?),
+        };
+        let endpoint = self
+            .cni
+            .registry()
+            .connect(
+                &pod.namespace,
+                crate::network::EndpointRequest {
+                    network: request.network.clone(),
+                    pod_id: pod.id.clone(),
+                    owner_id: request.owner_id.clone(),
+                    name: pod.spec.name.clone(),
+                    aliases: request.aliases.clone(),
+                    dns_names: request.dns_names.clone(),
+                    ipv4,
+                    netns,
+                    ifname,
+                    upstreams: pod
+                        .spec
+                        .dns
+                        .as_ref()
+                        .map(|d| d.servers.clone())
+                        .unwrap_or_default(),
+                },
+            )
+            .await?;
+        Ok(endpoint)
+    }
+
+    /// The built-in bridge network.
+    pub fn builtin_bridge(&self) -> &crate::cni::bridge::BridgeNetwork {
+        self.cni.bridge()
+    }
+
+    /// The user-defined networks registry.
+    pub fn networks(&self) -> &Arc<crate::network::NetworkRegistry> {
+        self.cni.registry()
+    }
+
+    /// Connects a pod that exists to one more user-defined network (Docker's
+    /// `network connect`), on the next free interface.
+    pub async fn connect_network(
+        self: &Arc<Self>,
+        namespace: &str,
+        pod_id: &str,
+        request: crate::runtime::model::NetworkRequest,
+    ) -> Result<crate::network::Endpoint> {
+        let _guard = self.lock(pod_id).await;
+        let pod = self
+            .pod(pod_id)
+            .filter(|p| p.namespace == namespace)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod {pod_id} not found")))?;
+        if pod.spec.namespaces.network == NamespaceMode::Node || pod.namespaces.network.is_none() {
+            return Err(RuntimeError::FailedPrecondition(
+                "container cannot be disconnected from host network or connected to host network"
+                    .into(),
+            ));
+        }
+        let used: Vec<String> = self
+            .networks()
+            .endpoints_of_pod(pod_id)
+            .into_iter()
+            .map(|(_, e)| e.ifname)
+            .chain(
+                pod.network
+                    .iter()
+                    .filter(|n| n.phase != NetworkPhase::Detached)
+                    .map(|n| n.ifname.clone()),
+            )
+            .collect();
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|name| !used.contains(name))
+            .unwrap_or_else(|| POD_IFNAME.to_string());
+        self.connect_pod(&pod, &request, ifname).await
+    }
+
+    /// Disconnects a pod from a user-defined network.
+    pub async fn disconnect_network(
+        self: &Arc<Self>,
+        namespace: &str,
+        pod_id: &str,
+        network: &str,
+        container: &str,
+    ) -> Result<()> {
+        let _guard = self.lock(pod_id).await;
+        Ok(self
+            .networks()
+            .disconnect(namespace, network, pod_id, container)
+            .await?)
     }
 
     /// Runs CNI DEL for the pod once (it is owed after ADD started, until it ran).

@@ -40,6 +40,43 @@ pub(super) fn update_resolv_conf(
     Ok(())
 }
 
+/// Replaces the pod's resolv.conf at `path` for the embedded DNS of user-defined
+/// networks, as dockerd writes it: `nameserver 127.0.0.11`, the search domains (the
+/// pod's, else the host's) and the options with `ndots:0`. The servers (the pod's, else
+/// the host's) are where the embedded DNS forwards.
+pub(super) fn write_embedded_dns_resolv_conf(path: &Path, dns: Option<&DnsConfig>) -> Result<()> {
+    let (searches, mut options) = match given_dns_config(dns) {
+        Some(dns) => {
+            check_dns_config(dns)?;
+            (dns.searches.clone(), dns.options.clone())
+        }
+        None => {
+            let host = host_resolv_conf()?;
+            let host = String::from_utf8_lossy(&host);
+            let mut searches = Vec::new();
+            let mut options = Vec::new();
+            for line in host.lines() {
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("search" | "domain") => searches = words.map(str::to_string).collect(),
+                    Some("options") => options.extend(words.map(str::to_string)),
+                    _ => {}
+                }
+            }
+            (searches, options)
+        }
+    };
+    options.retain(|o| !o.starts_with("ndots:"));
+    options.push("ndots:0".into());
+    let mut text = String::from("nameserver 127.0.0.11\n");
+    if !searches.is_empty() {
+        text.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    text.push_str(&format!("options {}\n", options.join(" ")));
+    crate::state_file::replace(path, text.as_bytes(), 0o644)
+        .map_err(RuntimeError::io(format!("replacing {}", path.display())))
+}
+
 fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path)
         .map_err(RuntimeError::io(format!("creating {}", path.display())))?;

@@ -60,12 +60,21 @@ pub enum RuntimeError {
     },
     #[error("pod network: {0}")]
     Network(crate::cni::CniError),
+    /// Boxed: the registry's errors are larger than the rest.
+    #[error(transparent)]
+    UserNetwork(Box<crate::network::NetworkError>),
     #[error(transparent)]
     Corrupt(#[from] super::records::CorruptRecord),
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::network::NetworkError> for RuntimeError {
+    fn from(err: crate::network::NetworkError) -> RuntimeError {
+        RuntimeError::UserNetwork(Box::new(err))
+    }
 }
 
 impl crate::error::HasKind for RuntimeError {
@@ -85,6 +94,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::Monitor(err) => err.kind(),
             RuntimeError::Control(err) => err.kind(),
             RuntimeError::Network(err) => err.kind(),
+            RuntimeError::UserNetwork(err) => err.kind(),
             RuntimeError::Corrupt(err) => err.kind(),
             RuntimeError::Volume(err) => err.kind(),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,
@@ -188,18 +198,24 @@ impl Runtime {
         });
         let bridge = &config.network.bridge;
         let bridge = crate::cni::bridge::BridgeNetwork::new(
-            crate::cni::bridge::BridgeSpec {
-                bridge: bridge.name.clone(),
+            crate::cni::bridge::BridgeSpec::basic(
+                bridge.name.clone(),
                 // Validated with the rest of the config.
-                subnet: bridge.subnet.parse().ok(),
-                masquerade: bridge.masquerade,
-                ip_forward: bridge.ip_forward,
-                mtu: bridge.mtu,
-            },
+                bridge.subnet.parse().ok(),
+                bridge.masquerade,
+                bridge.ip_forward,
+                bridge.mtu,
+            ),
             store.clone(),
         )
         .map_err(|err| RuntimeError::Network(err.into()))?;
-        let cni = crate::cni::Networks::new(config.network.mode, cni, bridge);
+        let registry = crate::network::NetworkRegistry::open(
+            store.clone(),
+            events.clone(),
+            config.network.bridge.ip_forward,
+            &config.network.bridge.name,
+        )?;
+        let cni = crate::cni::Networks::new(config.network.mode, cni, bridge, Arc::new(registry));
         Ok(Arc::new(Runtime {
             config,
             store,

@@ -100,6 +100,8 @@ pub enum Kind {
     Volume,
     /// An address given to a pod by the built-in bridge network's IPAM.
     Lease,
+    /// A container's attachment to a user-defined network (Docker's endpoint).
+    Endpoint,
 }
 
 impl Kind {
@@ -111,6 +113,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Volume => "volume",
             Kind::Lease => "lease",
+            Kind::Endpoint => "endpoint",
         }
     }
 }

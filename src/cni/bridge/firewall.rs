@@ -202,6 +202,7 @@ impl Iptables {
         bridge: &str,
         subnet: Ipv4Net,
         masquerade: bool,
+        internal: bool,
     ) -> Result<()> {
         for (table, chain) in [
             ("nat", HOSTPORTS),
@@ -225,8 +226,30 @@ impl Iptables {
         for jump in &jumps {
             self.ensure_rule(jump).await?;
         }
-        for rule in network_rules(bridge, subnet, masquerade) {
+        for rule in network_rules(bridge, subnet, masquerade, internal) {
             self.ensure_rule(&rule).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every rule tagged with the network's comment (the shared chains and
+    /// their jumps stay); none is fine.
+    pub async fn remove_network(&self, bridge: &str) -> Result<()> {
+        let comment = network_comment(bridge);
+        for table in ["nat", "filter"] {
+            let chains: &[&str] = if table == "nat" {
+                &[POSTROUTING, HOSTPORTS]
+            } else {
+                &[FORWARD, ISOLATION_1, ISOLATION_2]
+            };
+            let mut deletes = Vec::new();
+            for chain in chains {
+                deletes.extend(self.tagged_rules(table, chain, &comment).await?);
+            }
+            if !deletes.is_empty() {
+                self.restore(&format!("*{table}\n{}\nCOMMIT\n", deletes.join("\n")))
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -281,7 +304,7 @@ impl Iptables {
 }
 
 /// The per-network rules, tagged with the network's comment.
-fn network_rules(bridge: &str, subnet: Ipv4Net, masquerade: bool) -> Vec<Rule> {
+fn network_rules(bridge: &str, subnet: Ipv4Net, masquerade: bool, internal: bool) -> Vec<Rule> {
     let subnet = subnet.to_string();
     let comment = network_comment(bridge);
     let tag = ["-m", "comment", "--comment", comment.as_str()];
@@ -291,6 +314,19 @@ fn network_rules(bridge: &str, subnet: Ipv4Net, masquerade: bool) -> Vec<Rule> {
         rule(table, chain, &words)
     };
     let mut rules = Vec::new();
+    if internal {
+        // Docker's internal networks: nothing in or out through other interfaces.
+        rules.push(with_tag(
+            "filter",
+            ISOLATION_1,
+            &["-i", bridge, "!", "-o", bridge, "-j", "DROP"],
+        ));
+        rules.push(with_tag(
+            "filter",
+            ISOLATION_1,
+            &["!", "-i", bridge, "-o", bridge, "-j", "DROP"],
+        ));
+    }
     if masquerade {
         rules.push(with_tag(
             "nat",
@@ -433,8 +469,10 @@ mod tests {
     #[test]
     fn network_rules_are_tagged_and_masquerade_is_optional() {
         let subnet = "10.88.0.0/16".parse().unwrap();
-        let with = network_rules("wharf0", subnet, true);
-        let without = network_rules("wharf0", subnet, false);
+        let with = network_rules("wharf0", subnet, true, false);
+        let without = network_rules("wharf0", subnet, false, false);
+        let internal = network_rules("wharf0", subnet, false, true);
+        assert_eq!(internal.len(), without.len() + 2);
         assert_eq!(with.len(), without.len() + 1);
         for rule in &with {
             assert!(rule

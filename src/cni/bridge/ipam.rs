@@ -57,6 +57,9 @@ impl crate::error::HasKind for IpamError {
 #[derive(Debug, Clone)]
 pub struct Pool {
     subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    /// Dynamic addresses come from here (within the subnet).
+    range: Ipv4Net,
     used: BTreeMap<Ipv4Addr, String>,
     last: Option<Ipv4Addr>,
 }
@@ -65,9 +68,25 @@ impl Pool {
     pub fn new(subnet: Ipv4Net) -> Pool {
         Pool {
             subnet,
+            gateway: gateway(&subnet),
+            range: subnet,
             used: BTreeMap::new(),
             last: None,
         }
+    }
+
+    /// The bridge's address is not the subnet's first host.
+    pub fn with_gateway(mut self, gateway: Ipv4Addr) -> Pool {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Dynamic addresses only from `range` (Docker's `--ip-range`).
+    pub fn with_range(mut self, range: Option<Ipv4Net>) -> Pool {
+        if let Some(range) = range.filter(|r| overlaps(r, &self.subnet)) {
+            self.range = range;
+        }
+        self
     }
 
     /// Records an existing lease (loaded from the store).
@@ -92,7 +111,7 @@ impl Pool {
     fn assignable(&self, ip: Ipv4Addr) -> bool {
         self.subnet.contains(&ip)
             && ip != self.subnet.network()
-            && ip != gateway(&self.subnet)
+            && ip != self.gateway
             && ip != self.subnet.broadcast()
     }
 
@@ -115,8 +134,8 @@ impl Pool {
             }
             return Ok(ip);
         }
-        let first = u32::from(gateway(&self.subnet)) + 1;
-        let last = u32::from(self.subnet.broadcast()) - 1;
+        let first = u32::from(self.range.network()).max(u32::from(self.subnet.network()) + 1);
+        let last = u32::from(self.range.broadcast()).min(u32::from(self.subnet.broadcast()) - 1);
         let exhausted = IpamError::Exhausted {
             subnet: self.subnet,
             used: self.used.len(),
@@ -131,7 +150,7 @@ impl Pool {
         (start..=last)
             .chain(first..start)
             .map(Ipv4Addr::from)
-            .find(|ip| !self.used.contains_key(ip))
+            .find(|ip| !self.used.contains_key(ip) && *ip != self.gateway)
             .ok_or(exhausted)
     }
 

@@ -33,7 +33,7 @@ use super::{Attachment, CniResult, PortMapping};
 use crate::store::{Kind, Store, StoreError, NETWORK_NAMESPACE};
 
 pub use firewall::FirewallError;
-pub use ipam::IpamError;
+pub use ipam::{choose_subnet, overlaps, IpamError};
 pub use netlink::NetlinkError;
 
 /// The network as configured (`[network.bridge]`).
@@ -46,6 +46,42 @@ pub struct BridgeSpec {
     pub masquerade: bool,
     pub ip_forward: bool,
     pub mtu: u32,
+    /// The bridge's own address; None: the subnet's first host.
+    pub gateway: Option<Ipv4Addr>,
+    /// Where dynamic addresses come from; None: the whole subnet.
+    pub ip_range: Option<Ipv4Net>,
+    /// No traffic leaves the bridge (no default route, no masquerade), as Docker's
+    /// `--internal` networks.
+    pub internal: bool,
+    /// Pod MACs derived from their address (02:42 + the IPv4 bytes), as dockerd's.
+    pub mac_from_ip: bool,
+}
+
+impl BridgeSpec {
+    /// A spec with the built-in defaults for what only user-defined networks set.
+    pub fn basic(
+        bridge: String,
+        subnet: Option<Ipv4Net>,
+        masquerade: bool,
+        ip_forward: bool,
+        mtu: u32,
+    ) -> BridgeSpec {
+        BridgeSpec {
+            bridge,
+            subnet,
+            masquerade,
+            ip_forward,
+            mtu,
+            gateway: None,
+            ip_range: None,
+            internal: false,
+            mac_from_ip: false,
+        }
+    }
+
+    fn gateway_of(&self, subnet: &Ipv4Net) -> Ipv4Addr {
+        self.gateway.unwrap_or_else(|| ipam::gateway(subnet))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +342,41 @@ impl BridgeNetwork {
         }
     }
 
+    /// The subnet, once the network is set up.
+    pub async fn current_subnet(&self) -> Option<Ipv4Net> {
+        self.state.lock().await.ready.map(|r| r.subnet)
+    }
+
+    /// The (container id, ifname, ip) of every lease.
+    pub async fn leases(&self) -> Vec<(String, String, Ipv4Addr)> {
+        let state = self.state.lock().await;
+        state
+            .leases
+            .values()
+            .map(|l| (l.container_id.clone(), l.ifname.clone(), l.ip))
+            .collect()
+    }
+
+    /// Removes the network from the host: its rules, then the bridge. Leases must be
+    /// gone first (the caller checks); a missing bridge or rule is fine, so a removal
+    /// interrupted by a crash can run again.
+    pub async fn remove(&self) -> Result<(), BridgeError> {
+        let mut state = self.state.lock().await;
+        let netlink = self.netlink(&mut state)?;
+        self.iptables
+            .remove_network(&self.spec.bridge)
+            .await
+            .map_err(|source| self.firewall_error(source))?;
+        netlink
+            .delete_link(&self.spec.bridge)
+            .await
+            .map_err(|source| self.netlink_error(source))?;
+        state.ready = None;
+        state.pool = None;
+        tracing::info!(network = %self.spec.bridge, "bridge network removed");
+        Ok(())
+    }
+
     /// CHECK: the lease exists and its host link is on the bridge.
     pub async fn check(&self, attachment: &Attachment) -> Result<(), BridgeError> {
         let key = (attachment.container_id.clone(), attachment.ifname.clone());
@@ -356,8 +427,8 @@ impl BridgeNetwork {
             state.ready = None;
         }
         let subnet = self.subnet(&netlink).await?;
-        let gateway = Ipv4Net::new(ipam::gateway(&subnet), subnet.prefix_len())
-            .unwrap_or_else(|_| Ipv4Net::from(ipam::gateway(&subnet)));
+        let gateway = Ipv4Net::new(self.spec.gateway_of(&subnet), subnet.prefix_len())
+            .unwrap_or_else(|_| Ipv4Net::from(self.spec.gateway_of(&subnet)));
         let bridge_index = netlink
             .ensure_bridge(&self.spec.bridge, gateway, self.spec.mtu)
             .await
@@ -374,10 +445,17 @@ impl BridgeNetwork {
             self.sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         }
         self.iptables
-            .ensure_network(&self.spec.bridge, subnet, self.spec.masquerade)
+            .ensure_network(
+                &self.spec.bridge,
+                subnet,
+                self.spec.masquerade && !self.spec.internal,
+                self.spec.internal,
+            )
             .await
             .map_err(|source| self.firewall_error(source))?;
-        let mut pool = ipam::Pool::new(subnet);
+        let mut pool = ipam::Pool::new(subnet)
+            .with_gateway(self.spec.gateway_of(&subnet))
+            .with_range(self.spec.ip_range);
         for lease in state.leases.values() {
             pool.mark_used(lease.ip, &lease.container_id);
         }
@@ -557,7 +635,12 @@ impl BridgeNetwork {
             .map_err(|source| self.netlink_error(source))?;
         let address = Ipv4Net::new(lease.ip, ready.subnet.prefix_len())
             .unwrap_or_else(|_| Ipv4Net::from(lease.ip));
-        let gateway = ipam::gateway(&ready.subnet);
+        let gateway = (!self.spec.internal).then(|| self.spec.gateway_of(&ready.subnet));
+        let octets = lease.ip.octets();
+        let mac = mac.or(self
+            .spec
+            .mac_from_ip
+            .then_some([0x02, 0x42, octets[0], octets[1], octets[2], octets[3]]));
         let ifname = attachment.ifname.clone();
         let configured = tokio::task::spawn_blocking(move || {
             netlink::configure_pod_side(&netns, &ifname, address, gateway, mac)
@@ -586,7 +669,7 @@ impl BridgeNetwork {
         attachment: &Attachment,
         mac: &str,
     ) -> Result<CniResult, BridgeError> {
-        let gateway = ipam::gateway(&ready.subnet);
+        let gateway = self.spec.gateway_of(&ready.subnet);
         let raw = serde_json::json!({
             "cniVersion": "1.0.0",
             "interfaces": [
@@ -639,6 +722,22 @@ impl BridgeNetwork {
             source,
         }
     }
+}
+
+/// The subnets of the host's routes and addresses (what an automatically chosen subnet
+/// must not overlap).
+pub async fn host_subnets() -> Result<Vec<Ipv4Net>, BridgeError> {
+    let wrap = |source| BridgeError::Netlink {
+        network: "*".into(),
+        source,
+    };
+    let netlink = netlink::Netlink::connect().map_err(wrap)?;
+    netlink.subnets_in_use(None).await.map_err(wrap)
+}
+
+/// A subnet's first host: the default gateway.
+pub fn first_host(subnet: &Ipv4Net) -> Ipv4Addr {
+    ipam::gateway(subnet)
 }
 
 fn path_text(path: &Path) -> String {

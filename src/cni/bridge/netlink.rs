@@ -290,13 +290,13 @@ pub struct PodInterface {
 }
 
 /// Configures `ifname` inside `netns`: an optional MAC, the address, up, and a default
-/// route through `gateway`. Blocking (runs on its own thread); call it from a blocking
+/// route through `gateway` (if given and there is none yet). Blocking (runs on its own thread); call it from a blocking
 /// task.
 pub fn configure_pod_side(
     netns: &Path,
     ifname: &str,
     address: Ipv4Net,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
     mac: Option<[u8; 6]>,
 ) -> Result<PodInterface> {
     let netns_file = std::fs::File::open(netns).map_err(io_failed(format!(
@@ -335,7 +335,7 @@ pub fn configure_pod_side(
 async fn configure_in_namespace(
     ifname: &str,
     address: Ipv4Net,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
     mac: Option<[u8; 6]>,
 ) -> Result<PodInterface> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(io_failed(
@@ -365,17 +365,25 @@ async fn configure_in_namespace(
         .execute()
         .await
         .map_err(failed(format!("adding {address} to {ifname}")))?;
-    handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
-                .output_interface(index)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(failed(format!("adding the default route via {gateway}")))?;
+    // A second network's interface finds the first's default route in place: kept.
+    if let Some(gateway) = gateway {
+        let added = handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .output_interface(index)
+                    .build(),
+            )
+            .execute()
+            .await;
+        if let Err(err) = added {
+            let err = failed(format!("adding the default route via {gateway}"))(err);
+            if err.errno != Some(EEXIST) {
+                return Err(err);
+            }
+        }
+    }
     let mut links = handle.link().get().match_index(index).execute();
     let mut mac = String::new();
     if let Some(link) = links

@@ -1,0 +1,502 @@
+//! User-defined networks with the real `docker` CLI (issue 19): create, list, inspect,
+//! connect and disconnect with static addresses, name resolution by the embedded DNS
+//! (127.0.0.11), isolation between networks, persistence across a wharfd `kill -9`,
+//! dockerd's errors for bad input, and nothing left on the host after many cycles.
+//!
+//! Traffic stays inside each test's own bridges and namespaces. Subnets are picked per
+//! test and per process (tests of several binaries run at once): 172.(20+n).(pid).0/24.
+
+mod support;
+
+use std::process::Command;
+
+use support::docker::DockerEnv;
+use support::pods::unique;
+
+/// A /24 of this test process for test `n` (0..12).
+fn subnet(n: u32) -> String {
+    format!("172.{}.{}.0/24", 20 + n, std::process::id() % 250 + 1)
+}
+
+/// `subnet(n)` with the last octet `host`.
+fn address(n: u32, host: u8) -> String {
+    format!("172.{}.{}.{host}", 20 + n, std::process::id() % 250 + 1)
+}
+
+/// Removes the test's containers and networks even when an assertion failed.
+struct Cleanup<'a> {
+    docker: &'a DockerEnv,
+    networks: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let ids = self.docker.run(&["ps", "-aq"]).stdout;
+        for id in ids.split_whitespace() {
+            self.docker.run(&["rm", "-f", id]);
+        }
+        for network in &self.networks {
+            self.docker.run(&["network", "rm", network]);
+        }
+    }
+}
+
+fn host(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("{program} is missing ({err}): install iproute2 and iptables")
+        });
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The bridge link of a network.
+fn bridge_of(docker: &DockerEnv, network: &str) -> String {
+    let options = docker.ok(&["network", "inspect", "-f", "{{.Id}}", network]);
+    format!("wh-{}", &options[..12])
+}
+
+/// An HTTP GET of `/` on `ip`:80 from `container` (busybox's static wget crashes on
+/// non-loopback addresses here; nc does the GET).
+fn get(docker: &DockerEnv, container: &str, ip: &str) -> support::docker::Run {
+    docker.run(&[
+        "exec",
+        container,
+        "sh",
+        "-c",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80"),
+    ])
+}
+
+/// [`get`], retried while the server starts; the response.
+fn fetch(docker: &DockerEnv, container: &str, ip: &str) -> String {
+    let mut last = None;
+    for _ in 0..20 {
+        let run = get(docker, container, ip);
+        if run.status == 0 && run.stdout.contains("200") {
+            return run.stdout;
+        }
+        last = Some(run);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("GET http://{ip}/ in {container} failed: {last:?}");
+}
+
+fn run_httpd(docker: &DockerEnv, name: &str, network: &str, alias: &str) {
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--network-alias",
+        alias,
+        &docker.image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-from-wharf > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+}
+
+#[tokio::test]
+async fn containers_on_a_network_resolve_and_reach_each_other_and_no_one_else() {
+    let docker = DockerEnv::start_pulled().await;
+    let front = unique("front");
+    let back = unique("back");
+    let mut cleanup = Cleanup {
+        docker: &docker,
+        networks: vec![front.clone(), back.clone()],
+    };
+    docker.ok(&["network", "create", "--subnet", &subnet(0), &front]);
+    docker.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet(1),
+        "--label",
+        "tier=back",
+        &back,
+    ]);
+    let web = unique("web");
+    run_httpd(&docker, &web, &front, "www");
+
+    let client = unique("client");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &client,
+        "--network",
+        &front,
+        &docker.image,
+        "sleep",
+        "300",
+    ]);
+    let resolv = docker.ok(&["exec", &client, "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    assert!(resolv.contains("ndots:0"), "{resolv}");
+
+    let web_ip = docker.ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{front}\").IPAddress}}}}"),
+        &web,
+    ]);
+    assert!(
+        web_ip.starts_with(address(0, 0).trim_end_matches('0')),
+        "{web_ip}"
+    );
+    let web_id = docker.ok(&["inspect", "-f", "{{.Id}}", &web]);
+    for name in [web.as_str(), "www", &web_id[..12]] {
+        let found = docker.ok(&["exec", &client, "nslookup", name]);
+        assert!(found.contains(&web_ip), "nslookup {name}: {found}");
+    }
+    // From the address nslookup gave for the alias.
+    let resolved = docker.ok(&["exec", &client, "nslookup", "www"]);
+    let www_ip = resolved
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(www_ip, web_ip, "{resolved}");
+    let page = fetch(&docker, &client, &www_ip);
+    assert!(page.contains("hello-from-wharf"), "{page}");
+
+    // Another network: its container neither resolves nor reaches them.
+    let outsider = unique("outsider");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &outsider,
+        "--network",
+        &back,
+        &docker.image,
+        "sleep",
+        "300",
+    ]);
+    let lookup = docker.run(&["exec", &outsider, "nslookup", "www"]);
+    assert!(!lookup.stdout.contains(&web_ip), "{lookup:?}");
+    let reach = get(&docker, &outsider, &web_ip);
+    assert!(
+        !reach.stdout.contains("hello-from-wharf"),
+        "reached across networks: {reach:?}"
+    );
+
+    // Inspect and list as dockerd shows them.
+    let inspected = docker.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{len .Containers}}",
+        &front,
+    ]);
+    assert_eq!(
+        inspected,
+        format!("bridge {} {} 2", subnet(0), address(0, 1))
+    );
+    let endpoint = docker.ok(&[
+        "inspect",
+        "-f",
+        &format!(
+            "{{{{with index .NetworkSettings.Networks \"{front}\"}}}}{{{{.Gateway}}}} {{{{.MacAddress}}}} {{{{len .EndpointID}}}} {{{{.Aliases}}}}{{{{end}}}}"
+        ),
+        &web,
+    ]);
+    assert!(
+        endpoint.starts_with(&format!("{} 02:42:", address(0, 1))),
+        "{endpoint}"
+    );
+    assert!(
+        endpoint.contains(" 64 ") && endpoint.contains("www"),
+        "{endpoint}"
+    );
+    let listed = docker.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for line in ["bridge bridge", "host host", "none null"] {
+        assert!(listed.contains(line), "{listed}");
+    }
+    let labelled = docker.ok(&["network", "ls", "-q", "--filter", "label=tier=back"]);
+    assert_eq!(labelled.lines().count(), 1, "{labelled}");
+    let custom = docker.ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "type=custom",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert!(
+        custom.contains(&front) && !custom.contains("bridge"),
+        "{custom}"
+    );
+
+    // Removal withdraws the name at once.
+    docker.ok(&["rm", "-f", &web]);
+    let gone = docker.run(&["exec", &client, "nslookup", "www"]);
+    assert!(!gone.stdout.contains(&web_ip), "{gone:?}");
+    cleanup.networks.clear();
+    drop(cleanup);
+    docker.ok(&["network", "rm", &front, &back]);
+}
+
+#[tokio::test]
+async fn connect_disconnect_with_static_ip_survive_kill9() {
+    let mut docker = DockerEnv::start_pulled().await;
+    let net = unique("static");
+    let other = unique("other");
+    docker.ok(&["network", "create", "--subnet", &subnet(2), &net]);
+    docker.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &subnet(3),
+        "--internal",
+        &other,
+    ]);
+    let a = unique("a");
+    let b = unique("b");
+    docker.ok(&["run", "-d", "--name", &a, &docker.image, "sleep", "600"]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &b,
+        "--network",
+        &net,
+        "--ip",
+        &address(2, 40),
+        &docker.image,
+        "sleep",
+        "600",
+    ]);
+    docker.ok(&[
+        "network",
+        "connect",
+        "--ip",
+        &address(2, 77),
+        "--alias",
+        "db",
+        &net,
+        &a,
+    ]);
+    docker.ok(&["network", "connect", &other, &b]);
+    let ip_of = |docker: &DockerEnv, c: &str, n: &str| {
+        docker.ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{n}\").IPAddress}}}}"),
+            c,
+        ])
+    };
+    assert_eq!(ip_of(&docker, &a, &net), address(2, 77));
+    assert_eq!(ip_of(&docker, &b, &net), address(2, 40));
+    let found = docker.ok(&["exec", &b, "nslookup", "db"]);
+    assert!(found.contains(&address(2, 77)), "{found}");
+    // The address is taken: a second static request for it is refused.
+    let taken = docker.fails(&[
+        "run",
+        "-d",
+        "--network",
+        &net,
+        "--ip",
+        &address(2, 40),
+        &docker.image,
+        "true",
+    ]);
+    assert!(taken.contains(&address(2, 40)), "{taken}");
+
+    docker.env.daemon.kill9();
+    docker.env.daemon.restart().await;
+
+    assert_eq!(ip_of(&docker, &a, &net), address(2, 77));
+    let members = docker.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .Containers}}{{.Name}}={{.IPv4Address}} {{end}}",
+        &net,
+    ]);
+    assert!(
+        members.contains(&format!("{a}={}/24", address(2, 77))),
+        "{members}"
+    );
+    assert!(
+        members.contains(&format!("{b}={}/24", address(2, 40))),
+        "{members}"
+    );
+    // DNS is served again after the restart.
+    let found = docker.ok(&["exec", &b, "nslookup", &a]);
+    assert!(found.contains(&address(2, 77)), "{found}");
+    let ping = docker.run(&["exec", &b, "ping", "-c", "1", "-W", "3", &address(2, 77)]);
+    assert_eq!(ping.status, 0, "{ping:?}");
+
+    docker.ok(&["network", "disconnect", &net, &a]);
+    let gone = docker.run(&["exec", &b, "nslookup", "db"]);
+    assert!(!gone.stdout.contains(&address(2, 77)), "{gone:?}");
+    let disconnected = docker.ok(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", &a]);
+    assert_eq!(disconnected, "1");
+    let again = docker.fails(&["network", "disconnect", &net, &a]);
+    assert!(again.contains("is not connected to network"), "{again}");
+    docker.ok(&["rm", "-f", &a, &b]);
+    docker.ok(&["network", "rm", &net, &other]);
+}
+
+#[tokio::test]
+async fn bad_input_gets_dockerd_errors_and_changes_nothing() {
+    let docker = DockerEnv::start_pulled().await;
+    let net = unique("bad");
+    let mut cleanup = Cleanup {
+        docker: &docker,
+        networks: vec![net.clone()],
+    };
+    docker.ok(&["network", "create", "--subnet", &subnet(4), &net]);
+    let before = docker.ok(&["network", "ls", "-q"]);
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "bad subnet",
+            r#"{"Name":"x1","IPAM":{"Config":[{"Subnet":"10.300.0.0/16"}]}}"#.to_string(),
+            400,
+            "invalid CIDR address: 10.300.0.0/16",
+        ),
+        (
+            "overlap",
+            format!(
+                r#"{{"Name":"x2","IPAM":{{"Config":[{{"Subnet":"{}"}}]}}}}"#,
+                subnet(4)
+            ),
+            403,
+            "Pool overlaps with other one on this address space",
+        ),
+        (
+            "gateway outside",
+            format!(
+                r#"{{"Name":"x3","IPAM":{{"Config":[{{"Subnet":"{}","Gateway":"10.9.9.9"}}]}}}}"#,
+                subnet(5)
+            ),
+            400,
+            "no matching subnet for gateway 10.9.9.9",
+        ),
+        (
+            "taken name",
+            format!(r#"{{"Name":"{net}","CheckDuplicate":true}}"#),
+            409,
+            "already exists",
+        ),
+        (
+            "predefined name",
+            r#"{"Name":"host"}"#.to_string(),
+            403,
+            "pre-defined network",
+        ),
+        (
+            "unknown driver",
+            r#"{"Name":"x4","Driver":"overlay9"}"#.to_string(),
+            404,
+            "overlay9\\\" not found",
+        ),
+    ];
+    for (what, body, status, message) in cases {
+        let (got, _, text) = docker.http("POST", "/networks/create", Some(&body));
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text}");
+    }
+    let holder = unique("holder");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &holder,
+        "--network",
+        &net,
+        &docker.image,
+        "sleep",
+        "300",
+    ]);
+    let (status, _, text) = docker.http("DELETE", &format!("/networks/{net}"), None);
+    assert_eq!(status, 409, "{text}");
+    assert!(
+        text.contains(&format!("error while removing network: network {net} id"))
+            && text.contains("has active endpoints"),
+        "{text}"
+    );
+    let (status, _, text) = docker.http("DELETE", "/networks/bridge", None);
+    assert_eq!(status, 403, "{text}");
+    let missing = unique("nonet");
+    let err = docker.fails(&["run", "--network", &missing, &docker.image, "true"]);
+    assert!(
+        err.contains(&format!("network {missing} not found")),
+        "{err}"
+    );
+    let (status, _, _) = docker.http("GET", &format!("/networks/{missing}"), None);
+    assert_eq!(status, 404);
+    let err = docker.fails(&["run", "--ip", "172.17.0.9", &docker.image, "true"]);
+    assert!(err.contains("user defined networks only"), "{err}");
+    // Nothing changed: same networks, no container left by the refused run.
+    assert_eq!(docker.ok(&["network", "ls", "-q"]), before);
+    assert_eq!(docker.ok(&["ps", "-aq"]).lines().count(), 1);
+    cleanup.networks.clear();
+    drop(cleanup);
+    docker.ok(&["network", "rm", &net]);
+}
+
+#[tokio::test]
+async fn many_create_remove_cycles_leave_nothing_behind() {
+    let docker = DockerEnv::start_pulled().await;
+    let mut bridges = Vec::new();
+    for round in 0..20 {
+        let net = unique(&format!("cycle{round}"));
+        let _cleanup = Cleanup {
+            docker: &docker,
+            networks: vec![net.clone()],
+        };
+        docker.ok(&["network", "create", "--subnet", &subnet(6), &net]);
+        bridges.push(bridge_of(&docker, &net));
+        let named = unique("self");
+        docker.ok(&[
+            "run",
+            "--rm",
+            "--name",
+            &named,
+            "--network",
+            &net,
+            &docker.image,
+            "nslookup",
+            &named,
+        ]);
+        let id = docker.ok(&[
+            "run",
+            "-d",
+            "--network",
+            &net,
+            "--network-alias",
+            "x",
+            &docker.image,
+            "sleep",
+            "60",
+        ]);
+        docker.ok(&["rm", "-f", &id]);
+        docker.ok(&["network", "rm", &net]);
+    }
+    let links = host("ip", &["-o", "link"]);
+    let rules = host("iptables-save", &[]);
+    for bridge in &bridges {
+        assert!(
+            !links.contains(bridge.as_str()),
+            "bridge {bridge} left:\n{links}"
+        );
+        assert!(
+            !rules.contains(bridge.as_str()),
+            "rules of {bridge} left:\n{rules}"
+        );
+    }
+    let pruned = docker.ok(&["network", "prune", "-f"]);
+    assert!(pruned.is_empty(), "{pruned}");
+    assert_eq!(
+        docker.ok(&["network", "ls", "-q", "--filter", "type=custom"]),
+        ""
+    );
+}
