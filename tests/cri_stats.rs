@@ -172,3 +172,112 @@ async fn stats_of_known_load() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     env.remove_pod(&pod_id).await;
 }
+
+/// ListMetricDescriptors and ListPodSandboxMetrics through crictl (`metricdescs`,
+/// `metricsp`, a Go client): cAdvisor's families with their label keys; a busy
+/// container's CPU seconds, a container holding 64 MiB in its working set, and the
+/// pod's eth0 counters in the pod's own metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn cadvisor_metrics_through_crictl() {
+    use support::go_tools::crictl_ok;
+    // Declared first: removed after the daemon is gone.
+    let net = support::net::TestBridge::new(7);
+    let mut env = PodEnv::start_with_config(&net.config()).await;
+    let socket = env.daemon.paths.cri_socket.clone();
+    let descs: serde_json::Value =
+        serde_json::from_str(&crictl_ok(&socket, &["metricdescs"])).expect("metricdescs JSON");
+    let descriptors = descs["descriptors"].as_array().expect("descriptors");
+    let find = |name: &str| {
+        descriptors
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("no descriptor {name}: {descs}"))
+            .clone()
+    };
+    assert_eq!(
+        find("container_cpu_usage_seconds_total")["labelKeys"],
+        serde_json::json!(["id", "name", "image", "cpu"])
+    );
+    assert_eq!(
+        find("container_network_receive_bytes_total")["labelKeys"],
+        serde_json::json!(["id", "name", "image", "interface"])
+    );
+    find("container_memory_working_set_bytes");
+
+    let pod = env.pod_config("metrics");
+    let pod_id = env.run_pod(&pod).await;
+    let burner = env.container_config("burner", &["sh", "-c", "while :; do :; done"]);
+    let burner_id = env.run(&pod_id, &pod, &burner).await;
+    let holder = env.container_config(
+        "holder",
+        &[
+            "sh",
+            "-c",
+            "head -c 67108864 /dev/zero > /dev/shm/held; sleep 600",
+        ],
+    );
+    let holder_id = env.run(&pod_id, &pod, &holder).await;
+    // Over a second of CPU (whole seconds in the CRI's integers).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&crictl_ok(&socket, &["metricsp"])).expect("metricsp JSON");
+    let pods = listed["podMetrics"].as_array().expect("podMetrics");
+    let ours = pods
+        .iter()
+        .find(|p| p["podSandboxId"] == pod_id.as_str())
+        .unwrap_or_else(|| panic!("no metrics of {pod_id}: {listed}"));
+    let value_of = |metrics: &serde_json::Value, name: &str| -> u64 {
+        metrics
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name))
+            .and_then(|m| {
+                m["value"]["value"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or(m["value"]["value"].as_u64().map(|v| v.to_string()))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let container = |id: &str| {
+        ours["containerMetrics"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["containerId"] == id))
+            .map(|c| c["metrics"].clone())
+            .unwrap_or_else(|| panic!("no metrics of container {id}: {ours}"))
+    };
+    let burner_metrics = container(&burner_id);
+    assert!(
+        value_of(&burner_metrics, "container_cpu_usage_seconds_total") >= 1,
+        "{burner_metrics}"
+    );
+    let cpu = burner_metrics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "container_cpu_usage_seconds_total")
+        .unwrap();
+    assert_eq!(cpu["metricType"], "COUNTER");
+    assert_eq!(cpu["labelValues"][0], burner_id.as_str());
+    assert_eq!(cpu["labelValues"][1], "burner");
+    assert_eq!(cpu["labelValues"][3], "total");
+    let holder_metrics = container(&holder_id);
+    assert!(
+        value_of(&holder_metrics, "container_memory_working_set_bytes") >= 64 << 20,
+        "{holder_metrics}"
+    );
+    // The pod's own metrics: eth0, which RunPodSandbox's bridge attach gave it.
+    let eth0_rx = ours["metrics"]
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|m| {
+                m["name"] == "container_network_receive_packets_total"
+                    && m["labelValues"][3] == "eth0"
+            })
+        })
+        .unwrap_or_else(|| panic!("no eth0 counters: {ours}"));
+    assert_eq!(eth0_rx["labelValues"][1], "POD");
+    env.stop_pod(&pod_id).await;
+    env.remove_pod(&pod_id).await;
+}

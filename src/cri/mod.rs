@@ -51,6 +51,7 @@ mod events;
 mod exec;
 mod image;
 mod image_service;
+mod metrics;
 mod pod_sandbox;
 mod records;
 mod runtime_info;

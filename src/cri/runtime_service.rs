@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use super::{container, exec, pod_sandbox, runtime_info, stats, CriServer};
+use super::{container, exec, metrics, pod_sandbox, runtime_info, stats, CriServer};
 
 pub struct Runtime(pub(super) Arc<CriServer>);
 
@@ -16,8 +16,6 @@ cri_service! {
     pending {
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
     }
 
     // Pod sandboxes (pod_sandbox.rs).
@@ -209,6 +207,25 @@ cri_service! {
         tokio::task::spawn_blocking(move || stats::pod_sandbox_stats(&server, request))
             .await
             .map_err(|err| Status::internal(format!("pod_sandbox_stats: {err}")))?
+            .map(Response::new)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(metrics::list_metric_descriptors()))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        // cgroup files and writable layers: off the async workers.
+        let server = self.0.clone();
+        tokio::task::spawn_blocking(move || metrics::list_pod_sandbox_metrics(&server))
+            .await
+            .map_err(|err| Status::internal(format!("list_pod_sandbox_metrics: {err}")))?
             .map(Response::new)
     }
 

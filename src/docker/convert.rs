@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::runtime::model::{
-    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest,
-    PodSpec, Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
+    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest, PodSpec,
+    Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
 /// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
