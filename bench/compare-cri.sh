@@ -78,8 +78,11 @@ for (( r=1; r<=rounds; r++ )); do
     if [[ $runtime == wharf ]]; then sock="$wharf_sock"; else sock="$containerd_sock"; fi
     echo "== round $r/$rounds: $runtime" >&2
     if [[ $runtime == wharf ]]; then wharf_json+=("$out/$runtime-$r.json"); else containerd_json+=("$out/$runtime-$r.json"); fi
+    # wharf's Prometheus scrape is timed too (containerd's has no pod families).
+    scrape=()
+    [[ $runtime == wharf ]] && scrape=(--metrics-url "http://127.0.0.1:$wharf_metrics_port/metrics")
     "$wharf_bench" --endpoint "unix://$sock" --image "$image" \
-      --log-root "$work/logs" --json "${bench_args[@]}" > "$out/$runtime-$r.json" &
+      --log-root "$work/logs" --json "${scrape[@]}" "${bench_args[@]}" > "$out/$runtime-$r.json" &
     bench_runs+=($!)
     wait "$!"
   done

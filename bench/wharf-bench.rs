@@ -10,7 +10,9 @@
 //!    were measured at that level;
 //! 3. kubelet's polling calls (`ListPodSandbox`, `ListContainers`, `ContainerStatus`,
 //!    `PodSandboxStatus`, after `Version` as the transport floor), `--poll-calls` each,
-//!    with each `--live` number of running pods;
+//!    with each `--live` number of running pods, then kubelet's stats calls
+//!    (`ListContainerStats`, `ListPodSandboxStats`, issue 22) and, with `--metrics-url`,
+//!    a Prometheus scrape, `--stats-calls` each;
 //! 4. memory at start and at each `--live` level: the daemon's RSS and PSS (its pid from
 //!    `--daemon-pid`, else SO_PEERCRED of the socket), and the summed RSS / PSS of the
 //!    runtime's per-pod processes (see [`procs`]).
@@ -36,11 +38,12 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerFilter, ContainerMetadata, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter,
-    PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
-    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainerStatsRequest,
+    ListContainersRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
@@ -87,6 +90,14 @@ struct Args {
     /// Calls of each polling RPC per live level
     #[arg(long, default_value_t = 200)]
     poll_calls: usize,
+    /// Calls of ListContainerStats and ListPodSandboxStats per live level (kubelet's
+    /// 10 s stats poll; each call reads every running container's cgroups)
+    #[arg(long, default_value_t = 50)]
+    stats_calls: usize,
+    /// Also time GET of this Prometheus URL per live level (wharfd's
+    /// http://127.0.0.1:1338/metrics), --stats-calls times
+    #[arg(long)]
+    metrics_url: Option<String>,
     /// Concurrency used to create (untimed) the live pods and for cleanup
     #[arg(long, default_value_t = 10)]
     setup_concurrency: usize,
@@ -763,6 +774,7 @@ impl Bench {
                     .memory
                     .push(self.memory("live", level, daemon_pid, &args.shim_pattern));
                 self.poll(&live, args.poll_calls, level, report).await?;
+                self.poll_stats(args, level, report).await?;
             }
             Ok::<(), String>(())
         }
@@ -859,6 +871,61 @@ impl Bench {
             }
         }
         report.add("PodSandboxStatus", None, l, &samples);
+        Ok(())
+    }
+
+    /// kubelet's stats calls (and a Prometheus scrape, when asked) at one live level.
+    async fn poll_stats(
+        &self,
+        args: &Args,
+        level: usize,
+        report: &mut Report,
+    ) -> Result<(), String> {
+        let mut runtime = self.runtime.clone();
+        let l = Some(level);
+        let mut samples = Vec::with_capacity(args.stats_calls);
+        for _ in 0..args.stats_calls {
+            let (_, took) = rpc(
+                || "ListContainerStats".to_string(),
+                self.timeout,
+                runtime.list_container_stats(ListContainerStatsRequest { filter: None }),
+            )
+            .await?;
+            samples.push(took);
+        }
+        report.add("ListContainerStats", None, l, &samples);
+        samples.clear();
+        for _ in 0..args.stats_calls {
+            let (_, took) = rpc(
+                || "ListPodSandboxStats".to_string(),
+                self.timeout,
+                runtime.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }),
+            )
+            .await?;
+            samples.push(took);
+        }
+        report.add("ListPodSandboxStats", None, l, &samples);
+        if let Some(url) = &args.metrics_url {
+            samples.clear();
+            let client = reqwest::Client::new();
+            for _ in 0..args.stats_calls {
+                let started = Instant::now();
+                let body = client
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|err| format!("GET {url}: {err}"))?
+                    .bytes()
+                    .await
+                    .map_err(|err| format!("GET {url}: {err}"))?;
+                samples.push(started.elapsed());
+                if body.is_empty() {
+                    return Err(format!("GET {url}: an empty exposition"));
+                }
+            }
+            report.add("GET /metrics (Prometheus scrape)", None, l, &samples);
+        }
         Ok(())
     }
 

@@ -155,7 +155,11 @@ EOF
 
 compare_start_wharfd() {
   mkdir -p "$work/wharf"
+  # The Prometheus listener on a free loopback port (scraped by compare-cri.sh).
+  wharf_metrics_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   cat > "$work/wharf/wharf.toml" <<EOF
+[metrics]
+address = "127.0.0.1:$wharf_metrics_port"
 [runtime]
 default_cgroup_parent = "/$cgroup_parent"
 [network]
