@@ -48,6 +48,7 @@ mod filesystem;
 mod images;
 mod list;
 mod logs;
+mod ports;
 mod prune;
 mod stats;
 mod system;
