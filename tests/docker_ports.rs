@@ -184,6 +184,7 @@ async fn published_ports_reach_the_container_from_the_host_and_other_containers(
     // Inspect: the bindings got and the bindings sent; ps: the PORTS column and filters.
     let inspected = inspect(&docker, &web);
     let settings = &inspected["NetworkSettings"]["Ports"];
+    let local_text = port_local.to_string();
     assert_eq!(
         settings["8080/tcp"].as_array().map(Vec::len),
         Some(3),
@@ -195,7 +196,7 @@ async fn published_ports_reach_the_container_from_the_host_and_other_containers(
             .as_array()
             .unwrap()
             .iter()
-            .any(|b| b["HostIp"] == "127.0.0.1" && b["HostPort"] == port_local.to_string()),
+            .any(|b| b["HostIp"] == "127.0.0.1" && b["HostPort"] == local_text.as_str()),
         "{settings}"
     );
     let sent = &inspected["HostConfig"]["PortBindings"]["8080/tcp"];
