@@ -128,6 +128,26 @@ impl Networks {
         self.registry.recover(owned).await
     }
 
+    /// The built-in bridge network's name: the only network ports are published on.
+    pub fn bridge_name(&self) -> &str {
+        self.bridge.name()
+    }
+
+    /// Publishes host ports for an interface attached to the built-in bridge (Docker's
+    /// `-p`, while a container runs): see [`bridge::BridgeNetwork::publish`].
+    pub async fn publish(
+        &self,
+        attachment: &Attachment,
+        requests: &[bridge::PublishRequest],
+    ) -> Result<Vec<super::PortMapping>, CniError> {
+        Ok(self.bridge.publish(attachment, requests).await?)
+    }
+
+    /// Withdraws what [`publish`](Self::publish) made; nothing published is fine.
+    pub async fn unpublish(&self, attachment: &Attachment) -> Result<(), CniError> {
+        Ok(self.bridge.unpublish(attachment).await?)
+    }
+
     pub async fn check(
         &self,
         selected: &Selected,

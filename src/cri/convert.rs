@@ -222,6 +222,7 @@ pub(super) fn container_spec(
         stop_signal: None,
         resources: linux.resources.as_ref().map(resources),
         security: security_options(&linux.security_context.unwrap_or_default())?,
+        published_ports: Vec::new(),
     })
 }
 

@@ -267,6 +267,26 @@ pub(super) async fn create(
                 .ok()
         });
     request.healthcheck = convert::merge_healthcheck(request.healthcheck.take(), image_health);
+    // The image's EXPOSE ports join the request's (dockerd's merge; inspect shows it).
+    let image_exposed = image_config
+        .as_deref()
+        .and_then(|json| serde_json::from_slice::<Value>(json).ok())
+        .and_then(|mut config| match config["config"]["ExposedPorts"].take() {
+            Value::Object(ports) if !ports.is_empty() => Some(ports),
+            _ => None,
+        });
+    if let (Some(image_ports), Some(object)) = (image_exposed, raw.as_object_mut()) {
+        let entry = object.entry("ExposedPorts").or_insert_with(|| json!({}));
+        if entry.is_null() {
+            *entry = json!({});
+        }
+        if let Value::Object(ports) = entry {
+            for (port, value) in image_ports {
+                ports.entry(port).or_insert(value);
+            }
+        }
+        request.exposed_ports = object.get("ExposedPorts").cloned();
+    }
     if let (Some(merged), Some(object)) = (&request.healthcheck, raw.as_object_mut()) {
         if let Ok(value) = serde_json::to_value(merged) {
             object.insert("Healthcheck".into(), value);
@@ -578,7 +598,7 @@ pub(super) async fn inspect(
             "Bridge": "",
             "SandboxID": c.pod_id,
             "HairpinMode": false,
-            "Ports": {},
+            "Ports": super::ports::network_settings_ports(&c, &ext.create),
             "SandboxKey": pod.as_ref().and_then(|p| p.namespaces.network.clone()),
             "Gateway": "",
             "IPAddress": ip,

@@ -83,6 +83,9 @@ pub struct HostConfig {
     pub auto_remove: bool,
     pub restart_policy: Option<RestartPolicy>,
     pub log_config: Option<LogConfig>,
+    /// Checked and read by `ports.rs` (dockerd's shapes and messages).
+    pub port_bindings: Option<serde_json::Value>,
+    pub publish_all_ports: bool,
 }
 
 /// The create body: `Config` fields at the top, plus `HostConfig`.
@@ -111,6 +114,8 @@ pub struct CreateRequest {
     pub healthcheck: Option<HealthConfig>,
     pub host_config: Option<HostConfig>,
     pub networking_config: Option<NetworkingConfig>,
+    /// With the image's merged in by the create (as dockerd merges them).
+    pub exposed_ports: Option<serde_json::Value>,
 }
 
 /// `NetworkingConfig` of a create: per network, the endpoint's settings.
@@ -474,6 +479,14 @@ pub fn specs(
             )))
         }
     };
+    let exposed = super::ports::exposed_ports(request.exposed_ports.as_ref())?;
+    let bindings = super::ports::port_bindings(host.port_bindings.as_ref())?;
+    // dockerd discards published ports on the host network (with a warning).
+    let published_ports = if network == NamespaceMode::Node {
+        Vec::new()
+    } else {
+        super::ports::published_ports(&exposed, &bindings, host.publish_all_ports)
+    };
     let restart = restart_policy(host.restart_policy.as_ref())?;
     if host.auto_remove && restart != CoreRestartPolicy::No {
         return Err(ApiError::bad_request(
@@ -663,6 +676,7 @@ pub fn specs(
         stop_signal: request.stop_signal.clone().filter(|s| !s.is_empty()),
         resources: Some(resources),
         security,
+        published_ports,
     };
     Ok((pod, container, profile))
 }

@@ -323,8 +323,7 @@ pub(super) async fn list(
             "isolation" => isolations.iter().any(|re| re.is_match("default")),
             // No swarm tasks here.
             "is-task" => is_task == Some(false),
-            // No published ports yet (each container's `Ports` is empty).
-            "publish" | "expose" => false,
+            "publish" | "expose" => super::ports::matches_filter(c, &ext.create, key, values),
             "before" | "since" => true,
             _ => false,
         });
@@ -347,7 +346,7 @@ pub(super) async fn list(
             "ImageID": c.image_id,
             "Command": command_of(&ext),
             "Created": c.created_at / 1_000_000_000,
-            "Ports": [],
+            "Ports": super::ports::list_ports(c, &ext.create),
             "Labels": c.spec.labels,
             "State": state_name(c),
             "Status": match server.runtime.health(&c.id) {

@@ -53,6 +53,7 @@ mod list;
 mod logs;
 mod mounts;
 mod networks;
+mod ports;
 mod prune;
 mod stats;
 mod system;

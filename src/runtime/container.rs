@@ -168,6 +168,7 @@ impl Runtime {
             restart_count: 0,
             stopped_by_user: false,
             paused: false,
+            published_ports: Vec::new(),
         };
         let name = record.spec.name.clone();
         self.images.hold(&id, record.chain_ids.clone());
@@ -446,12 +447,22 @@ impl Runtime {
         // Taken before the start: a fast container can exit (and its exit be recorded)
         // before `start` returns, and its start must not come after its finish.
         let started_at = now_nanos();
+        if let Err(err) = self.publish_ports(container).await {
+            self.update_container(&container.id, |c| {
+                c.message = err.to_string();
+                true
+            })?;
+            return Err(err);
+        }
         crate::crash_point::reached("start.before_runtime");
         if let Err(err) = runtime.start(&container.id).await {
             self.update_container(&container.id, |c| {
                 c.message = err.to_string();
                 true
             })?;
+            if let Err(undo) = self.withdraw_ports(&container.id).await {
+                tracing::warn!(container = %container.id, "withdrawing the ports of a failed start: {undo}");
+            }
             return Err(err.into());
         }
         crate::crash_point::reached("start.after_runtime");
@@ -584,6 +595,7 @@ impl Runtime {
             })?;
         }
         self.stop_locked(&container.id, timeout).await?;
+        self.withdraw_ports(&container.id).await?;
         if was_running {
             self.container_event(&container, "stop", &[]);
         }

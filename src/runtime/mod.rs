@@ -22,6 +22,7 @@ mod pod;
 mod pod_files;
 mod pod_validation;
 pub mod port_forward;
+mod ports;
 pub mod records;
 mod recovery;
 pub mod seccomp;

@@ -54,7 +54,9 @@ impl DnsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
@@ -80,6 +82,20 @@ pub struct PortMapping {
     pub container_port: i32,
     pub host_port: i32,
     /// Empty: every host address.
+    pub host_ip: String,
+}
+
+/// A container port published on the host while the container runs (Docker's `-p`):
+/// the runtime picks the host port at each start, from `host_port_first..=
+/// host_port_last` (0, 0: the host's ephemeral port range), one not published by
+/// another pod and with no host socket on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub protocol: Protocol,
+    pub container_port: u16,
+    pub host_port_first: u16,
+    pub host_port_last: u16,
+    /// Empty: every host address (IPv4).
     pub host_ip: String,
 }
 
@@ -366,6 +382,10 @@ pub struct ContainerSpec {
     /// Run by the daemon (`runtime::health`); the Docker API's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+    /// Published on the host while it runs (see [`PublishedPort`]); the ports chosen
+    /// are in its record's `published_ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_ports: Vec<PublishedPort>,
 }
 
 /// A container's health check (Docker's `HEALTHCHECK`), as the front end gave it.

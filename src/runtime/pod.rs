@@ -544,7 +544,7 @@ const POD_IFNAME: &str = "eth0";
 /// The CNI attachment of a pod: its netns, CNI_ARGS as kubelet's runtimes pass them
 /// (`IgnoreUnknown`, the front end's args, the pod's ID), and the port mappings for
 /// plugins that ask for them.
-fn attachment(pod: &PodRecord) -> Result<Attachment> {
+pub(super) fn attachment(pod: &PodRecord) -> Result<Attachment> {
     let netns = pod.namespaces.network.clone().ok_or_else(|| {
         RuntimeError::Internal(format!("pod {} has no network namespace to attach", pod.id))
     })?;

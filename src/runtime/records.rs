@@ -168,6 +168,10 @@ pub struct ContainerRecord {
     /// Frozen (Docker's pause); only while running.
     #[serde(default)]
     pub paused: bool,
+    /// The host ports its `published_ports` got at its last start; empty once they
+    /// are withdrawn (it exited, or was stopped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_ports: Vec<super::model::PortMapping>,
 }
 
 /// Nanoseconds since the epoch, now.

@@ -114,6 +114,21 @@ impl Runtime {
         // Option-backed volumes whose users stopped while wharfd was down.
         self.volumes.unmount_unused();
         self.reconcile_dirs().await;
+        // Ports of containers that exited while wharfd was down (or were being started
+        // when it stopped) go, as their watcher would have withdrawn them.
+        let not_running: Vec<String> = self
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.state != ContainerState::Running && !c.spec.published_ports.is_empty())
+            .map(|c| c.id.clone())
+            .collect();
+        for id in not_running {
+            if let Err(err) = self.withdraw_ports(&id).await {
+                tracing::error!(container = %id, "withdrawing the published ports of a stopped container: {err}");
+            }
+        }
         // Containers that asked to be removed on exit and exited while wharfd was down.
         let exited_auto_remove: Vec<String> = self
             .containers

@@ -548,6 +548,7 @@ impl Runtime {
             if let Err(err) = runtime.record_exit(&id) {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
+            runtime.withdraw_ports_after_exit(&id).await;
             runtime.remove_if_auto(&id).await;
             runtime.restart_by_policy(&id).await;
         });

@@ -275,6 +275,30 @@ impl Iptables {
         self.restore(&script).await
     }
 
+    /// Makes `ports` the host-port rules of `pod`, in one atomic change: its rules that
+    /// exist are deleted and the given ones added (none: every rule of the pod goes).
+    pub async fn set_host_ports(
+        &self,
+        pod: &str,
+        ip: Ipv4Addr,
+        ports: &[PortMapping],
+    ) -> Result<()> {
+        let mut lines = self
+            .tagged_rules("nat", HOSTPORTS, &pod_comment(pod))
+            .await?;
+        for mapping in ports {
+            lines.push(format!(
+                "-A {HOSTPORTS} {}",
+                host_port_rule(pod, ip, mapping)?.join(" ")
+            ));
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.restore(&format!("*nat\n{}\nCOMMIT\n", lines.join("\n")))
+            .await
+    }
+
     /// Removes every host-port rule of `pod`; none is fine.
     pub async fn remove_host_ports(&self, pod: &str) -> Result<()> {
         let deletes = self

@@ -10,13 +10,17 @@
 //!   no address and no attachment is leased twice; leases survive restarts and are
 //!   deleted on detach;
 //! - iptables rules for masquerade, host ports (DNAT, from 127.0.0.1 too) and isolation
-//!   from other wharf bridges (see [`firewall`]).
+//!   from other wharf bridges (see [`firewall`]);
+//! - published ports (Docker's `-p`): host ports added to an attachment while its
+//!   container runs, chosen free of other attachments' ports and of host sockets
+//!   ([`hostports`]), kept in the lease beside the pod's own host ports.
 //!
 //! Crash safety: the lease (with the pod's host ports) is stored before any link or
 //! rule is made, and detach removes rules, then the veth, then the lease. A crash at
 //! any point leaves a lease that a later detach (which the pod record owes) cleans up.
 
 mod firewall;
+mod hostports;
 mod ipam;
 mod netlink;
 
@@ -106,6 +110,24 @@ pub enum BridgeError {
         host_ip: String,
         holder: String,
     },
+    #[error("bridge network {network}: cannot publish host port {}:{host_port}/{protocol} of pod {pod}: {reason}", any_ip(.host_ip))]
+    HostPortTaken {
+        network: String,
+        pod: String,
+        host_ip: String,
+        host_port: u16,
+        protocol: String,
+        reason: String,
+    },
+    #[error("bridge network {network}: cannot publish a host port of pod {pod}: every port of {first}-{last}/{protocol}{} is taken", host_ip_suffix(.host_ip))]
+    NoFreeHostPort {
+        network: String,
+        pod: String,
+        first: u16,
+        last: u16,
+        protocol: String,
+        host_ip: String,
+    },
     #[error("bridge network {network}: no free subnet: every default candidate (10.88.0.0/16 to 10.127.0.0/16) overlaps a host route or address; set network.bridge.subnet")]
     NoSubnet { network: String },
     #[error("bridge network {network}: invalid {field}: {reason}")]
@@ -133,7 +155,10 @@ impl crate::error::HasKind for BridgeError {
         use crate::error::ErrorKind;
         match self {
             BridgeError::InvalidRequest { .. } => ErrorKind::InvalidArgument,
-            BridgeError::PortInUse { .. } => ErrorKind::AlreadyExists,
+            BridgeError::PortInUse { .. } | BridgeError::HostPortTaken { .. } => {
+                ErrorKind::AlreadyExists
+            }
+            BridgeError::NoFreeHostPort { .. } => ErrorKind::ResourceExhausted,
             BridgeError::Ipam { source, .. } => source.kind(),
             BridgeError::NoSubnet { .. } => ErrorKind::ResourceExhausted,
             BridgeError::Store { source, .. } => source.kind(),
@@ -143,6 +168,15 @@ impl crate::error::HasKind for BridgeError {
             | BridgeError::Firewall { .. }
             | BridgeError::Sysctl { .. } => ErrorKind::Internal,
         }
+    }
+}
+
+/// A binding's host address as dockerd writes it: 0.0.0.0 for every address.
+fn any_ip(host_ip: &str) -> &str {
+    if host_ip.is_empty() {
+        "0.0.0.0"
+    } else {
+        host_ip
     }
 }
 
@@ -164,6 +198,18 @@ struct Lease {
     host_veth: String,
     #[serde(default)]
     ports: Vec<PortMapping>,
+    /// Published while the pod's container runs ([`BridgeNetwork::publish`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    published: Vec<PortMapping>,
+}
+
+/// A port to publish: `mapping.host_port` is the first host port that will do,
+/// `host_port_last` the last (0: only the first); a host port of 0 means any port of the
+/// host's ephemeral range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub mapping: PortMapping,
+    pub host_port_last: u16,
 }
 
 impl Lease {
@@ -295,7 +341,7 @@ impl BridgeNetwork {
             };
             (lease, self.netlink(&mut state)?)
         };
-        if !lease.ports.is_empty() {
+        if !lease.ports.is_empty() || !lease.published.is_empty() {
             self.iptables
                 .remove_host_ports(&lease.container_id)
                 .await
@@ -400,6 +446,187 @@ impl BridgeNetwork {
             Ok(None) => Err(missing(format!("host link {} is gone", lease.host_veth))),
             Err(source) => Err(self.netlink_error(source)),
         }
+    }
+
+    /// Publishes host ports for an attached pod interface, replacing what it published
+    /// before: each request gets the first free port of its range (tried from a random
+    /// point of it), free meaning no other attachment holds it on an overlapping
+    /// address and no host socket uses it. The lease is stored before the rules are
+    /// written (one atomic change), so a crash leaves what a detach removes. Returns
+    /// the mappings made, in the order asked.
+    pub async fn publish(
+        &self,
+        attachment: &Attachment,
+        requests: &[PublishRequest],
+    ) -> Result<Vec<PortMapping>, BridgeError> {
+        let key = (attachment.container_id.clone(), attachment.ifname.clone());
+        let mut state = self.state.lock().await;
+        let mut lease =
+            state
+                .leases
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| BridgeError::NotAttached {
+                    network: self.spec.bridge.clone(),
+                    reason: format!(
+                        "container {} interface {} has no lease to publish ports on",
+                        attachment.container_id, attachment.ifname
+                    ),
+                })?;
+        let mut held: Vec<(PortMapping, String)> = Vec::new();
+        for other in state.leases.values() {
+            let own = other.container_id == lease.container_id && other.ifname == lease.ifname;
+            let mut ports: Vec<&PortMapping> = other.ports.iter().collect();
+            if !own {
+                ports.extend(&other.published);
+            }
+            held.extend(
+                ports
+                    .into_iter()
+                    .map(|p| (p.clone(), other.container_id.clone())),
+            );
+        }
+        let chosen = self.choose_host_ports(&lease.container_id, requests, &mut held)?;
+        let before = lease.clone();
+        lease.published = chosen.clone();
+        self.save_lease(&lease)?;
+        state.leases.insert(key.clone(), lease.clone());
+        let all: Vec<PortMapping> = lease
+            .ports
+            .iter()
+            .chain(&lease.published)
+            .cloned()
+            .collect();
+        if let Err(source) = self
+            .iptables
+            .set_host_ports(&lease.container_id, lease.ip, &all)
+            .await
+        {
+            if let Err(undo) = self.save_lease(&before) {
+                tracing::warn!(network = %self.spec.bridge, container_id = %lease.container_id, error = %undo, "restoring the lease after failed host-port rules");
+            }
+            state.leases.insert(key, before);
+            return Err(self.firewall_error(source));
+        }
+        tracing::info!(network = %self.spec.bridge, container_id = %lease.container_id, ports = ?chosen, "host ports published");
+        Ok(chosen)
+    }
+
+    /// Withdraws what [`publish`](Self::publish) made for the interface (the pod's own
+    /// host ports stay). Nothing published, or no lease, is fine.
+    pub async fn unpublish(&self, attachment: &Attachment) -> Result<(), BridgeError> {
+        let key = (attachment.container_id.clone(), attachment.ifname.clone());
+        let mut state = self.state.lock().await;
+        let Some(mut lease) = state.leases.get(&key).cloned() else {
+            return Ok(());
+        };
+        if lease.published.is_empty() {
+            return Ok(());
+        }
+        // Rules first: a crash after them leaves a lease that a detach cleans up.
+        self.iptables
+            .set_host_ports(&lease.container_id, lease.ip, &lease.ports)
+            .await
+            .map_err(|source| self.firewall_error(source))?;
+        lease.published.clear();
+        self.save_lease(&lease)?;
+        state.leases.insert(key, lease.clone());
+        tracing::info!(network = %self.spec.bridge, container_id = %lease.container_id, "published host ports withdrawn");
+        Ok(())
+    }
+
+    /// Picks a free host port for each request; `held` has what is taken (and gets what
+    /// is chosen).
+    fn choose_host_ports(
+        &self,
+        pod: &str,
+        requests: &[PublishRequest],
+        held: &mut Vec<(PortMapping, String)>,
+    ) -> Result<Vec<PortMapping>, BridgeError> {
+        let mut sockets: HashMap<String, Vec<hostports::HostSocket>> = HashMap::new();
+        let mut chosen = Vec::with_capacity(requests.len());
+        for request in requests {
+            let wanted = &request.mapping;
+            let protocol = protocol_name(&wanted.protocol);
+            let host_ip = match wanted.host_ip.trim() {
+                "0.0.0.0" => String::new(),
+                ip => ip.to_string(),
+            };
+            if !host_ip.is_empty() && host_ip.parse::<Ipv4Addr>().is_err() {
+                return Err(BridgeError::InvalidRequest {
+                    network: self.spec.bridge.clone(),
+                    field: "host_ip",
+                    reason: format!(
+                        "{host_ip:?} is not an IPv4 address (the built-in bridge network is IPv4 only)"
+                    ),
+                });
+            }
+            if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
+                return Err(BridgeError::InvalidRequest {
+                    network: self.spec.bridge.clone(),
+                    field: "protocol",
+                    reason: format!("unknown protocol {protocol:?}"),
+                });
+            }
+            let (first, last) = if wanted.host_port == 0 {
+                hostports::ephemeral_range()
+            } else {
+                (
+                    wanted.host_port,
+                    request.host_port_last.max(wanted.host_port),
+                )
+            };
+            let sockets = sockets
+                .entry(protocol.clone())
+                .or_insert_with(|| hostports::host_sockets(&protocol));
+            let mut last_reason = None;
+            let mut picked = None;
+            for port in hostports::candidates(first, last, hostports::random_start()) {
+                let candidate = PortMapping {
+                    host_port: port,
+                    container_port: wanted.container_port,
+                    protocol: protocol.clone(),
+                    host_ip: host_ip.clone(),
+                };
+                match hostports::taken_by(&candidate, held, sockets) {
+                    None => {
+                        picked = Some(candidate);
+                        break;
+                    }
+                    Some(taken) => last_reason = Some(taken),
+                }
+            }
+            let Some(mapping) = picked else {
+                return Err(match (first == last, last_reason) {
+                    (true, Some(taken)) => BridgeError::HostPortTaken {
+                        network: self.spec.bridge.clone(),
+                        pod: pod.to_string(),
+                        host_ip,
+                        host_port: first,
+                        protocol,
+                        reason: taken.to_string(),
+                    },
+                    _ => BridgeError::NoFreeHostPort {
+                        network: self.spec.bridge.clone(),
+                        pod: pod.to_string(),
+                        first,
+                        last,
+                        protocol,
+                        host_ip,
+                    },
+                });
+            };
+            held.push((mapping.clone(), pod.to_string()));
+            chosen.push(mapping);
+        }
+        Ok(chosen)
+    }
+
+    fn save_lease(&self, lease: &Lease) -> Result<(), BridgeError> {
+        self.store
+            .update(|tx| tx.replace(NETWORK_NAMESPACE, Kind::Lease, &lease.id(), lease))
+            .map(drop)
+            .map_err(|source| self.store_error(source))
     }
 
     fn netlink(&self, state: &mut State) -> Result<netlink::Netlink, BridgeError> {
@@ -566,7 +793,8 @@ impl BridgeNetwork {
         let ports = attachment.capability_args.port_mappings.clone();
         for wanted in &ports {
             for lease in state.leases.values() {
-                if let Some(taken) = lease.ports.iter().find(|p| ports_clash(p, wanted)) {
+                let mut held = lease.ports.iter().chain(&lease.published);
+                if let Some(taken) = held.find(|p| ports_clash(p, wanted)) {
                     return Err(BridgeError::PortInUse {
                         network: network.clone(),
                         host_port: wanted.host_port,
@@ -592,6 +820,7 @@ impl BridgeNetwork {
             ifname: attachment.ifname.clone(),
             host_veth: host_veth_name(&attachment.container_id, &attachment.ifname),
             ports,
+            published: Vec::new(),
         };
         let name = format!("{network}/{}/{}", lease.container_id, lease.ifname);
         self.store
