@@ -82,7 +82,8 @@ for (( r=1; r<=rounds; r++ )); do
     scrape=()
     [[ $runtime == wharf ]] && scrape=(--metrics-url "http://127.0.0.1:$wharf_metrics_port/metrics")
     "$wharf_bench" --endpoint "unix://$sock" --image "$image" \
-      --log-root "$work/logs" --json "${scrape[@]}" "${bench_args[@]}" > "$out/$runtime-$r.json" &
+      --log-root "$work/logs" --cgroup-parent "/$cgroup_parent" --json "${scrape[@]}" \
+      "${bench_args[@]}" > "$out/$runtime-$r.json" &
     bench_runs+=($!)
     wait "$!"
   done

@@ -98,6 +98,11 @@ struct Args {
     /// http://127.0.0.1:1338/metrics), --stats-calls times
     #[arg(long)]
     metrics_url: Option<String>,
+    /// Each pod's cgroup parent is `<this>/pod<uid>`, as kubelet's cgroupfs layout
+    /// (containerd 1.6 cannot answer ListPodSandboxStats for a pod without one); empty:
+    /// the runtime's default, as crictl leaves it
+    #[arg(long, default_value = "")]
+    cgroup_parent: String,
     /// Concurrency used to create (untimed) the live pods and for cleanup
     #[arg(long, default_value_t = 10)]
     setup_concurrency: usize,
@@ -321,6 +326,7 @@ struct Bench {
     image: String,
     run_id: String,
     log_root: PathBuf,
+    cgroup_parent: String,
     timeout: Duration,
     next_pod: Arc<AtomicUsize>,
     tracker: Arc<Mutex<Tracker>>,
@@ -407,10 +413,16 @@ impl Bench {
         let log_directory = self.log_root.join(name);
         std::fs::create_dir_all(&log_directory)
             .map_err(|err| format!("create log directory {}: {err}", log_directory.display()))?;
+        let uid = random_uid();
+        let cgroup_parent = if self.cgroup_parent.is_empty() {
+            String::new()
+        } else {
+            format!("{}/pod{uid}", self.cgroup_parent)
+        };
         Ok(PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_string(),
-                uid: random_uid(),
+                uid,
                 namespace: NAMESPACE.to_string(),
                 attempt: 0,
             }),
@@ -418,8 +430,7 @@ impl Bench {
             log_directory: log_directory.display().to_string(),
             labels: HashMap::from([(RUN_LABEL.to_string(), self.run_id.clone())]),
             linux: Some(LinuxPodSandboxConfig {
-                // The runtime's default cgroup parent, as crictl leaves it.
-                cgroup_parent: String::new(),
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(namespace_options()),
                     ..Default::default()
@@ -1285,6 +1296,7 @@ async fn main() -> ExitCode {
         image: args.image.clone().unwrap_or_default(),
         run_id,
         log_root: log_root.clone(),
+        cgroup_parent: args.cgroup_parent.trim_end_matches('/').to_string(),
         timeout,
         next_pod: Arc::new(AtomicUsize::new(0)),
         tracker: Arc::new(Mutex::new(Tracker::default())),

@@ -464,13 +464,7 @@ async fn import(
         };
         let _ = body_tx.send(Ok(progress(last))).await;
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(body_rx),
-        ))
-        .map_err(|err| ApiError::internal(err.to_string()))
+    super::transfer::channel_response(body_rx)
 }
 
 /// The downloaded tarball, reporting dockerd's `Importing` progress (every 512 KiB, as

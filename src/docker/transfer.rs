@@ -167,11 +167,18 @@ where
             send(value).await;
         }
     });
+    channel_response(body_rx)
+}
+
+/// A 200 JSON stream of what `messages` receives, each flushed as it comes.
+pub(super) fn channel_response(
+    messages: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> Result<Response, ApiError> {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(body_rx),
+            tokio_stream::wrappers::ReceiverStream::new(messages),
         ))
         .map_err(|err| ApiError::internal(err.to_string()))
 }
