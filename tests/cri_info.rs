@@ -3,7 +3,7 @@
 mod support;
 
 use k8s_cri::v1::{
-    CgroupDriver, ListMetricDescriptorsRequest, RunPodSandboxRequest, RuntimeConfigRequest,
+    CgroupDriver, CheckpointContainerRequest, RunPodSandboxRequest, RuntimeConfigRequest,
     StatusRequest, VersionRequest,
 };
 use support::daemon::{wharf_binary, Daemon};
@@ -143,14 +143,14 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
     let status = daemon
         .runtime_client()
         .await
-        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
-        .expect_err("ListMetricDescriptors has not landed");
+        .expect_err("CheckpointContainer has not landed");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
         status
             .message()
-            .contains("RuntimeService/ListMetricDescriptors"),
+            .contains("RuntimeService/CheckpointContainer"),
         "{status:?}"
     );
     // An implemented RPC with a bad request names the missing field instead.
