@@ -101,6 +101,24 @@ pub(super) struct DetachMatcher {
     held: Vec<u8>,
 }
 
+/// The client's input in `data` that goes on to the process, into `passed` (cleared
+/// first): all of it without a matcher, else what the detach-key matcher lets through.
+/// Returns whether the detach keys were typed.
+pub(super) fn pass_input(
+    matcher: Option<&mut DetachMatcher>,
+    data: &[u8],
+    passed: &mut Vec<u8>,
+) -> bool {
+    passed.clear();
+    match matcher {
+        Some(matcher) => matcher.feed(data, passed),
+        None => {
+            passed.extend_from_slice(data);
+            false
+        }
+    }
+}
+
 impl DetachMatcher {
     pub(super) fn new(keys: Vec<u8>) -> DetachMatcher {
         DetachMatcher {
@@ -389,14 +407,7 @@ where
                 match reader.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        passed.clear();
-                        let detached = match matcher.as_mut() {
-                            Some(matcher) => matcher.feed(&buf[..n], &mut passed),
-                            None => {
-                                passed.extend_from_slice(&buf[..n]);
-                                false
-                            }
-                        };
+                        let detached = pass_input(matcher.as_mut(), &buf[..n], &mut passed);
                         if !passed.is_empty() && control.write_stdin(&passed).await.is_err() {
                             return;
                         }

@@ -463,14 +463,8 @@ async fn relay<R, W>(
                     // dropped: closing with unread input would reset the connection
                     // under the client before it read the end of the output.
                     Ok(n) if feeding => {
-                        passed.clear();
-                        let detached = match matcher.as_mut() {
-                            Some(matcher) => matcher.feed(&buf[..n], &mut passed),
-                            None => {
-                                passed.extend_from_slice(&buf[..n]);
-                                false
-                            }
-                        };
+                        let detached =
+                            super::attach::pass_input(matcher.as_mut(), &buf[..n], &mut passed);
                         if !passed.is_empty() {
                             feeding = control.write_stdin(&passed).await.is_ok();
                         }

@@ -418,7 +418,7 @@ impl RegistryClient {
     ) -> BoxFuture<'a, Result<String, RegistryError>> {
         Box::pin(async move {
             let nobody = ProgressSink::none();
-            self.push_inner(
+            self.push_with_progress(
                 target,
                 credentials,
                 manifest,
@@ -428,7 +428,6 @@ impl RegistryClient {
                 &nobody,
             )
             .await
-            .map_err(|e| e.scrub(credentials))
         })
     }
 
