@@ -47,6 +47,33 @@ pub struct Config {
     pub cni: CniSection,
     pub network: NetworkSection,
     pub metrics: MetricsConfig,
+    pub cdi: CdiConfig,
+}
+
+/// Where CDI (Container Device Interface) specs are found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Scanned in order; a device defined in a later dir overrides an earlier one (the
+    /// CDI spec's rule). Dirs that do not exist are skipped.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+        }
+    }
+}
+
+impl CdiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for dir in &self.spec_dirs {
+            require_absolute("cdi.spec_dirs", dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// The Prometheus listener (`GET /metrics`, plain HTTP).
@@ -585,6 +612,7 @@ impl Default for Config {
             cni: CniSection::default(),
             network: NetworkSection::default(),
             metrics: MetricsConfig::default(),
+            cdi: CdiConfig::default(),
         }
     }
 }
@@ -768,6 +796,7 @@ impl Config {
         self.registry.validate()?;
         self.runtime.validate()?;
         self.cni.validate()?;
+        self.cdi.validate()?;
         self.metrics.listen_address()?;
         self.network.validate()
     }

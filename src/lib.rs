@@ -9,6 +9,7 @@ pub mod config;
 pub mod crash_point;
 pub mod cri;
 pub mod daemon;
+pub mod device;
 pub mod docker;
 pub mod engine;
 pub mod error;

@@ -178,6 +178,21 @@ pub(super) fn container_spec(
             ..Default::default()
         });
     }
+    // CDI devices: the CRI field (kubelet 1.28+) and the older `cdi.k8s.io/`
+    // annotations; a device named by both is applied once.
+    let mut cdi_devices = Vec::new();
+    for (i, device) in config.cdi_devices.iter().enumerate() {
+        crate::device::check_name(&device.name)
+            .map_err(|err| RuntimeError::invalid(format!("CDI_devices[{i}].name"), err.to_string()))?;
+        cdi_devices.push(device.name.clone());
+    }
+    let annotated = crate::device::names_from_annotations(&config.annotations)
+        .map_err(|err| RuntimeError::invalid("annotations", err.to_string()))?;
+    for name in annotated {
+        if !cdi_devices.contains(&name) {
+            cdi_devices.push(name);
+        }
+    }
     let mut annotations = config.annotations.clone();
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
@@ -211,6 +226,7 @@ pub(super) fn container_spec(
                 permissions: d.permissions.clone(),
             })
             .collect(),
+        cdi_devices,
         labels: config.labels.clone(),
         annotations,
         log_path: config.log_path.clone(),

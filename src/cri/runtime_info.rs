@@ -42,7 +42,13 @@ pub(super) async fn status(
         cri_condition("NetworkReady", server.runtime.network_condition().await),
     ];
     let info = if request.verbose {
-        verbose_info(server)?
+        let cdi = server.runtime.cdi().clone();
+        let scan = tokio::task::spawn_blocking(move || cdi.scan())
+            .await
+            .map_err(|err| Status::internal(format!("CDI spec scan failed: {err}")))?;
+        let mut info = verbose_info(server)?;
+        info.insert("cdi".to_string(), cdi_info(server, &scan).to_string());
+        info
     } else {
         HashMap::new()
     };
@@ -75,6 +81,26 @@ fn cri_condition(kind: &str, condition: Condition) -> cri::RuntimeCondition {
         reason: condition.reason,
         message: condition.message,
     }
+}
+
+/// The CDI spec dirs, the devices they define and the spec files skipped (a malformed
+/// spec never stops the daemon: it is reported here and in the log).
+fn cdi_info(server: &CriServer, scan: &crate::device::CdiScan) -> serde_json::Value {
+    let devices: Vec<serde_json::Value> = scan
+        .devices()
+        .into_iter()
+        .map(|d| serde_json::json!({"name": d.name, "spec": d.spec_path}))
+        .collect();
+    let errors: Vec<serde_json::Value> = scan
+        .errors()
+        .iter()
+        .map(|e| serde_json::json!({"path": e.path, "error": e.message}))
+        .collect();
+    serde_json::json!({
+        "specDirs": server.runtime.cdi().dirs(),
+        "devices": devices,
+        "specErrors": errors,
+    })
 }
 
 /// `Status(verbose)` info: each value is JSON, as the CRI asks. `config` is the

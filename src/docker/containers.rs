@@ -299,6 +299,7 @@ pub(super) async fn create(
         convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
+    container_spec.cdi_devices = cdi_devices(&server, &request, &container_spec).await?;
     // User-defined networks by ID: dockerd's 404 before anything is made.
     for wanted in &mut pod_spec.networks {
         let network = server
@@ -480,6 +481,38 @@ pub(super) struct InspectQuery {
 }
 
 /// GET `/containers/{id}/json`: dockerd's shape; the create body's Config and
+/// The CDI devices of a create: those named, plus `--gpus N`'s first N GPUs in the
+/// specs. Unknown or conflicting devices are a 400 before anything is made.
+async fn cdi_devices(
+    server: &DockerServer,
+    request: &convert::CreateRequest,
+    container: &crate::runtime::model::ContainerSpec,
+) -> Result<Vec<String>, ApiError> {
+    let host = request.host_config.clone().unwrap_or_default();
+    let (_, gpu_count) =
+        convert::device_requests(host.device_requests.as_deref().unwrap_or_default())?;
+    let mut names = container.cdi_devices.clone();
+    if gpu_count.is_none() && names.is_empty() {
+        return Ok(names);
+    }
+    let cdi = server.runtime.cdi().clone();
+    tokio::task::spawn_blocking(move || {
+        let scan = cdi.scan();
+        if let Some(count) = gpu_count {
+            for name in scan.first_devices(convert::GPU_KIND, count)? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        scan.resolve(&names)?;
+        Ok::<_, crate::device::CdiError>(names)
+    })
+    .await
+    .map_err(|err| ApiError::internal(format!("resolving CDI devices: {err}")))?
+    .map_err(|err| ApiError::from_error(&err))
+}
+
 /// HostConfig fields read back as they were sent.
 pub(super) async fn inspect(
     State(server): State<Arc<DockerServer>>,

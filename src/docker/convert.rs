@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::runtime::model::{
-    Capabilities, ContainerSpec, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest, PodSpec,
+    Capabilities, ContainerSpec, Device, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest, PodSpec,
     Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
@@ -86,6 +86,123 @@ pub struct HostConfig {
     /// Checked and read by `ports.rs` (dockerd's shapes and messages).
     pub port_bindings: Option<serde_json::Value>,
     pub publish_all_ports: bool,
+    /// `--device /dev/x[:/dev/y[:rwm]]`.
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// `--gpus ...`, and `--device vendor.com/class=name` (Driver "cdi").
+    pub device_requests: Option<Vec<DeviceRequest>>,
+}
+
+/// A host device node given to the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    pub path_on_host: String,
+    pub path_in_container: String,
+    pub cgroup_permissions: String,
+}
+
+/// Devices asked by driver and capability (`--gpus`) or by CDI name (Driver "cdi").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceRequest {
+    pub driver: String,
+    /// -1: all.
+    pub count: i64,
+    #[serde(rename = "DeviceIDs")]
+    pub device_ids: Option<Vec<String>>,
+    pub capabilities: Option<Vec<Vec<String>>>,
+    pub options: Option<HashMap<String, String>>,
+}
+
+/// The CDI kind `--gpus` selects from.
+pub const GPU_KIND: &str = "nvidia.com/gpu";
+
+/// The CDI devices `DeviceRequests` name, and how many GPUs `--gpus N` asks for (picked
+/// from the CDI specs by the create). `--gpus all` is `nvidia.com/gpu=all`;
+/// `--gpus device=0,GPU-uuid` is one CDI device per ID; Driver "cdi" takes the IDs as
+/// CDI names (Docker 25+).
+pub fn device_requests(
+    requests: &[DeviceRequest],
+) -> Result<(Vec<String>, Option<usize>), ApiError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut count = None;
+    let mut add = |name: String| -> Result<(), ApiError> {
+        crate::device::check_name(&name).map_err(|err| ApiError::bad_request(err.to_string()))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        Ok(())
+    };
+    for request in requests {
+        let ids = request.device_ids.clone().unwrap_or_default();
+        let capabilities = request.capabilities.clone().unwrap_or_default();
+        let gpu = capabilities.iter().any(|set| set.iter().any(|c| c == "gpu"));
+        match request.driver.as_str() {
+            "cdi" => {
+                for id in ids {
+                    add(id)?;
+                }
+            }
+            "nvidia" | "" if gpu || request.driver == "nvidia" => {
+                if !ids.is_empty() {
+                    for id in ids {
+                        add(format!("{GPU_KIND}={id}"))?;
+                    }
+                } else if request.count < 0 {
+                    add(format!("{GPU_KIND}=all"))?;
+                } else if request.count > 0 {
+                    count = Some(count.unwrap_or(0usize).max(request.count as usize));
+                }
+            }
+            driver => {
+                let sets: Vec<String> = capabilities
+                    .iter()
+                    .map(|set| format!("[{}]", set.join(" ")))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "could not select device driver {:?} with capabilities: [{}]",
+                    bounded(driver),
+                    sets.join(" ")
+                )));
+            }
+        }
+    }
+    Ok((names, count))
+}
+
+/// `HostConfig.Devices` as the core's devices (permissions: a subset of "rwm").
+fn device_mappings(mappings: &[DeviceMapping]) -> Result<Vec<Device>, ApiError> {
+    let mut devices = Vec::new();
+    for mapping in mappings {
+        let permissions = if mapping.cgroup_permissions.is_empty() {
+            "rwm".to_string()
+        } else {
+            mapping.cgroup_permissions.clone()
+        };
+        if !permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(ApiError::bad_request(format!(
+                "invalid device mode: {}",
+                bounded(&permissions)
+            )));
+        }
+        if !mapping.path_on_host.starts_with('/') {
+            return Err(ApiError::bad_request(format!(
+                "invalid device path {:?}: the host path must be absolute (or a CDI name vendor.com/class=name)",
+                bounded(&mapping.path_on_host)
+            )));
+        }
+        let container_path = if mapping.path_in_container.is_empty() {
+            mapping.path_on_host.clone()
+        } else {
+            mapping.path_in_container.clone()
+        };
+        devices.push(Device {
+            container_path,
+            host_path: mapping.path_on_host.clone(),
+            permissions,
+        });
+    }
+    Ok(devices)
 }
 
 /// The create body: `Config` fields at the top, plus `HostConfig`.
@@ -651,6 +768,8 @@ pub fn specs(
         Some(config) => healthcheck(config)?,
         None => None,
     };
+    let devices = device_mappings(host.devices.as_deref().unwrap_or_default())?;
+    let (cdi_devices, _) = device_requests(host.device_requests.as_deref().unwrap_or_default())?;
     let container = ContainerSpec {
         healthcheck,
         requested_id: Some(id.to_string()),
@@ -661,7 +780,8 @@ pub fn specs(
         working_dir: request.working_dir.clone(),
         env,
         mounts,
-        devices: Vec::new(),
+        devices,
+        cdi_devices,
         labels: request.labels.clone().unwrap_or_default(),
         annotations: HashMap::new(),
         log_path,

@@ -184,6 +184,8 @@ pub(super) async fn info(State(server): State<Arc<DockerServer>>) -> Json<Value>
         "Isolation": "",
         "InitBinary": "",
         "SecurityOptions": ["name=seccomp,profile=default"],
+        // dockerd 25+: where `--device vendor.com/class=name` and `--gpus` look.
+        "CDISpecDirs": server.runtime.cdi().dirs(),
         "Warnings": [],
     }))
 }

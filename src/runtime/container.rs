@@ -96,6 +96,12 @@ impl Runtime {
             )));
         }
         check_within_pod(&config, &pod.spec, &pod.id)?;
+        if !config.cdi_devices.is_empty() {
+            // Unknown or conflicting devices are refused before anything is made.
+            let cdi = self.cdi.clone();
+            let names = config.cdi_devices.clone();
+            blocking(move || cdi.resolve(&names).map(drop).map_err(RuntimeError::from)).await?;
+        }
         let runtime = self.oci_runtime(&pod.runtime_handler)?;
         let image_config = self
             .images
@@ -318,6 +324,7 @@ impl Runtime {
         let span = tracing::Span::current();
         let volumes = self.volumes.clone();
         let container_id = record.id.clone();
+        let cdi = self.cdi.clone();
         blocking(move || {
             let _span = tracing::debug_span!(parent: &span, "bundle.prepare").entered();
             std::fs::create_dir_all(&bundle)
@@ -345,6 +352,7 @@ impl Runtime {
             if privileged {
                 add_host_devices(&mut spec)?;
             }
+            cdi.resolve(&config.cdi_devices)?.apply(&mut spec)?;
             let json = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| RuntimeError::Internal(format!("encoding config.json: {e}")))?;
             crate::state_file::replace(&bundle.join("config.json"), &json, 0o644)

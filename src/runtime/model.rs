@@ -360,6 +360,10 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub devices: Vec<Device>,
+    /// CDI devices by qualified name (`vendor.com/class=name`), resolved in the
+    /// configured spec dirs when the container is made (see `crate::device`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     pub labels: HashMap<String, String>,
     /// Annotations of the OCI spec.
     pub annotations: HashMap<String, String>,

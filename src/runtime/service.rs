@@ -69,6 +69,9 @@ pub enum RuntimeError {
     Volume(#[from] crate::volume::VolumeError),
     #[error("{0}")]
     Internal(String),
+    /// Requested CDI devices that cannot be given.
+    #[error(transparent)]
+    Device(#[from] crate::device::CdiError),
 }
 
 impl From<crate::network::NetworkError> for RuntimeError {
@@ -97,6 +100,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::UserNetwork(err) => err.kind(),
             RuntimeError::Corrupt(err) => err.kind(),
             RuntimeError::Volume(err) => err.kind(),
+            RuntimeError::Device(err) => err.kind(),
             RuntimeError::Io { .. } | RuntimeError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -154,6 +158,8 @@ pub struct Runtime {
     /// Writable-layer usage, refreshed at most every few seconds (stats polls).
     pub(super) layer_usage: super::stats::LayerUsageCache,
     pub(super) metrics: super::metrics::RuntimeMetrics,
+    /// CDI specs, for the devices containers ask for by name.
+    pub(super) cdi: Arc<crate::device::CdiRegistry>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -217,7 +223,6 @@ impl Runtime {
         )?;
         let cni = crate::cni::Networks::new(config.network.mode, cni, bridge, Arc::new(registry));
         Ok(Arc::new(Runtime {
-            config,
             store,
             images,
             volumes,
@@ -235,7 +240,14 @@ impl Runtime {
             health: Default::default(),
             layer_usage: Default::default(),
             metrics: Default::default(),
+            cdi: Arc::new(crate::device::CdiRegistry::new(config.cdi.spec_dirs.clone())),
+            config,
         }))
+    }
+
+    /// The CDI spec registry (for listings, status and the front ends' checks).
+    pub fn cdi(&self) -> &Arc<crate::device::CdiRegistry> {
+        &self.cdi
     }
 
     pub(super) fn state_dir(&self) -> &Path {

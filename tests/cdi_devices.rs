@@ -1,0 +1,462 @@
+//! CDI devices on every machine (no GPU needed): spec fixtures whose device nodes are
+//! fake char devices made with mknod (with /dev/null's and /dev/zero's numbers, and one
+//! with a number no driver has), reached through the CRI field, the `cdi.k8s.io/`
+//! annotations (the tonic client and crictl) and the Docker API's `DeviceRequests`
+//! (`docker run --device vendor.com/class=name` and `--gpus` over a fake nvidia.com/gpu
+//! spec). Each test checks what the container sees: nodes at their paths with their
+//! modes, mounts, env, hooks run; and the device cgroup: listed nodes usable, an unlisted
+//! one denied. Bad input (unknown and malformed names, conflicting devices, malformed
+//! spec files) is refused or reported and changes nothing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use serde_json::Value;
+use support::docker::DockerEnv;
+use support::go_tools::crictl_ok;
+use support::pods::{unique, wait_for_file, PodEnv};
+use tonic::Code;
+
+/// A number no driver has: usable (ENXIO on open) only where the device cgroup allows it.
+const UNDRIVEN_MAJOR: u64 = 240;
+
+/// Spec dirs (a low- and a high-priority one), fake device nodes, a directory to mount
+/// and a place where the hooks write.
+struct CdiFixture {
+    dir: tempfile::TempDir,
+}
+
+impl CdiFixture {
+    fn new() -> CdiFixture {
+        support::daemon::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("wharf-cdi-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path();
+        for sub in ["low", "high", "nodes", "share", "marks"] {
+            std::fs::create_dir_all(root.join(sub)).expect("fixture dir");
+        }
+        let node = |name: &str, major: u64, minor: u64, mode: u32| {
+            let path = root.join("nodes").join(name);
+            mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(mode),
+                makedev(major, minor),
+            )
+            .unwrap_or_else(|err| panic!("mknod {}: {err}", path.display()));
+            // mknod applies the umask: set the mode the test expects to see.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .expect("chmod");
+        };
+        node("fake-null", 1, 3, 0o604);
+        node("fake-zero", 1, 5, 0o666);
+        node("fake-undriven", UNDRIVEN_MAJOR, 0, 0o666);
+        for gpu in ["nvidia0", "nvidia1"] {
+            node(gpu, 1, 3, 0o666);
+        }
+        std::fs::write(root.join("share/hello.txt"), "hello-from-cdi\n").expect("share file");
+
+        let nodes = root.join("nodes");
+        let marks = root.join("marks");
+        let spec = format!(
+            r#"cdiVersion: "0.6.0"
+kind: "example.test/fake"
+containerEdits:
+  env: ["FAKE_VENDOR=wharf-test"]
+  hooks:
+    - hookName: createRuntime
+      path: /bin/sh
+      args: ["sh", "-c", "cat >> {marks}/create-runtime.log; echo >> {marks}/create-runtime.log"]
+    - hookName: poststart
+      path: /bin/sh
+      args: ["sh", "-c", "cat >> {marks}/poststart.log; echo >> {marks}/poststart.log"]
+    - hookName: poststop
+      path: /bin/sh
+      args: ["sh", "-c", "cat >> {marks}/poststop.log; echo >> {marks}/poststop.log"]
+    - hookName: startContainer
+      path: /bin/sh
+      args: ["sh", "-c", "echo started-in-container > /tmp/start-container-hook"]
+devices:
+  - name: a
+    containerEdits:
+      env: ["FAKE_DEVICE=a"]
+      deviceNodes:
+        - path: /dev/fake-null
+          hostPath: {nodes}/fake-null
+        - path: /dev/fake-zero
+          hostPath: {nodes}/fake-zero
+          fileMode: 432
+        - path: /dev/fake-undriven
+          hostPath: {nodes}/fake-undriven
+      mounts:
+        - hostPath: {share}
+          containerPath: /opt/fake
+          options: ["ro", "bind"]
+  - name: b
+    containerEdits:
+      env: ["FAKE_DEVICE_B=b"]
+      deviceNodes:
+        - path: /dev/fake-b
+          hostPath: {nodes}/fake-zero
+  - name: clash
+    containerEdits:
+      deviceNodes:
+        - path: /dev/fake-null
+          hostPath: {nodes}/fake-zero
+"#,
+            marks = marks.display(),
+            nodes = nodes.display(),
+            share = root.join("share").display(),
+        );
+        std::fs::write(root.join("high/fake.yaml"), spec).expect("spec");
+        // Overridden by the high-priority dir's definition.
+        std::fs::write(
+            root.join("low/fake-old.json"),
+            r#"{"cdiVersion":"0.3.0","kind":"example.test/fake","devices":[{"name":"a","containerEdits":{"env":["FAKE_DEVICE=from-the-low-dir"]}}]}"#,
+        )
+        .expect("low spec");
+        // Malformed: skipped and reported, never hiding the others.
+        std::fs::write(root.join("low/broken.yaml"), "cdiVersion: [not, a spec").expect("bad spec");
+        CdiFixture { dir }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    /// The daemon's `[cdi]` section.
+    fn config(&self) -> String {
+        format!(
+            "[cdi]\nspec_dirs = [{:?}, {:?}]\n",
+            self.path("low").display().to_string(),
+            self.path("high").display().to_string()
+        )
+    }
+
+    /// A fake `nvidia.com/gpu` spec (GPUs 0 and 1 and `all`), as `nvidia-ctk cdi
+    /// generate` lays them out.
+    fn write_gpu_spec(&self) {
+        let nodes = self.path("nodes");
+        let spec = format!(
+            r#"{{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu",
+"containerEdits":{{"env":["NVIDIA_VISIBLE_DEVICES=void"]}},
+"devices":[
+ {{"name":"0","containerEdits":{{"deviceNodes":[{{"path":"/dev/nvidia0","hostPath":"{n}/nvidia0"}}]}}}},
+ {{"name":"1","containerEdits":{{"deviceNodes":[{{"path":"/dev/nvidia1","hostPath":"{n}/nvidia1"}}]}}}},
+ {{"name":"all","containerEdits":{{"deviceNodes":[{{"path":"/dev/nvidia0","hostPath":"{n}/nvidia0"}},{{"path":"/dev/nvidia1","hostPath":"{n}/nvidia1"}}]}}}}
+]}}"#,
+            n = nodes.display()
+        );
+        std::fs::write(self.path("high/nvidia.json"), spec).expect("gpu spec");
+    }
+}
+
+/// The checks every CDI container with device `a` passes, as one shell script: prints
+/// one line per fact.
+const DEVICE_A_CHECKS: &str = "stat -c '%n %a %t:%T' /dev/fake-null /dev/fake-zero; \
+     echo written > /dev/fake-null && echo write-null-ok; \
+     head -c 4 /dev/fake-zero | wc -c; \
+     cat /dev/fake-undriven 2>&1 | sed 's/^.*: //'; \
+     mknod /tmp/unlisted c 241 0 && (cat /tmp/unlisted 2>&1 | sed 's/^.*: //'); \
+     cat /opt/fake/hello.txt; \
+     touch /opt/fake/x 2>/dev/null || echo mount-read-only; \
+     echo env=$FAKE_VENDOR,$FAKE_DEVICE";
+
+fn assert_device_a(output: &str) {
+    for expected in [
+        "/dev/fake-null 604 1:3",
+        "/dev/fake-zero 660 1:5",
+        "write-null-ok",
+        "hello-from-cdi",
+        "mount-read-only",
+        "env=wharf-test,a",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
+    }
+    let lines: Vec<&str> = output.lines().map(str::trim).collect();
+    assert!(lines.contains(&"4"), "reading the zero node:\n{output}");
+    // Listed: the cgroup lets the open reach the (absent) driver. Unlisted: denied.
+    assert!(
+        lines.contains(&"No such device or address"),
+        "the listed node with no driver:\n{output}"
+    );
+    assert!(
+        lines.contains(&"Operation not permitted"),
+        "the unlisted node is denied by the device cgroup:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_field_and_annotations_give_nodes_mounts_env_and_hooks() {
+    let fixture = CdiFixture::new();
+    let mut env = PodEnv::start_with_config(&fixture.config()).await;
+    let pod = env.pod_config("cdi");
+    let pod_id = env.run_pod(&pod).await;
+    let mut config = env.container_config("gpu", &["sleep", "3600"]);
+    config.cdi_devices = vec![cri::CdiDevice {
+        name: "example.test/fake=a".into(),
+    }];
+    // The older annotations: b, and a again (applied once).
+    config.annotations = HashMap::from([(
+        "cdi.k8s.io/fake-plugin_dev".to_string(),
+        "example.test/fake=b,example.test/fake=a".to_string(),
+    )]);
+    let id = env.run(&pod_id, &pod, &config).await;
+
+    let output = env.exec_ok(&id, &["sh", "-c", DEVICE_A_CHECKS]).await;
+    assert_device_a(&output);
+    let b = env
+        .exec_ok(&id, &["sh", "-c", "stat -c '%t:%T' /dev/fake-b; echo $FAKE_DEVICE_B"])
+        .await;
+    assert_eq!(b, "1:5\nb", "device b from the annotation");
+    assert_eq!(
+        env.exec_ok(&id, &["cat", "/tmp/start-container-hook"]).await,
+        "started-in-container"
+    );
+    // The host-side hooks got the container's state (its ID) on stdin.
+    let marks = fixture.path("marks");
+    wait_for_file(&marks.join("create-runtime.log"), |t| t.contains(&id)).await;
+    wait_for_file(&marks.join("poststart.log"), |t| t.contains(&id)).await;
+    env.stop_container(&id, 0).await;
+    env.remove_container(&id).await;
+    wait_for_file(&marks.join("poststop.log"), |t| t.contains(&id)).await;
+
+    // A container without the devices sees none of them.
+    let plain = env.run(&pod_id, &pod, &env.container_config("plain", &["sleep", "3600"])).await;
+    let none = env
+        .exec_ok(&plain, &["sh", "-c", "ls /dev/fake-null /opt/fake 2>&1; echo env=$FAKE_VENDOR"])
+        .await;
+    assert!(none.contains("No such file") && none.ends_with("env="), "{none}");
+    env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_and_the_runc_handler_apply_cdi_devices() {
+    support::require_installed("/usr/sbin/runc", "runc");
+    let fixture = CdiFixture::new();
+    let env = PodEnv::start_with_config(&fixture.config()).await;
+    let socket = env.daemon.paths.cri_socket.clone();
+    let name = unique("crictl-cdi");
+    let pod = serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "log_directory": env.logs.path().join(&name).display().to_string(),
+        "linux": {}
+    });
+    let container = serde_json::json!({
+        "metadata": {"name": "main"},
+        "image": {"image": env.image},
+        "command": ["sleep", "3600"],
+        "CDI_devices": [{"name": "example.test/fake=a"}],
+        "log_path": "main.log",
+        "linux": {}
+    });
+    let dir = fixture.path("marks");
+    let pod_file = dir.join("pod.json");
+    let container_file = dir.join("container.json");
+    std::fs::write(&pod_file, pod.to_string()).expect("pod.json");
+    std::fs::write(&container_file, container.to_string()).expect("container.json");
+    let (pod_file, container_file) = (
+        pod_file.display().to_string(),
+        container_file.display().to_string(),
+    );
+    let pod_id = crictl_ok(&socket, &["runp", "--runtime", "runc", &pod_file])
+        .trim()
+        .to_string();
+    let id = crictl_ok(&socket, &["create", &pod_id, &container_file, &pod_file])
+        .trim()
+        .to_string();
+    crictl_ok(&socket, &["start", &id]);
+    let output = crictl_ok(&socket, &["exec", "--sync", &id, "sh", "-c", DEVICE_A_CHECKS]);
+    assert_device_a(&output);
+    wait_for_file(&fixture.path("marks/create-runtime.log"), |t| t.contains(&id)).await;
+    crictl_ok(&socket, &["rm", "-f", &id]);
+    wait_for_file(&fixture.path("marks/poststop.log"), |t| t.contains(&id)).await;
+    crictl_ok(&socket, &["rmp", "-f", &pod_id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_cdi_input_is_refused_and_bad_specs_are_reported() {
+    let fixture = CdiFixture::new();
+    let mut env = PodEnv::start_with_config(&fixture.config()).await;
+    let pod = env.pod_config("cdi-bad");
+    let pod_id = env.run_pod(&pod).await;
+    let try_create = |names: &[&str], annotation: Option<&str>| {
+        let mut config = env.container_config("bad", &["sleep", "3600"]);
+        config.cdi_devices = names
+            .iter()
+            .map(|n| cri::CdiDevice { name: n.to_string() })
+            .collect();
+        if let Some(value) = annotation {
+            config.annotations = HashMap::from([("cdi.k8s.io/x".to_string(), value.to_string())]);
+        }
+        config
+    };
+
+    let low = fixture.path("low").display().to_string();
+    let high = fixture.path("high").display().to_string();
+    for (config, wanted) in [
+        (
+            try_create(&["example.test/fake=nope"], None),
+            vec!["example.test/fake=nope", "do not define it", &low, &high],
+        ),
+        (
+            try_create(&["example.test/other=0"], None),
+            vec!["no CDI spec for example.test/other", &low, "broken.yaml"],
+        ),
+        (
+            try_create(&["not-a-cdi-name"], None),
+            vec!["CDI_devices[0].name", "not-a-cdi-name", "vendor.com/class=name"],
+        ),
+        (
+            try_create(&[], Some("example.test/fake=a,bogus")),
+            vec!["annotations", "cdi.k8s.io/x", "bogus"],
+        ),
+        (
+            try_create(&["example.test/fake=a", "example.test/fake=clash"], None),
+            vec!["conflict", "example.test/fake=clash", "/dev/fake-null"],
+        ),
+    ] {
+        let err = env.create(&pod_id, &pod, &config).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        for part in wanted {
+            assert!(err.message().contains(part), "{part:?} not in {:?}", err.message());
+        }
+    }
+    let left = env.list_containers(cri::ContainerFilter::default()).await;
+    assert!(left.is_empty(), "a refused create left {left:?}");
+
+    // The malformed spec is in Status(verbose), beside the devices that work.
+    let status = env
+        .rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let cdi: Value = serde_json::from_str(&status.info["cdi"]).expect("cdi info is JSON");
+    let errors = cdi["specErrors"].as_array().expect("specErrors");
+    assert!(
+        errors.len() == 1 && errors[0]["path"].as_str().unwrap().ends_with("low/broken.yaml"),
+        "{cdi}"
+    );
+    let devices: Vec<&str> = cdi["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        devices,
+        ["example.test/fake=a", "example.test/fake=b", "example.test/fake=clash"]
+    );
+    assert!(env.daemon.log().contains("broken.yaml"), "the log names the bad spec");
+
+    // A spec written after the daemon started is used without a restart.
+    fixture.write_gpu_spec();
+    let mut late = env.container_config("late", &["sleep", "3600"]);
+    late.cdi_devices = vec![cri::CdiDevice {
+        name: "nvidia.com/gpu=1".into(),
+    }];
+    let id = env.run(&pod_id, &pod, &late).await;
+    assert_eq!(
+        env.exec_ok(&id, &["sh", "-c", "ls /dev/nvidia*; echo $NVIDIA_VISIBLE_DEVICES"]).await,
+        "/dev/nvidia1\nvoid"
+    );
+    env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_device_requests_gpus_and_devices() {
+    let fixture = CdiFixture::new();
+    let docker = DockerEnv::start_with_config(&fixture.config()).await;
+    docker.ok(&["pull", "-q", &docker.image]);
+    let image = docker.image.clone();
+
+    let dirs = docker.ok(&["info", "--format", "{{json .CDISpecDirs}}"]);
+    assert_eq!(
+        dirs.trim(),
+        serde_json::json!([fixture.path("low"), fixture.path("high")]).to_string()
+    );
+
+    // `--device vendor.com/class=name`: the CLI sends a "cdi" DeviceRequest.
+    let name = unique("cdi-docker");
+    let output = docker.ok(&[
+        "run", "--name", &name, "--device", "example.test/fake=a", &image, "sh", "-c",
+        DEVICE_A_CHECKS,
+    ]);
+    assert_device_a(&output);
+    let requests = docker.ok(&["inspect", "-f", "{{json .HostConfig.DeviceRequests}}", &name]);
+    assert!(
+        requests.contains("\"Driver\":\"cdi\"") && requests.contains("example.test/fake=a"),
+        "{requests}"
+    );
+    docker.ok(&["rm", &name]);
+
+    // --gpus before any nvidia.com/gpu spec exists: dockerd-like advice, nothing made.
+    let before = docker.ok(&["ps", "-aq"]);
+    let err = docker.fails(&["run", "--rm", "--gpus", "all", &image, "true"]);
+    assert!(
+        err.contains("no CDI spec for nvidia.com/gpu in")
+            && err.contains(&fixture.path("high").display().to_string())
+            && err.contains("nvidia-ctk cdi generate"),
+        "{err}"
+    );
+    assert_eq!(docker.ok(&["ps", "-aq"]), before);
+
+    fixture.write_gpu_spec();
+    let gpus = |flag: &str| {
+        docker
+            .ok(&["run", "--rm", "--gpus", flag, &image, "sh", "-c", "ls /dev/nvidia*"])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gpus("all"), ["/dev/nvidia0", "/dev/nvidia1"]);
+    assert_eq!(gpus("1"), ["/dev/nvidia0"]);
+    assert_eq!(gpus("device=1"), ["/dev/nvidia1"]);
+    assert_eq!(gpus("\"device=0,1\""), ["/dev/nvidia0", "/dev/nvidia1"]);
+    let err = docker.fails(&["run", "--rm", "--gpus", "3", &image, "true"]);
+    assert!(err.contains("3 nvidia.com/gpu devices were asked for"), "{err}");
+    let err = docker.fails(&["run", "--rm", "--gpus", "device=7", &image, "true"]);
+    assert!(err.contains("nvidia.com/gpu=7"), "{err}");
+
+    // `--device /host:/ctr:r`: a node readable, not writable (the cgroup rule's "r").
+    let zero = fixture.path("nodes/fake-zero").display().to_string();
+    let output = docker.ok(&[
+        "run", "--rm", "--device", &format!("{zero}:/dev/myzero:r"), &image, "sh", "-c",
+        "head -c 3 /dev/myzero | wc -c; echo x > /dev/myzero 2>&1 || echo write-denied",
+    ]);
+    assert!(output.contains('3') && output.contains("write-denied"), "{output}");
+    let err = docker.fails(&["run", "--rm", "--device", "/dev/no-such-node", &image, "true"]);
+    assert!(err.contains("/dev/no-such-node"), "{err}");
+
+    // Raw API: an unknown driver and a malformed CDI name are 400s naming them.
+    for (body, wanted) in [
+        (
+            serde_json::json!({"Image": image, "HostConfig": {"DeviceRequests": [
+                {"Driver": "tpu", "Count": 1, "Capabilities": [["tpu"]]}]}}),
+            "could not select device driver \"tpu\" with capabilities: [[tpu]]",
+        ),
+        (
+            serde_json::json!({"Image": image, "HostConfig": {"DeviceRequests": [
+                {"Driver": "cdi", "DeviceIDs": ["bad name"]}]}}),
+            "bad name",
+        ),
+        (
+            serde_json::json!({"Image": image, "HostConfig": {"Devices": [
+                {"PathOnHost": zero, "PathInContainer": "/dev/z", "CgroupPermissions": "rwx"}]}}),
+            "invalid device mode: rwx",
+        ),
+    ] {
+        let (status, _, text) =
+            docker.http("POST", "/v1.41/containers/create", Some(&body.to_string()));
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(wanted), "{wanted:?} not in {text}");
+    }
+    assert_eq!(docker.ok(&["ps", "-aq"]), before);
+}
