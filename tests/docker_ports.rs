@@ -603,3 +603,55 @@ async fn docker_py_publishes_a_random_port() {
         Vec::<String>::new()
     );
 }
+
+/// `--network none` on a daemon whose default network is the bridge: loopback only, no
+/// lease taken, listed and inspected as dockerd shows the `none` network.
+#[tokio::test]
+async fn network_none_gives_loopback_only() {
+    let (_net, docker) = env(36).await;
+    let name = unique("none");
+    let interfaces = docker.ok(&[
+        "run",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        &docker.image,
+        "sh",
+        "-c",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    ]);
+    assert_eq!(interfaces, "lo");
+    let bridged = docker.ok(&[
+        "run",
+        "--rm",
+        &docker.image,
+        "sh",
+        "-c",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort",
+    ]);
+    assert_eq!(
+        bridged, "eth0\nlo",
+        "the default network is the bridge here"
+    );
+    let shown = docker.ok(&[
+        "inspect", "-f",
+        "{{.HostConfig.NetworkMode}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}}:{{$v.IPAddress}};{{end}}",
+        &name,
+    ]);
+    assert_eq!(shown, "none none:;");
+    let listed = docker.ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "network=none",
+        "--format",
+        "{{.Names}} {{.Networks}}",
+    ]);
+    assert_eq!(listed, format!("{name} none"));
+    docker.ok(&["rm", &name]);
+    assert_eq!(
+        stored_leases(&docker.env.daemon.paths.root),
+        Vec::<String>::new()
+    );
+}

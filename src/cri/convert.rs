@@ -125,6 +125,7 @@ pub(super) fn pod_spec(config: &cri::PodSandboxConfig) -> Result<PodSpec> {
             ("K8S_POD_UID".into(), meta.uid.clone()),
         ],
         networks: Vec::new(),
+        loopback_only: false,
     })
 }
 
@@ -182,8 +183,9 @@ pub(super) fn container_spec(
     // annotations; a device named by both is applied once.
     let mut cdi_devices = Vec::new();
     for (i, device) in config.cdi_devices.iter().enumerate() {
-        crate::device::check_name(&device.name)
-            .map_err(|err| RuntimeError::invalid(format!("CDI_devices[{i}].name"), err.to_string()))?;
+        crate::device::check_name(&device.name).map_err(|err| {
+            RuntimeError::invalid(format!("CDI_devices[{i}].name"), err.to_string())
+        })?;
         cdi_devices.push(device.name.clone());
     }
     let annotated = crate::device::names_from_annotations(&config.annotations)

@@ -167,10 +167,7 @@ impl CdiRegistry {
                     if let Err(message) = &spec {
                         tracing::warn!(path = %path.display(), "CDI spec skipped: {message}");
                     }
-                    parsed.insert(
-                        path.clone(),
-                        ParsedFile { content, spec },
-                    );
+                    parsed.insert(path.clone(), ParsedFile { content, spec });
                 }
                 seen.insert(path.clone());
                 match &parsed[&path].spec {
@@ -267,10 +264,14 @@ pub fn check_name(name: &str) -> Result<(), CdiError> {
                 .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c) || extra.contains(&c))
     };
     if !part(vendor, &['.']) {
-        return invalid("the vendor is empty or has characters other than letters, digits, '.', '-', '_'");
+        return invalid(
+            "the vendor is empty or has characters other than letters, digits, '.', '-', '_'",
+        );
     }
     if !part(class, &['.']) {
-        return invalid("the class is empty or has characters other than letters, digits, '.', '-', '_'");
+        return invalid(
+            "the class is empty or has characters other than letters, digits, '.', '-', '_'",
+        );
     }
     if !part(device, &['.', ':']) {
         return invalid(
@@ -364,7 +365,12 @@ impl CdiScan {
         if names.is_empty() {
             return Err(self.unknown(&format!("{kind}=0")));
         }
-        names.sort_by_key(|device| (device.parse::<u64>().unwrap_or(u64::MAX), device.to_string()));
+        names.sort_by_key(|device| {
+            (
+                device.parse::<u64>().unwrap_or(u64::MAX),
+                device.to_string(),
+            )
+        });
         if names.len() < count {
             return Err(CdiError::Unknown(format!(
                 "{count} {kind} devices were asked for, the CDI specs in {} define {}: {}",
@@ -373,7 +379,10 @@ impl CdiScan {
                 names.join(", ")
             )));
         }
-        Ok(names[..count].iter().map(|device| format!("{prefix}{device}")).collect())
+        Ok(names[..count]
+            .iter()
+            .map(|device| format!("{prefix}{device}"))
+            .collect())
     }
 
     /// The merged edits of `names` (each applied once), refusing unknown names and
@@ -393,7 +402,10 @@ impl CdiScan {
         // What each container path / env var was set to, and by which device.
         let mut claims: HashMap<String, (String, serde_json::Value)> = HashMap::new();
         for name in unique {
-            let defined = self.devices.get(name.as_str()).ok_or_else(|| self.unknown(name))?;
+            let defined = self
+                .devices
+                .get(name.as_str())
+                .ok_or_else(|| self.unknown(name))?;
             let device_name = name.split_once('=').map_or("", |(_, device)| device);
             let device = defined
                 .spec
@@ -511,7 +523,10 @@ fn fill_from_host(node: &mut cdi::specs::config::DeviceNode) -> Result<(), Strin
 }
 
 fn set_env(env: &mut Vec<String>, var: String) {
-    let key = var.split_once('=').map_or(var.as_str(), |(key, _)| key).to_string();
+    let key = var
+        .split_once('=')
+        .map_or(var.as_str(), |(key, _)| key)
+        .to_string();
     match env
         .iter_mut()
         .find(|old| old.split_once('=').map_or(old.as_str(), |(k, _)| k) == key)
@@ -535,13 +550,10 @@ impl DeviceEdits {
         let Some(edits) = &self.edits else {
             return Ok(());
         };
-        edits
-            .clone()
-            .apply(spec)
-            .map_err(|err| CdiError::Edits {
-                name: "(requested devices)".to_string(),
-                reason: format!("applying the edits: {err:#}"),
-            })?;
+        edits.clone().apply(spec).map_err(|err| CdiError::Edits {
+            name: "(requested devices)".to_string(),
+            reason: format!("applying the edits: {err:#}"),
+        })?;
         if !self.env.is_empty() {
             if let Some(process) = spec.process_mut() {
                 let mut env = process.env().clone().unwrap_or_default();
@@ -630,7 +642,11 @@ mod tests {
         let registry = CdiRegistry::new(vec![dir.path().into()]);
         let scan = registry.scan();
         assert!(scan.devices().is_empty());
-        assert!(scan.errors()[0].message.contains("defined both"), "{:?}", scan.errors());
+        assert!(
+            scan.errors()[0].message.contains("defined both"),
+            "{:?}",
+            scan.errors()
+        );
     }
 
     #[test]
@@ -644,20 +660,37 @@ mod tests {
         let device = "  - name: d\n    containerEdits:\n      env: [\"V=1\"]\n";
         write(dir.path(), "late.yaml", &spec("example.com/late", device));
         registry.resolve(&name).unwrap();
-        write(dir.path(), "late.yaml", &spec("example.com/late", "  - name: e\n    containerEdits:\n      env: [\"V=2\"]\n"));
+        write(
+            dir.path(),
+            "late.yaml",
+            &spec(
+                "example.com/late",
+                "  - name: e\n    containerEdits:\n      env: [\"V=2\"]\n",
+            ),
+        );
         let err = registry.resolve(&name).unwrap_err().to_string();
         assert!(err.contains("do not define it"), "{err}");
     }
 
     #[test]
     fn names_are_checked_and_nvidia_gets_a_hint() {
-        for bad in ["", "gpu", "nvidia.com/gpu", "nvidia.com=0", "/gpu=0", "a/b=-x", "a b/c=d"] {
+        for bad in [
+            "",
+            "gpu",
+            "nvidia.com/gpu",
+            "nvidia.com=0",
+            "/gpu=0",
+            "a/b=-x",
+            "a b/c=d",
+        ] {
             let err = check_name(bad).unwrap_err().to_string();
             assert!(err.contains("vendor.com/class=name"), "{bad}: {err}");
         }
         check_name("nvidia.com/gpu=GPU-0a1b:2").unwrap();
         let registry = CdiRegistry::new(vec!["/nonexistent-cdi-dir".into()]);
-        let err = registry.resolve(&["nvidia.com/gpu=all".into()]).unwrap_err();
+        let err = registry
+            .resolve(&["nvidia.com/gpu=all".into()])
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "no CDI spec for nvidia.com/gpu in /nonexistent-cdi-dir: generate one, e.g. with `nvidia-ctk cdi generate`"
@@ -670,13 +703,18 @@ mod tests {
         let mut annotations = HashMap::new();
         annotations.insert("other".to_string(), "x".to_string());
         annotations.insert("cdi.k8s.io/b".to_string(), "v.com/c=2".to_string());
-        annotations.insert("cdi.k8s.io/a".to_string(), "v.com/c=0,v.com/c=1".to_string());
+        annotations.insert(
+            "cdi.k8s.io/a".to_string(),
+            "v.com/c=0,v.com/c=1".to_string(),
+        );
         assert_eq!(
             names_from_annotations(&annotations).unwrap(),
             ["v.com/c=0", "v.com/c=1", "v.com/c=2"]
         );
         annotations.insert("cdi.k8s.io/c".to_string(), "bogus".to_string());
-        let err = names_from_annotations(&annotations).unwrap_err().to_string();
+        let err = names_from_annotations(&annotations)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cdi.k8s.io/c"), "{err}");
     }
 
@@ -706,18 +744,31 @@ mod tests {
             (LinuxDeviceType::C, 1, 3)
         );
         assert_eq!(node.file_mode(), Some(0o666));
-        let rules = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
         assert!(rules
             .iter()
             .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3)));
         let env = target.process().as_ref().unwrap().env().clone().unwrap();
-        assert_eq!(env, ["PATH=/bin", "MODE=a", "SPEC_WIDE=1"], "replaced, not appended");
+        assert_eq!(
+            env,
+            ["PATH=/bin", "MODE=a", "SPEC_WIDE=1"],
+            "replaced, not appended"
+        );
 
         let err = registry
             .resolve(&["example.com/node=a".into(), "example.com/node=b".into()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("conflict") && err.contains("/dev/fake"), "{err}");
+        assert!(
+            err.contains("conflict") && err.contains("/dev/fake"),
+            "{err}"
+        );
         let err = registry
             .resolve(&["example.com/node=missing".into()])
             .unwrap_err()

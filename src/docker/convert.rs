@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::runtime::model::{
-    Capabilities, ContainerSpec, Device, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest, PodSpec,
-    Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
+    Capabilities, ContainerSpec, Device, DnsConfig, NamespaceMode, NamespaceModes, NetworkRequest,
+    PodSpec, Resources, RestartPolicy as CoreRestartPolicy, Seccomp, SecurityOptions,
 };
 
 /// `Cmd` and `Entrypoint`: a list, or (older clients) one string.
@@ -136,7 +136,9 @@ pub fn device_requests(
     for request in requests {
         let ids = request.device_ids.clone().unwrap_or_default();
         let capabilities = request.capabilities.clone().unwrap_or_default();
-        let gpu = capabilities.iter().any(|set| set.iter().any(|c| c == "gpu"));
+        let gpu = capabilities
+            .iter()
+            .any(|set| set.iter().any(|c| c == "gpu"));
         match request.driver.as_str() {
             "cdi" => {
                 for id in ids {
@@ -584,14 +586,15 @@ pub fn specs(
                 NamespaceMode::Pod
             }
         }
-        user if user != "none" && !user.starts_with("container:") => {
+        // Loopback only: no endpoint settings apply (dockerd refuses them too).
+        "none" => NamespaceMode::Pod,
+        user if !user.starts_with("container:") => {
             networks.push(endpoint(user).request(user, id, name)?);
             NamespaceMode::Pod
         }
         other => {
             return Err(ApiError::bad_request(format!(
-                "network {} not found: wharf serves the default bridge and host networks \
-                 (user-defined networks are not supported yet)",
+                "network mode {}: joining another container's network is not supported yet",
                 bounded(other)
             )))
         }
@@ -650,6 +653,7 @@ pub fn specs(
         privileged: host.privileged,
         network_args: Vec::new(),
         networks,
+        loopback_only: host.network_mode == "none",
     };
 
     let (command, args) = match request.entrypoint.clone().map(StringOrList::into_list) {

@@ -70,6 +70,7 @@ const HEALTHS: &[&str] = &["starting", "healthy", "unhealthy", "none"];
 pub(super) fn network_of(ext: &Extension) -> (&'static str, String) {
     let name = match network_mode(ext).as_str() {
         "host" => "host",
+        "none" => "none",
         _ => "bridge",
     };
     (name, network_id(name))
@@ -81,7 +82,10 @@ pub(super) fn network_id(name: &str) -> String {
 
 /// Whether the container's network mode is a predefined network.
 fn is_builtin_mode(ext: &Extension) -> bool {
-    matches!(network_mode(ext).as_str(), "default" | "bridge" | "host")
+    matches!(
+        network_mode(ext).as_str(),
+        "default" | "bridge" | "host" | "none"
+    )
 }
 
 /// `networks` (a predefined network's entry) with the container's user-defined
@@ -104,7 +108,7 @@ pub(super) fn networks_json(ext: &Extension, ip: &str) -> Value {
         return json!({});
     }
     let (name, id) = network_of(ext);
-    let ip = if name == "host" { "" } else { ip };
+    let ip = if name == "bridge" { ip } else { "" };
     json!({
         name: {
             "IPAMConfig": null,

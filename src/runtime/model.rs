@@ -126,6 +126,10 @@ pub struct PodSpec {
     /// configured pod network; empty: the configured one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkRequest>,
+    /// A network namespace of its own with loopback only, whatever the configured pod
+    /// network (Docker's `--network none`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub loopback_only: bool,
 }
 
 /// An attachment to a user-defined network ([`crate::network`]).

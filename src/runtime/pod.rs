@@ -224,6 +224,9 @@ impl Runtime {
         record: &mut PodRecord,
         bandwidth: Option<Bandwidth>,
     ) -> Result<()> {
+        if record.spec.loopback_only {
+            return Ok(());
+        }
         if !record.spec.networks.is_empty() {
             return self.attach_user_networks(record).await;
         }

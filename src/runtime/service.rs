@@ -240,7 +240,9 @@ impl Runtime {
             health: Default::default(),
             layer_usage: Default::default(),
             metrics: Default::default(),
-            cdi: Arc::new(crate::device::CdiRegistry::new(config.cdi.spec_dirs.clone())),
+            cdi: Arc::new(crate::device::CdiRegistry::new(
+                config.cdi.spec_dirs.clone(),
+            )),
             config,
         }))
     }

@@ -5,6 +5,8 @@
 #   cri-client    tests/go/cri-client: grpc-go + k8s.io/cri-api, dialing by socket path
 #   stream-client tests/go/stream-client: client-go's remotecommand and portforward
 #                 (SPDY/3.1, WebSocket) on the CRI streaming URLs, as kubectl uses them
+#   gpu-e2e       tests/go/gpu-e2e: the CRI + Docker API driver of e2e/gpu.sh (static,
+#                 to be carried to a GPU host)
 #   stream-bench  tests/go/stream-bench: exec round trips, port-forward throughput and
 #                 per-session memory of a CRI streaming server (bench/compare-streaming.sh)
 # into target/go-tools/, where tests/support/go_tools.rs finds them.
@@ -24,3 +26,4 @@ go build -o "$out/cri-client" ./cri-client
 go build -o "$out/stream-client" ./stream-client
 go test -c -o "$out/critest" -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/critest
 go build -o "$out/stream-bench" ./stream-bench
+CGO_ENABLED=0 go build -o "$out/gpu-e2e" ./gpu-e2e
