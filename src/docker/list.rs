@@ -7,14 +7,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::containers::{
-    command_of, extension, find, health_word, label_matches, network_mode, parse_filters,
-    state_name, status_text, truthy,
+    command_of, find, health_word, label_matches, network_mode, parse_filters, state_name,
+    status_text, truthy,
 };
 use super::convert::Extension;
 use super::error::ApiError;
@@ -77,7 +76,16 @@ pub(super) fn network_of(ext: &Extension) -> (&'static str, String) {
 }
 
 pub(super) fn network_id(name: &str) -> String {
-    hex::encode(Sha256::digest(format!("wharf built-in network {name}")))
+    // The predefined networks' IDs are asked for each container of every list.
+    static PREDEFINED: std::sync::OnceLock<[(&str, String); 3]> = std::sync::OnceLock::new();
+    let compute =
+        |name: &str| hex::encode(Sha256::digest(format!("wharf built-in network {name}")));
+    let predefined =
+        PREDEFINED.get_or_init(|| ["bridge", "host", "none"].map(|name| (name, compute(name))));
+    match predefined.iter().find(|(known, _)| *known == name) {
+        Some((_, id)) => id.clone(),
+        None => compute(name),
+    }
 }
 
 /// Whether the container's network mode is a predefined network.
@@ -156,11 +164,63 @@ pub(super) async fn sizes(server: &DockerServer, c: &ContainerRecord) -> (u64, u
 
 /// The pod's first IP, if it has one.
 pub(super) fn ip_of(server: &DockerServer, c: &ContainerRecord) -> String {
-    server
-        .runtime
-        .pod(&c.pod_id)
-        .and_then(|p| p.network.and_then(|n| n.ips.first().cloned()))
-        .unwrap_or_default()
+    server.runtime.pod_ip(&c.pod_id).unwrap_or_default()
+}
+
+/// The parts of a container's [`Extension`] a list shows (the image as sent, the network
+/// mode, the declared and bound ports, the args), read from the stored create body
+/// without building all of it: that parse was most of a list's cost per container.
+/// The other fields of the returned `create` are left out.
+pub(super) fn listed_extension(c: &ContainerRecord) -> Extension {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Listed {
+        create: ListedCreate,
+        name: String,
+        args: Vec<String>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct ListedCreate {
+        image: Option<Value>,
+        exposed_ports: Option<Value>,
+        host_config: Option<ListedHostConfig>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct ListedHostConfig {
+        network_mode: Option<Value>,
+        port_bindings: Option<Value>,
+    }
+    let listed: Listed = serde_json::from_slice(&c.extension).unwrap_or_default();
+    let mut create = serde_json::Map::new();
+    let create_fields = [
+        ("Image", listed.create.image),
+        ("ExposedPorts", listed.create.exposed_ports),
+    ];
+    for (key, value) in create_fields {
+        if let Some(value) = value {
+            create.insert(key.to_string(), value);
+        }
+    }
+    if let Some(host) = listed.create.host_config {
+        let mut host_config = serde_json::Map::new();
+        for (key, value) in [
+            ("NetworkMode", host.network_mode),
+            ("PortBindings", host.port_bindings),
+        ] {
+            if let Some(value) = value {
+                host_config.insert(key.to_string(), value);
+            }
+        }
+        create.insert("HostConfig".to_string(), Value::Object(host_config));
+    }
+    Extension {
+        create: Value::Object(create),
+        name: listed.name,
+        log_path: String::new(),
+        args: listed.args,
+    }
 }
 
 /// dockerd's `invalidFilter` message.
@@ -194,7 +254,21 @@ fn check_port_filter(key: &str, value: &str) -> Result<(), ApiError> {
 pub(super) async fn list(
     State(server): State<Arc<DockerServer>>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let body = list_json(&server, &query).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// The list `query` asks for, as JSON.
+pub(super) async fn list_json(
+    server: &Arc<DockerServer>,
+    query: &ListQuery,
+) -> Result<Vec<u8>, ApiError> {
     let filters = parse_filters(query.filters.as_deref())?;
     if let Some(key) = filters.keys().find(|k| !FILTERS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
@@ -280,7 +354,7 @@ pub(super) async fn list(
             return;
         }
         let name = format!("/{}", c.spec.name);
-        let ext = extension(c);
+        let ext = listed_extension(c);
         let keep = filters.iter().all(|(key, values)| match key.as_str() {
             "id" => ids.iter().any(|re| re.is_match(&c.id)),
             "name" => names.iter().any(|re| re.is_match(&name)),
@@ -332,50 +406,104 @@ pub(super) async fn list(
             _ => false,
         });
         if keep {
-            found.push(c.clone());
+            found.push((c.created_at, list_item(server, c, &ext)));
         }
     });
-    found.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    found.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
     if let Some(limit) = query.limit.filter(|l| *l > 0) {
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
-    let with_size = truthy(query.size.as_deref());
-    let mut items = Vec::with_capacity(found.len());
-    for c in &found {
-        let ext = extension(c);
-        let mut item = json!({
-            "Id": c.id,
-            "Names": [format!("/{}", c.spec.name)],
-            "Image": ext.create.get("Image").cloned().unwrap_or(Value::String(c.image.clone())),
-            "ImageID": c.image_id,
-            "Command": command_of(&ext),
-            "Created": c.created_at / 1_000_000_000,
-            "Ports": super::ports::list_ports(c, &ext.create),
-            "Labels": c.spec.labels,
-            "State": state_name(c),
-            "Status": match server.runtime.health(&c.id) {
-                Some(health) if c.state == ContainerState::Running && !c.paused => {
-                    format!("{} ({})", status_text(c), health_word(health.status))
-                }
-                _ => status_text(c),
-            },
-            "HostConfig": { "NetworkMode": network_mode(&ext) },
-            "NetworkSettings": { "Networks": with_user_networks(networks_json(&ext, &ip_of(&server, c)), &server, &c.pod_id) },
-            "Mounts": c.spec.mounts.iter().filter_map(super::mounts::mount_point_json).collect::<Vec<_>>(),
-        });
-        if with_size {
-            // dockerd leaves them out when 0 (`omitempty`).
-            let (rw, root) = sizes(&server, c).await;
-            if rw > 0 {
-                item["SizeRw"] = json!(rw);
-            }
-            if root > 0 {
-                item["SizeRootFs"] = json!(root);
+    let mut items: Vec<ListItem> = found.into_iter().map(|(_, item)| item).collect();
+    if truthy(query.size.as_deref()) {
+        for item in &mut items {
+            if let Some(c) = server.runtime.container(&item.id) {
+                (item.size_rw, item.size_root_fs) = sizes(server, &c).await;
             }
         }
-        items.push(item);
     }
-    Ok(Json(items))
+    // Serialized here: no Value tree per container.
+    serde_json::to_vec(&items)
+        .map_err(|err| ApiError::internal(format!("encoding the container list: {err}")))
+}
+
+/// One container's entry, made while the records are read (no copy of the record).
+fn list_item(server: &DockerServer, c: &ContainerRecord, ext: &Extension) -> ListItem {
+    ListItem {
+        id: c.id.clone(),
+        names: [format!("/{}", c.spec.name)],
+        image: ext
+            .create
+            .get("Image")
+            .cloned()
+            .unwrap_or(Value::String(c.image.clone())),
+        image_id: c.image_id.clone(),
+        command: command_of(ext),
+        created: c.created_at / 1_000_000_000,
+        ports: super::ports::list_ports(c, &ext.create),
+        labels: c.spec.labels.clone(),
+        state: state_name(c),
+        status: match server.runtime.health(&c.id) {
+            Some(health) if c.state == ContainerState::Running && !c.paused => {
+                format!("{} ({})", status_text(c), health_word(health.status))
+            }
+            _ => status_text(c),
+        },
+        host_config: ListHostConfig {
+            network_mode: network_mode(ext),
+        },
+        network_settings: ListNetworkSettings {
+            networks: with_user_networks(networks_json(ext, &ip_of(server, c)), server, &c.pod_id),
+        },
+        mounts: c
+            .spec
+            .mounts
+            .iter()
+            .filter_map(super::mounts::mount_point_json)
+            .collect(),
+        size_rw: 0,
+        size_root_fs: 0,
+    }
+}
+
+/// One entry of `GET /containers/json`, in dockerd's field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListItem {
+    id: String,
+    names: [String; 1],
+    image: Value,
+    #[serde(rename = "ImageID")]
+    image_id: String,
+    command: String,
+    created: i64,
+    ports: Value,
+    labels: std::collections::HashMap<String, String>,
+    state: &'static str,
+    status: String,
+    host_config: ListHostConfig,
+    network_settings: ListNetworkSettings,
+    mounts: Vec<Value>,
+    // dockerd leaves them out when 0 (`omitempty`).
+    #[serde(skip_serializing_if = "is_zero")]
+    size_rw: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    size_root_fs: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListHostConfig {
+    network_mode: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListNetworkSettings {
+    networks: Value,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[cfg(test)]

@@ -100,7 +100,9 @@ pub(super) async fn df(State(server): State<Arc<DockerServer>>) -> Result<Json<V
     }
     let all: super::list::ListQuery = serde_json::from_value(json!({"all": "1"}))
         .map_err(|err| ApiError::internal(err.to_string()))?;
-    let Json(mut containers) = super::list::list(State(server.clone()), Query(all)).await?;
+    let listed = super::list::list_json(&server, &all).await?;
+    let mut containers: Vec<Value> = serde_json::from_slice(&listed)
+        .map_err(|err| ApiError::internal(format!("reading the container list: {err}")))?;
     for item in &mut containers {
         let id = item["Id"].as_str().unwrap_or_default().to_string();
         let (size_rw, size_root) = match server.runtime.container(&id) {

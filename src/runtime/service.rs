@@ -310,6 +310,13 @@ impl Runtime {
         pods.get(id).cloned()
     }
 
+    /// The pod's first IP (None without a network), without copying its record: what
+    /// lists show per container.
+    pub fn pod_ip(&self, id: &str) -> Option<String> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.get(id)?.network.as_ref()?.ips.first().cloned()
+    }
+
     /// Finds a pod of `namespace` by full ID or unique ID prefix (as crictl accepts).
     pub fn find_pod(&self, namespace: &str, query: &str) -> Option<PodRecord> {
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
