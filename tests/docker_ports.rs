@@ -655,3 +655,128 @@ async fn network_none_gives_loopback_only() {
         Vec::<String>::new()
     );
 }
+
+/// Removes the test's containers and its network even when an assertion failed.
+struct NetworkCleanup<'a> {
+    docker: &'a DockerEnv,
+    network: String,
+}
+
+impl Drop for NetworkCleanup<'_> {
+    fn drop(&mut self) {
+        for id in self.docker.run(&["ps", "-aq"]).stdout.split_whitespace() {
+            self.docker.run(&["rm", "-f", id]);
+        }
+        self.docker.run(&["network", "rm", &self.network]);
+    }
+}
+
+/// Ports published by a container on a user-defined network: reachable from the host
+/// and gone at stop; a host port is one network's only (either way round), with
+/// dockerd's message, and the refused container stays created.
+#[tokio::test(flavor = "multi_thread")]
+async fn published_ports_on_a_user_defined_network() {
+    let (_net, docker) = env(37).await;
+    let image = docker.image.clone();
+    let network = unique("pubnet");
+    let subnet = format!("172.30.{}.0/24", std::process::id() % 250 + 1);
+    docker.ok(&["network", "create", "--subnet", &subnet, &network]);
+    let _cleanup = NetworkCleanup {
+        docker: &docker,
+        network: network.clone(),
+    };
+    let (port, other_port) = (test_port(7), test_port(8));
+    let web = unique("web");
+    let binding = format!("127.0.0.1:{port}:8080");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &network,
+        "-p",
+        &binding,
+        "-p",
+        "8080",
+        &image,
+        "sh",
+        "-c",
+        &httpd("hello-user-network"),
+    ]);
+    assert_eq!(
+        host_fetch(&format!("127.0.0.1:{port}"), "/index.html"),
+        "hello-user-network"
+    );
+    let ports = ports_of(&docker, &web);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let random = ports
+        .iter()
+        .map(|(_, _, p)| *p)
+        .find(|p| *p != port)
+        .expect("a random host port");
+    assert_eq!(
+        host_fetch(&format!("127.0.0.1:{random}"), "/index.html"),
+        "hello-user-network"
+    );
+
+    // The same host port on the built-in bridge: taken.
+    let clash = unique("clash");
+    let err = docker.fails(&[
+        "run", "-d", "--name", &clash, "-p", &binding, &image, "sleep", "60",
+    ]);
+    assert!(
+        err.contains(&format!(
+            "Bind for 127.0.0.1:{port} failed: port is already allocated"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Status}}", &clash]),
+        "created"
+    );
+    // A port the bridge holds, asked on the user network: taken too.
+    let bridged = unique("bridged");
+    let bridged_binding = format!("127.0.0.1:{other_port}:8080");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &bridged,
+        "-p",
+        &bridged_binding,
+        &image,
+        "sh",
+        "-c",
+        &httpd("hello-bridge"),
+    ]);
+    let second = unique("second");
+    let err = docker.fails(&[
+        "run",
+        "-d",
+        "--name",
+        &second,
+        "--network",
+        &network,
+        "-p",
+        &bridged_binding,
+        &image,
+        "sleep",
+        "60",
+    ]);
+    assert!(err.contains("port is already allocated"), "{err}");
+    assert_eq!(
+        host_fetch(&format!("127.0.0.1:{other_port}"), "/index.html"),
+        "hello-bridge"
+    );
+
+    // Stop withdraws them; the port is free for the other network then.
+    docker.ok(&["stop", "-t", "0", &web]);
+    assert!(try_host_fetch(&format!("127.0.0.1:{port}"), "/index.html").is_err());
+    docker.ok(&["start", &clash]);
+    docker.ok(&["rm", "-f", &web, &clash, &bridged, &second]);
+    assert_eq!(
+        stored_leases(&docker.env.daemon.paths.root),
+        Vec::<String>::new()
+    );
+}

@@ -943,6 +943,72 @@ impl NetworkRegistry {
         Ok(())
     }
 
+    /// The host ports held on every user-defined network but `except` (a network ID),
+    /// with the pod holding each.
+    pub async fn held_host_ports(
+        &self,
+        except: Option<&str>,
+    ) -> Vec<(crate::cni::PortMapping, String)> {
+        let networks: Vec<Arc<UserNetwork>> = self
+            .shared
+            .read()
+            .networks
+            .values()
+            .filter(|n| Some(n.record.id.as_str()) != except)
+            .cloned()
+            .collect();
+        let mut held = Vec::new();
+        for network in networks {
+            held.extend(network.bridge.held_host_ports().await);
+        }
+        held
+    }
+
+    /// Publishes host ports to the pod's interface on network `network_id` (Docker's
+    /// `-p` for a container on a user-defined network), `elsewhere` counting as taken.
+    pub async fn publish_ports(
+        &self,
+        network_id: &str,
+        attachment: &Attachment,
+        requests: &[bridge::PublishRequest],
+        elsewhere: Vec<(crate::cni::PortMapping, String)>,
+    ) -> std::result::Result<Vec<crate::cni::PortMapping>, BridgeError> {
+        let network = self.shared.read().networks.get(network_id).cloned();
+        let Some(network) = network else {
+            return Err(BridgeError::NotAttached {
+                network: network_id.to_string(),
+                reason: "the network is gone".to_string(),
+            });
+        };
+        network
+            .bridge
+            .publish_beside(attachment, requests, elsewhere)
+            .await
+    }
+
+    /// Withdraws what [`publish_ports`](Self::publish_ports) made on every network the pod is on.
+    pub async fn unpublish_pod(&self, pod_id: &str) -> std::result::Result<(), BridgeError> {
+        let attached: Vec<(Arc<UserNetwork>, Endpoint)> = {
+            let tables = self.shared.read();
+            tables
+                .endpoints
+                .values()
+                .filter(|e| e.pod_id == pod_id)
+                .filter_map(|e| Some((tables.networks.get(&e.network_id)?.clone(), e.clone())))
+                .collect()
+        };
+        for (network, endpoint) in attached {
+            let attachment = Attachment {
+                container_id: endpoint.pod_id.clone(),
+                netns: endpoint.netns.clone(),
+                ifname: endpoint.ifname.clone(),
+                ..Default::default()
+            };
+            network.bridge.unpublish(&attachment).await?;
+        }
+        Ok(())
+    }
+
     /// Detaches a pod from every user network (its removal); nothing attached is fine.
     pub async fn detach_pod(&self, pod_id: &str) -> Result<()> {
         let _guard = self.ops.lock().await;

@@ -1,5 +1,6 @@
 //! Published ports (Docker's `-p`): host ports that a container's pod gets on the
-//! built-in bridge while the container runs. They are chosen at each start (a host port
+//! built-in bridge, or on the first user-defined network it joined, while the container
+//! runs; a host port is given to one network only. They are chosen at each start (a host port
 //! of 0 is a new pick from the ephemeral range each time, as dockerd's allocator makes
 //! it), recorded in the container's record, and withdrawn when it exits or is stopped;
 //! removing the pod removes them with its attachment. The DNAT rules are the bridge's
@@ -34,13 +35,6 @@ impl Runtime {
         else {
             return Ok(());
         };
-        if network.name != self.cni.bridge_name() {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {}: cannot publish ports: its pod is on the CNI network {}, and \
-                 ports are published on wharf's built-in bridge network only",
-                container.id, network.name
-            )));
-        }
         let requests: Vec<PublishRequest> = container
             .spec
             .published_ports
@@ -55,11 +49,43 @@ impl Runtime {
                 host_port_last: p.host_port_last,
             })
             .collect();
-        let chosen = self
-            .cni
-            .publish(&attachment(&pod)?, &requests)
-            .await
-            .map_err(|err| publish_error(container, &pod, err))?;
+        // One publish at a time: each counts the host ports every network holds.
+        let _publishing = self.publish_lock.lock().await;
+        let networks = self.networks();
+        let chosen = if pod.spec.networks.is_empty() {
+            if network.name != self.cni.bridge_name() {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "container {}: cannot publish ports: its pod is on the CNI network {}, and \
+                     ports are published on wharf's networks only (the built-in bridge and \
+                     user-defined ones)",
+                    container.id, network.name
+                )));
+            }
+            let elsewhere = networks.held_host_ports(None).await;
+            self.cni
+                .bridge()
+                .publish_beside(&attachment(&pod)?, &requests, elsewhere)
+                .await
+                .map_err(|err| publish_error(container, &pod, CniError::from(err)))?
+        } else {
+            // As dockerd: on the first network the container joined (its eth0).
+            let Some((first, endpoint)) = networks.endpoints_of_pod(&pod.id).into_iter().next()
+            else {
+                return Ok(());
+            };
+            let mut elsewhere = networks.held_host_ports(Some(&first.id)).await;
+            elsewhere.extend(self.cni.bridge().held_host_ports().await);
+            let on = crate::cni::Attachment {
+                container_id: pod.id.clone(),
+                netns: endpoint.netns.clone(),
+                ifname: endpoint.ifname.clone(),
+                ..Default::default()
+            };
+            networks
+                .publish_ports(&first.id, &on, &requests, elsewhere)
+                .await
+                .map_err(|err| publish_error(container, &pod, CniError::from(err)))?
+        };
         let published: Vec<PortMapping> = chosen
             .iter()
             .map(|m| PortMapping {
@@ -96,10 +122,17 @@ impl Runtime {
                 .is_some_and(|n| n.phase == NetworkPhase::Attached)
         });
         if let Some(pod) = attached {
-            self.cni
-                .unpublish(&attachment(&pod)?)
-                .await
-                .map_err(RuntimeError::Network)?;
+            if pod.spec.networks.is_empty() {
+                self.cni
+                    .unpublish(&attachment(&pod)?)
+                    .await
+                    .map_err(RuntimeError::Network)?;
+            } else {
+                self.networks()
+                    .unpublish_pod(&pod.id)
+                    .await
+                    .map_err(|err| RuntimeError::Network(CniError::from(err)))?;
+            }
         }
         self.update_container(id, |c| {
             let changed = !c.published_ports.is_empty();

@@ -160,6 +160,8 @@ pub struct Runtime {
     pub(super) metrics: super::metrics::RuntimeMetrics,
     /// CDI specs, for the devices containers ask for by name.
     pub(super) cdi: Arc<crate::device::CdiRegistry>,
+    /// Publishing host ports is one at a time (each counts what every network holds).
+    pub(super) publish_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -243,6 +245,7 @@ impl Runtime {
             cdi: Arc::new(crate::device::CdiRegistry::new(
                 config.cdi.spec_dirs.clone(),
             )),
+            publish_lock: tokio::sync::Mutex::new(()),
             config,
         }))
     }

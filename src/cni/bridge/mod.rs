@@ -459,6 +459,17 @@ impl BridgeNetwork {
         attachment: &Attachment,
         requests: &[PublishRequest],
     ) -> Result<Vec<PortMapping>, BridgeError> {
+        self.publish_beside(attachment, requests, Vec::new()).await
+    }
+
+    /// [`publish`](Self::publish), with `elsewhere` (host ports other networks hold, and
+    /// whose) counted as taken: one host port is DNATed into one network only.
+    pub async fn publish_beside(
+        &self,
+        attachment: &Attachment,
+        requests: &[PublishRequest],
+        elsewhere: Vec<(PortMapping, String)>,
+    ) -> Result<Vec<PortMapping>, BridgeError> {
         let key = (attachment.container_id.clone(), attachment.ifname.clone());
         let mut state = self.state.lock().await;
         let mut lease =
@@ -473,7 +484,7 @@ impl BridgeNetwork {
                         attachment.container_id, attachment.ifname
                     ),
                 })?;
-        let mut held: Vec<(PortMapping, String)> = Vec::new();
+        let mut held = elsewhere;
         for other in state.leases.values() {
             let own = other.container_id == lease.container_id && other.ifname == lease.ifname;
             let mut ports: Vec<&PortMapping> = other.ports.iter().collect();
@@ -510,6 +521,23 @@ impl BridgeNetwork {
         }
         tracing::info!(network = %self.spec.bridge, container_id = %lease.container_id, ports = ?chosen, "host ports published");
         Ok(chosen)
+    }
+
+    /// The host ports this network holds (the pods' own and those published), with
+    /// the pod holding each.
+    pub async fn held_host_ports(&self) -> Vec<(PortMapping, String)> {
+        let state = self.state.lock().await;
+        state
+            .leases
+            .values()
+            .flat_map(|lease| {
+                lease
+                    .ports
+                    .iter()
+                    .chain(&lease.published)
+                    .map(|p| (p.clone(), lease.container_id.clone()))
+            })
+            .collect()
     }
 
     /// Withdraws what [`publish`](Self::publish) made for the interface (the pod's own
