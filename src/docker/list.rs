@@ -321,11 +321,11 @@ pub(super) async fn list_json(
     // dockerd's); one that is not there is dockerd's 404.
     let mut before = None;
     for value in values("before") {
-        before = Some(find(&server, value)?.created_at);
+        before = Some(find(server, value)?.created_at);
     }
     let mut since = None;
     for value in values("since") {
-        since = Some(find(&server, value)?.created_at);
+        since = Some(find(server, value)?.created_at);
     }
     let regexes = |key: &str| -> Result<Vec<regex::Regex>, ApiError> {
         values(key)
