@@ -45,16 +45,27 @@ impl Host {
     pub fn parse(text: &str) -> Result<Host, CliError> {
         if let Some(path) = text.strip_prefix("unix://") {
             if path.is_empty() {
-                return Err(CliError::usage(format!("invalid host {text:?}: no socket path")));
+                return Err(CliError::usage(format!(
+                    "invalid host {text:?}: no socket path"
+                )));
             }
             return Ok(Host::Unix(PathBuf::from(path)));
         }
-        if let Some(addr) = text.strip_prefix("tcp://").or_else(|| text.strip_prefix("http://")) {
+        if let Some(addr) = text
+            .strip_prefix("tcp://")
+            .or_else(|| text.strip_prefix("http://"))
+        {
             let addr = addr.trim_end_matches('/');
             if addr.is_empty() {
-                return Err(CliError::usage(format!("invalid host {text:?}: no address")));
+                return Err(CliError::usage(format!(
+                    "invalid host {text:?}: no address"
+                )));
             }
-            let addr = if addr.contains(':') { addr.to_string() } else { format!("{addr}:2375") };
+            let addr = if addr.contains(':') {
+                addr.to_string()
+            } else {
+                format!("{addr}:2375")
+            };
             return Ok(Host::Tcp(addr));
         }
         if text.starts_with('/') {
@@ -83,7 +94,9 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// An empty request body.
 pub fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON request body.
@@ -146,7 +159,9 @@ impl Client {
         let io = self.dial().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|err| CliError::connect(format!("HTTP handshake with {}: {err}", self.host)))?;
+            .map_err(|err| {
+                CliError::connect(format!("HTTP handshake with {}: {err}", self.host))
+            })?;
         // The connection task ends with the response (or the hijacked stream).
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
@@ -158,14 +173,16 @@ impl Client {
             .header("User-Agent", concat!("wharf/", env!("CARGO_PKG_VERSION")))
             .header("Content-Type", content_type);
         if upgrade {
-            request = request.header("Connection", "Upgrade").header("Upgrade", "tcp");
+            request = request
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "tcp");
         }
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
-        let request = request
-            .body(body)
-            .map_err(|err| CliError::internal(format!("building the request {method} {path}: {err}")))?;
+        let request = request.body(body).map_err(|err| {
+            CliError::internal(format!("building the request {method} {path}: {err}"))
+        })?;
         sender.send_request(request).await.map_err(|err| {
             CliError::connect(format!(
                 "{method} {path}: the connection to wharfd at {} failed: {err}",
@@ -194,7 +211,9 @@ impl Client {
         content_type: &str,
         headers: &[(&str, String)],
     ) -> Result<Response<Incoming>, CliError> {
-        let response = self.send(method, path, body, content_type, false, headers).await?;
+        let response = self
+            .send(method, path, body, content_type, false, headers)
+            .await?;
         if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
             return Ok(response);
         }
@@ -203,20 +222,26 @@ impl Client {
 
     /// GET `path`, answered as JSON.
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
-        let response = self.call(Method::GET, path, empty(), "application/json").await?;
+        let response = self
+            .call(Method::GET, path, empty(), "application/json")
+            .await?;
         read_json(response, path).await
     }
 
     /// POST `path` with a JSON body (or none), answered as JSON (null when empty).
     pub async fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
         let body = body.map(json_body).unwrap_or_else(empty);
-        let response = self.call(Method::POST, path, body, "application/json").await?;
+        let response = self
+            .call(Method::POST, path, body, "application/json")
+            .await?;
         read_json(response, path).await
     }
 
     /// DELETE `path`, answered as JSON (null when empty).
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
-        let response = self.call(Method::DELETE, path, empty(), "application/json").await?;
+        let response = self
+            .call(Method::DELETE, path, empty(), "application/json")
+            .await?;
         read_json(response, path).await
     }
 
@@ -235,9 +260,9 @@ impl Client {
             }
             return Err(daemon_error(response).await);
         }
-        let upgraded = hyper::upgrade::on(&mut response)
-            .await
-            .map_err(|err| CliError::connect(format!("POST {path}: the connection upgrade failed: {err}")))?;
+        let upgraded = hyper::upgrade::on(&mut response).await.map_err(|err| {
+            CliError::connect(format!("POST {path}: the connection upgrade failed: {err}"))
+        })?;
         Ok(TokioIo::new(upgraded))
     }
 }
@@ -274,7 +299,11 @@ async fn daemon_error(response: Response<Incoming>) -> CliError {
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            if text.is_empty() { status.to_string() } else { text }
+            if text.is_empty() {
+                status.to_string()
+            } else {
+                text
+            }
         });
     CliError::daemon(status.as_u16(), message)
 }

@@ -16,10 +16,14 @@ use super::{enc, filters_json, out, tty, CliError, Result};
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
     /// Create and run a new container from an image
-    #[command(after_help = "Examples:\n  wharf run -it --rm busybox sh\n  wharf run -d --name web -p 8080:80 -e MODE=prod nginx\n  echo hi | wharf run -i --rm busybox cat\n  wharf run --rm busybox sh -c 'exit 3'; echo $?   # 3")]
+    #[command(
+        after_help = "Examples:\n  wharf run -it --rm busybox sh\n  wharf run -d --name web -p 8080:80 -e MODE=prod nginx\n  echo hi | wharf run -i --rm busybox cat\n  wharf run --rm busybox sh -c 'exit 3'; echo $?   # 3"
+    )]
     Run(RunArgs),
     /// Create a new container without starting it
-    #[command(after_help = "Examples:\n  wharf create --name job busybox echo done\n  wharf start -a job")]
+    #[command(
+        after_help = "Examples:\n  wharf create --name job busybox echo done\n  wharf start -a job"
+    )]
     Create(CreateArgs),
     /// Start one or more stopped containers
     #[command(after_help = "Examples:\n  wharf start web\n  wharf start -ai shell")]
@@ -40,13 +44,19 @@ pub enum ContainerCommand {
     #[command(after_help = "Example:\n  wharf rm -f -v web")]
     Rm(RmArgs),
     /// List containers
-    #[command(after_help = "Examples:\n  wharf ps -a\n  wharf ps -q --filter status=exited\n  wharf ps --format 'table {{.Names}}\\t{{.Status}}'\n  wharf ps --format json")]
+    #[command(
+        after_help = "Examples:\n  wharf ps -a\n  wharf ps -q --filter status=exited\n  wharf ps --format 'table {{.Names}}\\t{{.Status}}'\n  wharf ps --format json"
+    )]
     Ps(PsArgs),
     /// Fetch the logs of a container
-    #[command(after_help = "Examples:\n  wharf logs -f --tail 10 web\n  wharf logs --since 5m -t web")]
+    #[command(
+        after_help = "Examples:\n  wharf logs -f --tail 10 web\n  wharf logs --since 5m -t web"
+    )]
     Logs(LogsArgs),
     /// Execute a command in a running container
-    #[command(after_help = "Examples:\n  wharf exec -it web sh\n  wharf exec -e X=1 -u nobody -w /tmp web env")]
+    #[command(
+        after_help = "Examples:\n  wharf exec -it web sh\n  wharf exec -e X=1 -u nobody -w /tmp web env"
+    )]
     Exec(ExecArgs),
     /// Attach local standard input, output, and error streams to a running container
     #[command(after_help = "Example:\n  wharf attach shell      # ctrl-p ctrl-q detaches again")]
@@ -54,7 +64,9 @@ pub enum ContainerCommand {
     /// Block until one or more containers stop, then print their exit codes
     Wait(Names),
     /// Return low-level information on containers, images, networks or volumes
-    #[command(after_help = "Examples:\n  wharf inspect web\n  wharf inspect --format '{{.State.Status}}' web\n  wharf inspect -f '{{json .Config.Labels}}' web")]
+    #[command(
+        after_help = "Examples:\n  wharf inspect web\n  wharf inspect --format '{{.State.Status}}' web\n  wharf inspect -f '{{json .Config.Labels}}' web"
+    )]
     Inspect(InspectArgs),
     /// Display the running processes of a container
     Top(TopArgs),
@@ -62,10 +74,7 @@ pub enum ContainerCommand {
     #[command(after_help = "Examples:\n  wharf port web\n  wharf port web 80/tcp")]
     Port(PortArgs),
     /// Rename a container
-    Rename {
-        container: String,
-        new_name: String,
-    },
+    Rename { container: String, new_name: String },
     /// Update configuration of one or more containers
     #[command(after_help = "Example:\n  wharf update -m 256m --cpus 0.5 web")]
     Update(UpdateArgs),
@@ -80,10 +89,14 @@ pub enum ContainerCommand {
         output: Option<PathBuf>,
     },
     /// Copy files/folders between a container and the local filesystem
-    #[command(after_help = "Examples:\n  wharf cp web:/etc/hostname ./hostname\n  wharf cp ./conf.txt web:/tmp/")]
+    #[command(
+        after_help = "Examples:\n  wharf cp web:/etc/hostname ./hostname\n  wharf cp ./conf.txt web:/tmp/"
+    )]
     Cp { src: String, dst: String },
     /// Create a new image from a container's changes
-    #[command(after_help = "Example:\n  wharf commit -c 'CMD [\"sh\"]' -m snapshot web myimage:v1")]
+    #[command(
+        after_help = "Example:\n  wharf commit -c 'CMD [\"sh\"]' -m snapshot web myimage:v1"
+    )]
     Commit(CommitArgs),
     /// Display a live stream of container resource usage statistics
     #[command(after_help = "Examples:\n  wharf stats\n  wharf stats --no-stream web")]
@@ -168,7 +181,12 @@ pub struct CreateOpts {
     #[arg(long)]
     pub hostname: Option<String>,
     /// The image, then the command and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE [COMMAND] [ARG...]")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND] [ARG...]"
+    )]
     pub image_and_command: Vec<String>,
 }
 
@@ -427,42 +445,64 @@ pub async fn run(client: &Client, command: ContainerCommand) -> Result<()> {
     match command {
         ContainerCommand::Run(args) => run_container(client, args).await,
         ContainerCommand::Create(args) => {
-            let id = create(client, &args.opts, false, false).await.map_err(CliError::as_run_error)?;
+            let id = create(client, &args.opts, false, false)
+                .await
+                .map_err(CliError::as_run_error)?;
             out(&format!("{id}\n"));
             Ok(())
         }
         ContainerCommand::Start(args) => start(client, args).await,
         ContainerCommand::Stop(args) => {
-            each(&args.containers, |c| {
-                let mut q = Vec::new();
-                if let Some(t) = args.time {
-                    q.push(format!("t={t}"));
-                }
-                if let Some(s) = &args.signal {
-                    q.push(format!("signal={}", enc(s)));
-                }
-                format!("/containers/{}/stop?{}", enc(c), q.join("&"))
-            }, client)
+            each(
+                &args.containers,
+                |c| {
+                    let mut q = Vec::new();
+                    if let Some(t) = args.time {
+                        q.push(format!("t={t}"));
+                    }
+                    if let Some(s) = &args.signal {
+                        q.push(format!("signal={}", enc(s)));
+                    }
+                    format!("/containers/{}/stop?{}", enc(c), q.join("&"))
+                },
+                client,
+            )
             .await
         }
         ContainerCommand::Restart(args) => {
-            each(&args.containers, |c| {
-                let t = args.time.map(|t| format!("t={t}")).unwrap_or_default();
-                format!("/containers/{}/restart?{t}", enc(c))
-            }, client)
+            each(
+                &args.containers,
+                |c| {
+                    let t = args.time.map(|t| format!("t={t}")).unwrap_or_default();
+                    format!("/containers/{}/restart?{t}", enc(c))
+                },
+                client,
+            )
             .await
         }
         ContainerCommand::Kill(args) => {
-            each(&args.containers, |c| {
-                format!("/containers/{}/kill?signal={}", enc(c), enc(&args.signal))
-            }, client)
+            each(
+                &args.containers,
+                |c| format!("/containers/{}/kill?signal={}", enc(c), enc(&args.signal)),
+                client,
+            )
             .await
         }
         ContainerCommand::Pause(n) => {
-            each(&n.containers, |c| format!("/containers/{}/pause", enc(c)), client).await
+            each(
+                &n.containers,
+                |c| format!("/containers/{}/pause", enc(c)),
+                client,
+            )
+            .await
         }
         ContainerCommand::Unpause(n) => {
-            each(&n.containers, |c| format!("/containers/{}/unpause", enc(c)), client).await
+            each(
+                &n.containers,
+                |c| format!("/containers/{}/unpause", enc(c)),
+                client,
+            )
+            .await
         }
         ContainerCommand::Rm(args) => rm(client, args).await,
         ContainerCommand::Ps(args) => ps(client, args).await,
@@ -473,9 +513,19 @@ pub async fn run(client: &Client, command: ContainerCommand) -> Result<()> {
         ContainerCommand::Inspect(args) => inspect(client, args).await,
         ContainerCommand::Top(args) => top(client, args).await,
         ContainerCommand::Port(args) => port(client, args).await,
-        ContainerCommand::Rename { container, new_name } => {
+        ContainerCommand::Rename {
+            container,
+            new_name,
+        } => {
             client
-                .post(&format!("/containers/{}/rename?name={}", enc(&container), enc(&new_name)), None)
+                .post(
+                    &format!(
+                        "/containers/{}/rename?name={}",
+                        enc(&container),
+                        enc(&new_name)
+                    ),
+                    None,
+                )
                 .await?;
             Ok(())
         }
@@ -483,7 +533,13 @@ pub async fn run(client: &Client, command: ContainerCommand) -> Result<()> {
         ContainerCommand::Diff { container } => diff(client, &container).await,
         ContainerCommand::Export { container, output } => {
             let path = format!("/containers/{}/export", enc(&container));
-            download(client, &path, output.as_deref(), &format!("exporting container {container}")).await
+            download(
+                client,
+                &path,
+                output.as_deref(),
+                &format!("exporting container {container}"),
+            )
+            .await
         }
         ContainerCommand::Cp { src, dst } => cp(client, &src, &dst).await,
         ContainerCommand::Commit(args) => commit(client, args).await,
@@ -515,7 +571,10 @@ async fn each(names: &[String], path: impl Fn(&str) -> String, client: &Client) 
 /// docker's RAMInBytes: a number with an optional b, k, m, g, t, p suffix (binary).
 pub fn parse_bytes(text: &str) -> Result<i64> {
     let lower = text.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').filter(|s| !s.is_empty() && s.ends_with(|c: char| c.is_ascii_alphabetic())).unwrap_or(&lower);
+    let lower = lower
+        .strip_suffix('b')
+        .filter(|s| !s.is_empty() && s.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or(&lower);
     let lower = lower.strip_suffix("ib").unwrap_or(lower);
     let (number, unit) = match lower.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => lower.split_at(i),
@@ -550,15 +609,19 @@ fn env_entry(entry: &str) -> Option<String> {
 fn env_list(opts: &CreateOpts) -> Result<Vec<String>> {
     let mut env = Vec::new();
     for file in &opts.env_file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|err| CliError::usage(format!("reading the env file {}: {err}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|err| {
+            CliError::usage(format!("reading the env file {}: {err}", file.display()))
+        })?;
         for line in text.lines() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             if line.starts_with('=') {
-                return Err(CliError::usage(format!("invalid environment variable {line:?} in {}", file.display())));
+                return Err(CliError::usage(format!(
+                    "invalid environment variable {line:?} in {}",
+                    file.display()
+                )));
             }
             env.extend(env_entry(line));
         }
@@ -584,7 +647,10 @@ fn ports(specs: &[String]) -> Result<(Map<String, Value>, Map<String, Value>)> {
         let (ip, host_port) = match host_part {
             None => (String::new(), String::new()),
             Some(h) => match h.rsplit_once(':') {
-                Some((ip, p)) => (ip.trim_start_matches('[').trim_end_matches(']').to_string(), p.to_string()),
+                Some((ip, p)) => (
+                    ip.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p.to_string(),
+                ),
                 None => (String::new(), h.to_string()),
             },
         };
@@ -601,7 +667,11 @@ fn ports(specs: &[String]) -> Result<(Map<String, Value>, Map<String, Value>)> {
         if c_lo > c_hi {
             return Err(bad());
         }
-        let host_range = if host_port.is_empty() { None } else { Some(range(&host_port)?) };
+        let host_range = if host_port.is_empty() {
+            None
+        } else {
+            Some(range(&host_port)?)
+        };
         for (i, port) in (c_lo..=c_hi).enumerate() {
             let key = format!("{port}/{proto}");
             exposed.insert(key.clone(), json!({}));
@@ -639,10 +709,18 @@ pub fn parse_mount(spec: &str) -> Result<Value> {
             match v.as_deref() {
                 None | Some("1") | Some("true") => Ok(true),
                 Some("0") | Some("false") => Ok(false),
-                Some(other) => Err(CliError::usage(format!("invalid value {other:?} for {key} in --mount {spec:?}"))),
+                Some(other) => Err(CliError::usage(format!(
+                    "invalid value {other:?} for {key} in --mount {spec:?}"
+                ))),
             }
         };
-        let need = || value.clone().ok_or_else(|| CliError::usage(format!("invalid field {field:?} in --mount {spec:?}: must be a key=value pair")));
+        let need = || {
+            value.clone().ok_or_else(|| {
+                CliError::usage(format!(
+                    "invalid field {field:?} in --mount {spec:?}: must be a key=value pair"
+                ))
+            })
+        };
         match key.as_str() {
             "type" => kind = need()?,
             "source" | "src" => {
@@ -666,21 +744,31 @@ pub fn parse_mount(spec: &str) -> Result<Value> {
             }
             "volume-opt" => {
                 let v = need()?;
-                let (k, val) = v.split_once('=').ok_or_else(|| CliError::usage(format!("invalid volume-opt {v:?} in --mount {spec:?}")))?;
+                let (k, val) = v.split_once('=').ok_or_else(|| {
+                    CliError::usage(format!("invalid volume-opt {v:?} in --mount {spec:?}"))
+                })?;
                 driver_opts.insert(k.into(), val.into());
             }
             "tmpfs-size" => {
                 tmpfs.insert("SizeBytes".into(), parse_bytes(&need()?)?.into());
             }
             "tmpfs-mode" => {
-                let mode = u32::from_str_radix(&need()?, 8).map_err(|_| CliError::usage(format!("invalid tmpfs-mode in --mount {spec:?}")))?;
+                let mode = u32::from_str_radix(&need()?, 8).map_err(|_| {
+                    CliError::usage(format!("invalid tmpfs-mode in --mount {spec:?}"))
+                })?;
                 tmpfs.insert("Mode".into(), mode.into());
             }
-            _ => return Err(CliError::usage(format!("unexpected key {key:?} in --mount {spec:?}"))),
+            _ => {
+                return Err(CliError::usage(format!(
+                    "unexpected key {key:?} in --mount {spec:?}"
+                )))
+            }
         }
     }
     if !driver_opts.is_empty() {
-        let config = volume.entry("DriverConfig").or_insert_with(|| json!({"Name": "local"}));
+        let config = volume
+            .entry("DriverConfig")
+            .or_insert_with(|| json!({"Name": "local"}));
         if let Some(c) = config.as_object_mut() {
             c.insert("Options".into(), Value::Object(driver_opts));
         }
@@ -696,14 +784,23 @@ pub fn parse_mount(spec: &str) -> Result<Value> {
         mount.insert("TmpfsOptions".into(), Value::Object(tmpfs));
     }
     if !mount.contains_key("Target") {
-        return Err(CliError::usage(format!("invalid --mount {spec:?}: target is required")));
+        return Err(CliError::usage(format!(
+            "invalid --mount {spec:?}: target is required"
+        )));
     }
     Ok(Value::Object(mount))
 }
 
 fn restart_policy(text: &str) -> Result<Value> {
     let (name, count) = match text.split_once(':') {
-        Some((n, c)) => (n, c.parse::<i64>().map_err(|_| CliError::usage(format!("invalid restart policy {text:?}: the count must be a number")))?),
+        Some((n, c)) => (
+            n,
+            c.parse::<i64>().map_err(|_| {
+                CliError::usage(format!(
+                    "invalid restart policy {text:?}: the count must be a number"
+                ))
+            })?,
+        ),
         None => (text, 0),
     };
     match name {
@@ -728,7 +825,11 @@ pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result
             anonymous.insert(spec.clone(), json!({}));
         }
     }
-    let mounts = opts.mount.iter().map(|m| parse_mount(m)).collect::<Result<Vec<_>>>()?;
+    let mounts = opts
+        .mount
+        .iter()
+        .map(|m| parse_mount(m))
+        .collect::<Result<Vec<_>>>()?;
     let mut tmpfs = Map::new();
     for spec in &opts.tmpfs {
         let (path, options) = spec.split_once(':').unwrap_or((spec, ""));
@@ -798,7 +899,11 @@ pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result
     }
     if let Some(entrypoint) = &opts.entrypoint {
         // `--entrypoint ""` resets the image's entrypoint.
-        body["Entrypoint"] = if entrypoint.is_empty() { json!([""]) } else { json!([entrypoint]) };
+        body["Entrypoint"] = if entrypoint.is_empty() {
+            json!([""])
+        } else {
+            json!([entrypoint])
+        };
     }
     if let Some(user) = &opts.user {
         body["User"] = user.clone().into();
@@ -813,7 +918,12 @@ pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result
 }
 
 /// Creates the container, pulling its image first per `--pull`; answers its ID.
-async fn create(client: &Client, opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result<String> {
+async fn create(
+    client: &Client,
+    opts: &CreateOpts,
+    auto_remove: bool,
+    attach: bool,
+) -> Result<String> {
     let body = create_body(opts, auto_remove, attach)?;
     let image = opts.image_and_command[0].clone();
     let path = match &opts.name {
@@ -823,17 +933,28 @@ async fn create(client: &Client, opts: &CreateOpts, auto_remove: bool, attach: b
     match opts.pull.as_str() {
         "always" => super::images::pull_image(client, &image, false, true).await?,
         "missing" | "never" => {}
-        other => return Err(CliError::usage(format!("invalid pull option: {other:?}: must be one of \"always\", \"missing\" or \"never\""))),
+        other => return Err(CliError::usage(format!(
+            "invalid pull option: {other:?}: must be one of \"always\", \"missing\" or \"never\""
+        ))),
     }
     let created = match client.post(&path, Some(&body)).await {
-        Err(err) if err.is_not_found() && opts.pull == "missing" && err.message.contains("No such image") => {
+        Err(err)
+            if err.is_not_found()
+                && opts.pull == "missing"
+                && err.message.contains("No such image") =>
+        {
             eprintln!("Unable to find image '{image}' locally");
             super::images::pull_image(client, &image, false, true).await?;
             client.post(&path, Some(&body)).await?
         }
         other => other?,
     };
-    for warning in created.get("Warnings").and_then(Value::as_array).into_iter().flatten() {
+    for warning in created
+        .get("Warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(w) = warning.as_str() {
             eprintln!("WARNING: {w}");
         }
@@ -842,16 +963,29 @@ async fn create(client: &Client, opts: &CreateOpts, auto_remove: bool, attach: b
         .get("Id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| CliError::internal(format!("create {image}: the daemon answered no container ID: {created}")))
+        .ok_or_else(|| {
+            CliError::internal(format!(
+                "create {image}: the daemon answered no container ID: {created}"
+            ))
+        })
 }
 
 /// docker's exit codes for a start that failed: 127 when the command is missing, 126
 /// when it cannot be executed, else 125.
 fn start_error(err: CliError) -> CliError {
+    if err.message.is_empty() {
+        return err;
+    }
     let lower = err.message.to_lowercase();
-    let code = if lower.contains("executable file not found") || lower.contains("no such file or directory") || lower.contains("not found in $path") {
+    let code = if lower.contains("executable file not found")
+        || lower.contains("no such file or directory")
+        || lower.contains("not found in $path")
+    {
         127
-    } else if lower.contains("permission denied") || lower.contains("is a directory") || lower.contains("exec format error") {
+    } else if lower.contains("permission denied")
+        || lower.contains("is a directory")
+        || lower.contains("exec format error")
+    {
         126
     } else {
         125
@@ -869,7 +1003,11 @@ async fn run_container(client: &Client, args: RunArgs) -> Result<()> {
         return Err(CliError::usage("Conflicting options: --restart and --rm"));
     }
     let detach_keys = detach_keys(args.detach_keys.as_deref())?;
-    let id = create(client, opts, args.rm, attach).await.map_err(CliError::as_run_error)?;
+    // As docker's run, a create that fails for a missing command is 127 (126 when it
+    // cannot be executed): wharfd checks the command at create.
+    let id = create(client, opts, args.rm, attach)
+        .await
+        .map_err(start_error)?;
     if args.detach {
         client
             .post(&format!("/containers/{id}/start"), None)
@@ -931,16 +1069,29 @@ impl Session {
             None
         } else {
             let response = client
-                .call(hyper::Method::POST, &format!("/containers/{id}/wait?condition={}", self.wait_condition), connection::empty(), "application/json")
+                .call(
+                    hyper::Method::POST,
+                    &format!("/containers/{id}/wait?condition={}", self.wait_condition),
+                    connection::empty(),
+                    "application/json",
+                )
                 .await?;
             Some(tokio::spawn(async move {
                 let bytes = connection::read_body(response, "wait").await?;
-                let value: Value = serde_json::from_slice(&bytes)
-                    .map_err(|err| CliError::internal(format!("waiting for the container: a bad answer ({err})")))?;
-                if let Some(msg) = value.pointer("/Error/Message").and_then(Value::as_str).filter(|m| !m.is_empty()) {
+                let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
+                    CliError::internal(format!("waiting for the container: a bad answer ({err})"))
+                })?;
+                if let Some(msg) = value
+                    .pointer("/Error/Message")
+                    .and_then(Value::as_str)
+                    .filter(|m| !m.is_empty())
+                {
                     return Err(CliError::daemon(500, msg));
                 }
-                Ok(value.get("StatusCode").and_then(Value::as_i64).unwrap_or(-1))
+                Ok(value
+                    .get("StatusCode")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(-1))
             }))
         };
         if self.start {
@@ -954,7 +1105,16 @@ impl Session {
             None
         };
         let resize_path = format!("/containers/{id}/resize");
-        let detached = pump(client, stream, self.tty, self.stdin, &self.detach_keys.1, &resize_path, id).await?;
+        let detached = pump(
+            client,
+            stream,
+            self.tty,
+            self.stdin,
+            &self.detach_keys.1,
+            &resize_path,
+            id,
+        )
+        .await?;
         drop(raw);
         if detached {
             return Ok(None);
@@ -962,7 +1122,9 @@ impl Session {
         match waiter {
             Some(waiter) => match waiter.await {
                 Ok(result) => result.map(Some),
-                Err(err) => Err(CliError::internal(format!("waiting for container {id}: {err}"))),
+                Err(err) => Err(CliError::internal(format!(
+                    "waiting for container {id}: {err}"
+                ))),
             },
             None => Ok(Some(0)),
         }
@@ -1034,13 +1196,19 @@ async fn pump(
     tokio::pin!(output);
     let resize = |client: Client, path: String| async move {
         if let Some((rows, cols)) = tty::size() {
-            let _ = client.post(&format!("{path}?h={rows}&w={cols}"), None).await;
+            let _ = client
+                .post(&format!("{path}?h={rows}&w={cols}"), None)
+                .await;
         }
     };
-    let mut winch = signal(SignalKind::window_change()).map_err(|err| CliError::internal(format!("watching SIGWINCH: {err}")))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|err| CliError::internal(format!("watching SIGTERM: {err}")))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|err| CliError::internal(format!("watching SIGHUP: {err}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|err| CliError::internal(format!("watching SIGINT: {err}")))?;
+    let mut winch = signal(SignalKind::window_change())
+        .map_err(|err| CliError::internal(format!("watching SIGWINCH: {err}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|err| CliError::internal(format!("watching SIGTERM: {err}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|err| CliError::internal(format!("watching SIGHUP: {err}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|err| CliError::internal(format!("watching SIGINT: {err}")))?;
     if tty_mode {
         resize(client.clone(), resize_path.to_string()).await;
     }
@@ -1114,12 +1282,21 @@ async fn inspect_container(client: &Client, name: &str) -> Result<Value> {
 async fn start(client: &Client, args: StartArgs) -> Result<()> {
     if args.attach || args.interactive {
         if args.containers.len() > 1 {
-            return Err(CliError::usage("you cannot start and attach multiple containers at once"));
+            return Err(CliError::usage(
+                "you cannot start and attach multiple containers at once",
+            ));
         }
         let name = &args.containers[0];
         let info = inspect_container(client, name).await?;
-        let id = info.get("Id").and_then(Value::as_str).unwrap_or(name).to_string();
-        let tty_mode = info.pointer("/Config/Tty").and_then(Value::as_bool).unwrap_or(false);
+        let id = info
+            .get("Id")
+            .and_then(Value::as_str)
+            .unwrap_or(name)
+            .to_string();
+        let tty_mode = info
+            .pointer("/Config/Tty")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let session = Session {
             id,
             tty: tty_mode,
@@ -1133,20 +1310,39 @@ async fn start(client: &Client, args: StartArgs) -> Result<()> {
             Some(code) => Err(CliError::exit(code as i32)),
         };
     }
-    each(&args.containers, |c| format!("/containers/{}/start", enc(c)), client).await
+    each(
+        &args.containers,
+        |c| format!("/containers/{}/start", enc(c)),
+        client,
+    )
+    .await
 }
 
 async fn attach(client: &Client, args: AttachArgs) -> Result<()> {
     let info = inspect_container(client, &args.container).await?;
-    let id = info.get("Id").and_then(Value::as_str).unwrap_or(&args.container).to_string();
+    let id = info
+        .get("Id")
+        .and_then(Value::as_str)
+        .unwrap_or(&args.container)
+        .to_string();
     if info.pointer("/State/Running").and_then(Value::as_bool) != Some(true) {
-        return Err(CliError::internal("You cannot attach to a stopped container, start it first"));
+        return Err(CliError::internal(
+            "You cannot attach to a stopped container, start it first",
+        ));
     }
     if info.pointer("/State/Paused").and_then(Value::as_bool) == Some(true) {
-        return Err(CliError::internal("You cannot attach to a paused container, unpause it first"));
+        return Err(CliError::internal(
+            "You cannot attach to a paused container, unpause it first",
+        ));
     }
-    let tty_mode = info.pointer("/Config/Tty").and_then(Value::as_bool).unwrap_or(false);
-    let open_stdin = info.pointer("/Config/OpenStdin").and_then(Value::as_bool).unwrap_or(false);
+    let tty_mode = info
+        .pointer("/Config/Tty")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let open_stdin = info
+        .pointer("/Config/OpenStdin")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let session = Session {
         id,
         tty: tty_mode,
@@ -1191,20 +1387,35 @@ async fn exec(client: &Client, args: ExecArgs) -> Result<()> {
             config["ConsoleSize"] = json!([rows, cols]);
         }
     }
-    let created = client.post(&format!("/containers/{}/exec", enc(container)), Some(&config)).await?;
+    let created = client
+        .post(
+            &format!("/containers/{}/exec", enc(container)),
+            Some(&config),
+        )
+        .await?;
     let exec_id = created
         .get("Id")
         .and_then(Value::as_str)
-        .ok_or_else(|| CliError::internal(format!("exec in {container}: the daemon answered no exec ID")))?
+        .ok_or_else(|| {
+            CliError::internal(format!(
+                "exec in {container}: the daemon answered no exec ID"
+            ))
+        })?
         .to_string();
     if args.detach {
         client
-            .post(&format!("/exec/{exec_id}/start"), Some(&json!({"Detach": true, "Tty": args.tty})))
+            .post(
+                &format!("/exec/{exec_id}/start"),
+                Some(&json!({"Detach": true, "Tty": args.tty})),
+            )
             .await?;
         return Ok(());
     }
     let stream = client
-        .hijack(&format!("/exec/{exec_id}/start"), Some(&json!({"Detach": false, "Tty": args.tty})))
+        .hijack(
+            &format!("/exec/{exec_id}/start"),
+            Some(&json!({"Detach": false, "Tty": args.tty})),
+        )
         .await
         .map_err(start_error)?;
     let raw = if args.tty && args.interactive && tty::stdin_is_tty() {
@@ -1212,7 +1423,16 @@ async fn exec(client: &Client, args: ExecArgs) -> Result<()> {
     } else {
         None
     };
-    let detached = pump(client, stream, args.tty, args.interactive, &keys.1, &format!("/exec/{exec_id}/resize"), container).await?;
+    let detached = pump(
+        client,
+        stream,
+        args.tty,
+        args.interactive,
+        &keys.1,
+        &format!("/exec/{exec_id}/resize"),
+        container,
+    )
+    .await?;
     drop(raw);
     if detached {
         return Ok(());
@@ -1254,9 +1474,16 @@ fn display_ports(ports: &[Value]) -> String {
         .map(|p| {
             let private = p.get("PrivatePort").and_then(Value::as_u64).unwrap_or(0);
             let kind = p.get("Type").and_then(Value::as_str).unwrap_or("tcp");
-            let text = match (p.get("IP").and_then(Value::as_str), p.get("PublicPort").and_then(Value::as_u64)) {
+            let text = match (
+                p.get("IP").and_then(Value::as_str),
+                p.get("PublicPort").and_then(Value::as_u64),
+            ) {
                 (Some(ip), Some(public)) if !ip.is_empty() => {
-                    let ip = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+                    let ip = if ip.contains(':') {
+                        format!("[{ip}]")
+                    } else {
+                        ip.to_string()
+                    };
                     format!("{ip}:{public}->{private}/{kind}")
                 }
                 _ => format!("{private}/{kind}"),
@@ -1267,7 +1494,11 @@ fn display_ports(ports: &[Value]) -> String {
         .collect();
     items.sort_by(|a, b| (a.1, a.2, &a.0).cmp(&(b.1, b.2, &b.0)));
     items.dedup_by(|a, b| a.0 == b.0);
-    items.into_iter().map(|i| i.0).collect::<Vec<_>>().join(", ")
+    items
+        .into_iter()
+        .map(|i| i.0)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One `ps` row: the fields docker's container format context offers, as strings.
@@ -1276,7 +1507,11 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
     let id = s("Id");
     let created = c.get("Created").and_then(Value::as_i64).unwrap_or(0);
     let command = s("Command");
-    let command = if trunc { format::ellipsis(&command, 20) } else { command };
+    let command = if trunc {
+        format::ellipsis(&command, 20)
+    } else {
+        command
+    };
     let names: Vec<String> = c
         .get("Names")
         .and_then(Value::as_array)
@@ -1289,14 +1524,25 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
     let labels: BTreeMap<String, String> = c
         .get("Labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
         .unwrap_or_default();
-    let labels_text = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let labels_text = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut image = s("Image");
     if trunc && image.starts_with("sha256:") {
         image = format::short_id(&image);
     }
-    let size = match (c.get("SizeRw").and_then(Value::as_i64), c.get("SizeRootFs").and_then(Value::as_i64)) {
+    let size = match (
+        c.get("SizeRw").and_then(Value::as_i64),
+        c.get("SizeRootFs").and_then(Value::as_i64),
+    ) {
         (None, None) => String::new(),
         (rw, root) => {
             let rw = format::human_size(rw.unwrap_or(0) as f64);
@@ -1312,9 +1558,18 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         .into_iter()
         .flatten()
         .map(|m| {
-            let name = m.get("Name").and_then(Value::as_str).filter(|n| !n.is_empty());
-            let text = name.or_else(|| m.get("Source").and_then(Value::as_str)).unwrap_or("");
-            if trunc { format::ellipsis(text, 15) } else { text.to_string() }
+            let name = m
+                .get("Name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            let text = name
+                .or_else(|| m.get("Source").and_then(Value::as_str))
+                .unwrap_or("");
+            if trunc {
+                format::ellipsis(text, 15)
+            } else {
+                text.to_string()
+            }
         })
         .collect();
     let networks: Vec<String> = c
@@ -1323,7 +1578,11 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let created_at = chrono::DateTime::from_timestamp(created, 0)
-        .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %z %Z").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S %z %Z")
+                .to_string()
+        })
         .unwrap_or_default();
     json!({
         "ID": if trunc { format::short_id(&id) } else { id },
@@ -1361,7 +1620,10 @@ const PS_HEADERS: &[(&str, &str)] = &[
 ];
 
 async fn ps(client: &Client, args: PsArgs) -> Result<()> {
-    let mut query = vec![format!("all={}", u8::from(args.all || args.last.is_some() || args.latest))];
+    let mut query = vec![format!(
+        "all={}",
+        u8::from(args.all || args.last.is_some() || args.latest)
+    )];
     if let Some(n) = args.last {
         query.push(format!("limit={n}"));
     } else if args.latest {
@@ -1384,7 +1646,9 @@ async fn ps(client: &Client, args: PsArgs) -> Result<()> {
         query.push(format!("filters={}", enc(&filters)));
     }
     let format = Format::parse(&template)?;
-    let list = client.get(&format!("/containers/json?{}", query.join("&"))).await?;
+    let list = client
+        .get(&format!("/containers/json?{}", query.join("&")))
+        .await?;
     let rows: Vec<Value> = list
         .as_array()
         .into_iter()
@@ -1397,7 +1661,10 @@ async fn ps(client: &Client, args: PsArgs) -> Result<()> {
 
 async fn logs(client: &Client, args: LogsArgs) -> Result<()> {
     let info = inspect_container(client, &args.container).await?;
-    let tty_mode = info.pointer("/Config/Tty").and_then(Value::as_bool).unwrap_or(false);
+    let tty_mode = info
+        .pointer("/Config/Tty")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut query = vec![
         "stdout=1".to_string(),
         "stderr=1".to_string(),
@@ -1411,8 +1678,19 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<()> {
     if let Some(until) = &args.until {
         query.push(format!("until={}", enc(&log_time(until)?)));
     }
-    let path = format!("/containers/{}/logs?{}", enc(&args.container), query.join("&"));
-    let response = client.call(hyper::Method::GET, &path, connection::empty(), "application/json").await?;
+    let path = format!(
+        "/containers/{}/logs?{}",
+        enc(&args.container),
+        query.join("&")
+    );
+    let response = client
+        .call(
+            hyper::Method::GET,
+            &path,
+            connection::empty(),
+            "application/json",
+        )
+        .await?;
     let mut reader = body_reader(response);
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
@@ -1426,7 +1704,9 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<()> {
 }
 
 /// A response body as an AsyncRead.
-pub fn body_reader(response: hyper::Response<hyper::body::Incoming>) -> impl tokio::io::AsyncRead + Unpin {
+pub fn body_reader(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> impl tokio::io::AsyncRead + Unpin {
     use futures_util::StreamExt;
     let stream = http_body_util::BodyStream::new(response.into_body()).map(|frame| {
         frame
@@ -1446,7 +1726,11 @@ pub fn log_time(text: &str) -> Result<String> {
         return Ok(t.timestamp().to_string());
     }
     if let Ok(t) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(t.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0).to_string());
+        return Ok(t
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or(0)
+            .to_string());
     }
     let mut total = 0f64;
     let mut number = String::new();
@@ -1466,12 +1750,18 @@ pub fn log_time(text: &str) -> Result<String> {
             }
             'm' => 60.0,
             's' => 1.0,
-            _ => return Err(CliError::usage(format!("invalid time {text:?}: unknown unit {c:?}"))),
+            _ => {
+                return Err(CliError::usage(format!(
+                    "invalid time {text:?}: unknown unit {c:?}"
+                )))
+            }
         };
         total += n * unit;
     }
     if !number.is_empty() {
-        return Err(CliError::usage(format!("invalid time {text:?}: a duration needs a unit (s, m, h)")));
+        return Err(CliError::usage(format!(
+            "invalid time {text:?}: a duration needs a unit (s, m, h)"
+        )));
     }
     let now = chrono::Utc::now().timestamp() as f64;
     Ok(format!("{:.0}", now - total))
@@ -1480,8 +1770,14 @@ pub fn log_time(text: &str) -> Result<String> {
 async fn wait(client: &Client, names: Names) -> Result<()> {
     let mut failed = false;
     for name in &names.containers {
-        match client.post(&format!("/containers/{}/wait", enc(name)), None).await {
-            Ok(v) => out(&format!("{}\n", v.get("StatusCode").and_then(Value::as_i64).unwrap_or(-1))),
+        match client
+            .post(&format!("/containers/{}/wait", enc(name)), None)
+            .await
+        {
+            Ok(v) => out(&format!(
+                "{}\n",
+                v.get("StatusCode").and_then(Value::as_i64).unwrap_or(-1)
+            )),
             Err(err) => {
                 eprintln!("{err}");
                 failed = true;
@@ -1495,18 +1791,31 @@ async fn wait(client: &Client, names: Names) -> Result<()> {
 }
 
 /// Finds `name` as a container, image, network or volume (or only `kind`).
-pub async fn inspect_any(client: &Client, name: &str, kind: Option<&str>, size: bool) -> Result<Value> {
+pub async fn inspect_any(
+    client: &Client,
+    name: &str,
+    kind: Option<&str>,
+    size: bool,
+) -> Result<Value> {
     let kinds: &[&str] = match kind {
         Some("container") => &["container"],
         Some("image") => &["image"],
         Some("network") => &["network"],
         Some("volume") => &["volume"],
-        Some(other) => return Err(CliError::usage(format!("{other:?} is not a valid value for --type"))),
+        Some(other) => {
+            return Err(CliError::usage(format!(
+                "{other:?} is not a valid value for --type"
+            )))
+        }
         None => &["container", "image", "network", "volume"],
     };
     for kind in kinds {
         let path = match *kind {
-            "container" => format!("/containers/{}/json{}", enc(name), if size { "?size=1" } else { "" }),
+            "container" => format!(
+                "/containers/{}/json{}",
+                enc(name),
+                if size { "?size=1" } else { "" }
+            ),
             "image" => format!("/images/{}/json", enc(name)),
             "network" => format!("/networks/{}", enc(name)),
             _ => format!("/volumes/{}", enc(name)),
@@ -1521,7 +1830,11 @@ pub async fn inspect_any(client: &Client, name: &str, kind: Option<&str>, size: 
 }
 
 async fn inspect(client: &Client, args: InspectArgs) -> Result<()> {
-    let format = args.format.as_deref().map(|f| Format::parse_raw(f, false)).transpose()?;
+    let format = args
+        .format
+        .as_deref()
+        .map(|f| Format::parse_raw(f, false))
+        .transpose()?;
     let mut found = Vec::new();
     let mut failed = false;
     for name in &args.objects {
@@ -1554,11 +1867,27 @@ async fn top(client: &Client, args: TopArgs) -> Result<()> {
     }
     let top = client.get(&path).await?;
     let mut text = String::new();
-    let titles: Vec<&str> = top.get("Titles").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let titles: Vec<&str> = top
+        .get("Titles")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     text.push_str(&titles.join("\t"));
     text.push('\n');
-    for process in top.get("Processes").and_then(Value::as_array).into_iter().flatten() {
-        let cells: Vec<&str> = process.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    for process in top
+        .get("Processes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let cells: Vec<&str> = process
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         text.push_str(&cells.join("\t"));
         text.push('\n');
     }
@@ -1568,10 +1897,28 @@ async fn top(client: &Client, args: TopArgs) -> Result<()> {
 
 async fn port(client: &Client, args: PortArgs) -> Result<()> {
     let info = inspect_container(client, &args.container).await?;
-    let ports = info.pointer("/NetworkSettings/Ports").and_then(Value::as_object).cloned().unwrap_or_default();
-    let wanted = args.port.as_ref().map(|p| if p.contains('/') { p.clone() } else { format!("{p}/tcp") });
+    let ports = info
+        .pointer("/NetworkSettings/Ports")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let wanted = args.port.as_ref().map(|p| {
+        if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{p}/tcp")
+        }
+    });
     let mut keys: Vec<&String> = ports.keys().collect();
-    keys.sort_by_key(|k| (k.split('/').next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0), k.to_string()));
+    keys.sort_by_key(|k| {
+        (
+            k.split('/')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0),
+            k.to_string(),
+        )
+    });
     let mut text = String::new();
     for key in keys {
         if wanted.as_ref().is_some_and(|w| w != key) {
@@ -1579,8 +1926,15 @@ async fn port(client: &Client, args: PortArgs) -> Result<()> {
         }
         for binding in ports[key].as_array().into_iter().flatten() {
             let ip = binding.get("HostIp").and_then(Value::as_str).unwrap_or("");
-            let ip = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
-            let host_port = binding.get("HostPort").and_then(Value::as_str).unwrap_or("");
+            let ip = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            let host_port = binding
+                .get("HostPort")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if wanted.is_some() {
                 text.push_str(&format!("{ip}:{host_port}\n"));
             } else {
@@ -1590,7 +1944,10 @@ async fn port(client: &Client, args: PortArgs) -> Result<()> {
     }
     if let Some(w) = wanted {
         if text.is_empty() {
-            return Err(CliError::internal(format!("Error: No public port '{w}' published for {}", args.container)));
+            return Err(CliError::internal(format!(
+                "Error: No public port '{w}' published for {}",
+                args.container
+            )));
         }
     }
     out(&text);
@@ -1615,14 +1972,25 @@ async fn update(client: &Client, args: UpdateArgs) -> Result<()> {
         body.insert("RestartPolicy".into(), restart_policy(r)?);
     }
     if body.is_empty() {
-        return Err(CliError::usage("you must provide one or more flags when using this command"));
+        return Err(CliError::usage(
+            "you must provide one or more flags when using this command",
+        ));
     }
     let body = Value::Object(body);
     let mut failed = false;
     for name in &args.containers {
-        match client.post(&format!("/containers/{}/update", enc(name)), Some(&body)).await {
+        match client
+            .post(&format!("/containers/{}/update", enc(name)), Some(&body))
+            .await
+        {
             Ok(v) => {
-                for w in v.get("Warnings").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                for w in v
+                    .get("Warnings")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
                     eprintln!("WARNING: {w}");
                 }
                 out(&format!("{name}\n"));
@@ -1640,7 +2008,9 @@ async fn update(client: &Client, args: UpdateArgs) -> Result<()> {
 }
 
 async fn diff(client: &Client, container: &str) -> Result<()> {
-    let changes = client.get(&format!("/containers/{}/changes", enc(container))).await?;
+    let changes = client
+        .get(&format!("/containers/{}/changes", enc(container)))
+        .await?;
     let mut text = String::new();
     for change in changes.as_array().into_iter().flatten() {
         let kind = match change.get("Kind").and_then(Value::as_i64) {
@@ -1649,7 +2019,10 @@ async fn diff(client: &Client, container: &str) -> Result<()> {
             Some(2) => "D",
             _ => "?",
         };
-        text.push_str(&format!("{kind} {}\n", change.get("Path").and_then(Value::as_str).unwrap_or("")));
+        text.push_str(&format!(
+            "{kind} {}\n",
+            change.get("Path").and_then(Value::as_str).unwrap_or("")
+        ));
     }
     out(&text);
     Ok(())
@@ -1657,26 +2030,45 @@ async fn diff(client: &Client, container: &str) -> Result<()> {
 
 /// Streams a GET's body to `output` (a file, written whole then renamed into place) or
 /// stdout, refusing a terminal as docker does.
-pub async fn download(client: &Client, path: &str, output: Option<&std::path::Path>, what: &str) -> Result<()> {
+pub async fn download(
+    client: &Client,
+    path: &str,
+    output: Option<&std::path::Path>,
+    what: &str,
+) -> Result<()> {
     if output.is_none() && tty::stdout_is_tty() {
-        return Err(CliError::usage(format!("{what}: refusing to write an archive to a terminal; use -o or redirect the output")));
+        return Err(CliError::usage(format!(
+            "{what}: refusing to write an archive to a terminal; use -o or redirect the output"
+        )));
     }
-    let response = client.call(hyper::Method::GET, path, connection::empty(), "application/json").await?;
+    let response = client
+        .call(
+            hyper::Method::GET,
+            path,
+            connection::empty(),
+            "application/json",
+        )
+        .await?;
     let mut reader = body_reader(response);
     match output {
         Some(file) => {
             let tmp = file.with_extension("wharf-partial");
-            let mut f = tokio::fs::File::create(&tmp)
+            let mut f = tokio::fs::File::create(&tmp).await.map_err(|err| {
+                CliError::internal(format!("{what}: creating {}: {err}", tmp.display()))
+            })?;
+            let copied = tokio::io::copy(&mut reader, &mut f)
                 .await
-                .map_err(|err| CliError::internal(format!("{what}: creating {}: {err}", tmp.display())))?;
-            let copied = tokio::io::copy(&mut reader, &mut f).await.and(f.flush().await);
+                .and(f.flush().await);
             if let Err(err) = copied {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(CliError::internal(format!("{what}: writing {}: {err}", file.display())));
+                return Err(CliError::internal(format!(
+                    "{what}: writing {}: {err}",
+                    file.display()
+                )));
             }
-            tokio::fs::rename(&tmp, file)
-                .await
-                .map_err(|err| CliError::internal(format!("{what}: renaming into {}: {err}", file.display())))?;
+            tokio::fs::rename(&tmp, file).await.map_err(|err| {
+                CliError::internal(format!("{what}: renaming into {}: {err}", file.display()))
+            })?;
         }
         None => {
             let mut stdout = tokio::io::stdout();
@@ -1778,10 +2170,17 @@ fn stat_is_dir(response: &hyper::Response<hyper::body::Incoming>) -> bool {
 fn retar(data: &[u8], from: &str, to: &str) -> Result<Vec<u8>> {
     let mut archive = tar::Archive::new(data);
     let mut builder = tar::Builder::new(Vec::new());
-    let entries = archive.entries().map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?;
-        let path = entry.path().map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?.to_string_lossy().into_owned();
+        let mut entry = entry
+            .map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?;
+        let path = entry
+            .path()
+            .map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?
+            .to_string_lossy()
+            .into_owned();
         let new_path = match path.strip_prefix(from) {
             Some(rest) => format!("{to}{rest}"),
             None => path,
@@ -1791,17 +2190,23 @@ fn retar(data: &[u8], from: &str, to: &str) -> Result<Vec<u8>> {
             .append_data(&mut header, new_path, &mut entry)
             .map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))?;
     }
-    builder.into_inner().map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))
+    builder
+        .into_inner()
+        .map_err(|err| CliError::internal(format!("rewriting the copy archive: {err}")))
 }
 
 fn tempdir_in(dir: &std::path::Path) -> Result<PathBuf> {
     let path = dir.join(format!(".wharf-cp-{}", std::process::id()));
-    std::fs::create_dir_all(&path).map_err(|err| CliError::internal(format!("creating {}: {err}", path.display())))?;
+    std::fs::create_dir_all(&path)
+        .map_err(|err| CliError::internal(format!("creating {}: {err}", path.display())))?;
     Ok(path)
 }
 
 async fn commit(client: &Client, args: CommitArgs) -> Result<()> {
-    let mut query = vec![format!("container={}", enc(&args.container)), format!("pause={}", u8::from(args.pause))];
+    let mut query = vec![
+        format!("container={}", enc(&args.container)),
+        format!("pause={}", u8::from(args.pause)),
+    ];
     if let Some(repo) = &args.repository {
         let (repo, tag) = split_reference(repo);
         query.push(format!("repo={}", enc(&repo)));
@@ -1818,8 +2223,13 @@ async fn commit(client: &Client, args: CommitArgs) -> Result<()> {
     for c in &args.change {
         query.push(format!("changes={}", enc(c)));
     }
-    let answer = client.post(&format!("/commit?{}", query.join("&")), Some(&json!({}))).await?;
-    out(&format!("{}\n", answer.get("Id").and_then(Value::as_str).unwrap_or("")));
+    let answer = client
+        .post(&format!("/commit?{}", query.join("&")), Some(&json!({})))
+        .await?;
+    out(&format!(
+        "{}\n",
+        answer.get("Id").and_then(Value::as_str).unwrap_or("")
+    ));
     Ok(())
 }
 
@@ -1836,13 +2246,19 @@ pub fn split_reference(reference: &str) -> (String, Option<String>) {
 
 fn cpu_percent(stats: &Value) -> f64 {
     let num = |p: &str| stats.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
-    let cpu_delta = num("/cpu_stats/cpu_usage/total_usage") - num("/precpu_stats/cpu_usage/total_usage");
+    let cpu_delta =
+        num("/cpu_stats/cpu_usage/total_usage") - num("/precpu_stats/cpu_usage/total_usage");
     let system_delta = num("/cpu_stats/system_cpu_usage") - num("/precpu_stats/system_cpu_usage");
     let cpus = stats
         .pointer("/cpu_stats/online_cpus")
         .and_then(Value::as_f64)
         .filter(|n| *n > 0.0)
-        .or_else(|| stats.pointer("/cpu_stats/cpu_usage/percpu_usage").and_then(Value::as_array).map(|a| a.len() as f64))
+        .or_else(|| {
+            stats
+                .pointer("/cpu_stats/cpu_usage/percpu_usage")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as f64)
+        })
         .unwrap_or(1.0);
     if cpu_delta > 0.0 && system_delta > 0.0 {
         cpu_delta / system_delta * cpus * 100.0
@@ -1853,18 +2269,37 @@ fn cpu_percent(stats: &Value) -> f64 {
 
 fn stats_row(id: &str, name: &str, s: &Value, trunc: bool) -> Value {
     let num = |p: &str| s.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
-    let cache = s.pointer("/memory_stats/stats/inactive_file").or_else(|| s.pointer("/memory_stats/stats/total_inactive_file")).and_then(Value::as_f64).unwrap_or(0.0);
+    let cache = s
+        .pointer("/memory_stats/stats/inactive_file")
+        .or_else(|| s.pointer("/memory_stats/stats/total_inactive_file"))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     let usage = (num("/memory_stats/usage") - cache).max(0.0);
     let limit = num("/memory_stats/limit");
     let (mut rx, mut tx) = (0.0, 0.0);
-    for net in s.get("networks").and_then(Value::as_object).into_iter().flat_map(|m| m.values()) {
+    for net in s
+        .get("networks")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         rx += net.get("rx_bytes").and_then(Value::as_f64).unwrap_or(0.0);
         tx += net.get("tx_bytes").and_then(Value::as_f64).unwrap_or(0.0);
     }
     let (mut read, mut write) = (0.0, 0.0);
-    for io in s.pointer("/blkio_stats/io_service_bytes_recursive").and_then(Value::as_array).into_iter().flatten() {
+    for io in s
+        .pointer("/blkio_stats/io_service_bytes_recursive")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let v = io.get("value").and_then(Value::as_f64).unwrap_or(0.0);
-        match io.get("op").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+        match io
+            .get("op")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("read") => read += v,
             Some("write") => write += v,
             _ => {}
@@ -1903,8 +2338,14 @@ async fn stats(client: &Client, args: StatsArgs) -> Result<()> {
     let live = !args.no_stream && tty::stdout_is_tty();
     loop {
         let names: Vec<String> = if args.containers.is_empty() {
-            let list = client.get(&format!("/containers/json?all={}", u8::from(args.all))).await?;
-            list.as_array().into_iter().flatten().filter_map(|c| c.get("Id").and_then(Value::as_str).map(str::to_string)).collect()
+            let list = client
+                .get(&format!("/containers/json?all={}", u8::from(args.all)))
+                .await?;
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("Id").and_then(Value::as_str).map(str::to_string))
+                .collect()
         } else {
             args.containers.clone()
         };
@@ -1944,14 +2385,34 @@ mod tests {
         assert_eq!(parse_bytes("100").unwrap(), 100);
         assert_eq!(parse_bytes("1GB").unwrap(), 1 << 30);
         assert!(parse_bytes("x").is_err());
-        let (exposed, bindings) = ports(&["127.0.0.1:8080:80".into(), "53/udp".into(), "9000-9001:90-91".into()]).unwrap();
+        let (exposed, bindings) = ports(&[
+            "127.0.0.1:8080:80".into(),
+            "53/udp".into(),
+            "9000-9001:90-91".into(),
+        ])
+        .unwrap();
         assert!(exposed.contains_key("53/udp"));
-        assert_eq!(bindings["80/tcp"], json!([{"HostIp": "127.0.0.1", "HostPort": "8080"}]));
-        assert_eq!(bindings["91/tcp"], json!([{"HostIp": "", "HostPort": "9001"}]));
+        assert_eq!(
+            bindings["80/tcp"],
+            json!([{"HostIp": "127.0.0.1", "HostPort": "8080"}])
+        );
+        assert_eq!(
+            bindings["91/tcp"],
+            json!([{"HostIp": "", "HostPort": "9001"}])
+        );
         let m = parse_mount("type=bind,source=/a,target=/b,readonly").unwrap();
-        assert_eq!(m, json!({"Type": "bind", "Source": "/a", "Target": "/b", "ReadOnly": true}));
+        assert_eq!(
+            m,
+            json!({"Type": "bind", "Source": "/a", "Target": "/b", "ReadOnly": true})
+        );
         assert!(parse_mount("type=tmpfs").is_err());
-        assert_eq!(split_reference("localhost:5000/x:v1"), ("localhost:5000/x".into(), Some("v1".into())));
-        assert_eq!(split_reference("localhost:5000/x"), ("localhost:5000/x".into(), None));
+        assert_eq!(
+            split_reference("localhost:5000/x:v1"),
+            ("localhost:5000/x".into(), Some("v1".into()))
+        );
+        assert_eq!(
+            split_reference("localhost:5000/x"),
+            ("localhost:5000/x".into(), None)
+        );
     }
 }

@@ -41,7 +41,10 @@ async fn runtime(socket: &Path) -> Result<RuntimeServiceClient<Channel>> {
         } else {
             "the socket does not exist: start wharfd, or give --cri-socket / WHARF_CRI_SOCKET"
         };
-        CliError::connect(format!("Cannot connect to wharfd's CRI socket {}: {err}; {hint}", socket.display()))
+        CliError::connect(format!(
+            "Cannot connect to wharfd's CRI socket {}: {err}; {hint}",
+            socket.display()
+        ))
     })?;
     Ok(RuntimeServiceClient::new(channel))
 }
@@ -66,11 +69,26 @@ pub async fn pods(socket: &Path, args: PodsArgs) -> Result<()> {
         if args.name.as_ref().is_some_and(|n| *n != meta.name) {
             continue;
         }
-        let state = if pod.state == cri::PodSandboxState::SandboxReady as i32 { "Ready" } else { "NotReady" };
+        let state = if pod.state == cri::PodSandboxState::SandboxReady as i32 {
+            "Ready"
+        } else {
+            "NotReady"
+        };
         ids.push_str(&format!("{}\n", pod.id));
-        text.push_str(&format!("{}\t{}\t{state}\t{}\t{}\t{}\n", short_id(&pod.id), ago_nanos(pod.created_at), meta.name, meta.namespace, meta.attempt));
+        text.push_str(&format!(
+            "{}\t{}\t{state}\t{}\t{}\t{}\n",
+            short_id(&pod.id),
+            ago_nanos(pod.created_at),
+            meta.name,
+            meta.namespace,
+            meta.attempt
+        ));
     }
-    out(&if args.quiet { ids } else { format::align(&text) });
+    out(&if args.quiet {
+        ids
+    } else {
+        format::align(&text)
+    });
     Ok(())
 }
 
@@ -78,11 +96,19 @@ pub async fn ctr(socket: &Path, args: CtrArgs) -> Result<()> {
     let mut client = runtime(socket).await?;
     let filter = cri::ContainerFilter {
         pod_sandbox_id: args.pod.clone().unwrap_or_default(),
-        state: if args.all { None } else { Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }) },
+        state: if args.all {
+            None
+        } else {
+            Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            })
+        },
         ..Default::default()
     };
     let mut containers = client
-        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
         .await
         .map_err(|s| CliError::internal(format!("ListContainers: {}", s.message())))?
         .into_inner()
@@ -103,13 +129,21 @@ pub async fn ctr(socket: &Path, args: CtrArgs) -> Result<()> {
         text.push_str(&format!(
             "{}\t{}\t{}\t{state}\t{}\t{}\t{}\n",
             short_id(&c.id),
-            if image.starts_with("sha256:") { short_id(&image) } else { image },
+            if image.starts_with("sha256:") {
+                short_id(&image)
+            } else {
+                image
+            },
             ago_nanos(c.created_at),
             meta.name,
             meta.attempt,
             short_id(&c.pod_sandbox_id)
         ));
     }
-    out(&if args.quiet { ids } else { format::align(&text) });
+    out(&if args.quiet {
+        ids
+    } else {
+        format::align(&text)
+    });
     Ok(())
 }

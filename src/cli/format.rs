@@ -93,7 +93,9 @@ fn printed(value: &TValue) -> String {
 }
 
 fn json(args: &[TValue]) -> Result<TValue, FuncError> {
-    let value = args.first().ok_or_else(|| FuncError::ExactlyXArgs("json".into(), 1))?;
+    let value = args
+        .first()
+        .ok_or_else(|| FuncError::ExactlyXArgs("json".into(), 1))?;
     Ok(TValue::String(from_template_value(value).to_string()))
 }
 
@@ -104,7 +106,9 @@ fn join(args: &[TValue]) -> Result<TValue, FuncError> {
             items.iter().map(printed).collect::<Vec<_>>().join(&sep),
         )),
         Some(TValue::Nil) | Some(TValue::NoValue) => Ok(TValue::String(String::new())),
-        _ => Err(FuncError::Generic("join: the first argument must be a list".into())),
+        _ => Err(FuncError::Generic(
+            "join: the first argument must be a list".into(),
+        )),
     }
 }
 
@@ -112,7 +116,9 @@ fn split(args: &[TValue]) -> Result<TValue, FuncError> {
     let text = arg_string(args, 0, "split")?;
     let sep = arg_string(args, 1, "split")?;
     Ok(TValue::Array(
-        text.split(sep.as_str()).map(|s| TValue::String(s.into())).collect(),
+        text.split(sep.as_str())
+            .map(|s| TValue::String(s.into()))
+            .collect(),
     ))
 }
 
@@ -141,10 +147,9 @@ fn title(args: &[TValue]) -> Result<TValue, FuncError> {
 
 fn count_arg(args: &[TValue], name: &str) -> Result<usize, FuncError> {
     match args.get(1) {
-        Some(TValue::Number(n)) => n
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| FuncError::Generic(format!("{name}: the length must be a positive number"))),
+        Some(TValue::Number(n)) => n.as_u64().map(|n| n as usize).ok_or_else(|| {
+            FuncError::Generic(format!("{name}: the length must be a positive number"))
+        }),
         _ => Err(FuncError::ExactlyXArgs(name.into(), 2)),
     }
 }
@@ -162,7 +167,42 @@ fn pad(args: &[TValue]) -> Result<TValue, FuncError> {
     Ok(TValue::String(format!("{fill}{text}{fill}")))
 }
 
+/// Go's `index`, with a missing map key giving an empty string, as docker's templates
+/// over its typed maps (labels) print.
+fn index(args: &[TValue]) -> Result<TValue, FuncError> {
+    let mut value = args
+        .first()
+        .cloned()
+        .ok_or_else(|| FuncError::AtLeastXArgs("index".into(), 2))?;
+    for key in &args[1..] {
+        value = match (&value, key) {
+            (TValue::Map(map) | TValue::Object(map), TValue::String(k)) => map
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| TValue::String(String::new())),
+            (TValue::Array(items), TValue::Number(n)) => {
+                let i = n
+                    .as_u64()
+                    .ok_or_else(|| FuncError::Generic("index: a negative index".into()))?
+                    as usize;
+                items
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| FuncError::Generic(format!("index out of range: {i}")))?
+            }
+            (TValue::Nil | TValue::NoValue, _) => TValue::String(String::new()),
+            _ => {
+                return Err(FuncError::Generic(format!(
+                    "can't index item of type {value:?} with {key:?}"
+                )))
+            }
+        };
+    }
+    Ok(value)
+}
+
 const FUNCS: &[(&str, Func)] = &[
+    ("index", index as Func),
     ("json", json as Func),
     ("join", join as Func),
     ("split", split as Func),
@@ -188,7 +228,11 @@ impl Format {
             Some(rest) => (true, rest.trim_start().to_string()),
             None => (false, text.to_string()),
         };
-        let body = if body.trim() == "json" { "{{json .}}".to_string() } else { body };
+        let body = if body.trim() == "json" {
+            "{{json .}}".to_string()
+        } else {
+            body
+        };
         let body = body.replace("\\t", "\t").replace("\\n", "\n");
         Format::parse_raw(&body, table)
     }
@@ -402,19 +446,30 @@ mod tests {
         assert_eq!(human_duration(61), "About a minute");
         assert_eq!(human_duration(3 * 3600), "3 hours");
         assert_eq!(human_duration(3 * 24 * 3600), "3 days");
-        assert_eq!(ellipsis("sleep 600 and some more", 20), "sleep 600 and some …");
+        assert_eq!(
+            ellipsis("sleep 600 and some more", 20),
+            "sleep 600 and some …"
+        );
     }
 
     #[test]
     fn templates_tables_and_json() {
         let value = serde_json::json!({"State": {"Status": "running"}, "Labels": {"a": "b"}, "List": ["x", "y"]});
-        let f = Format::parse("{{.State.Status}} {{index .Labels \"a\"}} {{json .List}} {{join .List \",\"}}").unwrap();
+        let f = Format::parse(
+            "{{.State.Status}} {{index .Labels \"a\"}} {{json .List}} {{join .List \",\"}}",
+        )
+        .unwrap();
         assert_eq!(f.render(&value).unwrap(), "running b [\"x\",\"y\"] x,y");
         let f = Format::parse("{{range .List}}<{{.}}>{{end}}").unwrap();
         assert_eq!(f.render(&value).unwrap(), "<x><y>");
         let f = Format::parse("table {{.ID}}\\t{{.Name}}").unwrap();
         let rows = vec![serde_json::json!({"ID": "abc", "Name": "n1"})];
-        let out = f.render_rows(&rows, &headers(&[("ID", "CONTAINER ID"), ("Name", "NAMES")])).unwrap();
+        let out = f
+            .render_rows(
+                &rows,
+                &headers(&[("ID", "CONTAINER ID"), ("Name", "NAMES")]),
+            )
+            .unwrap();
         assert_eq!(out, "CONTAINER ID   NAMES\nabc            n1\n");
         let f = Format::parse("json").unwrap();
         assert_eq!(f.render(&serde_json::json!({"a": 1})).unwrap(), "{\"a\":1}");

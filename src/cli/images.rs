@@ -18,10 +18,14 @@ use super::{enc, filters_json, out, tty, CliError, Result};
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// List images
-    #[command(after_help = "Examples:\n  wharf images\n  wharf images -q\n  wharf images --digests --format '{{.Repository}}@{{.Digest}}'")]
+    #[command(
+        after_help = "Examples:\n  wharf images\n  wharf images -q\n  wharf images --digests --format '{{.Repository}}@{{.Digest}}'"
+    )]
     Images(ImagesArgs),
     /// Download an image from a registry
-    #[command(after_help = "Examples:\n  wharf pull busybox\n  wharf pull -q localhost:5000/app:v1")]
+    #[command(
+        after_help = "Examples:\n  wharf pull busybox\n  wharf pull -q localhost:5000/app:v1"
+    )]
     Pull {
         /// Suppress verbose output
         #[arg(short, long)]
@@ -60,7 +64,7 @@ pub enum ImageCommand {
         #[arg(short, long)]
         quiet: bool,
         /// Print sizes and dates in human readable format
-        #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         human: bool,
         /// Format output using a Go template
         #[arg(long)]
@@ -100,7 +104,9 @@ pub enum ImageCommand {
         repository: Option<String>,
     },
     /// Log in to a registry
-    #[command(after_help = "Examples:\n  wharf login -u me localhost:5000\n  echo \"$TOKEN\" | wharf login -u me --password-stdin registry.example.com")]
+    #[command(
+        after_help = "Examples:\n  wharf login -u me localhost:5000\n  echo \"$TOKEN\" | wharf login -u me --password-stdin registry.example.com"
+    )]
     Login {
         #[arg(short, long)]
         username: Option<String>,
@@ -148,14 +154,30 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             let (repo, tag) = split_reference(&target);
             let tag = tag.unwrap_or_else(|| "latest".into());
             client
-                .post(&format!("/images/{}/tag?repo={}&tag={}", source, enc(&repo), enc(&tag)), None)
+                .post(
+                    &format!(
+                        "/images/{}/tag?repo={}&tag={}",
+                        source,
+                        enc(&repo),
+                        enc(&tag)
+                    ),
+                    None,
+                )
                 .await?;
             Ok(())
         }
-        ImageCommand::Rmi { force, no_prune, images } => {
+        ImageCommand::Rmi {
+            force,
+            no_prune,
+            images,
+        } => {
             let mut failed = false;
             for image in &images {
-                let path = format!("/images/{image}?force={}&noprune={}", u8::from(force), u8::from(no_prune));
+                let path = format!(
+                    "/images/{image}?force={}&noprune={}",
+                    u8::from(force),
+                    u8::from(no_prune)
+                );
                 match client.delete(&path).await {
                     Ok(list) => {
                         for item in list.as_array().into_iter().flatten() {
@@ -178,14 +200,36 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
             }
             Ok(())
         }
-        ImageCommand::History { no_trunc, quiet, human, format, image } => history(client, &image, no_trunc, quiet, human, format).await,
+        ImageCommand::History {
+            no_trunc,
+            quiet,
+            human,
+            format,
+            image,
+        } => history(client, &image, no_trunc, quiet, human, format).await,
         ImageCommand::Save { output, images } => {
             let names: Vec<String> = images.iter().map(|i| format!("names={}", enc(i))).collect();
-            download(client, &format!("/images/get?{}", names.join("&")), output.as_deref(), "saving images").await
+            download(
+                client,
+                &format!("/images/get?{}", names.join("&")),
+                output.as_deref(),
+                "saving images",
+            )
+            .await
         }
         ImageCommand::Load { input, quiet } => load(client, input, quiet).await,
-        ImageCommand::Import { change, message, file, repository } => import(client, &file, repository, change, message).await,
-        ImageCommand::Login { username, password, password_stdin, server } => login(client, username, password, password_stdin, server).await,
+        ImageCommand::Import {
+            change,
+            message,
+            file,
+            repository,
+        } => import(client, &file, repository, change, message).await,
+        ImageCommand::Login {
+            username,
+            password,
+            password_stdin,
+            server,
+        } => login(client, username, password, password_stdin, server).await,
         ImageCommand::Logout { server } => logout(server),
     }
 }
@@ -209,41 +253,65 @@ async fn images(client: &Client, args: ImagesArgs) -> Result<()> {
     if let Some(repo) = &args.repository {
         filters.push(format!("reference={repo}"));
     }
-    let mut query = vec![format!("all={}", u8::from(args.all)), "digests=1".to_string()];
+    let mut query = vec![
+        format!("all={}", u8::from(args.all)),
+        "digests=1".to_string(),
+    ];
     if let Some(f) = filters_json(&filters)? {
         query.push(format!("filters={}", enc(&f)));
     }
-    let list = client.get(&format!("/images/json?{}", query.join("&"))).await?;
+    let list = client
+        .get(&format!("/images/json?{}", query.join("&")))
+        .await?;
     let template = match (&args.format, args.quiet) {
         (_, true) => "{{.ID}}".to_string(),
         (Some(f), false) if !f.is_empty() => f.clone(),
-        _ if args.digests => "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}".into(),
+        _ if args.digests => {
+            "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                .into()
+        }
         _ => "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}".into(),
     };
     let format = Format::parse(&template)?;
     let mut rows = Vec::new();
     for image in list.as_array().into_iter().flatten() {
         let strings = |k: &str| -> Vec<String> {
-            image.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).filter(|s| *s != "<none>:<none>" && *s != "<none>@<none>").map(str::to_string).collect()
+            image
+                .get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|s| *s != "<none>:<none>" && *s != "<none>@<none>")
+                .map(str::to_string)
+                .collect()
         };
         let id = image.get("Id").and_then(Value::as_str).unwrap_or("");
         let created = image.get("Created").and_then(Value::as_i64).unwrap_or(0);
         let size = image.get("Size").and_then(Value::as_i64).unwrap_or(0);
         let digests: HashMap<String, String> = strings("RepoDigests")
             .into_iter()
-            .filter_map(|d| d.split_once('@').map(|(r, d)| (r.to_string(), d.to_string())))
+            .filter_map(|d| {
+                d.split_once('@')
+                    .map(|(r, d)| (r.to_string(), d.to_string()))
+            })
             .collect();
         let mut entries: Vec<(String, String, String)> = strings("RepoTags")
             .into_iter()
             .map(|t| {
                 let (repo, tag) = split_reference(&t);
-                let digest = digests.get(&repo).cloned().unwrap_or_else(|| "<none>".into());
+                let digest = digests
+                    .get(&repo)
+                    .cloned()
+                    .unwrap_or_else(|| "<none>".into());
                 (repo, tag.unwrap_or_else(|| "<none>".into()), digest)
             })
             .collect();
         if entries.is_empty() {
             match digests.iter().next() {
-                Some((repo, digest)) => entries.push((repo.clone(), "<none>".into(), digest.clone())),
+                Some((repo, digest)) => {
+                    entries.push((repo.clone(), "<none>".into(), digest.clone()))
+                }
                 None => entries.push(("<none>".into(), "<none>".into(), "<none>".into())),
             }
         }
@@ -270,7 +338,9 @@ async fn images(client: &Client, args: ImagesArgs) -> Result<()> {
 /// The registry host of a reference ("docker.io" for Docker Hub names).
 fn registry_of(reference: &str) -> String {
     match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
         _ => "docker.io".to_string(),
     }
 }
@@ -280,16 +350,23 @@ fn auth_file() -> Result<PathBuf> {
     if let Ok(dir) = std::env::var("WHARF_CONFIG") {
         return Ok(PathBuf::from(dir).join("auth.json"));
     }
-    let home = std::env::var("HOME").map_err(|_| CliError::internal("HOME is not set: cannot find ~/.config/wharf/auth.json"))?;
+    let home = std::env::var("HOME").map_err(|_| {
+        CliError::internal("HOME is not set: cannot find ~/.config/wharf/auth.json")
+    })?;
     Ok(PathBuf::from(home).join(".config/wharf/auth.json"))
 }
 
 fn read_auths() -> Result<Value> {
     let path = auth_file()?;
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| CliError::internal(format!("reading {}: not JSON: {err}", path.display()))),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
+            CliError::internal(format!("reading {}: not JSON: {err}", path.display()))
+        }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(json!({"auths": {}})),
-        Err(err) => Err(CliError::internal(format!("reading {}: {err}", path.display()))),
+        Err(err) => Err(CliError::internal(format!(
+            "reading {}: {err}",
+            path.display()
+        ))),
     }
 }
 
@@ -298,7 +375,8 @@ fn write_auths(value: &Value) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = auth_file()?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|err| CliError::internal(format!("creating {}: {err}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|err| CliError::internal(format!("creating {}: {err}", dir.display())))?;
     }
     let tmp = path.with_extension("json.tmp");
     let written = std::fs::OpenOptions::new()
@@ -319,7 +397,10 @@ fn write_auths(value: &Value) -> Result<()> {
 fn registry_auth(reference: &str) -> Result<Vec<(&'static str, String)>> {
     let registry = registry_of(reference);
     let auths = read_auths()?;
-    let entry = auths.pointer(&format!("/auths/{}", registry.replace('~', "~0").replace('/', "~1")));
+    let entry = auths.pointer(&format!(
+        "/auths/{}",
+        registry.replace('~', "~0").replace('/', "~1")
+    ));
     let Some(auth) = entry.and_then(|e| e.get("auth")).and_then(Value::as_str) else {
         return Ok(Vec::new());
     };
@@ -327,15 +408,30 @@ fn registry_auth(reference: &str) -> Result<Vec<(&'static str, String)>> {
         .decode(auth)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| CliError::internal(format!("the credentials for {registry} in {} are not valid base64", auth_file().map(|p| p.display().to_string()).unwrap_or_default())))?;
+        .ok_or_else(|| {
+            CliError::internal(format!(
+                "the credentials for {registry} in {} are not valid base64",
+                auth_file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
     let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
     let header = json!({"username": user, "password": password, "serveraddress": registry});
-    Ok(vec![("X-Registry-Auth", base64::engine::general_purpose::URL_SAFE.encode(header.to_string()))])
+    Ok(vec![(
+        "X-Registry-Auth",
+        base64::engine::general_purpose::URL_SAFE.encode(header.to_string()),
+    )])
 }
 
 /// Pulls `reference`, showing docker's per-layer progress (on stderr when `to_stderr`,
 /// as `run` does) or only the reference when `quiet`.
-pub async fn pull_image(client: &Client, reference: &str, quiet: bool, to_stderr: bool) -> Result<()> {
+pub async fn pull_image(
+    client: &Client,
+    reference: &str,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<()> {
     let (repo, tag) = split_reference(reference);
     let mut path = format!("/images/create?fromImage={}", enc(&repo));
     let digest = reference.split_once('@').map(|(_, d)| d.to_string());
@@ -345,10 +441,22 @@ pub async fn pull_image(client: &Client, reference: &str, quiet: bool, to_stderr
         (None, None) => path.push_str("&tag=latest"),
     }
     let headers = registry_auth(reference)?;
-    let response = client.call_with(hyper::Method::POST, &path, connection::empty(), "application/json", &headers).await?;
+    let response = client
+        .call_with(
+            hyper::Method::POST,
+            &path,
+            connection::empty(),
+            "application/json",
+            &headers,
+        )
+        .await?;
     progress(response, quiet, to_stderr).await?;
     if quiet {
-        let full = if digest.is_some() || tag.is_some() { reference.to_string() } else { format!("{reference}:latest") };
+        let full = if digest.is_some() || tag.is_some() {
+            reference.to_string()
+        } else {
+            format!("{reference}:latest")
+        };
         out(&format!("{full}\n"));
     }
     Ok(())
@@ -361,7 +469,15 @@ async fn push(client: &Client, reference: &str, quiet: bool) -> Result<()> {
         path.push_str(&format!("?tag={}", enc(&tag)));
     }
     let headers = registry_auth(reference)?;
-    let response = client.call_with(hyper::Method::POST, &path, connection::empty(), "application/json", &headers).await?;
+    let response = client
+        .call_with(
+            hyper::Method::POST,
+            &path,
+            connection::empty(),
+            "application/json",
+            &headers,
+        )
+        .await?;
     progress(response, quiet, false).await?;
     if quiet {
         out(&format!("{reference}\n"));
@@ -372,9 +488,18 @@ async fn push(client: &Client, reference: &str, quiet: bool) -> Result<()> {
 /// Shows a JSON message stream as docker's jsonmessage does: on a terminal, one line
 /// per layer updated in place; otherwise each status once, without progress bars.
 /// An `error` message ends it with that error.
-async fn progress(response: hyper::Response<hyper::body::Incoming>, quiet: bool, to_stderr: bool) -> Result<()> {
+async fn progress(
+    response: hyper::Response<hyper::body::Incoming>,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<()> {
     let mut lines = tokio::io::BufReader::new(body_reader(response)).lines();
-    let term = !quiet && if to_stderr { nix::unistd::isatty(2).unwrap_or(false) } else { tty::stdout_is_tty() };
+    let term = !quiet
+        && if to_stderr {
+            nix::unistd::isatty(2).unwrap_or(false)
+        } else {
+            tty::stdout_is_tty()
+        };
     let mut ids: Vec<String> = Vec::new();
     let emit = |text: &str| {
         if quiet {
@@ -392,11 +517,20 @@ async fn progress(response: hyper::Response<hyper::body::Incoming>, quiet: bool,
         let line = match lines.next_line().await {
             Ok(Some(line)) => line,
             Ok(None) => break,
-            Err(err) => return Err(CliError::connect(format!("reading the progress stream: {err}"))),
+            Err(err) => {
+                return Err(CliError::connect(format!(
+                    "reading the progress stream: {err}"
+                )))
+            }
         };
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else { continue };
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
         if let Some(err) = msg.get("error").and_then(Value::as_str) {
-            let message = msg.pointer("/errorDetail/message").and_then(Value::as_str).unwrap_or(err);
+            let message = msg
+                .pointer("/errorDetail/message")
+                .and_then(Value::as_str)
+                .unwrap_or(err);
             return Err(CliError::internal(message.to_string()));
         }
         if let Some(stream) = msg.get("stream").and_then(Value::as_str) {
@@ -405,7 +539,10 @@ async fn progress(response: hyper::Response<hyper::body::Incoming>, quiet: bool,
         }
         let status = msg.get("status").and_then(Value::as_str).unwrap_or("");
         let bar = msg.get("progress").and_then(Value::as_str).unwrap_or("");
-        let has_progress = msg.get("progressDetail").and_then(Value::as_object).is_some_and(|d| !d.is_empty());
+        let has_progress = msg
+            .get("progressDetail")
+            .and_then(Value::as_object)
+            .is_some_and(|d| !d.is_empty());
         match msg.get("id").and_then(Value::as_str) {
             Some(id) if term => {
                 let text = format!("{id}: {status} {bar}");
@@ -431,7 +568,14 @@ async fn progress(response: hyper::Response<hyper::body::Incoming>, quiet: bool,
     Ok(())
 }
 
-async fn history(client: &Client, image: &str, no_trunc: bool, quiet: bool, human: bool, format: Option<String>) -> Result<()> {
+async fn history(
+    client: &Client,
+    image: &str,
+    no_trunc: bool,
+    quiet: bool,
+    human: bool,
+    format: Option<String>,
+) -> Result<()> {
     let list = client.get(&format!("/images/{image}/history")).await?;
     let template = match (&format, quiet) {
         (_, true) => "{{.ID}}".to_string(),
@@ -458,7 +602,14 @@ async fn history(client: &Client, image: &str, no_trunc: bool, quiet: bool, huma
             })
         })
         .collect();
-    let headers = format::headers(&[("ID", "IMAGE"), ("CreatedSince", "CREATED"), ("CreatedAt", "CREATED AT"), ("CreatedBy", "CREATED BY"), ("Size", "SIZE"), ("Comment", "COMMENT")]);
+    let headers = format::headers(&[
+        ("ID", "IMAGE"),
+        ("CreatedSince", "CREATED"),
+        ("CreatedAt", "CREATED AT"),
+        ("CreatedBy", "CREATED BY"),
+        ("Size", "SIZE"),
+        ("Comment", "COMMENT"),
+    ]);
     out(&format.render_rows(&rows, &headers)?);
     Ok(())
 }
@@ -466,9 +617,9 @@ async fn history(client: &Client, image: &str, no_trunc: bool, quiet: bool, huma
 async fn open_input(input: Option<&std::path::Path>, what: &str) -> Result<connection::Body> {
     match input {
         Some(path) => {
-            let file = tokio::fs::File::open(path)
-                .await
-                .map_err(|err| CliError::internal(format!("{what}: opening {}: {err}", path.display())))?;
+            let file = tokio::fs::File::open(path).await.map_err(|err| {
+                CliError::internal(format!("{what}: opening {}: {err}", path.display()))
+            })?;
             Ok(connection::reader_body(file))
         }
         None => {
@@ -483,12 +634,26 @@ async fn open_input(input: Option<&std::path::Path>, what: &str) -> Result<conne
 async fn load(client: &Client, input: Option<PathBuf>, quiet: bool) -> Result<()> {
     let body = open_input(input.as_deref(), "load").await?;
     let response = client
-        .call(hyper::Method::POST, &format!("/images/load?quiet={}", u8::from(quiet || !tty::stdout_is_tty())), body, "application/x-tar")
+        .call(
+            hyper::Method::POST,
+            &format!(
+                "/images/load?quiet={}",
+                u8::from(quiet || !tty::stdout_is_tty())
+            ),
+            body,
+            "application/x-tar",
+        )
         .await?;
     progress(response, false, false).await
 }
 
-async fn import(client: &Client, file: &str, repository: Option<String>, changes: Vec<String>, message: Option<String>) -> Result<()> {
+async fn import(
+    client: &Client,
+    file: &str,
+    repository: Option<String>,
+    changes: Vec<String>,
+    message: Option<String>,
+) -> Result<()> {
     let mut query = vec!["fromSrc=-".to_string()];
     if let Some(r) = &repository {
         let (repo, tag) = split_reference(r);
@@ -503,40 +668,64 @@ async fn import(client: &Client, file: &str, repository: Option<String>, changes
     if let Some(m) = &message {
         query.push(format!("message={}", enc(m)));
     }
-    let input = if file == "-" { None } else { Some(std::path::Path::new(file)) };
+    let input = if file == "-" {
+        None
+    } else {
+        Some(std::path::Path::new(file))
+    };
     let body = open_input(input, "import").await?;
     let response = client
-        .call(hyper::Method::POST, &format!("/images/create?{}", query.join("&")), body, "application/x-tar")
+        .call(
+            hyper::Method::POST,
+            &format!("/images/create?{}", query.join("&")),
+            body,
+            "application/x-tar",
+        )
         .await?;
     progress(response, false, false).await
 }
 
-async fn login(client: &Client, username: Option<String>, password: Option<String>, password_stdin: bool, server: Option<String>) -> Result<()> {
+async fn login(
+    client: &Client,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+    server: Option<String>,
+) -> Result<()> {
     let server = server.unwrap_or_else(|| "docker.io".to_string());
     let username = match username {
         Some(u) => u,
         None => prompt("Username: ")?,
     };
     let password = match (password, password_stdin) {
-        (Some(_), true) => return Err(CliError::usage("--password and --password-stdin are mutually exclusive")),
+        (Some(_), true) => {
+            return Err(CliError::usage(
+                "--password and --password-stdin are mutually exclusive",
+            ))
+        }
         (Some(p), false) => {
             eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
             p
         }
         (None, true) => {
             let mut text = String::new();
-            std::io::stdin()
-                .read_line(&mut text)
-                .map_err(|err| CliError::internal(format!("reading the password from stdin: {err}")))?;
+            std::io::stdin().read_line(&mut text).map_err(|err| {
+                CliError::internal(format!("reading the password from stdin: {err}"))
+            })?;
             text.trim_end_matches(['\n', '\r']).to_string()
         }
         (None, false) => prompt_hidden("Password: ")?,
     };
     if username.is_empty() || password.is_empty() {
-        return Err(CliError::usage("Error: Cannot perform an interactive login without a username and a password"));
+        return Err(CliError::usage(
+            "Error: Cannot perform an interactive login without a username and a password",
+        ));
     }
     let answer = client
-        .post("/auth", Some(&json!({"username": username, "password": password, "serveraddress": server})))
+        .post(
+            "/auth",
+            Some(&json!({"username": username, "password": password, "serveraddress": server})),
+        )
         .await?;
     let mut auths = read_auths()?;
     if !auths.get("auths").is_some_and(Value::is_object) {
@@ -544,7 +733,10 @@ async fn login(client: &Client, username: Option<String>, password: Option<Strin
     }
     auths["auths"][&server] = json!({"auth": base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))});
     write_auths(&auths)?;
-    let status = answer.get("Status").and_then(Value::as_str).unwrap_or("Login Succeeded");
+    let status = answer
+        .get("Status")
+        .and_then(Value::as_str)
+        .unwrap_or("Login Succeeded");
     out(&format!("{status}\n"));
     Ok(())
 }
@@ -552,7 +744,11 @@ async fn login(client: &Client, username: Option<String>, password: Option<Strin
 fn logout(server: Option<String>) -> Result<()> {
     let server = server.unwrap_or_else(|| "docker.io".to_string());
     let mut auths = read_auths()?;
-    let removed = auths.get_mut("auths").and_then(Value::as_object_mut).and_then(|m| m.remove(&server)).is_some();
+    let removed = auths
+        .get_mut("auths")
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.remove(&server))
+        .is_some();
     if removed {
         write_auths(&auths)?;
         out(&format!("Removing login credentials for {server}\n"));

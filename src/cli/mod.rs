@@ -43,19 +43,35 @@ impl CliError {
     }
     /// The daemon could not be reached (or the connection broke).
     pub fn connect(message: impl Into<String>) -> CliError {
-        CliError { code: 1, message: message.into(), status: 0 }
+        CliError {
+            code: 1,
+            message: message.into(),
+            status: 0,
+        }
     }
     /// Bad flags or arguments (docker's 125 for usage errors).
     pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { code: 125, message: message.into(), status: 0 }
+        CliError {
+            code: 125,
+            message: message.into(),
+            status: 0,
+        }
     }
     /// Anything else that failed on this side.
     pub fn internal(message: impl Into<String>) -> CliError {
-        CliError { code: 1, message: message.into(), status: 0 }
+        CliError {
+            code: 1,
+            message: message.into(),
+            status: 0,
+        }
     }
     /// An exit with `code` and nothing printed (a container's own exit code).
     pub fn exit(code: i32) -> CliError {
-        CliError { code, message: String::new(), status: 0 }
+        CliError {
+            code,
+            message: String::new(),
+            status: 0,
+        }
     }
     /// The same failure with docker's `run` exit code (125) unless it already carries
     /// a container's code.
@@ -133,7 +149,9 @@ pub enum Command {
     /// List the CRI's containers on this node, read-only (as `crictl ps`)
     Ctr(cri::CtrArgs),
     /// Print a shell completion script
-    #[command(after_help = "Examples:\n  wharf completion bash > /etc/bash_completion.d/wharf\n  wharf completion zsh > \"${fpath[1]}/_wharf\"\n  wharf completion fish > ~/.config/fish/completions/wharf.fish")]
+    #[command(
+        after_help = "Examples:\n  wharf completion bash > /etc/bash_completion.d/wharf\n  wharf completion zsh > \"${fpath[1]}/_wharf\"\n  wharf completion fish > ~/.config/fish/completions/wharf.fish"
+    )]
     Completion {
         /// The shell: bash, zsh or fish
         shell: clap_complete::Shell,
@@ -151,7 +169,10 @@ pub fn main() -> ! {
             std::process::exit(code);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("wharf: starting the async runtime: {err}");
@@ -213,7 +234,9 @@ pub fn filters_json(filters: &[String]) -> Result<Option<String>> {
     let mut map = serde_json::Map::new();
     for filter in filters {
         let (key, value) = filter.split_once('=').ok_or_else(|| {
-            CliError::usage(format!("bad format of filter (expected name=value): {filter}"))
+            CliError::usage(format!(
+                "bad format of filter (expected name=value): {filter}"
+            ))
         })?;
         let entry = map
             .entry(key.trim().to_lowercase())
@@ -231,4 +254,47 @@ pub fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_everything_after_the_image_as_the_command() {
+        let args = Args::try_parse_from([
+            "wharf", "run", "-it", "--rm", "-e", "A=1", "busybox", "ls", "-l", "--rm",
+        ])
+        .unwrap();
+        match args.command {
+            Command::Container(containers::ContainerCommand::Run(run)) => {
+                assert!(run.rm && run.opts.tty && run.opts.interactive);
+                assert_eq!(run.opts.image_and_command, ["busybox", "ls", "-l", "--rm"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hosts_and_filters() {
+        assert_eq!(
+            Host::parse("unix:///x.sock").unwrap(),
+            Host::Unix("/x.sock".into())
+        );
+        assert_eq!(
+            Host::parse("tcp://127.0.0.1").unwrap(),
+            Host::Tcp("127.0.0.1:2375".into())
+        );
+        assert!(Host::parse("ftp://x").is_err());
+        assert_eq!(
+            filters_json(&["label=a=b".into()]).unwrap().unwrap(),
+            r#"{"label":{"a=b":true}}"#
+        );
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+    }
 }

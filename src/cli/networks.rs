@@ -95,7 +95,15 @@ fn key_values(items: &[String]) -> Map<String, Value> {
 
 pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
     match command {
-        NetworkCommand::Create { driver, subnet, gateway, internal, label, opt, name } => {
+        NetworkCommand::Create {
+            driver,
+            subnet,
+            gateway,
+            internal,
+            label,
+            opt,
+            name,
+        } => {
             let config: Vec<Value> = subnet
                 .iter()
                 .enumerate()
@@ -117,10 +125,18 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 "IPAM": {"Driver": "default", "Config": config},
             });
             let created = client.post("/networks/create", Some(&body)).await?;
-            out(&format!("{}\n", created.get("Id").and_then(Value::as_str).unwrap_or("")));
+            out(&format!(
+                "{}\n",
+                created.get("Id").and_then(Value::as_str).unwrap_or("")
+            ));
             Ok(())
         }
-        NetworkCommand::Ls { quiet, filter, format: fmt, no_trunc } => {
+        NetworkCommand::Ls {
+            quiet,
+            filter,
+            format: fmt,
+            no_trunc,
+        } => {
             let mut path = "/networks".to_string();
             if let Some(f) = filters_json(&filter)? {
                 path.push_str(&format!("?filters={}", enc(&f)));
@@ -133,7 +149,12 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             };
             let format = Format::parse(&template)?;
             let mut items: Vec<&Value> = list.as_array().into_iter().flatten().collect();
-            items.sort_by_key(|n| n.get("Name").and_then(Value::as_str).unwrap_or("").to_string());
+            items.sort_by_key(|n| {
+                n.get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            });
             let rows: Vec<Value> = items
                 .into_iter()
                 .map(|n| {
@@ -150,12 +171,26 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                     })
                 })
                 .collect();
-            let headers = format::headers(&[("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE"), ("IPv6", "IPV6"), ("Internal", "INTERNAL"), ("CreatedAt", "CREATED AT")]);
+            let headers = format::headers(&[
+                ("ID", "NETWORK ID"),
+                ("Name", "NAME"),
+                ("Driver", "DRIVER"),
+                ("Scope", "SCOPE"),
+                ("IPv6", "IPV6"),
+                ("Internal", "INTERNAL"),
+                ("CreatedAt", "CREATED AT"),
+            ]);
             out(&format.render_rows(&rows, &headers)?);
             Ok(())
         }
-        NetworkCommand::Inspect { format: fmt, networks } => {
-            inspect_list(client, &networks, fmt.as_deref(), |n| format!("/networks/{}", enc(n))).await
+        NetworkCommand::Inspect {
+            format: fmt,
+            networks,
+        } => {
+            inspect_list(client, &networks, fmt.as_deref(), |n| {
+                format!("/networks/{}", enc(n))
+            })
+            .await
         }
         NetworkCommand::Rm { networks } => {
             let mut failed = false;
@@ -182,25 +217,46 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 path.push_str(&format!("?filters={}", enc(&f)));
             }
             let answer = client.post(&path, None).await?;
-            let deleted: Vec<&str> = answer.get("NetworksDeleted").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            let deleted: Vec<&str> = answer
+                .get("NetworksDeleted")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             if !deleted.is_empty() {
                 out(&format!("Deleted Networks:\n{}\n", deleted.join("\n")));
             }
             Ok(())
         }
-        NetworkCommand::Connect { alias, ip, network, container } => {
+        NetworkCommand::Connect {
+            alias,
+            ip,
+            network,
+            container,
+        } => {
             let mut endpoint = json!({"Aliases": alias});
             if let Some(ip) = ip {
                 endpoint["IPAMConfig"] = json!({"IPv4Address": ip});
             }
             client
-                .post(&format!("/networks/{}/connect", enc(&network)), Some(&json!({"Container": container, "EndpointConfig": endpoint})))
+                .post(
+                    &format!("/networks/{}/connect", enc(&network)),
+                    Some(&json!({"Container": container, "EndpointConfig": endpoint})),
+                )
                 .await?;
             Ok(())
         }
-        NetworkCommand::Disconnect { force, network, container } => {
+        NetworkCommand::Disconnect {
+            force,
+            network,
+            container,
+        } => {
             client
-                .post(&format!("/networks/{}/disconnect", enc(&network)), Some(&json!({"Container": container, "Force": force})))
+                .post(
+                    &format!("/networks/{}/disconnect", enc(&network)),
+                    Some(&json!({"Container": container, "Force": force})),
+                )
                 .await?;
             Ok(())
         }
@@ -209,7 +265,12 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
 
 /// docker's `X inspect`: a JSON array of all found, or the format per object; errors
 /// for the missing ones, and exit 1 if any.
-pub async fn inspect_list(client: &Client, names: &[String], format: Option<&str>, path: impl Fn(&str) -> String) -> Result<()> {
+pub async fn inspect_list(
+    client: &Client,
+    names: &[String],
+    format: Option<&str>,
+    path: impl Fn(&str) -> String,
+) -> Result<()> {
     let format = format.map(|f| Format::parse_raw(f, false)).transpose()?;
     let mut found = Vec::new();
     let mut failed = false;

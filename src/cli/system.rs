@@ -14,7 +14,9 @@ use super::{enc, filters_json, out, CliError, Result};
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
     /// Show the wharf client and wharfd server versions
-    #[command(after_help = "Examples:\n  wharf version\n  wharf version --format '{{.Server.APIVersion}}'")]
+    #[command(
+        after_help = "Examples:\n  wharf version\n  wharf version --format '{{.Server.APIVersion}}'"
+    )]
     Version {
         #[arg(short, long)]
         format: Option<String>,
@@ -22,7 +24,9 @@ pub enum SystemCommand {
     /// Display system-wide information (Docker API view, then the CRI's conditions)
     Info(InfoArgs),
     /// Get real time events from the server
-    #[command(after_help = "Examples:\n  wharf events --filter type=container\n  wharf events --since 10m --until 0s")]
+    #[command(
+        after_help = "Examples:\n  wharf events --filter type=container\n  wharf events --since 10m --until 0s"
+    )]
     Events(EventsArgs),
     /// Manage wharfd
     #[command(subcommand)]
@@ -77,10 +81,20 @@ pub enum SystemSub {
 pub async fn run(client: &Client, cri_socket: &Path, command: SystemCommand) -> Result<()> {
     match command {
         SystemCommand::Version { format } => version(client, format).await,
-        SystemCommand::Info(args) | SystemCommand::System(SystemSub::Info(args)) => info(client, cri_socket, args).await,
-        SystemCommand::Events(args) | SystemCommand::System(SystemSub::Events(args)) => events(client, args).await,
-        SystemCommand::System(SystemSub::Df { verbose, format }) => df(client, verbose, format).await,
-        SystemCommand::System(SystemSub::Prune { all, force, volumes }) => prune(client, all, force, volumes).await,
+        SystemCommand::Info(args) | SystemCommand::System(SystemSub::Info(args)) => {
+            info(client, cri_socket, args).await
+        }
+        SystemCommand::Events(args) | SystemCommand::System(SystemSub::Events(args)) => {
+            events(client, args).await
+        }
+        SystemCommand::System(SystemSub::Df { verbose, format }) => {
+            df(client, verbose, format).await
+        }
+        SystemCommand::System(SystemSub::Prune {
+            all,
+            force,
+            volumes,
+        }) => prune(client, all, force, volumes).await,
     }
 }
 
@@ -98,6 +112,7 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
     let client_info = json!({
         "Version": env!("CARGO_PKG_VERSION"),
         "ApiVersion": API_VERSION,
+        "APIVersion": API_VERSION,
         "Os": std::env::consts::OS,
         "Arch": std::env::consts::ARCH,
         "Host": client.host.to_string(),
@@ -105,7 +120,15 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
     let server = client.get("/version").await;
     if let Some(f) = format {
         let format = Format::parse_raw(&f, false)?;
-        let value = json!({"Client": client_info, "Server": server.as_ref().ok()});
+        // docker's template names the field APIVersion (its Go struct), the JSON ApiVersion.
+        let server_value = server.as_ref().ok().map(|s| {
+            let mut s = s.clone();
+            if let Some(v) = s.get("ApiVersion").cloned() {
+                s["APIVersion"] = v;
+            }
+            s
+        });
+        let value = json!({"Client": client_info, "Server": server_value});
         out(&format!("{}\n", format.render(&value)?));
         return server.map(|_| ());
     }
@@ -123,7 +146,13 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
             return Err(err);
         }
     };
-    let s = |k: &str| server.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        server
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let name = server
         .pointer("/Platform/Name")
         .and_then(Value::as_str)
@@ -140,12 +169,23 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
         s("Arch"),
         s("KernelVersion"),
     ));
-    for component in server.get("Components").and_then(Value::as_array).into_iter().flatten() {
+    for component in server
+        .get("Components")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let name = component.get("Name").and_then(Value::as_str).unwrap_or("");
         if name == "Engine" {
             continue;
         }
-        text.push_str(&format!(" {name}:\n  Version:          {}\n", component.get("Version").and_then(Value::as_str).unwrap_or("")));
+        text.push_str(&format!(
+            " {name}:\n  Version:          {}\n",
+            component
+                .get("Version")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ));
     }
     out(&text);
     Ok(())
@@ -158,10 +198,14 @@ async fn info(client: &Client, cri_socket: &Path, args: InfoArgs) -> Result<()> 
         out(&format!("{}\n", format.render(&info)?));
         return Ok(());
     }
-    let s = |p: &str| info.pointer(p).map(|v| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }).unwrap_or_default();
+    let s = |p: &str| {
+        info.pointer(p)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
     let mut text = String::from("Server:\n");
     for (label, pointer) in [
         ("Containers", "/Containers"),
@@ -185,11 +229,20 @@ async fn info(client: &Client, cri_socket: &Path, args: InfoArgs) -> Result<()> 
     ] {
         let mut value = s(pointer);
         if pointer == "/MemTotal" {
-            value = value.parse::<f64>().map(format::bytes_size).unwrap_or(value);
+            value = value
+                .parse::<f64>()
+                .map(format::bytes_size)
+                .unwrap_or(value);
         }
         text.push_str(&format!(" {label}: {value}\n"));
     }
-    for warning in info.get("Warnings").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+    for warning in info
+        .get("Warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         text.push_str(&format!("WARNING: {warning}\n"));
     }
     // The CRI side of the same daemon: its readiness conditions, when reachable.
@@ -198,14 +251,19 @@ async fn info(client: &Client, cri_socket: &Path, args: InfoArgs) -> Result<()> 
             text.push_str("\nCRI:\n");
             text.push_str(&conditions);
         }
-        Err(err) => text.push_str(&format!("\nCRI: not reachable at {} ({err})\n", cri_socket.display())),
+        Err(err) => text.push_str(&format!(
+            "\nCRI: not reachable at {} ({err})\n",
+            cri_socket.display()
+        )),
     }
     out(&text);
     Ok(())
 }
 
 async fn wharf_cri_status(socket: &Path) -> std::result::Result<String, String> {
-    let channel = crate::cri::connect(socket).await.map_err(|err| err.to_string())?;
+    let channel = crate::cri::connect(socket)
+        .await
+        .map_err(|err| err.to_string())?;
     let status = crate::cri::cli_calls::status(channel)
         .await
         .map_err(|status| status.message().to_string())?;
@@ -233,29 +291,52 @@ async fn events(client: &Client, args: EventsArgs) -> Result<()> {
     }
     let format = args.format.as_deref().map(Format::parse).transpose()?;
     let response = client
-        .call(hyper::Method::GET, &format!("/events?{}", query.join("&")), connection::empty(), "application/json")
+        .call(
+            hyper::Method::GET,
+            &format!("/events?{}", query.join("&")),
+            connection::empty(),
+            "application/json",
+        )
         .await?;
     let mut lines = tokio::io::BufReader::new(body_reader(response)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
         if let Some(f) = &format {
             out(&format!("{}\n", f.render(&event)?));
             continue;
         }
         let nanos = event.get("timeNano").and_then(Value::as_i64).unwrap_or(0);
-        let time = chrono::DateTime::from_timestamp(nanos / 1_000_000_000, (nanos % 1_000_000_000) as u32)
-            .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%dT%H:%M:%S%.9f%:z").to_string())
-            .unwrap_or_default();
+        let time =
+            chrono::DateTime::from_timestamp(nanos / 1_000_000_000, (nanos % 1_000_000_000) as u32)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%dT%H:%M:%S%.9f%:z")
+                        .to_string()
+                })
+                .unwrap_or_default();
         let kind = event.get("Type").and_then(Value::as_str).unwrap_or("");
         let action = event.get("Action").and_then(Value::as_str).unwrap_or("");
-        let id = event.pointer("/Actor/ID").and_then(Value::as_str).unwrap_or("");
+        let id = event
+            .pointer("/Actor/ID")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let mut attrs: Vec<String> = event
             .pointer("/Actor/Attributes")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect()
+            })
             .unwrap_or_default();
         attrs.sort();
-        let attrs = if attrs.is_empty() { String::new() } else { format!(" ({})", attrs.join(", ")) };
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", attrs.join(", "))
+        };
         out(&format!("{time} {kind} {action} {id}{attrs}\n"));
     }
     Ok(())
@@ -263,24 +344,73 @@ async fn events(client: &Client, args: EventsArgs) -> Result<()> {
 
 async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()> {
     let df = client.get("/system/df").await?;
-    let arr = |k: &str| df.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let arr = |k: &str| {
+        df.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     let images = arr("Images");
     let containers = arr("Containers");
     let volumes = arr("Volumes");
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let image_size: f64 = images.iter().map(|i| num(i, "Size") - num(i, "SharedSize").max(0.0)).sum::<f64>() + images.iter().map(|i| num(i, "SharedSize").max(0.0)).fold(0.0, f64::max);
+    let image_size: f64 = images
+        .iter()
+        .map(|i| num(i, "Size") - num(i, "SharedSize").max(0.0))
+        .sum::<f64>()
+        + images
+            .iter()
+            .map(|i| num(i, "SharedSize").max(0.0))
+            .fold(0.0, f64::max);
     let active_images = images.iter().filter(|i| num(i, "Containers") > 0.0).count();
-    let unused_image_size: f64 = images.iter().filter(|i| num(i, "Containers") <= 0.0).map(|i| num(i, "Size")).sum();
+    let unused_image_size: f64 = images
+        .iter()
+        .filter(|i| num(i, "Containers") <= 0.0)
+        .map(|i| num(i, "Size"))
+        .sum();
     let rw: f64 = containers.iter().map(|c| num(c, "SizeRw")).sum();
-    let active_containers = containers.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some("running")).count();
-    let stopped_rw: f64 = containers.iter().filter(|c| c.get("State").and_then(Value::as_str) != Some("running")).map(|c| num(c, "SizeRw")).sum();
-    let vol_size = |v: &Value| v.pointer("/UsageData/Size").and_then(Value::as_f64).unwrap_or(0.0).max(0.0);
+    let active_containers = containers
+        .iter()
+        .filter(|c| c.get("State").and_then(Value::as_str) == Some("running"))
+        .count();
+    let stopped_rw: f64 = containers
+        .iter()
+        .filter(|c| c.get("State").and_then(Value::as_str) != Some("running"))
+        .map(|c| num(c, "SizeRw"))
+        .sum();
+    let vol_size = |v: &Value| {
+        v.pointer("/UsageData/Size")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+            .max(0.0)
+    };
     let vol_total: f64 = volumes.iter().map(vol_size).sum();
-    let active_volumes = volumes.iter().filter(|v| v.pointer("/UsageData/RefCount").and_then(Value::as_i64).unwrap_or(0) > 0).count();
-    let unused_volumes: f64 = volumes.iter().filter(|v| v.pointer("/UsageData/RefCount").and_then(Value::as_i64).unwrap_or(0) <= 0).map(vol_size).sum();
+    let active_volumes = volumes
+        .iter()
+        .filter(|v| {
+            v.pointer("/UsageData/RefCount")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                > 0
+        })
+        .count();
+    let unused_volumes: f64 = volumes
+        .iter()
+        .filter(|v| {
+            v.pointer("/UsageData/RefCount")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                <= 0
+        })
+        .map(vol_size)
+        .sum();
     let reclaim = |part: f64, total: f64| {
         if total > 0.0 {
-            format!("{} ({:.0}%)", format::human_size(part), part / total * 100.0)
+            format!(
+                "{} ({:.0}%)",
+                format::human_size(part),
+                part / total * 100.0
+            )
         } else {
             format::human_size(part)
         }
@@ -291,16 +421,35 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
         json!({"Type": "Local Volumes", "TotalCount": volumes.len().to_string(), "Active": active_volumes.to_string(), "Size": format::human_size(vol_total), "Reclaimable": reclaim(unused_volumes, vol_total)}),
         json!({"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B", "Reclaimable": "0B"}),
     ];
-    let template = format.unwrap_or_else(|| "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}".into());
+    let template = format.unwrap_or_else(|| {
+        "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}".into()
+    });
     let f = Format::parse(&template)?;
-    let headers = format::headers(&[("Type", "TYPE"), ("TotalCount", "TOTAL"), ("Active", "ACTIVE"), ("Size", "SIZE"), ("Reclaimable", "RECLAIMABLE")]);
+    let headers = format::headers(&[
+        ("Type", "TYPE"),
+        ("TotalCount", "TOTAL"),
+        ("Active", "ACTIVE"),
+        ("Size", "SIZE"),
+        ("Reclaimable", "RECLAIMABLE"),
+    ]);
     let mut text = f.render_rows(&rows, &headers)?;
     if verbose {
         text.push_str("\nImages space usage:\n\n");
-        let mut t = String::from("REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE\tSHARED SIZE\tUNIQUE SIZE\tCONTAINERS\n");
+        let mut t = String::from(
+            "REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE\tSHARED SIZE\tUNIQUE SIZE\tCONTAINERS\n",
+        );
         for i in &images {
-            let tags: Vec<&str> = i.get("RepoTags").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-            let (repo, tag) = tags.first().and_then(|t| t.rsplit_once(':')).unwrap_or(("<none>", "<none>"));
+            let tags: Vec<&str> = i
+                .get("RepoTags")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let (repo, tag) = tags
+                .first()
+                .and_then(|t| t.rsplit_once(':'))
+                .unwrap_or(("<none>", "<none>"));
             let shared = num(i, "SharedSize").max(0.0);
             t.push_str(&format!(
                 "{repo}\t{tag}\t{}\t{}\t{}\t{}\t{}\t{}\n",
@@ -314,16 +463,28 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
         }
         text.push_str(&format::align(&t));
         text.push_str("\nContainers space usage:\n\n");
-        let mut t = String::from("CONTAINER ID\tIMAGE\tCOMMAND\tLOCAL VOLUMES\tSIZE\tCREATED\tSTATUS\tNAMES\n");
+        let mut t = String::from(
+            "CONTAINER ID\tIMAGE\tCOMMAND\tLOCAL VOLUMES\tSIZE\tCREATED\tSTATUS\tNAMES\n",
+        );
         for c in &containers {
             let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            let names: Vec<String> = c.get("Names").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(|n| n.trim_start_matches('/').to_string()).collect();
+            let names: Vec<String> = c
+                .get("Names")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|n| n.trim_start_matches('/').to_string())
+                .collect();
             t.push_str(&format!(
                 "{}\t{}\t{:?}\t{}\t{}\t{}\t{}\t{}\n",
                 format::short_id(&s("Id")),
                 s("Image"),
                 format::ellipsis(&s("Command"), 20),
-                c.get("Mounts").and_then(Value::as_array).map(Vec::len).unwrap_or(0),
+                c.get("Mounts")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    .unwrap_or(0),
                 format::human_size(num(c, "SizeRw")),
                 format::ago(num(c, "Created") as i64),
                 s("Status"),
@@ -337,7 +498,9 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
             t.push_str(&format!(
                 "{}\t{}\t{}\n",
                 v.get("Name").and_then(Value::as_str).unwrap_or(""),
-                v.pointer("/UsageData/RefCount").and_then(Value::as_i64).unwrap_or(0),
+                v.pointer("/UsageData/RefCount")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
                 format::human_size(vol_size(v))
             ));
         }
@@ -353,7 +516,11 @@ async fn prune(client: &Client, all: bool, force: bool, volumes: bool) -> Result
         if volumes {
             warning.push_str("  - all anonymous volumes not used by at least one container\n");
         }
-        warning.push_str(if all { "  - all images without at least one container associated to them\n" } else { "  - all dangling images\n" });
+        warning.push_str(if all {
+            "  - all images without at least one container associated to them\n"
+        } else {
+            "  - all dangling images\n"
+        });
         if !confirm(&warning)? {
             return Ok(());
         }
@@ -361,16 +528,28 @@ async fn prune(client: &Client, all: bool, force: bool, volumes: bool) -> Result
     let mut reclaimed = 0.0;
     let containers = client.post("/containers/prune", None).await?;
     print_list("Deleted Containers:", &containers, "ContainersDeleted");
-    reclaimed += containers.get("SpaceReclaimed").and_then(Value::as_f64).unwrap_or(0.0);
+    reclaimed += containers
+        .get("SpaceReclaimed")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     let networks = client.post("/networks/prune", None).await?;
     print_list("Deleted Networks:", &networks, "NetworksDeleted");
     if volumes {
         let v = client.post("/volumes/prune", None).await?;
         print_list("Deleted Volumes:", &v, "VolumesDeleted");
-        reclaimed += v.get("SpaceReclaimed").and_then(Value::as_f64).unwrap_or(0.0);
+        reclaimed += v
+            .get("SpaceReclaimed")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
     }
-    let filters = if all { format!("?filters={}", enc(r#"{"dangling":{"false":true}}"#)) } else { String::new() };
-    let images = client.post(&format!("/images/prune{filters}"), None).await?;
+    let filters = if all {
+        format!("?filters={}", enc(r#"{"dangling":{"false":true}}"#))
+    } else {
+        String::new()
+    };
+    let images = client
+        .post(&format!("/images/prune{filters}"), None)
+        .await?;
     let deleted: Vec<String> = images
         .get("ImagesDeleted")
         .and_then(Value::as_array)
@@ -390,13 +569,25 @@ async fn prune(client: &Client, all: bool, force: bool, volumes: bool) -> Result
     if !deleted.is_empty() {
         out(&format!("Deleted Images:\n{}\n\n", deleted.join("\n")));
     }
-    reclaimed += images.get("SpaceReclaimed").and_then(Value::as_f64).unwrap_or(0.0);
-    out(&format!("Total reclaimed space: {}\n", format::human_size(reclaimed)));
+    reclaimed += images
+        .get("SpaceReclaimed")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    out(&format!(
+        "Total reclaimed space: {}\n",
+        format::human_size(reclaimed)
+    ));
     Ok(())
 }
 
 fn print_list(title: &str, answer: &Value, key: &str) {
-    let items: Vec<&str> = answer.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let items: Vec<&str> = answer
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     if !items.is_empty() {
         out(&format!("{title}\n{}\n\n", items.join("\n")));
     }

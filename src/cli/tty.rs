@@ -40,7 +40,9 @@ impl RawMode {
         // the carriage for anything this process prints itself.
         raw.output_flags |= termios::OutputFlags::OPOST;
         {
-            let mut saved = SAVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut saved = SAVED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if saved.is_none() {
                 *saved = Some(original);
             }

@@ -10,7 +10,9 @@ use super::{enc, filters_json, out, CliError, Result};
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Create a volume
-    #[command(after_help = "Examples:\n  wharf volume create data\n  wharf volume create -o type=tmpfs -o device=tmpfs -o o=size=64m scratch")]
+    #[command(
+        after_help = "Examples:\n  wharf volume create data\n  wharf volume create -o type=tmpfs -o device=tmpfs -o o=size=64m scratch"
+    )]
     Create {
         /// Volume driver name
         #[arg(short, long, default_value = "local")]
@@ -71,7 +73,12 @@ fn key_values(items: &[String]) -> Map<String, Value> {
 
 pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
     match command {
-        VolumeCommand::Create { driver, opt, label, name } => {
+        VolumeCommand::Create {
+            driver,
+            opt,
+            label,
+            name,
+        } => {
             let body = json!({
                 "Name": name.unwrap_or_default(),
                 "Driver": driver,
@@ -79,10 +86,17 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
                 "Labels": key_values(&label),
             });
             let created = client.post("/volumes/create", Some(&body)).await?;
-            out(&format!("{}\n", created.get("Name").and_then(Value::as_str).unwrap_or("")));
+            out(&format!(
+                "{}\n",
+                created.get("Name").and_then(Value::as_str).unwrap_or("")
+            ));
             Ok(())
         }
-        VolumeCommand::Ls { quiet, filter, format: fmt } => {
+        VolumeCommand::Ls {
+            quiet,
+            filter,
+            format: fmt,
+        } => {
             let mut path = "/volumes".to_string();
             if let Some(f) = filters_json(&filter)? {
                 path.push_str(&format!("?filters={}", enc(&f)));
@@ -94,8 +108,18 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
                 _ => "table {{.Driver}}\t{{.Name}}".into(),
             };
             let format = Format::parse(&template)?;
-            let mut items: Vec<&Value> = list.get("Volumes").and_then(Value::as_array).into_iter().flatten().collect();
-            items.sort_by_key(|v| v.get("Name").and_then(Value::as_str).unwrap_or("").to_string());
+            let mut items: Vec<&Value> = list
+                .get("Volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            items.sort_by_key(|v| {
+                v.get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            });
             let rows: Vec<Value> = items
                 .into_iter()
                 .map(|v| {
@@ -108,17 +132,32 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
                     json!({"Name": s("Name"), "Driver": s("Driver"), "Scope": s("Scope"), "Mountpoint": s("Mountpoint"), "Labels": labels})
                 })
                 .collect();
-            let headers = format::headers(&[("Name", "VOLUME NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE"), ("Mountpoint", "MOUNTPOINT"), ("Labels", "LABELS")]);
+            let headers = format::headers(&[
+                ("Name", "VOLUME NAME"),
+                ("Driver", "DRIVER"),
+                ("Scope", "SCOPE"),
+                ("Mountpoint", "MOUNTPOINT"),
+                ("Labels", "LABELS"),
+            ]);
             out(&format.render_rows(&rows, &headers)?);
             Ok(())
         }
-        VolumeCommand::Inspect { format: fmt, volumes } => {
-            super::networks::inspect_list(client, &volumes, fmt.as_deref(), |v| format!("/volumes/{}", enc(v))).await
+        VolumeCommand::Inspect {
+            format: fmt,
+            volumes,
+        } => {
+            super::networks::inspect_list(client, &volumes, fmt.as_deref(), |v| {
+                format!("/volumes/{}", enc(v))
+            })
+            .await
         }
         VolumeCommand::Rm { force, volumes } => {
             let mut failed = false;
             for v in &volumes {
-                match client.delete(&format!("/volumes/{}?force={}", enc(v), u8::from(force))).await {
+                match client
+                    .delete(&format!("/volumes/{}?force={}", enc(v), u8::from(force)))
+                    .await
+                {
                     Ok(_) => out(&format!("{v}\n")),
                     Err(err) => {
                         eprintln!("{err}");
@@ -140,12 +179,24 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
                 path.push_str(&format!("?filters={}", enc(&f)));
             }
             let answer = client.post(&path, None).await?;
-            let deleted: Vec<&str> = answer.get("VolumesDeleted").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            let deleted: Vec<&str> = answer
+                .get("VolumesDeleted")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             if !deleted.is_empty() {
                 out(&format!("Deleted Volumes:\n{}\n\n", deleted.join("\n")));
             }
-            let reclaimed = answer.get("SpaceReclaimed").and_then(Value::as_f64).unwrap_or(0.0);
-            out(&format!("Total reclaimed space: {}\n", format::human_size(reclaimed)));
+            let reclaimed = answer
+                .get("SpaceReclaimed")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            out(&format!(
+                "Total reclaimed space: {}\n",
+                format::human_size(reclaimed)
+            ));
             Ok(())
         }
     }

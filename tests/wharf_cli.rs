@@ -1,0 +1,768 @@
+//! The `wharf` CLI (issue 21) against a real wharfd: exit codes, `run -it` through a
+//! real pty (tmux: typing into `sh`, ctrl-p ctrl-q detach and `attach` back, resize seen
+//! by `stty size`, the terminal restored), stdin piping, the container lifecycle, and
+//! its outputs compared with the docker CLI's on the same daemon for the same objects.
+
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::daemon::wharf_binary;
+use support::docker::{DockerEnv, Run};
+use support::pods::unique;
+
+/// Runs `wharf -H <the test daemon> args...` (no stdin).
+fn wharf(docker: &DockerEnv, args: &[&str]) -> Run {
+    wharf_with_input(docker, args, None)
+}
+
+fn wharf_command(docker: &DockerEnv) -> Command {
+    let mut command = Command::new(wharf_binary());
+    command
+        .arg("-H")
+        .arg(format!("unix://{}", docker.socket().display()))
+        .env("WHARF_CONFIG", docker.config_dir())
+        .env_remove("WHARF_HOST")
+        .env_remove("DOCKER_HOST");
+    command
+}
+
+fn wharf_with_input(docker: &DockerEnv, args: &[&str], input: Option<&[u8]>) -> Run {
+    let mut command = wharf_command(docker);
+    command
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start wharf");
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("wharf's stdin");
+        stdin.write_all(input).expect("write wharf's stdin");
+    }
+    let output = child.wait_with_output().expect("run wharf");
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs wharf and asserts it succeeded; its stdout, trimmed.
+fn ok(docker: &DockerEnv, args: &[&str]) -> String {
+    let run = wharf(docker, args);
+    assert_eq!(
+        run.status,
+        0,
+        "wharf {args:?} failed ({}): {}{}\n--- wharfd log:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        docker.env.daemon.log()
+    );
+    run.stdout.trim().to_string()
+}
+
+/// A wharfd with the busybox test image pulled through `wharf pull`.
+async fn env_pulled() -> DockerEnv {
+    let docker = DockerEnv::start().await;
+    let image = docker.image.clone();
+    let pulled = ok(&docker, &["pull", &image]);
+    assert!(
+        pulled.contains("Downloaded newer image") || pulled.contains("Image is up to date"),
+        "{pulled}"
+    );
+    docker
+}
+
+#[tokio::test]
+async fn exit_codes_as_docker() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    // run exits with the container's code.
+    let run = wharf(
+        &docker,
+        &[
+            "run",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(
+        (run.status, run.stdout.as_str(), run.stderr.as_str()),
+        (3, "out\n", "err\n"),
+        "{run:?}"
+    );
+    // A daemon error is 125 (an image that does not exist, a bad flag).
+    let run = wharf(
+        &docker,
+        &["run", "--rm", "--pull", "never", "no-such-image:v0", "true"],
+    );
+    assert_eq!(run.status, 125, "{run:?}");
+    assert!(run.stderr.contains("Error response from daemon"), "{run:?}");
+    let run = wharf(&docker, &["run", "--no-such-flag", &image]);
+    assert_eq!(run.status, 125, "{run:?}");
+    // A command that does not exist is 127, as docker against dockerd (the docker CLI
+    // finds its 127 in dockerd's wording, "executable file not found", so against
+    // wharfd's "not found in $PATH" it says 125).
+    let name = unique("missing-cmd");
+    let run = wharf(
+        &docker,
+        &["run", "--name", &name, &image, "/no/such/command"],
+    );
+    assert_eq!(run.status, 127, "{run:?}");
+    assert!(run.stderr.contains("/no/such/command"), "{run:?}");
+    // wharfd refuses it at create: nothing is left behind.
+    assert_eq!(wharf(&docker, &["inspect", &name]).status, 1);
+    // No daemon: a message that says what to do, not an errno.
+    let mut command = Command::new(wharf_binary());
+    let missing = command
+        .args(["ps"])
+        .env("WHARF_HOST", "unix:///nonexistent/wharf-test.sock")
+        .output()
+        .expect("run wharf");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("Start it with"),
+        "{stderr}"
+    );
+    // `run` against no daemon: 125.
+    let missing = Command::new(wharf_binary())
+        .args(["-H", "unix:///nonexistent/wharf-test.sock", "run", &image])
+        .output()
+        .expect("run wharf");
+    assert_eq!(missing.status.code(), Some(125));
+    // DOCKER_HOST is honoured when WHARF_HOST is unset.
+    let via_docker_host = Command::new(wharf_binary())
+        .args(["ps", "-q"])
+        .env_remove("WHARF_HOST")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
+        .output()
+        .expect("run wharf");
+    assert_eq!(
+        via_docker_host.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&via_docker_host.stderr)
+    );
+    // A socket this user may not open: the missing permission is named.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("d.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock_path).expect("bind");
+    std::fs::set_permissions(
+        &sock_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let denied = Command::new(wharf_binary())
+        .args(["-H", &format!("unix://{}", sock_path.display()), "ps"])
+        .uid(65534)
+        .output()
+        .expect("run wharf as nobody");
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(denied.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("write permission"),
+        "{stderr}"
+    );
+}
+
+use std::os::unix::process::CommandExt;
+
+#[tokio::test]
+async fn stdin_piping_logs_exec_and_lifecycle() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    // stdin piped without -t reaches the container and its EOF ends it.
+    let run = wharf_with_input(
+        &docker,
+        &["run", "-i", "--rm", &image, "sh", "-c", "cat; echo done"],
+        Some(b"piped line\n"),
+    );
+    assert_eq!(
+        (run.status, run.stdout.as_str()),
+        (0, "piped line\ndone\n"),
+        "{run:?}"
+    );
+
+    let name = unique("life");
+    let id = ok(
+        &docker,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-e",
+            "GREETING=hi",
+            "-l",
+            "app=life",
+            "-p",
+            "127.0.0.1::80",
+            &image,
+            "sh",
+            "-c",
+            "echo $GREETING; exec sleep 600",
+        ],
+    );
+    assert_eq!(id.len(), 64, "{id}");
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = ok(&docker, &["logs", &name]);
+        if !logs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logs, "hi");
+    assert_eq!(
+        ok(&docker, &["logs", "-t", "--tail", "1", &name])
+            .split_once(' ')
+            .map(|(_, l)| l),
+        Some("hi")
+    );
+    // exec: output, environment, user, workdir, and its exit code.
+    assert_eq!(
+        ok(
+            &docker,
+            &[
+                "exec",
+                "-e",
+                "X=1",
+                "-w",
+                "/tmp",
+                &name,
+                "sh",
+                "-c",
+                "echo $X $(pwd) $(id -u)"
+            ]
+        ),
+        "1 /tmp 0"
+    );
+    assert_eq!(
+        ok(&docker, &["exec", "-u", "65534", &name, "id", "-u"]),
+        "65534"
+    );
+    let failed = wharf(&docker, &["exec", &name, "sh", "-c", "exit 4"]);
+    assert_eq!(failed.status, 4, "{failed:?}");
+    let piped = wharf_with_input(&docker, &["exec", "-i", &name, "cat"], Some(b"to exec\n"));
+    assert_eq!(piped.stdout, "to exec\n");
+    ok(&docker, &["exec", "-d", &name, "touch", "/tmp/detached"]);
+    // port, top, diff, pause, unpause, rename, restart, stop, wait, rm.
+    let port = ok(&docker, &["port", &name]);
+    assert_eq!(
+        port,
+        docker.ok(&["port", &name]),
+        "wharf port differs from docker port"
+    );
+    assert!(ok(&docker, &["top", &name]).contains("sleep 600"));
+    ok(&docker, &["pause", &name]);
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.State.Status}}", &name]),
+        "paused"
+    );
+    ok(&docker, &["unpause", &name]);
+    let renamed = unique("renamed");
+    ok(&docker, &["rename", &name, &renamed]);
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.Name}}", &id]),
+        format!("/{renamed}")
+    );
+    assert!(
+        ok(&docker, &["diff", &renamed])
+            .lines()
+            .any(|l| l == "A /tmp/detached" || l == "C /tmp"),
+        "diff"
+    );
+    ok(&docker, &["restart", "-t", "1", &renamed]);
+    assert_eq!(ok(&docker, &["stop", "-t", "1", &renamed]), renamed);
+    assert_eq!(ok(&docker, &["wait", &renamed]), "137");
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.State.ExitCode}}", &renamed]),
+        "137"
+    );
+    // cp both ways, export, commit.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("in.txt");
+    std::fs::write(&local, "copied in\n").expect("write");
+    ok(&docker, &["start", &renamed]);
+    ok(
+        &docker,
+        &[
+            "cp",
+            &local.display().to_string(),
+            &format!("{renamed}:/tmp/"),
+        ],
+    );
+    assert_eq!(
+        ok(&docker, &["exec", &renamed, "cat", "/tmp/in.txt"]),
+        "copied in"
+    );
+    let back = dir.path().join("out.txt");
+    ok(
+        &docker,
+        &[
+            "cp",
+            &format!("{renamed}:/tmp/in.txt"),
+            &back.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&back).expect("read the copy"),
+        "copied in\n"
+    );
+    let tar = dir.path().join("fs.tar");
+    ok(
+        &docker,
+        &["export", "-o", &tar.display().to_string(), &renamed],
+    );
+    assert!(std::fs::metadata(&tar).expect("export").len() > 100_000);
+    let committed = format!("wharf-committed-{}:v1", std::process::id());
+    let image_id = ok(
+        &docker,
+        &[
+            "commit",
+            "-c",
+            "CMD [\"cat\", \"/tmp/in.txt\"]",
+            &renamed,
+            &committed,
+        ],
+    );
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    assert_eq!(ok(&docker, &["run", "--rm", &committed]), "copied in");
+    // rm refuses a running container without -f, as docker.
+    let refused = wharf(&docker, &["rm", &renamed]);
+    assert_eq!(refused.status, 1, "{refused:?}");
+    assert_eq!(ok(&docker, &["rm", "-f", "-v", &renamed]), renamed);
+    let gone = wharf(&docker, &["inspect", &renamed]);
+    assert_eq!(gone.status, 1);
+    assert!(gone.stderr.contains("No such object"), "{gone:?}");
+    ok(&docker, &["rmi", &committed]);
+}
+
+#[tokio::test]
+async fn outputs_match_the_docker_cli() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("cmp");
+    ok(
+        &docker,
+        &[
+            "run", "-d", "--name", &name, "-l", "k=v", &image, "sleep", "600",
+        ],
+    );
+    let stopped = unique("cmp-exited");
+    ok(
+        &docker,
+        &[
+            "create",
+            "--name",
+            &stopped,
+            &image,
+            "echo",
+            "a very long command line that docker truncates",
+        ],
+    );
+    // The same fields, through the same templates, for the same objects.
+    for format in [
+        "{{.ID}} {{.Image}} {{.Command}} {{.Names}} {{.Labels}} {{.State}}",
+        "table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.Names}}",
+        "{{json .Names}}",
+    ] {
+        assert_eq!(
+            ok(&docker, &["ps", "-a", "--format", format]),
+            docker.ok(&["ps", "-a", "--format", format]),
+            "ps --format {format}"
+        );
+    }
+    for args in [
+        &["ps", "-q"][..],
+        &["ps", "-aq"],
+        &["ps", "-a", "-q", "--no-trunc"],
+        &["ps", "-q", "--filter", "label=k=v"],
+        &["ps", "-a", "-n", "1", "-q"],
+    ] {
+        assert_eq!(ok(&docker, args), docker.ok(args), "{args:?}");
+    }
+    // The default table: the same header, columns at the same places.
+    let ours = ok(&docker, &["ps", "-a"]);
+    let theirs = docker.ok(&["ps", "-a"]);
+    // (Column widths follow the values, and CREATED/STATUS change with time.)
+    let header = |t: &str| -> Vec<String> {
+        t.lines()
+            .next()
+            .unwrap_or("")
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        header(&ours),
+        header(&theirs),
+        "ps header\n{ours}\n{theirs}"
+    );
+    assert_eq!(ours.lines().count(), theirs.lines().count());
+    let names_at = ours
+        .lines()
+        .next()
+        .and_then(|h| h.find("NAMES"))
+        .expect("NAMES column");
+    for line in ours.lines().skip(1) {
+        // Columns are aligned in characters ("…" is one).
+        let rest: String = line.chars().skip(names_at).collect();
+        assert!(rest == name || rest == stopped, "NAMES not aligned: {ours}");
+    }
+    for format in [
+        "{{.State.Status}}",
+        "{{.Name}} {{.Config.Image}} {{index .Config.Labels \"k\"}}",
+        "{{json .Config.Labels}}",
+        "{{range .Config.Cmd}}<{{.}}>{{end}}",
+        "{{.HostConfig.NetworkMode}} {{len .Config.Cmd}}",
+    ] {
+        for object in [&name, &stopped] {
+            assert_eq!(
+                ok(&docker, &["inspect", "--format", format, object]),
+                docker.ok(&["inspect", "--format", format, object]),
+                "inspect --format {format} {object}"
+            );
+        }
+    }
+    // The whole inspect document is the daemon's, unchanged.
+    let ours: serde_json::Value =
+        serde_json::from_str(&ok(&docker, &["inspect", &name])).expect("wharf inspect is JSON");
+    let theirs: serde_json::Value =
+        serde_json::from_str(&docker.ok(&["inspect", &name])).expect("docker inspect is JSON");
+    assert_eq!(ours, theirs);
+    let ours: serde_json::Value =
+        serde_json::from_str(&ok(&docker, &["inspect", &image])).expect("image inspect");
+    assert_eq!(ours[0]["RepoTags"][0], image.as_str());
+    // Images.
+    for args in [
+        &["images", "-q"][..],
+        &[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}",
+        ],
+        &["images", "--digests", "--format", "{{.Digest}}"],
+        &["images", "-q", "--no-trunc"],
+    ] {
+        assert_eq!(ok(&docker, args), docker.ok(args), "{args:?}");
+    }
+    assert_eq!(
+        header(&ok(&docker, &["images"])),
+        header(&docker.ok(&["images"]))
+    );
+    assert_eq!(
+        ok(&docker, &["history", "-q", &image]),
+        docker.ok(&["history", "-q", &image])
+    );
+    assert_eq!(
+        ok(&docker, &["version", "--format", "{{.Server.APIVersion}}"]),
+        "1.41"
+    );
+    assert_eq!(
+        ok(
+            &docker,
+            &["info", "--format", "{{.Containers}} {{.CgroupDriver}}"]
+        ),
+        docker.ok(&["info", "--format", "{{.Containers}} {{.CgroupDriver}}"])
+    );
+    // Volumes and networks.
+    let volume = unique("vol");
+    ok(&docker, &["volume", "create", "--label", "a=b", &volume]);
+    assert_eq!(
+        ok(&docker, &["volume", "ls", "-q"]),
+        docker.ok(&["volume", "ls", "-q"])
+    );
+    assert_eq!(
+        ok(
+            &docker,
+            &[
+                "volume",
+                "inspect",
+                "-f",
+                "{{.Name}} {{.Driver}} {{.Labels}}",
+                &volume
+            ]
+        )
+        .split(' ')
+        .next(),
+        Some(volume.as_str())
+    );
+    assert_eq!(ok(&docker, &["volume", "rm", &volume]), volume);
+    let network = unique("net");
+    ok(&docker, &["network", "create", &network]);
+    assert_eq!(
+        ok(
+            &docker,
+            &["network", "ls", "--format", "{{.Name}} {{.Driver}}"]
+        ),
+        docker.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"])
+    );
+    assert_eq!(
+        ok(
+            &docker,
+            &["network", "inspect", "-f", "{{.Name}}", &network]
+        ),
+        network
+    );
+    ok(&docker, &["network", "rm", &network]);
+    // Tags, save and load, rmi.
+    let tagged = format!("wharf-tagged-{}:v2", std::process::id());
+    ok(&docker, &["tag", &image, &tagged]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("img.tar");
+    ok(
+        &docker,
+        &["save", "-o", &archive.display().to_string(), &tagged],
+    );
+    ok(&docker, &["rmi", &tagged]);
+    let loaded = ok(&docker, &["load", "-i", &archive.display().to_string()]);
+    assert!(
+        loaded.contains(&format!("Loaded image: {tagged}")),
+        "{loaded}"
+    );
+    let removed = ok(&docker, &["rmi", &tagged]);
+    assert!(
+        removed.contains(&format!("Untagged: {tagged}")),
+        "{removed}"
+    );
+    // Stats without streaming: one row per running container.
+    let stats = ok(
+        &docker,
+        &["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}"],
+    );
+    assert_eq!(stats, format!("{name} 1"));
+    ok(&docker, &["rm", "-f", &name, &stopped]);
+}
+
+#[test]
+fn completion_scripts_and_help() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef wharf"),
+        ("fish", "complete -c wharf"),
+    ] {
+        let output = Command::new(wharf_binary())
+            .args(["completion", shell])
+            .output()
+            .expect("run wharf completion");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        assert!(
+            script.contains(marker) && script.contains("detach-keys"),
+            "{shell}: {script:.300}"
+        );
+    }
+    let help = Command::new(wharf_binary())
+        .args(["run", "--help"])
+        .output()
+        .expect("run wharf run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("--detach-keys"),
+        "{help}"
+    );
+}
+
+/// A tmux server of its own, killed on drop.
+struct Tmux {
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        let tmux = support::require_installed("/usr/bin/tmux", "tmux");
+        assert!(tmux.exists());
+        let dir = tempfile::tempdir().expect("tempdir");
+        Tmux {
+            socket: dir.path().join("tmux.sock"),
+            _dir: dir,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A new window of 80x24 running `shell_command`, kept after it exits.
+    fn start(&self, name: &str, shell_command: &str) {
+        if self.socket.exists() {
+            self.cmd(&["new-window", "-t", "main", "-n", name, shell_command]);
+        } else {
+            self.cmd(&[
+                "new-session",
+                "-d",
+                "-s",
+                "main",
+                "-n",
+                name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                shell_command,
+            ]);
+        }
+    }
+
+    fn screen(&self, name: &str) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", &format!("main:{name}")])
+    }
+
+    fn keys(&self, name: &str, keys: &[&str]) {
+        let target = format!("main:{name}");
+        let mut args = vec!["send-keys", "-t", target.as_str()];
+        args.extend_from_slice(keys);
+        self.cmd(&args);
+    }
+
+    async fn wait_for(&self, name: &str, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen(name);
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what:?} never appeared in tmux window {name}:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn run_it_through_a_pty_detach_attach_resize() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let tmux = Tmux::new();
+    let name = unique("pty");
+    let cli = format!("{} -H unix://{}", wharf_binary(), docker.socket().display());
+    // After wharf: its exit code, and whether the terminal is back in canonical mode.
+    let after = "echo WHARF-EXIT=$?; stty -a | grep -o -- '-*icanon' | sed 's/^/MODE=/'; sleep 600";
+    tmux.start(
+        "run",
+        &format!("{cli} run -it --name {name} {image} sh; {after}"),
+    );
+    tmux.wait_for("run", "/ #").await;
+    tmux.keys("run", &["echo typed-$((6*7))", "Enter"]);
+    tmux.wait_for("run", "typed-42").await;
+    // The size at start, then a resize forwarded by SIGWINCH.
+    tmux.keys("run", &["stty size", "Enter"]);
+    tmux.wait_for("run", "24 80").await;
+    tmux.cmd(&["resize-window", "-t", "main:run", "-x", "100", "-y", "30"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tmux.keys("run", &["clear; stty size", "Enter"]);
+    tmux.wait_for("run", "30 100").await;
+    // ctrl-p ctrl-q: wharf exits 0, the container keeps running, the terminal is back.
+    tmux.keys("run", &["C-p", "C-q"]);
+    let screen = tmux.wait_for("run", "MODE=").await;
+    assert!(
+        screen.contains("WHARF-EXIT=0") && screen.contains("MODE=icanon"),
+        "{screen}"
+    );
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.State.Running}}", &name]),
+        "true"
+    );
+    // attach: the same shell, then its exit code.
+    tmux.start("attach", &format!("{cli} attach {name}; {after}"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tmux.keys("attach", &["echo back-$((1+1))", "Enter"]);
+    tmux.wait_for("attach", "back-2").await;
+    tmux.keys("attach", &["exit 7", "Enter"]);
+    let screen = tmux.wait_for("attach", "MODE=").await;
+    assert!(
+        screen.contains("WHARF-EXIT=7") && screen.contains("MODE=icanon"),
+        "{screen}"
+    );
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.State.ExitCode}}", &name]),
+        "7"
+    );
+    // exec -it, and a wharf killed by SIGTERM in raw mode still restores the terminal.
+    ok(&docker, &["start", &name]);
+    tmux.start("exec", &format!("{cli} exec -it {name} sh; {after}"));
+    tmux.wait_for("exec", "/ #").await;
+    // The exec'd TTY has the window's size from the start.
+    let size = tmux.cmd(&[
+        "display-message",
+        "-p",
+        "-t",
+        "main:exec",
+        "#{window_height} #{window_width}",
+    ]);
+    tmux.keys("exec", &["stty size", "Enter"]);
+    tmux.wait_for("exec", size.trim()).await;
+    let pane_pid = tmux.cmd(&["display-message", "-p", "-t", "main:exec", "#{pane_pid}"]);
+    let shell = pane_pid.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the pane's children");
+    let wharf_pid: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("wharf's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(wharf_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM wharf");
+    let screen = tmux.wait_for("exec", "MODE=").await;
+    assert!(
+        screen.contains("MODE=icanon") && !screen.contains("MODE=-icanon"),
+        "{screen}"
+    );
+    // --rm with -it: the container is gone after its shell exits.
+    let gone = unique("pty-rm");
+    tmux.start(
+        "rm",
+        &format!("{cli} run -it --rm --name {gone} {image} sh; {after}"),
+    );
+    tmux.wait_for("rm", "/ #").await;
+    tmux.keys("rm", &["exit 5", "Enter"]);
+    let screen = tmux.wait_for("rm", "MODE=").await;
+    assert!(screen.contains("WHARF-EXIT=5"), "{screen}");
+    assert_eq!(wharf(&docker, &["inspect", &gone]).status, 1);
+    ok(&docker, &["rm", "-f", &name]);
+}
