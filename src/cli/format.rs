@@ -2,14 +2,14 @@
 //! tabwriter (minimum width 10, padding 3, as the docker CLI), `json`, and the humanized
 //! sizes and durations docker prints (go-units' rules).
 //!
-//! Templates are evaluated by the `gtmpl` crate (Go's text/template in Rust) with
-//! docker's extra functions (`json`, `join`, `split`, `upper`, `lower`, `title`,
-//! `truncate`, `pad`). Known differences from Go, documented rather than hidden: a map
-//! or list printed whole (`{{.Config.Env}}`) is printed as JSON here instead of Go's
-//! `map[k:v]` / `[a b]` (values printed by a template are objects of this CLI's own
-//! rows are printed as Go prints them), and `range` over a map visits keys in an
-//! unspecified order (Go sorts them). Methods with arguments (`.Label "k"`) are not
-//! supported; `index .Labels "k"` is.
+//! Templates are evaluated by the `gtmpl` crate (Go's text/template in Rust: fields,
+//! pipelines, `range`, `if`, `with`, `index`, `len`, `printf`...) with docker's extra
+//! functions (`json`, `join`, `split`, `upper`, `lower`, `title`, `truncate`, `pad`),
+//! rather than a hand-written subset. Known differences from Go, documented rather
+//! than hidden: a list or map printed whole (`{{.Config.Env}}`) prints in gtmpl's own
+//! form instead of Go's `[a b]` / `map[k:v]` (use `json` or `join`), `range` over a
+//! map visits keys in an unspecified order (Go sorts them), and methods with arguments
+//! (`.Label "k"`) are not supported (`index .Labels "k"` is).
 
 use std::collections::HashMap;
 
