@@ -773,13 +773,23 @@ async fn registry_system_and_cri_views() {
     let image = docker.image.clone();
     let host = docker.env.registry.host();
     // login stores the credentials 0600, logout takes them back.
-    let login = wharf_with_input(&docker, &["login", "-u", "tester", "--password-stdin", &host], Some(b"secret\n"));
+    let login = wharf_with_input(
+        &docker,
+        &["login", "-u", "tester", "--password-stdin", &host],
+        Some(b"secret\n"),
+    );
     assert_eq!(login.status, 0, "{login:?}");
     assert!(login.stdout.contains("Login Succeeded"), "{login:?}");
     let auth_file = docker.config_dir().join("auth.json");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&auth_file).expect("auth.json").permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&auth_file)
+            .expect("auth.json")
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
-    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth_file).expect("read auth.json")).expect("auth.json is JSON");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).expect("read auth.json"))
+            .expect("auth.json is JSON");
     assert_eq!(stored["auths"][&host]["auth"], "dGVzdGVyOnNlY3JldA==");
     // push (with those credentials sent), then pull -q of what was pushed.
     let target = format!("{host}/pushed/{}:v1", unique("wharf"));
@@ -788,25 +798,62 @@ async fn registry_system_and_cri_views() {
     assert!(pushed.contains("The push refers to repository"), "{pushed}");
     ok(&docker, &["rmi", &target]);
     assert_eq!(ok(&docker, &["pull", "-q", &target]), target);
-    assert_eq!(ok(&docker, &["images", "-q", &target]), docker.ok(&["images", "-q", &target]));
+    assert_eq!(
+        ok(&docker, &["images", "-q", &target]),
+        docker.ok(&["images", "-q", &target])
+    );
     ok(&docker, &["rmi", &target]);
-    assert_eq!(ok(&docker, &["logout", &host]), format!("Removing login credentials for {host}"));
+    assert_eq!(
+        ok(&docker, &["logout", &host]),
+        format!("Removing login credentials for {host}")
+    );
     // import of a root filesystem tarball.
     let dir = tempfile::tempdir().expect("tempdir");
     let name = unique("imp");
     ok(&docker, &["create", "--name", &name, &image]);
     let rootfs = dir.path().join("rootfs.tar");
-    ok(&docker, &["export", "-o", &rootfs.display().to_string(), &name]);
+    ok(
+        &docker,
+        &["export", "-o", &rootfs.display().to_string(), &name],
+    );
     let imported = format!("wharf-imported-{}:v1", std::process::id());
-    let id = ok(&docker, &["import", "-c", "CMD [\"echo\", \"from import\"]", &rootfs.display().to_string(), &imported]);
+    let id = ok(
+        &docker,
+        &[
+            "import",
+            "-c",
+            "CMD [\"echo\", \"from import\"]",
+            &rootfs.display().to_string(),
+            &imported,
+        ],
+    );
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(ok(&docker, &["run", "--rm", &imported]), "from import");
     ok(&docker, &["rmi", &imported]);
     ok(&docker, &["rm", &name]);
     // events in a window of the past; df's table as docker's.
-    let events = ok(&docker, &["events", "--since", "5m", "--until", "0s", "--filter", "type=container", "--format", "{{.Action}}"]);
-    assert!(events.lines().any(|l| l == "create") && events.lines().any(|l| l == "destroy"), "{events}");
-    let df = ok(&docker, &["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    let events = ok(
+        &docker,
+        &[
+            "events",
+            "--since",
+            "5m",
+            "--until",
+            "0s",
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}}",
+        ],
+    );
+    assert!(
+        events.lines().any(|l| l == "create") && events.lines().any(|l| l == "destroy"),
+        "{events}"
+    );
+    let df = ok(
+        &docker,
+        &["system", "df", "--format", "{{.Type}} {{.TotalCount}}"],
+    );
     let docker_df = docker.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
     assert_eq!(df, docker_df);
     // The CRI views: pods and containers kubelet would run, never Docker's.
@@ -816,11 +863,21 @@ async fn registry_system_and_cri_views() {
     let ctr_id = docker.env.run(&pod_id, &pod, &config).await;
     let cri = docker.env.daemon.paths.cri_socket.display().to_string();
     let pods = ok(&docker, &["--cri-socket", &cri, "pods"]);
-    assert!(pods.starts_with("POD ID") && pods.contains(&pod_id[..12]) && pods.contains("Ready"), "{pods}");
+    assert!(
+        pods.starts_with("POD ID") && pods.contains(&pod_id[..12]) && pods.contains("Ready"),
+        "{pods}"
+    );
     assert_eq!(ok(&docker, &["--cri-socket", &cri, "pods", "-q"]), pod_id);
     let ctrs = ok(&docker, &["--cri-socket", &cri, "ctr"]);
-    assert!(ctrs.contains(&ctr_id[..12]) && ctrs.contains("sleeper") && ctrs.contains("Running"), "{ctrs}");
-    assert_eq!(ok(&docker, &["ps", "-aq"]), "", "wharf ps lists no CRI container");
+    assert!(
+        ctrs.contains(&ctr_id[..12]) && ctrs.contains("sleeper") && ctrs.contains("Running"),
+        "{ctrs}"
+    );
+    assert_eq!(
+        ok(&docker, &["ps", "-aq"]),
+        "",
+        "wharf ps lists no CRI container"
+    );
     let info = ok(&docker, &["--cri-socket", &cri, "info"]);
     assert!(info.contains("RuntimeReady: true"), "{info}");
     docker.env.stop_container(&ctr_id, 1).await;

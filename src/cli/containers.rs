@@ -933,9 +933,11 @@ async fn create(
     match opts.pull.as_str() {
         "always" => super::images::pull_image(client, &image, false, true).await?,
         "missing" | "never" => {}
-        other => return Err(CliError::usage(format!(
+        other => {
+            return Err(CliError::usage(format!(
             "invalid pull option: {other:?}: must be one of \"always\", \"missing\" or \"never\""
-        ))),
+        )))
+        }
     }
     let created = match client.post(&path, Some(&body)).await {
         Err(err)
@@ -1539,18 +1541,15 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
     if trunc && image.starts_with("sha256:") {
         image = format::short_id(&image);
     }
-    let size = match (
-        c.get("SizeRw").and_then(Value::as_i64),
-        c.get("SizeRootFs").and_then(Value::as_i64),
-    ) {
-        (None, None) => String::new(),
-        (rw, root) => {
-            let rw = format::human_size(rw.unwrap_or(0) as f64);
-            match root {
-                Some(root) => format!("{rw} (virtual {})", format::human_size(root as f64)),
-                None => rw,
-            }
-        }
+    // As docker's: the writable layer, and the virtual size when the daemon sent it.
+    let rw = format::human_size(c.get("SizeRw").and_then(Value::as_i64).unwrap_or(0) as f64);
+    let size = match c
+        .get("SizeRootFs")
+        .and_then(Value::as_i64)
+        .filter(|r| *r > 0)
+    {
+        Some(root) => format!("{rw} (virtual {})", format::human_size(root as f64)),
+        None => rw,
     };
     let mounts: Vec<String> = c
         .get("Mounts")
@@ -1577,13 +1576,7 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         .and_then(Value::as_object)
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let created_at = chrono::DateTime::from_timestamp(created, 0)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S %z %Z")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let created_at = format::go_time(created);
     json!({
         "ID": if trunc { format::short_id(&id) } else { id },
         "Image": image,
@@ -1598,6 +1591,7 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         "Labels": labels_text,
         "Mounts": mounts.join(","),
         "Networks": networks.join(","),
+        "Platform": Value::Null,
         "LocalVolumes": c.get("Mounts").and_then(Value::as_array).map(|m| m.iter().filter(|m| m.get("Driver").and_then(Value::as_str) == Some("local")).count()).unwrap_or(0).to_string(),
     })
 }
@@ -1763,8 +1757,15 @@ pub fn log_time(text: &str) -> Result<String> {
             "invalid time {text:?}: a duration needs a unit (s, m, h)"
         )));
     }
-    let now = chrono::Utc::now().timestamp() as f64;
-    Ok(format!("{:.0}", now - total))
+    // Seconds with nanoseconds, as docker sends it: "now" is now, not its second.
+    let now = chrono::Utc::now();
+    let nanos = now.timestamp() as i128 * 1_000_000_000 + now.timestamp_subsec_nanos() as i128
+        - (total * 1e9) as i128;
+    Ok(format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    ))
 }
 
 async fn wait(client: &Client, names: Names) -> Result<()> {
@@ -1891,7 +1892,8 @@ async fn top(client: &Client, args: TopArgs) -> Result<()> {
         text.push_str(&cells.join("\t"));
         text.push('\n');
     }
-    out(&format::align(&text));
+    // docker's top table has columns of at least 20.
+    out(&format::align_min(&text, 20));
     Ok(())
 }
 
@@ -2365,10 +2367,8 @@ async fn stats(client: &Client, args: StatsArgs) -> Result<()> {
         } else {
             out(&text);
         }
-        if args.no_stream || !live {
-            if args.no_stream {
-                return Ok(());
-            }
+        if args.no_stream {
+            return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

@@ -272,12 +272,17 @@ impl Format {
 /// Go's tabwriter as docker configures it (minwidth 10, padding 3, spaces): each
 /// tab-terminated cell is padded to its column's widest cell plus 3, at least 10.
 pub fn align(text: &str) -> String {
+    align_min(text, 10)
+}
+
+/// As [`align`] with columns of at least `min_width`.
+pub fn align_min(text: &str, min_width: usize) -> String {
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     let mut widths: Vec<usize> = Vec::new();
     for cells in &lines {
         // The last cell of a line is not tab-terminated: it takes no column width.
         for (i, cell) in cells.iter().enumerate().take(cells.len().saturating_sub(1)) {
-            let w = (cell.chars().count() + 3).max(10);
+            let w = (cell.chars().count() + 3).max(min_width);
             if widths.len() <= i {
                 widths.push(w);
             } else if widths[i] < w {
@@ -312,6 +317,11 @@ pub fn headers(pairs: &[(&str, &str)]) -> Value {
 
 /// go-units' HumanSizeWithPrecision(size, 3): decimal units, 3 significant digits.
 pub fn human_size(size: f64) -> String {
+    human_size_precision(size, 3)
+}
+
+/// go-units' HumanSizeWithPrecision (HumanSize is precision 4).
+pub fn human_size_precision(size: f64, precision: usize) -> String {
     const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut size = size;
     let mut i = 0;
@@ -319,7 +329,22 @@ pub fn human_size(size: f64) -> String {
         size /= 1000.0;
         i += 1;
     }
-    format!("{}{}", go_g(size, 3), UNITS[i])
+    format!("{}{}", go_g(size, precision), UNITS[i])
+}
+
+/// A UNIX time as Go's `time.Time.String()` in local time (the zone as "UTC" when the
+/// offset is zero: chrono has no zone abbreviations).
+pub fn go_time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| {
+            let local = t.with_timezone(&chrono::Local);
+            if local.offset().local_minus_utc() == 0 {
+                local.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
+            } else {
+                local.format("%Y-%m-%d %H:%M:%S %z %:z").to_string()
+            }
+        })
+        .unwrap_or_default()
 }
 
 /// go-units' BytesSize: binary units (KiB, MiB), 4 significant digits (stats).

@@ -451,7 +451,8 @@ pub async fn pull_image(
         )
         .await?;
     progress(response, quiet, to_stderr).await?;
-    if quiet {
+    // The reference pulled, as docker prints it last (also with -q; not for `run`).
+    if !to_stderr {
         let full = if digest.is_some() || tag.is_some() {
             reference.to_string()
         } else {

@@ -114,7 +114,7 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
         "ApiVersion": API_VERSION,
         "APIVersion": API_VERSION,
         "Os": std::env::consts::OS,
-        "Arch": std::env::consts::ARCH,
+        "Arch": go_arch(),
         "Host": client.host.to_string(),
     });
     let server = client.get("/version").await;
@@ -136,7 +136,7 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
         "Client: wharf\n Version:           {}\n API version:       {API_VERSION}\n OS/Arch:           {}/{}\n Host:              {}\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::OS,
-        std::env::consts::ARCH,
+        go_arch(),
         client.host
     );
     let server = match server {
@@ -357,7 +357,7 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
     let image_size: f64 = images
         .iter()
         .map(|i| num(i, "Size") - num(i, "SharedSize").max(0.0))
-        .sum::<f64>()
+        .fold(0.0, |a, b| a + b)
         + images
             .iter()
             .map(|i| num(i, "SharedSize").max(0.0))
@@ -367,8 +367,11 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
         .iter()
         .filter(|i| num(i, "Containers") <= 0.0)
         .map(|i| num(i, "Size"))
-        .sum();
-    let rw: f64 = containers.iter().map(|c| num(c, "SizeRw")).sum();
+        .fold(0.0, |a, b| a + b);
+    let rw: f64 = containers
+        .iter()
+        .map(|c| num(c, "SizeRw"))
+        .fold(0.0, |a, b| a + b);
     let active_containers = containers
         .iter()
         .filter(|c| c.get("State").and_then(Value::as_str) == Some("running"))
@@ -377,14 +380,14 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
         .iter()
         .filter(|c| c.get("State").and_then(Value::as_str) != Some("running"))
         .map(|c| num(c, "SizeRw"))
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let vol_size = |v: &Value| {
         v.pointer("/UsageData/Size")
             .and_then(Value::as_f64)
             .unwrap_or(0.0)
             .max(0.0)
     };
-    let vol_total: f64 = volumes.iter().map(vol_size).sum();
+    let vol_total: f64 = volumes.iter().map(vol_size).fold(0.0, |a, b| a + b);
     let active_volumes = volumes
         .iter()
         .filter(|v| {
@@ -403,22 +406,18 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
                 <= 0
         })
         .map(vol_size)
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let reclaim = |part: f64, total: f64| {
         if total > 0.0 {
-            format!(
-                "{} ({:.0}%)",
-                format::human_size(part),
-                part / total * 100.0
-            )
+            format!("{} ({:.0}%)", hs(part), part / total * 100.0)
         } else {
-            format::human_size(part)
+            hs(part)
         }
     };
     let rows = vec![
-        json!({"Type": "Images", "TotalCount": images.len().to_string(), "Active": active_images.to_string(), "Size": format::human_size(image_size), "Reclaimable": reclaim(unused_image_size, image_size)}),
-        json!({"Type": "Containers", "TotalCount": containers.len().to_string(), "Active": active_containers.to_string(), "Size": format::human_size(rw), "Reclaimable": reclaim(stopped_rw, rw)}),
-        json!({"Type": "Local Volumes", "TotalCount": volumes.len().to_string(), "Active": active_volumes.to_string(), "Size": format::human_size(vol_total), "Reclaimable": reclaim(unused_volumes, vol_total)}),
+        json!({"Type": "Images", "TotalCount": images.len().to_string(), "Active": active_images.to_string(), "Size": hs(image_size), "Reclaimable": reclaim(unused_image_size, image_size)}),
+        json!({"Type": "Containers", "TotalCount": containers.len().to_string(), "Active": active_containers.to_string(), "Size": hs(rw), "Reclaimable": reclaim(stopped_rw, rw)}),
+        json!({"Type": "Local Volumes", "TotalCount": volumes.len().to_string(), "Active": active_volumes.to_string(), "Size": hs(vol_total), "Reclaimable": reclaim(unused_volumes, vol_total)}),
         json!({"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B", "Reclaimable": "0B"}),
     ];
     let template = format.unwrap_or_else(|| {
@@ -455,9 +454,9 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
                 "{repo}\t{tag}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                 format::short_id(i.get("Id").and_then(Value::as_str).unwrap_or("")),
                 format::ago(num(i, "Created") as i64),
-                format::human_size(num(i, "Size")),
-                format::human_size(shared),
-                format::human_size(num(i, "Size") - shared),
+                hs(num(i, "Size")),
+                hs(shared),
+                hs(num(i, "Size") - shared),
                 num(i, "Containers") as i64
             ));
         }
@@ -485,7 +484,7 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
                     .and_then(Value::as_array)
                     .map(Vec::len)
                     .unwrap_or(0),
-                format::human_size(num(c, "SizeRw")),
+                hs(num(c, "SizeRw")),
                 format::ago(num(c, "Created") as i64),
                 s("Status"),
                 names.join(",")
@@ -501,7 +500,7 @@ async fn df(client: &Client, verbose: bool, format: Option<String>) -> Result<()
                 v.pointer("/UsageData/RefCount")
                     .and_then(Value::as_i64)
                     .unwrap_or(0),
-                format::human_size(vol_size(v))
+                hs(vol_size(v))
             ));
         }
         text.push_str(&format::align(&t));
@@ -573,10 +572,7 @@ async fn prune(client: &Client, all: bool, force: bool, volumes: bool) -> Result
         .get("SpaceReclaimed")
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
-    out(&format!(
-        "Total reclaimed space: {}\n",
-        format::human_size(reclaimed)
-    ));
+    out(&format!("Total reclaimed space: {}\n", hs(reclaimed)));
     Ok(())
 }
 
@@ -590,5 +586,20 @@ fn print_list(title: &str, answer: &Value, key: &str) {
         .collect();
     if !items.is_empty() {
         out(&format!("{title}\n{}\n\n", items.join("\n")));
+    }
+}
+
+/// go-units' HumanSize (4 significant digits), as docker's df and prune print sizes.
+fn hs(size: f64) -> String {
+    format::human_size_precision(size, 4)
+}
+
+/// This machine's architecture as Go (and docker) names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
     }
 }
