@@ -798,6 +798,19 @@ async fn registry_system_and_cri_views() {
     assert!(pushed.contains("The push refers to repository"), "{pushed}");
     ok(&docker, &["rmi", &target]);
     assert_eq!(ok(&docker, &["pull", "-q", &target]), target);
+    // run pulls a missing image first (--pull missing), telling so on stderr.
+    ok(&docker, &["rmi", &target]);
+    let auto = wharf(&docker, &["run", "--rm", &target, "echo", "auto"]);
+    assert_eq!(
+        (auto.status, auto.stdout.as_str()),
+        (0, "auto\n"),
+        "{auto:?}"
+    );
+    assert!(
+        auto.stderr
+            .contains(&format!("Unable to find image '{target}' locally")),
+        "{auto:?}"
+    );
     assert_eq!(
         ok(&docker, &["images", "-q", &target]),
         docker.ok(&["images", "-q", &target])
@@ -884,4 +897,31 @@ async fn registry_system_and_cri_views() {
     docker.env.remove_container(&ctr_id).await;
     docker.env.stop_pod(&pod_id).await;
     docker.env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test]
+async fn run_it_when_the_daemon_goes_away() {
+    let mut docker = env_pulled().await;
+    let image = docker.image.clone();
+    let tmux = Tmux::new();
+    let cli = format!("{} -H unix://{}", wharf_binary(), docker.socket().display());
+    let after = "echo WHARF-EXIT=$?; stty -a | grep -o -- '-*icanon' | sed 's/^/MODE=/'; sleep 600";
+    // Custom detach keys are watched instead of ctrl-p ctrl-q.
+    tmux.start(
+        "run",
+        &format!(
+            "{cli} run -it --detach-keys ctrl-x,x --name {} {image} sh; {after}",
+            unique("gone")
+        ),
+    );
+    tmux.wait_for("run", "/ #").await;
+    tmux.keys("run", &["C-p", "C-q", "echo still-$((2+3))", "Enter"]);
+    tmux.wait_for("run", "still-5").await;
+    // The connection drops with the daemon: wharf ends with an error, the terminal back.
+    docker.env.daemon.kill9();
+    let screen = tmux.wait_for("run", "MODE=").await;
+    assert!(
+        screen.contains("MODE=icanon") && !screen.contains("WHARF-EXIT=0"),
+        "{screen}"
+    );
 }

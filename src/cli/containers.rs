@@ -1078,8 +1078,13 @@ impl Session {
                     "application/json",
                 )
                 .await?;
+            let wait_id = id.clone();
             Some(tokio::spawn(async move {
-                let bytes = connection::read_body(response, "wait").await?;
+                let bytes = connection::read_body(response, "wait").await.map_err(|err| {
+                    CliError::connect(format!(
+                        "waiting for container {wait_id}: the connection to wharfd broke ({err}); the container may still run"
+                    ))
+                })?;
                 let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
                     CliError::internal(format!("waiting for the container: a bad answer ({err})"))
                 })?;
