@@ -863,6 +863,18 @@ async fn registry_system_and_cri_views() {
         events.lines().any(|l| l == "create") && events.lines().any(|l| l == "destroy"),
         "{events}"
     );
+    // The same window of events, printed as docker prints them.
+    let until = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 1
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let window = ["events", "--since", "0", "--until", until.as_str()];
+    assert_eq!(ok(&docker, &window), docker.ok(&window));
     let df = ok(
         &docker,
         &["system", "df", "--format", "{{.Type}} {{.TotalCount}}"],

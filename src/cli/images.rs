@@ -397,13 +397,17 @@ fn write_auths(value: &Value) -> Result<()> {
 fn registry_auth(reference: &str) -> Result<Vec<(&'static str, String)>> {
     let registry = registry_of(reference);
     let auths = read_auths()?;
-    let entry = auths.pointer(&format!(
-        "/auths/{}",
-        registry.replace('~', "~0").replace('/', "~1")
-    ));
-    let Some(auth) = entry.and_then(|e| e.get("auth")).and_then(Value::as_str) else {
+    let stored = auths
+        .get("auths")
+        .and_then(|a| a.get(&registry))
+        .and_then(|e| e.get("auth"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // Then Docker's own config.json, so a `docker login` of this user also works.
+    let Some(auth) = stored.or_else(|| docker_config_auth(&registry)) else {
         return Ok(Vec::new());
     };
+    let auth = auth.as_str();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(auth)
         .ok()
@@ -422,6 +426,39 @@ fn registry_auth(reference: &str) -> Result<Vec<(&'static str, String)>> {
         "X-Registry-Auth",
         base64::engine::general_purpose::URL_SAFE.encode(header.to_string()),
     )])
+}
+
+/// The `auth` of `registry` in Docker's config.json ($DOCKER_CONFIG or ~/.docker),
+/// where Docker Hub is keyed by its v1 index URL.
+fn docker_config_auth(registry: &str) -> Option<String> {
+    let dir = std::env::var("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+        .ok()?;
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let keys: Vec<String> = if registry == "docker.io" {
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "docker.io".into(),
+            "index.docker.io".into(),
+        ]
+    } else {
+        vec![
+            registry.to_string(),
+            format!("https://{registry}"),
+            format!("http://{registry}"),
+        ]
+    };
+    keys.iter()
+        .find_map(|k| {
+            auths
+                .get(k)
+                .and_then(|e| e.get("auth"))
+                .and_then(Value::as_str)
+        })
+        .map(str::to_string)
 }
 
 /// Pulls `reference`, showing docker's per-layer progress (on stderr when `to_stderr`,

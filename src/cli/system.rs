@@ -308,14 +308,20 @@ async fn events(client: &Client, args: EventsArgs) -> Result<()> {
             continue;
         }
         let nanos = event.get("timeNano").and_then(Value::as_i64).unwrap_or(0);
-        let time =
-            chrono::DateTime::from_timestamp(nanos / 1_000_000_000, (nanos % 1_000_000_000) as u32)
-                .map(|t| {
-                    t.with_timezone(&chrono::Local)
-                        .format("%Y-%m-%dT%H:%M:%S%.9f%:z")
-                        .to_string()
-                })
-                .unwrap_or_default();
+        // Go's RFC3339NanoFixed in local time, as docker prints it ("Z" for UTC).
+        let time = chrono::DateTime::from_timestamp(
+            nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000) as u32,
+        )
+        .map(|t| {
+            let local = t.with_timezone(&chrono::Local);
+            if local.offset().local_minus_utc() == 0 {
+                local.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
+            } else {
+                local.format("%Y-%m-%dT%H:%M:%S%.9f%:z").to_string()
+            }
+        })
+        .unwrap_or_default();
         let kind = event.get("Type").and_then(Value::as_str).unwrap_or("");
         let action = event.get("Action").and_then(Value::as_str).unwrap_or("");
         let id = event
