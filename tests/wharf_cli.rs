@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::daemon::wharf_binary;
 use support::docker::{DockerEnv, Run};
+use support::images::{ImageBuilder, LayerBuilder};
 use support::pods::unique;
 
 /// Runs `wharf -H <the test daemon> args...` (no stdin).
@@ -936,4 +937,67 @@ async fn run_it_when_the_daemon_goes_away() {
         screen.contains("MODE=icanon") && !screen.contains("WHARF-EXIT=0"),
         "{screen}"
     );
+}
+
+/// Bytes gzip cannot shrink (so a layer takes a while to download).
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pull_progress_on_a_terminal() {
+    let docker = DockerEnv::start().await;
+    let registry = &docker.env.registry;
+    // The busybox base (here already: shared with the CRI's pull), a 4 MB layer and a
+    // small one.
+    let built = ImageBuilder::busybox()
+        .layer(LayerBuilder::new().file("big.bin", incompressible(4 << 20, 11)))
+        .layer(LayerBuilder::new().file("small.txt", "small"))
+        .build();
+    registry.push("test/progress", "v1", &built).await;
+    let image = format!("{}/test/progress:v1", registry.host());
+    let tmux = Tmux::new();
+    let cli = format!("{} -H unix://{}", wharf_binary(), docker.socket().display());
+    tmux.start(
+        "pull",
+        &format!("{cli} pull {image}; echo WHARF-EXIT=$?; sleep 600"),
+    );
+    let screen = tmux.wait_for("pull", "WHARF-EXIT=").await;
+    let lines: Vec<&str> = screen
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // One line per layer, rewritten in place to its final state, then the digest, the
+    // status and the reference: nothing repeated, no progress bar left.
+    assert_eq!(lines.len(), 8, "{screen}");
+    assert_eq!(lines[0], "v1: Pulling from test/progress");
+    let short = |d: &str| d.trim_start_matches("sha256:")[..12].to_string();
+    assert_eq!(
+        lines[1],
+        format!("{}: Already exists", short(&built.layers[0].digest)),
+        "{screen}"
+    );
+    for (line, layer) in lines[2..4].iter().zip(&built.layers[1..]) {
+        assert_eq!(
+            *line,
+            format!("{}: Pull complete", short(&layer.digest)),
+            "{screen}"
+        );
+    }
+    assert!(lines[4].starts_with("Digest: sha256:"), "{screen}");
+    assert_eq!(
+        lines[5],
+        format!("Status: Downloaded newer image for {image}")
+    );
+    assert_eq!(lines[6], image);
+    assert_eq!(lines[7], "WHARF-EXIT=0");
 }

@@ -583,7 +583,23 @@ async fn progress(
             .is_some_and(|d| !d.is_empty());
         match msg.get("id").and_then(Value::as_str) {
             Some(id) if term => {
-                let text = format!("{id}: {status} {bar}");
+                // A line must never wrap, or moving up by layers misses: as docker, the
+                // bar only on terminals of 110 columns or more, and cut to the width.
+                let width = tty::size().map(|(_, cols)| cols as usize).unwrap_or(80);
+                let (graph, numbers) = match bar.find(']') {
+                    Some(end) => (&bar[..=end], bar[end + 1..].trim()),
+                    None => ("", bar.trim()),
+                };
+                let shown = if width >= 110 {
+                    format!("{graph} {numbers}")
+                } else {
+                    numbers.to_string()
+                };
+                let text: String = format!("{id}: {status} {}", shown.trim())
+                    .trim_end()
+                    .chars()
+                    .take(width.saturating_sub(1))
+                    .collect();
                 match ids.iter().position(|i| i == id) {
                     Some(pos) => {
                         let up = ids.len() - pos;
