@@ -345,3 +345,16 @@ fn explain_unix_error(path: &std::path::Path, host: &Host, err: std::io::Error) 
     };
     CliError::connect(message)
 }
+
+/// A response body as an AsyncRead.
+pub fn body_reader(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> impl tokio::io::AsyncRead + Unpin {
+    use futures_util::StreamExt;
+    let stream = http_body_util::BodyStream::new(response.into_body()).map(|frame| {
+        frame
+            .map(|f| f.into_data().unwrap_or_default())
+            .map_err(std::io::Error::other)
+    });
+    tokio_util::io::StreamReader::new(stream)
+}

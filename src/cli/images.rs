@@ -10,8 +10,10 @@ use clap::{Args as ClapArgs, Subcommand};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
+use super::connection::body_reader;
 use super::connection::{self, Client};
-use super::containers::{body_reader, download, split_reference};
+use super::containers::split_reference;
+use super::files::download;
 use super::format::{self, Format};
 use super::{enc, filters_json, out, tty, CliError, Result};
 

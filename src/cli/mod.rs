@@ -9,10 +9,14 @@
 
 pub mod connection;
 pub mod containers;
+pub mod create;
 pub mod cri;
+pub mod files;
 pub mod format;
 pub mod images;
 pub mod networks;
+pub mod session;
+pub mod stats;
 pub mod system;
 pub mod tty;
 pub mod volumes;

@@ -6,8 +6,9 @@ use clap::{Args as ClapArgs, Subcommand};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 
+use super::connection::body_reader;
 use super::connection::{self, Client, API_VERSION};
-use super::containers::{body_reader, log_time};
+use super::containers::log_time;
 use super::format::{self, Format};
 use super::{enc, filters_json, out, CliError, Result};
 
