@@ -1001,3 +1001,108 @@ async fn pull_progress_on_a_terminal() {
     assert_eq!(lines[6], image);
     assert_eq!(lines[7], "WHARF-EXIT=0");
 }
+
+#[tokio::test]
+async fn create_flags_match_the_docker_cli() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, "# a comment\nFROM_FILE=1\n\nOTHER=two words\n")
+        .expect("write the env file");
+    let env_file = env_file.display().to_string();
+    let volume = unique("data");
+    let flags = [
+        "-i",
+        "-t",
+        "-e",
+        "A=1",
+        "--env-file",
+        &env_file,
+        "-p",
+        "127.0.0.1:18080:80",
+        "-p",
+        "9000-9001:90-91/udp",
+        "-P",
+        "-v",
+        &format!("{volume}:/data:ro"),
+        "-v",
+        "/anon",
+        "--mount",
+        "type=tmpfs,target=/scratch,tmpfs-size=1m",
+        "--restart",
+        "on-failure:2",
+        "-u",
+        "65534",
+        "-w",
+        "/tmp",
+        "--entrypoint",
+        "sh",
+        "-m",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-drop",
+        "NET_RAW",
+        "--read-only",
+        "--tmpfs",
+        "/run:size=1m",
+        "-l",
+        "a=b",
+        "--init",
+        "--hostname",
+        "box",
+    ];
+    let ours = unique("ours");
+    let theirs = unique("theirs");
+    let mut args = vec!["create", "--name", ours.as_str()];
+    args.extend_from_slice(&flags);
+    args.extend_from_slice(&[&image, "-c", "echo hi"]);
+    ok(&docker, &args);
+    args[2] = theirs.as_str();
+    docker.ok(&args);
+    for field in [
+        ".Config.Env",
+        ".Config.Cmd",
+        ".Config.Entrypoint",
+        ".Config.User",
+        ".Config.WorkingDir",
+        ".Config.Labels",
+        ".Config.ExposedPorts",
+        ".Config.Tty",
+        ".Config.OpenStdin",
+        ".Config.StdinOnce",
+        ".Config.AttachStdin",
+        ".Config.Volumes",
+        ".Config.Hostname",
+        ".HostConfig.Binds",
+        ".HostConfig.Mounts",
+        ".HostConfig.Tmpfs",
+        ".HostConfig.ReadonlyRootfs",
+        ".HostConfig.CapAdd",
+        ".HostConfig.CapDrop",
+        ".HostConfig.Init",
+        ".HostConfig.RestartPolicy",
+        ".HostConfig.Memory",
+        ".HostConfig.NanoCpus",
+        ".HostConfig.PortBindings",
+        ".HostConfig.PublishAllPorts",
+        ".HostConfig.Privileged",
+        ".HostConfig.NetworkMode",
+        ".HostConfig.AutoRemove",
+    ] {
+        // Compared as JSON: `json` orders object keys by name, Go by its structs.
+        let format = format!("{{{{json {field}}}}}");
+        let parse =
+            |text: String| -> serde_json::Value { serde_json::from_str(&text).expect("json") };
+        assert_eq!(
+            parse(ok(&docker, &["inspect", "-f", &format, &ours])),
+            parse(docker.ok(&["inspect", "-f", &format, &theirs])),
+            "{field}"
+        );
+    }
+    ok(&docker, &["rm", "-v", &ours, &theirs]);
+    ok(&docker, &["volume", "rm", &volume]);
+}

@@ -448,7 +448,8 @@ pub async fn run(client: &Client, command: ContainerCommand) -> Result<()> {
     match command {
         ContainerCommand::Run(args) => create::run_container(client, args).await,
         ContainerCommand::Create(args) => {
-            let id = create::create(client, &args.opts, false, false)
+            // As docker's create: stdout and stderr (and stdin with -i) marked for attaching.
+            let id = create::create(client, &args.opts, false, true)
                 .await
                 .map_err(CliError::as_run_error)?;
             out(&format!("{id}\n"));

@@ -249,6 +249,21 @@ pub(super) fn restart_policy(text: &str) -> Result<Value> {
     }
 }
 
+/// Capabilities as the docker CLI sends them: upper case with the `CAP_` prefix
+/// (`ALL` as it is).
+fn normalize_caps(caps: &[String]) -> Vec<String> {
+    caps.iter()
+        .map(|c| {
+            let upper = c.to_ascii_uppercase();
+            if upper == "ALL" || upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            }
+        })
+        .collect()
+}
+
 /// The create request's body for `opts` (`auto_remove` and `attach` from `run`).
 pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result<Value> {
     let (image, command) = opts
@@ -291,10 +306,10 @@ pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result
     host.insert("Privileged".into(), opts.privileged.into());
     host.insert("ReadonlyRootfs".into(), opts.read_only.into());
     if !opts.cap_add.is_empty() {
-        host.insert("CapAdd".into(), json!(opts.cap_add));
+        host.insert("CapAdd".into(), json!(normalize_caps(&opts.cap_add)));
     }
     if !opts.cap_drop.is_empty() {
-        host.insert("CapDrop".into(), json!(opts.cap_drop));
+        host.insert("CapDrop".into(), json!(normalize_caps(&opts.cap_drop)));
     }
     if !tmpfs.is_empty() {
         host.insert("Tmpfs".into(), Value::Object(tmpfs));

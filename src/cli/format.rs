@@ -8,7 +8,8 @@
 //! rather than a hand-written subset. Known differences from Go, documented rather
 //! than hidden: a list or map printed whole (`{{.Config.Env}}`) prints in gtmpl's own
 //! form instead of Go's `[a b]` / `map[k:v]` (use `json` or `join`), `range` over a
-//! map visits keys in an unspecified order (Go sorts them), and methods with arguments
+//! map visits keys in an unspecified order (Go sorts them), `json` writes object keys
+//! sorted by name (Go: a struct's in its field order), and methods with arguments
 //! (`.Label "k"`) are not supported (`index .Labels "k"` is).
 
 use std::collections::HashMap;
