@@ -270,6 +270,14 @@ async fn stdin_piping_logs_exec_and_lifecycle() {
         "wharf port differs from docker port"
     );
     assert!(ok(&docker, &["top", &name]).contains("sleep 600"));
+    assert_eq!(
+        ok(&docker, &["update", "-m", "64m", "--cpus", "0.5", &name]),
+        name
+    );
+    assert_eq!(
+        ok(&docker, &["inspect", "-f", "{{.HostConfig.Memory}}", &name]),
+        "67108864"
+    );
     ok(&docker, &["pause", &name]);
     assert_eq!(
         ok(&docker, &["inspect", "-f", "{{.State.Status}}", &name]),
@@ -352,6 +360,24 @@ async fn stdin_piping_logs_exec_and_lifecycle() {
     assert_eq!(gone.status, 1);
     assert!(gone.stderr.contains("No such object"), "{gone:?}");
     ok(&docker, &["rmi", &committed]);
+    // The prunes, without a prompt.
+    let stopped = unique("stopped");
+    ok(&docker, &["create", "--name", &stopped, &image]);
+    let pruned = ok(&docker, &["system", "prune", "-f", "--volumes"]);
+    assert!(
+        pruned.contains(&format!("Deleted Containers:\n"))
+            && pruned.contains("Total reclaimed space:"),
+        "{pruned}"
+    );
+    assert_eq!(
+        wharf(&docker, &["inspect", "--type", "container", &stopped]).status,
+        1
+    );
+    let network = unique("prunable");
+    ok(&docker, &["network", "create", &network]);
+    assert!(ok(&docker, &["network", "prune", "-f"]).contains(&network));
+    ok(&docker, &["volume", "create"]);
+    assert!(ok(&docker, &["volume", "prune", "-f"]).contains("Total reclaimed space"));
 }
 
 #[tokio::test]

@@ -38,9 +38,18 @@ pub async fn download(
             let mut f = tokio::fs::File::create(&tmp).await.map_err(|err| {
                 CliError::internal(format!("{what}: creating {}: {err}", tmp.display()))
             })?;
-            let copied = tokio::io::copy(&mut reader, &mut f)
-                .await
-                .and(f.flush().await);
+            // ctrl-c leaves no half-written archive behind: the partial file goes.
+            let copied = tokio::select! {
+                copied = tokio::io::copy(&mut reader, &mut f) => copied.map(|_| ()),
+                _ = tokio::signal::ctrl_c() => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(CliError::exit(130));
+                }
+            };
+            let copied = match copied {
+                Ok(()) => f.flush().await,
+                Err(err) => Err(err),
+            };
             if let Err(err) = copied {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(CliError::internal(format!(
