@@ -606,6 +606,37 @@ fn completion_scripts_and_help() {
         help.contains("Examples:") && help.contains("--detach-keys"),
         "{help}"
     );
+    // Every command's help has examples, in command groups too.
+    fn commands(path: &[String]) -> Vec<String> {
+        let output = Command::new(wharf_binary())
+            .args(path)
+            .arg("--help")
+            .output()
+            .expect("run wharf --help");
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            help.contains("Example"),
+            "wharf {path:?} --help has no example:\n{help}"
+        );
+        let Some(list) = help.split("Commands:\n").nth(1) else {
+            return Vec::new();
+        };
+        list.lines()
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_string)
+            .collect()
+    }
+    let mut checked = 0;
+    for top in commands(&[]) {
+        for sub in commands(std::slice::from_ref(&top)) {
+            commands(&[top.clone(), sub]);
+            checked += 1;
+        }
+        checked += 1;
+    }
+    assert!(checked > 50, "{checked} commands");
 }
 
 /// A tmux server of its own, killed on drop.

@@ -38,10 +38,13 @@ pub enum ContainerCommand {
     #[command(after_help = "Example:\n  wharf kill -s HUP web")]
     Kill(KillArgs),
     /// Restart one or more containers
+    #[command(after_help = "Example:\n  wharf restart -t 5 web")]
     Restart(StopArgs),
     /// Pause all processes within one or more containers
+    #[command(after_help = "Example:\n  wharf pause web")]
     Pause(Names),
     /// Unpause all processes within one or more containers
+    #[command(after_help = "Example:\n  wharf unpause web")]
     Unpause(Names),
     /// Remove one or more containers
     #[command(after_help = "Example:\n  wharf rm -f -v web")]
@@ -65,6 +68,7 @@ pub enum ContainerCommand {
     #[command(after_help = "Example:\n  wharf attach shell      # ctrl-p ctrl-q detaches again")]
     Attach(AttachArgs),
     /// Block until one or more containers stop, then print their exit codes
+    #[command(after_help = "Example:\n  wharf wait job   # prints its exit code")]
     Wait(Names),
     /// Return low-level information on containers, images, networks or volumes
     #[command(
@@ -72,16 +76,19 @@ pub enum ContainerCommand {
     )]
     Inspect(InspectArgs),
     /// Display the running processes of a container
+    #[command(after_help = "Example:\n  wharf top web aux")]
     Top(TopArgs),
     /// List port mappings or a specific mapping for the container
     #[command(after_help = "Examples:\n  wharf port web\n  wharf port web 80/tcp")]
     Port(PortArgs),
     /// Rename a container
+    #[command(after_help = "Example:\n  wharf rename web web-old")]
     Rename { container: String, new_name: String },
     /// Update configuration of one or more containers
     #[command(after_help = "Example:\n  wharf update -m 256m --cpus 0.5 web")]
     Update(UpdateArgs),
     /// Inspect changes to files or directories on a container's filesystem
+    #[command(after_help = "Example:\n  wharf diff web")]
     Diff { container: String },
     /// Export a container's filesystem as a tar archive
     #[command(after_help = "Example:\n  wharf export -o web.tar web")]

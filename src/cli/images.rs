@@ -58,6 +58,7 @@ pub enum ImageCommand {
         images: Vec<String>,
     },
     /// Show the history of an image
+    #[command(after_help = "Example:\n  wharf history --no-trunc busybox")]
     History {
         /// Don't truncate output
         #[arg(long)]
@@ -120,6 +121,7 @@ pub enum ImageCommand {
         server: Option<String>,
     },
     /// Log out from a registry
+    #[command(after_help = "Example:\n  wharf logout localhost:5000")]
     Logout { server: Option<String> },
 }
 

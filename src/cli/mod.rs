@@ -144,15 +144,19 @@ pub enum Command {
     Image(images::ImageCommand),
     /// Manage networks
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  wharf network create backend\n  wharf network ls")]
     Network(networks::NetworkCommand),
     /// Manage volumes
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  wharf volume create data\n  wharf volume ls")]
     Volume(volumes::VolumeCommand),
     #[command(flatten)]
     System(system::SystemCommand),
     /// List the pods the CRI (kubelet) runs on this node, read-only (as `crictl pods`)
+    #[command(after_help = "Examples:\n  wharf pods\n  wharf pods -q --name coredns")]
     Pods(cri::PodsArgs),
     /// List the CRI's containers on this node, read-only (as `crictl ps`)
+    #[command(after_help = "Examples:\n  wharf ctr -a\n  wharf ctr --pod 1a2b3c")]
     Ctr(cri::CtrArgs),
     /// Print a shell completion script
     #[command(

@@ -34,6 +34,7 @@ pub enum NetworkCommand {
     },
     /// List networks
     #[command(alias = "list")]
+    #[command(after_help = "Example:\n  wharf network ls --format '{{.Name}} {{.Driver}}'")]
     Ls {
         #[arg(short, long)]
         quiet: bool,
@@ -45,6 +46,7 @@ pub enum NetworkCommand {
         no_trunc: bool,
     },
     /// Display detailed information on one or more networks
+    #[command(after_help = "Example:\n  wharf network inspect -f '{{json .IPAM.Config}}' backend")]
     Inspect {
         #[arg(short, long)]
         format: Option<String>,
@@ -53,11 +55,13 @@ pub enum NetworkCommand {
     },
     /// Remove one or more networks
     #[command(alias = "remove")]
+    #[command(after_help = "Example:\n  wharf network rm backend")]
     Rm {
         #[arg(required = true)]
         networks: Vec<String>,
     },
     /// Remove all unused networks
+    #[command(after_help = "Example:\n  wharf network prune -f")]
     Prune {
         /// Do not prompt for confirmation
         #[arg(short, long)]
@@ -66,6 +70,7 @@ pub enum NetworkCommand {
         filter: Vec<String>,
     },
     /// Connect a container to a network
+    #[command(after_help = "Example:\n  wharf network connect --alias db backend web")]
     Connect {
         #[arg(long)]
         alias: Vec<String>,
@@ -75,6 +80,7 @@ pub enum NetworkCommand {
         container: String,
     },
     /// Disconnect a container from a network
+    #[command(after_help = "Example:\n  wharf network disconnect backend web")]
     Disconnect {
         #[arg(short, long)]
         force: bool,

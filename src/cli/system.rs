@@ -23,6 +23,7 @@ pub enum SystemCommand {
         format: Option<String>,
     },
     /// Display system-wide information (Docker API view, then the CRI's conditions)
+    #[command(after_help = "Examples:\n  wharf info\n  wharf info --format '{{.CgroupDriver}}'")]
     Info(InfoArgs),
     /// Get real time events from the server
     #[command(
@@ -31,6 +32,7 @@ pub enum SystemCommand {
     Events(EventsArgs),
     /// Manage wharfd
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  wharf system df -v\n  wharf system prune -f")]
     System(SystemSub),
 }
 
@@ -55,6 +57,7 @@ pub struct EventsArgs {
 #[derive(Debug, Subcommand)]
 pub enum SystemSub {
     /// Show disk usage
+    #[command(after_help = "Example:\n  wharf system df -v")]
     Df {
         #[arg(short, long)]
         verbose: bool,
@@ -62,6 +65,7 @@ pub enum SystemSub {
         format: Option<String>,
     },
     /// Remove stopped containers, dangling images and unused networks (and volumes)
+    #[command(after_help = "Example:\n  wharf system prune -a -f --volumes")]
     Prune {
         /// Remove all unused images not just dangling ones
         #[arg(short, long)]
@@ -74,8 +78,10 @@ pub enum SystemSub {
         volumes: bool,
     },
     /// Get real time events from the server
+    #[command(after_help = "Example:\n  wharf system events --since 1h --filter type=image")]
     Events(EventsArgs),
     /// Display system-wide information
+    #[command(after_help = "Example:\n  wharf system info")]
     Info(InfoArgs),
 }
 

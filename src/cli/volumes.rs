@@ -27,6 +27,7 @@ pub enum VolumeCommand {
     },
     /// List volumes
     #[command(alias = "list")]
+    #[command(after_help = "Example:\n  wharf volume ls --filter dangling=true -q")]
     Ls {
         #[arg(short, long)]
         quiet: bool,
@@ -36,6 +37,7 @@ pub enum VolumeCommand {
         format: Option<String>,
     },
     /// Display detailed information on one or more volumes
+    #[command(after_help = "Example:\n  wharf volume inspect -f '{{.Mountpoint}}' data")]
     Inspect {
         #[arg(short, long)]
         format: Option<String>,
@@ -44,6 +46,7 @@ pub enum VolumeCommand {
     },
     /// Remove one or more volumes
     #[command(alias = "remove")]
+    #[command(after_help = "Example:\n  wharf volume rm data")]
     Rm {
         /// Force the removal of one or more volumes
         #[arg(short, long)]
@@ -52,6 +55,7 @@ pub enum VolumeCommand {
         volumes: Vec<String>,
     },
     /// Remove unused local volumes
+    #[command(after_help = "Example:\n  wharf volume prune -f")]
     Prune {
         /// Do not prompt for confirmation
         #[arg(short, long)]
