@@ -85,7 +85,7 @@ impl Session {
             self.stdin,
             &self.detach_keys.1,
             &resize_path,
-            id,
+            Some(id),
         )
         .await?;
         drop(raw);
@@ -115,7 +115,8 @@ pub(super) async fn pump(
     stdin: bool,
     keys: &[u8],
     resize_path: &str,
-    container: &str,
+    // The container that SIGINT/SIGTERM are forwarded to (none for exec, as docker).
+    signal_target: Option<&str>,
 ) -> Result<bool> {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -194,8 +195,16 @@ pub(super) async fn pump(
                 }
             }
             _ = int.recv() => {
-                if !tty_mode {
-                    let _ = client.post(&format!("/containers/{container}/kill?signal=INT"), None).await;
+                // With a TTY ctrl-c reaches the container as a byte; a SIGINT here came
+                // from elsewhere (or `-t` without `-i`): leave, as docker's CLI does.
+                match signal_target.filter(|_| !tty_mode) {
+                    Some(container) => {
+                        let _ = client.post(&format!("/containers/{container}/kill?signal=INT"), None).await;
+                    }
+                    None => {
+                        tty::restore();
+                        return Err(CliError::exit(130));
+                    }
                 }
             }
             _ = term.recv() => {
@@ -203,7 +212,12 @@ pub(super) async fn pump(
                     tty::restore();
                     return Err(CliError::exit(128 + 15));
                 }
-                let _ = client.post(&format!("/containers/{container}/kill?signal=TERM"), None).await;
+                match signal_target {
+                    Some(container) => {
+                        let _ = client.post(&format!("/containers/{container}/kill?signal=TERM"), None).await;
+                    }
+                    None => return Err(CliError::exit(143)),
+                }
             }
             _ = hup.recv() => {
                 tty::restore();
@@ -403,7 +417,7 @@ pub(super) async fn exec(client: &Client, args: ExecArgs) -> Result<()> {
         args.interactive,
         &keys.1,
         &format!("/exec/{exec_id}/resize"),
-        container,
+        None,
     )
     .await?;
     drop(raw);
