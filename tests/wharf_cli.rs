@@ -1163,3 +1163,36 @@ async fn create_flags_match_the_docker_cli() {
     ok(&docker, &["rm", "-v", &ours, &theirs]);
     ok(&docker, &["volume", "rm", &volume]);
 }
+
+#[tokio::test]
+async fn signals_are_forwarded_without_a_tty() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("sig");
+    let mut child = wharf_command(&docker)
+        .args(["run", "--rm", "--name", &name, &image, "sh", "-c"])
+        .arg("trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 0.1; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wharf run");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).expect("read wharf's output");
+        assert!(n > 0, "wharf ended before the container was ready");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT wharf");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read the rest");
+    let status = child.wait().expect("wait for wharf");
+    assert_eq!(status.code(), Some(9), "{rest}");
+    assert!(rest.contains("got INT"), "{rest}");
+}
