@@ -99,4 +99,5 @@ for c in "$bin/wharf -H $host ps -a" "env DOCKER_HOST=$host $cli ps -a"; do
     case "$c" in *wharf\ -H*) name=wharf ;; *) name=docker ;; esac
     echo "peak RSS $name ps -a: ${rss} KiB"
 done
-echo "binary size: wharf $(stat -c %s "$bin/wharf") B, docker $(stat -c %s "$cli") B"
+strip -o "$dir/wharf.stripped" "$bin/wharf"
+echo "binary size: wharf $(stat -c %s "$bin/wharf") B ($(stat -c %s "$dir/wharf.stripped") B stripped), docker $(stat -c %s "$cli") B"
