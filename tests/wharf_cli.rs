@@ -365,8 +365,7 @@ async fn stdin_piping_logs_exec_and_lifecycle() {
     ok(&docker, &["create", "--name", &stopped, &image]);
     let pruned = ok(&docker, &["system", "prune", "-f", "--volumes"]);
     assert!(
-        pruned.contains("Deleted Containers:\n")
-            && pruned.contains("Total reclaimed space:"),
+        pruned.contains("Deleted Containers:\n") && pruned.contains("Total reclaimed space:"),
         "{pruned}"
     );
     assert_eq!(
