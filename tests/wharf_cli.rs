@@ -372,6 +372,18 @@ async fn stdin_piping_logs_exec_and_lifecycle() {
         wharf(&docker, &["inspect", "--type", "container", &stopped]).status,
         1
     );
+    let stopped = unique("stopped");
+    ok(&docker, &["create", "--name", &stopped, &image]);
+    let pruned = ok(&docker, &["container", "prune", "-f"]);
+    assert!(
+        pruned.contains(&stopped) || pruned.contains("Deleted Containers:"),
+        "{pruned}"
+    );
+    assert_eq!(
+        wharf(&docker, &["inspect", "--type", "container", &stopped]).status,
+        1
+    );
+    assert!(ok(&docker, &["image", "prune", "-f"]).contains("Total reclaimed space"));
     let network = unique("prunable");
     ok(&docker, &["network", "create", &network]);
     assert!(ok(&docker, &["network", "prune", "-f"]).contains(&network));
@@ -487,6 +499,10 @@ async fn outputs_match_the_docker_cli() {
         ],
         &["images", "--digests", "--format", "{{.Digest}}"],
         &["images", "-q", "--no-trunc"],
+        // docker's management commands.
+        &["image", "ls", "-q"],
+        &["container", "ls", "-a", "-q"],
+        &["image", "inspect", "-f", "{{.Id}} {{.Os}}", &image],
     ] {
         assert_eq!(ok(&docker, args), docker.ok(args), "{args:?}");
     }

@@ -451,6 +451,65 @@ pub struct StatsArgs {
     pub containers: Vec<String>,
 }
 
+/// `wharf container ...`: the container commands, plus docker's `ls` and `prune`.
+#[derive(Debug, Subcommand)]
+pub enum ContainerGroup {
+    #[command(flatten)]
+    Common(ContainerCommand),
+    /// List containers
+    #[command(alias = "list", after_help = "Example:\n  wharf container ls -a")]
+    Ls(PsArgs),
+    /// Remove all stopped containers
+    #[command(
+        after_help = "Examples:\n  wharf container prune -f\n  wharf container prune -f --filter until=1h"
+    )]
+    Prune {
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+}
+
+pub async fn run_group(client: &Client, command: ContainerGroup) -> Result<()> {
+    match command {
+        ContainerGroup::Common(command) => run(client, command).await,
+        ContainerGroup::Ls(args) => ps(client, args).await,
+        ContainerGroup::Prune { force, filter } => {
+            if !force
+                && !super::system::confirm("WARNING! This will remove all stopped containers.")?
+            {
+                return Ok(());
+            }
+            let mut path = "/containers/prune".to_string();
+            if let Some(f) = filters_json(&filter)? {
+                path.push_str(&format!("?filters={}", enc(&f)));
+            }
+            let answer = client.post(&path, None).await?;
+            let deleted: Vec<&str> = answer
+                .get("ContainersDeleted")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !deleted.is_empty() {
+                out(&format!("Deleted Containers:\n{}\n\n", deleted.join("\n")));
+            }
+            let reclaimed = answer
+                .get("SpaceReclaimed")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            out(&format!(
+                "Total reclaimed space: {}\n",
+                format::human_size_precision(reclaimed, 4)
+            ));
+            Ok(())
+        }
+    }
+}
+
 pub async fn run(client: &Client, command: ContainerCommand) -> Result<()> {
     match command {
         ContainerCommand::Run(args) => create::run_container(client, args).await,

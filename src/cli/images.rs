@@ -47,16 +47,7 @@ pub enum ImageCommand {
     Tag { source: String, target: String },
     /// Remove one or more images
     #[command(after_help = "Example:\n  wharf rmi -f busybox")]
-    Rmi {
-        /// Force removal of the image
-        #[arg(short, long)]
-        force: bool,
-        /// Do not delete untagged parents
-        #[arg(long)]
-        no_prune: bool,
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rmi(RmiArgs),
     /// Show the history of an image
     #[command(after_help = "Example:\n  wharf history --no-trunc busybox")]
     History {
@@ -126,6 +117,145 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, ClapArgs)]
+pub struct RmiArgs {
+    /// Force removal of the image
+    #[arg(short, long)]
+    pub force: bool,
+    /// Do not delete untagged parents
+    #[arg(long)]
+    pub no_prune: bool,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+/// `wharf image ...`: the image commands, plus docker's `ls`, `rm`, `inspect`, `prune`.
+#[derive(Debug, Subcommand)]
+pub enum ImageGroup {
+    #[command(flatten)]
+    Common(ImageCommand),
+    /// List images
+    #[command(alias = "list", after_help = "Example:\n  wharf image ls -q")]
+    Ls(ImagesArgs),
+    /// Remove one or more images
+    #[command(alias = "remove", after_help = "Example:\n  wharf image rm busybox")]
+    Rm(RmiArgs),
+    /// Display detailed information on one or more images
+    #[command(
+        after_help = "Example:\n  wharf image inspect -f '{{.Os}}/{{.Architecture}}' busybox"
+    )]
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove unused images
+    #[command(
+        after_help = "Examples:\n  wharf image prune -f\n  wharf image prune -a -f --filter until=24h"
+    )]
+    Prune {
+        /// Remove all unused images, not just dangling ones
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+}
+
+pub async fn run_group(client: &Client, command: ImageGroup) -> Result<()> {
+    match command {
+        ImageGroup::Common(command) => run(client, command).await,
+        ImageGroup::Ls(args) => images(client, args).await,
+        ImageGroup::Rm(args) => rmi(client, args).await,
+        ImageGroup::Inspect { format, images } => {
+            super::networks::inspect_list(client, &images, format.as_deref(), |i| {
+                format!("/images/{i}/json")
+            })
+            .await
+        }
+        ImageGroup::Prune { all, force, filter } => {
+            let warning = if all {
+                "WARNING! This will remove all images without at least one container associated to them."
+            } else {
+                "WARNING! This will remove all dangling images."
+            };
+            if !force && !super::system::confirm(warning)? {
+                return Ok(());
+            }
+            let mut filter = filter;
+            if all {
+                filter.push("dangling=false".into());
+            }
+            let mut path = "/images/prune".to_string();
+            if let Some(f) = filters_json(&filter)? {
+                path.push_str(&format!("?filters={}", enc(&f)));
+            }
+            let answer = client.post(&path, None).await?;
+            let mut lines = Vec::new();
+            for item in answer
+                .get("ImagesDeleted")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(u) = item.get("Untagged").and_then(Value::as_str) {
+                    lines.push(format!("untagged: {u}"));
+                }
+                if let Some(d) = item.get("Deleted").and_then(Value::as_str) {
+                    lines.push(format!("deleted: {d}"));
+                }
+            }
+            if !lines.is_empty() {
+                out(&format!("Deleted Images:\n{}\n\n", lines.join("\n")));
+            }
+            let reclaimed = answer
+                .get("SpaceReclaimed")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            out(&format!(
+                "Total reclaimed space: {}\n",
+                format::human_size_precision(reclaimed, 4)
+            ));
+            Ok(())
+        }
+    }
+}
+
+async fn rmi(client: &Client, args: RmiArgs) -> Result<()> {
+    let mut failed = false;
+    for image in &args.images {
+        let path = format!(
+            "/images/{image}?force={}&noprune={}",
+            u8::from(args.force),
+            u8::from(args.no_prune)
+        );
+        match client.delete(&path).await {
+            Ok(list) => {
+                for item in list.as_array().into_iter().flatten() {
+                    if let Some(u) = item.get("Untagged").and_then(Value::as_str) {
+                        out(&format!("Untagged: {u}\n"));
+                    }
+                    if let Some(d) = item.get("Deleted").and_then(Value::as_str) {
+                        out(&format!("Deleted: {d}\n"));
+                    }
+                }
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(CliError::exit(1));
+    }
+    Ok(())
+}
+
+#[derive(Debug, ClapArgs)]
 pub struct ImagesArgs {
     /// Show all images (default hides intermediate images)
     #[arg(short, long)]
@@ -170,40 +300,7 @@ pub async fn run(client: &Client, command: ImageCommand) -> Result<()> {
                 .await?;
             Ok(())
         }
-        ImageCommand::Rmi {
-            force,
-            no_prune,
-            images,
-        } => {
-            let mut failed = false;
-            for image in &images {
-                let path = format!(
-                    "/images/{image}?force={}&noprune={}",
-                    u8::from(force),
-                    u8::from(no_prune)
-                );
-                match client.delete(&path).await {
-                    Ok(list) => {
-                        for item in list.as_array().into_iter().flatten() {
-                            if let Some(u) = item.get("Untagged").and_then(Value::as_str) {
-                                out(&format!("Untagged: {u}\n"));
-                            }
-                            if let Some(d) = item.get("Deleted").and_then(Value::as_str) {
-                                out(&format!("Deleted: {d}\n"));
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        eprintln!("{err}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Err(CliError::exit(1));
-            }
-            Ok(())
-        }
+        ImageCommand::Rmi(args) => rmi(client, args).await,
         ImageCommand::History {
             no_trunc,
             quiet,

@@ -139,9 +139,23 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     #[command(flatten)]
-    Container(containers::ContainerCommand),
+    Containers(containers::ContainerCommand),
     #[command(flatten)]
-    Image(images::ImageCommand),
+    Images(images::ImageCommand),
+    /// Manage containers
+    #[command(
+        subcommand,
+        name = "container",
+        after_help = "Examples:\n  wharf container ls -a\n  wharf container prune -f"
+    )]
+    ContainerGroup(containers::ContainerGroup),
+    /// Manage images
+    #[command(
+        subcommand,
+        name = "image",
+        after_help = "Examples:\n  wharf image ls\n  wharf image prune -a -f"
+    )]
+    ImageGroup(images::ImageGroup),
     /// Manage networks
     #[command(subcommand)]
     #[command(after_help = "Examples:\n  wharf network create backend\n  wharf network ls")]
@@ -208,8 +222,10 @@ pub fn main() -> ! {
 async fn dispatch(args: Args) -> Result<()> {
     let client = || Host::resolve(args.host.as_deref()).map(Client::new);
     match args.command {
-        Command::Container(cmd) => containers::run(&client()?, cmd).await,
-        Command::Image(cmd) => images::run(&client()?, cmd).await,
+        Command::Containers(cmd) => containers::run(&client()?, cmd).await,
+        Command::Images(cmd) => images::run(&client()?, cmd).await,
+        Command::ContainerGroup(cmd) => containers::run_group(&client()?, cmd).await,
+        Command::ImageGroup(cmd) => images::run_group(&client()?, cmd).await,
         Command::Network(cmd) => networks::run(&client()?, cmd).await,
         Command::Volume(cmd) => volumes::run(&client()?, cmd).await,
         Command::System(cmd) => system::run(&client()?, &args.cri_socket, cmd).await,
@@ -282,7 +298,7 @@ mod tests {
         ])
         .unwrap();
         match args.command {
-            Command::Container(containers::ContainerCommand::Run(run)) => {
+            Command::Containers(containers::ContainerCommand::Run(run)) => {
                 assert!(run.rm && run.opts.tty && run.opts.interactive);
                 assert_eq!(run.opts.image_and_command, ["busybox", "ls", "-l", "--rm"]);
             }
