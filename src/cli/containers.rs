@@ -452,6 +452,8 @@ pub struct StatsArgs {
 }
 
 /// `wharf container ...`: the container commands, plus docker's `ls` and `prune`.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ContainerGroup {
     #[command(flatten)]
