@@ -4,6 +4,7 @@
 // serde_json's json! of dockerd's larger objects (/info, inspect) nests deeply.
 #![recursion_limit = "256"]
 
+pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod crash_point;

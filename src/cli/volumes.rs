@@ -1,0 +1,207 @@
+//! `wharf volume`: create, ls, inspect, rm, prune.
+
+use clap::Subcommand;
+use serde_json::{json, Map, Value};
+
+use super::connection::Client;
+use super::format::{self, Format};
+use super::{enc, filters_json, out, CliError, Result};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume
+    #[command(
+        after_help = "Examples:\n  wharf volume create data\n  wharf volume create -o type=tmpfs -o device=tmpfs -o o=size=64m scratch"
+    )]
+    Create {
+        /// Volume driver name
+        #[arg(short, long, default_value = "local")]
+        driver: String,
+        /// Set driver specific options
+        #[arg(short, long = "opt")]
+        opt: Vec<String>,
+        /// Set metadata for a volume
+        #[arg(long)]
+        label: Vec<String>,
+        name: Option<String>,
+    },
+    /// List volumes
+    #[command(alias = "list")]
+    #[command(after_help = "Example:\n  wharf volume ls --filter dangling=true -q")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(short, long)]
+        filter: Vec<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Display detailed information on one or more volumes
+    #[command(after_help = "Example:\n  wharf volume inspect -f '{{.Mountpoint}}' data")]
+    Inspect {
+        #[arg(short, long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove one or more volumes
+    #[command(alias = "remove")]
+    #[command(after_help = "Example:\n  wharf volume rm data")]
+    Rm {
+        /// Force the removal of one or more volumes
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove unused local volumes
+    #[command(after_help = "Example:\n  wharf volume prune -f")]
+    Prune {
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+}
+
+fn key_values(items: &[String]) -> Map<String, Value> {
+    items
+        .iter()
+        .map(|i| {
+            let (k, v) = i.split_once('=').unwrap_or((i, ""));
+            (k.to_string(), Value::String(v.to_string()))
+        })
+        .collect()
+}
+
+pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
+    match command {
+        VolumeCommand::Create {
+            driver,
+            opt,
+            label,
+            name,
+        } => {
+            let body = json!({
+                "Name": name.unwrap_or_default(),
+                "Driver": driver,
+                "DriverOpts": key_values(&opt),
+                "Labels": key_values(&label),
+            });
+            let created = client.post("/volumes/create", Some(&body)).await?;
+            out(&format!(
+                "{}\n",
+                created.get("Name").and_then(Value::as_str).unwrap_or("")
+            ));
+            Ok(())
+        }
+        VolumeCommand::Ls {
+            quiet,
+            filter,
+            format: fmt,
+        } => {
+            let mut path = "/volumes".to_string();
+            if let Some(f) = filters_json(&filter)? {
+                path.push_str(&format!("?filters={}", enc(&f)));
+            }
+            let list = client.get(&path).await?;
+            let template = match (&fmt, quiet) {
+                (_, true) => "{{.Name}}".to_string(),
+                (Some(f), false) => f.clone(),
+                _ => "table {{.Driver}}\t{{.Name}}".into(),
+            };
+            let format = Format::parse(&template)?;
+            let mut items: Vec<&Value> = list
+                .get("Volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            items.sort_by_key(|v| {
+                v.get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            });
+            let rows: Vec<Value> = items
+                .into_iter()
+                .map(|v| {
+                    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    let labels = v
+                        .get("Labels")
+                        .and_then(Value::as_object)
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    json!({"Name": s("Name"), "Driver": s("Driver"), "Scope": s("Scope"), "Mountpoint": s("Mountpoint"), "Labels": labels})
+                })
+                .collect();
+            let headers = format::headers(&[
+                ("Name", "VOLUME NAME"),
+                ("Driver", "DRIVER"),
+                ("Scope", "SCOPE"),
+                ("Mountpoint", "MOUNTPOINT"),
+                ("Labels", "LABELS"),
+            ]);
+            out(&format.render_rows(&rows, &headers)?);
+            Ok(())
+        }
+        VolumeCommand::Inspect {
+            format: fmt,
+            volumes,
+        } => {
+            super::networks::inspect_list(client, &volumes, fmt.as_deref(), |v| {
+                format!("/volumes/{}", enc(v))
+            })
+            .await
+        }
+        VolumeCommand::Rm { force, volumes } => {
+            let mut failed = false;
+            for v in &volumes {
+                match client
+                    .delete(&format!("/volumes/{}?force={}", enc(v), u8::from(force)))
+                    .await
+                {
+                    Ok(_) => out(&format!("{v}\n")),
+                    Err(err) => {
+                        eprintln!("{err}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Err(CliError::exit(1));
+            }
+            Ok(())
+        }
+        VolumeCommand::Prune { force, filter } => {
+            if !force && !super::system::confirm("WARNING! This will remove anonymous local volumes not used by at least one container.")? {
+                return Ok(());
+            }
+            let mut path = "/volumes/prune".to_string();
+            if let Some(f) = filters_json(&filter)? {
+                path.push_str(&format!("?filters={}", enc(&f)));
+            }
+            let answer = client.post(&path, None).await?;
+            let deleted: Vec<&str> = answer
+                .get("VolumesDeleted")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !deleted.is_empty() {
+                out(&format!("Deleted Volumes:\n{}\n\n", deleted.join("\n")));
+            }
+            let reclaimed = answer
+                .get("SpaceReclaimed")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            out(&format!(
+                "Total reclaimed space: {}\n",
+                format::human_size(reclaimed)
+            ));
+            Ok(())
+        }
+    }
+}
