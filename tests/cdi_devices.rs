@@ -619,3 +619,41 @@ fn gpu_e2e_script_skips_without_a_gpu_and_passes_on_fake_devices() {
     }
     assert_eq!(stdout.matches("GPU 0: Fake GPU").count(), 3, "{stdout}");
 }
+
+/// `wharf cdi list`: the devices wharfd finds, with their specs, and the skipped spec on
+/// stderr.
+#[tokio::test(flavor = "multi_thread")]
+async fn wharf_cdi_list_shows_devices_and_skipped_specs() {
+    let fixture = CdiFixture::new();
+    let env = PodEnv::start_with_config(&fixture.config()).await;
+    let output = std::process::Command::new(support::daemon::wharf_binary())
+        .args(["--cri-socket"])
+        .arg(&env.daemon.paths.cri_socket)
+        .args(["cdi", "list"])
+        .output()
+        .expect("run wharf cdi list");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let spec = fixture.path("high/fake.yaml").display().to_string();
+    assert_eq!(
+        rows,
+        [
+            vec!["DEVICE", "SPEC"],
+            vec!["example.test/fake=a", spec.as_str()],
+            vec!["example.test/fake=b", spec.as_str()],
+            vec!["example.test/fake=clash", spec.as_str()],
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "skipped spec {}: ",
+            fixture.path("low/broken.yaml").display()
+        )),
+        "{stderr}"
+    );
+}

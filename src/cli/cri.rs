@@ -34,6 +34,14 @@ pub struct CtrArgs {
     pub pod: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum CdiCommand {
+    /// List the CDI devices in wharfd's spec dirs and the spec each comes from; spec
+    /// files wharfd skipped are named on stderr with the reason
+    #[command(visible_alias = "ls", after_help = "Examples:\n  wharf cdi list")]
+    List,
+}
+
 async fn runtime(socket: &Path) -> Result<RuntimeServiceClient<Channel>> {
     let channel = crate::cri::connect(socket).await.map_err(|err| {
         let hint = if socket.exists() {
@@ -47,6 +55,48 @@ async fn runtime(socket: &Path) -> Result<RuntimeServiceClient<Channel>> {
         ))
     })?;
     Ok(RuntimeServiceClient::new(channel))
+}
+
+/// `wharf cdi list`: what wharfd itself finds (its `[cdi] spec_dirs`, read afresh),
+/// from the CRI's `Status(verbose)`.
+pub async fn cdi_list(socket: &Path) -> Result<()> {
+    let mut client = runtime(socket).await?;
+    let status = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .map_err(|s| CliError::internal(format!("Status: {}", s.message())))?
+        .into_inner();
+    let cdi: serde_json::Value = status
+        .info
+        .get("cdi")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .ok_or_else(|| CliError::internal("wharfd's status has no CDI information".to_string()))?;
+    let mut text = String::from("DEVICE\tSPEC\n");
+    for device in cdi["devices"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "{}\t{}\n",
+            device["name"].as_str().unwrap_or_default(),
+            device["spec"].as_str().unwrap_or_default()
+        ));
+    }
+    out(&format::align(&text));
+    for skipped in cdi["specErrors"].as_array().into_iter().flatten() {
+        eprintln!(
+            "skipped spec {}: {}",
+            skipped["path"].as_str().unwrap_or_default(),
+            skipped["error"].as_str().unwrap_or_default()
+        );
+    }
+    if cdi["devices"].as_array().is_none_or(Vec::is_empty) {
+        let dirs: Vec<&str> = cdi["specDirs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .collect();
+        eprintln!("no CDI devices in {}", dirs.join(", "));
+    }
+    Ok(())
 }
 
 fn ago_nanos(nanos: i64) -> String {

@@ -172,6 +172,10 @@ pub enum Command {
     /// List the CRI's containers on this node, read-only (as `crictl ps`)
     #[command(after_help = "Examples:\n  wharf ctr -a\n  wharf ctr --pod 1a2b3c")]
     Ctr(cri::CtrArgs),
+    /// CDI devices (GPUs and others) wharfd can give containers
+    #[command(subcommand)]
+    #[command(after_help = "Examples:\n  wharf cdi list")]
+    Cdi(cri::CdiCommand),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  wharf completion bash > /etc/bash_completion.d/wharf\n  wharf completion zsh > \"${fpath[1]}/_wharf\"\n  wharf completion fish > ~/.config/fish/completions/wharf.fish"
@@ -231,6 +235,7 @@ async fn dispatch(args: Args) -> Result<()> {
         Command::System(cmd) => system::run(&client()?, &args.cri_socket, cmd).await,
         Command::Pods(a) => cri::pods(&args.cri_socket, a).await,
         Command::Ctr(a) => cri::ctr(&args.cri_socket, a).await,
+        Command::Cdi(cri::CdiCommand::List) => cri::cdi_list(&args.cri_socket).await,
         Command::Completion { shell } => {
             let mut command = Args::command();
             clap_complete::generate(shell, &mut command, "wharf", &mut std::io::stdout());
