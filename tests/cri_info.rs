@@ -167,13 +167,15 @@ async fn pending_rpcs_answer_unimplemented_naming_the_rpc() {
 #[tokio::test]
 async fn wharf_cli_shows_versions_and_info() {
     let daemon = Daemon::start_with_config("[network]\nmode = \"cni\"\n").await;
+    let host = format!(
+        "unix://{}",
+        daemon.paths.state.join("docker.sock").display()
+    );
     let run = |command: &str| {
         let output = std::process::Command::new(wharf_binary())
-            .args([
-                "--cri-socket",
-                &daemon.paths.cri_socket.display().to_string(),
-                command,
-            ])
+            .args(["-H", &host, "--cri-socket"])
+            .arg(&daemon.paths.cri_socket)
+            .arg(command)
             .output()
             .expect("run wharf");
         assert!(output.status.success(), "wharf {command}: {output:?}");
@@ -182,24 +184,25 @@ async fn wharf_cli_shows_versions_and_info() {
     let version = run("version");
     assert!(
         version.contains(&format!(
-            "Server: wharf {} (CRI v1)",
+            "Client: wharf\n Version:           {}",
             env!("CARGO_PKG_VERSION")
-        )),
+        )) && version.contains("API version:      1.41 (minimum version 1.24)"),
         "{version}"
     );
+    // The Docker view, then the CRI's conditions of the same daemon.
     let info = run("info");
-    assert!(info.contains("RuntimeReady: true"), "{info}");
-    assert!(info.contains("NetworkReady: false"), "{info}");
+    assert!(info.contains("\nCRI:\n RuntimeReady: true"), "{info}");
+    assert!(info.contains(" NetworkReady: false ("), "{info}");
 
     let missing = daemon.dir().join("nothing.sock");
     let output = std::process::Command::new(wharf_binary())
-        .args(["--cri-socket", &missing.display().to_string(), "version"])
+        .args(["-H", &format!("unix://{}", missing.display()), "version"])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("cannot connect to wharfd") && stderr.contains("nothing.sock"),
+        stderr.contains("Cannot connect to wharfd") && stderr.contains("nothing.sock"),
         "{stderr}"
     );
 }
