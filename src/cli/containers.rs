@@ -479,34 +479,14 @@ pub async fn run_group(client: &Client, command: ContainerGroup) -> Result<()> {
         ContainerGroup::Common(command) => run(client, command).await,
         ContainerGroup::Ls(args) => ps(client, args).await,
         ContainerGroup::Prune { force, filter } => {
-            if !force
-                && !super::system::confirm("WARNING! This will remove all stopped containers.")?
-            {
+            let warning = "WARNING! This will remove all stopped containers.";
+            let Some(answer) =
+                super::system::prune_request(client, "containers", warning, force, &filter).await?
+            else {
                 return Ok(());
-            }
-            let mut path = "/containers/prune".to_string();
-            if let Some(f) = filters_json(&filter)? {
-                path.push_str(&format!("?filters={}", enc(&f)));
-            }
-            let answer = client.post(&path, None).await?;
-            let deleted: Vec<&str> = answer
-                .get("ContainersDeleted")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            if !deleted.is_empty() {
-                out(&format!("Deleted Containers:\n{}\n\n", deleted.join("\n")));
-            }
-            let reclaimed = answer
-                .get("SpaceReclaimed")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0);
-            out(&format!(
-                "Total reclaimed space: {}\n",
-                format::human_size_precision(reclaimed, 4)
-            ));
+            };
+            super::system::print_list("Deleted Containers:", &answer, "ContainersDeleted");
+            super::system::print_reclaimed(&answer, |size| format::human_size_precision(size, 4));
             Ok(())
         }
     }

@@ -182,18 +182,15 @@ pub async fn run_group(client: &Client, command: ImageGroup) -> Result<()> {
             } else {
                 "WARNING! This will remove all dangling images."
             };
-            if !force && !super::system::confirm(warning)? {
-                return Ok(());
-            }
             let mut filter = filter;
             if all {
                 filter.push("dangling=false".into());
             }
-            let mut path = "/images/prune".to_string();
-            if let Some(f) = filters_json(&filter)? {
-                path.push_str(&format!("?filters={}", enc(&f)));
-            }
-            let answer = client.post(&path, None).await?;
+            let Some(answer) =
+                super::system::prune_request(client, "images", warning, force, &filter).await?
+            else {
+                return Ok(());
+            };
             let mut lines = Vec::new();
             for item in answer
                 .get("ImagesDeleted")
@@ -211,14 +208,7 @@ pub async fn run_group(client: &Client, command: ImageGroup) -> Result<()> {
             if !lines.is_empty() {
                 out(&format!("Deleted Images:\n{}\n\n", lines.join("\n")));
             }
-            let reclaimed = answer
-                .get("SpaceReclaimed")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0);
-            out(&format!(
-                "Total reclaimed space: {}\n",
-                format::human_size_precision(reclaimed, 4)
-            ));
+            super::system::print_reclaimed(&answer, |size| format::human_size_precision(size, 4));
             Ok(())
         }
     }

@@ -215,14 +215,13 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             Ok(())
         }
         NetworkCommand::Prune { force, filter } => {
-            if !force && !super::system::confirm("WARNING! This will remove all custom networks not used by at least one container.")? {
+            let warning =
+                "WARNING! This will remove all custom networks not used by at least one container.";
+            let Some(answer) =
+                super::system::prune_request(client, "networks", warning, force, &filter).await?
+            else {
                 return Ok(());
-            }
-            let mut path = "/networks/prune".to_string();
-            if let Some(f) = filters_json(&filter)? {
-                path.push_str(&format!("?filters={}", enc(&f)));
-            }
-            let answer = client.post(&path, None).await?;
+            };
             let deleted: Vec<&str> = answer
                 .get("NetworksDeleted")
                 .and_then(Value::as_array)
@@ -231,6 +230,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 .filter_map(Value::as_str)
                 .collect();
             if !deleted.is_empty() {
+                // No blank line after the list (docker's network prune).
                 out(&format!("Deleted Networks:\n{}\n", deleted.join("\n")));
             }
             Ok(())

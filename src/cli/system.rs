@@ -589,7 +589,7 @@ async fn prune(client: &Client, all: bool, force: bool, volumes: bool) -> Result
     Ok(())
 }
 
-fn print_list(title: &str, answer: &Value, key: &str) {
+pub(super) fn print_list(title: &str, answer: &Value, key: &str) {
     let items: Vec<&str> = answer
         .get(key)
         .and_then(Value::as_array)
@@ -600,6 +600,34 @@ fn print_list(title: &str, answer: &Value, key: &str) {
     if !items.is_empty() {
         out(&format!("{title}\n{}\n\n", items.join("\n")));
     }
+}
+
+/// `<kind> prune`: asks first unless `force` (None: the user declined), then
+/// `POST /<kind>/prune` with the filters; the daemon's answer.
+pub(super) async fn prune_request(
+    client: &Client,
+    kind: &str,
+    warning: &str,
+    force: bool,
+    filter: &[String],
+) -> Result<Option<Value>> {
+    if !force && !confirm(warning)? {
+        return Ok(None);
+    }
+    let mut path = format!("/{kind}/prune");
+    if let Some(f) = filters_json(filter)? {
+        path.push_str(&format!("?filters={}", enc(&f)));
+    }
+    client.post(&path, None).await.map(Some)
+}
+
+/// A prune's "Total reclaimed space" line, sized as docker's CLI sizes it for the kind.
+pub(super) fn print_reclaimed(answer: &Value, size: fn(f64) -> String) {
+    let reclaimed = answer
+        .get("SpaceReclaimed")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    out(&format!("Total reclaimed space: {}\n", size(reclaimed)));
 }
 
 /// go-units' HumanSize (4 significant digits), as docker's df and prune print sizes.

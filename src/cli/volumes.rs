@@ -175,32 +175,15 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
             Ok(())
         }
         VolumeCommand::Prune { force, filter } => {
-            if !force && !super::system::confirm("WARNING! This will remove anonymous local volumes not used by at least one container.")? {
+            let warning =
+                "WARNING! This will remove anonymous local volumes not used by at least one container.";
+            let Some(answer) =
+                super::system::prune_request(client, "volumes", warning, force, &filter).await?
+            else {
                 return Ok(());
-            }
-            let mut path = "/volumes/prune".to_string();
-            if let Some(f) = filters_json(&filter)? {
-                path.push_str(&format!("?filters={}", enc(&f)));
-            }
-            let answer = client.post(&path, None).await?;
-            let deleted: Vec<&str> = answer
-                .get("VolumesDeleted")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            if !deleted.is_empty() {
-                out(&format!("Deleted Volumes:\n{}\n\n", deleted.join("\n")));
-            }
-            let reclaimed = answer
-                .get("SpaceReclaimed")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0);
-            out(&format!(
-                "Total reclaimed space: {}\n",
-                format::human_size(reclaimed)
-            ));
+            };
+            super::system::print_list("Deleted Volumes:", &answer, "VolumesDeleted");
+            super::system::print_reclaimed(&answer, format::human_size);
             Ok(())
         }
     }

@@ -346,69 +346,80 @@ pub(super) async fn list_json(
         || query.limit.is_some_and(|l| l > 0)
         || filters.contains_key("status");
     let mut found = Vec::new();
-    server.runtime.for_each_container(NAMESPACE, |c| {
-        if c.state == ContainerState::Creating || (!all && c.state != ContainerState::Running) {
-            return;
-        }
-        if before.is_some_and(|t| c.created_at >= t) || since.is_some_and(|t| c.created_at <= t) {
-            return;
-        }
-        let name = format!("/{}", c.spec.name);
-        let ext = listed_extension(c);
-        let keep = filters.iter().all(|(key, values)| match key.as_str() {
-            "id" => ids.iter().any(|re| re.is_match(&c.id)),
-            "name" => names.iter().any(|re| re.is_match(&name)),
-            "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
-            "status" => values.iter().any(|v| v == state_name(c)),
-            "health" => {
-                let health = match (&c.spec.healthcheck, server.runtime.health(&c.id)) {
-                    (None, _) => "none",
-                    (Some(_), Some(health)) => health.status.as_str(),
-                    (Some(_), None) => "starting",
-                };
-                values.iter().any(|v| v == health)
+    {
+        let mut listed = server.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        server.runtime.for_each_container(NAMESPACE, |c| {
+            seen.insert(c.id.clone());
+            if c.state == ContainerState::Creating || (!all && c.state != ContainerState::Running) {
+                return;
             }
-            "exited" => {
-                c.state == ContainerState::Exited
-                    && c.started_at > 0
-                    && exited.contains(&c.exit_code)
+            if before.is_some_and(|t| c.created_at >= t) || since.is_some_and(|t| c.created_at <= t)
+            {
+                return;
             }
-            "ancestor" => values.iter().any(|v| {
-                server
-                    .images
-                    .get(NAMESPACE, v)
-                    .is_some_and(|image| image.id == c.image_id)
-            }),
-            // A volume's name, or a mount's destination (or a bind's source).
-            "volume" => values.iter().any(|v| {
-                let trimmed = v.trim_end_matches('/');
-                c.spec.mounts.iter().any(|m| {
-                    m.volume.as_ref().is_some_and(|vol| vol.name == *v)
-                        || m.container_path.trim_end_matches('/') == trimmed
-                        || (m.volume.is_none() && m.host_path.trim_end_matches('/') == trimmed)
-                })
-            }),
-            // The network's name, or a prefix of its ID.
-            "network" => {
-                let (network, id) = network_of(&ext);
-                let user = server.runtime.networks().endpoints_of_pod(&c.pod_id);
-                values.iter().any(|v| {
-                    let by_id = |id: &str| !v.is_empty() && id.starts_with(v.as_str());
-                    (is_builtin_mode(&ext) && (v == network || by_id(&id)))
-                        || user.iter().any(|(n, _)| n.name == *v || by_id(&n.id))
-                })
+            let name = format!("/{}", c.spec.name);
+            let ext = listed
+                .entry(c.id.clone())
+                .or_insert_with(|| Arc::new(listed_extension(c)))
+                .clone();
+            let keep = filters.iter().all(|(key, values)| match key.as_str() {
+                "id" => ids.iter().any(|re| re.is_match(&c.id)),
+                "name" => names.iter().any(|re| re.is_match(&name)),
+                "label" => values.iter().all(|v| label_matches(&c.spec.labels, v)),
+                "status" => values.iter().any(|v| v == state_name(c)),
+                "health" => {
+                    let health = match (&c.spec.healthcheck, server.runtime.health(&c.id)) {
+                        (None, _) => "none",
+                        (Some(_), Some(health)) => health.status.as_str(),
+                        (Some(_), None) => "starting",
+                    };
+                    values.iter().any(|v| v == health)
+                }
+                "exited" => {
+                    c.state == ContainerState::Exited
+                        && c.started_at > 0
+                        && exited.contains(&c.exit_code)
+                }
+                "ancestor" => values.iter().any(|v| {
+                    server
+                        .images
+                        .get(NAMESPACE, v)
+                        .is_some_and(|image| image.id == c.image_id)
+                }),
+                // A volume's name, or a mount's destination (or a bind's source).
+                "volume" => values.iter().any(|v| {
+                    let trimmed = v.trim_end_matches('/');
+                    c.spec.mounts.iter().any(|m| {
+                        m.volume.as_ref().is_some_and(|vol| vol.name == *v)
+                            || m.container_path.trim_end_matches('/') == trimmed
+                            || (m.volume.is_none() && m.host_path.trim_end_matches('/') == trimmed)
+                    })
+                }),
+                // The network's name, or a prefix of its ID.
+                "network" => {
+                    let (network, id) = network_of(&ext);
+                    let user = server.runtime.networks().endpoints_of_pod(&c.pod_id);
+                    values.iter().any(|v| {
+                        let by_id = |id: &str| !v.is_empty() && id.starts_with(v.as_str());
+                        (is_builtin_mode(&ext) && (v == network || by_id(&id)))
+                            || user.iter().any(|(n, _)| n.name == *v || by_id(&n.id))
+                    })
+                }
+                "isolation" => isolations.iter().any(|re| re.is_match("default")),
+                // No swarm tasks here.
+                "is-task" => is_task == Some(false),
+                "publish" | "expose" => super::ports::matches_filter(c, &ext.create, key, values),
+                "before" | "since" => true,
+                _ => false,
+            });
+            if keep {
+                found.push((c.created_at, list_item(server, c, &ext)));
             }
-            "isolation" => isolations.iter().any(|re| re.is_match("default")),
-            // No swarm tasks here.
-            "is-task" => is_task == Some(false),
-            "publish" | "expose" => super::ports::matches_filter(c, &ext.create, key, values),
-            "before" | "since" => true,
-            _ => false,
         });
-        if keep {
-            found.push((c.created_at, list_item(server, c, &ext)));
-        }
-    });
+        // Containers removed since: their entries go.
+        listed.retain(|id, _| seen.contains(id));
+    }
     found.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
     if let Some(limit) = query.limit.filter(|l| *l > 0) {
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

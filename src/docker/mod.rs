@@ -80,6 +80,10 @@ pub struct DockerServer {
     engine: Arc<Engine>,
     /// `docker exec` instances (in memory, as dockerd keeps them).
     execs: std::sync::Mutex<exec::Execs>,
+    /// What the list shows of each container's stored create body (see
+    /// `list::listed_extension`), by container ID: those fields never change after the
+    /// create, so each body is read once, not at every `docker ps`.
+    listed: std::sync::Mutex<std::collections::HashMap<String, Arc<convert::Extension>>>,
 }
 
 impl DockerServer {
@@ -89,6 +93,7 @@ impl DockerServer {
         let server = Arc::new(DockerServer {
             engine,
             execs: Default::default(),
+            listed: Default::default(),
         });
         events::start_housekeeping(server.clone());
         server
