@@ -994,34 +994,11 @@ pub async fn inspect_any(
 }
 
 async fn inspect(client: &Client, args: InspectArgs) -> Result<()> {
-    let format = args
-        .format
-        .as_deref()
-        .map(|f| Format::parse_raw(f, false))
-        .transpose()?;
-    let mut found = Vec::new();
-    let mut failed = false;
-    for name in &args.objects {
-        match inspect_any(client, name, args.kind.as_deref(), args.size).await {
-            Ok(v) => {
-                if let Some(format) = &format {
-                    out(&format!("{}\n", format.render(&v)?));
-                }
-                found.push(v);
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if format.is_none() {
-        out(&format!("{}\n", format::pretty_json(&Value::Array(found))));
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+    let kind = args.kind.as_deref();
+    super::networks::inspect_each(&args.objects, args.format.as_deref(), async |name: &str| {
+        inspect_any(client, name, kind, args.size).await
+    })
+    .await
 }
 
 async fn top(client: &Client, args: TopArgs) -> Result<()> {

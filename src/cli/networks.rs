@@ -269,19 +269,31 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
     }
 }
 
-/// docker's `X inspect`: a JSON array of all found, or the format per object; errors
-/// for the missing ones, and exit 1 if any.
+/// docker's `X inspect` of objects at `path(name)`: see [`inspect_each`].
 pub async fn inspect_list(
     client: &Client,
     names: &[String],
     format: Option<&str>,
     path: impl Fn(&str) -> String,
 ) -> Result<()> {
+    inspect_each(names, format, async |name: &str| {
+        client.get(&path(name)).await
+    })
+    .await
+}
+
+/// docker's `inspect`: a JSON array of all found, or the format per object; errors
+/// for the missing ones, and exit 1 if any.
+pub async fn inspect_each(
+    names: &[String],
+    format: Option<&str>,
+    fetch: impl AsyncFn(&str) -> Result<Value>,
+) -> Result<()> {
     let format = format.map(|f| Format::parse_raw(f, false)).transpose()?;
     let mut found = Vec::new();
     let mut failed = false;
     for name in names {
-        match client.get(&path(name)).await {
+        match fetch(name).await {
             Ok(v) => {
                 if let Some(f) = &format {
                     out(&format!("{}\n", f.render(&v)?));
