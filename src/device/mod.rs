@@ -449,6 +449,7 @@ impl CdiScan {
         Ok(DeviceEdits {
             edits: Some(merged),
             env,
+            names: names.join(", "),
         })
     }
 }
@@ -541,6 +542,8 @@ fn set_env(env: &mut Vec<String>, var: String) {
 pub struct DeviceEdits {
     edits: Option<cdi::container_edits::ContainerEdits>,
     env: Vec<String>,
+    /// The devices, for errors.
+    names: String,
 }
 
 impl DeviceEdits {
