@@ -554,7 +554,7 @@ impl DeviceEdits {
             return Ok(());
         };
         edits.clone().apply(spec).map_err(|err| CdiError::Edits {
-            name: "(requested devices)".to_string(),
+            name: self.names.clone(),
             reason: format!("applying the edits: {err:#}"),
         })?;
         if !self.env.is_empty() {
