@@ -74,3 +74,11 @@ async fn docker_py_volumes() {
 async fn docker_py_networks() {
     run_script("test_networks.py", "docker-py networks: all checks passed").await;
 }
+
+/// Builds through docker-py's `images.build` (a directory, a Dockerfile file object, a
+/// gzip custom context with a Dockerfile path, build args, the cache, a failing RUN):
+/// tests/docker-py/test_build.py.
+#[tokio::test]
+async fn docker_py_builds() {
+    run_script("test_build.py", "docker-py build: all checks passed").await;
+}

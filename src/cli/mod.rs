@@ -7,6 +7,7 @@
 //! or find the container's command, and `run`/`start -a`/`wait`/`exec` report the
 //! container's (or exec'd process's) own code.
 
+pub mod build;
 pub mod connection;
 pub mod containers;
 pub mod create;
@@ -142,6 +143,11 @@ pub enum Command {
     Containers(containers::ContainerCommand),
     #[command(flatten)]
     Images(images::ImageCommand),
+    /// Build an image from a Dockerfile
+    #[command(
+        after_help = "Examples:\n  wharf build -t app:v1 .\n  wharf build --build-arg VERSION=2 -f build/Dockerfile .\n  tar -c . | wharf build -"
+    )]
+    Build(build::BuildArgs),
     /// Manage containers
     #[command(
         subcommand,
@@ -228,6 +234,7 @@ async fn dispatch(args: Args) -> Result<()> {
     match args.command {
         Command::Containers(cmd) => containers::run(&client()?, cmd).await,
         Command::Images(cmd) => images::run(&client()?, cmd).await,
+        Command::Build(cmd) => build::run(&client()?, cmd).await,
         Command::ContainerGroup(cmd) => containers::run_group(&client()?, cmd).await,
         Command::ImageGroup(cmd) => images::run_group(&client()?, cmd).await,
         Command::Network(cmd) => networks::run(&client()?, cmd).await,

@@ -705,7 +705,13 @@ pub(super) async fn commit(
     }
     let committed = server
         .images
-        .commit(NAMESPACE, &c.image_id, layer, RUNTIME_MOUNTPOINTS, options)
+        .commit(
+            NAMESPACE,
+            Some(&c.image_id),
+            layer,
+            RUNTIME_MOUNTPOINTS,
+            options,
+        )
         .await;
     if pause {
         if let Err(err) = server.runtime.unpause_container(NAMESPACE, &c.id).await {

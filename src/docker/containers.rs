@@ -243,13 +243,28 @@ pub(super) async fn create(
     Query(query): Query<CreateQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut raw: Value = parse_json(&body)?;
+    let raw: Value = parse_json(&body)?;
+    let id = create_container(&server, query.name, raw).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "Id": id, "Warnings": [] })),
+    )
+        .into_response())
+}
+
+/// Creates a container from a create request's JSON body (`raw`), named `name` or a
+/// generated name: the create endpoint's work, which a build's RUN steps share.
+pub(super) async fn create_container(
+    server: &DockerServer,
+    name: Option<String>,
+    mut raw: Value,
+) -> Result<String, ApiError> {
     let mut request: CreateRequest = serde_json::from_value(raw.clone())
         .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
-    let generated = query.name.as_deref().is_none_or(str::is_empty);
-    let mut name = match query.name.filter(|n| !n.is_empty()) {
-        Some(name) => checked_new_name(&server, &name)?,
-        None => random_name(|n| name_taken(&server, n).is_some()),
+    let generated = name.as_deref().is_none_or(str::is_empty);
+    let mut name = match name.filter(|n| !n.is_empty()) {
+        Some(name) => checked_new_name(server, &name)?,
+        None => random_name(|n| name_taken(server, n).is_some()),
     };
     // Checked before anything is made: the CLI pulls on a 404 and creates again.
     let image = server
@@ -293,13 +308,13 @@ pub(super) async fn create(
         }
     }
     let id = crate::runtime::new_id().map_err(ApiError::from)?;
-    let dir = container_dir(&server, &id);
+    let dir = container_dir(server, &id);
     let seccomp_file = dir.join("seccomp.json");
     let (mut pod_spec, mut container_spec, profile) =
         convert::specs(&request, &id, &name, &dir, &seccomp_file)?;
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
-    container_spec.cdi_devices = cdi_devices(&server, &request, &container_spec).await?;
+    container_spec.cdi_devices = cdi_devices(server, &request, &container_spec).await?;
     // User-defined networks by ID: dockerd's 404 before anything is made.
     for wanted in &mut pod_spec.networks {
         let network = server
@@ -319,7 +334,7 @@ pub(super) async fn create(
     let mut lent = Vec::new();
     for entry in host.volumes_from.as_deref().unwrap_or_default() {
         let (source, readonly) = mounts::parse_volumes_from(entry)?;
-        let from = find(&server, source)?;
+        let from = find(server, source)?;
         lent.extend(mounts::lent_mounts(&from.spec.mounts, readonly));
     }
     let mut anonymous = mounts::config_volumes(request.volumes.as_ref())?;
@@ -370,7 +385,7 @@ pub(super) async fn create(
         {
             Err(crate::runtime::RuntimeError::AlreadyExists(_)) if generated && draws < 10 => {
                 draws += 1;
-                name = random_name(|n| name_taken(&server, n).is_some());
+                name = random_name(|n| name_taken(server, n).is_some());
                 pod_spec.name = name.clone();
                 for wanted in &mut pod_spec.networks {
                     if let Some(first) = wanted.dns_names.first_mut() {
@@ -410,11 +425,7 @@ pub(super) async fn create(
     match made {
         Ok(id) => {
             tracing::info!(container = %id, name = %name, "docker container created");
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({ "Id": id, "Warnings": [] })),
-            )
-                .into_response())
+            Ok(id)
         }
         Err(err) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -915,16 +926,26 @@ pub(super) async fn remove(
             c.id
         )));
     }
+    remove_container(&server, &c, truthy(params.v.as_deref())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a container (stopping it first), with its anonymous volumes when
+/// `volumes` (`rm -v`; named ones are kept).
+pub(super) async fn remove_container(
+    server: &DockerServer,
+    c: &ContainerRecord,
+    volumes: bool,
+) -> Result<(), ApiError> {
     server.runtime.remove_pod(NAMESPACE, &c.pod_id).await?;
-    if truthy(params.v.as_deref()) {
-        // `rm -v`: its anonymous volumes (named ones are kept).
-        server.runtime.remove_anonymous_volumes(&c).await;
+    if volumes {
+        server.runtime.remove_anonymous_volumes(c).await;
     }
     // (Its files go with the destroy event: events.rs.)
-    let dir = container_dir(&server, &c.id);
+    let dir = container_dir(server, &c.id);
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     tracing::info!(container = %c.id, "docker container removed");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::containers::{label_matches, parse_filters, rfc3339};
+use super::containers::{label_matches, parse_filters, rfc3339, truthy};
 use super::error::ApiError;
 use super::{DockerServer, NAMESPACE};
 use crate::image::registry::Credentials;
@@ -87,7 +87,8 @@ pub(super) async fn list(
     State(server): State<Arc<DockerServer>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let _ = query.all; // no intermediate images: every image is a top-level one
+    // Intermediate images (untagged, with children: a build's steps) only with `all`.
+    let all = truthy(query.all.as_deref());
     let filters = parse_filters(query.filters.as_deref())?;
     for key in filters.keys() {
         if !matches!(
@@ -131,6 +132,13 @@ pub(super) async fn list(
         let labels: std::collections::HashMap<String, String> =
             serde_json::from_value(image_labels(&config)).unwrap_or_default();
         let tags: Vec<String> = image.repo_tags.iter().map(|t| familiar(t)).collect();
+        if !all
+            && image.repo_tags.is_empty()
+            && image.repo_digests.is_empty()
+            && !server.images.children(NAMESPACE, &image.id).is_empty()
+        {
+            continue;
+        }
         let keep = filters.iter().all(|(key, values)| match key.as_str() {
             "dangling" => values
                 .iter()
@@ -150,7 +158,7 @@ pub(super) async fn list(
         }
         out.push(json!({
             "Id": image.id,
-            "ParentId": "",
+            "ParentId": image.parent.clone().unwrap_or_default(),
             "RepoTags": tags,
             "RepoDigests": image.repo_digests.iter().map(|d| familiar(d)).collect::<Vec<_>>(),
             "Created": created,
@@ -325,7 +333,7 @@ fn inspect(server: &DockerServer, name: &str) -> Result<Json<Value>, ApiError> {
         "Id": image.id,
         "RepoTags": image.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
         "RepoDigests": image.repo_digests.iter().map(|d| familiar(d)).collect::<Vec<_>>(),
-        "Parent": "",
+        "Parent": image.parent.clone().unwrap_or_default(),
         "Comment": config.get("comment").cloned().unwrap_or(json!("")),
         "Created": created,
         "Container": "",
@@ -501,7 +509,7 @@ impl<R: std::io::Read> std::io::Read for ImportProgress<R> {
 /// core refused the input), the task reads the rest of the body and drops it: the answer
 /// waits for it ([`finish_body`]), since a client still sending would otherwise get a
 /// reset instead of the error.
-fn body_reader(body: Body) -> (impl std::io::Read + Send + 'static, BodyTask) {
+pub(super) fn body_reader(body: Body) -> (impl std::io::Read + Send + 'static, BodyTask) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let task = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
@@ -526,10 +534,10 @@ fn body_reader(body: Body) -> (impl std::io::Read + Send + 'static, BodyTask) {
     (reader, task)
 }
 
-type BodyTask = tokio::task::JoinHandle<()>;
+pub(super) type BodyTask = tokio::task::JoinHandle<()>;
 
 /// Waits (at most a minute) until the rest of the request body was read.
-async fn finish_body(task: BodyTask) {
+pub(super) async fn finish_body(task: BodyTask) {
     if tokio::time::timeout(std::time::Duration::from_secs(60), task)
         .await
         .is_err()
@@ -725,7 +733,7 @@ pub(super) async fn remove(
     Path(name): Path<String>,
     Query(query): Query<RemoveQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let _ = query.noprune;
+    let prune = !truthy(query.noprune.as_deref());
     let force = matches!(query.force.as_deref(), Some("1" | "true" | "True"));
     let image = find_image(&server, &name)?;
     let mut user = None;
@@ -777,6 +785,12 @@ pub(super) async fn remove(
             .into_iter()
             .collect()
     };
+    if by_id && !server.images.children(NAMESPACE, &image.id).is_empty() {
+        return Err(ApiError::conflict(format!(
+            "conflict: unable to delete {} (cannot be forced) - image has dependent child images",
+            &image.id.trim_start_matches("sha256:")[..12]
+        )));
+    }
     server.images.remove(NAMESPACE, &query).await?;
     for tag in &tags {
         answer.push(json!({ "Untagged": familiar(tag) }));
@@ -786,8 +800,40 @@ pub(super) async fn remove(
             answer.push(json!({ "Untagged": familiar(digest) }));
         }
         answer.push(json!({ "Deleted": image.id }));
+        if prune {
+            remove_unused_parents(&server, image.parent.clone(), &mut answer).await?;
+        }
     }
     Ok(Json(answer))
+}
+
+/// dockerd's parent pruning after a delete: each parent up the chain that is now an
+/// untagged image with no other child and no container goes too (a build's steps).
+async fn remove_unused_parents(
+    server: &DockerServer,
+    mut next: Option<String>,
+    answer: &mut Vec<Value>,
+) -> Result<(), ApiError> {
+    while let Some(id) = next.take() {
+        let Some(parent) = server.images.get(NAMESPACE, &id) else {
+            break;
+        };
+        let mut used = false;
+        server.runtime.for_each_container(NAMESPACE, |c| {
+            used |= c.image_id == parent.id;
+        });
+        if used
+            || !parent.repo_tags.is_empty()
+            || !parent.repo_digests.is_empty()
+            || !server.images.children(NAMESPACE, &parent.id).is_empty()
+        {
+            break;
+        }
+        server.images.remove(NAMESPACE, &parent.id).await?;
+        answer.push(json!({ "Deleted": parent.id }));
+        next = parent.parent;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

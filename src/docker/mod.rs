@@ -41,6 +41,7 @@
 
 mod archive;
 mod attach;
+mod build;
 mod commit;
 mod containers;
 mod convert;
@@ -96,6 +97,9 @@ impl DockerServer {
             listed: Default::default(),
         });
         events::start_housekeeping(server.clone());
+        // What builds cut short by a crash left (mounts, contexts).
+        let builds = build::builds_dir(&server);
+        tokio::task::spawn_blocking(move || build::clean_leftovers(&builds));
         server
     }
 }
@@ -130,6 +134,8 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .route("/containers/{id}/changes", get(filesystem::changes))
         .route("/containers/{id}/export", get(filesystem::export))
         .route("/commit", post(commit::commit))
+        .route("/build", post(build::build))
+        .route("/build/prune", post(build::prune))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(list::list))
         .route("/containers/{id}/json", get(containers::inspect))

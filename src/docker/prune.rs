@@ -117,7 +117,7 @@ pub(super) async fn df(State(server): State<Arc<DockerServer>>) -> Result<Json<V
         "Images": images,
         "Containers": containers,
         "Volumes": super::volumes::df_volumes(&server).await,
-        "BuildCache": [],
+        "BuildCache": super::build::cache_usage(&server),
     })))
 }
 

@@ -7,6 +7,7 @@
 //! touch the disk.
 
 pub mod archive;
+pub mod build;
 pub mod changes;
 pub mod content;
 mod metrics;
@@ -168,6 +169,11 @@ pub struct Image {
     /// The config's `User` (e.g. "1000", "wharf", "1000:1000").
     pub user: String,
     pub pinned: bool,
+    /// The image this one was committed on (a build step's parent), as dockerd's
+    /// image store records it: intermediate images of a build are found by it (the
+    /// build cache), hidden from a plain list, and removed with their last child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Image {
@@ -214,6 +220,12 @@ impl Index {
             }
         }
         Some(image)
+    }
+
+    fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Image> + 'a {
+        self.by_id
+            .values()
+            .filter(move |image| image.parent.as_deref() == Some(id))
     }
 
     /// Finds an image by full ID, unique ID prefix (with or without `sha256:`), or a
@@ -398,6 +410,15 @@ impl ImageService {
         images
     }
 
+    /// The images committed on `parent` (by full ID).
+    pub fn children(&self, namespace: &str, parent: &str) -> Vec<Image> {
+        let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        namespaces
+            .get(namespace)
+            .map(|index| index.children(parent).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Finds an image by ID, ID prefix, tag or digest reference, from memory.
     pub fn get(&self, namespace: &str, query: &str) -> Option<Image> {
         let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
@@ -553,6 +574,7 @@ impl ImageService {
             size,
             user,
             pinned: false,
+            parent: None,
         };
         self.record_pulled(namespace, pulled).await
     }
@@ -896,7 +918,15 @@ impl ImageService {
             }
             // A tag removed from an image that still has other tags only untags; the
             // digest references alone do not keep an image whose last tag is removed.
-            let keep = !remaining.repo_tags.is_empty();
+            // An image with children (a build's steps) stays as their untagged parent,
+            // as dockerd keeps it.
+            let has_children = {
+                let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                namespaces
+                    .get(namespace)
+                    .is_some_and(|index| index.children(&image.id).next().is_some())
+            };
+            let keep = !remaining.repo_tags.is_empty() || has_children;
             self.store.update(|tx| {
                 if keep {
                     tx.replace(namespace, Kind::Image, &image.id, &remaining)

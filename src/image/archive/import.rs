@@ -305,6 +305,7 @@ impl ImageService {
             size: blob.size + config.len() as u64 + manifest.len() as u64,
             user,
             pinned: false,
+            parent: None,
         };
         let image = self.record_pulled(namespace, image).await?;
         self.image_event(namespace, "import", &image.id, &image.id);

@@ -190,6 +190,7 @@ impl ImageService {
                 size,
                 user: image.user,
                 pinned: false,
+                parent: None,
             };
             let recorded = self.record_pulled(namespace, record).await?;
             self.image_event(namespace, "load", &recorded.id, &recorded.id);

@@ -223,6 +223,13 @@ fn whole_stream<'a, R: Read + 'a>(detected: Detected, reader: R) -> io::Result<B
     })
 }
 
+/// A whole tarball in whatever compression its first bytes tell (plain, gzip, zstd,
+/// bzip2, xz), decompressed: a build context, a local archive a build ADDs.
+pub fn decompress_whole<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    let (detected, reader) = sniff(reader)?;
+    whole_stream(detected, reader)
+}
+
 /// Splits an archive path into its components, refusing what could leave the archive:
 /// `..`, an absolute path, NUL, non-UTF-8. `.` and empty components are dropped.
 fn components(raw: &[u8]) -> Result<Vec<String>, String> {

@@ -154,6 +154,21 @@ fn build_layer(
     }))
 }
 
+/// The config a `FROM scratch` build starts from: this machine's platform, no layers.
+fn scratch_config() -> Vec<u8> {
+    let platform = crate::image::platform::Platform::host();
+    let mut config = json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    if let Some(variant) = platform.variant {
+        config["variant"] = json!(variant);
+    }
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
 /// The parent's config with the new image's fields (moby's `NewChildImage`).
 fn child_config(
     parent: &[u8],
@@ -210,11 +225,11 @@ fn child_config(
 }
 
 /// The manifest of the new image, in its parent's format (Docker schema 2 or OCI).
-fn manifest(parent: &Image, config: &[u8], layers: &[Layer]) -> (String, Vec<u8>) {
-    let (media_type, config_type) = if parent.manifest_media_type == DOCKER_MANIFEST {
-        (DOCKER_MANIFEST, DOCKER_CONFIG)
-    } else {
+fn manifest(oci: bool, config: &[u8], layers: &[Layer]) -> (String, Vec<u8>) {
+    let (media_type, config_type) = if oci {
         (OCI_MANIFEST, OCI_CONFIG)
+    } else {
+        (DOCKER_MANIFEST, DOCKER_CONFIG)
     };
     let manifest = json!({
         "schemaVersion": 2,
@@ -236,45 +251,60 @@ fn manifest(parent: &Image, config: &[u8], layers: &[Layer]) -> (String, Vec<u8>
 
 impl ImageService {
     /// Commits the read-write layer `layer` of a container made from the image
-    /// `parent_id` (in `namespace`) as a new image; `skip` lists the runtime's mount
-    /// points (see [`super::RUNTIME_MOUNTPOINTS`]). Returns the new image, tagged as
-    /// `options.reference` asks.
+    /// `parent_id` (in `namespace`; `None` for a build's `FROM scratch`) as a new image;
+    /// `skip` lists the runtime's mount points (see [`super::RUNTIME_MOUNTPOINTS`]).
+    /// Returns the new image, tagged as `options.reference` asks; its parent is
+    /// recorded (dockerd's `Parent`).
     pub async fn commit(
         &self,
         namespace: &str,
-        parent_id: &str,
+        parent_id: Option<&str>,
         layer: LayerSource,
         skip: &'static [&'static str],
         options: CommitOptions,
     ) -> Result<Image, ImageError> {
-        let parent = self
-            .get(namespace, parent_id)
-            .ok_or_else(|| ImageError::InvalidImage {
-                reference: parent_id.to_string(),
-                message: "the container's image was removed: a commit needs its config and \
-                          layers"
-                    .to_string(),
-            })?;
+        let parent = match parent_id {
+            Some(parent_id) => Some(self.get(namespace, parent_id).ok_or_else(|| {
+                ImageError::InvalidImage {
+                    reference: parent_id.to_string(),
+                    message: "the container's image was removed: a commit needs its \
+                                      config and layers"
+                        .to_string(),
+                }
+            })?),
+            None => None,
+        };
         // The parent's blobs and snapshots stay while the new image refers to them.
-        let _parent_lease = self
-            .leases
-            .take(parent.blobs().cloned().chain(parent.chain_ids()).collect());
-        let parent_config = self.content.read(&parent.id)?;
+        let _parent_lease = self.leases.take(
+            parent
+                .iter()
+                .flat_map(|parent| parent.blobs().cloned().chain(parent.chain_ids()))
+                .collect(),
+        );
+        let parent_config = match &parent {
+            Some(parent) => self.content.read(&parent.id)?,
+            None => scratch_config(),
+        };
+        let parent_layers = parent
+            .as_ref()
+            .map(|p| p.layers.clone())
+            .unwrap_or_default();
+        // Docker's format unless the parent is an OCI image (dockerd 20.10 pushes
+        // schema 2).
+        let oci = parent
+            .as_ref()
+            .is_some_and(|p| p.manifest_media_type != DOCKER_MANIFEST);
         let snapshots = self.snapshots.clone();
         let built = blocking(move || build_layer(&snapshots, &layer, skip)).await?;
 
-        let mut layers = parent.layers.clone();
+        let mut layers = parent_layers;
         let new_layer = built.as_ref().map(|built| {
             let mut diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
             diff_ids.push(built.diff_id.clone());
             Layer {
                 digest: built.digest.clone(),
                 size: built.size,
-                media_type: if parent.manifest_media_type == DOCKER_MANIFEST {
-                    DOCKER_LAYER.to_string()
-                } else {
-                    OCI_LAYER.to_string()
-                },
+                media_type: if oci { OCI_LAYER } else { DOCKER_LAYER }.to_string(),
                 diff_id: built.diff_id.clone(),
                 chain_id: Snapshotter::chain_ids(&diff_ids).pop().unwrap_or_default(),
             }
@@ -287,7 +317,7 @@ impl ImageService {
             &created,
         )
         .map_err(|message| ImageError::InvalidImage {
-            reference: parent.id.clone(),
+            reference: parent_id.unwrap_or("scratch").to_string(),
             message,
         })?;
         let config = serde_json::to_vec(&config)
@@ -295,7 +325,7 @@ impl ImageService {
         if let Some(layer) = &new_layer {
             layers.push(layer.clone());
         }
-        let (manifest_type, manifest) = manifest(&parent, &config, &layers);
+        let (manifest_type, manifest) = manifest(oci, &config, &layers);
         let config_digest = sha256_digest(&config);
         let manifest_digest = sha256_digest(&manifest);
         let _lease = self.leases.take(
@@ -341,6 +371,7 @@ impl ImageService {
             layers,
             user,
             pinned: false,
+            parent: parent.map(|p| p.id),
         };
         self.record_committed(namespace, &image).await?;
         tracing::info!(image = %image.id, container = %options.container_id, "committed a container");

@@ -1,0 +1,558 @@
+//! A build's files: the context the client sent (a tar stream, plain or compressed),
+//! extracted onto disk as it arrives (a 500 MB context costs disk, not memory), with
+//! `.dockerignore` applied; paths resolved within a root the way dockerd's
+//! `FollowSymlinkInScope` does (a symlink, absolute or with `..`, never leaves the
+//! context or an image's root filesystem); the checksum of what a COPY or ADD copies
+//! (the classic builder's cache key: contents, names, modes and link targets, not
+//! times); and the copy itself, with the owner and mode a COPY asks for.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::ignore::IgnoreMatcher;
+
+/// Most symlinks followed while resolving one path (Linux's own limit is 40 per
+/// lookup; dockerd's `FollowSymlinkInScope` allows 255).
+const MAX_SYMLINKS: usize = 255;
+
+/// What is wrong with a context or a copy: the input's fault unless `Io`.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl ContextError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContextError + 'a {
+        move |source| ContextError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Extracts the context tar (`input`, plain, gzip, bzip2, xz or zstd) into `dir`.
+/// Entries with an absolute path or a `..` component are refused, naming the entry;
+/// links are kept as links (resolved in scope when a COPY reads them). With `owners`
+/// (an ADD of a local archive), the entries keep their owners.
+pub fn extract(input: impl Read, dir: &Path, owners: bool) -> Result<u64, ContextError> {
+    fs::create_dir_all(dir).map_err(ContextError::io("creating", dir))?;
+    let reader = crate::image::archive::decompress_whole(input)
+        .map_err(|err| ContextError::Invalid(format!("reading the build context: {err}")))?;
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_preserve_ownerships(owners);
+    let invalid = |err: io::Error| {
+        ContextError::Invalid(format!(
+            "the build context is not a valid tar archive: {err}"
+        ))
+    };
+    let mut bytes = 0u64;
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let leaves = Path::new(std::ffi::OsStr::from_bytes(&raw))
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::RootDir));
+        if leaves {
+            return Err(ContextError::Invalid(format!(
+                "the build context entry {:?} points outside the context (an absolute \
+                 path or a \"..\" component)",
+                crate::image::bounded(&name, crate::image::MAX_ECHO)
+            )));
+        }
+        bytes += entry.size();
+        let unpacked = entry.unpack_in(dir).map_err(|err| {
+            ContextError::Invalid(format!(
+                "extracting the build context entry {:?}: {err}",
+                crate::image::bounded(&name, crate::image::MAX_ECHO)
+            ))
+        })?;
+        if !unpacked {
+            return Err(ContextError::Invalid(format!(
+                "the build context entry {:?} points outside the context",
+                crate::image::bounded(&name, crate::image::MAX_ECHO)
+            )));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Removes what `ignore` excludes from the extracted context at `dir` (the context
+/// as the client should have sent it; the docker CLI and docker-py filter too).
+pub fn apply_ignore(dir: &Path, ignore: &IgnoreMatcher) -> Result<(), ContextError> {
+    fn walk(dir: &Path, prefix: &str, ignore: &IgnoreMatcher) -> Result<(), ContextError> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .map_err(ContextError::io("reading", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(ContextError::io("reading", dir))?;
+        names.sort();
+        for name in names {
+            let rel = format!("{prefix}{}", name.to_string_lossy());
+            let path = dir.join(&name);
+            let meta = fs::symlink_metadata(&path).map_err(ContextError::io("reading", &path))?;
+            if ignore.excluded(&rel) {
+                // An excluded dir may hold something an exception brings back.
+                if meta.is_dir() && ignore.may_reinclude_under(&rel) {
+                    walk(&path, &format!("{rel}/"), ignore)?;
+                    if fs::read_dir(&path)
+                        .map_err(ContextError::io("reading", &path))?
+                        .next()
+                        .is_none()
+                    {
+                        fs::remove_dir(&path).map_err(ContextError::io("removing", &path))?;
+                    }
+                } else if meta.is_dir() {
+                    fs::remove_dir_all(&path).map_err(ContextError::io("removing", &path))?;
+                } else {
+                    fs::remove_file(&path).map_err(ContextError::io("removing", &path))?;
+                }
+            } else if meta.is_dir() {
+                walk(&path, &format!("{rel}/"), ignore)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, "", ignore)
+}
+
+/// `path` (absolute or relative, `/`-separated) resolved inside `root` as if `root`
+/// were `/`: `..` stops at the root, and each symlink met on the way (the last
+/// component's too when `follow_last`) is followed within the root. What does not
+/// exist is kept as named.
+pub fn resolve_in_scope(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+) -> Result<PathBuf, ContextError> {
+    let mut resolved: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = path
+        .split('/')
+        .rev()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    let mut followed = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let last = pending.iter().all(|p| p.is_empty() || p == b".");
+        let mut candidate = root.to_path_buf();
+        for c in resolved.iter().chain(std::iter::once(&part)) {
+            candidate.push(std::ffi::OsStr::from_bytes(c));
+        }
+        let is_link = fs::symlink_metadata(&candidate)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        if is_link && (!last || follow_last) {
+            followed += 1;
+            if followed > MAX_SYMLINKS {
+                return Err(ContextError::Invalid(format!(
+                    "too many symlinks resolving {path:?}"
+                )));
+            }
+            let target =
+                fs::read_link(&candidate).map_err(ContextError::io("reading", &candidate))?;
+            let target = target.as_os_str().as_bytes();
+            if target.starts_with(b"/") {
+                resolved.clear();
+            }
+            pending.extend(target.split(|b| *b == b'/').rev().map(<[u8]>::to_vec));
+            continue;
+        }
+        resolved.push(part);
+    }
+    let mut out = root.to_path_buf();
+    for c in &resolved {
+        out.push(std::ffi::OsStr::from_bytes(c));
+    }
+    Ok(out)
+}
+
+/// The classic builder's checksum of a COPY source (`file:<hex>` or `dir:<hex>`):
+/// relative names, types, permission bits, link targets and file contents, in name
+/// order; times and owners are left out, so a touched file still hits the cache.
+pub fn checksum(path: &Path) -> Result<String, ContextError> {
+    let meta = fs::symlink_metadata(path).map_err(ContextError::io("reading", path))?;
+    let mut hasher = Sha256::new();
+    hash_entry(path, "", &meta, &mut hasher)?;
+    let kind = if meta.is_dir() { "dir" } else { "file" };
+    Ok(format!("{kind}:{}", hex::encode(hasher.finalize())))
+}
+
+fn hash_entry(
+    path: &Path,
+    rel: &str,
+    meta: &fs::Metadata,
+    hasher: &mut Sha256,
+) -> Result<(), ContextError> {
+    let kind = if meta.is_dir() {
+        'd'
+    } else if meta.file_type().is_symlink() {
+        'l'
+    } else if meta.is_file() {
+        'f'
+    } else {
+        'o'
+    };
+    hasher.update(format!("{rel}\0{kind}\0{:o}\0", meta.mode() & 0o7777).as_bytes());
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(ContextError::io("reading", path))?;
+        hasher.update(target.as_os_str().as_bytes());
+    } else if meta.is_file() {
+        hasher.update(meta.len().to_le_bytes());
+        let mut file = fs::File::open(path).map_err(ContextError::io("reading", path))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(ContextError::io("reading", path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    } else if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)
+            .map_err(ContextError::io("reading", path))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(ContextError::io("reading", path))?;
+        names.sort();
+        for name in names {
+            let child = path.join(&name);
+            let child_meta =
+                fs::symlink_metadata(&child).map_err(ContextError::io("reading", &child))?;
+            let child_rel = format!("{rel}/{}", name.to_string_lossy());
+            hash_entry(&child, &child_rel, &child_meta, hasher)?;
+        }
+    }
+    hasher.update(b"\n");
+    Ok(())
+}
+
+/// The owner and mode a COPY gives what it copies.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// `--chmod`: replaces the permission bits of every file and directory copied.
+    pub mode: Option<u32>,
+}
+
+/// Copies `src` (a file, link or directory, not followed) to `dst`, which must not be
+/// an existing directory when `src` is not one; a directory's entries are merged into
+/// an existing `dst` directory, whose own owner and mode stay.
+pub fn copy_path(src: &Path, dst: &Path, copy_as: CopyAs) -> Result<u64, ContextError> {
+    let meta = fs::symlink_metadata(src).map_err(ContextError::io("reading", src))?;
+    let mut copied = 0;
+    if meta.is_dir() {
+        match fs::symlink_metadata(dst) {
+            Ok(existing) if existing.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(dst).map_err(ContextError::io("replacing", dst))?;
+                make_dir(dst, &meta, copy_as)?;
+            }
+            Err(_) => make_dir(dst, &meta, copy_as)?,
+        }
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(ContextError::io("reading", src))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(ContextError::io("reading", src))?;
+        names.sort();
+        for name in names {
+            copied += copy_path(&src.join(&name), &dst.join(&name), copy_as)?;
+        }
+        set_times(dst, &meta)?;
+        return Ok(copied);
+    }
+    if let Ok(existing) = fs::symlink_metadata(dst) {
+        if existing.is_dir() {
+            return Err(ContextError::Invalid(format!(
+                "cannot copy {} over the directory {}",
+                src.display(),
+                dst.display()
+            )));
+        }
+        fs::remove_file(dst).map_err(ContextError::io("replacing", dst))?;
+    }
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(src).map_err(ContextError::io("reading", src))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(ContextError::io("creating", dst))?;
+        std::os::unix::fs::lchown(dst, Some(copy_as.uid), Some(copy_as.gid))
+            .map_err(ContextError::io("chown of", dst))?;
+        set_times(dst, &meta)?;
+        return Ok(0);
+    }
+    if !meta.is_file() {
+        return Err(ContextError::Invalid(format!(
+            "{} is not a regular file, directory or symlink: COPY copies only those",
+            src.display()
+        )));
+    }
+    copied += fs::copy(src, dst).map_err(ContextError::io("copying to", dst))?;
+    std::os::unix::fs::lchown(dst, Some(copy_as.uid), Some(copy_as.gid))
+        .map_err(ContextError::io("chown of", dst))?;
+    let mode = copy_as.mode.unwrap_or(meta.mode() & 0o7777);
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+        .map_err(ContextError::io("chmod of", dst))?;
+    set_times(dst, &meta)?;
+    Ok(copied)
+}
+
+fn make_dir(dst: &Path, meta: &fs::Metadata, copy_as: CopyAs) -> Result<(), ContextError> {
+    fs::create_dir(dst).map_err(ContextError::io("creating", dst))?;
+    std::os::unix::fs::lchown(dst, Some(copy_as.uid), Some(copy_as.gid))
+        .map_err(ContextError::io("chown of", dst))?;
+    let mode = copy_as.mode.unwrap_or(meta.mode() & 0o7777);
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+        .map_err(ContextError::io("chmod of", dst))
+}
+
+/// Gives `dst` the access and modification times of `meta` (links not followed).
+fn set_times(dst: &Path, meta: &fs::Metadata) -> Result<(), ContextError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(None, dst, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|errno| ContextError::io("setting the times of", dst)(io::Error::from(errno)))
+}
+
+/// Creates the missing directories of `dir` (inside a root filesystem, already
+/// resolved), owned by `uid:gid` with mode 0755, as the classic builder's
+/// `MkdirAllAndChownNew` does; existing ones are left as they are.
+pub fn make_dirs(dir: &Path, uid: u32, gid: u32) -> Result<(), ContextError> {
+    if fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        make_dirs(parent, uid, gid)?;
+    }
+    fs::create_dir(dir).map_err(ContextError::io("creating", dir))?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .map_err(ContextError::io("chown of", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .map_err(ContextError::io("chmod of", dir))
+}
+
+/// A `--chown` value (`user`, `user:group`, names or numbers) as numeric IDs, names
+/// looked up in the root filesystem's `/etc/passwd` and `/etc/group`; a user alone
+/// gives the same number as its group, as the classic builder does.
+pub fn chown_ids(rootfs: &Path, spec: &str) -> Result<(u32, u32), ContextError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    let lookup = |file: &str, name: &str| -> Result<u32, ContextError> {
+        if let Ok(id) = name.parse::<u32>() {
+            return Ok(id);
+        }
+        let path = resolve_in_scope(rootfs, file, true)?;
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.len() > 2 && fields[0] == name).then(|| fields[2].parse::<u32>().ok())
+            })
+            .flatten()
+            .next()
+            .ok_or_else(|| {
+                ContextError::Invalid(format!(
+                    "unable to convert uid/gid chown string to host mapping: can't find \
+                     {} {name:?} in {file}",
+                    if file.ends_with("passwd") {
+                        "uid for user"
+                    } else {
+                        "gid for group"
+                    }
+                ))
+            })
+    };
+    let uid = lookup("/etc/passwd", user)?;
+    let gid = match group {
+        Some(group) => lookup("/etc/group", group)?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+/// Whether the file at `path` is a tar archive, plain or compressed (what ADD
+/// extracts instead of copying, as dockerd's `isArchivePath` decides).
+pub fn is_archive(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let Ok(reader) = crate::image::archive::decompress_whole(file) else {
+        return false;
+    };
+    let mut archive = tar::Archive::new(reader);
+    let first = archive
+        .entries()
+        .ok()
+        .and_then(|mut entries| entries.next());
+    matches!(first, Some(Ok(_)))
+}
+
+/// Whether a source name holds a wildcard (Go's `filepath.Match` syntax).
+pub fn has_wildcard(source: &str) -> bool {
+    source.contains(['*', '?', '['])
+}
+
+/// The paths under `root` matching `pattern` (relative, `/`-separated, Go's
+/// `filepath.Match` per path): a matching directory is taken whole, not searched.
+pub fn glob(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
+    let pattern = pattern.trim_start_matches("./").trim_start_matches('/');
+    let compiled = glob::Pattern::new(pattern)
+        .map_err(|err| ContextError::Invalid(format!("invalid pattern {pattern:?}: {err}")))?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let mut found = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(prefix) = pending.pop() {
+        let dir = root.join(&prefix);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(ContextError::io("reading", &dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(ContextError::io("reading", &dir))?;
+        names.sort();
+        for name in names {
+            let rel = format!("{prefix}{}", name.to_string_lossy());
+            if compiled.matches_with(&rel, options) {
+                found.push(rel);
+            } else if fs::symlink_metadata(root.join(&rel)).is_ok_and(|m| m.is_dir()) {
+                pending.push(format!("{rel}/"));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "wharf-context-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let root = temp("scope");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("a/rel")).unwrap();
+        assert_eq!(
+            resolve_in_scope(&root, "abs/passwd", true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_scope(&root, "a/b/up/etc", true).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            resolve_in_scope(&root, "../../x", true).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_scope(&root, "a/rel/c", true).unwrap(),
+            root.join("a/b/c")
+        );
+        assert_eq!(
+            resolve_in_scope(&root, "a/rel", false).unwrap(),
+            root.join("a/rel")
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_in_scope(&root, "loop", true).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn context_entries_cannot_leave_it() {
+        let root = temp("extract");
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // `append_data` refuses `..`; write the name into the header directly.
+        header.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        header.set_cksum();
+        builder.append(&header, &b"hi"[..]).unwrap();
+        let data = builder.into_inner().unwrap();
+        let err = extract(&data[..], &root.join("ctx"), false).unwrap_err();
+        assert!(err.to_string().contains("../escape"), "{err}");
+        assert!(!root.join("escape").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn checksums_ignore_times_but_not_contents() {
+        let root = temp("sum");
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), "one").unwrap();
+        let first = checksum(&root.join("d")).unwrap();
+        assert!(first.starts_with("dir:"));
+        let file = fs::File::options()
+            .write(true)
+            .open(root.join("d/f"))
+            .unwrap();
+        file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(checksum(&root.join("d")).unwrap(), first);
+        fs::write(root.join("d/f"), "two").unwrap();
+        assert_ne!(checksum(&root.join("d")).unwrap(), first);
+        assert!(checksum(&root.join("d/f")).unwrap().starts_with("file:"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn globs_match_per_path() {
+        let root = temp("glob");
+        fs::create_dir_all(root.join("src/sub")).unwrap();
+        fs::write(root.join("a.txt"), "").unwrap();
+        fs::write(root.join("b.md"), "").unwrap();
+        fs::write(root.join("src/c.txt"), "").unwrap();
+        assert_eq!(glob(&root, "*.txt").unwrap(), vec!["a.txt"]);
+        assert_eq!(glob(&root, "src/*.txt").unwrap(), vec!["src/c.txt"]);
+        assert_eq!(glob(&root, "s*").unwrap(), vec!["src"]);
+        assert!(glob(&root, "*.none").unwrap().is_empty());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

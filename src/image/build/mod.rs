@@ -1,0 +1,9 @@
+//! Dockerfile builds, the part that needs no container: the Dockerfile parser and its
+//! word expansion ([`dockerfile`]), `.dockerignore` patterns ([`ignore`]) and the
+//! build context on disk ([`context`]). The steps themselves (FROM, RUN in a
+//! container, COPY into a layer, commits, the cache) run in the Docker front end's
+//! builder (`crate::docker::build`), which owns the containers they need.
+
+pub mod context;
+pub mod dockerfile;
+pub mod ignore;
