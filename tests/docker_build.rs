@@ -373,6 +373,53 @@ async fn onbuild_failing_run_and_bad_input() {
         "inside\ninside"
     );
 
+    // The stream as dockerd writes it: stderr in red escape codes, the stage's ID as
+    // `aux`, a failed RUN's code in `errorDetail`.
+    let body = context_tar(&format!(
+        "FROM {image}\nRUN echo out; echo err >&2\nRUN exit 5\n"
+    ));
+    let (status, _, answer) = support::docker::raw_http_bytes(
+        &docker.socket(),
+        "POST",
+        "/v1.41/build?rm=1",
+        "application/x-tar",
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#"{"stream":"out\n"}"#), "{answer}");
+    assert!(
+        answer.contains(r#"{"stream":"\u001b[91merr\n\u001b[0m"}"#),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(r#""errorDetail":{"code":5,"message":"The command '/bin/sh -c exit 5' returned a non-zero code: 5"}"#),
+        "{answer}"
+    );
+    let body = context_tar(&format!("FROM {image}\nENV A=1\n"));
+    let (status, _, answer) = support::docker::raw_http_bytes(
+        &docker.socket(),
+        "POST",
+        "/v1.41/build",
+        "application/x-tar",
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#"{"aux":{"ID":"sha256:"#), "{answer}");
+
+    // The build cache: intermediate images in `docker system df`, removed by
+    // `docker builder prune`; tagged images stay.
+    let df = docker.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    let cache_count = |df: &str| -> usize {
+        df.lines()
+            .find_map(|l| l.strip_prefix("Build Cache "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(cache_count(&df) > 0, "{df}");
+    let pruned = docker.ok(&["builder", "prune", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert_eq!(docker.ok(&["run", "--rm", &child]), "triggered\ncopied");
+
     // A context entry with `..`: refused before anything runs, nothing written.
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -436,6 +483,18 @@ async fn large_context_is_streamed_not_buffered() {
         after.saturating_sub(before) < 100 * 1024,
         "wharfd's peak RSS grew from {before} KiB to {after} KiB for a 400 MB context"
     );
+}
+
+/// A context holding only `Dockerfile`.
+fn context_tar(dockerfile: &str) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_path("Dockerfile").unwrap();
+    header.set_cksum();
+    tar.append(&header, dockerfile.as_bytes()).unwrap();
+    tar.into_inner().unwrap()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

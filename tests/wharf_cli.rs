@@ -1211,3 +1211,74 @@ async fn signals_are_forwarded_without_a_tty() {
     assert_eq!(status.code(), Some(9), "{rest}");
     assert!(rest.contains("got INT"), "{rest}");
 }
+
+/// `wharf build`: the context sent with `.dockerignore` applied on this side (an
+/// ignored file never travels, the Dockerfile does even when ignored), build args,
+/// `-f -` from stdin, `--iidfile`, `-q`, and a failed RUN's exit code, as `docker
+/// build` with the classic builder.
+#[tokio::test]
+async fn build_like_docker_build() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {image}\nARG WHO\nCOPY . /ctx/\nRUN echo \"hi $WHO\" > /greeting\nCMD [\"cat\", \"/greeting\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".dockerignore"), "Dockerfile\n*.tmp\n").unwrap();
+    std::fs::write(dir.join("kept.txt"), "kept\n").unwrap();
+    std::fs::write(dir.join("scratch.tmp"), "ignored\n").unwrap();
+    let tag = format!("wharf-built-{}", unique("b"));
+    let iid_dir = tempfile::tempdir().unwrap();
+    let iid = iid_dir.path().join("iid");
+    let out = ok(
+        &docker,
+        &[
+            "build",
+            "-t",
+            &tag,
+            "--build-arg",
+            "WHO=wharf",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("Step 1/5 : FROM"), "{out}");
+    assert!(
+        out.contains(&format!("Successfully tagged {tag}:latest")),
+        "{out}"
+    );
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(ok(&docker, &["run", "--rm", &tag]), "hi wharf");
+    let listed = ok(&docker, &["run", "--rm", &tag, "ls", "-A", "/ctx"]);
+    assert_eq!(listed, ".dockerignore\nkept.txt", "{listed}");
+
+    // -q prints the ID alone; the cache makes it the same image.
+    let quiet = ok(
+        &docker,
+        &[
+            "build",
+            "-q",
+            "--build-arg",
+            "WHO=wharf",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(quiet.trim(), id.trim());
+
+    // A Dockerfile on stdin; a failing RUN's code is the command's.
+    let run = wharf_with_input(
+        &docker,
+        &["build", "-f", "-", dir.to_str().unwrap()],
+        Some(format!("FROM {image}\nRUN exit 4\n").as_bytes()),
+    );
+    assert_eq!(run.status, 4, "{run:?}");
+    assert!(
+        run.stderr.contains("returned a non-zero code: 4"),
+        "{run:?}"
+    );
+}

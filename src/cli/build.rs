@@ -180,7 +180,13 @@ pub async fn run(client: &Client, args: BuildArgs) -> Result<()> {
         Source::Dir {
             dir,
             stdin_dockerfile,
-        } => context_body(dir, stdin_dockerfile)?,
+        } => context_body(
+            dir,
+            stdin_dockerfile,
+            dockerfile
+                .clone()
+                .unwrap_or_else(|| "Dockerfile".to_string()),
+        )?,
     };
     let response = client
         .call(
@@ -222,6 +228,7 @@ fn dockerfile_in_context(dir: &Path, file: &str) -> Result<String> {
 fn context_body(
     dir: PathBuf,
     stdin_dockerfile: Option<(String, Vec<u8>)>,
+    dockerfile: String,
 ) -> Result<connection::Body> {
     let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
         Ok(text) => Some(
@@ -235,7 +242,14 @@ fn context_body(
     tokio::task::spawn_blocking(move || {
         let mut tar = tar::Builder::new(writer);
         tar.follow_symlinks(false);
-        let result = add_dir(&mut tar, &dir, "", ignore.as_ref()).and_then(|()| {
+        // The Dockerfile and .dockerignore always travel (the docker CLI's
+        // `TrimBuildFilesFromExcludes`); the daemon reads them, then drops them if
+        // .dockerignore excludes them.
+        let keep = [
+            dockerfile.trim_start_matches("./").to_string(),
+            ".dockerignore".to_string(),
+        ];
+        let result = add_dir(&mut tar, &dir, "", ignore.as_ref(), &keep).and_then(|()| {
             if let Some((name, text)) = &stdin_dockerfile {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(text.len() as u64);
@@ -257,6 +271,7 @@ fn add_dir<W: Write>(
     dir: &Path,
     prefix: &str,
     ignore: Option<&IgnoreMatcher>,
+    keep: &[String],
 ) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
@@ -266,13 +281,13 @@ fn add_dir<W: Write>(
         let rel = format!("{prefix}{}", name.to_string_lossy());
         let path = dir.join(&name);
         let meta = std::fs::symlink_metadata(&path)?;
-        let excluded = ignore.is_some_and(|i| i.excluded(&rel));
+        let excluded = ignore.is_some_and(|i| i.excluded(&rel)) && !keep.contains(&rel);
         if meta.is_dir() {
             if !excluded {
                 tar.append_path_with_name(&path, &rel)?;
             }
             if !excluded || ignore.is_some_and(|i| i.may_reinclude_under(&rel)) {
-                add_dir(tar, &path, &format!("{rel}/"), ignore)?;
+                add_dir(tar, &path, &format!("{rel}/"), ignore, keep)?;
             }
         } else if !excluded {
             tar.append_path_with_name(&path, &rel)?;
