@@ -39,6 +39,12 @@
 #      the same image (`crictl pull`), --pulls times each, interleaved;
 #   plus the CLIs' floors for reference: `docker version` (/_ping + /version) and, on
 #   wharf, `crictl version` (one Version RPC).
+#   7. with --builds N (issue 20): `docker build` with the classic builder
+#      (DOCKER_BUILDKIT=0) of the same 10-step context (6 MiB in 66 files): from
+#      scratch (--no-cache), a fully cached rebuild, and a rebuild after one source file
+#      changed, N times each; then the daemon's peak RSS (VmHWM, reset through
+#      /proc/PID/clear_refs; dockerd's and its containerd's) while a build reads a
+#      500 MB context (random data) and copies one small file from it.
 # Raw samples (ms, one per line) and each round's JSON are kept under --out, with
 # summary.txt (median over rounds of each round's p50 / p99 / figure, the ratio
 # wharf / dockerd and the goal of issue 18) and the daemons' logs. Everything the
@@ -59,6 +65,8 @@
 #   --lists N    GET /containers/json calls (default 200)
 #   --execs N    `docker exec` calls (default 30)
 #   --pulls N    pulls of the 5-layer image per way and round (default 2)
+#   --builds N   builds of each kind per round (default 0: no build figures)
+#   --only-builds  the build figures alone (--builds 3 unless given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,13 +79,17 @@ live=100
 lists=200
 execs=30
 pulls=2
-usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N]"
+builds=0
+only_builds=false
+usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N] [--builds N] [--only-builds]"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --quick) rounds=1; runs=5; wave=10; live=20; lists=50; execs=5; pulls=1; shift ;;
     --out) out="$2"; shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
+    --builds) builds="$2"; shift 2 ;;
+    --only-builds) only_builds=true; (( builds > 0 )) || builds=3; shift ;;
     --runs) runs="$2"; shift 2 ;;
     --wave) wave="$2"; shift 2 ;;
     --live) live="$2"; shift 2 ;;
@@ -376,8 +388,53 @@ pull_once() {  # WAY FILE
 }
 
 run_round() {  # side: wharf | dockerd; sets the round's raw dir
-  local wall_start wall_end i c
   : > "$raw/memory.tsv"
+  if [[ $only_builds == false ]]; then run_api_round; fi
+  if (( builds > 0 )); then build_round; fi
+}
+
+# --- builds (issue 20) -------------------------------------------------------------------
+make_build_context() {  # the 10-step context, and the 500 MB one
+  local dir="$work/build-ctx" i
+  mkdir -p "$dir/src" "$dir/assets"
+  for i in $(seq -w 1 40); do head -c 24576 /dev/urandom | base64 -w 76 > "$dir/src/part$i.txt"; done
+  for i in $(seq -w 1 24); do head -c 262144 /dev/urandom > "$dir/assets/blob$i.bin"; done
+  echo "main" > "$dir/main.txt"
+  printf '%s\n' "FROM $image" "ENV APP=bench" "WORKDIR /app" "COPY assets/ /app/assets/" \
+    "COPY src/ /app/src/" "RUN cat /app/src/* | wc -c > /app/size" "COPY main.txt /app/main.txt" \
+    "RUN ls -R /app > /app/list" "LABEL bench=wharf" 'CMD ["cat", "/app/size"]' > "$dir/Dockerfile"
+  mkdir -p "$work/big-ctx"
+  head -c 500000000 /dev/urandom > "$work/big-ctx/big.bin"
+  echo small > "$work/big-ctx/small"
+  printf 'FROM %s\nCOPY small /small\n' "$image" > "$work/big-ctx/Dockerfile"
+}
+dbuild() { DOCKER_BUILDKIT=0 dk build "$@"; }
+peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+build_round() {
+  local i btag="wharf-bench-build:$tag" before d_peak c_peak=0
+  for (( i=0; i<builds; i++ )); do
+    timed "$raw/build_fresh.ms" dbuild --no-cache -q -t "$btag" "$work/build-ctx"
+    timed "$raw/build_cached.ms" dbuild -q -t "$btag" "$work/build-ctx"
+    echo "change $side $r $i" >> "$work/build-ctx/src/part01.txt"
+    timed "$raw/build_changed.ms" dbuild -q -t "$btag" "$work/build-ctx"
+  done
+  dk rmi -f "$btag" > /dev/null 2>&1 || true
+  dk image prune -f > /dev/null 2>&1 || true
+  # The 500 MB context: peak RSS of the daemon (and dockerd's containerd) while it runs.
+  read -r before _ < <(mem_of "$daemon_pid")
+  echo 5 > "/proc/$daemon_pid/clear_refs"
+  if [[ $side == dockerd ]]; then echo 5 > "/proc/$dockerd_containerd_pid/clear_refs"; fi
+  timed "$raw/build_big_context.ms" dbuild -q -t "$btag-big" "$work/big-ctx"
+  d_peak=$(peak_kib "$daemon_pid")
+  if [[ $side == dockerd ]]; then c_peak=$(peak_kib "$dockerd_containerd_pid"); fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' big_context_peak 0 "$d_peak" 0 "$c_peak" 0 0 0 0 >> "$raw/memory.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' big_context_before 0 "$before" 0 0 0 0 0 0 >> "$raw/memory.tsv"
+  dk rmi -f "$btag-big" > /dev/null 2>&1 || true
+  dk image prune -f > /dev/null 2>&1 || true
+}
+
+run_api_round() {
+  local wall_start wall_end i c
   sleep 2
   record_memory idle 0
   for (( i=0; i<10; i++ )); do timed "$raw/cli_floor.ms" dk version; done
@@ -486,6 +543,15 @@ summary() {
       row("5-layer pull: docker pull, p50"; .series.pull_docker.p50; null),
       row("5-layer pull: API alone (curl /images/create), p50"; .series.pull_api.p50; null),
       "",
+      "builds (issue 20): docker build, classic builder, the same 10-step context",
+      (["figure", "wharf", "dockerd", "wharf/dockerd", "goal (issue 20)"] | @tsv),
+      row("build from scratch (--no-cache), p50"; .series.build_fresh.p50; null),
+      row("fully cached rebuild, p50"; .series.build_cached.p50; 0.25),
+      row("rebuild after one source file changed, p50"; .series.build_changed.p50; null),
+      row("500 MB context: build time"; .series.build_big_context.p50; null),
+      row("500 MB context: daemon peak RSS (MiB)"; mem("big_context_peak"; daemon_total) | mib; null),
+      row("500 MB context: daemon RSS before (MiB)"; mem("big_context_before"; .daemon_rss_kib) | mib; null),
+      "",
       "Docker API pull vs CRI pull, wharf only (goal: Docker API <= 1.05 x CRI)",
       (["figure", "Docker API", "CRI (crictl pull)", "API/CRI", "goal"] | @tsv),
       (med($W; .series.pull_docker.p50) as $a | med($W; .series.pull_cri.p50) as $b | ratio($a; $b) as $r
@@ -515,6 +581,7 @@ printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n' "
 for sock in "$wharf_docker_sock" "$dockerd_sock"; do
   dk pull -q "$image" > /dev/null
 done
+if (( builds > 0 )); then make_build_context; fi
 versions="wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $(dockerd --version); $(containerd --version); $(runc --version | head -1); CLI: $("$cli" --version) ($cli), API $(DOCKER_HOST="unix://$dockerd_sock" "$cli" version -f '{{.Client.APIVersion}}')"
 echo "== registry $registry_host, images $image and $layered ($layered_info)" >&2
 echo "== $versions" >&2
