@@ -505,3 +505,103 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/<pid>/status")
 }
+
+/// A kill -9 of wharfd in the middle of a build: the next start removes what the
+/// build left (its context and mounts), the steps it had committed are the cache of
+/// the next build, and the RUN's container is an ordinary container to remove.
+#[tokio::test]
+async fn kill9_mid_build_leaves_nothing_a_restart_does_not_clean() {
+    let mut docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "f", "file\n");
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nCOPY f /f\nRUN sleep 120\n"),
+    );
+    let mut cli = Command::new(docker_cli())
+        .arg("build")
+        .arg(ctx.path())
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start docker build");
+    // The RUN step's container runs: the build is mid-way.
+    let mut running = String::new();
+    for _ in 0..200 {
+        running = docker.ok(&["ps", "-q"]);
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!running.is_empty(), "the build's RUN never started");
+    let builds = docker.env.daemon.paths.root.join("docker/builds");
+    assert!(fs::read_dir(&builds).unwrap().next().is_some());
+    docker.env.daemon.kill9();
+    let _ = cli.wait();
+    docker.env.daemon.restart().await;
+    // Cleaned before serving: no build directory, no mount under it.
+    let left: Vec<_> = fs::read_dir(&builds)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left after the restart: {left:?}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(builds.to_str().unwrap()),
+        "a build mount survived the restart"
+    );
+    // The RUN's container is an ordinary one.
+    docker.ok(&["rm", "-f", running.lines().next().unwrap()]);
+    // The COPY committed before the crash is the next build's cache.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nCOPY f /f\nRUN cat /f\n"),
+    );
+    let out = build_ok(&docker, ctx.path(), &[]);
+    assert_eq!(out.matches(" ---> Using cache").count(), 1, "{out}");
+}
+
+/// `--cache-from` an image pulled from a registry (no local build cache): its history
+/// gives every step, the build makes the same image without running anything.
+#[tokio::test]
+async fn cache_from_a_pulled_image() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "f", "cached file\n");
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nENV A=1\nCOPY f /f\nRUN cat /f > /g\nCMD [\"cat\", \"/g\"]\n"),
+    );
+    let target = format!("{}/cache/{}:v1", docker.env.registry.host(), unique("app"));
+    let out = build_ok(&docker, ctx.path(), &["-t", &target]);
+    let id = docker.ok(&["image", "inspect", "--format", "{{.Id}}", &target]);
+    assert!(
+        out.contains(&format!("Successfully built {}", &id[7..19])),
+        "{out}"
+    );
+    docker.ok(&["push", &target]);
+    // Gone here, with every step under it: no local cache is left.
+    let removed = docker.ok(&["rmi", &target]);
+    assert!(removed.matches("Deleted: ").count() >= 4, "{removed}");
+    docker.ok(&["pull", &target]);
+    assert_eq!(
+        docker.ok(&["image", "inspect", "--format", "{{.Id}}", &target]),
+        id
+    );
+
+    let again = build_ok(&docker, ctx.path(), &["--cache-from", &target]);
+    assert_eq!(again.matches(" ---> Using cache").count(), 4, "{again}");
+    assert!(!again.contains("Running in"), "{again}");
+    assert_eq!(built_id(&again), &id[7..19]);
+}

@@ -64,6 +64,9 @@ pub(super) struct BuildOptions {
     pub cpuset_cpus: String,
     pub cpu_period: i64,
     pub cpu_quota: i64,
+    /// `cachefrom`: images whose steps a build may take when its own cache has none
+    /// (an image pulled from a registry carries its steps in its history).
+    pub cache_from: Vec<String>,
     /// Registry credentials by server (`X-Registry-Config`), for the pulls of FROM.
     pub auth: HashMap<String, Credentials>,
 }
@@ -149,11 +152,7 @@ impl BuildOptions {
                         crate::image::bounded(value, crate::image::MAX_ECHO)
                     )))
                 }
-                "cachefrom" => {
-                    // Images whose steps the cache may reuse: the local cache already
-                    // holds the steps of every image built here.
-                    let _: Vec<String> = json_map(key, value)?;
-                }
+                "cachefrom" => options.cache_from = json_map(key, value)?,
                 _ => {}
             }
         }

@@ -257,6 +257,9 @@ pub(super) struct Builder<'a> {
     stage_names: HashMap<String, usize>,
     /// Directories made for steps (mount points), numbered.
     scratch: usize,
+    /// The `cache_from` images here, by ID (once one gave a step, only that one, as
+    /// dockerd's `ImageCache` stays on its source).
+    cache_from: Vec<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -284,6 +287,11 @@ impl<'a> Builder<'a> {
             stage_images: Vec::new(),
             stage_names: HashMap::new(),
             scratch: 0,
+            cache_from: options
+                .cache_from
+                .iter()
+                .filter_map(|name| server.images.get(NAMESPACE, name).map(|image| image.id))
+                .collect(),
         }
     }
 
@@ -755,9 +763,23 @@ impl<'a> Builder<'a> {
         best.map(|(id, _)| id)
     }
 
-    /// Takes a cache hit for `container_config`, if there is one.
-    async fn cached(&self, state: &mut Stage, container_config: &Map<String, Value>) -> bool {
-        match self.probe(state, container_config) {
+    /// Takes a cache hit for `container_config`, if there is one: the local cache,
+    /// then the `cache_from` images.
+    async fn cached(&mut self, state: &mut Stage, container_config: &Map<String, Value>) -> bool {
+        let hit = match self.probe(state, container_config) {
+            Some(id) => Some(id),
+            None => match self.probe_cache_from(state, container_config).await {
+                Ok(hit) => hit,
+                Err(err) => {
+                    tracing::warn!(
+                        "the cache_from images could not give a step: {}",
+                        err.message
+                    );
+                    None
+                }
+            },
+        };
+        match hit {
             Some(id) => {
                 self.output.stream(" ---> Using cache\n").await;
                 state.image = Some(id);
@@ -765,6 +787,96 @@ impl<'a> Builder<'a> {
             }
             None => false,
         }
+    }
+
+    /// An image's history entries and diff IDs.
+    fn history_of(
+        &self,
+        id: &str,
+    ) -> Result<(crate::image::Image, Vec<Value>, Vec<String>), BuildError> {
+        let image = self.server.images.get(NAMESPACE, id).ok_or_else(|| {
+            BuildError::new(format!("the image {id} was removed during the build"))
+        })?;
+        let bytes = self.server.images.config_json(&image)?;
+        let config: Value = serde_json::from_slice(&bytes)
+            .map_err(|err| BuildError::new(format!("the config of {id} is not JSON: {err}")))?;
+        let history = config["history"].as_array().cloned().unwrap_or_default();
+        let diff_ids = strings(config["rootfs"].get("diff_ids"));
+        Ok((image, history, diff_ids))
+    }
+
+    /// dockerd's `ImageCache.GetCache` for `cache_from`: an image whose history goes on
+    /// from the current image's (the same entries, the same layers) with this step
+    /// (its `created_by`) gives it: the image itself when the step is its last, else a
+    /// new image of the current one and that step's layer.
+    async fn probe_cache_from(
+        &mut self,
+        state: &Stage,
+        container_config: &Map<String, Value>,
+    ) -> Result<Option<String>, BuildError> {
+        if self.options.no_cache || self.cache_from.is_empty() {
+            return Ok(None);
+        }
+        let created_by = strings(container_config.get("Cmd")).join(" ");
+        let (parent_history, parent_diffs) = match &state.image {
+            Some(id) => {
+                let (_, history, diffs) = self.history_of(id)?;
+                (history, diffs)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let same_entry = |a: &Value, b: &Value| {
+            a["created_by"] == b["created_by"]
+                && a["empty_layer"].as_bool().unwrap_or(false)
+                    == b["empty_layer"].as_bool().unwrap_or(false)
+        };
+        for source in self.cache_from.clone() {
+            let (image, history, diffs) = self.history_of(&source)?;
+            let n = parent_history.len();
+            if history.len() <= n
+                || !history
+                    .iter()
+                    .zip(&parent_history)
+                    .all(|(a, b)| same_entry(a, b))
+                || !diffs.starts_with(&parent_diffs)
+            {
+                continue;
+            }
+            let entry = &history[n];
+            if entry["created_by"].as_str() != Some(created_by.as_str()) {
+                continue;
+            }
+            self.cache_from = vec![source.clone()];
+            if history.len() == n + 1 {
+                return Ok(Some(source));
+            }
+            let layer = if entry["empty_layer"].as_bool().unwrap_or(false) {
+                None
+            } else {
+                match image.layers.get(parent_diffs.len()) {
+                    Some(layer) => Some(layer.clone()),
+                    None => continue,
+                }
+            };
+            let created = entry["created"].as_str().unwrap_or_default().to_string();
+            let config = self.with_image(state, state.config.clone());
+            let options = CommitOptions {
+                container_id: String::new(),
+                author: state.maintainer.clone(),
+                comment: String::new(),
+                config: Value::Object(config),
+                container_config: Value::Object(container_config.clone()),
+                created_by,
+                reference: None,
+            };
+            let derived = self
+                .server
+                .images
+                .derive(NAMESPACE, state.image.as_deref(), layer, created, options)
+                .await?;
+            return Ok(Some(derived.id));
+        }
+        Ok(None)
     }
 
     /// The config and container config of a step's image: `Image` is the parent.

@@ -87,6 +87,19 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// What a new image is made of, before its config and manifest are written.
+struct Child<'a> {
+    parent: Option<&'a Image>,
+    parent_config: &'a [u8],
+    parent_layers: Vec<Layer>,
+    /// OCI media types (the parent's format), else Docker schema 2.
+    oci: bool,
+    new_layer: Option<Layer>,
+    /// The new layer's files, when it was built (not reused).
+    built: Option<BuiltLayer>,
+    created: String,
+}
+
 /// The new layer, unpacked into a pending snapshot, its blob in a file beside it.
 struct BuiltLayer {
     pending: PendingSnapshot,
@@ -296,10 +309,9 @@ impl ImageService {
             .is_some_and(|p| p.manifest_media_type != DOCKER_MANIFEST);
         let snapshots = self.snapshots.clone();
         let built = blocking(move || build_layer(&snapshots, &layer, skip)).await?;
-
-        let mut layers = parent_layers;
         let new_layer = built.as_ref().map(|built| {
-            let mut diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+            let mut diff_ids: Vec<String> =
+                parent_layers.iter().map(|l| l.diff_id.clone()).collect();
             diff_ids.push(built.diff_id.clone());
             Layer {
                 digest: built.digest.clone(),
@@ -310,14 +322,103 @@ impl ImageService {
             }
         });
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let child = Child {
+            parent: parent.as_ref(),
+            parent_config: &parent_config,
+            parent_layers,
+            oci,
+            new_layer,
+            built,
+            created,
+        };
+        self.record_child(namespace, child, options).await
+    }
+
+    /// A build step's image made of what exists already (`cache_from`): the image
+    /// `parent_id` (or none: scratch) and `layer` (another image's, on the same chain),
+    /// with the history entry's time `created`.
+    pub async fn derive(
+        &self,
+        namespace: &str,
+        parent_id: Option<&str>,
+        layer: Option<Layer>,
+        created: String,
+        options: CommitOptions,
+    ) -> Result<Image, ImageError> {
+        let parent = match parent_id {
+            Some(id) => Some(
+                self.get(namespace, id)
+                    .ok_or_else(|| ImageError::NotFound(id.to_string()))?,
+            ),
+            None => None,
+        };
+        let _lease = self.leases.take(
+            parent
+                .iter()
+                .flat_map(|parent| parent.blobs().cloned().chain(parent.chain_ids()))
+                .chain(
+                    layer
+                        .iter()
+                        .flat_map(|l| [l.digest.clone(), l.chain_id.clone()]),
+                )
+                .collect(),
+        );
+        if let Some(layer) = &layer {
+            if !self.content.exists(&layer.digest) || !self.snapshots.exists(&layer.chain_id) {
+                return Err(ImageError::NotFound(format!(
+                    "the layer {} of a cache image",
+                    layer.digest
+                )));
+            }
+        }
+        let parent_config = match &parent {
+            Some(parent) => self.content.read(&parent.id)?,
+            None => scratch_config(),
+        };
+        let oci = parent
+            .as_ref()
+            .is_some_and(|p| p.manifest_media_type != DOCKER_MANIFEST);
+        let child = Child {
+            parent: parent.as_ref(),
+            parent_config: &parent_config,
+            parent_layers: parent
+                .as_ref()
+                .map(|p| p.layers.clone())
+                .unwrap_or_default(),
+            oci,
+            new_layer: layer,
+            built: None,
+            created,
+        };
+        self.record_child(namespace, child, options).await
+    }
+
+    /// Writes the config and manifest of a child image and records it (tagged as
+    /// `options.reference` asks).
+    async fn record_child(
+        &self,
+        namespace: &str,
+        child: Child<'_>,
+        options: CommitOptions,
+    ) -> Result<Image, ImageError> {
+        let Child {
+            parent,
+            parent_config,
+            parent_layers,
+            oci,
+            new_layer,
+            built,
+            created,
+        } = child;
+        let mut layers = parent_layers;
         let config = child_config(
-            &parent_config,
+            parent_config,
             &options,
             new_layer.as_ref().map(|l| l.diff_id.as_str()),
             &created,
         )
         .map_err(|message| ImageError::InvalidImage {
-            reference: parent_id.unwrap_or("scratch").to_string(),
+            reference: parent.map_or("scratch".to_string(), |p| p.id.clone()),
             message,
         })?;
         let config = serde_json::to_vec(&config)
@@ -371,7 +472,7 @@ impl ImageService {
             layers,
             user,
             pinned: false,
-            parent: parent.map(|p| p.id),
+            parent: parent.map(|p| p.id.clone()),
         };
         self.record_committed(namespace, &image).await?;
         tracing::info!(image = %image.id, container = %options.container_id, "committed a container");
