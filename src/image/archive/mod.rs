@@ -232,7 +232,7 @@ pub fn decompress_whole<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read 
 
 /// Splits an archive path into its components, refusing what could leave the archive:
 /// `..`, an absolute path, NUL, non-UTF-8. `.` and empty components are dropped.
-fn components(raw: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn components(raw: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(raw).map_err(|_| "the path is not UTF-8".to_string())?;
     if text.starts_with('/') {
         return Err("an absolute path".to_string());

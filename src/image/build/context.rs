@@ -6,11 +6,12 @@
 //! (the classic builder's cache key: contents, names, modes and link targets, not
 //! times); and the copy itself, with the owner and mode a COPY asks for.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -44,54 +45,147 @@ impl ContextError {
 }
 
 /// Extracts the context tar (`input`, plain, gzip, bzip2, xz or zstd) into `dir`.
-/// Entries with an absolute path or a `..` component are refused, naming the entry;
-/// links are kept as links (resolved in scope when a COPY reads them). With `owners`
-/// (an ADD of a local archive), the entries keep their owners.
+/// Entries with an absolute path or a `..` component, or under a symlink the archive
+/// made, are refused, naming the entry; links are kept as links (resolved in scope
+/// when a COPY reads them). With `owners` (an ADD of a local archive), the entries keep
+/// their owners. Written here rather than with `tar::Entry::unpack_in`, which resolves
+/// every path to check it (a `readlink` per component and entry: a third of a cached
+/// rebuild's time): `dir` is new and only this extraction writes into it, so the
+/// symlinks it made are the only ones a path could go through.
 pub fn extract(input: impl Read, dir: &Path, owners: bool) -> Result<u64, ContextError> {
     fs::create_dir_all(dir).map_err(ContextError::io("creating", dir))?;
     let reader = crate::image::archive::decompress_whole(input)
         .map_err(|err| ContextError::Invalid(format!("reading the build context: {err}")))?;
     let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    archive.set_preserve_ownerships(owners);
     let invalid = |err: io::Error| {
         ContextError::Invalid(format!(
             "the build context is not a valid tar archive: {err}"
         ))
     };
+    let mut links: HashSet<PathBuf> = HashSet::new();
+    let mut buf = vec![0u8; 256 * 1024];
     let mut bytes = 0u64;
     for entry in archive.entries().map_err(invalid)? {
         let mut entry = entry.map_err(invalid)?;
         let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let leaves = Path::new(std::ffi::OsStr::from_bytes(&raw))
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::RootDir));
-        if leaves {
-            return Err(ContextError::Invalid(format!(
-                "the build context entry {:?} points outside the context (an absolute \
-                 path or a \"..\" component)",
-                crate::image::bounded(&name, crate::image::MAX_ECHO)
-            )));
-        }
-        bytes += entry.size();
-        let unpacked = entry.unpack_in(dir).map_err(|err| {
+        let name = crate::image::bounded(&String::from_utf8_lossy(&raw), crate::image::MAX_ECHO);
+        let rel = inside(&raw, &links).map_err(|why| {
             ContextError::Invalid(format!(
-                "extracting the build context entry {:?}: {err}",
-                crate::image::bounded(&name, crate::image::MAX_ECHO)
+                "the build context entry {name:?} points outside the context ({why})"
             ))
         })?;
-        if !unpacked {
-            return Err(ContextError::Invalid(format!(
-                "the build context entry {:?} points outside the context",
-                crate::image::bounded(&name, crate::image::MAX_ECHO)
-            )));
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dir.join(&rel);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(ContextError::io("creating", parent))?;
+        }
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime = header.mtime().unwrap_or(0);
+        let (uid, gid) = (
+            header.uid().unwrap_or(0) as u32,
+            header.gid().unwrap_or(0) as u32,
+        );
+        let kind = header.entry_type();
+        let own = |path: &Path| -> Result<(), ContextError> {
+            if owners {
+                std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                    .map_err(ContextError::io("chown of", path))?;
+            }
+            Ok(())
+        };
+        match kind {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target).map_err(ContextError::io("creating", &target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(ContextError::io("chmod of", &target))?;
+                own(&target)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                replace_non_dir(&target)?;
+                // O_EXCL: never through a link.
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&target)
+                    .map_err(ContextError::io("creating", &target))?;
+                loop {
+                    let n = entry.read(&mut buf).map_err(invalid)?;
+                    if n == 0 {
+                        break;
+                    }
+                    io::Write::write_all(&mut file, &buf[..n])
+                        .map_err(ContextError::io("writing", &target))?;
+                    bytes += n as u64;
+                }
+                file.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(ContextError::io("chmod of", &target))?;
+                let modified =
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+                file.set_modified(modified)
+                    .map_err(ContextError::io("setting the time of", &target))?;
+                own(&target)?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                replace_non_dir(&target)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
+                    .map_err(ContextError::io("creating", &target))?;
+                own(&target)?;
+                links.insert(rel);
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                let source = inside(&link, &links).map_err(|why| {
+                    ContextError::Invalid(format!(
+                        "the build context entry {name:?} links outside the context ({why})"
+                    ))
+                })?;
+                replace_non_dir(&target)?;
+                fs::hard_link(dir.join(&source), &target)
+                    .map_err(ContextError::io("linking", &target))?;
+            }
+            // Devices, FIFOs and the like have no place in a build context.
+            _ => {}
         }
     }
     Ok(bytes)
+}
+
+/// An archive path as a relative path that stays inside the extraction: no `..`, not
+/// absolute, not under one of the symlinks the archive made.
+fn inside(raw: &[u8], links: &HashSet<PathBuf>) -> Result<PathBuf, String> {
+    let parts = crate::image::archive::components(raw)?;
+    let mut rel = PathBuf::new();
+    for (i, part) in parts.iter().enumerate() {
+        rel.push(part);
+        if i + 1 < parts.len() && links.contains(&rel) {
+            return Err(format!("through the symlink {}", rel.display()));
+        }
+    }
+    Ok(rel)
+}
+
+/// Removes what is at `path` unless it is a directory (an entry given twice: the
+/// last wins, as tar's).
+fn replace_non_dir(path: &Path) -> Result<(), ContextError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(ContextError::Invalid(format!(
+            "the build context replaces the directory {} with a file",
+            path.display()
+        ))),
+        Ok(_) => fs::remove_file(path).map_err(ContextError::io("replacing", path)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Removes what `ignore` excludes from the extracted context at `dir` (the context
@@ -519,6 +613,41 @@ mod tests {
         let err = extract(&data[..], &root.join("ctx"), false).unwrap_err();
         assert!(err.to_string().contains("../escape"), "{err}");
         assert!(!root.join("escape").exists());
+        // A symlink the archive made cannot be written through.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "out", root.join("outside"))
+            .unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_size(2);
+        file.set_mode(0o644);
+        builder.append_data(&mut file, "out/x", &b"hi"[..]).unwrap();
+        let data = builder.into_inner().unwrap();
+        fs::create_dir_all(root.join("outside")).unwrap();
+        let err = extract(&data[..], &root.join("ctx2"), false).unwrap_err();
+        assert!(err.to_string().contains("through the symlink out"), "{err}");
+        assert!(!root.join("outside/x").exists());
+        // A regular context: files, modes, times, links.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut file = tar::Header::new_gnu();
+        file.set_size(3);
+        file.set_mode(0o751);
+        file.set_mtime(1_000_000);
+        builder.append_data(&mut file, "d/f", &b"abc"[..]).unwrap();
+        let mut hard = tar::Header::new_gnu();
+        hard.set_entry_type(tar::EntryType::Link);
+        hard.set_size(0);
+        builder.append_link(&mut hard, "d/h", "d/f").unwrap();
+        let data = builder.into_inner().unwrap();
+        let ctx = root.join("ctx3");
+        assert_eq!(extract(&data[..], &ctx, false).unwrap(), 3);
+        let meta = fs::metadata(ctx.join("d/f")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o751);
+        assert_eq!(meta.mtime(), 1_000_000);
+        assert_eq!(fs::read(ctx.join("d/h")).unwrap(), b"abc");
         fs::remove_dir_all(&root).unwrap();
     }
 
