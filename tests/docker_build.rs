@@ -605,3 +605,131 @@ async fn cache_from_a_pulled_image() {
     assert!(!again.contains("Running in"), "{again}");
     assert_eq!(built_id(&again), &id[7..19]);
 }
+
+/// The other instructions and options: SHELL, USER, VOLUME, STOPSIGNAL, HEALTHCHECK,
+/// ENTRYPOINT, ADD of a local tar.gz (extracted) and of a URL (refused: no network),
+/// `--label`, several `-t`, `--target` of a middle stage, `--network none` for RUN, a
+/// proxy build arg (in RUN's environment, not in the image), and a FROM --platform
+/// this machine does not run.
+#[tokio::test]
+async fn instructions_and_options() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    // A tar.gz for ADD to extract.
+    let payload = tempfile::tempdir().unwrap();
+    write(payload.path(), "pkg/README", "inside the archive\n");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(ctx.path().join("pkg.tar.gz"))
+        .arg("-C")
+        .arg(payload.path())
+        .arg("pkg")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {image} AS first\n\
+             RUN echo first > /first\n\
+             FROM first AS middle\n\
+             SHELL [\"/bin/sh\", \"-e\", \"-c\"]\n\
+             ADD pkg.tar.gz /opt/\n\
+             RUN ls /sys/class/net > /nets; echo \"proxy=$HTTP_PROXY\" > /proxy\n\
+             USER 1000:1000\n\
+             VOLUME /data\n\
+             STOPSIGNAL SIGUSR1\n\
+             HEALTHCHECK --interval=5s --retries=2 CMD [\"true\"]\n\
+             ENTRYPOINT [\"cat\"]\n\
+             CMD [\"/opt/pkg/README\"]\n\
+             FROM {image}\n\
+             RUN echo last > /last\n"
+        ),
+    );
+    let a = format!("multi-a-{}", unique("t"));
+    let b = format!("multi-b-{}", unique("t"));
+    let out = build_ok(
+        &docker,
+        ctx.path(),
+        &[
+            "--target",
+            "middle",
+            "-t",
+            &a,
+            "-t",
+            &b,
+            "--label",
+            "team=wharf",
+            "--network",
+            "none",
+            "--build-arg",
+            "HTTP_PROXY=http://proxy.invalid:3128",
+        ],
+    );
+    // The last stage is not needed by the target: not built.
+    assert!(!out.contains("echo last"), "{out}");
+    assert!(
+        out.contains(&format!("Successfully tagged {a}:latest")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Successfully tagged {b}:latest")),
+        "{out}"
+    );
+    assert_eq!(docker.ok(&["run", "--rm", &b]), "inside the archive");
+    assert_eq!(
+        docker.ok(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "cat",
+            "--user",
+            "0",
+            &a,
+            "/first",
+            "/nets",
+            "/proxy"
+        ]),
+        "first\nlo\nproxy=http://proxy.invalid:3128"
+    );
+    let inspected = docker.ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}}|{{json .Config.Volumes}}|{{.Config.StopSignal}}|{{json .Config.Healthcheck}}|{{json .Config.Shell}}|{{index .Config.Labels \"team\"}}",
+        &a,
+    ]);
+    assert_eq!(
+        inspected,
+        r#"1000:1000|{"/data":{}}|SIGUSR1|{"Test":["CMD","true"],"Interval":5000000000,"Retries":2}|["/bin/sh","-e","-c"]|wharf"#
+    );
+    // The proxy value is not in the image's history.
+    let history = docker.ok(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", &a]);
+    assert!(!history.contains("proxy.invalid"), "{history}");
+
+    // ADD of a URL: a clear refusal; a platform this machine does not run: refused.
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nADD http://example.invalid/x /x\n"),
+    );
+    let run = build(&docker, ctx.path(), &[]);
+    assert_ne!(run.status, 0);
+    assert!(
+        run.stderr.contains("remote sources are not supported"),
+        "{run:?}"
+    );
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM --platform=linux/s390x {image}\nRUN true\n"),
+    );
+    let run = build(&docker, ctx.path(), &[]);
+    assert_ne!(run.status, 0);
+    assert!(
+        run.stderr.contains("linux/s390x is not this machine's"),
+        "{run:?}"
+    );
+}

@@ -104,6 +104,12 @@ impl Platform {
         (os, arch, variant)
     }
 
+    /// Whether images of this platform run on this machine (a build makes images for
+    /// the machine it runs on).
+    pub fn runs_here(&self) -> bool {
+        Platform::host().rank(self).is_some()
+    }
+
     /// How well an index entry for `offered` suits `self`: `Some(0)` for the same
     /// platform, `Some(n)` for an older variant this machine also runs (arm v6 on v7,
     /// amd64 v2 on v3), `None` when it does not run here.

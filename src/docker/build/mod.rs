@@ -153,6 +153,9 @@ impl BuildOptions {
                     )))
                 }
                 "cachefrom" => options.cache_from = json_map(key, value)?,
+                "platform" if !value.is_empty() => {
+                    check_platform(value).map_err(ApiError::bad_request)?;
+                }
                 _ => {}
             }
         }
@@ -161,6 +164,20 @@ impl BuildOptions {
         }
         Ok(options)
     }
+}
+
+/// A platform a build may target: this machine's (the classic builder runs each
+/// RUN here, without emulation).
+pub(super) fn check_platform(value: &str) -> Result<(), String> {
+    let platform = crate::image::platform::Platform::parse(value).map_err(|err| err.to_string())?;
+    if platform.runs_here() {
+        return Ok(());
+    }
+    Err(format!(
+        "the platform {value} is not this machine's ({}): wharf builds images for the \
+         platform it runs on",
+        crate::image::platform::Platform::host()
+    ))
 }
 
 /// A `t` value: a valid reference naming a tag (`name` alone is `name:latest`).

@@ -395,12 +395,17 @@ impl<'a> Builder<'a> {
     async fn start_stage(&mut self, from: &Instruction) -> Result<Stage, BuildError> {
         self.print_step(from).await;
         let vars = EnvVars(self.meta_env());
-        let Command::From { image, .. } = from
+        let Command::From {
+            image, platform, ..
+        } = from
             .command(&vars, self.escape)
             .map_err(|m| line_error(from, m))?
         else {
             return Err(line_error(from, "not a FROM".to_string()));
         };
+        if let Some(platform) = &platform {
+            super::check_platform(platform).map_err(|m| line_error(from, m))?;
+        }
         let base = if image.eq_ignore_ascii_case("scratch") {
             None
         } else if let Some(&index) = self.stage_names.get(&image.to_ascii_lowercase()) {

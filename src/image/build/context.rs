@@ -123,8 +123,7 @@ pub fn extract(input: impl Read, dir: &Path, owners: bool) -> Result<u64, Contex
                 }
                 file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(ContextError::io("chmod of", &target))?;
-                let modified =
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+                let modified = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
                 file.set_modified(modified)
                     .map_err(ContextError::io("setting the time of", &target))?;
                 own(&target)?;
