@@ -317,9 +317,28 @@ async fn opaque_directories_in_diff_and_commit() {
     docker.ok(&["commit", &name, "wharf-test/opaque:v1"]);
     let out = docker.ok(&["run", "--rm", "wharf-test/opaque:v1", "ls", "-A", "/home"]);
     assert_eq!(out, "file");
-    // A container whose image was removed (rmi -f) cannot be committed: its config is
-    // gone. Its diff still reads (its layers are held).
-    docker.ok(&["rmi", "-f", &image]);
+    // An image with a child (the commit) only loses its tag to `rmi -f`, as dockerd's:
+    // it stays, untagged, under its child.
+    let image_id = docker.ok(&["image", "inspect", "--format", "{{.Id}}", &image]);
+    let removed = docker.ok(&["rmi", "-f", &image]);
+    assert!(
+        removed.contains("Untagged:") && !removed.contains("Deleted:"),
+        "{removed}"
+    );
+    assert_eq!(
+        docker.ok(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Parent}}",
+            "wharf-test/opaque:v1"
+        ]),
+        image_id
+    );
+    // A container whose image was removed (rmi -f, once it has no child) cannot be
+    // committed: its config is gone. Its diff still reads (its layers are held).
+    docker.ok(&["rmi", "wharf-test/opaque:v1"]);
+    docker.ok(&["rmi", "-f", &image_id]);
     let err = docker.fails(&["commit", &name, "wharf-test/orphan:v1"]);
     assert!(err.contains("the container's image was removed"), "{err}");
     assert_eq!(docker.ok(&["diff", &name]).lines().count(), 3);

@@ -97,9 +97,9 @@ impl DockerServer {
             listed: Default::default(),
         });
         events::start_housekeeping(server.clone());
-        // What builds cut short by a crash left (mounts, contexts).
-        let builds = build::builds_dir(&server);
-        tokio::task::spawn_blocking(move || build::clean_leftovers(&builds));
+        // What builds cut short by a crash left (mounts, contexts), before the socket
+        // serves: a new build never meets them.
+        build::clean_leftovers(&build::builds_dir(&server));
         server
     }
 }

@@ -35,9 +35,10 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::images::{body_reader, familiar, finish_body};
 use super::{DockerServer, NAMESPACE};
-use crate::image::build::context::{self, ContextError};
+use crate::image::build::context::ContextError;
 use crate::image::build::dockerfile::{self, Dockerfile};
 use crate::image::build::ignore::IgnoreMatcher;
+use crate::image::build::index::ContextIndex;
 use crate::image::registry::{Credentials, ImageReference};
 
 /// What a build request asks for (the query of `POST /build`).
@@ -419,36 +420,29 @@ fn context_error(err: ContextError) -> ApiError {
 }
 
 /// Reads the Dockerfile the options name, inside the context (a symlink cannot take
-/// it outside), then applies `.dockerignore` to the context.
-fn prepare_context(context_dir: &Path, options: &BuildOptions) -> Result<Dockerfile, ApiError> {
-    let dockerfile_path =
-        context::resolve_in_scope(context_dir, &options.dockerfile, true).map_err(context_error)?;
-    let text = match std::fs::read(&dockerfile_path) {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-            ApiError::bad_request(format!(
-                "the Dockerfile ({}) is not UTF-8 text",
-                crate::image::bounded(&options.dockerfile, crate::image::MAX_ECHO)
-            ))
-        })?,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::bad_request(format!(
-                "Cannot locate specified Dockerfile: {}",
-                crate::image::bounded(&options.dockerfile, crate::image::MAX_ECHO)
-            )))
-        }
-        Err(err) => {
-            return Err(ApiError::bad_request(format!(
-                "reading the Dockerfile {}: {err}",
-                crate::image::bounded(&options.dockerfile, crate::image::MAX_ECHO)
-            )))
-        }
-    };
+/// it outside), then applies `.dockerignore` to the context's index.
+fn prepare_context(
+    index: &mut ContextIndex,
+    options: &BuildOptions,
+) -> Result<Dockerfile, ApiError> {
+    let shown = || crate::image::bounded(&options.dockerfile, crate::image::MAX_ECHO);
+    let path = index
+        .resolve(&options.dockerfile, true)
+        .map_err(context_error)?;
+    let bytes = index
+        .read_small(&path)
+        .map_err(context_error)?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("Cannot locate specified Dockerfile: {}", shown()))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request(format!("the Dockerfile ({}) is not UTF-8 text", shown()))
+    })?;
     let parsed = dockerfile::parse(&text).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let ignore_path = context_dir.join(".dockerignore");
-    if let Ok(text) = std::fs::read_to_string(&ignore_path) {
-        let matcher = IgnoreMatcher::parse(&text)
+    if let Some(bytes) = index.read_small(".dockerignore").map_err(context_error)? {
+        let matcher = IgnoreMatcher::parse(&String::from_utf8_lossy(&bytes))
             .map_err(|err| ApiError::bad_request(format!("error reading .dockerignore: {err}")))?;
-        context::apply_ignore(context_dir, &matcher).map_err(context_error)?;
+        index.apply_ignore(&matcher);
     }
     Ok(parsed)
 }
@@ -466,23 +460,25 @@ pub(super) async fn build(
     let dir = BuildDir {
         path: builds_dir(&server).join(&id),
     };
-    let context_dir = dir.path.join("context");
     let (reader, task) = body_reader(body);
-    let extracted = {
-        let context_dir = context_dir.clone();
-        tokio::task::spawn_blocking(move || context::extract(reader, &context_dir, false))
+    let received = {
+        let spool = dir.path.join("context.tar");
+        tokio::task::spawn_blocking(move || ContextIndex::receive(reader, &spool))
             .await
-            .map_err(|err| ApiError::internal(format!("extracting the build context: {err}")))?
+            .map_err(|err| ApiError::internal(format!("reading the build context: {err}")))?
     };
     finish_body(task).await;
-    let context_bytes = extracted.map_err(context_error)?;
-    let dockerfile = {
-        let context_dir = context_dir.clone();
+    let mut index = received.map_err(context_error)?;
+    let context_bytes = index.bytes();
+    let (index, dockerfile) = {
         let options = options.clone();
-        tokio::task::spawn_blocking(move || prepare_context(&context_dir, &options))
-            .await
-            .map_err(|err| ApiError::internal(format!("reading the build context: {err}")))??
+        tokio::task::spawn_blocking(move || {
+            prepare_context(&mut index, &options).map(|dockerfile| (index, dockerfile))
+        })
+        .await
+        .map_err(|err| ApiError::internal(format!("reading the build context: {err}")))??
     };
+    let context = Arc::new(index);
     let plan = steps::Plan::new(&dockerfile, &options)?;
     tracing::info!(build = %id, context_bytes, "docker build");
     let (tx, rx) = mpsc::channel::<Bytes>(256);
@@ -491,7 +487,7 @@ pub(super) async fn build(
         quiet: options.quiet,
     };
     tokio::spawn(async move {
-        let result = steps::Builder::new(&server, &dir, &options, &output)
+        let result = steps::Builder::new(&server, &dir, &options, &output, context)
             .run(&dockerfile, &plan)
             .await;
         match result {

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -29,6 +30,7 @@ use crate::image::build::context::{self, CopyAs};
 use crate::image::build::dockerfile::{
     self, Command, CommandLine, Dockerfile, Healthcheck, Instruction, Vars,
 };
+use crate::image::build::index::ContextIndex;
 use crate::image::registry::{Credentials, ImageReference};
 use crate::image::rwlayer::commit::CommitOptions;
 use crate::image::rwlayer::{LayerSource, RUNTIME_MOUNTPOINTS};
@@ -260,6 +262,9 @@ pub(super) struct Builder<'a> {
     /// The `cache_from` images here, by ID (once one gave a step, only that one, as
     /// dockerd's `ImageCache` stays on its source).
     cache_from: Vec<String>,
+    /// The context's index (extracted to `<build dir>/context` by the first COPY or
+    /// ADD the cache does not have).
+    context: Arc<ContextIndex>,
 }
 
 impl<'a> Builder<'a> {
@@ -268,6 +273,7 @@ impl<'a> Builder<'a> {
         dir: &'a BuildDir,
         options: &'a BuildOptions,
         output: &'a Output,
+        context: Arc<ContextIndex>,
     ) -> Builder<'a> {
         Builder {
             server,
@@ -292,6 +298,7 @@ impl<'a> Builder<'a> {
                 .iter()
                 .filter_map(|name| server.images.get(NAMESPACE, name).map(|image| image.id))
                 .collect(),
+            context,
         }
     }
 
@@ -1293,10 +1300,17 @@ impl<'a> Builder<'a> {
         let resolved = {
             let root = source_root.clone();
             let sources = sources.clone();
+            let index = self.context.clone();
             let in_context = from.is_none();
-            tokio::task::spawn_blocking(move || resolve_sources(&root, &sources, in_context, name))
-                .await
-                .map_err(|err| BuildError::new(format!("a build step's task failed: {err}")))?
+            tokio::task::spawn_blocking(move || {
+                if in_context {
+                    resolve_context_sources(&index, &root, &sources, name)
+                } else {
+                    resolve_sources(&root, &sources, name)
+                }
+            })
+            .await
+            .map_err(|err| BuildError::new(format!("a build step's task failed: {err}")))?
         };
         let resolved = match resolved {
             Ok(resolved) => resolved,
@@ -1353,8 +1367,12 @@ impl<'a> Builder<'a> {
             self.unmount(source_mount).await;
             return Ok(());
         }
+        let index = from.is_none().then(|| self.context.clone());
         let result = self
             .layer_step(state, probe, move |rootfs| {
+                if let Some(index) = index {
+                    index.materialize(&source_root)?;
+                }
                 let (uid, gid) = match &chown {
                     Some(spec) => context::chown_ids(rootfs, spec)?,
                     None => (0, 0),
@@ -1453,13 +1471,9 @@ struct Source {
     hash: String,
 }
 
-/// The sources' paths (wildcards expanded, each resolved within `root`) and checksums.
-fn resolve_sources(
-    root: &Path,
-    sources: &[String],
-    in_context: bool,
-    name: &str,
-) -> Result<Vec<Source>, BuildError> {
+/// The sources' paths in a source image's root filesystem `root` (wildcards
+/// expanded, each resolved within it) and checksums.
+fn resolve_sources(root: &Path, sources: &[String], name: &str) -> Result<Vec<Source>, BuildError> {
     let mut found = Vec::new();
     for source in sources {
         let matches = if context::has_wildcard(source) {
@@ -1476,24 +1490,65 @@ fn resolve_sources(
         for rel in matches {
             let path = context::resolve_in_scope(root, &rel, true)?;
             if std::fs::symlink_metadata(&path).is_err() {
-                return Err(BuildError::new(if in_context {
-                    format!(
-                        "{name} failed: file not found in build context or excluded by \
-                         .dockerignore: stat {rel}: file does not exist"
-                    )
-                } else {
-                    format!("{name} failed: stat {rel}: file does not exist in the source image")
-                }));
+                return Err(BuildError::new(format!(
+                    "{name} failed: stat {rel}: file does not exist in the source image"
+                )));
             }
             let hash = context::checksum(&path)?;
-            let name = Path::new(&rel)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            found.push(Source { path, name, hash });
+            found.push(Source {
+                path,
+                name: base_name(&rel),
+                hash,
+            });
         }
     }
     Ok(found)
+}
+
+/// The sources in the build context, from its index (nothing is read from disk): their
+/// paths once the context is extracted to `context_dir`, and checksums.
+fn resolve_context_sources(
+    index: &ContextIndex,
+    context_dir: &Path,
+    sources: &[String],
+    name: &str,
+) -> Result<Vec<Source>, BuildError> {
+    let mut found = Vec::new();
+    for source in sources {
+        let matches = if context::has_wildcard(source) {
+            let matched = index.glob(source)?;
+            if matched.is_empty() {
+                return Err(BuildError::new(format!(
+                    "{name} failed: no source files were specified"
+                )));
+            }
+            matched
+        } else {
+            vec![source.clone()]
+        };
+        for rel in matches {
+            let path = index.resolve(&rel, true)?;
+            if !path.is_empty() && index.get(&path).is_none() {
+                return Err(BuildError::new(format!(
+                    "{name} failed: file not found in build context or excluded by \
+                     .dockerignore: stat {rel}: file does not exist"
+                )));
+            }
+            found.push(Source {
+                path: context_dir.join(&path),
+                name: base_name(&rel),
+                hash: index.checksum(&path)?,
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn base_name(rel: &str) -> String {
+    Path::new(rel)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Copies one source to `dest` inside `rootfs`, as the classic builder does: a

@@ -1,10 +1,10 @@
-//! A build's files: the context the client sent (a tar stream, plain or compressed),
-//! extracted onto disk as it arrives (a 500 MB context costs disk, not memory), with
-//! `.dockerignore` applied; paths resolved within a root the way dockerd's
-//! `FollowSymlinkInScope` does (a symlink, absolute or with `..`, never leaves the
-//! context or an image's root filesystem); the checksum of what a COPY or ADD copies
-//! (the classic builder's cache key: contents, names, modes and link targets, not
-//! times); and the copy itself, with the owner and mode a COPY asks for.
+//! Files of a build on disk: extracting a tar stream (plain or compressed) safely
+//! (what ADD does with a local archive); paths resolved within a root the way dockerd's
+//! `FollowSymlinkInScope` does (a symlink, absolute or with `..`, never leaves an
+//! image's root filesystem); the checksum of what a `COPY --from` copies (the classic
+//! builder's cache key: contents, names, modes and link targets, not times); and the
+//! copy itself, with the owner and mode a COPY asks for. The build context itself is
+//! an index over its spooled tar ([`super::index`]), with the same rules.
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,8 +14,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
-
-use super::ignore::IgnoreMatcher;
 
 /// Most symlinks followed while resolving one path (Linux's own limit is 40 per
 /// lookup; dockerd's `FollowSymlinkInScope` allows 255).
@@ -185,45 +183,6 @@ fn replace_non_dir(path: &Path) -> Result<(), ContextError> {
         Ok(_) => fs::remove_file(path).map_err(ContextError::io("replacing", path)),
         Err(_) => Ok(()),
     }
-}
-
-/// Removes what `ignore` excludes from the extracted context at `dir` (the context
-/// as the client should have sent it; the docker CLI and docker-py filter too).
-pub fn apply_ignore(dir: &Path, ignore: &IgnoreMatcher) -> Result<(), ContextError> {
-    fn walk(dir: &Path, prefix: &str, ignore: &IgnoreMatcher) -> Result<(), ContextError> {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .map_err(ContextError::io("reading", dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(ContextError::io("reading", dir))?;
-        names.sort();
-        for name in names {
-            let rel = format!("{prefix}{}", name.to_string_lossy());
-            let path = dir.join(&name);
-            let meta = fs::symlink_metadata(&path).map_err(ContextError::io("reading", &path))?;
-            if ignore.excluded(&rel) {
-                // An excluded dir may hold something an exception brings back.
-                if meta.is_dir() && ignore.may_reinclude_under(&rel) {
-                    walk(&path, &format!("{rel}/"), ignore)?;
-                    if fs::read_dir(&path)
-                        .map_err(ContextError::io("reading", &path))?
-                        .next()
-                        .is_none()
-                    {
-                        fs::remove_dir(&path).map_err(ContextError::io("removing", &path))?;
-                    }
-                } else if meta.is_dir() {
-                    fs::remove_dir_all(&path).map_err(ContextError::io("removing", &path))?;
-                } else {
-                    fs::remove_file(&path).map_err(ContextError::io("removing", &path))?;
-                }
-            } else if meta.is_dir() {
-                walk(&path, &format!("{rel}/"), ignore)?;
-            }
-        }
-        Ok(())
-    }
-    walk(dir, "", ignore)
 }
 
 /// `path` (absolute or relative, `/`-separated) resolved inside `root` as if `root`

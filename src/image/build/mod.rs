@@ -7,3 +7,4 @@
 pub mod context;
 pub mod dockerfile;
 pub mod ignore;
+pub mod index;
