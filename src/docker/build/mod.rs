@@ -17,6 +17,9 @@
 //! ends; what a killed daemon leaves there is removed at the next start
 //! ([`clean_leftovers`]).
 
+mod cache;
+mod copy;
+mod run;
 mod steps;
 
 use std::collections::{BTreeMap, HashMap};
