@@ -302,35 +302,7 @@ async fn print_messages(
 ) -> Result<Option<String>> {
     let mut lines = tokio::io::BufReader::new(body_reader(response)).lines();
     let mut image_id = None;
-    loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(err) => {
-                return Err(CliError::connect(format!(
-                    "reading the build output: {err}"
-                )))
-            }
-        };
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(err) = msg.get("error").and_then(Value::as_str) {
-            let message = msg
-                .pointer("/errorDetail/message")
-                .and_then(Value::as_str)
-                .unwrap_or(err);
-            let code = msg
-                .pointer("/errorDetail/code")
-                .and_then(Value::as_i64)
-                .filter(|c| *c > 0)
-                .unwrap_or(1);
-            return Err(CliError {
-                code: code as i32,
-                message: message.to_string(),
-                status: 0,
-            });
-        }
+    while let Some(msg) = connection::next_message(&mut lines, "build output").await? {
         if let Some(id) = msg.pointer("/aux/ID").and_then(Value::as_str) {
             image_id = Some(id.to_string());
         }

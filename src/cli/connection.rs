@@ -358,3 +358,39 @@ pub fn body_reader(
     });
     tokio_util::io::StreamReader::new(stream)
 }
+
+/// The next JSON message of a progress stream (pull, push, load, build), lines that
+/// are not JSON skipped; `None` at its end, or the message's error as the command's:
+/// `errorDetail.message`, and `errorDetail.code` as the exit code (a failed RUN's).
+pub async fn next_message<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    what: &str,
+) -> Result<Option<Value>, CliError> {
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(CliError::connect(format!("reading the {what}: {err}"))),
+        };
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(err) = msg.get("error").and_then(Value::as_str) {
+            let message = msg
+                .pointer("/errorDetail/message")
+                .and_then(Value::as_str)
+                .unwrap_or(err);
+            let code = msg
+                .pointer("/errorDetail/code")
+                .and_then(Value::as_i64)
+                .filter(|c| (1..=255).contains(c))
+                .unwrap_or(1);
+            return Err(CliError {
+                code: code as i32,
+                message: message.to_string(),
+                status: 0,
+            });
+        }
+        return Ok(Some(msg));
+    }
+}

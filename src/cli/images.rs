@@ -642,26 +642,7 @@ async fn progress(
             out(text);
         }
     };
-    loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(err) => {
-                return Err(CliError::connect(format!(
-                    "reading the progress stream: {err}"
-                )))
-            }
-        };
-        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(err) = msg.get("error").and_then(Value::as_str) {
-            let message = msg
-                .pointer("/errorDetail/message")
-                .and_then(Value::as_str)
-                .unwrap_or(err);
-            return Err(CliError::internal(message.to_string()));
-        }
+    while let Some(msg) = connection::next_message(&mut lines, "progress stream").await? {
         if let Some(stream) = msg.get("stream").and_then(Value::as_str) {
             emit(stream);
             continue;

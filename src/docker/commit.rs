@@ -20,6 +20,7 @@ use super::containers::{extension, find};
 use super::error::ApiError;
 use super::images::familiar;
 use super::{DockerServer, NAMESPACE};
+use crate::image::changes::clean_path;
 use crate::image::registry::ImageReference;
 use crate::image::rwlayer::commit::CommitOptions;
 use crate::image::rwlayer::RUNTIME_MOUNTPOINTS;
@@ -379,46 +380,6 @@ fn shell_form(config: &Map<String, Value>, line: &str) -> Vec<String> {
     command
 }
 
-/// A port of EXPOSE: `80`, `80/udp`, `8000-8002/tcp` (a range adds each port).
-fn exposed_ports(word: &str) -> Result<Vec<String>, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(format!(
-            "invalid containerPort: {}",
-            crate::image::bounded(word, crate::image::MAX_ECHO)
-        ))
-    };
-    let (ports, protocol) = word.split_once('/').unwrap_or((word, "tcp"));
-    let protocol = protocol.to_ascii_lowercase();
-    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(ApiError::bad_request(format!(
-            "invalid proto: {}",
-            crate::image::bounded(&protocol, crate::image::MAX_ECHO)
-        )));
-    }
-    let (start, end) = ports.split_once('-').unwrap_or((ports, ports));
-    let start: u16 = start.parse().map_err(|_| invalid())?;
-    let end: u16 = end.parse().map_err(|_| invalid())?;
-    if end < start {
-        return Err(invalid());
-    }
-    Ok((start..=end).map(|p| format!("{p}/{protocol}")).collect())
-}
-
-/// Lexically cleaned absolute path (Go's `filepath.Clean` of an absolute path).
-fn clean_path(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
 /// Applies the commit's `changes` to `config` in order (moby's `BuildFromConfig`): each
 /// one Dockerfile instruction (several when a value holds newlines).
 fn apply_changes(config: &mut Map<String, Value>, changes: &[&str]) -> Result<(), ApiError> {
@@ -516,7 +477,9 @@ fn apply_changes(config: &mut Map<String, Value>, changes: &[&str]) -> Result<()
                     })
                     .or_insert_with(|| json!({}));
                 for word in words {
-                    for port in exposed_ports(&process_word(&word, &env))? {
+                    for port in crate::image::changes::port_specs(&process_word(&word, &env))
+                        .map_err(ApiError::bad_request)?
+                    {
                         ports[port] = json!({});
                     }
                 }

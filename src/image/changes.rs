@@ -459,13 +459,17 @@ fn expand(
 
 /// WORKDIR: a relative path is taken from the current one; the result is clean.
 fn workdir(current: &str, requested: &str) -> String {
-    let joined = if requested.starts_with('/') {
-        requested.to_string()
+    if requested.starts_with('/') {
+        clean_path(requested)
     } else {
-        format!("/{current}/{requested}")
-    };
+        clean_path(&format!("/{current}/{requested}"))
+    }
+}
+
+/// Go's `path.Clean` of an absolute path (`..` stops at `/`).
+pub fn clean_path(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
+    for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
@@ -477,8 +481,8 @@ fn workdir(current: &str, requested: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// `80`, `80/tcp`, `8000-8002/udp` -> `80/tcp`, ...
-fn port_specs(spec: &str) -> Result<Vec<String>, String> {
+/// An EXPOSE word: `80`, `80/tcp`, `8000-8002/udp` -> `80/tcp`, ...
+pub fn port_specs(spec: &str) -> Result<Vec<String>, String> {
     let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     let proto = proto.to_ascii_lowercase();
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::steps::{clean_path, Builder, Stage};
+use super::steps::{Builder, Stage};
 use super::BuildError;
 use crate::docker::NAMESPACE;
 use crate::image::build::context::{self, CopyAs};
 use crate::image::build::index::ContextIndex;
+use crate::image::changes::clean_path;
 use crate::image::rwlayer::LayerSource;
 
 impl<'a> Builder<'a> {

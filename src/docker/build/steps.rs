@@ -29,6 +29,7 @@ use crate::image::build::dockerfile::{
     self, Command, CommandLine, Dockerfile, Healthcheck, Instruction, Vars,
 };
 use crate::image::build::index::ContextIndex;
+use crate::image::changes::port_specs;
 use crate::image::registry::{Credentials, ImageReference};
 
 /// Build args every build knows without an ARG (dockerd's `builtinAllowedBuildArgs`);
@@ -675,7 +676,7 @@ impl<'a> Builder<'a> {
                     *map = json!({});
                 }
                 for word in &ports {
-                    for port in exposed_ports(word)? {
+                    for port in port_specs(word).map_err(BuildError::new)? {
                         exposed.push(port.clone());
                         map[port] = json!({});
                     }
@@ -740,38 +741,6 @@ impl<'a> Builder<'a> {
             }
         }
     }
-}
-
-/// Go's `path.Clean` of an absolute path.
-pub(super) fn clean_path(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-/// An EXPOSE word: `80`, `80/udp`, `8000-8002/tcp`.
-fn exposed_ports(word: &str) -> Result<Vec<String>, BuildError> {
-    let invalid = || BuildError::new(format!("invalid containerPort: {word}"));
-    let (ports, protocol) = word.split_once('/').unwrap_or((word, "tcp"));
-    let protocol = protocol.to_ascii_lowercase();
-    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(BuildError::new(format!("invalid proto: {protocol}")));
-    }
-    let (start, end) = ports.split_once('-').unwrap_or((ports, ports));
-    let start: u16 = start.parse().map_err(|_| invalid())?;
-    let end: u16 = end.parse().map_err(|_| invalid())?;
-    if end < start {
-        return Err(invalid());
-    }
-    Ok((start..=end).map(|p| format!("{p}/{protocol}")).collect())
 }
 
 /// A HEALTHCHECK as the image config's `Healthcheck`.
@@ -861,13 +830,15 @@ mod tests {
 
     #[test]
     fn paths_and_ports() {
-        assert_eq!(clean_path("/app/../srv/./x/"), "/srv/x");
-        assert_eq!(clean_path("//"), "/");
         assert_eq!(
-            exposed_ports("8000-8002/udp").unwrap(),
+            crate::image::changes::clean_path("/app/../srv/./x/"),
+            "/srv/x"
+        );
+        assert_eq!(
+            port_specs("8000-8002/udp").unwrap(),
             vec!["8000/udp", "8001/udp", "8002/udp"]
         );
-        assert!(exposed_ports("80/icmp").is_err());
-        assert!(exposed_ports("x").is_err());
+        assert!(port_specs("80/icmp").is_err());
+        assert!(port_specs("x").is_err());
     }
 }

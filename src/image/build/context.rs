@@ -512,20 +512,18 @@ pub fn glob(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "wharf-context-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of the test's own, removed with the value.
+    fn temp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("wharf-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn symlinks_resolve_inside_the_root() {
-        let root = temp("scope");
+        let tmp = temp("scope");
+        let root = tmp.path().to_path_buf();
         fs::create_dir_all(root.join("a/b")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../..", root.join("a/b/up")).unwrap();
@@ -552,12 +550,12 @@ mod tests {
         );
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
         assert!(resolve_in_scope(&root, "loop", true).is_err());
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn context_entries_cannot_leave_it() {
-        let root = temp("extract");
+        let tmp = temp("extract");
+        let root = tmp.path().to_path_buf();
         let mut builder = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_size(2);
@@ -606,12 +604,12 @@ mod tests {
         assert_eq!(meta.mode() & 0o7777, 0o751);
         assert_eq!(meta.mtime(), 1_000_000);
         assert_eq!(fs::read(ctx.join("d/h")).unwrap(), b"abc");
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn checksums_ignore_times_but_not_contents() {
-        let root = temp("sum");
+        let tmp = temp("sum");
+        let root = tmp.path().to_path_buf();
         fs::create_dir_all(root.join("d")).unwrap();
         fs::write(root.join("d/f"), "one").unwrap();
         let first = checksum(&root.join("d")).unwrap();
@@ -626,12 +624,12 @@ mod tests {
         fs::write(root.join("d/f"), "two").unwrap();
         assert_ne!(checksum(&root.join("d")).unwrap(), first);
         assert!(checksum(&root.join("d/f")).unwrap().starts_with("file:"));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn globs_match_per_path() {
-        let root = temp("glob");
+        let tmp = temp("glob");
+        let root = tmp.path().to_path_buf();
         fs::create_dir_all(root.join("src/sub")).unwrap();
         fs::write(root.join("a.txt"), "").unwrap();
         fs::write(root.join("b.md"), "").unwrap();
@@ -640,6 +638,5 @@ mod tests {
         assert_eq!(glob(&root, "src/*.txt").unwrap(), vec!["src/c.txt"]);
         assert_eq!(glob(&root, "s*").unwrap(), vec!["src"]);
         assert!(glob(&root, "*.none").unwrap().is_empty());
-        fs::remove_dir_all(&root).unwrap();
     }
 }

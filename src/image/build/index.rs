@@ -514,20 +514,18 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "wharf-index-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of the test's own, removed with the value.
+    fn temp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("wharf-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn index_resolves_globs_and_checksums_like_the_files() {
-        let root = temp("index");
+        let tmp = temp("index");
+        let root = tmp.path().to_path_buf();
         let data = tar_of(
             &[
                 ("Dockerfile", "FROM x\n"),
@@ -574,12 +572,12 @@ mod tests {
         assert_eq!(fs::read(dir.join("src/b.txt")).unwrap(), b"beta");
         assert!(dir.join("secret/keep").is_file() && !dir.join("secret/key").exists());
         assert_eq!(fs::read_link(dir.join("abs")).unwrap(), Path::new("/src"));
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn entries_cannot_leave_the_context() {
-        let root = temp("leave");
+        let tmp = temp("leave");
+        let root = tmp.path().to_path_buf();
         let data = tar_of(&[("out/x", "hi")], &[("out", "/etc")]);
         // The link comes after the file here: it replaces the directory and what was
         // in it; the other order is refused.
@@ -603,6 +601,5 @@ mod tests {
         let data = builder.into_inner().unwrap();
         let err = ContextIndex::receive(&data[..], &root.join("b.tar")).unwrap_err();
         assert!(err.to_string().contains("through the symlink out"), "{err}");
-        fs::remove_dir_all(&root).unwrap();
     }
 }
