@@ -733,3 +733,65 @@ async fn instructions_and_options() {
         "{run:?}"
     );
 }
+
+/// ctrl-c of `docker build` (the client goes away) cancels the build, as dockerd's:
+/// the RUN under way is stopped and its container removed, the build's files go, and
+/// the steps committed before stay as the cache.
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_build() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "f", "file\n");
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nCOPY f /f\nRUN sleep 120\n"),
+    );
+    let mut cli = Command::new(docker_cli())
+        .arg("build")
+        .arg(ctx.path())
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start docker build");
+    let mut running = String::new();
+    for _ in 0..200 {
+        running = docker.ok(&["ps", "-q"]);
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!running.is_empty(), "the build's RUN never started");
+    cli.kill().unwrap();
+    let _ = cli.wait();
+    let builds = docker.env.daemon.paths.root.join("docker/builds");
+    let mut left = String::from("?");
+    for _ in 0..100 {
+        left = docker.ok(&["ps", "-aq"]);
+        let files = fs::read_dir(&builds).map(|d| d.count()).unwrap_or(0);
+        if left.is_empty() && files == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "the cancelled build's container is still there: {left}"
+    );
+    assert_eq!(fs::read_dir(&builds).map(|d| d.count()).unwrap_or(0), 0);
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nCOPY f /f\nRUN cat /f\n"),
+    );
+    let out = build_ok(&docker, ctx.path(), &[]);
+    assert_eq!(out.matches(" ---> Using cache").count(), 1, "{out}");
+}

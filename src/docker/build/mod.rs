@@ -330,6 +330,9 @@ fn clean_leftovers_of(path: &Path) {
     }
 }
 
+/// The container of the RUN under way, if any (removed when the build is cancelled).
+pub(super) type RunningContainer = Arc<std::sync::Mutex<Option<String>>>;
+
 /// The messages of a build's answer.
 #[derive(Clone)]
 pub(super) struct Output {
@@ -358,6 +361,11 @@ impl Output {
             self.send(json!({ "stream": format!("\u{1b}[91m{text}\u{1b}[0m") }))
                 .await;
         }
+    }
+
+    /// Resolves when the client has gone away (the answer's body was dropped).
+    async fn closed(&self) {
+        self.tx.closed().await
     }
 
     pub(super) async fn aux_id(&self, id: &str) {
@@ -490,14 +498,32 @@ pub(super) async fn build(
         quiet: options.quiet,
     };
     tokio::spawn(async move {
-        let result = steps::Builder::new(&server, &dir, &options, &output, context)
-            .run(&dockerfile, &plan)
-            .await;
+        let running = RunningContainer::default();
+        // A client that goes away (ctrl-c) cancels the build, as dockerd's: the step
+        // under way stops, its container is removed; what was committed stays.
+        let result = tokio::select! {
+            result = steps::Builder::new(&server, &dir, &options, &output, context, running.clone())
+                .run(&dockerfile, &plan) => Some(result),
+            () = output.closed() => None,
+        };
         match result {
-            Ok(image_id) => finish(&server, &options, &output, &image_id).await,
-            Err(err) => {
+            Some(Ok(image_id)) => finish(&server, &options, &output, &image_id).await,
+            Some(Err(err)) => {
                 tracing::info!(build = %id, "docker build failed: {}", err.message);
                 output.error(&err.message, err.code).await;
+            }
+            None => {
+                tracing::info!(build = %id, "docker build cancelled: the client went away");
+                let container = running.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(record) =
+                    container.and_then(|c| server.runtime.find_container(NAMESPACE, &c))
+                {
+                    if let Err(err) =
+                        super::containers::remove_container(&server, &record, true).await
+                    {
+                        tracing::warn!(container = %record.id, "removing a cancelled build's container: {}", err.message);
+                    }
+                }
             }
         }
         drop(dir);

@@ -63,6 +63,7 @@ impl<'a> Builder<'a> {
         }
         let request = self.run_request(state, &parent, &cmd, &env);
         let id = create_container(self.server, None, request).await?;
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         self.output
             .stream(format!(" ---> Running in {}\n", short(&id)))
             .await;
@@ -217,6 +218,11 @@ impl<'a> Builder<'a> {
         record: &crate::runtime::ContainerRecord,
         remove: bool,
     ) {
+        // Done with: a cancel from now on does not take it (a failed RUN's stays).
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if !remove {
             return;
         }

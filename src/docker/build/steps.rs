@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::copy::CopyStep;
-use super::{BuildDir, BuildError, BuildOptions, Output};
+use super::{BuildDir, BuildError, BuildOptions, Output, RunningContainer};
 use crate::docker::error::ApiError;
 use crate::docker::{DockerServer, NAMESPACE};
 use crate::image::build::dockerfile::{
@@ -261,6 +261,8 @@ pub(super) struct Builder<'a> {
     /// The context's index (extracted to `<build dir>/context` by the first COPY or
     /// ADD the cache does not have).
     pub(super) context: Arc<ContextIndex>,
+    /// The container of the RUN under way (for a cancelled build's cleanup).
+    pub(super) running: RunningContainer,
 }
 
 impl<'a> Builder<'a> {
@@ -270,6 +272,7 @@ impl<'a> Builder<'a> {
         options: &'a BuildOptions,
         output: &'a Output,
         context: Arc<ContextIndex>,
+        running: RunningContainer,
     ) -> Builder<'a> {
         Builder {
             server,
@@ -295,6 +298,7 @@ impl<'a> Builder<'a> {
                 .filter_map(|name| server.images.get(NAMESPACE, name).map(|image| image.id))
                 .collect(),
             context,
+            running,
         }
     }
 
