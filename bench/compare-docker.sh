@@ -42,8 +42,7 @@
 #   7. with --builds N (issue 20): `docker build` with the classic builder
 #      (DOCKER_BUILDKIT=0) of the same 10-step context (6 MiB in 66 files): from
 #      scratch (--no-cache), a fully cached rebuild, and a rebuild after one source file
-#      changed, N times each (the cached rebuild also through the API alone: curl
-#      POST /build with the context's tar); then the daemon's peak RSS (VmHWM, reset through
+#      changed, N times each; then the daemon's peak RSS (VmHWM, reset through
 #      /proc/PID/clear_refs; dockerd's and its containerd's) while a build reads a
 #      500 MB context (random data) and copies one small file from it.
 # Raw samples (ms, one per line) and each round's JSON are kept under --out, with
@@ -410,21 +409,13 @@ make_build_context() {  # the 10-step context, and the 500 MB one
   printf 'FROM %s\nCOPY small /small\n' "$image" > "$work/big-ctx/Dockerfile"
 }
 dbuild() { DOCKER_BUILDKIT=0 dk build "$@"; }
-api_build() {  # TAR TAG: POST /build, the whole stream read; fails on an error message
-  curl -sS -f --unix-socket "$sock" -X POST -H 'Content-Type: application/x-tar' \
-    --data-binary "@$1" -o "$raw/api-build-stream.json" "http://localhost/v1.41/build?q=1&t=$2"
-  ! grep -q '"error' "$raw/api-build-stream.json"
-}
+
 peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 build_round() {
   local i btag="wharf-bench-build:$tag" before d_peak c_peak=0
   for (( i=0; i<builds; i++ )); do
     timed "$raw/build_fresh.ms" dbuild --no-cache -q -t "$btag" "$work/build-ctx"
     timed "$raw/build_cached.ms" dbuild -q -t "$btag" "$work/build-ctx"
-    # The same cached rebuild through the API alone (curl POST /build with the context
-    # tar made beforehand): the daemon's part, without the CLI's start and tarring.
-    tar -C "$work/build-ctx" -cf "$work/build-ctx.tar" .
-    timed "$raw/build_cached_api.ms" api_build "$work/build-ctx.tar" "$btag"
     echo "change $side $r $i" >> "$work/build-ctx/src/part01.txt"
     timed "$raw/build_changed.ms" dbuild -q -t "$btag" "$work/build-ctx"
   done
@@ -557,7 +548,6 @@ summary() {
       (["figure", "wharf", "dockerd", "wharf/dockerd", "goal (issue 20)"] | @tsv),
       row("build from scratch (--no-cache), p50"; .series.build_fresh.p50; null),
       row("fully cached rebuild, p50"; .series.build_cached.p50; 0.25),
-      row("  the same through the API alone (curl), p50"; .series.build_cached_api.p50; null),
       row("rebuild after one source file changed, p50"; .series.build_changed.p50; null),
       row("500 MB context: build time"; .series.build_big_context.p50; null),
       row("500 MB context: daemon peak RSS (MiB)"; mem("big_context_peak"; daemon_total) | mib; null),
