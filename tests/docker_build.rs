@@ -795,3 +795,34 @@ async fn a_client_that_goes_away_cancels_the_build() {
     let out = build_ok(&docker, ctx.path(), &[]);
     assert_eq!(out.matches(" ---> Using cache").count(), 1, "{out}");
 }
+
+/// `docker image prune` takes an untagged build with its steps (dockerd prunes the
+/// heads, each with the chain of untagged parents it leaves unused); a tagged build's
+/// steps stay under it.
+#[tokio::test]
+async fn image_prune_takes_an_untagged_build_with_its_steps() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let before = docker.ok(&["images", "-a", "-q"]);
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nENV A=1\nRUN echo one > /one\nENV B=2\n"),
+    );
+    build_ok(&docker, ctx.path(), &[]);
+    let tagged = format!("kept-{}", unique("p"));
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nENV C=3\nRUN echo two > /two\n"),
+    );
+    build_ok(&docker, ctx.path(), &["-t", &tagged]);
+    let all = docker.ok(&["images", "-a", "-q"]).lines().count();
+    assert_eq!(all, before.lines().count() + 3 + 2);
+    let pruned = docker.ok(&["image", "prune", "-f"]);
+    assert_eq!(pruned.matches("deleted: sha256:").count(), 3, "{pruned}");
+    let after = docker.ok(&["images", "-a", "-q"]).lines().count();
+    assert_eq!(after, before.lines().count() + 2);
+    assert_eq!(docker.ok(&["run", "--rm", &tagged, "cat", "/two"]), "two");
+}

@@ -809,7 +809,7 @@ pub(super) async fn remove(
 
 /// dockerd's parent pruning after a delete: each parent up the chain that is now an
 /// untagged image with no other child and no container goes too (a build's steps).
-async fn remove_unused_parents(
+pub(super) async fn remove_unused_parents(
     server: &DockerServer,
     mut next: Option<String>,
     answer: &mut Vec<Value>,

@@ -331,8 +331,13 @@ pub(super) async fn prune_images(
     });
     let before = server.images.usage().map(|(bytes, _)| bytes).unwrap_or(0);
     let mut answer: Vec<Value> = Vec::new();
+    // dockerd prunes the heads (images no other image is built on), each with the
+    // chain of untagged parents it leaves unused (a build's steps).
     for image in server.images.list(NAMESPACE) {
-        if used.contains(&image.id) || (dangling_only && !image.repo_tags.is_empty()) {
+        if used.contains(&image.id)
+            || (dangling_only && !image.repo_tags.is_empty())
+            || !server.images.children(NAMESPACE, &image.id).is_empty()
+        {
             continue;
         }
         let (created, labels) = image_facts(&server, &image);
@@ -353,6 +358,12 @@ pub(super) async fn prune_images(
                     answer.push(json!({ "Untagged": familiar(reference) }));
                 }
                 answer.push(json!({ "Deleted": image.id }));
+                if let Err(err) =
+                    super::images::remove_unused_parents(&server, image.parent.clone(), &mut answer)
+                        .await
+                {
+                    tracing::warn!(image = %image.id, "failed to prune its parents: {}", err.message);
+                }
             }
             Ok(false) => {}
             Err(err) => tracing::warn!(image = %image.id, "failed to prune image: {err}"),
