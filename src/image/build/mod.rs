@@ -8,3 +8,4 @@ pub mod context;
 pub mod dockerfile;
 pub mod ignore;
 pub mod index;
+pub mod shell;
