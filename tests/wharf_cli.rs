@@ -426,6 +426,50 @@ async fn outputs_match_the_docker_cli() {
             "ps --format {format}"
         );
     }
+    // PORTS: ranges grouped as the docker CLI groups them.
+    let base = 30_000 + (std::process::id() % 500) * 10;
+    let ported = unique("cmp-ports");
+    ok(
+        &docker,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &ported,
+            "-p",
+            &format!("127.0.0.1:{base}-{}:8500-8502", base + 2),
+            "-p",
+            &format!("127.0.0.1:{}:86/udp", base + 5),
+            "--expose",
+            "7000-7001",
+            &image,
+            "sleep",
+            "600",
+        ],
+    );
+    let format = "{{.Names}} {{.Ports}}";
+    let ours = ok(
+        &docker,
+        &[
+            "ps",
+            "--filter",
+            &format!("name={ported}"),
+            "--format",
+            format,
+        ],
+    );
+    assert_eq!(
+        ours,
+        docker.ok(&[
+            "ps",
+            "--filter",
+            &format!("name={ported}"),
+            "--format",
+            format
+        ])
+    );
+    assert!(ours.contains("7000-7001/tcp"), "{ours}");
+    ok(&docker, &["rm", "-f", &ported]);
     for args in [
         &["ps", "-q"][..],
         &["ps", "-aq"],

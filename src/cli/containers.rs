@@ -136,6 +136,9 @@ pub struct CreateOpts {
     /// Publish all exposed ports to random ports
     #[arg(short = 'P', long)]
     pub publish_all: bool,
+    /// Expose a port or a range of ports (`7000`, `7000-7001/udp`)
+    #[arg(long, value_name = "PORT[-PORT][/PROTO]")]
+    pub expose: Vec<String>,
     /// Bind mount a volume
     #[arg(short, long = "volume", value_name = "[SRC:]DST[:OPTS]")]
     pub volume: Vec<String>,
@@ -645,38 +648,85 @@ async fn rm(client: &Client, args: RmArgs) -> Result<()> {
     Ok(())
 }
 
-/// docker's ps PORTS column.
+/// docker's ps PORTS column (the docker CLI's `DisplayablePorts`): ports sorted by
+/// private port, IP, public port and type; consecutive ports of one type (and one
+/// IP, when published to the same port number) merged into a range
+/// (`0.0.0.0:8000-8002->8000-8002/tcp`, `7000-7001/tcp`); a port published to
+/// another number listed alone, after the groups.
 fn display_ports(ports: &[Value]) -> String {
-    let mut items: Vec<(String, u64, u64)> = ports
+    struct Port {
+        ip: String,
+        private: u64,
+        public: u64,
+        kind: String,
+    }
+    let mut ports: Vec<Port> = ports
         .iter()
-        .map(|p| {
-            let private = p.get("PrivatePort").and_then(Value::as_u64).unwrap_or(0);
-            let kind = p.get("Type").and_then(Value::as_str).unwrap_or("tcp");
-            let text = match (
-                p.get("IP").and_then(Value::as_str),
-                p.get("PublicPort").and_then(Value::as_u64),
-            ) {
-                (Some(ip), Some(public)) if !ip.is_empty() => {
-                    let ip = if ip.contains(':') {
-                        format!("[{ip}]")
-                    } else {
-                        ip.to_string()
-                    };
-                    format!("{ip}:{public}->{private}/{kind}")
-                }
-                _ => format!("{private}/{kind}"),
-            };
-            let public = p.get("PublicPort").and_then(Value::as_u64).unwrap_or(0);
-            (text, public, private)
+        .map(|p| Port {
+            ip: p
+                .get("IP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            private: p.get("PrivatePort").and_then(Value::as_u64).unwrap_or(0),
+            public: p.get("PublicPort").and_then(Value::as_u64).unwrap_or(0),
+            kind: p
+                .get("Type")
+                .and_then(Value::as_str)
+                .unwrap_or("tcp")
+                .to_string(),
         })
         .collect();
-    items.sort_by(|a, b| (a.1, a.2, &a.0).cmp(&(b.1, b.2, &b.0)));
-    items.dedup_by(|a, b| a.0 == b.0);
-    items
-        .into_iter()
-        .map(|i| i.0)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ports.sort_by(|a, b| {
+        (a.private, &a.ip, a.public, &a.kind).cmp(&(b.private, &b.ip, b.public, &b.kind))
+    });
+    let host_port = |ip: &str, port: &str| {
+        if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }
+    };
+    let form_group = |key: &(String, String), first: u64, last: u64| {
+        let (ip, kind) = key;
+        let mut group = first.to_string();
+        if first != last {
+            group = format!("{group}-{last}");
+        }
+        if !ip.is_empty() {
+            group = format!("{}->{group}", host_port(ip, &group));
+        }
+        format!("{group}/{kind}")
+    };
+    let mut groups: Vec<((String, String), u64, u64)> = Vec::new();
+    let mut result = Vec::new();
+    let mut mappings = Vec::new();
+    for port in &ports {
+        if !port.ip.is_empty() && port.public != port.private {
+            mappings.push(format!(
+                "{}->{}/{}",
+                host_port(&port.ip, &port.public.to_string()),
+                port.private,
+                port.kind
+            ));
+            continue;
+        }
+        let key = (port.ip.clone(), port.kind.clone());
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            None => groups.push((key, port.private, port.private)),
+            Some((_, _, last)) if port.private == *last + 1 => *last = port.private,
+            Some(group) => {
+                result.push(form_group(&group.0, group.1, group.2));
+                group.1 = port.private;
+                group.2 = port.private;
+            }
+        }
+    }
+    for (key, first, last) in &groups {
+        result.push(form_group(key, *first, *last));
+    }
+    result.extend(mappings);
+    result.join(", ")
 }
 
 /// One `ps` row: the fields docker's container format context offers, as strings.
@@ -1184,6 +1234,36 @@ pub fn split_reference(reference: &str) -> (String, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_grouped_as_the_docker_cli_groups_them() {
+        let port = |ip: &str, private: u64, public: Option<u64>, kind: &str| {
+            let mut p = serde_json::json!({"PrivatePort": private, "Type": kind});
+            if !ip.is_empty() {
+                p["IP"] = serde_json::json!(ip);
+                p["PublicPort"] = serde_json::json!(public.unwrap_or(0));
+            }
+            p
+        };
+        let ports = [
+            port("0.0.0.0", 8001, Some(8001), "tcp"),
+            port("0.0.0.0", 8000, Some(8000), "tcp"),
+            port("0.0.0.0", 8002, Some(8002), "tcp"),
+            port("", 7001, None, "tcp"),
+            port("", 7000, None, "tcp"),
+            port("", 9000, None, "tcp"),
+            port("127.0.0.1", 80, Some(18080), "tcp"),
+            port("::", 53, Some(53), "udp"),
+        ];
+        assert_eq!(
+            display_ports(&ports),
+            // A group closed by a gap comes first, then the open groups in the order
+            // they began, then the ports published to another number (Go's order).
+            "7000-7001/tcp, [::]:53->53/udp, 9000/tcp, 0.0.0.0:8000-8002->8000-8002/tcp, \
+             127.0.0.1:18080->80/tcp"
+        );
+        assert_eq!(display_ports(&[]), "");
+    }
 
     #[test]
     fn references() {

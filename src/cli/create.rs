@@ -270,7 +270,16 @@ pub fn create_body(opts: &CreateOpts, auto_remove: bool, attach: bool) -> Result
         .image_and_command
         .split_first()
         .ok_or_else(|| CliError::usage("\"run\" requires at least 1 argument: the image"))?;
-    let (exposed, bindings) = ports(&opts.publish)?;
+    let (mut exposed, bindings) = ports(&opts.publish)?;
+    // `--expose`: exposed, not published (docker's `PORT[-PORT][/PROTO]`).
+    for spec in &opts.expose {
+        let words = crate::image::changes::port_specs(spec).map_err(|err| {
+            CliError::usage(format!("invalid range format for --expose: {spec}: {err}"))
+        })?;
+        for port in words {
+            exposed.insert(port, json!({}));
+        }
+    }
     let mut binds = Vec::new();
     let mut anonymous = Map::new();
     for spec in &opts.volume {
