@@ -97,7 +97,11 @@ async fn exec_with_client_go() {
             &[
                 "sh",
                 "-c",
-                "[ -t 0 ] && echo tty; stty size; read x; stty size; exit 5",
+                // The resizes travel on their own stream, beside stdin: wait (up to
+                // 5 s) for the last one rather than race it.
+                "[ -t 0 ] && echo tty; stty size; read x; i=0; \
+                 while [ \"$(stty size)\" != '40 120' ] && [ $i -lt 50 ]; do \
+                 sleep 0.1; i=$((i+1)); done; stty size; exit 5",
             ],
             true,
             true,
