@@ -426,6 +426,14 @@ async fn outputs_match_the_docker_cli() {
             "ps --format {format}"
         );
     }
+    // `container inspect` inspects containers only: a network's name is not one.
+    let ours = wharf(&docker, &["container", "inspect", "bridge"]);
+    let theirs = docker.run(&["container", "inspect", "bridge"]);
+    assert_eq!(
+        (ours.status, ours.stderr.trim()),
+        (theirs.status, theirs.stderr.trim())
+    );
+    assert_ne!(ours.status, 0);
     // PORTS: ranges grouped as the docker CLI groups them.
     let base = 30_000 + (std::process::id() % 500) * 10;
     let ported = unique("cmp-ports");

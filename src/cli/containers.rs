@@ -479,6 +479,22 @@ pub enum ContainerGroup {
 
 pub async fn run_group(client: &Client, command: ContainerGroup) -> Result<()> {
     match command {
+        // `container inspect` inspects containers only, as docker's (`inspect` alone
+        // takes any object).
+        ContainerGroup::Common(ContainerCommand::Inspect(args)) => {
+            let size = if args.size { "?size=1" } else { "" };
+            super::networks::inspect_each(
+                &args.objects,
+                args.format.as_deref(),
+                async |name: &str| {
+                    // The daemon's refusal as it is ("No such container: x"), as docker's.
+                    client
+                        .get(&format!("/containers/{}/json{size}", enc(name)))
+                        .await
+                },
+            )
+            .await
+        }
         ContainerGroup::Common(command) => run(client, command).await,
         ContainerGroup::Ls(args) => ps(client, args).await,
         ContainerGroup::Prune { force, filter } => {
