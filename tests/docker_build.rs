@@ -485,6 +485,34 @@ async fn large_context_is_streamed_not_buffered() {
     );
 }
 
+/// Starts `docker build` of `dir` in the background and waits until its RUN step's
+/// container runs (the build is mid-way): the CLI's process and the container's ID.
+async fn build_until_run_starts(docker: &DockerEnv, dir: &Path) -> (std::process::Child, String) {
+    let mut cli = Command::new(docker_cli())
+        .arg("build")
+        .arg(dir)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", docker.socket().display()),
+        )
+        .env("DOCKER_CONFIG", docker.config_dir())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start docker build");
+    for _ in 0..200 {
+        let running = docker.ok(&["ps", "-q"]);
+        if !running.is_empty() {
+            return (cli, running);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+    panic!("the build's RUN never started");
+}
+
 /// A context holding only `Dockerfile`.
 fn context_tar(dockerfile: &str) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -520,29 +548,7 @@ async fn kill9_mid_build_leaves_nothing_a_restart_does_not_clean() {
         "Dockerfile",
         &format!("FROM {image}\nCOPY f /f\nRUN sleep 120\n"),
     );
-    let mut cli = Command::new(docker_cli())
-        .arg("build")
-        .arg(ctx.path())
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}", docker.socket().display()),
-        )
-        .env("DOCKER_CONFIG", docker.config_dir())
-        .env("DOCKER_BUILDKIT", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker build");
-    // The RUN step's container runs: the build is mid-way.
-    let mut running = String::new();
-    for _ in 0..200 {
-        running = docker.ok(&["ps", "-q"]);
-        if !running.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!running.is_empty(), "the build's RUN never started");
+    let (mut cli, running) = build_until_run_starts(&docker, ctx.path()).await;
     let builds = docker.env.daemon.paths.root.join("docker/builds");
     assert!(fs::read_dir(&builds).unwrap().next().is_some());
     docker.env.daemon.kill9();
@@ -748,28 +754,7 @@ async fn a_client_that_goes_away_cancels_the_build() {
         "Dockerfile",
         &format!("FROM {image}\nCOPY f /f\nRUN sleep 120\n"),
     );
-    let mut cli = Command::new(docker_cli())
-        .arg("build")
-        .arg(ctx.path())
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}", docker.socket().display()),
-        )
-        .env("DOCKER_CONFIG", docker.config_dir())
-        .env("DOCKER_BUILDKIT", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker build");
-    let mut running = String::new();
-    for _ in 0..200 {
-        running = docker.ok(&["ps", "-q"]);
-        if !running.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!running.is_empty(), "the build's RUN never started");
+    let (mut cli, _running) = build_until_run_starts(&docker, ctx.path()).await;
     cli.kill().unwrap();
     let _ = cli.wait();
     let builds = docker.env.daemon.paths.root.join("docker/builds");
