@@ -13,7 +13,7 @@ use super::connection::{self, Client};
 use super::create::{parse_bytes, restart_policy};
 use super::format::{self, Format};
 use super::session::{demux, inspect_container};
-use super::{create, files, session, stats};
+use super::{create, each_object, files, session, stats};
 use super::{enc, filters_json, out, CliError, Result};
 
 #[derive(Debug, Subcommand)]
@@ -625,43 +625,32 @@ pub(super) async fn each(
     path: impl Fn(&str) -> String,
     client: &Client,
 ) -> Result<()> {
-    let mut failed = false;
-    for name in names {
-        match client.post(&path(name), None).await {
-            Ok(_) => out(&format!("{name}\n")),
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+    each_object(
+        names,
+        |name| {
+            let path = path(name);
+            async move { client.post(&path, None).await }
+        },
+        |name, _| out(&format!("{name}\n")),
+    )
+    .await
 }
 
 async fn rm(client: &Client, args: RmArgs) -> Result<()> {
-    let mut failed = false;
-    for name in &args.containers {
-        let path = format!(
-            "/containers/{}?force={}&v={}",
-            enc(name),
-            u8::from(args.force),
-            u8::from(args.volumes)
-        );
-        match client.delete(&path).await {
-            Ok(_) => out(&format!("{name}\n")),
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+    each_object(
+        &args.containers,
+        |name| {
+            let path = format!(
+                "/containers/{}?force={}&v={}",
+                enc(name),
+                u8::from(args.force),
+                u8::from(args.volumes)
+            );
+            async move { client.delete(&path).await }
+        },
+        |name, _| out(&format!("{name}\n")),
+    )
+    .await
 }
 
 /// docker's ps PORTS column (the docker CLI's `DisplayablePorts`): ports sorted by
@@ -998,26 +987,20 @@ pub fn log_time(text: &str) -> Result<String> {
 }
 
 async fn wait(client: &Client, names: Names) -> Result<()> {
-    let mut failed = false;
-    for name in &names.containers {
-        match client
-            .post(&format!("/containers/{}/wait", enc(name)), None)
-            .await
-        {
-            Ok(v) => out(&format!(
+    each_object(
+        &names.containers,
+        |name| {
+            let path = format!("/containers/{}/wait", enc(name));
+            async move { client.post(&path, None).await }
+        },
+        |_, v| {
+            out(&format!(
                 "{}\n",
                 v.get("StatusCode").and_then(Value::as_i64).unwrap_or(-1)
-            )),
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+            ))
+        },
+    )
+    .await
 }
 
 /// Finds `name` as a container, image, network or volume (or only `kind`).
@@ -1185,34 +1168,27 @@ async fn update(client: &Client, args: UpdateArgs) -> Result<()> {
         ));
     }
     let body = Value::Object(body);
-    let mut failed = false;
-    for name in &args.containers {
-        match client
-            .post(&format!("/containers/{}/update", enc(name)), Some(&body))
-            .await
-        {
-            Ok(v) => {
-                for w in v
-                    .get("Warnings")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
-                    eprintln!("WARNING: {w}");
-                }
-                out(&format!("{name}\n"));
+    each_object(
+        &args.containers,
+        |name| {
+            let path = format!("/containers/{}/update", enc(name));
+            let body = &body;
+            async move { client.post(&path, Some(body)).await }
+        },
+        |name, v| {
+            for w in v
+                .get("Warnings")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                eprintln!("WARNING: {w}");
             }
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+            out(&format!("{name}\n"));
+        },
+    )
+    .await
 }
 
 async fn diff(client: &Client, container: &str) -> Result<()> {

@@ -15,7 +15,7 @@ use super::connection::{self, Client};
 use super::containers::split_reference;
 use super::files::download;
 use super::format::{self, Format};
-use super::{enc, filters_json, out, tty, CliError, Result};
+use super::{each_object, enc, filters_json, out, tty, CliError, Result};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -215,34 +215,28 @@ pub async fn run_group(client: &Client, command: ImageGroup) -> Result<()> {
 }
 
 async fn rmi(client: &Client, args: RmiArgs) -> Result<()> {
-    let mut failed = false;
-    for image in &args.images {
-        let path = format!(
-            "/images/{image}?force={}&noprune={}",
-            u8::from(args.force),
-            u8::from(args.no_prune)
-        );
-        match client.delete(&path).await {
-            Ok(list) => {
-                for item in list.as_array().into_iter().flatten() {
-                    if let Some(u) = item.get("Untagged").and_then(Value::as_str) {
-                        out(&format!("Untagged: {u}\n"));
-                    }
-                    if let Some(d) = item.get("Deleted").and_then(Value::as_str) {
-                        out(&format!("Deleted: {d}\n"));
-                    }
+    each_object(
+        &args.images,
+        |image| {
+            let path = format!(
+                "/images/{image}?force={}&noprune={}",
+                u8::from(args.force),
+                u8::from(args.no_prune)
+            );
+            async move { client.delete(&path).await }
+        },
+        |_, list| {
+            for item in list.as_array().into_iter().flatten() {
+                if let Some(u) = item.get("Untagged").and_then(Value::as_str) {
+                    out(&format!("Untagged: {u}\n"));
+                }
+                if let Some(d) = item.get("Deleted").and_then(Value::as_str) {
+                    out(&format!("Deleted: {d}\n"));
                 }
             }
-            Err(err) => {
-                eprintln!("{err}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        return Err(CliError::exit(1));
-    }
-    Ok(())
+        },
+    )
+    .await
 }
 
 #[derive(Debug, ClapArgs)]

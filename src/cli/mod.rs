@@ -251,6 +251,32 @@ async fn dispatch(args: Args) -> Result<()> {
     }
 }
 
+/// Docker's way with several objects: `call` for each name in turn, `done` shows what
+/// succeeded, each failure goes to stderr, and the command exits 1 if any failed.
+pub async fn each_object<'a, Fut>(
+    names: &'a [String],
+    mut call: impl FnMut(&'a str) -> Fut,
+    mut done: impl FnMut(&str, serde_json::Value),
+) -> Result<()>
+where
+    Fut: std::future::Future<Output = Result<serde_json::Value>>,
+{
+    let mut failed = false;
+    for name in names {
+        match call(name).await {
+            Ok(value) => done(name, value),
+            Err(err) => {
+                eprintln!("{err}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(CliError::exit(1));
+    }
+    Ok(())
+}
+
 /// Percent-encodes a query value.
 pub fn enc(value: &str) -> String {
     let mut out = String::with_capacity(value.len());

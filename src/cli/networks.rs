@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::connection::Client;
 use super::format::{self, Format};
-use super::{enc, filters_json, out, CliError, Result};
+use super::{each_object, enc, filters_json, out, CliError, Result};
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
@@ -199,20 +199,15 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             .await
         }
         NetworkCommand::Rm { networks } => {
-            let mut failed = false;
-            for n in &networks {
-                match client.delete(&format!("/networks/{}", enc(n))).await {
-                    Ok(_) => out(&format!("{n}\n")),
-                    Err(err) => {
-                        eprintln!("{err}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Err(CliError::exit(1));
-            }
-            Ok(())
+            each_object(
+                &networks,
+                |n| {
+                    let path = format!("/networks/{}", enc(n));
+                    async move { client.delete(&path).await }
+                },
+                |n, _| out(&format!("{n}\n")),
+            )
+            .await
         }
         NetworkCommand::Prune { force, filter } => {
             let warning =

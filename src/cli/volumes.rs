@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::connection::Client;
 use super::format::{self, Format};
-use super::{enc, filters_json, out, CliError, Result};
+use super::{each_object, enc, filters_json, out, Result};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -156,23 +156,15 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
             .await
         }
         VolumeCommand::Rm { force, volumes } => {
-            let mut failed = false;
-            for v in &volumes {
-                match client
-                    .delete(&format!("/volumes/{}?force={}", enc(v), u8::from(force)))
-                    .await
-                {
-                    Ok(_) => out(&format!("{v}\n")),
-                    Err(err) => {
-                        eprintln!("{err}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Err(CliError::exit(1));
-            }
-            Ok(())
+            each_object(
+                &volumes,
+                |v| {
+                    let path = format!("/volumes/{}?force={}", enc(v), u8::from(force));
+                    async move { client.delete(&path).await }
+                },
+                |v, _| out(&format!("{v}\n")),
+            )
+            .await
         }
         VolumeCommand::Prune { force, filter } => {
             let warning =
