@@ -11,21 +11,9 @@ use base64::Engine as _;
 use serde_json::Value;
 use support::docker::DockerEnv;
 use support::images::{ImageBuilder, LayerBuilder};
+use support::incompressible;
 use support::pods::unique;
 use support::registry::Registry;
-
-/// `len` bytes that gzip cannot shrink (xorshift), so the layer's blob is as big.
-fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// The JSON messages of a progress stream, one a line.
 fn messages(body: &str) -> Vec<Value> {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use support::daemon::wharf_binary;
 use support::docker::{DockerEnv, Run};
 use support::images::{ImageBuilder, LayerBuilder};
+use support::incompressible;
 use support::pods::unique;
 
 /// Runs `wharf -H <the test daemon> args...` (no stdin).
@@ -1061,19 +1062,6 @@ async fn run_it_when_the_daemon_goes_away() {
         screen.contains("MODE=icanon") && !screen.contains("WHARF-EXIT=0"),
         "{screen}"
     );
-}
-
-/// Bytes gzip cannot shrink (so a layer takes a while to download).
-fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -188,44 +188,55 @@ pub(super) fn registry_auth(headers: &HeaderMap) -> Result<Credentials, ApiError
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
         .map_err(|_| ApiError::bad_request("X-Registry-Auth: invalid base64"))?;
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    struct AuthConfig {
-        username: String,
-        password: String,
-        auth: String,
-        identitytoken: String,
-        registrytoken: String,
-    }
     // Never echo the header: it holds secrets.
     let auth: AuthConfig = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::bad_request("X-Registry-Auth: invalid JSON"))?;
-    if !auth.registrytoken.is_empty() {
-        return Ok(Credentials::RegistryToken(auth.registrytoken));
-    }
-    if !auth.identitytoken.is_empty() {
-        return Ok(Credentials::IdentityToken(auth.identitytoken));
-    }
-    if !auth.username.is_empty() {
-        return Ok(Credentials::Basic {
-            username: auth.username,
-            password: auth.password,
-        });
-    }
-    if !auth.auth.is_empty() {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(&auth.auth)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| ApiError::bad_request("X-Registry-Auth: invalid auth field"))?;
-        if let Some((username, password)) = decoded.split_once(':') {
-            return Ok(Credentials::Basic {
-                username: username.to_string(),
-                password: password.to_string(),
+    auth.credentials()
+        .ok_or_else(|| ApiError::bad_request("X-Registry-Auth: invalid auth field"))
+}
+
+/// Docker's `AuthConfig` (`X-Registry-Auth`, and each entry of a build's
+/// `X-Registry-Config`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct AuthConfig {
+    username: String,
+    password: String,
+    auth: String,
+    identitytoken: String,
+    registrytoken: String,
+}
+
+impl AuthConfig {
+    /// The credentials it gives, in dockerd's order of preference; `None` when its
+    /// `auth` field is not base64 of text.
+    pub(super) fn credentials(self) -> Option<Credentials> {
+        if !self.registrytoken.is_empty() {
+            return Some(Credentials::RegistryToken(self.registrytoken));
+        }
+        if !self.identitytoken.is_empty() {
+            return Some(Credentials::IdentityToken(self.identitytoken));
+        }
+        if !self.username.is_empty() {
+            return Some(Credentials::Basic {
+                username: self.username,
+                password: self.password,
             });
         }
+        if !self.auth.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&self.auth)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())?;
+            if let Some((username, password)) = decoded.split_once(':') {
+                return Some(Credentials::Basic {
+                    username: username.to_string(),
+                    password: password.to_string(),
+                });
+            }
+        }
+        Some(Credentials::Anonymous)
     }
-    Ok(Credentials::Anonymous)
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -13,6 +13,19 @@ pub mod pods;
 pub mod registry;
 pub mod token_server;
 
+/// `len` bytes that gzip cannot shrink (xorshift), so a layer's blob is as big.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// The names of the entries directly inside `dir`, sorted (empty if it does not exist).
 pub fn entries(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -343,36 +343,47 @@ struct Source {
     hash: String,
 }
 
+/// The sources with their wildcards expanded by `glob` (Go's `filepath.Match`); a
+/// wildcard that matches nothing is dockerd's error.
+fn expand_wildcards(
+    sources: &[String],
+    name: &str,
+    glob: impl Fn(&str) -> Result<Vec<String>, context::ContextError>,
+) -> Result<Vec<String>, BuildError> {
+    let mut all = Vec::new();
+    for source in sources {
+        if !context::has_wildcard(source) {
+            all.push(source.clone());
+            continue;
+        }
+        let matched = glob(source)?;
+        if matched.is_empty() {
+            return Err(BuildError::new(format!(
+                "{name} failed: no source files were specified"
+            )));
+        }
+        all.extend(matched);
+    }
+    Ok(all)
+}
+
 /// The sources' paths in a source image's root filesystem `root` (wildcards
 /// expanded, each resolved within it) and checksums.
 fn resolve_sources(root: &Path, sources: &[String], name: &str) -> Result<Vec<Source>, BuildError> {
     let mut found = Vec::new();
-    for source in sources {
-        let matches = if context::has_wildcard(source) {
-            let matched = context::glob(root, source)?;
-            if matched.is_empty() {
-                return Err(BuildError::new(format!(
-                    "{name} failed: no source files were specified"
-                )));
-            }
-            matched
-        } else {
-            vec![source.clone()]
-        };
-        for rel in matches {
-            let path = context::resolve_in_scope(root, &rel, true)?;
-            if std::fs::symlink_metadata(&path).is_err() {
-                return Err(BuildError::new(format!(
-                    "{name} failed: stat {rel}: file does not exist in the source image"
-                )));
-            }
-            let hash = context::checksum(&path)?;
-            found.push(Source {
-                path,
-                name: base_name(&rel),
-                hash,
-            });
+    for rel in expand_wildcards(sources, name, |pattern| context::glob(root, pattern))? {
+        let path = context::resolve_in_scope(root, &rel, true)?;
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(BuildError::new(format!(
+                "{name} failed: stat {rel}: file does not exist in the source image"
+            )));
         }
+        let hash = context::checksum(&path)?;
+        found.push(Source {
+            path,
+            name: base_name(&rel),
+            hash,
+        });
     }
     Ok(found)
 }
@@ -386,32 +397,19 @@ fn resolve_context_sources(
     name: &str,
 ) -> Result<Vec<Source>, BuildError> {
     let mut found = Vec::new();
-    for source in sources {
-        let matches = if context::has_wildcard(source) {
-            let matched = index.glob(source)?;
-            if matched.is_empty() {
-                return Err(BuildError::new(format!(
-                    "{name} failed: no source files were specified"
-                )));
-            }
-            matched
-        } else {
-            vec![source.clone()]
-        };
-        for rel in matches {
-            let path = index.resolve(&rel, true)?;
-            if !path.is_empty() && index.get(&path).is_none() {
-                return Err(BuildError::new(format!(
-                    "{name} failed: file not found in build context or excluded by \
-                     .dockerignore: stat {rel}: file does not exist"
-                )));
-            }
-            found.push(Source {
-                path: context_dir.join(&path),
-                name: base_name(&rel),
-                hash: index.checksum(&path)?,
-            });
+    for rel in expand_wildcards(sources, name, |pattern| index.glob(pattern))? {
+        let path = index.resolve(&rel, true)?;
+        if !path.is_empty() && index.get(&path).is_none() {
+            return Err(BuildError::new(format!(
+                "{name} failed: file not found in build context or excluded by \
+                 .dockerignore: stat {rel}: file does not exist"
+            )));
         }
+        found.push(Source {
+            path: context_dir.join(&path),
+            name: base_name(&rel),
+            hash: index.checksum(&path)?,
+        });
     }
     Ok(found)
 }

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::images::{body_reader, familiar, finish_body};
+use super::images::{body_reader, familiar, finish_body, AuthConfig};
 use super::{DockerServer, NAMESPACE};
 use crate::image::build::context::ContextError;
 use crate::image::build::dockerfile::{self, Dockerfile};
@@ -218,37 +218,19 @@ fn registry_config(value: &[u8]) -> Result<HashMap<String, Credentials>, ApiErro
         .decode(text)
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
         .map_err(|_| ApiError::bad_request("X-Registry-Config: invalid base64"))?;
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct AuthConfig {
-        username: String,
-        password: String,
-        auth: String,
-        identitytoken: String,
-    }
     let configs: HashMap<String, AuthConfig> = serde_json::from_slice(&bytes)
         .map_err(|_| ApiError::bad_request("X-Registry-Config: invalid JSON"))?;
     let mut out = HashMap::new();
     for (server, auth) in configs {
-        let credentials = if !auth.identitytoken.is_empty() {
-            Credentials::IdentityToken(auth.identitytoken)
-        } else if !auth.username.is_empty() {
-            Credentials::Basic {
-                username: auth.username,
-                password: auth.password,
+        let credentials = match auth.credentials() {
+            Some(Credentials::Anonymous) => continue,
+            Some(credentials) => credentials,
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "X-Registry-Config: invalid auth field for {}",
+                    crate::image::bounded(&server, crate::image::MAX_ECHO)
+                )))
             }
-        } else if let Some((username, password)) = base64::engine::general_purpose::STANDARD
-            .decode(&auth.auth)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| {
-                t.split_once(':')
-                    .map(|(u, p)| (u.to_string(), p.to_string()))
-            })
-        {
-            Credentials::Basic { username, password }
-        } else {
-            continue;
         };
         let host = server
             .trim_start_matches("https://")
