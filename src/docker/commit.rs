@@ -106,7 +106,7 @@ fn env_key(entry: &Value) -> &str {
 /// moby's `merge(userConf, imageConf)`: what `user` leaves unset comes from `image`
 /// (the container's create request over its image's config; a commit's new config over
 /// the container's).
-fn merge(user: &mut Map<String, Value>, image: &Map<String, Value>) {
+pub(super) fn merge(user: &mut Map<String, Value>, image: &Map<String, Value>) {
     let take = |user: &mut Map<String, Value>, key: &str| {
         if let Some(value) = image.get(key) {
             user.insert(key.to_string(), value.clone());

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::convert::{self, CreateRequest, Extension};
-use super::error::{parse_json, ApiError};
+use super::error::{decode_json, parse_json, ApiError};
 use super::mounts;
 use super::{DockerServer, NAMESPACE};
 use crate::runtime::model::RestartPolicy;
@@ -259,8 +259,7 @@ pub(super) async fn create_container(
     name: Option<String>,
     mut raw: Value,
 ) -> Result<String, ApiError> {
-    let mut request: CreateRequest = serde_json::from_value(raw.clone())
-        .map_err(|err| ApiError::bad_request(format!("invalid container config: {err}")))?;
+    let mut request: CreateRequest = decode_json(raw.clone(), "container config")?;
     let generated = name.as_deref().is_none_or(str::is_empty);
     let mut name = match name.filter(|n| !n.is_empty()) {
         Some(name) => checked_new_name(server, &name)?,
@@ -282,24 +281,17 @@ pub(super) async fn create_container(
                 .ok()
         });
     request.healthcheck = convert::merge_healthcheck(request.healthcheck.take(), image_health);
-    // The image's EXPOSE ports join the request's (dockerd's merge; inspect shows it).
-    let image_exposed = image_config
+    // What the request leaves unset comes from the image (dockerd's merge, which
+    // inspect's Config shows: Env, Cmd, Entrypoint, Labels, ExposedPorts, ...).
+    let image_settings = image_config
         .as_deref()
         .and_then(|json| serde_json::from_slice::<Value>(json).ok())
-        .and_then(|mut config| match config["config"]["ExposedPorts"].take() {
-            Value::Object(ports) if !ports.is_empty() => Some(ports),
+        .and_then(|mut config| match config["config"].take() {
+            Value::Object(settings) => Some(settings),
             _ => None,
         });
-    if let (Some(image_ports), Some(object)) = (image_exposed, raw.as_object_mut()) {
-        let entry = object.entry("ExposedPorts").or_insert_with(|| json!({}));
-        if entry.is_null() {
-            *entry = json!({});
-        }
-        if let Value::Object(ports) = entry {
-            for (port, value) in image_ports {
-                ports.entry(port).or_insert(value);
-            }
-        }
+    if let (Some(image_settings), Some(object)) = (image_settings, raw.as_object_mut()) {
+        super::commit::merge(object, &image_settings);
         request.exposed_ports = object.get("ExposedPorts").cloned();
     }
     if let (Some(merged), Some(object)) = (&request.healthcheck, raw.as_object_mut()) {

@@ -126,8 +126,40 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
             "request body is empty: a JSON object is required",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("invalid JSON in the request body: {err}")))
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid JSON in the request body: {err}")))?;
+    decode_json(value, "request body")
+}
+
+/// `value` as a `T`, the way dockerd's Go decoder reads it, or a 400 naming the field:
+/// a `null` member is no value (Go leaves the field at its zero value), which clients
+/// built on Go structs send for every unset pointer (docker-compose sends
+/// `"MemorySwappiness": null` and the like).
+pub(super) fn decode_json<T: serde::de::DeserializeOwned>(
+    mut value: serde_json::Value,
+    what: &str,
+) -> Result<T, ApiError> {
+    drop_null_members(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let cause = err.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("invalid {what}: {cause}"))
+        } else {
+            ApiError::bad_request(format!("invalid {what}: {path}: {cause}"))
+        }
+    })
+}
+
+fn drop_null_members(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, member| !member.is_null());
+            members.values_mut().for_each(drop_null_members);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_members),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +175,32 @@ mod tests {
         assert!(long.message.len() <= MAX_MESSAGE + 64);
         let bad: Result<serde_json::Value, _> = parse_json(b"{nope");
         assert_eq!(bad.unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn nulls_are_no_value_and_type_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "PascalCase", default)]
+        #[derive(Default)]
+        struct Host {
+            memory: i64,
+            binds: Vec<String>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "PascalCase")]
+        struct Create {
+            host_config: Host,
+        }
+        let ok: Create =
+            parse_json(br#"{"HostConfig": {"Memory": null, "Binds": ["/a:/b"]}}"#).unwrap();
+        assert_eq!(ok.host_config.memory, 0);
+        assert_eq!(ok.host_config.binds, ["/a:/b"]);
+        let bad = parse_json::<Create>(br#"{"HostConfig": {"Memory": "lots"}}"#).unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(
+            bad.message.contains("HostConfig.Memory: invalid type: string"),
+            "{}",
+            bad.message
+        );
     }
 }

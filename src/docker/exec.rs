@@ -97,8 +97,7 @@ pub(super) async fn create(
     Path(query): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let config: ExecConfig = serde_json::from_value(parse_json(&body)?)
-        .map_err(|err| ApiError::bad_request(format!("invalid exec config: {err}")))?;
+    let config: ExecConfig = parse_json(&body)?;
     let container = find(&server, &query)?;
     if container.state != crate::runtime::ContainerState::Running {
         return Err(ApiError::conflict(format!(
@@ -252,8 +251,7 @@ pub(super) async fn start(
     let start: StartConfig = if body.iter().all(u8::is_ascii_whitespace) {
         StartConfig::default()
     } else {
-        serde_json::from_value(parse_json(&body)?)
-            .map_err(|err| ApiError::bad_request(format!("invalid exec start config: {err}")))?
+        parse_json(&body)?
     };
     let entry = {
         let mut execs = lock(&server);

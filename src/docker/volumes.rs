@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::containers::{label_matches, parse_filters, truthy};
-use super::error::{parse_json, ApiError};
+use super::error::{decode_json, parse_json, ApiError};
 use super::{DockerServer, NAMESPACE};
 use crate::events::{Event, EventKind};
 use crate::volume::{CreateVolume, Volume, VolumeError};
@@ -78,8 +78,7 @@ pub(super) async fn create(
     } else {
         parse_json(&body)?
     };
-    let body: CreateBody = serde_json::from_value(raw)
-        .map_err(|err| ApiError::bad_request(format!("invalid volume create request: {err}")))?;
+    let body: CreateBody = decode_json(raw, "volume create request")?;
     let request = CreateVolume {
         name: Some(body.name).filter(|n| !n.is_empty()),
         driver: body.driver,

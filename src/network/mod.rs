@@ -1009,6 +1009,63 @@ impl NetworkRegistry {
         Ok(())
     }
 
+    /// A renamed container's endpoints take its new name, in the name index and in
+    /// the names DNS answers to (dockerd renames the endpoint and its DNS record;
+    /// docker-compose 1.x renames a container before creating its replacement).
+    pub async fn rename_pod(&self, pod_id: &str, old: &str, new: &str) -> Result<()> {
+        let _guard = self.ops.lock().await;
+        let mut renamed: Vec<(String, String, Endpoint)> = Vec::new();
+        {
+            let tables = self.shared.read();
+            for (key, endpoint) in tables.endpoints.iter().filter(|(_, e)| e.pod_id == pod_id) {
+                let Some(network) = tables.networks.get(&endpoint.network_id) else {
+                    continue;
+                };
+                let taken = tables.endpoints.values().any(|e| {
+                    e.network_id == endpoint.network_id && e.pod_id != pod_id && e.name == new
+                });
+                if taken {
+                    return Err(NetworkError::EndpointExists {
+                        name: new.to_string(),
+                        network: network.record.name.clone(),
+                    });
+                }
+                let mut endpoint = endpoint.clone();
+                if endpoint.name == old {
+                    endpoint.name = new.to_string();
+                }
+                for name in endpoint.dns_names.iter_mut().filter(|n| n.as_str() == old) {
+                    *name = new.to_string();
+                }
+                renamed.push((network.namespace.clone(), key.clone(), endpoint));
+            }
+        }
+        self.store
+            .update(|tx| {
+                for (namespace, key, endpoint) in &renamed {
+                    let name = format!("{}/{}", endpoint.network_id, endpoint.name);
+                    tx.rename(namespace, Kind::Endpoint, key, &name, endpoint)?;
+                }
+                Ok(())
+            })
+            .map_err(|source| match source {
+                StoreError::NameTaken { .. } => NetworkError::EndpointExists {
+                    name: new.to_string(),
+                    network: String::new(),
+                },
+                source => NetworkError::Store {
+                    network: String::new(),
+                    step: "renaming the endpoints",
+                    source: Box::new(source),
+                },
+            })?;
+        let mut tables = self.shared.write();
+        for (_, key, endpoint) in renamed {
+            tables.endpoints.insert(key, endpoint);
+        }
+        Ok(())
+    }
+
     /// Detaches a pod from every user network (its removal); nothing attached is fine.
     pub async fn detach_pod(&self, pod_id: &str) -> Result<()> {
         let _guard = self.ops.lock().await;

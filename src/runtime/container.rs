@@ -803,7 +803,22 @@ impl Runtime {
         }
         let (_guard, container) = self.lock_container(namespace, query).await?;
         let old = container.spec.name.clone();
-        let renamed = self.rename_records(&container.id, name)?;
+        if self.pod(&container.pod_id).is_some_and(|p| p.spec.name == old) {
+            // Endpoints first: a name taken on a network changes nothing.
+            self.networks()
+                .rename_pod(&container.pod_id, &old, name)
+                .await?;
+        }
+        let renamed = match self.rename_records(&container.id, name) {
+            Ok(renamed) => renamed,
+            Err(err) => {
+                let back = self.networks().rename_pod(&container.pod_id, name, &old);
+                if let Err(undo) = back.await {
+                    tracing::warn!(container = %container.id, "renaming its endpoints back: {undo}");
+                }
+                return Err(err);
+            }
+        };
         self.container_event(&renamed, "rename", &[("oldName", old)]);
         Ok(())
     }

@@ -483,9 +483,15 @@ impl Runtime {
         let mut pod = self
             .pod(&container.pod_id)
             .filter(|p| p.spec.name == container.spec.name);
-        container.spec.name = name.to_string();
+        let old = std::mem::replace(&mut container.spec.name, name.to_string());
         if let Some(pod) = pod.as_mut() {
             pod.spec.name = name.to_string();
+            // The name it answers to on its networks when they are joined again.
+            for network in &mut pod.spec.networks {
+                for dns_name in network.dns_names.iter_mut().filter(|n| **n == old) {
+                    *dns_name = name.to_string();
+                }
+            }
         }
         let taken = |err| match err {
             StoreError::NameTaken { .. } => {
