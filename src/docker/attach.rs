@@ -188,13 +188,19 @@ pub(super) async fn attach(
     };
     let log_path = std::path::PathBuf::from(extension(&container).log_path);
     // Attached before the 101, so a refusal is an HTTP error the client reads.
+    let mut next_run = None;
     let live = if truthy(&params.stream) {
-        let attached = if logs
-            && !matches!(
-                container.state,
-                ContainerState::Created | ContainerState::Running
-            ) {
-            // Nothing live to wait for: the log is all there is.
+        let attached = if !matches!(
+            container.state,
+            ContainerState::Created | ContainerState::Running
+        ) {
+            // Stopped: dockerd's stream waits for the next run (`docker start -a`,
+            // docker-compose 1.x's `up` attach before they start), and carries it
+            // from where the log is now.
+            next_run = Some(NextRun {
+                log_offset: log_size(&log_path).await,
+                started_at: container.started_at,
+            });
             None
         } else {
             match server
@@ -226,6 +232,7 @@ pub(super) async fn attach(
         server: server.clone(),
         id: container.id.clone(),
         live,
+        next_run,
         logs,
         log_path,
         selection: Selection::streams(streams.stdout, want_stderr, !tty),
@@ -287,6 +294,8 @@ struct Attachment {
     server: Arc<DockerServer>,
     id: String,
     live: Option<(Session, AttachPoint)>,
+    /// Stopped when attached: the stream is the next run's.
+    next_run: Option<NextRun>,
     logs: bool,
     log_path: std::path::PathBuf,
     selection: Selection,
@@ -298,12 +307,20 @@ struct Attachment {
 impl Attachment {
     /// Replays the log (when asked), then the live streams, over `reader` (the
     /// client's input) and `writer` (the container's output).
-    async fn serve<R, W>(self, reader: R, mut writer: W)
+    async fn serve<R, W>(mut self, reader: R, mut writer: W)
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin,
     {
-        let point = self.live.as_ref().map(|(_, point)| point.clone());
+        let mut point = self.live.as_ref().map(|(_, point)| point.clone());
+        if let Some(next) = self.next_run {
+            // The log before the next run.
+            point = Some(AttachPoint {
+                log_offset: Some(next.log_offset),
+                stdout_pending: Vec::new(),
+                stderr_pending: Vec::new(),
+            });
+        }
         if self.logs {
             // A client that reads the 101 through a buffered reader and then takes the
             // socket under it (docker-py) loses what came with the headers: the log,
@@ -322,6 +339,25 @@ impl Attachment {
             .is_err()
         {
             return;
+        }
+        if let Some(next) = self.next_run {
+            // What the next run wrote before the attach reached its monitor comes
+            // from the log.
+            self.live = self.wait_for_next_run(next.started_at).await;
+            let from = next.log_offset;
+            let point = self.live.as_ref().map(|(_, point)| point.clone());
+            let limit = point.as_ref().and_then(|p| p.log_offset);
+            if replay(&self.log_path, from, limit, &self.selection, &mut writer)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if let Some(point) = point {
+                if write_pending(&point, self.tty, &mut writer).await.is_err() {
+                    return;
+                }
+            }
         }
         if let Some((session, _)) = self.live {
             let detached = stream_live(
@@ -345,6 +381,47 @@ impl Attachment {
     }
 }
 
+async fn log_size(path: &std::path::Path) -> u64 {
+    tokio::fs::metadata(path).await.map_or(0, |m| m.len())
+}
+
+impl Attachment {
+    /// Waits until the stopped container runs again (its new monitor is up), then
+    /// attaches to it. None if it is removed first, or ran and exited between two
+    /// looks (started since `started_at`: its log has the whole run).
+    async fn wait_for_next_run(&self, started_at: i64) -> Option<(Session, AttachPoint)> {
+        loop {
+            let container = self.server.runtime.container(&self.id)?;
+            if matches!(
+                container.state,
+                ContainerState::Created | ContainerState::Running
+            ) {
+                return self
+                    .server
+                    .runtime
+                    .attach_at(NAMESPACE, &self.id, self.streams)
+                    .await
+                    .ok();
+            }
+            if container.started_at != started_at {
+                return None;
+            }
+            tokio::time::sleep(NEXT_RUN_POLL).await;
+        }
+    }
+}
+
+/// Where a stopped container was when attached.
+#[derive(Debug, Clone, Copy)]
+struct NextRun {
+    /// Its log's size.
+    log_offset: u64,
+    started_at: i64,
+}
+
+/// How often an attach to a stopped container looks for its next run.
+const NEXT_RUN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The log up to where the live output starts (all of it when nothing is live), then
 /// what the streams wrote since their last logged line.
 async fn replay_logs<W: tokio::io::AsyncWrite + Unpin>(
@@ -355,13 +432,22 @@ async fn replay_logs<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
 ) -> std::io::Result<()> {
     let limit = point.and_then(|p| p.log_offset);
-    if let Err(err) = replay(path, limit, selection, writer).await {
+    if let Err(err) = replay(path, 0, limit, selection, writer).await {
         tracing::debug!(path = %path.display(), "attach: replaying the log: {err}");
         return Err(err);
     }
-    let Some(point) = point else {
-        return Ok(());
-    };
+    match point {
+        Some(point) => write_pending(point, tty, writer).await,
+        None => Ok(()),
+    }
+}
+
+/// What the streams wrote since their last logged line (the monitor's), framed.
+async fn write_pending<W: tokio::io::AsyncWrite + Unpin>(
+    point: &AttachPoint,
+    tty: bool,
+    writer: &mut W,
+) -> std::io::Result<()> {
     let mut out = Vec::new();
     for (stream, pending) in [(1u8, &point.stdout_pending), (2, &point.stderr_pending)] {
         if pending.is_empty() {

@@ -266,22 +266,25 @@ pub(super) async fn logs(
         .map_err(|err| ApiError::internal(err.to_string()))
 }
 
-/// Writes the selected lines of the log at `path`, up to its first `limit` bytes (all
-/// of it without), to `out`: what `attach?logs=1` replays. A log not there yet is
-/// empty; a line cut at `limit` is left out (it was not complete there).
+/// Writes the selected lines of the log at `path`, from byte `from` (a line's start)
+/// up to byte `limit` (the end without), to `out`: what `attach?logs=1` replays. A log
+/// not there yet is empty; a line cut at `limit` is left out (it was not complete
+/// there).
 pub(super) async fn replay<W: tokio::io::AsyncWrite + Unpin>(
     path: &std::path::Path,
+    from: u64,
     limit: Option<u64>,
     selection: &Selection,
     out: &mut W,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let file = match tokio::fs::File::open(path).await {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
-    let mut file = file.take(limit.unwrap_or(u64::MAX));
+    file.seek(std::io::SeekFrom::Start(from)).await?;
+    let mut file = file.take(limit.map_or(u64::MAX, |limit| limit.saturating_sub(from)));
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut rendered = Vec::new();

@@ -9,6 +9,9 @@
 #                 to be carried to a GPU host)
 #   stream-bench  tests/go/stream-bench: exec round trips, port-forward throughput and
 #                 per-session memory of a CRI streaming server (bench/compare-streaming.sh)
+#   docker-compose Compose v2, github.com/docker/compose/v5 (the `tool` of
+#                 tests/compose/go.mod, a module of its own: its dependencies would
+#                 move the Kubernetes modules' versions here), standalone
 # into target/go-tools/, where tests/support/go_tools.rs finds them.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,3 +30,7 @@ go build -o "$out/stream-client" ./stream-client
 go test -c -o "$out/critest" -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/critest
 go build -o "$out/stream-bench" ./stream-bench
 CGO_ENABLED=0 go build -o "$out/gpu-e2e" ./gpu-e2e
+compose_version=$(cd ../compose && go list -m -f '{{.Version}}' github.com/docker/compose/v5)
+(cd ../compose && go build -o "../../target/go-tools/docker-compose" \
+  -ldflags "-X github.com/docker/compose/v5/internal.Version=$compose_version" \
+  github.com/docker/compose/v5/cmd)

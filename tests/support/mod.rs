@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cleanup;
+pub mod compose;
 pub mod daemon;
 pub mod docker;
 pub mod go_tools;
