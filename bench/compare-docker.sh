@@ -67,6 +67,10 @@
 #   --pulls N    pulls of the 5-layer image per way and round (default 2)
 #   --builds N   builds of each kind per round (default 0: no build figures)
 #   --only-builds  the build figures alone (--builds 3 unless given)
+#   --composes N `up -d` / `down` of a 5-service Compose project per client and round
+#                (default 0: no Compose figures; issue 29), with Compose v2 (Go,
+#                tests/go/build.sh builds it) and Debian's docker-compose 1.29
+#   --only-compose the Compose figures alone (--composes 5 unless given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +85,9 @@ execs=30
 pulls=2
 builds=0
 only_builds=false
-usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N] [--builds N] [--only-builds]"
+composes=0
+only_compose=false
+usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N] [--builds N] [--only-builds] [--composes N] [--only-compose]"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -90,6 +96,8 @@ while [[ $# -gt 0 ]]; do
     --cli) cli="$2"; shift 2 ;;
     --builds) builds="$2"; shift 2 ;;
     --only-builds) only_builds=true; (( builds > 0 )) || builds=3; shift ;;
+    --composes) composes="$2"; shift 2 ;;
+    --only-compose) only_compose=true; (( composes > 0 )) || composes=5; shift ;;
     --runs) runs="$2"; shift 2 ;;
     --wave) wave="$2"; shift 2 ;;
     --live) live="$2"; shift 2 ;;
@@ -170,7 +178,13 @@ compare_cleanup_extra() {
   # dockerd added to the host: iptables rules and chains, its bridge, its cgroups, the
   # bridge sysctls, /etc/docker/key.json (dockerd 20.10 writes its trust key there)
   # and /run/docker.
-  local sock ids pid
+  local sock ids pid side
+  for side in wharf dockerd; do
+    if [[ $side == wharf ]]; then sock="$wharf_docker_sock"; else sock="$dockerd_sock"; fi
+    [[ -S $sock && -e $work/compose-$side/compose.yaml ]] || continue
+    timeout 120 "$compose_v2_bin" -p "wbc$tag" -f "$work/compose-$side/compose.yaml" down -v -t 1 \
+      > /dev/null 2>&1 < /dev/null
+  done
   for sock in "$wharf_docker_sock" "$dockerd_sock"; do
     [[ -S $sock ]] || continue
     ids=$(DOCKER_HOST="unix://$sock" timeout 60 "$cli" ps -aq --filter "label=$label" 2>/dev/null)
@@ -205,7 +219,7 @@ compare_cleanup_extra() {
   # or subnet; then its chains, where they did not exist before the run.
   local table rule chain
   for table in nat filter; do
-    iptables-save -t "$table" | grep -E -- '^-A ' | grep -E "DOCKER|$dbridge|${dsubnet_prefix//./\\.}\." |
+    iptables-save -t "$table" | grep -E -- '^-A ' | grep -E "DOCKER|$dbridge|${dsubnet_prefix//./\\.}\.|10\.199\.$octet\." |
       grep -vxF -f <(grep -E -- '^-A ' "$work/iptables-before.txt") | sed 's/^-A /-D /' |
       while read -r rule; do eval "iptables -w -t $table $rule" 2>/dev/null; done
     for chain in $(iptables-save -t "$table" | sed -n 's/^:\(DOCKER[A-Z0-9-]*\) .*/\1/p'); do
@@ -389,8 +403,42 @@ pull_once() {  # WAY FILE
 
 run_round() {  # side: wharf | dockerd; sets the round's raw dir
   : > "$raw/memory.tsv"
-  if [[ $only_builds == false ]]; then run_api_round; fi
+  if [[ $only_builds == false && $only_compose == false ]]; then run_api_round; fi
   if (( builds > 0 )); then build_round; fi
+  if (( composes > 0 )); then compose_round; fi
+}
+
+# --- Compose (issue 29) ------------------------------------------------------------------
+compose_v2_bin="$PWD/target/go-tools/docker-compose"
+compose_project="wbc$tag"
+# The project's network on each side: a subnet of this run (10.197/10.199.<octet>.0/24).
+make_compose_projects() {
+  local side subnet i
+  for side in wharf dockerd; do
+    if [[ $side == wharf ]]; then subnet="10.197.$octet.0/24"; else subnet="10.199.$octet.0/24"; fi
+    mkdir -p "$work/compose-$side"
+    {
+      echo "services:"
+      for i in 1 2 3 4 5; do
+        printf '  s%s:\n    image: %s\n    command: ["sleep", "1000"]\n    stop_grace_period: 1s\n' "$i" "$image"
+        printf '    environment:\n      SERVICE: s%s\n    labels:\n      wharf.bench: "%s"\n' "$i" "$tag"
+      done
+      printf '    volumes:\n      - data:/data\n'
+      printf 'networks:\n  default:\n    ipam:\n      config:\n        - subnet: %s\n' "$subnet"
+      printf 'volumes:\n  data: {}\n'
+    } > "$work/compose-$side/compose.yaml"
+  done
+}
+compose_v2() { DOCKER_HOST="unix://$sock" "$compose_v2_bin" -p "$compose_project" -f "$work/compose-$side/compose.yaml" "$@"; }
+compose_v1() { DOCKER_HOST="unix://$sock" docker-compose -p "$compose_project" -f "$work/compose-$side/compose.yaml" "$@"; }
+compose_round() {
+  local i
+  for (( i=0; i<composes; i++ )); do
+    timed "$raw/compose_up.ms" compose_v2 up -d --quiet-pull
+    timed "$raw/compose_down.ms" compose_v2 down -v -t 1
+    timed "$raw/compose1_up.ms" compose_v1 up -d
+    timed "$raw/compose1_down.ms" compose_v1 down -v -t 1
+  done
 }
 
 # --- builds (issue 20) -------------------------------------------------------------------
@@ -553,6 +601,13 @@ summary() {
       row("500 MB context: daemon peak RSS (MiB)"; mem("big_context_peak"; daemon_total) | mib; null),
       row("500 MB context: daemon RSS before (MiB)"; mem("big_context_before"; .daemon_rss_kib) | mib; null),
       "",
+      "Compose (issue 29): a 5-service project (one network, one volume)",
+      (["figure", "wharf", "dockerd", "wharf/dockerd", "goal (issue 29)"] | @tsv),
+      row("compose v2: up -d, p50"; .series.compose_up.p50; 0.5),
+      row("compose v2: down -v, p50"; .series.compose_down.p50; null),
+      row("docker-compose 1.29: up -d, p50"; .series.compose1_up.p50; 0.5),
+      row("docker-compose 1.29: down -v, p50"; .series.compose1_down.p50; null),
+      "",
       "Docker API pull vs CRI pull, wharf only (goal: Docker API <= 1.05 x CRI)",
       (["figure", "Docker API", "CRI (crictl pull)", "API/CRI", "goal"] | @tsv),
       (med($W; .series.pull_docker.p50) as $a | med($W; .series.pull_cri.p50) as $b | ratio($a; $b) as $r
@@ -583,6 +638,10 @@ for sock in "$wharf_docker_sock" "$dockerd_sock"; do
   dk pull -q "$image" > /dev/null
 done
 if (( builds > 0 )); then make_build_context; fi
+if (( composes > 0 )); then
+  command -v docker-compose > /dev/null || { echo "docker-compose is missing: scripts/setup test installs it" >&2; exit 2; }
+  make_compose_projects
+fi
 versions="wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $(dockerd --version); $(containerd --version); $(runc --version | head -1); CLI: $("$cli" --version) ($cli), API $(DOCKER_HOST="unix://$dockerd_sock" "$cli" version -f '{{.Client.APIVersion}}')"
 echo "== registry $registry_host, images $image and $layered ($layered_info)" >&2
 echo "== $versions" >&2

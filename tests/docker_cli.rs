@@ -884,7 +884,21 @@ async fn run_attached_with_stdin_and_a_tty() {
     ]);
     let attached = docker.ok(&["attach", "--no-stdin", &late]);
     assert_eq!(attached, "later");
-    docker.ok(&["rm", "-f", &late]);
+    // docker start -a of an exited container: attached before the start, it shows the
+    // new run (not the old log) and exits with its code.
+    docker.ok(&["wait", &late]);
+    let run = docker.run(&["start", "-a", &late]);
+    assert_eq!(run.stdout, "later\n", "{run:?}");
+    assert_eq!(run.status, 0, "{run:?}");
+    let again = unique("again");
+    let first = docker.run(&[
+        "run", "--name", &again, &image, "sh", "-c", "echo run-$RANDOM; exit 5",
+    ]);
+    assert_eq!(first.status, 5, "{first:?}");
+    let run = docker.run(&["start", "-a", &again]);
+    assert_eq!(run.status, 5, "{run:?}");
+    assert_eq!(run.stdout.matches("run-").count(), 1, "{run:?}");
+    docker.ok(&["rm", "-f", &late, &again]);
 }
 
 /// `docker exec`: output of both streams and the exit code, -e/-u/-w, -i with stdin to

@@ -151,13 +151,37 @@ pub(super) fn decode_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Fields of Docker's API types that are Go maps: a `null` entry there is a key with an
+/// empty value (`{"70000/tcp": null}` is a port binding to refuse), not an absent field.
+const MAP_FIELDS: &[&str] = &[
+    "PortBindings",
+    "ExposedPorts",
+    "Volumes",
+    "Labels",
+    "Tmpfs",
+    "Sysctls",
+    "StorageOpt",
+    "DriverOpts",
+    "Options",
+    "EndpointsConfig",
+    "Config",
+];
+
 fn drop_null_members(value: &mut serde_json::Value) {
+    drop_nulls_in(value, false);
+}
+
+fn drop_nulls_in(value: &mut serde_json::Value, is_map: bool) {
     match value {
         serde_json::Value::Object(members) => {
-            members.retain(|_, member| !member.is_null());
-            members.values_mut().for_each(drop_null_members);
+            if !is_map {
+                members.retain(|_, member| !member.is_null());
+            }
+            for (key, member) in members.iter_mut() {
+                drop_nulls_in(member, !is_map && MAP_FIELDS.contains(&key.as_str()));
+            }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_members),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| drop_nulls_in(i, false)),
         _ => {}
     }
 }
@@ -193,6 +217,13 @@ mod tests {
         }
         let ok: Create =
             parse_json(br#"{"HostConfig": {"Memory": null, "Binds": ["/a:/b"]}}"#).unwrap();
+        // A map's null entry is a key: kept for the endpoint to judge.
+        let raw: serde_json::Value =
+            parse_json(br#"{"HostConfig": {"PortBindings": {"70000/tcp": null}}}"#).unwrap();
+        assert!(raw["HostConfig"]["PortBindings"]
+            .as_object()
+            .unwrap()
+            .contains_key("70000/tcp"));
         assert_eq!(ok.host_config.memory, 0);
         assert_eq!(ok.host_config.binds, ["/a:/b"]);
         let bad = parse_json::<Create>(br#"{"HostConfig": {"Memory": "lots"}}"#).unwrap_err();

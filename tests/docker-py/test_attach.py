@@ -67,9 +67,23 @@ def checks():
     assert out == b"one\ntwo\nthree\n", out
     assert done.attach(stdout=True, stderr=False, logs=True) == b"one\nthree\n"
     assert done.attach(stdout=False, stderr=True, logs=True) == b"two\n"
-    # logs and stream on an exited container: the log, then the end.
-    data = b"".join(done.attach(stdout=True, stderr=True, logs=True, stream=True))
-    assert data == b"one\ntwo\nthree\n", data
+    # logs and stream on an exited container (as dockerd 20.10): the log, then the
+    # stream waits for the next run, carries it, and ends at its exit.
+    got = []
+
+    def follow():
+        for chunk in done.attach(stdout=True, stderr=True, logs=True, stream=True):
+            got.append(chunk)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    wait_for("the log replayed", lambda: b"".join(got) == b"one\ntwo\nthree\n")
+    time.sleep(0.5)
+    assert reader.is_alive(), "the stream ended before the next run"
+    done.start()
+    reader.join(15)
+    assert not reader.is_alive(), "the stream did not end with the next run"
+    assert b"".join(got) == b"one\ntwo\nthree\n" * 2, got
 
     # A running container: logs=True, stream=False is what it logged so far, at once.
     sleeper = run("sleeper", ["sh", "-c", "echo first; exec sleep 600"])
