@@ -251,6 +251,26 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
     assert!(typed.contains("/dev/pts/"), "{typed}");
     assert_eq!(status.code(), Some(3), "{typed}");
 
+    // restart: unless-stopped, as wharfd applies it: app's process killed from the
+    // host comes back.
+    let inspect = |format: &str| project.docker.ok(&["inspect", "-f", format, &app]);
+    assert_eq!(inspect("{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
+    let pid: i32 = inspect("{{.State.Pid}}").parse().expect("app's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill app's process");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while inspect("{{.RestartCount}} {{.State.Running}}") != "1 true" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "app was not restarted: {}",
+            inspect("{{json .State}}")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let containers_before = project.container_ids();
     let one_off = project.ok(&["run", "--rm", "-T", "worker", "echo one-off $((1+2))"]);
     assert!(one_off.stdout.contains("one-off 3"), "{one_off:?}");
