@@ -892,7 +892,13 @@ async fn run_attached_with_stdin_and_a_tty() {
     assert_eq!(run.status, 0, "{run:?}");
     let again = unique("again");
     let first = docker.run(&[
-        "run", "--name", &again, &image, "sh", "-c", "echo run-$RANDOM; exit 5",
+        "run",
+        "--name",
+        &again,
+        &image,
+        "sh",
+        "-c",
+        "echo run-$RANDOM; exit 5",
     ]);
     assert_eq!(first.status, 5, "{first:?}");
     let run = docker.run(&["start", "-a", &again]);

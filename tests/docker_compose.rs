@@ -139,7 +139,12 @@ fn ids_of(project: &Project, service: &str) -> Vec<String> {
 fn running_of(project: &Project, service: &str) -> usize {
     ids_of(project, service)
         .iter()
-        .filter(|id| project.docker.ok(&["inspect", "-f", "{{.State.Running}}", id]) == "true")
+        .filter(|id| {
+            project
+                .docker
+                .ok(&["inspect", "-f", "{{.State.Running}}", id])
+                == "true"
+        })
         .count()
 }
 
@@ -175,11 +180,16 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
         } else {
             expected
         };
-        assert!(config.contains(expected), "config lacks {expected}:\n{config}");
+        assert!(
+            config.contains(expected),
+            "config lacks {expected}:\n{config}"
+        );
     }
 
     project.ok(&["pull", "app", "worker"]);
-    project.docker.ok(&["image", "inspect", &project.docker.image]);
+    project
+        .docker
+        .ok(&["image", "inspect", &project.docker.image]);
 
     let built = project.ok(&["build", "web"]);
     let printed = format!("{}{}", built.stdout, built.stderr);
@@ -194,8 +204,12 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
         .docker
         .ok(&["inspect", "-f", "{{.State.Health.Status}}", &web]);
     assert_eq!(health, "healthy");
-    let web_started = project.docker.ok(&["inspect", "-f", "{{.State.StartedAt}}", &web]);
-    let app_started = project.docker.ok(&["inspect", "-f", "{{.State.StartedAt}}", &app]);
+    let web_started = project
+        .docker
+        .ok(&["inspect", "-f", "{{.State.StartedAt}}", &web]);
+    let app_started = project
+        .docker
+        .ok(&["inspect", "-f", "{{.State.StartedAt}}", &app]);
     assert!(app_started > web_started, "{app_started} <= {web_started}");
 
     let ps = project.ok(&["ps"]).stdout;
@@ -254,7 +268,10 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
     // restart: unless-stopped, as wharfd applies it: app's process killed from the
     // host comes back.
     let inspect = |format: &str| project.docker.ok(&["inspect", "-f", format, &app]);
-    assert_eq!(inspect("{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
+    assert_eq!(
+        inspect("{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
     let pid: i32 = inspect("{{.State.Pid}}").parse().expect("app's pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -274,7 +291,11 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
     let containers_before = project.container_ids();
     let one_off = project.ok(&["run", "--rm", "-T", "worker", "echo one-off $((1+2))"]);
     assert!(one_off.stdout.contains("one-off 3"), "{one_off:?}");
-    assert_eq!(project.container_ids(), containers_before, "run --rm left a container");
+    assert_eq!(
+        project.container_ids(),
+        containers_before,
+        "run --rm left a container"
+    );
 
     let top = project.ok(&["top", "web"]).stdout;
     assert!(top.contains("httpd -f -p 80"), "{top}");
@@ -304,7 +325,11 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
     );
     project.ok(&["up", "-d", "--scale", "worker=3"]);
     assert_eq!(ids_of(project, "web"), web_ids, "web was recreated");
-    assert_eq!(ids_of(project, "worker"), worker_ids, "workers were recreated");
+    assert_eq!(
+        ids_of(project, "worker"),
+        worker_ids,
+        "workers were recreated"
+    );
     assert_ne!(ids_of(project, "app"), app_ids, "app was not recreated");
     wait_for_logs(project, "app", &["app starting changed from-env-file"]);
     // Both clients recreate web in place when asked (v1 by renaming the old one first).
@@ -341,7 +366,11 @@ fn project_flow(project: &Project, web_image: &str, port: u16) {
     let (status, printed) = attached.wait(Duration::from_secs(60));
     assert!(status.success(), "{status}: {printed}");
     for service in ["web", "app", "worker"] {
-        assert_eq!(running_of(project, service), 0, "{service} runs:\n{printed}");
+        assert_eq!(
+            running_of(project, service),
+            0,
+            "{service} runs:\n{printed}"
+        );
     }
 
     let down = project.ok(&["down", "-v"]);
@@ -399,7 +428,9 @@ async fn compose_errors_are_dockerds() {
         );
         let printed = clash.fails(&["up", "-d"]);
         assert!(
-            printed.contains(&format!("Bind for 127.0.0.1:{port} failed: port is already allocated")),
+            printed.contains(&format!(
+                "Bind for 127.0.0.1:{port} failed: port is already allocated"
+            )),
             "{client:?}: {printed}"
         );
         clash.ok(&["down"]);
@@ -438,7 +469,10 @@ async fn compose_errors_are_dockerds() {
         // v2 creates the dependent and never starts it; v1 does not create it.
         let after = format!("name={}", sick.container("after", 1));
         let state = docker.ok(&["ps", "-a", "--filter", &after, "--format", "{{.State}}"]);
-        assert!(matches!(state.as_str(), "" | "created"), "{client:?}: {state}");
+        assert!(
+            matches!(state.as_str(), "" | "created"),
+            "{client:?}: {state}"
+        );
         sick.ok(&["down", "-t", "1"]);
         assert_eq!(sick.leftovers(), Vec::<String>::new());
     }

@@ -229,7 +229,8 @@ mod tests {
         let bad = parse_json::<Create>(br#"{"HostConfig": {"Memory": "lots"}}"#).unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert!(
-            bad.message.contains("HostConfig.Memory: invalid type: string"),
+            bad.message
+                .contains("HostConfig.Memory: invalid type: string"),
             "{}",
             bad.message
         );

@@ -803,7 +803,10 @@ impl Runtime {
         }
         let (_guard, container) = self.lock_container(namespace, query).await?;
         let old = container.spec.name.clone();
-        if self.pod(&container.pod_id).is_some_and(|p| p.spec.name == old) {
+        if self
+            .pod(&container.pod_id)
+            .is_some_and(|p| p.spec.name == old)
+        {
             // Endpoints first: a name taken on a network changes nothing.
             self.networks()
                 .rename_pod(&container.pod_id, &old, name)

@@ -159,8 +159,20 @@ impl<'a> Project<'a> {
             .expect("spawn the Compose client");
         let output = Arc::new(Mutex::new(Vec::new()));
         let readers = [
-            collect(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), &output),
-            collect(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), &output),
+            collect(
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                &output,
+            ),
+            collect(
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                &output,
+            ),
         ];
         Background {
             child,
@@ -177,7 +189,9 @@ impl<'a> Project<'a> {
     /// The IDs of the project's containers (running or not), by its label.
     pub fn container_ids(&self) -> Vec<String> {
         let filter = format!("label=com.docker.compose.project={}", self.name);
-        let listed = self.docker.ok(&["ps", "-aq", "--no-trunc", "--filter", &filter]);
+        let listed = self
+            .docker
+            .ok(&["ps", "-aq", "--no-trunc", "--filter", &filter]);
         let mut ids: Vec<String> = listed.lines().map(str::to_string).collect();
         ids.sort();
         ids
@@ -190,7 +204,14 @@ impl<'a> Project<'a> {
         for kind in ["container", "network", "volume"] {
             let args: Vec<&str> = match kind {
                 "container" => vec!["ps", "-a", "--format", "{{.Names}}", "--filter", &filter],
-                "network" => vec!["network", "ls", "--format", "{{.Name}}", "--filter", &filter],
+                "network" => vec![
+                    "network",
+                    "ls",
+                    "--format",
+                    "{{.Name}}",
+                    "--filter",
+                    &filter,
+                ],
                 _ => vec!["volume", "ls", "--format", "{{.Name}}", "--filter", &filter],
             };
             left.extend(
