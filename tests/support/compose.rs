@@ -282,20 +282,34 @@ fn seen(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
 }
 
-/// Waits until `buffer` holds `needle`; panics with what it holds after `timeout`.
-fn wait_in(buffer: &Arc<Mutex<Vec<u8>>>, needle: &str, timeout: Duration, what: &str) -> String {
+/// Calls `check` until it gives a value; panics with `failure()` after `timeout`.
+fn poll_until<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    failure: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        let text = seen(buffer);
-        if text.contains(needle) {
-            return text;
+        if let Some(value) = check() {
+            return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never appeared in the output of {what}:\n{text}"
-        );
+        assert!(Instant::now() < deadline, "{}", failure());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until `buffer` holds `needle`; panics with what it holds after `timeout`.
+fn wait_in(buffer: &Arc<Mutex<Vec<u8>>>, needle: &str, timeout: Duration, what: &str) -> String {
+    poll_until(
+        timeout,
+        || Some(seen(buffer)).filter(|text| text.contains(needle)),
+        || {
+            format!(
+                "{needle:?} never appeared in the output of {what}:\n{}",
+                seen(buffer)
+            )
+        },
+    )
 }
 
 /// A client running in the background; killed on drop if still running.
@@ -328,17 +342,11 @@ impl Drop for Background {
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll a child") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a Compose client did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        timeout,
+        || child.try_wait().expect("poll a child"),
+        || format!("a Compose client did not exit within {timeout:?}"),
+    )
 }
 
 /// A command on a pty of its own, as in a terminal: its session's controlling
@@ -347,7 +355,7 @@ pub struct Pty {
     child: Child,
     master: std::fs::File,
     output: Arc<Mutex<Vec<u8>>>,
-    _reader: std::thread::JoinHandle<()>,
+    _reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Pty {
@@ -380,20 +388,12 @@ impl Pty {
         drop(slave);
         let master = std::fs::File::from(pty.master);
         let output = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let mut master = master.try_clone().expect("dup the pty master");
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                // EIO once the last process holding the pty's other side is gone.
-                while let Ok(n) = master.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            })
-        };
+        // The reader ends at EIO, once the last process holding the pty's other side
+        // is gone.
+        let reader = collect(
+            Some(Box::new(master.try_clone().expect("dup the pty master"))),
+            &output,
+        );
         Pty {
             child,
             master,
