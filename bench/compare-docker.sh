@@ -71,6 +71,13 @@
 #                (default 0: no Compose figures; issue 29), with Compose v2 (Go,
 #                tests/go/build.sh builds it) and Debian's docker-compose 1.29
 #   --only-compose the Compose figures alone (--composes 5 unless given)
+#   --networks N user-network figures per round (default 0: none; issue 19): N x
+#                `network create` + `run --network` + `rm -f` + `network rm`; 10 x N
+#                DNS lookups of a container name from inside another (the embedded
+#                DNS, bench/lib/dns-latency.py in the container's netns); TCP
+#                throughput of a 256 MiB download from busybox httpd through the
+#                published port on 127.0.0.1 and straight to the container's IP
+#   --only-networks the network figures alone (--networks 5 unless given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,7 +94,9 @@ builds=0
 only_builds=false
 composes=0
 only_compose=false
-usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N] [--builds N] [--only-builds] [--composes N] [--only-compose]"
+networks=0
+only_networks=false
+usage="usage: $0 [--rounds N] [--quick] [--out DIR] [--cli PATH] [--runs N] [--wave N] [--live N] [--lists N] [--execs N] [--pulls N] [--builds N] [--only-builds] [--composes N] [--only-compose] [--networks N] [--only-networks]"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -98,6 +107,8 @@ while [[ $# -gt 0 ]]; do
     --only-builds) only_builds=true; (( builds > 0 )) || builds=3; shift ;;
     --composes) composes="$2"; shift 2 ;;
     --only-compose) only_compose=true; (( composes > 0 )) || composes=5; shift ;;
+    --networks) networks="$2"; shift 2 ;;
+    --only-networks) only_networks=true; (( networks > 0 )) || networks=5; shift ;;
     --runs) runs="$2"; shift 2 ;;
     --wave) wave="$2"; shift 2 ;;
     --live) live="$2"; shift 2 ;;
@@ -178,11 +189,11 @@ compare_cleanup_extra() {
   # dockerd added to the host: iptables rules and chains, its bridge, its cgroups, the
   # bridge sysctls, /etc/docker/key.json (dockerd 20.10 writes its trust key there)
   # and /run/docker.
-  local sock ids pid side
+  local sock ids pid side net
   for side in wharf dockerd; do
     if [[ $side == wharf ]]; then sock="$wharf_docker_sock"; else sock="$dockerd_sock"; fi
     [[ -S $sock && -e $work/compose-$side/compose.yaml ]] || continue
-    timeout 120 "$compose_v2_bin" -p "wbc$tag" -f "$work/compose-$side/compose.yaml" down -v -t 1 \
+    DOCKER_HOST="unix://$sock" timeout 120 "$compose_v2_bin" -p "wbc$tag" -f "$work/compose-$side/compose.yaml" down -v -t 1 \
       > /dev/null 2>&1 < /dev/null
   done
   for sock in "$wharf_docker_sock" "$dockerd_sock"; do
@@ -190,6 +201,10 @@ compare_cleanup_extra() {
     ids=$(DOCKER_HOST="unix://$sock" timeout 60 "$cli" ps -aq --filter "label=$label" 2>/dev/null)
     # shellcheck disable=SC2086
     [[ -n $ids ]] && DOCKER_HOST="unix://$sock" timeout 120 "$cli" rm -f $ids >/dev/null 2>&1
+    # The user networks of the network figures (issue 19).
+    for net in "wbn$tag" "wbd$tag"; do
+      DOCKER_HOST="unix://$sock" timeout 60 "$cli" network rm "$net" >/dev/null 2>&1
+    done
   done
   if [[ -n $dockerd_pid ]]; then
     kill -TERM "$dockerd_pid" 2>/dev/null
@@ -219,7 +234,7 @@ compare_cleanup_extra() {
   # or subnet; then its chains, where they did not exist before the run.
   local table rule chain
   for table in nat filter; do
-    iptables-save -t "$table" | grep -E -- '^-A ' | grep -E "DOCKER|$dbridge|${dsubnet_prefix//./\\.}\.|10\.199\.$octet\." |
+    iptables-save -t "$table" | grep -E -- '^-A ' | grep -E "DOCKER|$dbridge|${dsubnet_prefix//./\\.}\.|10\.(199|202|204)\.$octet\." |
       grep -vxF -f <(grep -E -- '^-A ' "$work/iptables-before.txt") | sed 's/^-A /-D /' |
       while read -r rule; do eval "iptables -w -t $table $rule" 2>/dev/null; done
     for chain in $(iptables-save -t "$table" | sed -n 's/^:\(DOCKER[A-Z0-9-]*\) .*/\1/p'); do
@@ -403,9 +418,51 @@ pull_once() {  # WAY FILE
 
 run_round() {  # side: wharf | dockerd; sets the round's raw dir
   : > "$raw/memory.tsv"
-  if [[ $only_builds == false && $only_compose == false ]]; then run_api_round; fi
+  if [[ $only_builds == false && $only_compose == false && $only_networks == false ]]; then
+    run_api_round
+  fi
   if (( builds > 0 )); then build_round; fi
   if (( composes > 0 )); then compose_round; fi
+  if (( networks > 0 )); then network_round; fi
+}
+
+# --- user networks (issue 19) ------------------------------------------------------------
+# Subnets of this run: 10.201.<octet>.0/24 (wharf) and 10.202.<octet>.0/24 (dockerd) for
+# the lifecycle, .203/.204 for the DNS and throughput network.
+net_subnet() {  # 1 (lifecycle) | 2 (dns): this side's subnet
+  local base=$(( $1 == 1 ? 201 : 203 ))
+  [[ $side == dockerd ]] && base=$(( base + 1 ))
+  echo "10.$base.$octet.0/24"
+}
+net_lifecycle() {
+  dk network create --subnet "$(net_subnet 1)" "wbn$tag" > /dev/null &&
+    dk run -d --label "$label" --network "wbn$tag" --name "wbn$tag-c" "$image" sleep 1000 > /dev/null &&
+    dk rm -f "wbn$tag-c" > /dev/null &&
+    dk network rm "wbn$tag" > /dev/null
+}
+tput_mbps() {  # URL: MB/s of one download (curl), 1e6 bytes a MB
+  curl -sf -o /dev/null -w '%{speed_download}' "$1" | awk '{printf "%.1f\n", $1 / 1000000}'
+}
+network_round() {
+  local i pid ip port=$(( 30000 + octet * 10 ))
+  if [[ $side == dockerd ]]; then port=$(( port + 1 )); fi
+  for (( i=0; i<networks; i++ )); do timed "$raw/net_lifecycle.ms" net_lifecycle; done
+  dk network create --subnet "$(net_subnet 2)" "wbd$tag" > /dev/null
+  dk run -d --label "$label" --network "wbd$tag" --name "wbd$tag-a" "$image" sleep 1000 > /dev/null
+  dk run -d --label "$label" --network "wbd$tag" --name "wbd$tag-web" -p "127.0.0.1:$port:80" \
+    --tmpfs /www:size=300m "$image" sh -c \
+    'dd if=/dev/zero of=/www/big bs=1M count=256 2>/dev/null && exec httpd -f -p 80 -h /www' > /dev/null
+  pid=$(dk inspect -f '{{.State.Pid}}' "wbd$tag-a")
+  nsenter --net="/proc/$pid/ns/net" python3 bench/lib/dns-latency.py "wbd$tag-web" $(( networks * 10 )) \
+    >> "$raw/dns.ms"
+  ip=$(dk inspect -f "{{(index .NetworkSettings.Networks \"wbd$tag\").IPAddress}}" "wbd$tag-web")
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://$ip/big" -r 0-0 && break; sleep 0.1; done
+  for (( i=0; i<3; i++ )); do
+    tput_mbps "http://127.0.0.1:$port/big" >> "$raw/tput_published.mbps"
+    tput_mbps "http://$ip/big" >> "$raw/tput_direct.mbps"
+  done
+  dk rm -f "wbd$tag-a" "wbd$tag-web" > /dev/null
+  dk network rm "wbd$tag" > /dev/null
 }
 
 # --- Compose (issue 29) ------------------------------------------------------------------
@@ -533,8 +590,9 @@ run_api_round() {
 # --- per-round JSON and the summary ------------------------------------------------------
 round_json() {  # raw dir -> JSON: each series' n/p50/p99/max/mean and the memory points
   local dir=$1 f name series="{}"
-  for f in "$dir"/*.ms; do
-    name=$(basename "$f" .ms)
+  for f in "$dir"/*.ms "$dir"/*.mbps; do
+    [[ -e $f ]] || continue
+    name=$(basename "$f"); name=${name%.*}
     series=$(jq -c --arg name "$name" --slurpfile s <(jq -s 'sort' "$f" 2>/dev/null || echo '[]') '
       ($s[0]) as $v | ($v | length) as $n
       | def pct($q): if $n == 0 then null else $v[([(($q * $n) | ceil) - 1, 0] | max)] end;
@@ -600,6 +658,19 @@ summary() {
       row("500 MB context: build time"; .series.build_big_context.p50; null),
       row("500 MB context: daemon peak RSS (MiB)"; mem("big_context_peak"; daemon_total) | mib; null),
       row("500 MB context: daemon RSS before (MiB)"; mem("big_context_before"; .daemon_rss_kib) | mib; null),
+      "",
+      "user networks (issue 19)",
+      (["figure", "wharf", "dockerd", "wharf/dockerd", "goal (issue 19)"] | @tsv),
+      row("network create + run --network + rm -f + network rm, p50"; .series.net_lifecycle.p50; 0.33),
+      row("DNS lookup of a container name (embedded DNS), p50"; .series.dns.p50; 0.5),
+      row("DNS lookup of a container name (embedded DNS), p99"; .series.dns.p99; 0.5),
+      row("TCP download via the published port on 127.0.0.1, MB/s, p50"; .series.tput_published.p50; null),
+      row("TCP download straight to the container IP, MB/s, p50"; .series.tput_direct.p50; null),
+      (med($W; .series.tput_published.p50) as $a | med($W; .series.tput_direct.p50) as $b | ratio($a; $b) as $r
+        | ["wharf: published / direct throughput", ($a | fmt), ($b | fmt), ($r | fmt),
+           (if $r == null then "" elif $r >= 0.95 then "met (>= 0.95)" else "MISSED (>= 0.95)" end)] | @tsv),
+      (med($D; .series.tput_published.p50) as $a | med($D; .series.tput_direct.p50) as $b | ratio($a; $b) as $r
+        | ["dockerd: published / direct throughput", ($a | fmt), ($b | fmt), ($r | fmt), "(the anchor)"] | @tsv),
       "",
       "Compose (issue 29): a 5-service project (one network, one volume)",
       (["figure", "wharf", "dockerd", "wharf/dockerd", "goal (issue 29)"] | @tsv),
