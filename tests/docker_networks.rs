@@ -500,3 +500,89 @@ async fn many_create_remove_cycles_leave_nothing_behind() {
         ""
     );
 }
+
+/// `--mac-address`: the first interface's address, on wharf's bridge network and on a
+/// user-defined one, seen inside the container and in inspect (which shows the
+/// generated one otherwise); a malformed or multicast address is a 400 that makes
+/// nothing (the CLI checks the form itself, so raw requests send them).
+#[tokio::test]
+async fn mac_address_of_the_first_interface() {
+    let bridge = support::net::TestBridge::new(8);
+    let docker = DockerEnv::start_with_config(&bridge.config()).await;
+    let image = docker.image.clone();
+    docker.ok(&["pull", "-q", &image]);
+    let net = unique("macnet");
+    let _cleanup = Cleanup {
+        docker: &docker,
+        networks: vec![net.clone()],
+    };
+    docker.ok(&["network", "create", "--subnet", &subnet(7), &net]);
+    let show = |name: &str, network: &str| {
+        docker.ok(&[
+            "inspect",
+            "-f",
+            &format!(
+                "{{{{.NetworkSettings.MacAddress}}}} \
+                 {{{{(index .NetworkSettings.Networks \"{network}\").MacAddress}}}}"
+            ),
+            name,
+        ])
+    };
+    // The docker CLI 28 sends --mac-address per network, which it refuses below API
+    // 1.44: raw creates, as API 1.41 clients (docker-py) and newer ones send it.
+    let create = |name: &str, body: String| {
+        let path = format!("/v1.41/containers/create?name={name}");
+        let (status, _, answer) = docker.http("POST", &path, Some(&body));
+        assert_eq!(status, 201, "{body}: {answer}");
+        docker.ok(&["start", name]);
+    };
+    for (network, mac) in [
+        ("bridge", "02:42:ac:11:00:99"),
+        (net.as_str(), "02:00:5e:0a:be:ef"),
+    ] {
+        let name = unique("mac");
+        let body = if network == "bridge" {
+            format!(
+                r#"{{"Image": "{image}", "Cmd": ["sleep", "1000"], "MacAddress": "{mac}",
+                    "HostConfig": {{"NetworkMode": "bridge"}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{"Image": "{image}", "Cmd": ["sleep", "1000"],
+                    "HostConfig": {{"NetworkMode": "{network}"}},
+                    "NetworkingConfig": {{"EndpointsConfig": {{"{network}": {{"MacAddress": "{mac}"}}}}}}}}"#
+            )
+        };
+        create(&name, body);
+        let inside = docker.ok(&["exec", &name, "cat", "/sys/class/net/eth0/address"]);
+        assert_eq!(inside, mac, "on {network}");
+        assert_eq!(show(&name, network), format!("{mac} {mac}"), "on {network}");
+        // Kept across a stop and start.
+        docker.ok(&["restart", "-t", "0", &name]);
+        let inside = docker.ok(&["exec", &name, "cat", "/sys/class/net/eth0/address"]);
+        assert_eq!(inside, mac, "on {network} after a restart");
+    }
+    let plain = unique("mac");
+    docker.ok(&["run", "-d", "--name", &plain, &image, "sleep", "1000"]);
+    let inside = docker.ok(&["exec", &plain, "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(show(&plain, "bridge"), format!("{inside} {inside}"));
+
+    let before = docker.ok(&["ps", "-aq"]);
+    for (mac, message) in [
+        (
+            "02:42:zz:11:00:99",
+            "02:42:zz:11:00:99 is not a valid mac address",
+        ),
+        (
+            "02:42:ac:11:00",
+            "02:42:ac:11:00 is not a valid mac address",
+        ),
+        ("01:00:5e:00:00:01", "it is a multicast address"),
+    ] {
+        let body = format!(r#"{{"Image": "{image}", "MacAddress": "{mac}"}}"#);
+        let (status, _, answer) = docker.http("POST", "/v1.41/containers/create", Some(&body));
+        assert_eq!(status, 400, "{mac}: {answer}");
+        assert!(answer.contains(message), "{mac}: {answer}");
+    }
+    assert_eq!(docker.ok(&["ps", "-aq"]), before);
+}

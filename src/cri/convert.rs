@@ -126,6 +126,7 @@ pub(super) fn pod_spec(config: &cri::PodSandboxConfig) -> Result<PodSpec> {
         ],
         networks: Vec::new(),
         loopback_only: false,
+        mac_address: String::new(),
     })
 }
 

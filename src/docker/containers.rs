@@ -587,13 +587,21 @@ pub(super) async fn inspect(
         .and_then(|p| p.network.as_ref())
         .and_then(|n| n.ips.first().cloned())
         .unwrap_or_default();
+    let mac = pod
+        .as_ref()
+        .and_then(|p| p.network.as_ref())
+        .map(|n| n.mac.clone())
+        .unwrap_or_default();
     let pod_file = |name: &str| {
         pod.as_ref()
             .map(|p| p.dir.join(name).display().to_string())
             .unwrap_or_default()
     };
-    let networks =
-        super::list::with_user_networks(super::list::networks_json(&ext, &ip), &server, &c.pod_id);
+    let networks = super::list::with_user_networks(
+        super::list::networks_json(&ext, &ip, &mac),
+        &server,
+        &c.pod_id,
+    );
     let mut inspected = json!({
         "Id": c.id,
         "Created": rfc3339(c.created_at),
@@ -639,7 +647,7 @@ pub(super) async fn inspect(
             "Gateway": "",
             "IPAddress": ip,
             "IPPrefixLen": 0,
-            "MacAddress": "",
+            "MacAddress": mac,
             "Networks": networks,
         },
     });

@@ -231,6 +231,8 @@ pub struct CreateRequest {
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
     pub healthcheck: Option<HealthConfig>,
+    /// `--mac-address` (API < 1.44; later clients put it in the endpoint's settings).
+    pub mac_address: String,
     pub host_config: Option<HostConfig>,
     pub networking_config: Option<NetworkingConfig>,
     /// With the image's merged in by the create (as dockerd merges them).
@@ -251,6 +253,8 @@ pub struct EndpointSettings {
     #[serde(rename = "IPAMConfig")]
     pub ipam_config: Option<EndpointIpamConfig>,
     pub aliases: Option<Vec<String>>,
+    /// `--mac-address` from API 1.44 on.
+    pub mac_address: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -260,6 +264,36 @@ pub struct EndpointIpamConfig {
     pub ipv4_address: String,
     #[serde(rename = "IPv6Address", deserialize_with = "super::networks::nullable")]
     pub ipv6_address: String,
+}
+
+/// `--mac-address` as the network wants it (`aa:bb:cc:dd:ee:ff`): six hex pairs, with
+/// `:` or `-` (Go's `net.ParseMAC` of 48-bit addresses), and one an interface may have.
+fn checked_mac(text: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::bad_request(format!("{} is not a valid mac address", bounded(text)));
+    let separator = if text.contains('-') { '-' } else { ':' };
+    let bytes: Vec<u8> = text
+        .split(separator)
+        .map(|pair| {
+            (pair.len() == 2)
+                .then(|| u8::from_str_radix(pair, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(invalid)?;
+    if bytes.len() != 6 {
+        return Err(invalid());
+    }
+    if bytes[0] & 1 == 1 {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a valid mac address: it is a multicast address, which no interface may have",
+            bounded(text)
+        )));
+    }
+    Ok(bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 impl EndpointSettings {
@@ -558,6 +592,15 @@ pub fn specs(
             .unwrap_or_default()
     };
     let mut networks = Vec::new();
+    // The first network's endpoint: where a newer client puts --mac-address.
+    let first_endpoint = match host.network_mode.as_str() {
+        "" | "default" => endpoint("default").mac_address,
+        mode => endpoint(mode).mac_address,
+    };
+    let mac_address = match (request.mac_address.as_str(), first_endpoint.as_str()) {
+        ("", "") => String::new(),
+        ("", mac) | (mac, _) => checked_mac(mac)?,
+    };
     let network = match host.network_mode.as_str() {
         mode @ ("" | "default" | "bridge" | "host") => {
             // The CLI names the endpoint after the mode (`default` too).
@@ -654,6 +697,7 @@ pub fn specs(
         network_args: Vec::new(),
         networks,
         loopback_only: host.network_mode == "none",
+        mac_address,
     };
 
     let (command, args) = match request.entrypoint.clone().map(StringOrList::into_list) {

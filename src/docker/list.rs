@@ -111,12 +111,16 @@ pub(super) fn with_user_networks(
 
 /// `NetworkSettings.Networks` of list and inspect: the container's predefined network
 /// (none for a container made on a user-defined network: see [`with_user_networks`]).
-pub(super) fn networks_json(ext: &Extension, ip: &str) -> Value {
+pub(super) fn networks_json(ext: &Extension, ip: &str, mac: &str) -> Value {
     if !is_builtin_mode(ext) {
         return json!({});
     }
     let (name, id) = network_of(ext);
-    let ip = if name == "bridge" { ip } else { "" };
+    let (ip, mac) = if name == "bridge" {
+        (ip, mac)
+    } else {
+        ("", "")
+    };
     json!({
         name: {
             "IPAMConfig": null,
@@ -130,7 +134,7 @@ pub(super) fn networks_json(ext: &Extension, ip: &str) -> Value {
             "IPv6Gateway": "",
             "GlobalIPv6Address": "",
             "GlobalIPv6PrefixLen": 0,
-            "MacAddress": "",
+            "MacAddress": mac,
             "DriverOpts": null,
         }
     })
@@ -165,6 +169,16 @@ pub(super) async fn sizes(server: &DockerServer, c: &ContainerRecord) -> (u64, u
 /// The pod's first IP, if it has one.
 pub(super) fn ip_of(server: &DockerServer, c: &ContainerRecord) -> String {
     server.runtime.pod_ip(&c.pod_id).unwrap_or_default()
+}
+
+/// The MAC address of the container's first interface ("" without one).
+pub(super) fn mac_of(server: &DockerServer, c: &ContainerRecord) -> String {
+    server
+        .runtime
+        .pod(&c.pod_id)
+        .and_then(|p| p.network)
+        .map(|n| n.mac)
+        .unwrap_or_default()
 }
 
 /// The parts of a container's [`Extension`] a list shows (the image as sent, the network
@@ -463,7 +477,11 @@ fn list_item(server: &DockerServer, c: &ContainerRecord, ext: &Extension) -> Lis
             network_mode: network_mode(ext),
         },
         network_settings: ListNetworkSettings {
-            networks: with_user_networks(networks_json(ext, &ip_of(server, c)), server, &c.pod_id),
+            networks: with_user_networks(
+                networks_json(ext, &ip_of(server, c), &mac_of(server, c)),
+                server,
+                &c.pod_id,
+            ),
         },
         mounts: c
             .spec

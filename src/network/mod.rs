@@ -197,6 +197,8 @@ pub struct EndpointRequest {
     pub netns: PathBuf,
     pub ifname: String,
     pub upstreams: Vec<String>,
+    /// The interface's MAC address (`aa:bb:cc:dd:ee:ff`); None: a random one.
+    pub mac: Option<String>,
 }
 
 /// A network with its endpoints, as list and inspect show it.
@@ -833,6 +835,7 @@ impl NetworkRegistry {
                     .ipv4
                     .map(|ip| vec![ip.to_string()])
                     .unwrap_or_default(),
+                mac: request.mac.clone(),
                 ..Default::default()
             },
             ..Default::default()

@@ -130,6 +130,10 @@ pub struct PodSpec {
     /// network (Docker's `--network none`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub loopback_only: bool,
+    /// The MAC address of the pod's first interface (`aa:bb:cc:dd:ee:ff`, Docker's
+    /// `--mac-address`); empty: the network picks one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
 }
 
 /// An attachment to a user-defined network ([`crate::network`]).

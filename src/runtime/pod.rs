@@ -238,6 +238,7 @@ impl Runtime {
             ifname: POD_IFNAME.to_string(),
             phase: NetworkPhase::Attaching,
             ips: Vec::new(),
+            mac: String::new(),
         });
         // Intent first: a crash during ADD still owes a DEL.
         self.store
@@ -246,6 +247,9 @@ impl Runtime {
         // Only ADD needs these: DEL and CHECK use the capability args cached by ADD.
         attachment.capability_args.bandwidth = bandwidth;
         attachment.capability_args.dns = cni_dns(record.spec.dns.as_ref());
+        if !record.spec.mac_address.is_empty() {
+            attachment.capability_args.mac = Some(record.spec.mac_address.clone());
+        }
         let network_name = self.cni.name(&selected);
         let started = std::time::Instant::now();
         let result = self.cni.add(&selected, &attachment).await;
@@ -255,6 +259,12 @@ impl Runtime {
         if let Some(network) = record.network.as_mut() {
             network.phase = NetworkPhase::Attached;
             network.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+            network.mac = result
+                .interfaces
+                .iter()
+                .find(|i| i.name == POD_IFNAME && i.sandbox.is_some())
+                .and_then(|i| i.mac.clone())
+                .unwrap_or_default();
         }
         // resolv.conf was written before ADD; the result's DNS may change it.
         let dns = record.spec.dns.clone();
@@ -278,22 +288,30 @@ impl Runtime {
             ifname: POD_IFNAME.to_string(),
             phase: NetworkPhase::Attaching,
             ips: Vec::new(),
+            mac: String::new(),
         });
         // Intent first: a crash while attaching still owes a detach.
         self.store
             .update(|tx| tx.replace(&record.namespace, Kind::Pod, &record.id, &*record))?;
         let mut ips = Vec::new();
+        let mut first_mac = String::new();
         for (index, request) in requests.iter().enumerate() {
+            // --mac-address is the first interface's.
+            let mac = Some(record.spec.mac_address.clone()).filter(|m| index == 0 && !m.is_empty());
             let endpoint = self
-                .connect_pod(record, request, format!("eth{index}"))
+                .connect_pod(record, request, format!("eth{index}"), mac)
                 .await?;
             if let Some(ip) = endpoint.ip {
                 ips.push(ip.to_string());
+            }
+            if index == 0 {
+                first_mac = endpoint.mac.clone();
             }
         }
         if let Some(network) = record.network.as_mut() {
             network.phase = NetworkPhase::Attached;
             network.ips = ips;
+            network.mac = first_mac;
         }
         let dns = record.spec.dns.clone();
         let path = record.dir.join("resolv.conf");
@@ -305,6 +323,7 @@ impl Runtime {
         pod: &PodRecord,
         request: &crate::runtime::model::NetworkRequest,
         ifname: String,
+        mac: Option<String>,
     ) -> Result<crate::network::Endpoint> {
         let netns = pod.namespaces.network.clone().ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!(
@@ -339,6 +358,7 @@ impl Runtime {
                         .as_ref()
                         .map(|d| d.servers.clone())
                         .unwrap_or_default(),
+                    mac,
                 },
             )
             .await?;
@@ -390,7 +410,7 @@ impl Runtime {
             .map(|i| format!("eth{i}"))
             .find(|name| !used.contains(name))
             .unwrap_or_else(|| POD_IFNAME.to_string());
-        self.connect_pod(&pod, &request, ifname).await
+        self.connect_pod(&pod, &request, ifname, None).await
     }
 
     /// Disconnects a pod from a user-defined network.

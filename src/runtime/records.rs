@@ -101,6 +101,9 @@ pub struct PodNetwork {
     pub phase: NetworkPhase,
     /// Pod IPs from the ADD result, IPv4 first.
     pub ips: Vec<String>,
+    /// The MAC address of its interface in the pod (empty if the result had none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
