@@ -307,7 +307,7 @@ struct Attachment {
 impl Attachment {
     /// Replays the log (when asked), then the live streams, over `reader` (the
     /// client's input) and `writer` (the container's output).
-    async fn serve<R, W>(mut self, reader: R, mut writer: W)
+    async fn serve<R, W>(mut self, mut reader: R, mut writer: W)
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin,
@@ -343,7 +343,15 @@ impl Attachment {
         if let Some(next) = self.next_run {
             // What the next run wrote before the attach reached its monitor comes
             // from the log.
-            self.live = self.wait_for_next_run(next.started_at).await;
+            self.live = if self.streams.stdin {
+                self.wait_for_next_run(next.started_at).await
+            } else {
+                // Its input is not the container's: its end is the client leaving.
+                tokio::select! {
+                    live = self.wait_for_next_run(next.started_at) => live,
+                    () = until_closed(&mut reader) => return,
+                }
+            };
             let from = next.log_offset;
             let point = self.live.as_ref().map(|(_, point)| point.clone());
             let limit = point.as_ref().and_then(|p| p.log_offset);
@@ -390,6 +398,7 @@ impl Attachment {
     /// attaches to it. None if it is removed first, or ran and exited between two
     /// looks (started since `started_at`: its log has the whole run).
     async fn wait_for_next_run(&self, started_at: i64) -> Option<(Session, AttachPoint)> {
+        let mut poll = NEXT_RUN_POLL;
         loop {
             let container = self.server.runtime.container(&self.id)?;
             if matches!(
@@ -406,7 +415,18 @@ impl Attachment {
             if container.started_at != started_at {
                 return None;
             }
-            tokio::time::sleep(NEXT_RUN_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(NEXT_RUN_POLL_MAX);
+        }
+    }
+}
+
+/// Returns when `reader` ends (or fails), what it sends discarded.
+async fn until_closed<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
         }
     }
 }
@@ -419,8 +439,10 @@ struct NextRun {
     started_at: i64,
 }
 
-/// How often an attach to a stopped container looks for its next run.
-const NEXT_RUN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How often an attach to a stopped container looks for its next run: at first, and
+/// at most (a `start` soon after the attach is the usual case).
+const NEXT_RUN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+const NEXT_RUN_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The log up to where the live output starts (all of it when nothing is live), then
 /// what the streams wrote since their last logged line.

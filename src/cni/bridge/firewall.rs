@@ -44,10 +44,11 @@ pub enum FirewallError {
 
 type Result<T> = std::result::Result<T, FirewallError>;
 
-/// The two programs, found in the usual sbin directories.
+/// The programs, found in the usual sbin directories.
 #[derive(Debug, Clone)]
 pub struct Iptables {
     iptables: PathBuf,
+    save: PathBuf,
     restore: PathBuf,
 }
 
@@ -55,6 +56,7 @@ impl Default for Iptables {
     fn default() -> Self {
         Iptables {
             iptables: find_program("iptables"),
+            save: find_program("iptables-save"),
             restore: find_program("iptables-restore"),
         }
     }
@@ -86,6 +88,93 @@ fn rule(table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
     }
 }
 
+impl Rule {
+    /// The rule as an iptables-restore line (`-A chain words`, or `-I chain 1 words`),
+    /// words with spaces quoted as iptables-save quotes them.
+    fn restore_line(&self) -> String {
+        let op = if self.first { "-I" } else { "-A" };
+        let position = if self.first { " 1" } else { "" };
+        format!("{op} {}{position} {}", self.chain, quoted_words(&self.spec))
+    }
+
+    /// The line iptables-save shows for it, if it prints the words as written.
+    fn saved_line(&self) -> String {
+        format!("-A {} {}", self.chain, quoted_words(&self.spec))
+    }
+}
+
+fn quoted_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.contains(' ') {
+                format!("\"{w}\"")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What `iptables-save` printed.
+struct Saved {
+    text: String,
+}
+
+impl Saved {
+    /// The lines of `table`'s section.
+    fn section(&self, table: &str) -> impl Iterator<Item = &str> {
+        let header = format!("*{table}");
+        self.text
+            .lines()
+            .skip_while(move |l| *l != header)
+            .skip(1)
+            .take_while(|l| *l != "COMMIT")
+    }
+
+    fn has_chain(&self, table: &str, chain: &str) -> bool {
+        let prefix = format!(":{chain} ");
+        self.section(table).any(|l| l.starts_with(&prefix))
+    }
+
+    fn has_rule(&self, rule: &Rule) -> bool {
+        let line = rule.saved_line();
+        self.section(rule.table).any(|l| l == line)
+    }
+
+    /// The `-A` lines of `table`.
+    fn rules<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a str> {
+        self.section(table).filter(|l| l.starts_with("-A "))
+    }
+}
+
+/// An iptables-restore script, by table (in the order first used).
+#[derive(Default)]
+struct Script {
+    tables: Vec<(&'static str, Vec<String>)>,
+}
+
+impl Script {
+    fn line(&mut self, table: &'static str, line: String) {
+        match self.tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, lines)) => lines.push(line),
+            None => self.tables.push((table, vec![line])),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    fn text(&self) -> String {
+        self.tables
+            .iter()
+            .map(|(table, lines)| format!("*{table}\n{}\nCOMMIT\n", lines.join("\n")))
+            .collect()
+    }
+}
+
 fn network_comment(bridge: &str) -> String {
     format!("wharf network {bridge}")
 }
@@ -106,18 +195,6 @@ impl Iptables {
                 program: self.iptables.display().to_string(),
                 source,
             })
-    }
-
-    async fn run_ok(&self, args: &[&str]) -> Result<String> {
-        let output = self.run(args).await?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(FirewallError::Failed {
-                command: format!("iptables {}", args.join(" ")),
-                output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            })
-        }
     }
 
     /// Applies `script` (iptables-save format) without flushing anything else.
@@ -158,45 +235,11 @@ impl Iptables {
         }
     }
 
-    async fn ensure_chain(&self, table: &str, chain: &str) -> Result<()> {
-        let output = self.run(&["-t", table, "-N", chain]).await?;
-        // Exit status 1 with "Chain already exists" is the expected steady state.
-        if output.status.success()
-            || self
-                .run(&["-t", table, "-S", chain])
-                .await?
-                .status
-                .success()
-        {
-            Ok(())
-        } else {
-            Err(FirewallError::Failed {
-                command: format!("iptables -t {table} -N {chain}"),
-                output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            })
-        }
-    }
-
-    /// Adds `rule` unless an identical one exists.
-    async fn ensure_rule(&self, rule: &Rule) -> Result<()> {
-        let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
-        let mut check = vec!["-t", rule.table, "-C", rule.chain];
-        check.extend(&spec);
-        if self.run(&check).await?.status.success() {
-            return Ok(());
-        }
-        let mut add = vec!["-t", rule.table];
-        if rule.first {
-            add.extend(["-I", rule.chain, "1"]);
-        } else {
-            add.extend(["-A", rule.chain]);
-        }
-        add.extend(&spec);
-        self.run_ok(&add).await.map(drop)
-    }
-
     /// Sets up the shared chains and the rules of one network; idempotent, so it runs
-    /// whenever a network is (re)initialized.
+    /// whenever a network is (re)initialized. One `iptables-save` tells what is there
+    /// and one `iptables-restore` adds the rest in one transaction (a process per rule
+    /// was most of a network's first attach); a rule the save does not show in the
+    /// words it is written with is checked with `iptables -C` before it is added.
     pub async fn ensure_network(
         &self,
         bridge: &str,
@@ -204,6 +247,8 @@ impl Iptables {
         masquerade: bool,
         internal: bool,
     ) -> Result<()> {
+        let saved = self.save_all().await?;
+        let mut script = Script::default();
         for (table, chain) in [
             ("nat", HOSTPORTS),
             ("nat", POSTROUTING),
@@ -211,10 +256,12 @@ impl Iptables {
             ("filter", ISOLATION_1),
             ("filter", ISOLATION_2),
         ] {
-            self.ensure_chain(table, chain).await?;
+            if !saved.has_chain(table, chain) {
+                script.line(table, format!(":{chain} - [0:0]"));
+            }
         }
         let local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", HOSTPORTS];
-        let mut jumps = vec![
+        let mut jumps = [
             rule("nat", "PREROUTING", &local),
             rule("nat", "OUTPUT", &local),
             rule("nat", "POSTROUTING", &["-j", POSTROUTING]),
@@ -223,35 +270,79 @@ impl Iptables {
         ];
         jumps[3].first = true;
         jumps[4].first = true;
-        for jump in &jumps {
-            self.ensure_rule(jump).await?;
+        // A network none of whose rules is there (a new one) needs no checks.
+        let comment = format!("--comment \"{}\"", network_comment(bridge));
+        let new_network = !saved.text.contains(&comment);
+        let rules = network_rules(bridge, subnet, masquerade, internal);
+        let wanted = jumps.iter().map(|r| (r, false));
+        for (rule, surely_absent) in wanted.chain(rules.iter().map(|r| (r, new_network))) {
+            if saved.has_rule(rule) {
+                continue;
+            }
+            if !surely_absent && self.exists(rule).await? {
+                continue;
+            }
+            script.line(rule.table, rule.restore_line());
         }
-        for rule in network_rules(bridge, subnet, masquerade, internal) {
-            self.ensure_rule(&rule).await?;
+        if script.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.restore(&script.text()).await
     }
 
     /// Removes every rule tagged with the network's comment (the shared chains and
-    /// their jumps stay); none is fine.
+    /// their jumps stay); none is fine. One save, one restore.
     pub async fn remove_network(&self, bridge: &str) -> Result<()> {
-        let comment = network_comment(bridge);
-        for table in ["nat", "filter"] {
-            let chains: &[&str] = if table == "nat" {
-                &[POSTROUTING, HOSTPORTS]
-            } else {
-                &[FORWARD, ISOLATION_1, ISOLATION_2]
-            };
-            let mut deletes = Vec::new();
-            for chain in chains {
-                deletes.extend(self.tagged_rules(table, chain, &comment).await?);
-            }
-            if !deletes.is_empty() {
-                self.restore(&format!("*{table}\n{}\nCOMMIT\n", deletes.join("\n")))
-                    .await?;
+        let saved = self.save_all().await?;
+        let quoted = format!("--comment \"{}\"", network_comment(bridge));
+        let mut script = Script::default();
+        for (table, chains) in [
+            ("nat", &[POSTROUTING, HOSTPORTS][..]),
+            ("filter", &[FORWARD, ISOLATION_1, ISOLATION_2][..]),
+        ] {
+            for line in saved.rules(table) {
+                let in_chain = chains.iter().any(|c| {
+                    line.strip_prefix("-A ")
+                        .is_some_and(|l| l.starts_with(&format!("{c} ")))
+                });
+                if in_chain && line.contains(&quoted) {
+                    script.line(table, format!("-D {}", &line[3..]));
+                }
             }
         }
-        Ok(())
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.restore(&script.text()).await
+    }
+
+    /// Every table's rules, as `iptables-save` prints them.
+    async fn save_all(&self) -> Result<Saved> {
+        let output = tokio::process::Command::new(&self.save)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| FirewallError::Spawn {
+                program: self.save.display().to_string(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(FirewallError::Failed {
+                command: self.save.display().to_string(),
+                output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(Saved {
+            text: String::from_utf8_lossy(&output.stdout).into_owned(),
+        })
+    }
+
+    /// Whether `rule` is there (`iptables -C`).
+    async fn exists(&self, rule: &Rule) -> Result<bool> {
+        let spec: Vec<&str> = rule.spec.iter().map(String::as_str).collect();
+        let mut check = vec!["-t", rule.table, "-C", rule.chain];
+        check.extend(&spec);
+        Ok(self.run(&check).await?.status.success())
     }
 
     /// DNAT rules for a pod's host ports, all in one atomic change.
@@ -332,9 +423,13 @@ fn network_rules(bridge: &str, subnet: Ipv4Net, masquerade: bool, internal: bool
     let subnet = subnet.to_string();
     let comment = network_comment(bridge);
     let tag = ["-m", "comment", "--comment", comment.as_str()];
+    // The tag before the target, where iptables-save prints matches: a rule reads
+    // back as written (`Saved::has_rule`).
     let with_tag = |table, chain, spec: &[&str]| {
-        let mut words: Vec<&str> = spec.to_vec();
+        let target = spec.iter().position(|w| *w == "-j").unwrap_or(spec.len());
+        let mut words: Vec<&str> = spec[..target].to_vec();
         words.extend(tag);
+        words.extend(&spec[target..]);
         rule(table, chain, &words)
     };
     let mut rules = Vec::new();
@@ -488,6 +583,27 @@ mod tests {
         };
         let err = host_port_rule("p", Ipv4Addr::LOCALHOST, &icmp).unwrap_err();
         assert!(err.to_string().contains("icmp"), "{err}");
+    }
+
+    #[test]
+    fn a_save_tells_chains_and_rules_by_table() {
+        let saved = Saved {
+            text: "*filter\n:FORWARD DROP [0:0]\n:WHARF-FORWARD - [0:0]\n\
+                   -A FORWARD -j WHARF-FORWARD\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n\
+                   -A WHARF-POSTROUTING -s 10.1.2.0/24 ! -o wh0 -m comment --comment \"wharf network wh0\" -j MASQUERADE\n\
+                   COMMIT\n"
+                .to_string(),
+        };
+        assert!(saved.has_chain("filter", FORWARD));
+        assert!(!saved.has_chain("nat", FORWARD));
+        let mut jump = rule("filter", "FORWARD", &["-j", FORWARD]);
+        assert!(saved.has_rule(&jump));
+        jump.first = true;
+        assert_eq!(jump.restore_line(), "-I FORWARD 1 -j WHARF-FORWARD");
+        let tagged = network_rules("wh0", "10.1.2.0/24".parse().unwrap(), true, false);
+        assert!(saved.has_rule(&tagged[0]), "{}", tagged[0].saved_line());
+        assert!(!saved.has_rule(&tagged[1]));
+        assert_eq!(saved.rules("nat").count(), 1);
     }
 
     #[test]

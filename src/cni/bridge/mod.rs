@@ -409,14 +409,20 @@ impl BridgeNetwork {
     pub async fn remove(&self) -> Result<(), BridgeError> {
         let mut state = self.state.lock().await;
         let netlink = self.netlink(&mut state)?;
-        self.iptables
-            .remove_network(&self.spec.bridge)
-            .await
-            .map_err(|source| self.firewall_error(source))?;
-        netlink
-            .delete_link(&self.spec.bridge)
-            .await
-            .map_err(|source| self.netlink_error(source))?;
+        // Independent, and each mostly a wait on the kernel (an nftables commit, a
+        // device's unregistering, which holds its thread in the netlink send): the
+        // link on a task of its own, so both run at once.
+        let link = {
+            let bridge = self.spec.bridge.clone();
+            tokio::spawn(async move { netlink.delete_link(&bridge).await })
+        };
+        let rules = self.iptables.remove_network(&self.spec.bridge).await;
+        let link = link.await.map_err(|err| BridgeError::Internal {
+            network: self.spec.bridge.clone(),
+            reason: format!("deleting the bridge link: the task failed: {err}"),
+        })?;
+        rules.map_err(|source| self.firewall_error(source))?;
+        link.map_err(|source| self.netlink_error(source))?;
         state.ready = None;
         state.pool = None;
         tracing::info!(network = %self.spec.bridge, "bridge network removed");
