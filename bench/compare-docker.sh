@@ -72,7 +72,7 @@
 #                tests/go/build.sh builds it) and Debian's docker-compose 1.29
 #   --only-compose the Compose figures alone (--composes 5 unless given)
 #   --networks N user-network figures per round (default 0: none; issue 19): N x
-#                `network create` + `run --network` + `rm -f` + `network rm`; 10 x N
+#                `network create` + `run --network` + `rm -f` + `network rm`; 200 x N
 #                DNS lookups of a container name from inside another (the embedded
 #                DNS, bench/lib/dns-latency.py in the container's netns); TCP
 #                throughput of a 256 MiB download from busybox httpd through the
@@ -453,7 +453,7 @@ network_round() {
     --tmpfs /www:size=300m "$image" sh -c \
     'dd if=/dev/zero of=/www/big bs=1M count=256 2>/dev/null && exec httpd -f -p 80 -h /www' > /dev/null
   pid=$(dk inspect -f '{{.State.Pid}}' "wbd$tag-a")
-  nsenter --net="/proc/$pid/ns/net" python3 bench/lib/dns-latency.py "wbd$tag-web" $(( networks * 10 )) \
+  nsenter --net="/proc/$pid/ns/net" python3 bench/lib/dns-latency.py "wbd$tag-web" $(( networks * 200 )) \
     >> "$raw/dns.ms"
   ip=$(dk inspect -f "{{(index .NetworkSettings.Networks \"wbd$tag\").IPAddress}}" "wbd$tag-web")
   for _ in $(seq 100); do curl -sf -o /dev/null "http://$ip/big" -r 0-0 && break; sleep 0.1; done
