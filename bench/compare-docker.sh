@@ -75,8 +75,8 @@
 #                `network create` + `run --network` + `rm -f` + `network rm`; 200 x N
 #                DNS lookups of a container name from inside another (the embedded
 #                DNS, bench/lib/dns-latency.py in the container's netns); TCP
-#                throughput of a 256 MiB download from busybox httpd through the
-#                published port on 127.0.0.1 and straight to the container's IP
+#                throughput of 3 x N downloads of 256 MiB from busybox httpd through
+#                the published port on 127.0.0.1 and straight to the container's IP
 #   --only-networks the network figures alone (--networks 5 unless given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -457,7 +457,7 @@ network_round() {
     >> "$raw/dns.ms"
   ip=$(dk inspect -f "{{(index .NetworkSettings.Networks \"wbd$tag\").IPAddress}}" "wbd$tag-web")
   for _ in $(seq 100); do curl -sf -o /dev/null "http://$ip/big" -r 0-0 && break; sleep 0.1; done
-  for (( i=0; i<3; i++ )); do
+  for (( i=0; i<networks * 3; i++ )); do
     tput_mbps "http://127.0.0.1:$port/big" >> "$raw/tput_published.mbps"
     tput_mbps "http://$ip/big" >> "$raw/tput_direct.mbps"
   done
