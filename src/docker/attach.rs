@@ -307,7 +307,7 @@ struct Attachment {
 impl Attachment {
     /// Replays the log (when asked), then the live streams, over `reader` (the
     /// client's input) and `writer` (the container's output).
-    async fn serve<R, W>(mut self, mut reader: R, mut writer: W)
+    async fn serve<R, W>(mut self, reader: R, mut writer: W)
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin,
@@ -343,15 +343,9 @@ impl Attachment {
         if let Some(next) = self.next_run {
             // What the next run wrote before the attach reached its monitor comes
             // from the log.
-            self.live = if self.streams.stdin {
-                self.wait_for_next_run(next.started_at).await
-            } else {
-                // Its input is not the container's: its end is the client leaving.
-                tokio::select! {
-                    live = self.wait_for_next_run(next.started_at) => live,
-                    () = until_closed(&mut reader) => return,
-                }
-            };
+            // A client's end of input is no sign it left (the docker CLI half-closes
+            // at once without -i): the wait ends with the next run or the removal.
+            self.live = self.wait_for_next_run(next.started_at).await;
             let from = next.log_offset;
             let point = self.live.as_ref().map(|(_, point)| point.clone());
             let limit = point.as_ref().and_then(|p| p.log_offset);
@@ -417,16 +411,6 @@ impl Attachment {
             }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(NEXT_RUN_POLL_MAX);
-        }
-    }
-}
-
-/// Returns when `reader` ends (or fails), what it sends discarded.
-async fn until_closed<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) {
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = reader.read(&mut buf).await {
-        if n == 0 {
-            return;
         }
     }
 }
