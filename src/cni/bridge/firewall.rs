@@ -62,6 +62,19 @@ impl Default for Iptables {
     }
 }
 
+/// What `program args` printed, without input.
+async fn output_of(program: &std::path::Path, args: &[&str]) -> Result<std::process::Output> {
+    tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| FirewallError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
+}
+
 fn find_program(name: &str) -> PathBuf {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
@@ -185,16 +198,9 @@ fn pod_comment(pod: &str) -> String {
 
 impl Iptables {
     async fn run(&self, args: &[&str]) -> Result<std::process::Output> {
-        tokio::process::Command::new(&self.iptables)
-            .arg("-w")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| FirewallError::Spawn {
-                program: self.iptables.display().to_string(),
-                source,
-            })
+        let mut with_wait = vec!["-w"];
+        with_wait.extend(args);
+        output_of(&self.iptables, &with_wait).await
     }
 
     /// Applies `script` (iptables-save format) without flushing anything else.
@@ -318,14 +324,7 @@ impl Iptables {
 
     /// Every table's rules, as `iptables-save` prints them.
     async fn save_all(&self) -> Result<Saved> {
-        let output = tokio::process::Command::new(&self.save)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| FirewallError::Spawn {
-                program: self.save.display().to_string(),
-                source,
-            })?;
+        let output = output_of(&self.save, &[]).await?;
         if !output.status.success() {
             return Err(FirewallError::Failed {
                 command: self.save.display().to_string(),
