@@ -567,12 +567,17 @@ async fn kill9_mid_build_leaves_nothing_a_restart_does_not_clean() {
     // The RUN's container is an ordinary one.
     docker.ok(&["rm", "-f", running.lines().next().unwrap()]);
     // The COPY committed before the crash is the next build's cache.
+    copy_step_is_the_cache_of_the_next_build(&docker, ctx.path(), &image);
+}
+
+/// The COPY committed before a build was cut (crash, cancel) is the next build's cache.
+fn copy_step_is_the_cache_of_the_next_build(docker: &DockerEnv, ctx: &Path, image: &str) {
     write(
-        ctx.path(),
+        ctx,
         "Dockerfile",
         &format!("FROM {image}\nCOPY f /f\nRUN cat /f\n"),
     );
-    let out = build_ok(&docker, ctx.path(), &[]);
+    let out = build_ok(docker, ctx, &[]);
     assert_eq!(out.matches(" ---> Using cache").count(), 1, "{out}");
 }
 
@@ -772,13 +777,7 @@ async fn a_client_that_goes_away_cancels_the_build() {
         "the cancelled build's container is still there: {left}"
     );
     assert_eq!(fs::read_dir(&builds).map(|d| d.count()).unwrap_or(0), 0);
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {image}\nCOPY f /f\nRUN cat /f\n"),
-    );
-    let out = build_ok(&docker, ctx.path(), &[]);
-    assert_eq!(out.matches(" ---> Using cache").count(), 1, "{out}");
+    copy_step_is_the_cache_of_the_next_build(&docker, ctx.path(), &image);
 }
 
 /// `docker image prune` takes an untagged build with its steps (dockerd prunes the

@@ -511,14 +511,7 @@ pub fn glob(root: &Path, pattern: &str) -> Result<Vec<String>, ContextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A directory of the test's own, removed with the value.
-    fn temp(name: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("wharf-{name}-"))
-            .tempdir()
-            .unwrap()
-    }
+    use crate::image::build::test_dir as temp;
 
     #[test]
     fn symlinks_resolve_inside_the_root() {

@@ -493,6 +493,7 @@ impl ContextIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::build::test_dir as temp;
 
     fn tar_of(entries: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
@@ -512,14 +513,6 @@ mod tests {
             builder.append_link(&mut header, name, target).unwrap();
         }
         builder.into_inner().unwrap()
-    }
-
-    /// A directory of the test's own, removed with the value.
-    fn temp(name: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("wharf-{name}-"))
-            .tempdir()
-            .unwrap()
     }
 
     #[test]

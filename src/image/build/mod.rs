@@ -9,3 +9,12 @@ pub mod dockerfile;
 pub mod ignore;
 pub mod index;
 pub mod shell;
+
+/// A directory of a unit test's own, removed with the value.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wharf-{name}-"))
+        .tempdir()
+        .expect("a temporary directory")
+}
