@@ -587,11 +587,7 @@ pub(super) async fn inspect(
         .and_then(|p| p.network.as_ref())
         .and_then(|n| n.ips.first().cloned())
         .unwrap_or_default();
-    let mac = pod
-        .as_ref()
-        .and_then(|p| p.network.as_ref())
-        .map(|n| n.mac.clone())
-        .unwrap_or_default();
+    let mac = super::list::mac_of(&server, &c);
     let pod_file = |name: &str| {
         pod.as_ref()
             .map(|p| p.dir.join(name).display().to_string())

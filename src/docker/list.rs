@@ -173,12 +173,7 @@ pub(super) fn ip_of(server: &DockerServer, c: &ContainerRecord) -> String {
 
 /// The MAC address of the container's first interface ("" without one).
 pub(super) fn mac_of(server: &DockerServer, c: &ContainerRecord) -> String {
-    server
-        .runtime
-        .pod(&c.pod_id)
-        .and_then(|p| p.network)
-        .map(|n| n.mac)
-        .unwrap_or_default()
+    server.runtime.pod_mac(&c.pod_id).unwrap_or_default()
 }
 
 /// The parts of a container's [`Extension`] a list shows (the image as sent, the network

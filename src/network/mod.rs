@@ -1017,7 +1017,8 @@ impl NetworkRegistry {
     /// docker-compose 1.x renames a container before creating its replacement).
     pub async fn rename_pod(&self, pod_id: &str, old: &str, new: &str) -> Result<()> {
         let _guard = self.ops.lock().await;
-        let mut renamed: Vec<(String, String, Endpoint)> = Vec::new();
+        // (namespace, network name, key, endpoint renamed)
+        let mut renamed: Vec<(String, String, String, Endpoint)> = Vec::new();
         {
             let tables = self.shared.read();
             for (key, endpoint) in tables.endpoints.iter().filter(|(_, e)| e.pod_id == pod_id) {
@@ -1040,30 +1041,38 @@ impl NetworkRegistry {
                 for name in endpoint.dns_names.iter_mut().filter(|n| n.as_str() == old) {
                     *name = new.to_string();
                 }
-                renamed.push((network.namespace.clone(), key.clone(), endpoint));
+                renamed.push((
+                    network.namespace.clone(),
+                    network.record.name.clone(),
+                    key.clone(),
+                    endpoint,
+                ));
             }
         }
         self.store
             .update(|tx| {
-                for (namespace, key, endpoint) in &renamed {
+                for (namespace, _, key, endpoint) in &renamed {
                     let name = format!("{}/{}", endpoint.network_id, endpoint.name);
                     tx.rename(namespace, Kind::Endpoint, key, &name, endpoint)?;
                 }
                 Ok(())
             })
-            .map_err(|source| match source {
-                StoreError::NameTaken { .. } => NetworkError::EndpointExists {
-                    name: new.to_string(),
-                    network: String::new(),
-                },
-                source => NetworkError::Store {
-                    network: String::new(),
-                    step: "renaming the endpoints",
-                    source: Box::new(source),
-                },
+            .map_err(|source| {
+                let networks: Vec<&str> = renamed.iter().map(|r| r.1.as_str()).collect();
+                match source {
+                    StoreError::NameTaken { .. } => NetworkError::EndpointExists {
+                        name: new.to_string(),
+                        network: networks.join(", "),
+                    },
+                    source => NetworkError::Store {
+                        network: networks.join(", "),
+                        step: "renaming the container's endpoints",
+                        source: Box::new(source),
+                    },
+                }
             })?;
         let mut tables = self.shared.write();
-        for (_, key, endpoint) in renamed {
+        for (_, _, key, endpoint) in renamed {
             tables.endpoints.insert(key, endpoint);
         }
         Ok(())

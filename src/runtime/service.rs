@@ -320,6 +320,13 @@ impl Runtime {
         pods.get(id)?.network.as_ref()?.ips.first().cloned()
     }
 
+    /// The MAC address of a pod's first interface, without cloning the pod (per
+    /// container of a list).
+    pub fn pod_mac(&self, id: &str) -> Option<String> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        Some(pods.get(id)?.network.as_ref()?.mac.clone())
+    }
+
     /// Finds a pod of `namespace` by full ID or unique ID prefix (as crictl accepts).
     pub fn find_pod(&self, namespace: &str, query: &str) -> Option<PodRecord> {
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
