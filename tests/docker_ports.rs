@@ -412,6 +412,10 @@ async fn clashes_and_bad_input_are_refused_and_leave_nothing() {
         ]),
         "created"
     );
+    // dockerd answers a clash as a system error: 500, not 409.
+    let (status, _, body) = docker.http("POST", &format!("/containers/{second}/start"), None);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("port is already allocated"), "{body}");
     let second_ip = ip_of(&docker, &second);
     assert_eq!(rules_to(&second_ip), Vec::<String>::new());
     docker.ok(&["rm", &second]);

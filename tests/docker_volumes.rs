@@ -1200,3 +1200,122 @@ async fn kill_9_in_the_middle_gives_back_what_was_made() {
     assert!(!volume_names(&docker, &[]).contains(&kept));
     assert!(!volumes_dir(&docker).join(&kept).exists());
 }
+
+/// `docker cp` reaches a container's volumes and bind mounts where the container sees
+/// them, running or stopped (dockerd mounts them for the copy): a file copied in lands
+/// in the volume, not in the read-write layer underneath; a read-only mount refuses it;
+/// a copy out reads the volume.
+#[tokio::test]
+async fn docker_cp_into_and_out_of_volume_mount_points() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    let volume = unique("cpvol");
+    let host = tempfile::Builder::new()
+        .prefix("wharf-vol-cp-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::write(host.path().join("ro-file"), "read-only bind\n").unwrap();
+    let rw_dir = tempfile::Builder::new()
+        .prefix("wharf-vol-cp-rw-")
+        .tempdir()
+        .expect("tempdir");
+    let source = tempfile::Builder::new()
+        .prefix("wharf-vol-cp-src-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::write(source.path().join("into-volume"), "in the volume\n").unwrap();
+    std::fs::write(source.path().join("into-bind"), "in the bind\n").unwrap();
+
+    let name = unique("cp");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-v",
+        &format!("{volume}:/data"),
+        "-v",
+        &format!("{}:/ro:ro", host.path().display()),
+        "-v",
+        &format!("{}:/rw", rw_dir.path().display()),
+        &image,
+        "sleep",
+        "600",
+    ]);
+    let id = docker.ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let data = volumes_dir(&docker).join(&volume).join("_data");
+    let upper = docker
+        .env
+        .daemon
+        .paths
+        .root
+        .join("containers")
+        .join(&id)
+        .join("upper");
+
+    // Running: into the named volume and the read-write bind.
+    let file = |n: &str| source.path().join(n).display().to_string();
+    docker.ok(&["cp", &file("into-volume"), &format!("{name}:/data/")]);
+    docker.ok(&["cp", &file("into-bind"), &format!("{name}:/rw/copied")]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("into-volume")).expect("the file is in the volume"),
+        "in the volume\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw_dir.path().join("copied")).expect("the file is in the bind"),
+        "in the bind\n"
+    );
+    assert!(
+        !upper.join("data/into-volume").exists() && !upper.join("rw/copied").exists(),
+        "nothing may land in the read-write layer under a mount"
+    );
+    assert_eq!(
+        docker.ok(&["exec", &name, "cat", "/data/into-volume", "/rw/copied"]),
+        "in the volume\nin the bind"
+    );
+    // Out of a read-only bind, and into it refused.
+    let out = tempfile::Builder::new()
+        .prefix("wharf-vol-cp-out-")
+        .tempdir()
+        .expect("tempdir");
+    docker.ok(&[
+        "cp",
+        &format!("{name}:/ro/ro-file"),
+        &out.path().display().to_string(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("ro-file")).unwrap(),
+        "read-only bind\n"
+    );
+    let err = docker.fails(&["cp", &file("into-bind"), &format!("{name}:/ro/")]);
+    assert!(err.to_lowercase().contains("read-only"), "{err}");
+    assert!(!host.path().join("into-bind").exists());
+
+    // Stopped: the volume still takes the copy, and a copy out reads it.
+    docker.ok(&["stop", "-t", "0", &name]);
+    std::fs::write(source.path().join("while-stopped"), "stopped\n").unwrap();
+    docker.ok(&["cp", &file("while-stopped"), &format!("{name}:/data/")]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("while-stopped")).expect("the file is in the volume"),
+        "stopped\n"
+    );
+    assert!(!upper.join("data/while-stopped").exists());
+    std::fs::write(data.join("from-host"), "host wrote it\n").unwrap();
+    docker.ok(&[
+        "cp",
+        &format!("{name}:/data/from-host"),
+        &out.path().display().to_string(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("from-host")).unwrap(),
+        "host wrote it\n"
+    );
+    // The copy's mounts were its own: none shows in the daemon's namespace.
+    let leaked: Vec<String> = mounts_under(&docker.env.daemon.paths.root)
+        .into_iter()
+        .filter(|m| ["/data", "/ro", "/rw"].iter().any(|d| m.ends_with(d)))
+        .collect();
+    assert_eq!(leaked, Vec::<String>::new());
+    docker.ok(&["rm", "-f", &name]);
+    docker.ok(&["volume", "rm", &volume]);
+}

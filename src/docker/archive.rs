@@ -18,6 +18,7 @@ use super::containers::find;
 use super::error::ApiError;
 use super::{DockerServer, NAMESPACE};
 use crate::monitor::archive::{EXIT_NOT_A_DIRECTORY, EXIT_NOT_FOUND};
+use crate::runtime::CopyHold;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
@@ -27,24 +28,34 @@ pub(super) struct ArchiveQuery {
 }
 
 /// The archive command for a container and path.
+/// The archive command for a container and path, with the container's volumes and
+/// bind mounts where it sees them (dockerd copies into and out of them too); the
+/// hold keeps option-backed volumes mounted until the copy ends.
 fn command(
     server: &DockerServer,
     query: &str,
     path: &str,
-) -> Result<(tokio::process::Command, String), ApiError> {
+) -> Result<(tokio::process::Command, String, CopyHold), ApiError> {
     let container = find(server, query)?;
     let (rootfs, monitor) = server.runtime.container_rootfs(NAMESPACE, &container.id)?;
+    let (mounts, hold) = server
+        .runtime
+        .container_copy_mounts(NAMESPACE, &container.id)?;
+    let mounts = serde_json::to_string(&mounts)
+        .map_err(|err| ApiError::internal(format!("describing the container's mounts: {err}")))?;
     let mut cmd = tokio::process::Command::new(monitor);
     cmd.arg("archive")
         .arg("--root")
         .arg(rootfs)
         .arg("--path")
         .arg(path)
+        .arg("--mounts")
+        .arg(mounts)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    Ok((cmd, container.id))
+    Ok((cmd, container.id, hold))
 }
 
 fn path_of(query: &ArchiveQuery) -> Result<String, ApiError> {
@@ -83,7 +94,7 @@ fn failure(code: Option<i32>, stderr: &[u8], path: &str, id: &str) -> ApiError {
 
 /// Runs `stat`: the `X-Docker-Container-Path-Stat` value (base64 JSON).
 async fn path_stat(server: &DockerServer, query: &str, path: &str) -> Result<String, ApiError> {
-    let (mut cmd, id) = command(server, query, path)?;
+    let (mut cmd, id, _hold) = command(server, query, path)?;
     cmd.arg("stat");
     let output = cmd
         .output()
@@ -119,7 +130,7 @@ pub(super) async fn get(
 ) -> Result<Response, ApiError> {
     let path = path_of(&query)?;
     let stat = path_stat(&server, &id, &path).await?;
-    let (mut cmd, _) = command(&server, &id, &path)?;
+    let (mut cmd, _, hold) = command(&server, &id, &path)?;
     cmd.arg("get");
     let mut child = cmd
         .spawn()
@@ -144,7 +155,9 @@ pub(super) async fn get(
                 }
             }
         }
-        if let Ok(output) = child.wait_with_output().await {
+        let output = child.wait_with_output().await;
+        drop(hold);
+        if let Ok(output) = output {
             if !output.status.success() {
                 tracing::warn!(
                     "copying out of a container: {}",
@@ -173,7 +186,7 @@ pub(super) async fn put(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let path = path_of(&query)?;
-    let (mut cmd, container_id) = command(&server, &id, &path)?;
+    let (mut cmd, container_id, _hold) = command(&server, &id, &path)?;
     cmd.arg("put").stdin(Stdio::piped());
     if matches!(
         query.no_overwrite_dir_non_dir.as_deref(),

@@ -39,6 +39,12 @@ pub struct ArchiveArgs {
     /// The path inside the container.
     #[arg(long)]
     pub path: String,
+    /// The container's volumes and bind mounts, as JSON `[{"source", "destination",
+    /// "readonly"}]` in mount order: mounted over the root filesystem (in a mount
+    /// namespace of this process's own) before the chroot, so a copy reaches a volume
+    /// where the container sees it.
+    #[arg(long)]
+    pub mounts: Option<String>,
     #[command(subcommand)]
     pub action: ArchiveAction,
 }
@@ -96,7 +102,22 @@ pub fn main(args: ArchiveArgs) -> i32 {
     }
 }
 
+/// A host directory or file the container has mounted at `destination`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
 fn run(args: ArchiveArgs) -> Result<(), Failure> {
+    if let Some(json) = &args.mounts {
+        let mounts: Vec<ArchiveMount> =
+            serde_json::from_str(json).map_err(|e| failed(format!("reading --mounts: {e}")))?;
+        if !mounts.is_empty() {
+            mount_volumes(&args.root, &mounts)?;
+        }
+    }
     nix::unistd::chroot(&args.root)
         .map_err(|e| failed(format!("chroot {}: {e}", args.root.display())))?;
     nix::unistd::chdir("/").map_err(|e| failed(format!("chdir / in the container: {e}")))?;
@@ -113,6 +134,102 @@ fn run(args: ArchiveArgs) -> Result<(), Failure> {
             no_overwrite_dir_non_dir,
         } => put(&args.path, no_overwrite_dir_non_dir),
     }
+}
+
+/// Mounts `mounts` over `root` in a new, private mount namespace (gone with this
+/// process). Each destination is resolved inside `root` with openat2(RESOLVE_IN_ROOT),
+/// so a symlink in the container cannot send a mount outside it, and the mount is made
+/// on the opened descriptor (`/proc/self/fd/N`, as runc does). A destination missing
+/// from the root filesystem (the container never ran) is left alone.
+fn mount_volumes(root: &Path, mounts: &[ArchiveMount]) -> Result<(), Failure> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::mount::{mount, MsFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| failed(format!("making a mount namespace for the copy: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| failed(format!("making the copy's mounts private: {e}")))?;
+    let root_dir = std::fs::File::open(root).map_err(|e| {
+        failed(format!(
+            "opening the root filesystem {}: {e}",
+            root.display()
+        ))
+    })?;
+    let open_target = |destination: &str| -> Result<Option<OwnedFd>, Failure> {
+        let rel = destination.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match openat2(root_dir.as_raw_fd(), rel, how) {
+            // SAFETY: openat2 returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(failed(format!(
+                "resolving the mount point {destination} in the container: {e}"
+            ))),
+        }
+    };
+    for volume in mounts {
+        let Some(target) = open_target(&volume.destination)? else {
+            continue;
+        };
+        let on = format!("/proc/self/fd/{}", target.as_raw_fd());
+        mount(
+            Some(&volume.source),
+            on.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            failed(format!(
+                "mounting {} at {} for the copy: {e}",
+                volume.source.display(),
+                volume.destination
+            ))
+        })?;
+        if volume.readonly {
+            // The descriptor still names the covered directory: open the new mount.
+            let Some(mounted) = open_target(&volume.destination)? else {
+                continue;
+            };
+            let on = format!("/proc/self/fd/{}", mounted.as_raw_fd());
+            mount(
+                None::<&str>,
+                on.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                failed(format!(
+                    "making {} read-only for the copy: {e}",
+                    volume.destination
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// An error with its cause: the tar crate's unpack errors name the entry and keep the
+/// system error (read-only file system, no space...) as their source.
+fn with_cause(err: &std::io::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.get_ref().and_then(|inner| inner.source());
+    while let Some(next) = cause {
+        text.push_str(&format!(": {next}"));
+        cause = next.source();
+    }
+    text
 }
 
 /// Go's `os.FileMode` bits for a file type and permissions.
@@ -259,7 +376,7 @@ fn put(path: &str, no_overwrite_dir_non_dir: bool) -> Result<(), Failure> {
         // unpack_in refuses names with `..` or that resolve outside `path`.
         let unpacked = entry
             .unpack_in(path)
-            .map_err(|e| failed(format!("extracting {name:?}: {e}")))?;
+            .map_err(|e| failed(format!("extracting {name:?}: {}", with_cause(&e))))?;
         if !unpacked {
             return Err(failed(format!(
                 "refusing the archive entry {name:?}: it would be written outside {path}"

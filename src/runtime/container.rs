@@ -870,6 +870,48 @@ impl Runtime {
         Ok((container.bundle.join("rootfs"), self.monitor.clone()))
     }
 
+    /// What a copy into or out of a container (`docker cp`) mounts over its root
+    /// filesystem: its volumes and bind mounts in mount order (tmpfs mounts live only
+    /// in the container's namespace, as with dockerd). Option-backed volumes are
+    /// mounted for the copy when no run holds them; the returned guard lets them go.
+    pub fn container_copy_mounts(
+        &self,
+        namespace: &str,
+        query: &str,
+    ) -> Result<(Vec<crate::monitor::archive::ArchiveMount>, CopyHold)> {
+        let container = self
+            .find_container(namespace, query)
+            .filter(|c| c.state != ContainerState::Creating)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {query:?}")))?;
+        let mut hold = CopyHold {
+            volumes: self.volumes.clone(),
+            holder: format!("copy:{}", container.id),
+            names: Vec::new(),
+        };
+        let mut mounts = Vec::new();
+        for mount in &container.spec.mounts {
+            if mount.tmpfs.is_some() || mount.host_path.is_empty() {
+                continue;
+            }
+            if let Some(volume) = &mount.volume {
+                let event = crate::volume::MountEvent {
+                    destination: mount.container_path.clone(),
+                    propagation: String::new(),
+                    readonly: mount.readonly,
+                    quiet: true,
+                };
+                self.volumes.activate(&volume.name, &hold.holder, &event)?;
+                hold.names.push(volume.name.clone());
+            }
+            mounts.push(crate::monitor::archive::ArchiveMount {
+                source: PathBuf::from(&mount.host_path),
+                destination: mount.container_path.clone(),
+                readonly: mount.readonly,
+            });
+        }
+        Ok((mounts, hold))
+    }
+
     /// The read-write layer of an existing container: its overlay upper dir
     /// (`<root>/containers/<id>/upper`) and its image's layer dirs, top-most first.
     pub fn container_layer(
@@ -1232,5 +1274,20 @@ mod tests {
         collect_devices(Path::new("/dev"), &mut devices).unwrap();
         assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")));
         assert!(!devices.iter().any(|d| d.path().starts_with("/dev/pts")));
+    }
+}
+
+/// Volumes held for a copy (see [`Runtime::container_copy_mounts`]): let go on drop.
+pub struct CopyHold {
+    volumes: Arc<crate::volume::VolumeService>,
+    holder: String,
+    names: Vec<String>,
+}
+
+impl Drop for CopyHold {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.volumes.deactivate_with(name, &self.holder, true);
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod spec;
 pub mod stats;
 mod volumes;
 
+pub use container::CopyHold;
 pub use host::{CgroupLayout, HostInfo};
 pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};
 pub use service::{new_id, Runtime, RuntimeError};

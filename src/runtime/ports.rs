@@ -170,7 +170,7 @@ fn publish_error(container: &ContainerRecord, pod: &PodRecord, err: CniError) ->
             } else {
                 host_ip
             };
-            return RuntimeError::AlreadyExists(format!(
+            return RuntimeError::PortAllocated(format!(
                 "driver failed programming external connectivity on endpoint {} ({}): \
                  Bind for {ip}:{host_port} failed: port is already allocated",
                 container.spec.name, pod.id

@@ -39,6 +39,10 @@ pub enum RuntimeError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A host port another holds, in dockerd's words: dockerd answers it as a system
+    /// error (500), not a conflict, and clients match on that.
+    #[error("{0}")]
+    PortAllocated(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -89,6 +93,7 @@ impl crate::error::HasKind for RuntimeError {
             RuntimeError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             RuntimeError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             RuntimeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            RuntimeError::PortAllocated(_) => ErrorKind::ResourceExhausted,
             RuntimeError::Spec(err) => err.kind(),
             RuntimeError::Store(err) => err.kind(),
             RuntimeError::Namespace(err) => err.kind(),

@@ -634,6 +634,12 @@ impl VolumeService {
     /// `container` no longer runs with `name`: the last one out unmounts a
     /// mounted-kind volume. Errors are logged (the next start retries).
     pub fn deactivate(&self, name: &str, container: &str) {
+        self.deactivate_with(name, container, false)
+    }
+
+    /// [`deactivate`](Self::deactivate), with no `unmount` event when `quiet` (a
+    /// holder that is not a container run, such as a `docker cp`).
+    pub fn deactivate_with(&self, name: &str, container: &str, quiet: bool) {
         let mut state = self.lock();
         let Some(users) = state.active.get_mut(name) else {
             return;
@@ -646,7 +652,9 @@ impl VolumeService {
             state.active.remove(name);
             self.unmount_if_mounted_kind(name);
         }
-        self.event("unmount", name, &[("container", container.to_string())]);
+        if !quiet {
+            self.event("unmount", name, &[("container", container.to_string())]);
+        }
     }
 
     fn unmount_if_mounted_kind(&self, name: &str) {
