@@ -1256,6 +1256,21 @@ pub(super) fn teardown_container_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Volumes held for a copy (see [`Runtime::container_copy_mounts`]): let go on drop.
+pub struct CopyHold {
+    volumes: Arc<crate::volume::VolumeService>,
+    holder: String,
+    names: Vec<String>,
+}
+
+impl Drop for CopyHold {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.volumes.deactivate_with(name, &self.holder, true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1274,20 +1289,5 @@ mod tests {
         collect_devices(Path::new("/dev"), &mut devices).unwrap();
         assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")));
         assert!(!devices.iter().any(|d| d.path().starts_with("/dev/pts")));
-    }
-}
-
-/// Volumes held for a copy (see [`Runtime::container_copy_mounts`]): let go on drop.
-pub struct CopyHold {
-    volumes: Arc<crate::volume::VolumeService>,
-    holder: String,
-    names: Vec<String>,
-}
-
-impl Drop for CopyHold {
-    fn drop(&mut self) {
-        for name in &self.names {
-            self.volumes.deactivate_with(name, &self.holder, true);
-        }
     }
 }
