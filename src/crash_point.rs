@@ -9,7 +9,8 @@
 //! and `start.after_init_exec`, inside the vendored libcontainer's start, between the
 //! init's exec and the state file's update; `create.after_volumes` (a container's
 //! volumes made and referenced, its create not done), `volume.create.before_record`
-//! and `volume.remove.after_record` (tests/docker_volumes.rs).
+//! and `volume.remove.after_record`, `docker.create.after_pod` (a Docker container's
+//! pod made, the container not yet) (tests/docker_volumes.rs).
 
 use std::sync::OnceLock;
 

@@ -1180,6 +1180,36 @@ async fn kill_9_in_the_middle_gives_back_what_was_made() {
     .await;
     assert_eq!(snapshot(&docker), before);
 
+    // A create cut after its pod was made, before its container: the restart removes
+    // the pod (its record, lease and netns) and the container's directory.
+    let root = docker.env.daemon.paths.root.clone();
+    let pods_before = support::net::stored_ids(&root, "pod");
+    let leases_before = support::net::stored_ids(&root, "lease");
+    let docker_dirs = || -> BTreeSet<String> {
+        std::fs::read_dir(root.join("docker/containers"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let dirs_before = docker_dirs();
+    crash_during(
+        &mut docker,
+        "docker.create.after_pod",
+        &["create", "--name", &unique("cut"), &image, "true"],
+    )
+    .await;
+    wait_for("the cut create's pod to go", || {
+        support::net::stored_ids(&root, "pod") == pods_before
+    })
+    .await;
+    assert_eq!(support::net::stored_ids(&root, "lease"), leases_before);
+    assert_eq!(docker_dirs(), dirs_before);
+    assert_eq!(snapshot(&docker), before);
+
     // A volume create cut before its record: the directory is swept at the restart.
     let half = unique("half");
     crash_during(

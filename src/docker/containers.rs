@@ -392,6 +392,7 @@ pub(super) async fn create_container(
     };
     let made = async {
         let pod_id = pod_id?;
+        crate::crash_point::reached("docker.create.after_pod");
         let created = match serde_json::to_vec(&extension) {
             Ok(extension_bytes) => {
                 server
@@ -424,6 +425,51 @@ pub(super) async fn create_container(
             Err(err.into())
         }
     }
+}
+
+/// At start-up, before the socket serves: a create or a removal cut by a crash
+/// (kill -9) can leave a pod without its container (each Docker container has a pod of
+/// its own, made first and removed last) and a container directory without a
+/// container. Both are gone after this, as if the create had failed or the removal had
+/// finished. What exists is read now, so no create started later is touched; the pods
+/// are removed on a task of their own.
+pub(super) fn reconcile_cut_creates(server: &Arc<DockerServer>) {
+    let mut with_container = std::collections::HashSet::new();
+    let mut containers = std::collections::HashSet::new();
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        with_container.insert(c.pod_id.clone());
+        containers.insert(c.id.clone());
+    });
+    let mut orphans = Vec::new();
+    server.runtime.for_each_pod(NAMESPACE, |p| {
+        if !with_container.contains(&p.id) {
+            orphans.push(p.id.clone());
+        }
+    });
+    let dirs = server.config.root.join("docker").join("containers");
+    if let Ok(entries) = std::fs::read_dir(&dirs) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !containers.contains(&name) {
+                tracing::warn!(container = %name, "removing the directory of a container that was never made or is gone");
+                if let Err(err) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::error!(container = %name, "removing {}: {err}", entry.path().display());
+                }
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return;
+    }
+    let server = server.clone();
+    tokio::spawn(async move {
+        for pod in orphans {
+            tracing::warn!(pod = %pod, "removing the pod of a Docker container whose create or removal was cut");
+            if let Err(err) = server.runtime.remove_pod(NAMESPACE, &pod).await {
+                tracing::error!(pod = %pod, "removing a pod without its container: {err}");
+            }
+        }
+    });
 }
 
 pub(super) fn truthy(value: Option<&str>) -> bool {

@@ -100,6 +100,7 @@ impl DockerServer {
         // What builds cut short by a crash left (mounts, contexts), before the socket
         // serves: a new build never meets them.
         build::clean_leftovers(&build::builds_dir(&server));
+        containers::reconcile_cut_creates(&server);
         server
     }
 }

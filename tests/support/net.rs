@@ -208,6 +208,11 @@ impl Drop for BridgeCleanup {
 
 /// Lease records of the built-in bridge networks in a daemon's store: `<network>/<ip>`.
 pub fn stored_leases(root: &Path) -> Vec<String> {
+    stored_ids(root, "lease")
+}
+
+/// The IDs of the stored objects of `kind` (`lease`, `pod`...), sorted.
+pub fn stored_ids(root: &Path, kind: &str) -> Vec<String> {
     let db = root.join("metadata.db");
     let conn = rusqlite::Connection::open_with_flags(
         &db,
@@ -215,12 +220,12 @@ pub fn stored_leases(root: &Path) -> Vec<String> {
     )
     .unwrap_or_else(|err| panic!("open {}: {err}", db.display()));
     let mut stmt = conn
-        .prepare("SELECT id FROM objects WHERE kind = 'lease' ORDER BY id")
-        .expect("query leases");
+        .prepare("SELECT id FROM objects WHERE kind = ?1 ORDER BY id")
+        .expect("query the store");
     let rows = stmt
-        .query_map([], |row| row.get::<_, String>(0))
-        .expect("list leases");
-    rows.map(|r| r.expect("lease row")).collect()
+        .query_map([kind], |row| row.get::<_, String>(0))
+        .expect("list the objects");
+    rows.map(|r| r.expect("an object row")).collect()
 }
 
 /// A test's bridge network: its name, subnet, the daemon config selecting it, and the
