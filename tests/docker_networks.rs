@@ -586,3 +586,224 @@ async fn mac_address_of_the_first_interface() {
     }
     assert_eq!(docker.ok(&["ps", "-aq"]), before);
 }
+
+/// `--link` and `--add-host` as dockerd 20.10 gives them. On the default bridge: the
+/// linked container in /etc/hosts under the alias, its hostname and name, moby's link
+/// variables, the extra hosts (`host-gateway` too) and the container's own address
+/// last; a link to a missing container is a 400 at create, one to a stopped container
+/// fails the start. On a user-defined network: an alias only the linking container
+/// resolves.
+#[tokio::test]
+async fn links_and_extra_hosts() {
+    let bridge = support::net::TestBridge::new(9);
+    let docker = DockerEnv::start_with_config(&bridge.config()).await;
+    docker.ok(&["pull", "-q", &docker.image]);
+    let net = unique("linknet");
+    let mut cleanup = Cleanup {
+        docker: &docker,
+        networks: vec![net.clone()],
+    };
+    let image = docker.image.clone();
+    let server = unique("srv");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &server,
+        "-e",
+        "SECRET=s3",
+        "--expose",
+        "80",
+        "--expose",
+        "53/udp",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo linked > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let server_ip = docker.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &server]);
+    let server_host = docker.ok(&["inspect", "-f", "{{.Config.Hostname}}", &server]);
+    assert!(!server_ip.is_empty());
+
+    let client = unique("cli");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &client,
+        "--link",
+        &format!("{server}:db"),
+        "--add-host",
+        "extra.example:10.1.2.3",
+        "--add-host",
+        "gw.example:host-gateway",
+        &image,
+        "sleep",
+        "600",
+    ]);
+    let client_ip = docker.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &client]);
+    let hosts = docker.ok(&["exec", &client, "cat", "/etc/hosts"]);
+    let lines: Vec<&str> = hosts.lines().collect();
+    assert!(lines.contains(&"10.1.2.3\textra.example"), "{hosts}");
+    assert!(
+        lines.contains(&format!("{server_ip}\tdb {server_host} {server}").as_str()),
+        "{hosts}"
+    );
+    let gateway = lines
+        .iter()
+        .find_map(|l| l.strip_suffix("\tgw.example"))
+        .unwrap_or_else(|| panic!("no host-gateway entry: {hosts}"));
+    let gateway: std::net::Ipv4Addr = gateway.parse().expect("an IPv4 gateway");
+    // The host-gateway address is the host's on the container's bridge: it answers.
+    let ping = docker.run(&[
+        "exec",
+        &client,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        &gateway.to_string(),
+    ]);
+    assert_eq!(ping.status, 0, "{ping:?}");
+    let client_host = docker.ok(&["inspect", "-f", "{{.Config.Hostname}}", &client]);
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("{client_ip}\t{client_host}").as_str()),
+        "{hosts}"
+    );
+    // Reached by the alias and by the name.
+    for name in ["db", server.as_str()] {
+        let got = fetch(&docker, &client, name);
+        assert!(got.contains("linked"), "{got}");
+    }
+    let env = docker.ok(&["exec", &client, "env"]);
+    for expected in [
+        // The lowest exposed port is the default one, whatever its protocol.
+        format!("DB_PORT=udp://{server_ip}:53"),
+        format!("DB_PORT_80_TCP=tcp://{server_ip}:80"),
+        format!("DB_PORT_80_TCP_ADDR={server_ip}"),
+        "DB_PORT_80_TCP_PORT=80".to_string(),
+        "DB_PORT_80_TCP_PROTO=tcp".to_string(),
+        format!("DB_PORT_53_UDP=udp://{server_ip}:53"),
+        format!("DB_NAME=/{client}/db"),
+        "DB_ENV_SECRET=s3".to_string(),
+    ] {
+        assert!(
+            env.lines().any(|l| l == expected),
+            "no {expected} in:\n{env}"
+        );
+    }
+    assert!(!env.contains("DB_ENV_PATH="), "{env}");
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{json .HostConfig.Links}}", &client]),
+        format!("[\"/{server}:/{client}/db\"]")
+    );
+
+    // A missing container: 400 at create, nothing made.
+    let before = docker.ok(&["ps", "-aq"]);
+    let err = docker.fails(&["create", "--link", "no-such-container:x", &image, "true"]);
+    assert!(
+        err.contains("could not get container for no-such-container"),
+        "{err}"
+    );
+    assert_eq!(docker.ok(&["ps", "-aq"]), before);
+    // A bad extra host from a raw client: 400, nothing made.
+    let (status, _, body) = docker.http(
+        "POST",
+        "/containers/create",
+        Some(&format!(
+            r#"{{"Image":"{image}","HostConfig":{{"ExtraHosts":["no-address"]}}}}"#
+        )),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no-address"), "{body}");
+    let (status, _, body) = docker.http(
+        "POST",
+        "/containers/create",
+        Some(&format!(
+            r#"{{"Image":"{image}","HostConfig":{{"ExtraHosts":["h:not-an-ip"]}}}}"#
+        )),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid IP address in add-host"), "{body}");
+    assert_eq!(docker.ok(&["ps", "-aq"]), before);
+    // A stopped one: the start fails, in dockerd's words.
+    let stopped = unique("stopped");
+    docker.ok(&["create", "--name", &stopped, &image, "true"]);
+    let err = docker.fails(&[
+        "run",
+        "--rm",
+        "--link",
+        &format!("{stopped}:s"),
+        &image,
+        "true",
+    ]);
+    assert!(
+        err.contains(&format!(
+            "Cannot link to a non running container: /{stopped} AS"
+        )),
+        "{err}"
+    );
+    // `--rm`: the container whose start failed is gone, as dockerd removes it.
+    let all = docker.ok(&["ps", "-aq"]);
+    assert_eq!(all.lines().count(), before.lines().count() + 1, "{all}");
+
+    // A user-defined network: the alias resolves for the linking container only.
+    docker.ok(&["network", "create", "--subnet", &subnet(8), &net]);
+    let target = unique("target");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &target,
+        "--network",
+        &net,
+        &image,
+        "sleep",
+        "600",
+    ]);
+    let target_ip = docker.ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &target,
+    ]);
+    let linking = unique("linking");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &linking,
+        "--network",
+        &net,
+        "--link",
+        &format!("{target}:backend"),
+        &image,
+        "sleep",
+        "600",
+    ]);
+    let found = docker.ok(&["exec", &linking, "nslookup", "backend"]);
+    assert!(found.contains(&target_ip), "{found}");
+    let other = unique("other");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &other,
+        "--network",
+        &net,
+        &image,
+        "sleep",
+        "600",
+    ]);
+    let lookup = docker.run(&["exec", &other, "nslookup", "backend"]);
+    assert!(!lookup.stdout.contains(&target_ip), "{lookup:?}");
+    // The name itself still resolves for everyone.
+    let found = docker.ok(&["exec", &other, "nslookup", &target]);
+    assert!(found.contains(&target_ip), "{found}");
+
+    cleanup.networks.clear();
+    drop(cleanup);
+    docker.ok(&["network", "rm", &net]);
+}

@@ -307,6 +307,37 @@ pub(super) async fn create_container(
     // The image by ID: a tag moved meanwhile does not change what runs.
     container_spec.image = image.id.clone();
     container_spec.cdi_devices = cdi_devices(server, &request, &container_spec).await?;
+    // Links and extra hosts, checked before anything is made; a legacy link (default
+    // bridge) sets its variables now, under the container's own.
+    {
+        let host = request.host_config.clone().unwrap_or_default();
+        let mode = host.network_mode.as_str();
+        let on_default_bridge = matches!(mode, "" | "default" | "bridge");
+        let linked = super::links::check(
+            server,
+            host.links.as_deref().unwrap_or_default(),
+            host.extra_hosts.as_deref().unwrap_or_default(),
+            on_default_bridge,
+        )?;
+        let mut link_env: Vec<(String, String)> = Vec::new();
+        for (link, child) in &linked {
+            let Some(child) = child else { continue };
+            let ip = server.runtime.pod_ip(&child.pod_id).unwrap_or_default();
+            for entry in super::links::link_env(&name, link, child, &ip) {
+                if let Some((key, value)) = entry.split_once('=') {
+                    let set = container_spec.env.iter().any(|(k, _)| k == key)
+                        || link_env.iter().any(|(k, _)| k == key);
+                    if !set {
+                        link_env.push((key.to_string(), value.to_string()));
+                    }
+                }
+            }
+        }
+        if !link_env.is_empty() {
+            link_env.append(&mut container_spec.env);
+            container_spec.env = link_env;
+        }
+    }
     // User-defined networks by ID: dockerd's 404 before anything is made.
     for wanted in &mut pod_spec.networks {
         let network = server
@@ -600,6 +631,7 @@ pub(super) async fn inspect(
         object
             .entry("LogConfig")
             .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
+        object.insert("Links".into(), super::links::inspect_links(&c));
         // What `update` may have changed since the create reads back as it is now.
         let (policy, retries) = match c.spec.restart {
             RestartPolicy::No => ("no", 0),
@@ -707,18 +739,36 @@ pub(super) async fn start(
     Path(query): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let c = find(&server, &query)?;
-    match c.state {
-        ContainerState::Running => return Ok(StatusCode::NOT_MODIFIED),
-        ContainerState::Created | ContainerState::Creating => {
-            server.runtime.start_container(NAMESPACE, &c.id).await?
+    if c.state == ContainerState::Running {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    let started = async {
+        super::links::prepare_start(&server, &c).await?;
+        match c.state {
+            ContainerState::Running => {}
+            ContainerState::Created | ContainerState::Creating => {
+                server.runtime.start_container(NAMESPACE, &c.id).await?
+            }
+            // A stopped container starts again from its bundle and writable layer.
+            ContainerState::Exited | ContainerState::Unknown => {
+                server
+                    .runtime
+                    .restart_container(NAMESPACE, &c.id, false)
+                    .await?
+            }
         }
-        // A stopped container starts again from its bundle and writable layer.
-        ContainerState::Exited | ContainerState::Unknown => {
-            server
-                .runtime
-                .restart_container(NAMESPACE, &c.id, false)
-                .await?
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(err) = started {
+        // dockerd removes an auto-remove container whose start failed (with its
+        // anonymous volumes); `docker run --rm` waits for that removal.
+        if c.spec.auto_remove {
+            if let Err(cleanup) = remove_container(&server, &c, true).await {
+                tracing::warn!(container = %c.id, "removing an auto-remove container whose start failed: {cleanup}");
+            }
         }
+        return Err(err);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -737,6 +787,7 @@ pub(super) async fn restart(
             .stop_container(NAMESPACE, &c.id, timeout)
             .await?;
     }
+    super::links::prepare_start(&server, &c).await?;
     match server.runtime.container(&c.id).map(|c| c.state) {
         Some(ContainerState::Created) => server.runtime.start_container(NAMESPACE, &c.id).await?,
         Some(_) => {

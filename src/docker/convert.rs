@@ -90,6 +90,10 @@ pub struct HostConfig {
     pub devices: Option<Vec<DeviceMapping>>,
     /// `--gpus ...`, and `--device vendor.com/class=name` (Driver "cdi").
     pub device_requests: Option<Vec<DeviceRequest>>,
+    /// `--link NAME[:ALIAS]` (see `links.rs`).
+    pub links: Option<Vec<String>>,
+    /// `--add-host HOST:IP`.
+    pub extra_hosts: Option<Vec<String>>,
 }
 
 /// A host device node given to the container.
@@ -255,6 +259,8 @@ pub struct EndpointSettings {
     pub aliases: Option<Vec<String>>,
     /// `--mac-address` from API 1.44 on.
     pub mac_address: String,
+    /// `--link` on a user-defined network: aliases only this container resolves.
+    pub links: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -314,12 +320,19 @@ impl EndpointSettings {
             )));
         }
         let short = id.get(..12).unwrap_or(id).to_string();
+        let links = self
+            .links
+            .iter()
+            .flatten()
+            .map(|entry| super::links::parse_link(entry).map(|l| (l.name, l.alias)))
+            .collect::<Result<_, _>>()?;
         Ok(NetworkRequest {
             network: network.to_string(),
             owner_id: id.to_string(),
             aliases: self.aliases.clone().unwrap_or_default(),
             dns_names: vec![name.to_string(), short],
             ipv4: ipam.ipv4_address,
+            links,
         })
     }
 }
@@ -449,7 +462,7 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn bounded(text: &str) -> String {
+pub(super) fn bounded(text: &str) -> String {
     crate::image::bounded(text, crate::image::MAX_ECHO)
 }
 
@@ -632,7 +645,13 @@ pub fn specs(
         // Loopback only: no endpoint settings apply (dockerd refuses them too).
         "none" => NamespaceMode::Pod,
         user if !user.starts_with("container:") => {
-            networks.push(endpoint(user).request(user, id, name)?);
+            let mut settings = endpoint(user);
+            // The CLI copies `--link` into the endpoint; a client that sends only
+            // HostConfig.Links means the same.
+            if settings.links.as_ref().is_none_or(Vec::is_empty) {
+                settings.links = host.links.clone();
+            }
+            networks.push(settings.request(user, id, name)?);
             NamespaceMode::Pod
         }
         other => {

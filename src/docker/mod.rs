@@ -50,6 +50,7 @@ mod events;
 mod exec;
 mod filesystem;
 mod images;
+mod links;
 mod list;
 mod logs;
 mod mounts;

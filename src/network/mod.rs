@@ -168,6 +168,10 @@ pub struct Endpoint {
     /// Resolvers the embedded DNS forwards to for this pod (empty: the host's).
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// Container-scoped aliases: (linked name, alias) that only this endpoint's pod
+    /// resolves on this network (Docker's `--link` on a user-defined network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<(String, String)>,
 }
 
 impl Endpoint {
@@ -199,6 +203,8 @@ pub struct EndpointRequest {
     pub upstreams: Vec<String>,
     /// The interface's MAC address (`aa:bb:cc:dd:ee:ff`); None: a random one.
     pub mac: Option<String>,
+    /// Container-scoped aliases: (linked name, alias).
+    pub links: Vec<(String, String)>,
 }
 
 /// A network with its endpoints, as list and inspect show it.
@@ -251,6 +257,21 @@ impl Shared {
         for network in mine {
             let suffix = format!(".{}", network.record.name.to_ascii_lowercase());
             let short = name.strip_suffix(&suffix);
+            // A link alias of the asking pod stands for the linked name.
+            let linked = tables
+                .endpoints
+                .get(&Endpoint::key(&network.record.id, pod))
+                .and_then(|own| {
+                    own.links.iter().find(|(_, alias)| {
+                        alias.eq_ignore_ascii_case(&name)
+                            || short.is_some_and(|s| alias.eq_ignore_ascii_case(s))
+                    })
+                })
+                .map(|(target, _)| target.to_ascii_lowercase());
+            let (name, short) = match &linked {
+                Some(target) => (target.clone(), None),
+                None => (name.clone(), short),
+            };
             for endpoint in tables
                 .endpoints
                 .values()
@@ -801,6 +822,7 @@ impl NetworkRegistry {
             mac: String::new(),
             attached: false,
             upstreams: request.upstreams.clone(),
+            links: request.links.clone(),
         };
         let endpoint_name = format!("{}/{}", record.id, request.name);
         self.store

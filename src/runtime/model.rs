@@ -153,6 +153,10 @@ pub struct NetworkRequest {
     /// A static IPv4 address; empty: one from the network's pool.
     #[serde(default)]
     pub ipv4: String,
+    /// Container-scoped aliases (Docker's `--link NAME:ALIAS` on a user-defined
+    /// network): (the linked name, the alias) only this pod resolves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -359,6 +359,7 @@ impl Runtime {
                         .map(|d| d.servers.clone())
                         .unwrap_or_default(),
                     mac,
+                    links: request.links.clone(),
                 },
             )
             .await?;
@@ -368,6 +369,29 @@ impl Runtime {
     /// The built-in bridge network.
     pub fn builtin_bridge(&self) -> &crate::cni::bridge::BridgeNetwork {
         self.cni.bridge()
+    }
+
+    /// Rewrites a pod's /etc/hosts with `entries` (address, names) and its own address
+    /// and hostname (a front end's managed hosts file: Docker's links and extra hosts).
+    pub async fn write_pod_hosts(
+        &self,
+        pod_id: &str,
+        entries: &[(String, String)],
+        own_ip: Option<&str>,
+        hostname: &str,
+    ) -> Result<()> {
+        let pod = self
+            .pod(pod_id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod {pod_id}")))?;
+        let host_network = pod.spec.namespaces.network == NamespaceMode::Node;
+        let path = pod.dir.join("hosts");
+        let entries = entries.to_vec();
+        let own_ip = own_ip.map(str::to_string);
+        let hostname = hostname.to_string();
+        blocking(move || {
+            pod_files::write_hosts_with(&path, host_network, &hostname, own_ip.as_deref(), &entries)
+        })
+        .await
     }
 
     /// The user-defined networks registry.

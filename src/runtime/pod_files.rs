@@ -86,6 +86,32 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
         .map_err(RuntimeError::io(format!("chmod {}", path.display())))
 }
 
+/// Replaces the pod's /etc/hosts at `path` for a front end that manages it (Docker's
+/// links and extra hosts): the base file as [`hosts_file`] makes it, `entries` (address,
+/// names) after it, and the pod's own address with its hostname last, as dockerd
+/// writes it (127.0.1.1 without an address). Regenerated before each start, so a
+/// write cut by a crash is made whole by the next.
+pub(super) fn write_hosts_with(
+    path: &Path,
+    host_network: bool,
+    hostname: &str,
+    own_ip: Option<&str>,
+    entries: &[(String, String)],
+) -> Result<()> {
+    let mut text = String::from_utf8_lossy(&hosts_file(host_network, "")?).into_owned();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for (ip, names) in entries {
+        text.push_str(&format!("{ip}\t{names}\n"));
+    }
+    if !host_network && !hostname.is_empty() {
+        text.push_str(&format!("{}\t{hostname}\n", own_ip.unwrap_or("127.0.1.1")));
+    }
+    // In place, not by a rename: a created container has bind-mounted this inode.
+    write_file(path, text.as_bytes())
+}
+
 /// /etc/hosts of a pod: the host's for host-network pods, else localhost entries and
 /// the pod's hostname (kubelet mounts its own managed file over this for k8s pods).
 fn hosts_file(host_network: bool, hostname: &str) -> Result<Vec<u8>> {
