@@ -136,7 +136,7 @@ fn row(label: &str, samples: &[Duration]) -> String {
 }
 
 enum Network {
-    Builtin(BridgeNetwork),
+    Builtin(Box<BridgeNetwork>),
     Cni(Cni),
 }
 
@@ -210,7 +210,7 @@ async fn main() {
         .expect("temp dir");
 
     let store = Arc::new(wharf::store::Store::open(dir.path()).expect("open the store"));
-    let builtin = Network::Builtin(
+    let builtin = Network::Builtin(Box::new(
         BridgeNetwork::new(
             BridgeSpec::basic(
                 builtin_bridge.clone(),
@@ -222,7 +222,7 @@ async fn main() {
             store,
         )
         .expect("built-in bridge network"),
-    );
+    ));
     let conf_dir = dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).expect("conf dir");
     std::fs::write(

@@ -306,9 +306,10 @@ impl EndpointSettings {
     /// The core's request for attaching container `id` named `name` to `network`.
     pub fn request(&self, network: &str, id: &str, name: &str) -> Result<NetworkRequest, ApiError> {
         let ipam = self.ipam_config.clone().unwrap_or_default();
-        if !ipam.ipv6_address.is_empty() {
+        if !ipam.ipv6_address.is_empty() && ipam.ipv6_address.parse::<std::net::Ipv6Addr>().is_err()
+        {
             return Err(ApiError::bad_request(format!(
-                "invalid IPv6 address {}: wharf's networks are IPv4 only",
+                "invalid IPv6 address: {}",
                 bounded(&ipam.ipv6_address)
             )));
         }
@@ -332,6 +333,7 @@ impl EndpointSettings {
             aliases: self.aliases.clone().unwrap_or_default(),
             dns_names: vec![name.to_string(), short],
             ipv4: ipam.ipv4_address,
+            ipv6: ipam.ipv6_address,
             links,
         })
     }

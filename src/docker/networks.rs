@@ -94,17 +94,30 @@ pub(super) async fn create(
             crate::image::bounded(&ipam.driver, crate::image::MAX_ECHO)
         )));
     }
-    let configs = ipam.config.unwrap_or_default();
-    if configs.len() > 1 {
+    // One IPv4 and one IPv6 entry at most, told apart by their addresses.
+    let (configs6, configs): (Vec<IpamConfig>, Vec<IpamConfig>) =
+        ipam.config.unwrap_or_default().into_iter().partition(|c| {
+            c.subnet.contains(':') || (c.subnet.is_empty() && c.gateway.contains(':'))
+        });
+    if configs.len() > 1 || configs6.len() > 1 {
         return Err(ApiError::bad_request(
-            "wharf's bridge networks take one IPv4 subnet (IPAM.Config has more than one entry)",
+            "wharf's bridge networks take one IPv4 and one IPv6 subnet (IPAM.Config has more)",
         ));
     }
     let config = configs.into_iter().next().unwrap_or_default();
-    if config.auxiliary_addresses.is_some_and(|a| !a.is_empty()) {
+    let config6 = configs6.into_iter().next().unwrap_or_default();
+    if config.auxiliary_addresses.is_some_and(|a| !a.is_empty())
+        || config6.auxiliary_addresses.is_some_and(|a| !a.is_empty())
+    {
         return Err(ApiError::bad_request(
             "auxiliary addresses are not supported by wharf's bridge networks",
         ));
+    }
+    if !config6.ip_range.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "IPv6 ip-range {} is not supported by wharf's bridge networks: give a smaller subnet",
+            crate::image::bounded(&config6.ip_range, crate::image::MAX_ECHO)
+        )));
     }
     let given = |text: String| Some(text).filter(|t| !t.is_empty());
     let spec = NetworkSpec {
@@ -116,6 +129,8 @@ pub(super) async fn create(
         internal: request.internal,
         attachable: request.attachable,
         enable_ipv6: request.enable_ipv6,
+        subnet6: given(config6.subnet),
+        gateway6: given(config6.gateway),
         labels: request.labels.unwrap_or_default(),
         options: request.options.unwrap_or_default(),
     };
@@ -214,6 +229,11 @@ fn user_json(view: &NetworkView) -> Value {
     if let Some(range) = record.ip_range {
         ipam["IPRange"] = json!(range.to_string());
     }
+    let mut configs = vec![ipam];
+    if let (Some(subnet6), Some(gateway6)) = (record.subnet6, record.gateway6) {
+        configs.push(json!({"Subnet": subnet6.to_string(), "Gateway": gateway6.to_string()}));
+    }
+    let prefix6 = record.subnet6.map(|s| s.prefix_len()).unwrap_or_default();
     let containers: serde_json::Map<String, Value> = view
         .endpoints
         .iter()
@@ -225,7 +245,7 @@ fn user_json(view: &NetworkView) -> Value {
                     "EndpointID": e.id,
                     "MacAddress": e.mac,
                     "IPv4Address": e.ip.map(|ip| format!("{ip}/{}", record.subnet.prefix_len())).unwrap_or_default(),
-                    "IPv6Address": "",
+                    "IPv6Address": e.ip6.map(|ip| format!("{ip}/{prefix6}")).unwrap_or_default(),
                 }),
             )
         })
@@ -236,8 +256,8 @@ fn user_json(view: &NetworkView) -> Value {
         "Created": rfc3339(record.created),
         "Scope": "local",
         "Driver": record.driver,
-        "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [ipam]},
+        "EnableIPv6": record.subnet6.is_some(),
+        "IPAM": {"Driver": "default", "Options": {}, "Config": configs},
         "Internal": record.internal,
         "Attachable": record.attachable,
         "Ingress": false,
@@ -519,10 +539,15 @@ pub(super) fn endpoints_json(
         .endpoints_of_pod(pod_id)
         .into_iter()
         .map(|(network, e)| {
-            let ipam = e
-                .requested_ip
-                .map(|ip| json!({"IPv4Address": ip.to_string()}))
-                .unwrap_or(Value::Null);
+            let ipam = if e.requested_ip.is_some() || e.requested_ip6.is_some() {
+                let text = |ip: Option<String>| ip.unwrap_or_default();
+                json!({
+                    "IPv4Address": text(e.requested_ip.map(|ip| ip.to_string())),
+                    "IPv6Address": text(e.requested_ip6.map(|ip| ip.to_string())),
+                })
+            } else {
+                Value::Null
+            };
             (
                 network.name.clone(),
                 json!({
@@ -534,9 +559,16 @@ pub(super) fn endpoints_json(
                     "Gateway": if network.internal { String::new() } else { network.gateway.to_string() },
                     "IPAddress": e.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                     "IPPrefixLen": network.subnet.prefix_len(),
-                    "IPv6Gateway": "",
-                    "GlobalIPv6Address": "",
-                    "GlobalIPv6PrefixLen": 0,
+                    "IPv6Gateway": match (network.internal, network.gateway6) {
+                        (false, Some(gateway6)) => gateway6.to_string(),
+                        _ => String::new(),
+                    },
+                    "GlobalIPv6Address": e.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
+                    "GlobalIPv6PrefixLen": if e.ip6.is_some() {
+                        network.subnet6.map(|s| s.prefix_len()).unwrap_or_default()
+                    } else {
+                        0
+                    },
                     "MacAddress": e.mac,
                     "DriverOpts": null,
                 }),

@@ -5,10 +5,10 @@
 //! sockets stay bound in that namespace and are served like any other.
 //!
 //! Answers (from the registry's live tables, so a disconnect withdraws a name at
-//! once): A records for the names of the endpoints on the networks the asking pod is
-//! on (container name, network aliases, short ID, also as `<name>.<network>`); an
-//! empty NOERROR for other types of those names (AAAA: the networks are IPv4 only);
-//! PTR for their addresses. Everything else is forwarded, as it came, to the pod's
+//! once): A and AAAA records for the names of the endpoints on the networks the asking
+//! pod is on (container name, network aliases, short ID, also as `<name>.<network>`);
+//! an empty NOERROR for other types of those names (and AAAA on IPv4-only networks);
+//! PTR for their addresses (in-addr.arpa and ip6.arpa). Everything else is forwarded, as it came, to the pod's
 //! own DNS servers (`--dns`) or else the host's (/etc/resolv.conf), from the host's
 //! namespace; SERVFAIL if none answers.
 
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -225,21 +225,38 @@ fn local_answer(shared: &Shared, pod: &str, request: &Message) -> Option<Message
         return Some(reply);
     }
     let ips = shared.lookup(pod, &name)?;
-    if query.query_type() == RecordType::A {
-        for ip in ips {
-            reply.add_answer(Record::from_rdata(
-                query.name().clone(),
-                TTL,
-                RData::A(A(ip)),
-            ));
-        }
+    for ip in ips {
+        let data = match (query.query_type(), ip) {
+            (RecordType::A, IpAddr::V4(ip)) => RData::A(A(ip)),
+            (RecordType::AAAA, IpAddr::V6(ip)) => RData::AAAA(AAAA(ip)),
+            _ => continue,
+        };
+        reply.add_answer(Record::from_rdata(query.name().clone(), TTL, data));
     }
     Some(reply)
 }
 
-/// `4.3.2.1.in-addr.arpa.` -> 1.2.3.4
-fn ptr_address(name: &str) -> Option<Ipv4Addr> {
+/// `4.3.2.1.in-addr.arpa.` -> 1.2.3.4; the 32 nibbles of `ip6.arpa.` -> an IPv6 address.
+fn ptr_address(name: &str) -> Option<IpAddr> {
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(nibbles) = lower.strip_suffix(".ip6.arpa") {
+        let digits: Vec<u32> = nibbles
+            .split('.')
+            .map(|n| {
+                (n.len() == 1)
+                    .then(|| n.chars().next()?.to_digit(16))
+                    .flatten()
+            })
+            .collect::<Option<_>>()?;
+        if digits.len() != 32 {
+            return None;
+        }
+        let value = digits
+            .iter()
+            .rev()
+            .fold(0u128, |acc, d| (acc << 4) | u128::from(*d));
+        return Some(IpAddr::V6(std::net::Ipv6Addr::from(value)));
+    }
     let reversed = lower.strip_suffix(".in-addr.arpa")?;
     let mut octets: Vec<u8> = reversed
         .split('.')
@@ -249,7 +266,9 @@ fn ptr_address(name: &str) -> Option<Ipv4Addr> {
         return None;
     }
     octets.reverse();
-    Some(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+    Some(IpAddr::V4(Ipv4Addr::new(
+        octets[0], octets[1], octets[2], octets[3],
+    )))
 }
 
 /// The pod's own servers, or the host's (loopback ones work: wharfd forwards from the
@@ -322,10 +341,19 @@ mod tests {
     fn reverse_names_parse() {
         assert_eq!(
             ptr_address("5.0.18.10.in-addr.arpa."),
-            Some(Ipv4Addr::new(10, 18, 0, 5))
+            Some(IpAddr::V4(Ipv4Addr::new(10, 18, 0, 5)))
         );
         assert_eq!(ptr_address("5.0.18.in-addr.arpa."), None);
         assert_eq!(ptr_address("example.com."), None);
+        let ip6: std::net::Ipv6Addr = "fd00:0:1::3".parse().unwrap();
+        let nibbles: Vec<String> = (0..32)
+            .map(|i| format!("{:x}", (u128::from(ip6) >> (4 * i)) & 0xf))
+            .collect();
+        assert_eq!(
+            ptr_address(&format!("{}.ip6.arpa.", nibbles.join("."))),
+            Some(IpAddr::V6(ip6))
+        );
+        assert_eq!(ptr_address("3.0.ip6.arpa."), None);
     }
 
     #[test]

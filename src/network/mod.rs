@@ -22,11 +22,11 @@
 pub mod dns;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::cni::bridge::{self, BridgeError, BridgeNetwork, BridgeSpec};
@@ -61,7 +61,7 @@ pub enum NetworkError {
     #[error("plugin \"{0}\" not found")]
     UnknownDriver(String),
     #[error("Pool overlaps with other one on this address space")]
-    Overlap { subnet: Ipv4Net, other: String },
+    Overlap { subnet: String, other: String },
     #[error("error while removing network: network {name} id {id} has active endpoints")]
     InUse { name: String, id: String },
     #[error("endpoint with name {name} already exists in network {network}")]
@@ -116,6 +116,9 @@ pub struct NetworkSpec {
     pub internal: bool,
     pub attachable: bool,
     pub enable_ipv6: bool,
+    /// The IPv6 subnet and gateway (with `enable_ipv6`).
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
 }
@@ -140,6 +143,11 @@ pub struct NetworkRecord {
     /// The Linux bridge.
     pub bridge: String,
     pub mtu: u32,
+    /// IPv6 (Docker's `EnableIPv6`): the subnet and the bridge's address in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// A pod's attachment to a network.
@@ -163,6 +171,12 @@ pub struct Endpoint {
     pub requested_ip: Option<Ipv4Addr>,
     /// Set once attached.
     pub ip: Option<Ipv4Addr>,
+    /// Asked for (IPAMConfig.IPv6Address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip6: Option<Ipv6Addr>,
+    /// Set once attached, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     pub attached: bool,
     /// Resolvers the embedded DNS forwards to for this pod (empty: the host's).
@@ -198,6 +212,8 @@ pub struct EndpointRequest {
     pub aliases: Vec<String>,
     pub dns_names: Vec<String>,
     pub ipv4: Option<Ipv4Addr>,
+    /// A static IPv6 address (on a network with IPv6).
+    pub ipv6: Option<Ipv6Addr>,
     pub netns: PathBuf,
     pub ifname: String,
     pub upstreams: Vec<String>,
@@ -242,8 +258,9 @@ impl Shared {
     }
 
     /// The addresses `name` has for `pod`: the endpoints named so on the networks the
-    /// pod is on (`name` may carry `.<network name>`). None: not a name of ours.
-    pub(crate) fn lookup(&self, pod: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
+    /// pod is on (`name` may carry `.<network name>`), IPv4 and IPv6. None: not a name
+    /// of ours.
+    pub(crate) fn lookup(&self, pod: &str, name: &str) -> Option<Vec<IpAddr>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let tables = self.read();
         let mine: Vec<&Arc<UserNetwork>> = tables
@@ -279,8 +296,15 @@ impl Shared {
             {
                 if endpoint.answers_to(&name) || short.is_some_and(|s| endpoint.answers_to(s)) {
                     found = true;
-                    if let Some(ip) = endpoint.ip.filter(|ip| !ips.contains(ip)) {
-                        ips.push(ip);
+                    let addresses = endpoint
+                        .ip
+                        .map(IpAddr::V4)
+                        .into_iter()
+                        .chain(endpoint.ip6.map(IpAddr::V6));
+                    for ip in addresses {
+                        if !ips.contains(&ip) {
+                            ips.push(ip);
+                        }
                     }
                 }
             }
@@ -289,7 +313,7 @@ impl Shared {
     }
 
     /// The name of `ip` for `pod` (`<container>.<network>`), on a network it is on.
-    pub(crate) fn reverse(&self, pod: &str, ip: Ipv4Addr) -> Option<String> {
+    pub(crate) fn reverse(&self, pod: &str, ip: IpAddr) -> Option<String> {
         let tables = self.read();
         let mine: HashSet<&str> = tables
             .endpoints
@@ -300,7 +324,10 @@ impl Shared {
         tables
             .endpoints
             .values()
-            .filter(|e| mine.contains(e.network_id.as_str()) && e.ip == Some(ip))
+            .filter(|e| {
+                mine.contains(e.network_id.as_str())
+                    && (e.ip.map(IpAddr::V4) == Some(ip) || e.ip6.map(IpAddr::V6) == Some(ip))
+            })
             .find_map(|e| {
                 let network = tables.networks.get(&e.network_id)?;
                 Some(format!("{}.{}", e.name, network.record.name))
@@ -354,6 +381,8 @@ fn bridge_spec(record: &NetworkRecord, ip_forward: bool) -> BridgeSpec {
         ip_range: record.ip_range,
         internal: record.internal,
         mac_from_ip: true,
+        subnet6: record.subnet6,
+        gateway6: record.gateway6,
     }
 }
 
@@ -541,11 +570,60 @@ impl NetworkRegistry {
             "" | "bridge" => {}
             other => return Err(NetworkError::UnknownDriver(other.to_string())),
         }
-        if spec.enable_ipv6 {
-            return Err(NetworkError::Invalid(format!(
-                "network {name}: IPv6 is not supported by wharf's bridge networks yet"
-            )));
-        }
+        let (subnet6, gateway6) = match (spec.enable_ipv6, spec.subnet6.as_deref()) {
+            (false, None) => {
+                if spec.gateway6.is_some() {
+                    return Err(NetworkError::Invalid(
+                        "every ip-range or gateway must have a corresponding subnet".into(),
+                    ));
+                }
+                (None, None)
+            }
+            (false, Some(subnet6)) => {
+                return Err(NetworkError::Invalid(format!(
+                    "network {name}: IPv6 subnet {subnet6} given without IPv6 enabled (--ipv6)"
+                )))
+            }
+            (true, None) => {
+                return Err(NetworkError::Invalid(format!(
+                    "network {name}: IPv6 needs an IPv6 subnet (--subnet, e.g. fd00:1::/64): \
+                     wharf has no default IPv6 pool, as dockerd 20.10 has none"
+                )))
+            }
+            (true, Some(text)) => {
+                let subnet6 = text
+                    .parse::<Ipv6Net>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| NetworkError::Invalid(format!("invalid CIDR address: {text}")))?;
+                if subnet6.prefix_len() > 126 {
+                    return Err(NetworkError::Invalid(format!(
+                        "invalid subnet {subnet6}: too small for a gateway and a container (a /126 at most)"
+                    )));
+                }
+                let gateway6 = spec
+                    .gateway6
+                    .as_deref()
+                    .map(|text| {
+                        text.parse::<Ipv6Addr>().map_err(|_| {
+                            NetworkError::Invalid(format!(
+                                "invalid gateway address {text:?}: not IPv6"
+                            ))
+                        })
+                    })
+                    .transpose()?;
+                if let Some(gateway6) = gateway6 {
+                    if !subnet6.contains(&gateway6) || gateway6 == subnet6.network() {
+                        return Err(NetworkError::Invalid(format!(
+                            "no matching subnet for gateway {gateway6}"
+                        )));
+                    }
+                }
+                (
+                    Some(subnet6),
+                    Some(gateway6.unwrap_or_else(|| bridge::gateway6(&subnet6))),
+                )
+            }
+        };
         let parse_net = |text: &str| -> Result<Ipv4Net> {
             text.parse::<Ipv4Net>()
                 .map(|n| n.trunc())
@@ -643,7 +721,20 @@ impl NetworkRegistry {
                     .find(|n| bridge::overlaps(&n.record.subnet, &subnet))
                 {
                     return Err(NetworkError::Overlap {
-                        subnet,
+                        subnet: subnet.to_string(),
+                        other: other.record.name.clone(),
+                    });
+                }
+            }
+            if let Some(subnet6) = subnet6 {
+                let overlapping = tables.networks.values().find(|n| {
+                    n.record.subnet6.is_some_and(|o| {
+                        o.contains(&subnet6.network()) || subnet6.contains(&o.network())
+                    })
+                });
+                if let Some(other) = overlapping {
+                    return Err(NetworkError::Overlap {
+                        subnet: subnet6.to_string(),
                         other: other.record.name.clone(),
                     });
                 }
@@ -687,6 +778,8 @@ impl NetworkRegistry {
             options,
             bridge: bridge_name,
             mtu,
+            subnet6,
+            gateway6,
         };
         self.store
             .update(|tx| tx.insert(namespace, Kind::Network, &id, Some(&name), &record))
@@ -819,6 +912,8 @@ impl NetworkRegistry {
             netns: request.netns.clone(),
             requested_ip: request.ipv4,
             ip: None,
+            requested_ip6: request.ipv6,
+            ip6: None,
             mac: String::new(),
             attached: false,
             upstreams: request.upstreams.clone(),
@@ -855,8 +950,10 @@ impl NetworkRegistry {
             capability_args: crate::cni::RuntimeConfig {
                 ips: request
                     .ipv4
-                    .map(|ip| vec![ip.to_string()])
-                    .unwrap_or_default(),
+                    .map(|ip| ip.to_string())
+                    .into_iter()
+                    .chain(request.ipv6.map(|ip| ip.to_string()))
+                    .collect(),
                 mac: request.mac.clone(),
                 ..Default::default()
             },
@@ -876,6 +973,10 @@ impl NetworkRegistry {
             .ips
             .iter()
             .find_map(|ip| ip.address.split('/').next()?.parse::<Ipv4Addr>().ok());
+        endpoint.ip6 = result
+            .ips
+            .iter()
+            .find_map(|ip| ip.address.split('/').next()?.parse::<Ipv6Addr>().ok());
         endpoint.mac = result
             .interfaces
             .iter()

@@ -153,6 +153,9 @@ pub struct NetworkRequest {
     /// A static IPv4 address; empty: one from the network's pool.
     #[serde(default)]
     pub ipv4: String,
+    /// A static IPv6 address (a network with IPv6); empty: one from its subnet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ipv6: String,
     /// Container-scoped aliases (Docker's `--link NAME:ALIAS` on a user-defined
     /// network): (the linked name, the alias) only this pod resolves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -337,6 +337,12 @@ impl Runtime {
                 RuntimeError::invalid("ipv4", format!("{text:?} is not an IPv4 address"))
             })?),
         };
+        let ipv6 = match request.ipv6.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                RuntimeError::invalid("ipv6", format!("{text:?} is not an IPv6 address"))
+            })?),
+        };
         let endpoint = self
             .cni
             .registry()
@@ -350,6 +356,7 @@ impl Runtime {
                     aliases: request.aliases.clone(),
                     dns_names: request.dns_names.clone(),
                     ipv4,
+                    ipv6,
                     netns,
                     ifname,
                     upstreams: pod

@@ -3,9 +3,9 @@
 //! themselves are kept in the store by the caller.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The subnets tried, in order, when none is configured (podman's default first).
 pub fn default_subnet_candidates() -> impl Iterator<Item = Ipv4Net> {
@@ -31,6 +31,50 @@ pub fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
+/// The IPv6 gateway (the bridge's own address): the subnet's first host (`::1`).
+pub fn gateway6(subnet: &Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
+/// An IPv6 address for a new attachment: `requested` when it is a host address of
+/// `subnet` that is free, else the lowest free one above the gateway (dockerd hands
+/// out a user network's IPv6 addresses in order). `used` holds the addresses taken,
+/// with their holders.
+pub fn pick6(
+    subnet: &Ipv6Net,
+    gateway: Ipv6Addr,
+    requested: Option<Ipv6Addr>,
+    used: &BTreeMap<Ipv6Addr, String>,
+) -> Result<Ipv6Addr, IpamError> {
+    if let Some(ip) = requested {
+        if !subnet.contains(&ip) || ip == subnet.network() || ip == gateway {
+            return Err(IpamError::OutOfRange6 {
+                ip,
+                subnet: *subnet,
+            });
+        }
+        if let Some(holder) = used.get(&ip) {
+            return Err(IpamError::Taken6 {
+                ip,
+                holder: holder.clone(),
+            });
+        }
+        return Ok(ip);
+    }
+    let first = u128::from(subnet.network()) + 1;
+    let last = u128::from(subnet.broadcast());
+    // The used set is small: a free address is found within its size plus two tries.
+    let tries = used.len() as u128 + 2;
+    (first..=last)
+        .take(usize::try_from(tries).unwrap_or(usize::MAX))
+        .map(Ipv6Addr::from)
+        .find(|ip| *ip != gateway && !used.contains_key(ip))
+        .ok_or(IpamError::Exhausted6 {
+            subnet: *subnet,
+            used: used.len(),
+        })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error("no free address left in {subnet} ({used} in use)")]
@@ -39,12 +83,20 @@ pub enum IpamError {
     OutOfRange { ip: Ipv4Addr, subnet: Ipv4Net },
     #[error("requested address {ip} is already in use by {holder}")]
     Taken { ip: Ipv4Addr, holder: String },
+    #[error("no free IPv6 address left in {subnet} ({used} in use)")]
+    Exhausted6 { subnet: Ipv6Net, used: usize },
+    #[error("requested address {ip} is not a pod address of {subnet}")]
+    OutOfRange6 { ip: Ipv6Addr, subnet: Ipv6Net },
+    #[error("requested address {ip} is already in use by {holder}")]
+    Taken6 { ip: Ipv6Addr, holder: String },
 }
 
 impl crate::error::HasKind for IpamError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            IpamError::Exhausted { .. } => crate::error::ErrorKind::ResourceExhausted,
+            IpamError::Exhausted { .. } | IpamError::Exhausted6 { .. } => {
+                crate::error::ErrorKind::ResourceExhausted
+            }
             // A requested address or range that cannot be had.
             _ => crate::error::ErrorKind::InvalidArgument,
         }

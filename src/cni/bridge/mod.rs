@@ -25,11 +25,11 @@ mod ipam;
 mod netlink;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -37,7 +37,7 @@ use super::{Attachment, CniResult, PortMapping};
 use crate::store::{Kind, Store, StoreError, NETWORK_NAMESPACE};
 
 pub use firewall::FirewallError;
-pub use ipam::{choose_subnet, overlaps, IpamError};
+pub use ipam::{choose_subnet, gateway6, overlaps, IpamError};
 pub use netlink::NetlinkError;
 
 /// The network as configured (`[network.bridge]`).
@@ -59,6 +59,12 @@ pub struct BridgeSpec {
     pub internal: bool,
     /// Pod MACs derived from their address (02:42 + the IPv4 bytes), as dockerd's.
     pub mac_from_ip: bool,
+    /// An IPv6 subnet beside the IPv4 one (Docker's `--ipv6`): each pod gets an
+    /// address of it too, and the bridge its gateway. No NAT and no firewall rules
+    /// for IPv6, as dockerd 20.10 without ip6tables.
+    pub subnet6: Option<Ipv6Net>,
+    /// The bridge's IPv6 address; None: the subnet's first host.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl BridgeSpec {
@@ -80,11 +86,22 @@ impl BridgeSpec {
             ip_range: None,
             internal: false,
             mac_from_ip: false,
+            subnet6: None,
+            gateway6: None,
         }
     }
 
     fn gateway_of(&self, subnet: &Ipv4Net) -> Ipv4Addr {
         self.gateway.unwrap_or_else(|| ipam::gateway(subnet))
+    }
+
+    /// The IPv6 subnet and the bridge's address in it, when the network has IPv6.
+    fn ipv6(&self) -> Option<(Ipv6Net, Ipv6Addr)> {
+        let subnet = self.subnet6?.trunc();
+        Some((
+            subnet,
+            self.gateway6.unwrap_or_else(|| ipam::gateway6(&subnet)),
+        ))
     }
 }
 
@@ -201,6 +218,9 @@ struct Lease {
     /// Published while the pod's container runs ([`BridgeNetwork::publish`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     published: Vec<PortMapping>,
+    /// The IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<Ipv6Addr>,
 }
 
 /// A port to publish: `mapping.host_port` is the first host port that will do,
@@ -217,6 +237,9 @@ impl Lease {
         format!("{}/{}", self.network, self.ip)
     }
 }
+
+/// The addresses an attachment asks for: IPv4, IPv6.
+type Requested = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 
 /// The subnet remembered for a network whose subnet was chosen automatically.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -694,6 +717,18 @@ impl BridgeNetwork {
             .ensure_bridge(&self.spec.bridge, gateway, self.spec.mtu)
             .await
             .map_err(|source| self.netlink_error(source))?;
+        if let Some((subnet6, gateway6)) = self.spec.ipv6() {
+            self.sysctl(
+                &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.spec.bridge),
+                "0",
+            )?;
+            let address = Ipv6Net::new(gateway6, subnet6.prefix_len())
+                .unwrap_or_else(|_| Ipv6Net::from(gateway6));
+            netlink
+                .ensure_ipv6_address(&self.spec.bridge, bridge_index, address)
+                .await
+                .map_err(|source| self.netlink_error(source))?;
+        }
         // Host ports reached from 127.0.0.1 are routed to the bridge after DNAT.
         self.sysctl(
             &format!(
@@ -789,8 +824,9 @@ impl BridgeNetwork {
         Ok(subnet)
     }
 
-    fn requested_ip(&self, attachment: &Attachment) -> Result<Option<Ipv4Addr>, BridgeError> {
+    fn requested_ip(&self, attachment: &Attachment) -> Result<Requested, BridgeError> {
         let mut requested = None;
+        let mut requested6 = None;
         for text in &attachment.capability_args.ips {
             let host = text.split('/').next().unwrap_or_default();
             match host.parse::<IpAddr>() {
@@ -802,18 +838,21 @@ impl BridgeNetwork {
                         reason: "more than one IPv4 address requested".into(),
                     })
                 }
+                Ok(IpAddr::V6(ip)) if self.spec.subnet6.is_some() && requested6.is_none() => {
+                    requested6 = Some(ip)
+                }
                 _ => {
                     return Err(BridgeError::InvalidRequest {
                         network: self.spec.bridge.clone(),
                         field: "ips",
                         reason: format!(
-                            "{text:?} is not an IPv4 address (the built-in bridge network is IPv4 only)"
+                            "{text:?} is not an IPv4 address, nor one IPv6 address on a network with IPv6"
                         ),
                     })
                 }
             }
         }
-        Ok(requested)
+        Ok((requested, requested6))
     }
 
     /// Picks and stores the pod's lease (refusing host ports another pod holds).
@@ -821,7 +860,7 @@ impl BridgeNetwork {
         &self,
         state: &mut State,
         attachment: &Attachment,
-        requested: Option<Ipv4Addr>,
+        (requested, requested6): Requested,
     ) -> Result<Lease, BridgeError> {
         let network = &self.spec.bridge;
         let ports = attachment.capability_args.port_mappings.clone();
@@ -839,6 +878,24 @@ impl BridgeNetwork {
                 }
             }
         }
+        let ip6 = match self.spec.ipv6() {
+            None => None,
+            Some((subnet, gateway)) => {
+                let used = state
+                    .leases
+                    .values()
+                    .filter_map(|l| Some((l.ip6?, l.container_id.clone())))
+                    .collect();
+                Some(
+                    ipam::pick6(&subnet, gateway, requested6, &used).map_err(|source| {
+                        BridgeError::Ipam {
+                            network: network.clone(),
+                            source,
+                        }
+                    })?,
+                )
+            }
+        };
         let pool = state.pool.as_mut().ok_or_else(|| BridgeError::Internal {
             network: network.clone(),
             reason: "address pool used before the network was set up".into(),
@@ -855,6 +912,7 @@ impl BridgeNetwork {
             host_veth: host_veth_name(&attachment.container_id, &attachment.ifname),
             ports,
             published: Vec::new(),
+            ip6,
         };
         let name = format!("{network}/{}/{}", lease.container_id, lease.ifname);
         self.store
@@ -905,8 +963,15 @@ impl BridgeNetwork {
             .mac_from_ip
             .then_some([0x02, 0x42, octets[0], octets[1], octets[2], octets[3]]));
         let ifname = attachment.ifname.clone();
+        let ipv6 = match (self.spec.ipv6(), lease.ip6) {
+            (Some((subnet6, gateway6)), Some(ip6)) => Some((
+                Ipv6Net::new(ip6, subnet6.prefix_len()).unwrap_or_else(|_| Ipv6Net::from(ip6)),
+                (!self.spec.internal).then_some(gateway6),
+            )),
+            _ => None,
+        };
         let configured = tokio::task::spawn_blocking(move || {
-            netlink::configure_pod_side(&netns, &ifname, address, gateway, mac)
+            netlink::configure_pod_side(&netns, &ifname, address, gateway, mac, ipv6)
         })
         .await
         .unwrap_or_else(|join| {
@@ -933,6 +998,20 @@ impl BridgeNetwork {
         mac: &str,
     ) -> Result<CniResult, BridgeError> {
         let gateway = self.spec.gateway_of(&ready.subnet);
+        let mut ips = vec![serde_json::json!({
+            "address": format!("{}/{}", lease.ip, ready.subnet.prefix_len()),
+            "gateway": gateway.to_string(),
+            "interface": 2,
+        })];
+        let mut routes = vec![serde_json::json!({"dst": "0.0.0.0/0", "gw": gateway.to_string()})];
+        if let (Some((subnet6, gateway6)), Some(ip6)) = (self.spec.ipv6(), lease.ip6) {
+            ips.push(serde_json::json!({
+                "address": format!("{ip6}/{}", subnet6.prefix_len()),
+                "gateway": gateway6.to_string(),
+                "interface": 2,
+            }));
+            routes.push(serde_json::json!({"dst": "::/0", "gw": gateway6.to_string()}));
+        }
         let raw = serde_json::json!({
             "cniVersion": "1.0.0",
             "interfaces": [
@@ -940,12 +1019,8 @@ impl BridgeNetwork {
                 {"name": lease.host_veth},
                 {"name": attachment.ifname, "mac": mac, "sandbox": path_text(&attachment.netns)},
             ],
-            "ips": [{
-                "address": format!("{}/{}", lease.ip, ready.subnet.prefix_len()),
-                "gateway": gateway.to_string(),
-                "interface": 2,
-            }],
-            "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}],
+            "ips": ips,
+            "routes": routes,
             "dns": {},
         });
         CniResult::parse(raw, "1.0.0").map_err(|reason| BridgeError::Internal {

@@ -6,13 +6,13 @@
 //! opens the socket and does the work there; the daemon's own threads never change
 //! namespace.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
+use ipnet::{Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
@@ -129,6 +129,23 @@ impl Netlink {
             .await
             .map_err(failed(format!("bringing bridge {name} up")))?;
         Ok(index)
+    }
+
+    /// Gives the bridge `gateway/prefix` (IPv6, without duplicate address detection,
+    /// so pods can use it at once) unless it has it.
+    pub async fn ensure_ipv6_address(
+        &self,
+        name: &str,
+        index: u32,
+        gateway: Ipv6Net,
+    ) -> Result<()> {
+        add_ipv6(&self.handle, index, gateway)
+            .await
+            .map_err(failed(format!("adding {gateway} to bridge {name}")))
+            .or_else(|err| match err.errno {
+                Some(EEXIST) => Ok(()),
+                _ => Err(err),
+            })
     }
 
     /// The IPv4 addresses (with their prefixes) of one link, or of all links.
@@ -289,15 +306,36 @@ pub struct PodInterface {
     pub mac: String,
 }
 
+/// An IPv6 address without duplicate address detection (the network hands addresses
+/// out itself, and a tentative address would refuse traffic for a second).
+async fn add_ipv6(
+    handle: &Handle,
+    index: u32,
+    address: Ipv6Net,
+) -> std::result::Result<(), rtnetlink::Error> {
+    let mut request = handle
+        .address()
+        .add(index, IpAddr::V6(address.addr()), address.prefix_len());
+    request
+        .message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await
+}
+
+/// A pod interface's IPv6 address and the default route's gateway (None: no route).
+pub type PodIpv6 = Option<(Ipv6Net, Option<Ipv6Addr>)>;
+
 /// Configures `ifname` inside `netns`: an optional MAC, the address, up, and a default
-/// route through `gateway` (if given and there is none yet). Blocking (runs on its own thread); call it from a blocking
-/// task.
+/// route through `gateway` (if given and there is none yet); the same for IPv6 when
+/// `ipv6` is given. Blocking (runs on its own thread); call it from a blocking task.
 pub fn configure_pod_side(
     netns: &Path,
     ifname: &str,
     address: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     mac: Option<[u8; 6]>,
+    ipv6: PodIpv6,
 ) -> Result<PodInterface> {
     let netns_file = std::fs::File::open(netns).map_err(io_failed(format!(
         "opening network namespace {}",
@@ -320,7 +358,14 @@ pub fn configure_pod_side(
                 .enable_io()
                 .build()
                 .map_err(io_failed("starting a netlink runtime"))?;
-            runtime.block_on(configure_in_namespace(&ifname, address, gateway, mac))
+            if ipv6.is_some() {
+                // This thread's /proc/sys/net is the pod's: IPv6 on for the interface.
+                let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+                if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") {
+                    std::fs::write(&path, "0").map_err(io_failed(format!("writing {path}")))?;
+                }
+            }
+            runtime.block_on(configure_in_namespace(&ifname, address, gateway, mac, ipv6))
         })
         .map_err(io_failed(context.clone()))?;
     thread.join().unwrap_or_else(|_| {
@@ -337,6 +382,7 @@ async fn configure_in_namespace(
     address: Ipv4Net,
     gateway: Option<Ipv4Addr>,
     mac: Option<[u8; 6]>,
+    ipv6: PodIpv6,
 ) -> Result<PodInterface> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(io_failed(
         "opening a route netlink socket in the pod namespace",
@@ -381,6 +427,29 @@ async fn configure_in_namespace(
             let err = failed(format!("adding the default route via {gateway}"))(err);
             if err.errno != Some(EEXIST) {
                 return Err(err);
+            }
+        }
+    }
+    if let Some((address6, gateway6)) = ipv6 {
+        add_ipv6(&handle, index, address6)
+            .await
+            .map_err(failed(format!("adding {address6} to {ifname}")))?;
+        if let Some(gateway6) = gateway6 {
+            let added = handle
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv6Addr>::new()
+                        .gateway(gateway6)
+                        .output_interface(index)
+                        .build(),
+                )
+                .execute()
+                .await;
+            if let Err(err) = added {
+                let err = failed(format!("adding the IPv6 default route via {gateway6}"))(err);
+                if err.errno != Some(EEXIST) {
+                    return Err(err);
+                }
             }
         }
     }
