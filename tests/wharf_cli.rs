@@ -420,6 +420,7 @@ async fn outputs_match_the_docker_cli() {
         "{{.ID}} {{.Image}} {{.Command}} {{.Names}} {{.Labels}} {{.State}}",
         "table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.Names}}",
         "{{json .Names}}",
+        "{{.Names}}: {{.Label \"k\"}}|{{.Label \"missing\"}}",
     ] {
         assert_eq!(
             ok(&docker, &["ps", "-a", "--format", format]),
@@ -427,6 +428,84 @@ async fn outputs_match_the_docker_cli() {
             "ps --format {format}"
         );
     }
+    // Lists and maps print as Go prints them, and a map's range goes in key order.
+    let labelled = unique("cmp-labels");
+    ok(
+        &docker,
+        &[
+            "create", "--name", &labelled, "-l", "zz=26", "-l", "aa=1", "-l", "mm=13", &image,
+            "sleep", "600",
+        ],
+    );
+    for format in [
+        "{{.Config.Cmd}}",
+        "{{.Config.Labels}}",
+        "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}",
+        "{{len .Config.Labels}} {{index .Config.Labels \"mm\"}}",
+    ] {
+        assert_eq!(
+            ok(&docker, &["inspect", "--format", format, &labelled]),
+            docker.ok(&["inspect", "--format", format, &labelled]),
+            "inspect --format {format}"
+        );
+    }
+    ok(&docker, &["rm", &labelled]);
+    let volume = unique("cmp-vol");
+    ok(
+        &docker,
+        &["volume", "create", "--label", "tier=db", &volume],
+    );
+    let format = "{{.Name}} {{.Labels}} {{.Label \"tier\"}}|{{.Label \"none\"}}";
+    assert_eq!(
+        ok(
+            &docker,
+            &[
+                "volume",
+                "ls",
+                "--filter",
+                &format!("name={volume}"),
+                "--format",
+                format
+            ]
+        ),
+        docker.ok(&[
+            "volume",
+            "ls",
+            "--filter",
+            &format!("name={volume}"),
+            "--format",
+            format
+        ]),
+    );
+    ok(&docker, &["volume", "rm", &volume]);
+    let network = unique("cmp-net");
+    ok(
+        &docker,
+        &["network", "create", "--label", "tier=front", &network],
+    );
+    let format = "{{.Name}} {{.Labels}} {{.Label \"tier\"}}|{{.Label \"none\"}}";
+    assert_eq!(
+        ok(
+            &docker,
+            &[
+                "network",
+                "ls",
+                "--filter",
+                &format!("name={network}"),
+                "--format",
+                format
+            ]
+        ),
+        docker.ok(&[
+            "network",
+            "ls",
+            "--filter",
+            &format!("name={network}"),
+            "--format",
+            format
+        ]),
+    );
+    ok(&docker, &["network", "rm", &network]);
     // `container inspect` inspects containers only: a network's name is not one.
     let ours = wharf(&docker, &["container", "inspect", "bridge"]);
     let theirs = docker.run(&["container", "inspect", "bridge"]);

@@ -2,7 +2,6 @@
 //! logs, exec, attach, wait, inspect, top, port, rename, update, diff, export, cp,
 //! commit, stats; and the attached session (`-i`, `-t`) they share.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Subcommand};
@@ -754,20 +753,7 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         .map(|n| n.trim_start_matches('/').to_string())
         .filter(|n| !n.contains('/'))
         .collect();
-    let labels: BTreeMap<String, String> = c
-        .get("Labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let labels_text = labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let labels_text = format::labels_text(c.get("Labels"));
     let mut image = s("Image");
     if trunc && image.starts_with("sha256:") {
         image = format::short_id(&image);
@@ -820,6 +806,7 @@ fn ps_row(c: &Value, trunc: bool) -> Value {
         "Size": size,
         "Names": names.join(","),
         "Labels": labels_text,
+        format::LABEL_MAP: c.get("Labels").cloned().unwrap_or(Value::Null),
         "Mounts": mounts.join(","),
         "Networks": networks.join(","),
         "Platform": Value::Null,

@@ -5,12 +5,13 @@
 //! Templates are evaluated by the `gtmpl` crate (Go's text/template in Rust: fields,
 //! pipelines, `range`, `if`, `with`, `index`, `len`, `printf`...) with docker's extra
 //! functions (`json`, `join`, `split`, `upper`, `lower`, `title`, `truncate`, `pad`),
-//! rather than a hand-written subset. Known differences from Go, documented rather
-//! than hidden: a list or map printed whole (`{{.Config.Env}}`) prints in gtmpl's own
-//! form instead of Go's `[a b]` / `map[k:v]` (use `json` or `join`), `range` over a
-//! map visits keys in an unspecified order (Go sorts them), `json` writes object keys
-//! sorted by name (Go: a struct's in its field order), and methods with arguments
-//! (`.Label "k"`) are not supported (`index .Labels "k"` is).
+//! rather than a hand-written subset. gtmpl is vendored with two patches (see
+//! vendor/gtmpl*/WHARF-PATCH.md) so that lists and maps print as Go's (`[a b]`,
+//! `map[k:v]`), `range` over a map goes in key order, and a list row's `.Label "k"`
+//! method works as on docker's formatter contexts. Two differences remain: `json`
+//! writes object keys sorted by name (Go: a struct's in its field order), and a JSON
+//! null prints `<nil>` where the docker CLI, which decodes known objects into typed
+//! structs, prints an empty list `[]` or map `map[]` for a null slice or map field.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,55 @@ use gtmpl_value::Value as TValue;
 use serde_json::Value;
 
 use super::CliError;
+
+/// The key under which a list row carries its labels as a map, for its `.Label "k"`
+/// method (docker's `.Labels` of a row is the `k=v,...` text); `json` leaves it out.
+pub const LABEL_MAP: &str = "__LabelMap";
+
+/// `.Label "key"` of a list row: the label's value ("" without it). On the header row
+/// (no labels), the column title docker derives from the key: its last `.` part, with
+/// `-` and `_` as spaces, upper-cased.
+fn label_method(args: &[TValue]) -> Result<TValue, FuncError> {
+    let key = arg_string(args, 1, "Label")?;
+    match args.first() {
+        Some(TValue::Map(row) | TValue::Object(row)) => match row.get(LABEL_MAP) {
+            Some(TValue::Map(labels) | TValue::Object(labels)) => Ok(labels
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| TValue::String(String::new()))),
+            _ => {
+                let last = key.rsplit('.').next().unwrap_or(&key);
+                Ok(TValue::String(last.replace(['-', '_'], " ").to_uppercase()))
+            }
+        },
+        _ => Err(FuncError::Generic("Label: not called on a row".into())),
+    }
+}
+
+/// A list row's `.Labels` as docker prints it (`k=v,...`, sorted by key).
+pub fn labels_text(labels: Option<&Value>) -> String {
+    let Some(labels) = labels.and_then(Value::as_object) else {
+        return String::new();
+    };
+    let mut pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+/// serde_json -> gtmpl for a rendered object: a map gets the `Label` method.
+fn to_row_value(value: &Value) -> TValue {
+    match to_template_value(value) {
+        TValue::Map(mut map) => {
+            map.entry("Label".to_string())
+                .or_insert_with(|| TValue::from(label_method as Func));
+            TValue::Map(map)
+        }
+        other => other,
+    }
+}
 
 /// serde_json -> gtmpl, with objects as maps (a missing key prints `<no value>`, as
 /// docker's templates over decoded JSON).
@@ -66,6 +116,7 @@ pub fn from_template_value(value: &TValue) -> Value {
         TValue::Array(items) => Value::Array(items.iter().map(from_template_value).collect()),
         TValue::Object(map) | TValue::Map(map) => Value::Object(
             map.iter()
+                .filter(|(k, v)| k.as_str() != LABEL_MAP && !matches!(v, TValue::Function(_)))
                 .map(|(k, v)| (k.clone(), from_template_value(v)))
                 .collect(),
         ),
@@ -250,7 +301,7 @@ impl Format {
 
     pub fn render(&self, value: &Value) -> Result<String, CliError> {
         self.template
-            .render(&Context::from(to_template_value(value)))
+            .render(&Context::from(to_row_value(value)))
             .map_err(|err| CliError::usage(format!("template: executing the --format: {err}")))
     }
 
@@ -499,5 +550,38 @@ mod tests {
         assert_eq!(out, "CONTAINER ID   NAMES\nabc            n1\n");
         let f = Format::parse("json").unwrap();
         assert_eq!(f.render(&serde_json::json!({"a": 1})).unwrap(), "{\"a\":1}");
+    }
+
+    #[test]
+    fn go_printing_sorted_range_and_the_label_method() {
+        let value = serde_json::json!({
+            "Env": ["A=1", "B=2"],
+            "Labels": {"z": "26", "a": "1", "m": "13"},
+            "Nothing": null,
+            LABEL_MAP: {"com.example.tier": "web"},
+        });
+        let render = |text: &str| Format::parse(text).unwrap().render(&value).unwrap();
+        assert_eq!(render("{{.Env}}"), "[A=1 B=2]");
+        assert_eq!(render("{{.Labels}}"), "map[a:1 m:13 z:26]");
+        assert_eq!(render("{{.Nothing}}"), "<nil>");
+        assert_eq!(
+            render("{{range $k, $v := .Labels}}{{$k}}={{$v}};{{end}}"),
+            "a=1;m=13;z=26;"
+        );
+        assert_eq!(
+            render("{{.Label \"com.example.tier\"}}|{{.Label \"none\"}}"),
+            "web|"
+        );
+        // `json` shows neither the method nor the map behind it.
+        let json = render("{{json .}}");
+        assert!(
+            !json.contains("Label\"") && !json.contains(LABEL_MAP),
+            "{json}"
+        );
+        let f = Format::parse("table {{.Label \"com.example.tier_name\"}}").unwrap();
+        let out = f
+            .render_rows(std::slice::from_ref(&value), &headers(&[]))
+            .unwrap();
+        assert_eq!(out, "TIER NAME\n\n");
     }
 }

@@ -174,6 +174,8 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                         "IPv6": n.get("EnableIPv6").and_then(Value::as_bool).unwrap_or(false).to_string(),
                         "Internal": n.get("Internal").and_then(Value::as_bool).unwrap_or(false).to_string(),
                         "CreatedAt": s("Created"),
+                        "Labels": format::labels_text(n.get("Labels")),
+                        format::LABEL_MAP: n.get("Labels").cloned().unwrap_or(Value::Null),
                     })
                 })
                 .collect();
@@ -185,6 +187,7 @@ pub async fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 ("IPv6", "IPV6"),
                 ("Internal", "INTERNAL"),
                 ("CreatedAt", "CREATED AT"),
+                ("Labels", "LABELS"),
             ]);
             out(&format.render_rows(&rows, &headers)?);
             Ok(())

@@ -128,12 +128,14 @@ pub async fn run(client: &Client, command: VolumeCommand) -> Result<()> {
                 .into_iter()
                 .map(|v| {
                     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                    let labels = v
-                        .get("Labels")
-                        .and_then(Value::as_object)
-                        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default();
-                    json!({"Name": s("Name"), "Driver": s("Driver"), "Scope": s("Scope"), "Mountpoint": s("Mountpoint"), "Labels": labels})
+                    json!({
+                        "Name": s("Name"),
+                        "Driver": s("Driver"),
+                        "Scope": s("Scope"),
+                        "Mountpoint": s("Mountpoint"),
+                        "Labels": format::labels_text(v.get("Labels")),
+                        format::LABEL_MAP: v.get("Labels").cloned().unwrap_or(Value::Null),
+                    })
                 })
                 .collect();
             let headers = format::headers(&[
