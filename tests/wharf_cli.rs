@@ -1401,3 +1401,94 @@ async fn build_like_docker_build() {
         "{run:?}"
     );
 }
+
+/// The PIDS cell of `container`'s row on a live stats screen.
+fn pids_on_screen(screen: &str, container: &str) -> Option<String> {
+    screen
+        .lines()
+        .find(|l| l.contains(container))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_string)
+}
+
+/// `stats` live on a terminal, next to the docker CLI's on the same daemon: the same
+/// header, the container's row redrawn as it changes (its PIDS follow processes
+/// started in it), and ctrl-c ends it.
+#[tokio::test]
+async fn stats_live_on_a_terminal() {
+    let docker = env_pulled().await;
+    let image = docker.image.clone();
+    let name = unique("live");
+    ok(
+        &docker,
+        &["run", "-d", "--name", &name, &image, "sleep", "600"],
+    );
+    let tmux = Tmux::new();
+    let after = "echo EXIT=$?; sleep 600";
+    // The window's shell outlives the ctrl-c (a trap, which its children do not
+    // inherit), to show the exit code.
+    let before = "trap true INT;";
+    let cli = format!("{} -H unix://{}", wharf_binary(), docker.socket().display());
+    tmux.start("wharf", &format!("{before} {cli} stats {name}; {after}"));
+    let docker_cli = format!(
+        "DOCKER_HOST=unix://{} DOCKER_CONFIG={} {}",
+        docker.socket().display(),
+        docker.config_dir().display(),
+        support::docker::docker_cli()
+    );
+    tmux.start(
+        "docker",
+        &format!("{before} {docker_cli} stats {name}; {after}"),
+    );
+    // Wide enough for a row on one line; the next redraw fills the new width.
+    for window in ["main:wharf", "main:docker"] {
+        tmux.cmd(&["resize-window", "-t", window, "-x", "200", "-y", "30"]);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ours = tmux.wait_for("wharf", &name).await;
+    let theirs = tmux.wait_for("docker", &name).await;
+    let header = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains("CONTAINER ID"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(header(&ours), header(&theirs), "{ours}\n{theirs}");
+    assert_eq!(pids_on_screen(&ours, &name).as_deref(), Some("1"), "{ours}");
+
+    // Two more processes: the live table shows them, without a restart of the command.
+    docker.ok(&[
+        "exec",
+        "-d",
+        &name,
+        "sh",
+        "-c",
+        "sleep 300 & sleep 300 & wait",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = (None, None);
+    while Instant::now() < deadline {
+        seen = (
+            pids_on_screen(&tmux.screen("wharf"), &name),
+            pids_on_screen(&tmux.screen("docker"), &name),
+        );
+        if seen == (Some("4".into()), Some("4".into())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        seen,
+        (Some("4".into()), Some("4".into())),
+        "{}\n{}",
+        tmux.screen("wharf"),
+        tmux.screen("docker")
+    );
+
+    // ctrl-c ends it as a SIGINT ends a program (130). (The docker CLI 28 only
+    // cancels its streams at the first one, and leaves the table up.)
+    tmux.keys("wharf", &["C-c"]);
+    let ours = tmux.wait_for("wharf", "EXIT=").await;
+    assert!(ours.lines().any(|l| l.ends_with("EXIT=130")), "{ours}");
+    ok(&docker, &["rm", "-f", &name]);
+}
