@@ -1492,3 +1492,137 @@ async fn stats_live_on_a_terminal() {
     assert!(ours.lines().any(|l| l.ends_with("EXIT=130")), "{ours}");
     ok(&docker, &["rm", "-f", &name]);
 }
+
+/// Sends SIGINT (a ctrl-c) to `child` and waits for it: the status, and how long it took.
+fn interrupt(child: &mut std::process::Child) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    (status, started.elapsed())
+}
+
+/// ctrl-c interrupts the long operations without leaving a half-finished object: a
+/// pull stalled on its layer ends at once and no image shows until the whole image is
+/// stored (the daemon finishes the transfer, as a CRI pull); a build ends at once and
+/// its RUN container and files go (the daemon cancels it, as dockerd).
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_interrupts_pull_and_build_cleanly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let docker = env_pulled().await;
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("data/payload", incompressible(1 << 20, 7)))
+        .build();
+    let layer = image.layers[0].digest.clone();
+    let routes = support::hostile::Routes::for_image("slow/img", "latest", &image);
+    let (stalled, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (s, r) = (stalled.clone(), release.clone());
+    let registry = support::hostile::HostileServer::start("127.0.0.1:0", move |req| {
+        if req.path.contains(&layer) && req.method == "GET" {
+            s.store(true, Ordering::SeqCst);
+            // The handler is called on a runtime worker: the wait hands the worker's
+            // other tasks (this test's among them) to the others.
+            tokio::task::block_in_place(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !r.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        routes.serve(req)
+    })
+    .await;
+    let reference = format!("{}/slow/img:latest", registry.host());
+    let mut pull = wharf_command(&docker)
+        .args(["pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wharf pull");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stalled.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never asked for its layer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, took) = interrupt(&mut pull);
+    assert!(!status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the pull took {took:?} to stop"
+    );
+    let listed = |docker: &DockerEnv| ok(docker, &["images", "--format", "{{.Repository}}"]);
+    assert!(!listed(&docker).contains("slow/img"), "{}", listed(&docker));
+    release.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listed(&docker).contains("slow/img") {
+        assert!(Instant::now() < deadline, "the pull was not finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let layers = ok(
+        &docker,
+        &[
+            "image",
+            "inspect",
+            "-f",
+            "{{len .RootFS.Layers}}",
+            &reference,
+        ],
+    );
+    assert_eq!(layers, "1");
+
+    // A build in its RUN.
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\nRUN sleep 120\n", docker.image),
+    )
+    .unwrap();
+    let mut build = wharf_command(&docker)
+        .args([
+            "build",
+            "-t",
+            "cut-build",
+            &ctx.path().display().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wharf build");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok(&docker, &["ps", "-q"]).is_empty() {
+        assert!(Instant::now() < deadline, "the build's RUN never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, took) = interrupt(&mut build);
+    assert!(!status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the build took {took:?} to stop"
+    );
+    let builds = docker.env.daemon.paths.root.join("docker/builds");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = ok(&docker, &["ps", "-aq"]);
+        let files = std::fs::read_dir(&builds).map(|d| d.count()).unwrap_or(0);
+        if left.is_empty() && files == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled build left containers {left:?} and {files} build dirs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!listed(&docker).contains("cut-build"));
+}
