@@ -33,6 +33,11 @@ impl crate::error::HasKind for MonitorError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
             MonitorError::Timeout(_) => crate::error::ErrorKind::DeadlineExceeded,
+            // A command the image does not have is the request's fault, found by the
+            // runtime (moby classifies the same words as an invalid parameter).
+            MonitorError::Create(message) if command_not_found(message) => {
+                crate::error::ErrorKind::InvalidArgument
+            }
             // What a config or the host can get wrong is refused before the runtime
             // runs (InvalidArgument, FailedPrecondition); a runtime failure is Internal,
             // with the runtime's whole cause chain in the message.
@@ -41,6 +46,14 @@ impl crate::error::HasKind for MonitorError {
             }
         }
     }
+}
+
+/// Whether a runtime's create failure says the process's executable is missing
+/// (youki: "executable 'x' not found in $PATH"; runc: "executable file not found in
+/// $PATH").
+fn command_not_found(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("executable") && (m.contains("not found") || m.contains("no such file or directory"))
 }
 
 /// `<bundle>/monitor.json`: who the monitor and the container's init are. Start times
