@@ -272,3 +272,44 @@ fn print_config_shows_file_and_flag_values() {
     assert_eq!(printed["log"]["format"].as_str(), Some("json"));
     assert_eq!(printed["state"].as_str(), Some("/run/wharf"));
 }
+
+/// The soft limit of the open-file limit of process `pid`.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"))
+}
+
+/// Many idle clients (more than the usual soft limit of 1024 open files) do not
+/// exhaust wharfd: it raises its soft limit to the hard one at start, as Go daemons
+/// do, and keeps serving the CRI and the Docker API while they hang on.
+#[tokio::test]
+async fn many_idle_clients_do_not_exhaust_the_daemon() {
+    let mut docker = support::docker::DockerEnv::start_pulled().await;
+    assert!(docker.env.daemon.stop().success());
+    docker.env.daemon.nofile = Some((1024, 16384));
+    docker.env.daemon.restart().await;
+    let pid = docker.env.daemon.pid();
+    assert_eq!(soft_nofile(pid), 16384);
+    let mut idle = Vec::new();
+    for i in 0..1500 {
+        let socket = if i % 3 == 0 {
+            docker.env.daemon.paths.cri_socket.clone()
+        } else {
+            docker.socket()
+        };
+        idle.push(std::os::unix::net::UnixStream::connect(&socket).expect("an idle client"));
+    }
+    // Still served, with the clients connected.
+    assert_eq!(
+        docker.ok(&["run", "--rm", &docker.image, "echo", "served"]),
+        "served"
+    );
+    let mut client = docker.env.daemon.runtime_client().await;
+    assert!(client.version(VersionRequest::default()).await.is_ok());
+    drop(idle);
+}

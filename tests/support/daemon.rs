@@ -91,6 +91,8 @@ pub struct Daemon {
     pub cgroup_parent: String,
     /// Extra environment of the next (re)start, e.g. a crash point.
     pub env: Vec<(String, String)>,
+    /// The open-file limit (soft, hard) of the next (re)start; None: the test's.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Daemon {
@@ -155,6 +157,7 @@ impl Daemon {
             child: None,
             cgroup_parent,
             env: Vec::new(),
+            nofile: None,
         };
         daemon.spawn().await;
         daemon
@@ -172,7 +175,22 @@ impl Daemon {
             .append(true)
             .open(&self.paths.log)
             .expect("open wharfd log file");
-        let child = Command::new(wharfd_binary())
+        let mut command = Command::new(wharfd_binary());
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command
             .args(self.paths.args())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
