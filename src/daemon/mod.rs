@@ -531,6 +531,25 @@ impl ServedSocket {
     }
 }
 
+/// Raises the soft limit of open files to the hard one, as Go programs (containerd,
+/// dockerd) do at start: every client connection, container log and monitor channel
+/// is a descriptor, and the usual soft limit (1024) is reached by a few hundred idle
+/// clients, after which accept() and every open fails. Containers inherit it, as they
+/// inherit containerd's.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}")
+            }
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!("reading the open-file limit: {err}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,24 +605,5 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let err = create_dir(&file, 0o711).unwrap_err().to_string();
         assert!(err.contains(&file.display().to_string()) && err.contains("not a directory"));
-    }
-}
-
-/// Raises the soft limit of open files to the hard one, as Go programs (containerd,
-/// dockerd) do at start: every client connection, container log and monitor channel
-/// is a descriptor, and the usual soft limit (1024) is reached by a few hundred idle
-/// clients, after which accept() and every open fails. Containers inherit it, as they
-/// inherit containerd's.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(err) => {
-                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}")
-            }
-        },
-        Ok(_) => {}
-        Err(err) => tracing::warn!("reading the open-file limit: {err}"),
     }
 }
