@@ -313,3 +313,46 @@ async fn many_idle_clients_do_not_exhaust_the_daemon() {
     assert!(client.version(VersionRequest::default()).await.is_ok());
     drop(idle);
 }
+
+/// A container that forks until its pids limit stays within it, and neither wharfd nor
+/// the removal of the container suffers.
+#[tokio::test]
+async fn a_fork_bomb_stays_in_its_pids_limit() {
+    let docker = support::docker::DockerEnv::start_pulled().await;
+    let name = support::pods::unique("bomb");
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--pids-limit",
+        "40",
+        &docker.image,
+        "sh",
+        "-c",
+        "bomb() { bomb | bomb & }; bomb; sleep 600",
+    ]);
+    let mut most = 0u64;
+    // (Each `stats --no-stream` samples the CPU over about a second.)
+    for _ in 0..4 {
+        let pids: u64 = docker
+            .ok(&["stats", "--no-stream", "--format", "{{.PIDs}}", &name])
+            .parse()
+            .unwrap_or(0);
+        most = most.max(pids);
+    }
+    assert!(most > 5, "the bomb did not fork ({most} processes)");
+    assert!(most <= 40, "{most} processes past a limit of 40");
+    assert_eq!(
+        docker.ok(&["version", "--format", "{{.Server.Os}}"]),
+        "linux"
+    );
+    let removed = std::time::Instant::now();
+    docker.ok(&["rm", "-f", &name]);
+    assert!(
+        removed.elapsed() < Duration::from_secs(20),
+        "the removal took {:?}",
+        removed.elapsed()
+    );
+    assert_eq!(docker.ok(&["ps", "-aq"]), "");
+}
