@@ -83,6 +83,16 @@ fn fetch(docker: &DockerEnv, container: &str, ip: &str) -> String {
     panic!("GET http://{ip}/ in {container} failed: {last:?}");
 }
 
+/// Each `(what, body, status, words)`: `POST /networks/create` with the body answers
+/// the status with the words.
+fn refused_network_creates(docker: &DockerEnv, cases: Vec<(&str, String, u16, &str)>) {
+    for (what, body, status, message) in cases {
+        let (got, _, text) = docker.http("POST", "/networks/create", Some(&body));
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(message), "{what}: {text}");
+    }
+}
+
 fn run_httpd(docker: &DockerEnv, name: &str, network: &str, alias: &str) {
     docker.ok(&[
         "run",
@@ -399,11 +409,7 @@ async fn bad_input_gets_dockerd_errors_and_changes_nothing() {
             "overlay9\\\" not found",
         ),
     ];
-    for (what, body, status, message) in cases {
-        let (got, _, text) = docker.http("POST", "/networks/create", Some(&body));
-        assert_eq!(got, status, "{what}: {text}");
-        assert!(text.contains(message), "{what}: {text}");
-    }
+    refused_network_creates(&docker, cases);
     let holder = unique("holder");
     docker.ok(&[
         "run",
@@ -984,11 +990,7 @@ async fn ipv6_networks() {
             "invalid CIDR address: fd00::zz/64",
         ),
     ];
-    for (what, body, status, message) in cases {
-        let (got, _, text) = docker.http("POST", "/networks/create", Some(&body));
-        assert_eq!(got, status, "{what}: {text}");
-        assert!(text.contains(message), "{what}: {text}");
-    }
+    refused_network_creates(&docker, cases);
     let taken = docker.fails(&[
         "run",
         "-d",

@@ -450,62 +450,16 @@ async fn outputs_match_the_docker_cli() {
         );
     }
     ok(&docker, &["rm", &labelled]);
-    let volume = unique("cmp-vol");
-    ok(
-        &docker,
-        &["volume", "create", "--label", "tier=db", &volume],
-    );
-    let format = "{{.Name}} {{.Labels}} {{.Label \"tier\"}}|{{.Label \"none\"}}";
-    assert_eq!(
-        ok(
-            &docker,
-            &[
-                "volume",
-                "ls",
-                "--filter",
-                &format!("name={volume}"),
-                "--format",
-                format
-            ]
-        ),
-        docker.ok(&[
-            "volume",
-            "ls",
-            "--filter",
-            &format!("name={volume}"),
-            "--format",
-            format
-        ]),
-    );
-    ok(&docker, &["volume", "rm", &volume]);
-    let network = unique("cmp-net");
-    ok(
-        &docker,
-        &["network", "create", "--label", "tier=front", &network],
-    );
-    let format = "{{.Name}} {{.Labels}} {{.Label \"tier\"}}|{{.Label \"none\"}}";
-    assert_eq!(
-        ok(
-            &docker,
-            &[
-                "network",
-                "ls",
-                "--filter",
-                &format!("name={network}"),
-                "--format",
-                format
-            ]
-        ),
-        docker.ok(&[
-            "network",
-            "ls",
-            "--filter",
-            &format!("name={network}"),
-            "--format",
-            format
-        ]),
-    );
-    ok(&docker, &["network", "rm", &network]);
+    // `.Labels` and `.Label` of volume and network rows.
+    for kind in ["volume", "network"] {
+        let name = unique(&format!("cmp-{kind}"));
+        ok(&docker, &[kind, "create", "--label", "tier=db", &name]);
+        let filter = format!("name={name}");
+        let format = "{{.Name}} {{.Labels}} {{.Label \"tier\"}}|{{.Label \"none\"}}";
+        let ls = [kind, "ls", "--filter", &filter, "--format", format];
+        assert_eq!(ok(&docker, &ls), docker.ok(&ls), "{kind} ls");
+        ok(&docker, &[kind, "rm", &name]);
+    }
     // `container inspect` inspects containers only: a network's name is not one.
     let ours = wharf(&docker, &["container", "inspect", "bridge"]);
     let theirs = docker.run(&["container", "inspect", "bridge"]);
