@@ -323,6 +323,26 @@ async fn add_ipv6(
     request.execute().await
 }
 
+/// Adds a default route; one already there (a second network's interface finds the
+/// first's) is kept.
+async fn add_default_route(
+    handle: &Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    via: &str,
+) -> Result<()> {
+    match handle.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let err = failed(format!("adding the default route {via}"))(err);
+            if err.errno == Some(EEXIST) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 /// A pod interface's IPv6 address and the default route's gateway (None: no route).
 pub type PodIpv6 = Option<(Ipv6Net, Option<Ipv6Addr>)>;
 
@@ -413,44 +433,22 @@ async fn configure_in_namespace(
         .map_err(failed(format!("adding {address} to {ifname}")))?;
     // A second network's interface finds the first's default route in place: kept.
     if let Some(gateway) = gateway {
-        let added = handle
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gateway)
-                    .output_interface(index)
-                    .build(),
-            )
-            .execute()
-            .await;
-        if let Err(err) = added {
-            let err = failed(format!("adding the default route via {gateway}"))(err);
-            if err.errno != Some(EEXIST) {
-                return Err(err);
-            }
-        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        add_default_route(&handle, route, &format!("via {gateway}")).await?;
     }
     if let Some((address6, gateway6)) = ipv6 {
         add_ipv6(&handle, index, address6)
             .await
             .map_err(failed(format!("adding {address6} to {ifname}")))?;
         if let Some(gateway6) = gateway6 {
-            let added = handle
-                .route()
-                .add(
-                    RouteMessageBuilder::<Ipv6Addr>::new()
-                        .gateway(gateway6)
-                        .output_interface(index)
-                        .build(),
-                )
-                .execute()
-                .await;
-            if let Err(err) = added {
-                let err = failed(format!("adding the IPv6 default route via {gateway6}"))(err);
-                if err.errno != Some(EEXIST) {
-                    return Err(err);
-                }
-            }
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gateway6)
+                .output_interface(index)
+                .build();
+            add_default_route(&handle, route, &format!("via {gateway6}")).await?;
         }
     }
     let mut links = handle.link().get().match_index(index).execute();
