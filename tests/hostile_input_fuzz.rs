@@ -1,8 +1,9 @@
 //! Generated hostile input (issue 24), on stable Rust with proptest: the Dockerfile
 //! parser and its word expansion, `.dockerignore` patterns, image references, CNI
 //! results, the layer unpacker (tar streams of crafted entries: `..`, absolute names,
-//! links out, whiteouts, long names, duplicates) and the Docker API's request bodies
-//! and query strings against a real wharfd.
+//! links out, whiteouts, long names, duplicates), the Docker API's request bodies and
+//! query strings against a real wharfd, and CRI container configs through the spec
+//! generator and the runtime's create (refused as bad input, never Internal).
 //!
 //! The rule for each target: no panic, no hang; the unpacker writes nothing outside
 //! its destination; the API answers every request with a 2xx or a 4xx (never a 5xx,
@@ -532,4 +533,172 @@ async fn the_docker_api_answers_hostile_bodies_and_queries_with_4xx() {
     );
     let mut log = std::io::stderr();
     let _ = writeln!(log, "docker api: {} cases", cases());
+}
+
+/// CRI container configs through the spec generator and the runtime's create: the
+/// fields a kubelet fills, with hostile values. Host paths stay under `dir` (a create
+/// makes a missing bind source, as containerd does).
+fn container_config(
+    image: String,
+    dir: std::path::PathBuf,
+) -> impl Strategy<Value = k8s_cri::v1::ContainerConfig> {
+    use k8s_cri::v1 as cri;
+    let host_path = {
+        let dir = dir.clone();
+        prop_oneof![
+            Just(dir.join("file")),
+            Just(dir.join("dir")),
+            "[a-z]{1,6}".prop_map(move |n| dir.join(format!("made-{n}"))),
+        ]
+    };
+    let mount = (hostile_text(), host_path, any::<bool>(), 0..4i32).prop_map(
+        |(container_path, host_path, readonly, propagation)| cri::Mount {
+            container_path,
+            host_path: host_path.display().to_string(),
+            readonly,
+            propagation,
+            ..Default::default()
+        },
+    );
+    let kv = (hostile_text(), hostile_text()).prop_map(|(key, value)| cri::KeyValue { key, value });
+    let caps = proptest::collection::vec(
+        prop_oneof![
+            Just("NET_ADMIN".to_string()),
+            Just("CAP_SYS_TIME".to_string()),
+            Just("ALL".to_string()),
+            hostile_text()
+        ],
+        0..3,
+    );
+    let security = (
+        proptest::option::of(any::<i64>()),
+        hostile_text(),
+        any::<bool>(),
+        caps.clone(),
+        caps,
+        0..3i32,
+        hostile_text(),
+    )
+        .prop_map(
+            move |(uid, username, readonly, add, drop, seccomp_type, profile)| {
+                cri::LinuxContainerSecurityContext {
+                    run_as_user: uid.map(|value| cri::Int64Value { value }),
+                    run_as_username: username,
+                    readonly_rootfs: readonly,
+                    capabilities: Some(cri::Capability {
+                        add_capabilities: add,
+                        drop_capabilities: drop,
+                        ..Default::default()
+                    }),
+                    seccomp: Some(cri::SecurityProfile {
+                        profile_type: seccomp_type,
+                        localhost_ref: profile,
+                    }),
+                    ..Default::default()
+                }
+            },
+        );
+    let resources = (
+        any::<i64>(),
+        any::<i64>(),
+        any::<i64>(),
+        any::<i64>(),
+        hostile_text(),
+    )
+        .prop_map(
+            |(period, quota, shares, memory, cpuset)| cri::LinuxContainerResources {
+                cpu_period: period,
+                cpu_quota: quota,
+                cpu_shares: shares,
+                memory_limit_in_bytes: memory,
+                cpuset_cpus: cpuset,
+                ..Default::default()
+            },
+        );
+    (
+        proptest::collection::vec(hostile_text(), 0..3),
+        proptest::collection::vec(hostile_text(), 0..3),
+        hostile_text(),
+        proptest::collection::vec(kv, 0..3),
+        proptest::collection::vec(mount, 0..3),
+        proptest::option::of(security),
+        proptest::option::of(resources),
+        hostile_text(),
+    )
+        .prop_map(
+            move |(command, args, working_dir, envs, mounts, security, resources, log_path)| {
+                cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "fuzz".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    command,
+                    args,
+                    working_dir,
+                    envs,
+                    mounts,
+                    log_path,
+                    linux: Some(cri::LinuxContainerConfig {
+                        resources,
+                        security_context: security,
+                    }),
+                    ..Default::default()
+                }
+            },
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_container_configs_are_refused_as_bad_input_never_internal() {
+    use k8s_cri::v1 as cri;
+    let mut env = support::pods::PodEnv::start().await;
+    let pod = env.pod_config(&support::pods::unique("fuzz"));
+    let pod_id = env.run_pod(&pod).await;
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-fuzz-cri-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::write(dir.path().join("file"), "file").unwrap();
+    std::fs::create_dir(dir.path().join("dir")).unwrap();
+    let strategy = container_config(env.image.clone(), dir.path().to_path_buf());
+    let handle = tokio::runtime::Handle::current();
+    let mut runner = runner();
+    // The runner calls a plain closure: the client is lent to it for the run.
+    let shared = std::cell::RefCell::new(&mut env);
+    let result = tokio::task::block_in_place(|| {
+        runner
+            .run(&strategy, |config| {
+                let mut env = shared.borrow_mut();
+                let created = handle.block_on(env.create(&pod_id, &pod, &config));
+                match created {
+                    Ok(id) => {
+                        handle.block_on(env.remove_container(&id));
+                    }
+                    Err(status) => {
+                        prop_assert!(
+                            !matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown),
+                            "{:?}: {}\n{config:?}",
+                            status.code(),
+                            status.message()
+                        );
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|err| err.to_string())
+    });
+    let shared = shared.into_inner();
+    let left = shared
+        .list_containers(cri::ContainerFilter::default())
+        .await;
+    for container in &left {
+        shared.remove_container(&container.id).await;
+    }
+    result.unwrap();
+    shared.stop_pod(&pod_id).await;
+    shared.remove_pod(&pod_id).await;
 }

@@ -69,6 +69,7 @@ impl Runtime {
         if config.name.is_empty() {
             return Err(RuntimeError::invalid("name", "is empty"));
         }
+        reject_nul_bytes(&config)?;
         let image_name = config.image.clone();
         if image_name.is_empty() {
             return Err(RuntimeError::invalid("config.image.image", "is empty"));
@@ -1090,6 +1091,36 @@ fn check_within_pod(config: &ContainerSpec, pod: &PodSpec, pod_id: &str) -> Resu
 /// containerd does (as strings: an absolute `log_path` is still inside the directory).
 /// A path whose `..` would leave the directory is refused; the file itself is opened
 /// without following a symlink (`monitor::watch::open_log`). Empty when either is.
+/// A NUL byte cannot stand in a path, an argument or an environment entry (the
+/// kernel takes C strings): refused by name, before anything is made, instead of
+/// failing in the monitor's or the runtime's exec.
+fn reject_nul_bytes(config: &ContainerSpec) -> Result<()> {
+    let mut fields: Vec<(String, &str)> = vec![
+        ("name".into(), &config.name),
+        ("image".into(), &config.image),
+        ("working_dir".into(), &config.working_dir),
+        ("log_path".into(), &config.log_path),
+    ];
+    for (i, word) in config.command.iter().enumerate() {
+        fields.push((format!("command[{i}]"), word));
+    }
+    for (i, word) in config.args.iter().enumerate() {
+        fields.push((format!("args[{i}]"), word));
+    }
+    for (i, (key, value)) in config.env.iter().enumerate() {
+        fields.push((format!("envs[{i}].key"), key));
+        fields.push((format!("envs[{i}].value"), value));
+    }
+    for (i, mount) in config.mounts.iter().enumerate() {
+        fields.push((format!("mounts[{i}].container_path"), &mount.container_path));
+        fields.push((format!("mounts[{i}].host_path"), &mount.host_path));
+    }
+    match fields.into_iter().find(|(_, value)| value.contains('\0')) {
+        Some((field, _)) => Err(RuntimeError::invalid(field, "contains a NUL byte")),
+        None => Ok(()),
+    }
+}
+
 fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
     if log_directory.is_empty() || log_path.is_empty() {
         return Ok(String::new());

@@ -52,6 +52,51 @@ pub fn host_swap_limit_supported() -> bool {
 /// limit (when the host can limit swap: swap = limit unless memory_swap_limit_in_bytes
 /// is set, so the container cannot swap, as containerd), hugepage limits, the cgroup v2 `unified` map, pids limit from
 /// the options.
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+const ONLINE_NODES: &str = "/sys/devices/system/node/online";
+
+/// The numbers of a cpuset list (`0-3,5`); None when it is not one.
+fn cpuset_numbers(text: &str) -> Option<std::collections::BTreeSet<u32>> {
+    let mut numbers = std::collections::BTreeSet::new();
+    for item in text.trim().split(',') {
+        let (first, last) = match item.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = item.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if first > last || last - first > 65_536 {
+            return None;
+        }
+        numbers.extend(first..=last);
+    }
+    Some(numbers)
+}
+
+/// A cpuset list checked as dockerd checks it: its syntax, and that the host has each
+/// CPU (memory node) it names (`online`: the host's list; a host without it, as one
+/// without NUMA nodes, has node 0).
+fn cpuset(text: &str, field: &str, online: &str) -> Result<Option<String>, SpecError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason: String| SpecError::invalid(format!("linux.resources.{field}"), reason);
+    let asked = cpuset_numbers(text)
+        .ok_or_else(|| invalid(format!("{text:?} is not a list like 0-3,5")))?;
+    let available = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+    let available = cpuset_numbers(&available).unwrap_or_default();
+    if let Some(missing) = asked.iter().find(|n| !available.contains(n)) {
+        return Err(invalid(format!(
+            "{missing} is not available on this host (available: {})",
+            std::fs::read_to_string(online)
+                .unwrap_or_else(|_| "0".into())
+                .trim()
+        )));
+    }
+    Ok(Some(text.to_string()))
+}
+
 pub fn resources(
     res: Option<&crate::runtime::model::Resources>,
     opts: &SpecOptions,
@@ -78,10 +123,25 @@ pub fn resources(
     };
     let mut cpu = LinuxCpu::default();
     cpu.set_shares(nonneg(r.cpu_shares, "cpu_shares")?);
-    cpu.set_period(nonneg(r.cpu_period, "cpu_period")?);
+    // The kernel's CFS bounds: a period of 1 ms to 1 s, a quota of at least 1 ms (or
+    // -1, no limit). Outside them the cgroup write fails in the runtime.
+    let period = nonneg(r.cpu_period, "cpu_period")?;
+    if let Some(period) = period.filter(|p| !(1_000..=1_000_000).contains(p)) {
+        return Err(SpecError::invalid(
+            "linux.resources.cpu_period",
+            format!("{period} µs is outside 1000 to 1000000 (1 ms to 1 s)"),
+        ));
+    }
+    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < 1_000 {
+        return Err(SpecError::invalid(
+            "linux.resources.cpu_quota",
+            format!("{} µs is below 1000 (1 ms; -1 for no limit)", r.cpu_quota),
+        ));
+    }
+    cpu.set_period(period);
     cpu.set_quota((r.cpu_quota != 0).then_some(r.cpu_quota));
-    cpu.set_cpus((!r.cpuset_cpus.is_empty()).then(|| r.cpuset_cpus.clone()));
-    cpu.set_mems((!r.cpuset_mems.is_empty()).then(|| r.cpuset_mems.clone()));
+    cpu.set_cpus(cpuset(&r.cpuset_cpus, "cpuset_cpus", ONLINE_CPUS)?);
+    cpu.set_mems(cpuset(&r.cpuset_mems, "cpuset_mems", ONLINE_NODES)?);
     if cpu != LinuxCpu::default() {
         out.set_cpu(Some(cpu));
     }
@@ -134,6 +194,47 @@ mod tests {
     use crate::runtime::spec::test_support::*;
 
     #[test]
+    fn cpusets_and_cfs_bounds_are_checked_before_the_runtime() {
+        let refused = |r: Resources, words: &str| {
+            let mut cfg = config();
+            cfg.resources = Some(r);
+            let err = build(&cfg).expect_err(words).to_string();
+            assert!(err.contains(words), "{err}");
+        };
+        for bad in ["\\", "1-0", "0,,1", "a", "0-", "4294967295"] {
+            refused(
+                Resources {
+                    cpuset_cpus: bad.into(),
+                    ..Default::default()
+                },
+                "cpuset_cpus",
+            );
+        }
+        refused(
+            Resources {
+                cpuset_mems: "99".into(),
+                ..Default::default()
+            },
+            "not available on this host",
+        );
+        refused(
+            Resources {
+                cpu_period: 999,
+                ..Default::default()
+            },
+            "cpu_period",
+        );
+        refused(
+            Resources {
+                cpu_quota: 5,
+                ..Default::default()
+            },
+            "cpu_quota",
+        );
+        assert_eq!(cpuset_numbers("0-2,5").unwrap().len(), 4);
+    }
+
+    #[test]
     fn resources_in_spec() {
         let mut cfg = config();
         cfg.resources = Some(Resources {
@@ -141,7 +242,7 @@ mod tests {
             cpu_quota: 50_000,
             cpu_shares: 512,
             memory_limit_in_bytes: 64 << 20,
-            cpuset_cpus: "0-1".into(),
+            cpuset_cpus: "0".into(),
             hugepage_limits: vec![HugepageLimit {
                 page_size: "2MB".into(),
                 limit: 4 << 20,
@@ -157,7 +258,7 @@ mod tests {
             (cpu.shares(), cpu.quota(), cpu.period()),
             (Some(512), Some(50_000), Some(100_000))
         );
-        assert_eq!(cpu.cpus().as_deref(), Some("0-1"));
+        assert_eq!(cpu.cpus().as_deref(), Some("0"));
         let mem = r.memory().unwrap();
         assert_eq!(mem.limit(), Some(64 << 20));
         assert_eq!(mem.swap(), Some(64 << 20));
