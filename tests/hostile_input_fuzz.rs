@@ -490,6 +490,12 @@ async fn the_docker_api_answers_hostile_bodies_and_queries_with_4xx() {
     );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("not found"), "{text}");
+    // Found by the CRI target: a working directory the image lacks failed the create;
+    // it is made, as dockerd makes it.
+    assert_eq!(
+        docker.ok(&["run", "--rm", "-w", "/made/by/run", &image, "pwd"]),
+        "/made/by/run"
+    );
     let mut runner = runner();
     let strategy = (create_body(image.clone()), query_text(), any_json());
     let result = tokio::task::block_in_place(|| {

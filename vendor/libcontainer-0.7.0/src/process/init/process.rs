@@ -254,6 +254,17 @@ pub fn container_init_process(
         // This chdir must run before setting up the user.
         // This may allow the user running youki to access directories
         // that the container user cannot access.
+        // wharf: a cwd missing from the rootfs is made (as root, in the container's
+        // root: symlinks resolve inside it), as runc and dockerd make it.
+        let missing = matches!(unistd::chdir(ctx.process.cwd()), Err(nix::Error::ENOENT));
+        if missing {
+            if let Err(err) = std::fs::create_dir_all(ctx.process.cwd()) {
+                tracing::error!(?err, "failed to create the cwd");
+                return Err(InitProcessError::NixOther(nix::Error::from_raw(
+                    err.raw_os_error().unwrap_or(nix::libc::ENOENT),
+                )));
+            }
+        }
         match unistd::chdir(ctx.process.cwd()) {
             std::result::Result::Ok(_) => false,
             Err(nix::Error::EPERM) => true,
