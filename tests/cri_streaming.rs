@@ -688,9 +688,16 @@ async fn attach_with_a_tty() {
     let mut env = PodEnv::start().await;
     let pod = env.pod_config("stream-attach-tty");
     let pod_id = env.run_pod(&pod).await;
+    // The resize travels on its own stream, unordered with stdin: the shell waits
+    // (5 s at most) for the size to arrive before printing it.
     let mut config = env.container_config(
         "term",
-        &["sh", "-c", "read x; stty size; echo got:$x; exit 0"],
+        &[
+            "sh",
+            "-c",
+            "read x; for i in $(seq 50); do s=$(stty size 2>/dev/null); \
+             [ \"$s\" = \"22 77\" ] && break; sleep 0.1; done; echo \"$s\"; echo got:$x; exit 0",
+        ],
     );
     config.stdin = true;
     config.stdin_once = true;
