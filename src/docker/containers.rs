@@ -631,7 +631,7 @@ pub(super) async fn inspect(
         object
             .entry("LogConfig")
             .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
-        object.insert("Links".into(), super::links::inspect_links(&c));
+        object.insert("Links".into(), super::links::inspect_links(&c, &ext.create));
         // What `update` may have changed since the create reads back as it is now.
         let (policy, retries) = match c.spec.restart {
             RestartPolicy::No => ("no", 0),

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use super::containers::{extension, find};
 use super::convert::bounded;
+use super::convert::Extension;
 use super::error::ApiError;
-use super::{DockerServer, NAMESPACE};
+use super::DockerServer;
 use crate::runtime::{ContainerRecord, ContainerState};
 
 /// One `--link`: the linked container's name and the alias the linking one uses.
@@ -135,9 +136,13 @@ pub fn check(
 
 /// Whether a container is on the default bridge (its network mode default or bridge).
 fn on_bridge(server: &DockerServer, c: &ContainerRecord) -> bool {
-    let ext = extension(c);
+    on_bridge_with(server, &extension(c), c)
+}
+
+/// [`on_bridge`] with the container's extension already read.
+fn on_bridge_with(server: &DockerServer, ext: &Extension, c: &ContainerRecord) -> bool {
     matches!(
-        super::containers::network_mode(&ext).as_str(),
+        super::containers::network_mode(ext).as_str(),
         "" | "default" | "bridge"
     ) && server.runtime.pod_ip(&c.pod_id).is_some()
 }
@@ -188,9 +193,8 @@ pub fn link_env(parent: &str, link: &Link, child: &ContainerRecord, ip: &str) ->
     env
 }
 
-/// The links and extra hosts stored with a container's create body.
-fn stored(c: &ContainerRecord) -> (Vec<String>, Vec<String>) {
-    let create = &extension(c).create;
+/// The links and extra hosts of a container's stored create body.
+fn stored(create: &Value) -> (Vec<String>, Vec<String>) {
     let list = |pointer: &str| -> Vec<String> {
         create
             .pointer(pointer)
@@ -208,8 +212,8 @@ fn stored(c: &ContainerRecord) -> (Vec<String>, Vec<String>) {
 }
 
 /// `HostConfig.Links` as dockerd's inspect shows them: `/child:/parent/alias`.
-pub fn inspect_links(c: &ContainerRecord) -> Value {
-    let (links, _) = stored(c);
+pub fn inspect_links(c: &ContainerRecord, create: &Value) -> Value {
+    let (links, _) = stored(create);
     if links.is_empty() {
         return Value::Null;
     }
@@ -229,7 +233,8 @@ pub async fn prepare_start(server: &DockerServer, c: &ContainerRecord) -> Result
     let Some(pod) = server.runtime.pod(&c.pod_id) else {
         return Ok(());
     };
-    let (links, extra_hosts) = stored(c);
+    let ext = extension(c);
+    let (links, extra_hosts) = stored(&ext.create);
     let own_ip = first_ip(server, c);
     let mut entries: Vec<(String, String)> = Vec::new();
     for entry in &extra_hosts {
@@ -248,16 +253,14 @@ pub async fn prepare_start(server: &DockerServer, c: &ContainerRecord) -> Result
         };
         entries.push((ip, host));
     }
-    if on_bridge(server, c) {
+    if on_bridge_with(server, &ext, c) {
         let mut seen = HashSet::new();
         for link in links.iter().filter_map(|l| parse_link(l).ok()) {
             if !seen.insert(link.alias.clone()) {
                 continue;
             }
-            let child = server
-                .runtime
-                .find_container(NAMESPACE, &link.name)
-                .or_else(|| find(server, &link.name).ok());
+            // By name first, as dockerd's links are kept (not by an ID prefix).
+            let child = find(server, &link.name).ok();
             let running = child
                 .as_ref()
                 .filter(|child| child.state == ContainerState::Running);

@@ -84,14 +84,12 @@ fn cpuset(text: &str, field: &str, online: &str) -> Result<Option<String>, SpecE
     let invalid = |reason: String| SpecError::invalid(format!("linux.resources.{field}"), reason);
     let asked = cpuset_numbers(text)
         .ok_or_else(|| invalid(format!("{text:?} is not a list like 0-3,5")))?;
-    let available = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
-    let available = cpuset_numbers(&available).unwrap_or_default();
+    let online = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+    let available = cpuset_numbers(&online).unwrap_or_default();
     if let Some(missing) = asked.iter().find(|n| !available.contains(n)) {
         return Err(invalid(format!(
             "{missing} is not available on this host (available: {})",
-            std::fs::read_to_string(online)
-                .unwrap_or_else(|_| "0".into())
-                .trim()
+            online.trim()
         )));
     }
     Ok(Some(text.to_string()))
