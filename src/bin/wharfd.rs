@@ -38,6 +38,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread exists: it takes the variable out of the environment.
+    let notifier = wharf::daemon::notify::Notifier::take_from_env();
     let overrides = Overrides {
         root: args.root,
         state: args.state,
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(wharf::daemon::run(config));
+    let result = runtime.block_on(wharf::daemon::run(config, notifier));
     // Idle client connections are still open: drop them rather than wait.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

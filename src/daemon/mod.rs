@@ -19,6 +19,7 @@ use crate::engine::{Engine, EngineError};
 
 mod in_flight;
 mod memory;
+pub mod notify;
 
 use in_flight::InFlight;
 
@@ -78,8 +79,10 @@ pub enum DaemonError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns once in-flight calls have finished
-/// (or `cri.shutdown_timeout_secs` passed) and the sockets are removed.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// (or `cri.shutdown_timeout_secs` passed) and the sockets are removed. `notifier`
+/// (systemd's `$NOTIFY_SOCKET`) is told `READY=1` once the APIs serve and
+/// `STOPPING=1` when the shutdown begins.
+pub async fn run(config: Config, notifier: Option<notify::Notifier>) -> Result<(), DaemonError> {
     raise_open_file_limit();
     let config = Arc::new(config);
     create_dir(&config.root, 0o711)?;
@@ -295,6 +298,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics = %metrics_listening.map(|a| a.to_string()).unwrap_or_default(),
         "wharfd is ready"
     );
+    if let Some(notifier) = &notifier {
+        notifier.notify_or_warn("READY=1\nSTATUS=serving");
+    }
     let docker_failed = async {
         match docker_server.as_mut() {
             Some(server) => server.await,
@@ -326,6 +332,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     let timeout = Duration::from_secs(config.cri.shutdown_timeout_secs);
+    if let Some(notifier) = &notifier {
+        notifier.notify_or_warn("STOPPING=1\nSTATUS=finishing in-flight calls");
+    }
     tracing::info!(
         signal = signal_name,
         timeout_secs = timeout.as_secs(),
