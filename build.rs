@@ -1,4 +1,5 @@
-//! Link settings for wharf's binaries.
+//! Link settings for wharf's binaries, the monitor protocol's types, and the git commit
+//! the binaries report (`wharfd --version`, Docker's `/version`).
 
 use std::path::Path;
 use std::process::Command;
@@ -12,6 +13,85 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     order_wharfd_functions();
     compile_protos();
+    embed_git_commit();
+}
+
+/// What the binaries are built from, as `cargo:rustc-env=WHARF_GIT_COMMIT`: the short
+/// commit of HEAD, with `-dirty` when the sources that make the binaries (the paths in
+/// [`SOURCES`], untracked files there included) differ from it; `unknown` without git
+/// or a repository (a source tarball). `WHARF_GIT_COMMIT` set in the build's own
+/// environment wins (a packager building outside the repository).
+///
+/// The script runs again when HEAD moves (a checkout, or a commit on the current
+/// branch) or a source changes, so the commit and `-dirty` are never stale; edits
+/// elsewhere (tests, docs) neither mark the binaries dirty nor rebuild them.
+fn embed_git_commit() {
+    println!("cargo:rerun-if-env-changed=WHARF_GIT_COMMIT");
+    let commit = match std::env::var("WHARF_GIT_COMMIT") {
+        Ok(commit) if !commit.trim().is_empty() => commit.trim().to_string(),
+        _ => git_commit().unwrap_or_else(|| "unknown".to_string()),
+    };
+    println!("cargo:rustc-env=WHARF_GIT_COMMIT={commit}");
+}
+
+/// The paths whose content makes the binaries (relative to the manifest's directory).
+const SOURCES: &[&str] = &[
+    "src",
+    "proto",
+    "link",
+    "vendor",
+    "build.rs",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+
+fn git_commit() -> Option<String> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").ok()?;
+    let git = |args: &[&str]| -> Option<String> {
+        // --no-optional-locks: `status` must not write the index of a tree other
+        // git commands may be using at the same time.
+        let output = Command::new("git")
+            .arg("--no-optional-locks")
+            .args(args)
+            .current_dir(&manifest_dir)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    // Not the repository's root: a crate unpacked inside some other repository.
+    let toplevel = git(&["rev-parse", "--show-toplevel"])?;
+    if Path::new(&toplevel).canonicalize().ok()? != Path::new(&manifest_dir).canonicalize().ok()? {
+        return None;
+    }
+    // Run again when HEAD moves: HEAD itself (a checkout), the branch it names (a
+    // commit), and packed-refs (where a branch may live instead). Only paths that
+    // exist: cargo reruns the script at every build for a missing one.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])?];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch])?);
+    }
+    watched.push(git(&["rev-parse", "--git-path", "packed-refs"])?);
+    for path in watched {
+        let path = Path::new(&manifest_dir).join(path);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    for source in SOURCES {
+        println!("cargo:rerun-if-changed={source}");
+    }
+    let commit = git(&["rev-parse", "--short", "HEAD"])?;
+    let mut status = vec!["status", "--porcelain", "--"];
+    status.extend(SOURCES);
+    let dirty = !git(&status)?.is_empty();
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
 }
 
 /// The project's own protocols (proto/), as prost types in OUT_DIR: the monitor control

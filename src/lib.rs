@@ -25,3 +25,15 @@ pub mod store;
 pub mod streaming;
 pub mod tls;
 pub mod volume;
+
+/// The git commit the binaries were built from: HEAD's short hash, `-dirty` when the
+/// sources differed from it, or `unknown` (build.rs).
+pub const GIT_COMMIT: &str = env!("WHARF_GIT_COMMIT");
+
+/// What `--version` prints after a binary's name: `0.1.0 (commit abc1234)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WHARF_GIT_COMMIT"),
+    ")"
+);

@@ -9,7 +9,11 @@ use clap::Parser;
 use wharf::config::{self, Config, LogFormat, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "wharfd", version, about = "The wharf container runtime daemon")]
+#[command(
+    name = "wharfd",
+    version = wharf::VERSION,
+    about = "The wharf container runtime daemon"
+)]
 // The last of a repeated flag wins, so wrappers can append overrides.
 #[command(args_override_self = true)]
 struct Args {

@@ -115,7 +115,7 @@ unix:///run/wharf/docker.sock.";
 #[derive(Debug, Parser)]
 #[command(
     name = "wharf",
-    version,
+    version = crate::VERSION,
     about = "The Docker-style command-line client of wharfd",
     after_help = AFTER_HELP
 )]

@@ -119,6 +119,7 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
     let client_info = json!({
         "Version": env!("CARGO_PKG_VERSION"),
         "ApiVersion": API_VERSION,
+        "GitCommit": crate::GIT_COMMIT,
         "APIVersion": API_VERSION,
         "Os": std::env::consts::OS,
         "Arch": go_arch(),
@@ -140,8 +141,9 @@ async fn version(client: &Client, format: Option<String>) -> Result<()> {
         return server.map(|_| ());
     }
     let mut text = format!(
-        "Client: wharf\n Version:           {}\n API version:       {API_VERSION}\n OS/Arch:           {}/{}\n Host:              {}\n",
+        "Client: wharf\n Version:           {}\n API version:       {API_VERSION}\n Git commit:        {}\n OS/Arch:           {}/{}\n Host:              {}\n",
         env!("CARGO_PKG_VERSION"),
+        crate::GIT_COMMIT,
         std::env::consts::OS,
         go_arch(),
         client.host

@@ -55,7 +55,7 @@ pub(super) async fn version() -> Json<Value> {
     let details = json!({
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
-        "GitCommit": "",
+        "GitCommit": crate::GIT_COMMIT,
         "GoVersion": "",
         "Os": "linux",
         "Arch": arch(),
