@@ -6,7 +6,6 @@
 mod support;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use support::docker::{DockerEnv, Run};
 use support::images::{ImageBuilder, LayerBuilder};
 use support::incompressible;
 use support::pods::unique;
+use support::tmux::Tmux;
 
 /// Runs `wharf -H <the test daemon> args...` (no stdin).
 fn wharf(docker: &DockerEnv, args: &[&str]) -> Run {
@@ -738,96 +738,6 @@ fn completion_scripts_and_help() {
         checked += 1;
     }
     assert!(checked > 50, "{checked} commands");
-}
-
-/// A tmux server of its own, killed on drop.
-struct Tmux {
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmux {
-    fn new() -> Tmux {
-        let tmux = support::require_installed("/usr/bin/tmux", "tmux");
-        assert!(tmux.exists());
-        let dir = tempfile::tempdir().expect("tempdir");
-        Tmux {
-            socket: dir.path().join("tmux.sock"),
-            _dir: dir,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        assert!(
-            output.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// A new window of 80x24 running `shell_command`, kept after it exits.
-    fn start(&self, name: &str, shell_command: &str) {
-        if self.socket.exists() {
-            self.cmd(&["new-window", "-t", "main", "-n", name, shell_command]);
-        } else {
-            self.cmd(&[
-                "new-session",
-                "-d",
-                "-s",
-                "main",
-                "-n",
-                name,
-                "-x",
-                "80",
-                "-y",
-                "24",
-                shell_command,
-            ]);
-        }
-    }
-
-    fn screen(&self, name: &str) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", &format!("main:{name}")])
-    }
-
-    fn keys(&self, name: &str, keys: &[&str]) {
-        let target = format!("main:{name}");
-        let mut args = vec!["send-keys", "-t", target.as_str()];
-        args.extend_from_slice(keys);
-        self.cmd(&args);
-    }
-
-    async fn wait_for(&self, name: &str, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let screen = self.screen(name);
-            if screen.contains(what) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what:?} never appeared in tmux window {name}:\n{screen}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output();
-    }
 }
 
 #[tokio::test]

@@ -306,6 +306,7 @@ impl Runtime {
             cgroup_v2: self.cgroup_v2,
             pids_limit: None,
             swap_limit: self.swap_limit,
+            hugetlb: self.hugetlb,
             target_pid_ns_path: target_pid_ns,
             bounding_capabilities: Some(super::host::bounding_capabilities()),
         };
@@ -755,6 +756,7 @@ impl Runtime {
         }
         let options = SpecOptions {
             swap_limit: self.swap_limit,
+            hugetlb: self.hugetlb,
             ..Default::default()
         };
         let mut oci_resources = spec::resources(resources.as_ref(), &options)?;

@@ -9,9 +9,11 @@ pub mod docker;
 pub mod go_tools;
 pub mod hostile;
 pub mod images;
+pub mod kube;
 pub mod net;
 pub mod pods;
 pub mod registry;
+pub mod tmux;
 pub mod token_server;
 
 /// `len` bytes that gzip cannot shrink (xorshift), so a layer's blob is as big.

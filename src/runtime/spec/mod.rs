@@ -44,7 +44,7 @@ mod user;
 pub use image::ImageDefaults;
 pub use namespaces::check_sysctls;
 pub use process::process_args;
-pub use resources::{host_swap_limit_supported, resources};
+pub use resources::{host_hugetlb_supported, host_swap_limit_supported, resources};
 pub use security::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 pub use user::resolve_exec_user;
 
@@ -152,6 +152,10 @@ pub struct SpecOptions {
     /// The host can limit swap (cgroup v1 swap accounting, or v2 `memory.swap.max`; see
     /// [`host_swap_limit_supported`]): then swap is set with the memory limit.
     pub swap_limit: bool,
+    /// The host has a hugetlb cgroup controller ([`host_hugetlb_supported`]): without
+    /// one, the zero hugepage limits kubelet sends for every page size are dropped (as
+    /// runc skips controllers that are not mounted) and any other limit is refused.
+    pub hugetlb: bool,
     /// For TARGET pid mode: the PID namespace of the target container
     /// (`namespace_options.target_id`), resolved by the caller.
     pub target_pid_ns_path: Option<PathBuf>,
@@ -285,6 +289,7 @@ mod test_support {
             seccomp_profile_root: root.join("seccomp"),
             cgroup_v2: false,
             swap_limit: true,
+            hugetlb: true,
             pids_limit: None,
             target_pid_ns_path: None,
             bounding_capabilities: None,

@@ -48,6 +48,17 @@ pub fn host_swap_limit_supported() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the host's cgroups have the hugetlb controller: cgroup v1 with a hugetlb
+/// hierarchy mounted, or cgroup v2 listing it in `cgroup.controllers`.
+pub fn host_hugetlb_supported() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("hugetlb/cgroup.procs").exists() {
+        return true;
+    }
+    std::fs::read_to_string(root.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|name| name == "hugetlb"))
+}
+
 /// linux.resources from the container's resources: CPU shares/quota/period, cpuset, memory
 /// limit (when the host can limit swap: swap = limit unless memory_swap_limit_in_bytes
 /// is set, so the container cannot swap, as containerd), hugepage limits, the cgroup v2 `unified` map, pids limit from
@@ -172,12 +183,27 @@ pub fn resources(
                     format!("{} is too large", h.limit),
                 )
             })?;
+            if !opts.hugetlb {
+                if limit != 0 {
+                    return Err(SpecError::invalid(
+                        format!("linux.resources.hugepage_limits[{i}]"),
+                        format!(
+                            "a {} limit of {limit} bytes needs the hugetlb cgroup controller, \
+                             which this host does not have",
+                            h.page_size
+                        ),
+                    ));
+                }
+                continue;
+            }
             let mut p = LinuxHugepageLimit::default();
             p.set_page_size(h.page_size.clone());
             p.set_limit(limit);
             pages.push(p);
         }
-        out.set_hugepage_limits(Some(pages));
+        if !pages.is_empty() {
+            out.set_hugepage_limits(Some(pages));
+        }
     }
     if !r.unified.is_empty() {
         out.set_unified(Some(r.unified.clone()));
@@ -190,6 +216,43 @@ mod tests {
     use super::*;
     use crate::runtime::spec::container_spec;
     use crate::runtime::spec::test_support::*;
+
+    #[test]
+    fn zero_hugepage_limits_are_dropped_without_a_hugetlb_controller() {
+        let pages = |limit: u64| Resources {
+            hugepage_limits: vec![
+                HugepageLimit {
+                    page_size: "2MB".into(),
+                    limit: 0,
+                },
+                HugepageLimit {
+                    page_size: "1GB".into(),
+                    limit,
+                },
+            ],
+            ..Default::default()
+        };
+        let without = SpecOptions {
+            hugetlb: false,
+            ..Default::default()
+        };
+        let r = resources(Some(&pages(0)), &without).unwrap();
+        assert!(
+            r.hugepage_limits().is_none(),
+            "kubelet's zero limits: {r:?}"
+        );
+        let err = resources(Some(&pages(1 << 30)), &without).unwrap_err();
+        assert!(
+            err.to_string().contains("hugepage_limits[1]") && err.to_string().contains("hugetlb"),
+            "{err}"
+        );
+        let with = SpecOptions {
+            hugetlb: true,
+            ..Default::default()
+        };
+        let r = resources(Some(&pages(1 << 30)), &with).unwrap();
+        assert_eq!(r.hugepage_limits().as_ref().map(Vec::len), Some(2));
+    }
 
     #[test]
     fn cpusets_and_cfs_bounds_are_checked_before_the_runtime() {
