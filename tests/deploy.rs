@@ -610,7 +610,8 @@ fn assert_is_head(commit: &str, head: &str, context: &str) {
     let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
     assert!(
         hash.len() >= 7 && head.starts_with(hash),
-        "{context}: commit {commit:?} is not HEAD ({head})"
+        "{context}: commit {commit:?} is not HEAD ({head}); a commit made since the \
+         binaries were built? run the test again"
     );
 }
 
