@@ -37,11 +37,18 @@ impl Tmux {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// A new window of 80x24 running `shell_command`, kept after it exits.
+    /// A new window of 80x24 running `shell_command`.
     pub fn start(&self, name: &str, shell_command: &str) {
-        if self.socket.exists() {
-            self.cmd(&["new-window", "-t", "main", "-n", name, shell_command]);
-        } else {
+        // The server ends with its last window (maybe while this runs): then a new
+        // session starts it again.
+        let added = self.socket.exists()
+            && Command::new("tmux")
+                .arg("-S")
+                .arg(&self.socket)
+                .args(["new-window", "-t", "main", "-n", name, shell_command])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !added {
             self.cmd(&[
                 "new-session",
                 "-d",
