@@ -171,15 +171,19 @@ impl Kubelet {
         let (port, read_only_port, healthz_port) = (free_port(), free_port(), free_port());
         let node_name = node_name();
         let config = dir.path().join("kubelet.yaml");
-        let endpoint = format!("unix://{}", options.cri_socket.display());
+        // deploy/kubelet-config.yaml, the snippet users merge, on this test's socket,
+        // then this test's settings.
+        let snippet_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubelet-config.yaml");
+        let snippet = std::fs::read_to_string(&snippet_path)
+            .unwrap_or_else(|err| panic!("read {}: {err}", snippet_path.display()))
+            .replace(
+                "unix:///run/wharf/wharf.sock",
+                &format!("unix://{}", options.cri_socket.display()),
+            );
         std::fs::write(
             &config,
             format!(
-                r#"apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: {endpoint}
-imageServiceEndpoint: {endpoint}
-cgroupDriver: cgroupfs
+                r#"{snippet}
 cgroupRoot: {cgroup_root}
 # These machines are cgroup v1 (cgroup2 only at /sys/fs/cgroup/unified); kubelet 1.35
 # and newer refuse v1 unless told otherwise.
