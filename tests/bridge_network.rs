@@ -169,6 +169,44 @@ async fn leases_survive_a_restart_and_release_runs_after_it() {
     assert_eq!(bridge_ports(net.name()), Vec::<String>::new());
 }
 
+/// Found by tests/deploy_systemd.rs: the subnet the bridge chose for itself is
+/// remembered in the store, and the next start read that record as a user network
+/// ("record is corrupt: missing field id") and exited.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subnet_the_bridge_chose_survives_a_restart() {
+    let net = TestBridge::new(85);
+    // No subnet: the bridge picks one of the default candidates and remembers it.
+    let config = format!(
+        "[network]\nmode = \"bridge\"\n[network.bridge]\nname = {:?}\n",
+        net.name()
+    );
+    let mut env = PodEnv::start_with_config(&config).await;
+    let first = env.pod_config("chosen");
+    let first_id = env.run_pod(&first).await;
+    let first_ip = pod_ip(&mut env, &first_id).await;
+    for restart in ["stop", "kill -9"] {
+        if restart == "stop" {
+            env.daemon.stop();
+        } else {
+            env.daemon.kill9();
+        }
+        env.daemon.restart().await;
+        env.rt = env.daemon.runtime_client().await;
+        assert_eq!(
+            pod_ip(&mut env, &first_id).await,
+            first_ip,
+            "the pod keeps its address after a {restart}"
+        );
+    }
+    let second = env.pod_config("again");
+    let second_id = env.run_pod(&second).await;
+    let second_ip = pod_ip(&mut env, &second_id).await;
+    let prefix = |ip: &str| ip.rsplit_once('.').map(|(p, _)| p.to_string());
+    assert_eq!(prefix(&second_ip), prefix(&first_ip), "the same subnet");
+    env.remove_pod(&first_id).await;
+    env.remove_pod(&second_id).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_pods_on_the_bridge_leave_no_link_lease_rule_or_mount() {
     let net = TestBridge::new(3);

@@ -1756,3 +1756,127 @@ async fn list_filters() {
         docker.ok(&["rm", name]);
     }
 }
+
+/// The numbers of `line <n> ...` lines, in the order given.
+fn line_numbers(logs: &str) -> Vec<u32> {
+    logs.lines()
+        .filter_map(|l| l.strip_prefix("line "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_opts_rotate_the_log_and_logs_reads_across_files() {
+    let docker = DockerEnv::start_pulled().await;
+    let image = docker.image.clone();
+    // 3,000 lines of 100 bytes (300 KB) into 16 KiB files, 3 kept: the newest 32-48
+    // KiB of lines are kept, and `docker logs` reads them in order across the files.
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--log-opt",
+        "max-size=16k",
+        "--log-opt",
+        "max-file=3",
+        &image,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 3000 ]; do \
+         printf 'line %d %089d\\n' $i 0; i=$((i+1)); done; exec sleep 1000",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let logs = loop {
+        let logs = docker.ok(&["logs", &id]);
+        if logs.contains("line 2999 ") {
+            break logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last line never came: {} lines",
+            logs.lines().count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let numbers = line_numbers(&logs);
+    let first = numbers[0];
+    assert!(first > 0, "the oldest lines were rotated away");
+    assert_eq!(
+        numbers,
+        (first..3000).collect::<Vec<u32>>(),
+        "the kept lines, in order, without a gap"
+    );
+    assert!(
+        numbers.len() > 16 * 1024 * 2 / 150 && numbers.len() <= 16 * 1024 * 3 / 100,
+        "{} lines kept in 3 files of 16 KiB",
+        numbers.len()
+    );
+    let log_path = docker.ok(&["inspect", "-f", "{{.LogPath}}", &id]);
+    let log = std::path::Path::new(&log_path);
+    let dir = log.parent().expect("the log's directory");
+    let name = log
+        .file_name()
+        .expect("the log's name")
+        .to_string_lossy()
+        .into_owned();
+    let mut files: Vec<String> = support::entries(dir)
+        .into_iter()
+        .filter(|f| f.starts_with(&name))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec![name.clone(), format!("{name}.1"), format!("{name}.2")],
+        "the log and two rotated files"
+    );
+    for file in &files {
+        let size = std::fs::metadata(dir.join(file)).expect("a log file").len();
+        assert!(size < 16 * 1024 + 200, "{file}: {size} bytes");
+    }
+    assert_eq!(
+        line_numbers(&docker.ok(&["logs", "--tail", "5", &id])),
+        vec![2995, 2996, 2997, 2998, 2999]
+    );
+    docker.ok(&["rm", "-f", &id]);
+
+    // Following a log while it rotates: every line once, in order.
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--log-opt",
+        "max-size=4k",
+        "--log-opt",
+        "max-file=2",
+        &image,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 400 ]; do \
+         printf 'line %d %089d\\n' $i 0; i=$((i+1)); usleep 5000; done",
+    ]);
+    // The container exits after its last line: then `logs -f` ends.
+    let followed = docker.shell(&format!("timeout 60 \"$DOCKER\" logs -f {id}"));
+    assert_eq!(followed.status, 0, "docker logs -f: {}", followed.stderr);
+    let numbers = line_numbers(&followed.stdout);
+    let first = numbers.first().copied().unwrap_or(0);
+    assert_eq!(
+        numbers,
+        (first..400).collect::<Vec<u32>>(),
+        "`docker logs -f` across 10 rotations: every line once, in order"
+    );
+    docker.ok(&["rm", "-f", &id]);
+
+    for (opts, words) in [
+        (vec!["--log-opt", "max-size=ten"], "max-size"),
+        (
+            vec!["--log-opt", "max-file=2"],
+            "max-file can only be set when max-size is set",
+        ),
+        (vec!["--log-opt", "bogus=1"], "unknown log opt 'bogus'"),
+    ] {
+        let mut args = vec!["create"];
+        args.extend(opts.iter().copied());
+        args.extend([image.as_str(), "true"]);
+        let err = docker.fails(&args);
+        assert!(err.contains(words), "{opts:?}: {err}");
+    }
+}

@@ -513,7 +513,9 @@ async fn kill_9_of_wharfd_under_kubelet_restarts_and_loses_nothing() {
     assert_no_cri_errors(&kubelet, &log[..log_at_kill]);
     let not_connection_errors: Vec<String> = cri_errors(&log[log_at_kill..log_settled])
         .into_iter()
-        .filter(|l| !(l.contains("code = Unavailable") && l.contains("Error while dialing")))
+        // Unavailable: a call that dialled a closed socket, or was in flight on the
+        // connection the kill cut.
+        .filter(|l| !l.contains("code = Unavailable"))
         .collect();
     assert!(
         not_connection_errors.is_empty(),

@@ -233,6 +233,8 @@ pub(super) fn container_spec(
         labels: config.labels.clone(),
         annotations,
         log_path: config.log_path.clone(),
+        // kubelet rotates CRI logs itself (ReopenContainerLog).
+        log_rotation: None,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,

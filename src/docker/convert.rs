@@ -456,6 +456,117 @@ pub struct Extension {
     pub args: Vec<String>,
 }
 
+/// The options of the json-file and local log drivers (dockerd's `ValidateLogOpt`).
+const LOG_OPTS: [&str; 8] = [
+    "max-size",
+    "max-file",
+    "compress",
+    "labels",
+    "labels-regex",
+    "env",
+    "env-regex",
+    "tag",
+];
+
+/// The log's rotation from `--log-opt max-size/max-file` (json-file: none unless
+/// max-size is set; local: 20 MiB and 5 files unless set), with dockerd's errors.
+/// `compress`, `labels`, `env` and `tag` are accepted and have no effect: rotated
+/// files stay uncompressed and lines carry no attributes.
+fn log_rotation(
+    config: Option<&LogConfig>,
+) -> Result<Option<crate::monitor::rotate::LogRotation>, ApiError> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let driver = if config.kind.is_empty() {
+        "json-file"
+    } else {
+        config.kind.as_str()
+    };
+    if !matches!(driver, "json-file" | "local") {
+        if let Some(key) = config.config.keys().min() {
+            return Err(ApiError::bad_request(format!(
+                "unknown log opt '{}' for {} log driver",
+                bounded(key),
+                bounded(driver)
+            )));
+        }
+        return Ok(None);
+    }
+    let mut keys: Vec<&String> = config.config.keys().collect();
+    keys.sort();
+    if let Some(key) = keys.iter().find(|k| !LOG_OPTS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown log opt '{}' for {driver} log driver",
+            bounded(key)
+        )));
+    }
+    let (default_size, default_files) = if driver == "local" {
+        (Some(20 << 20), 5)
+    } else {
+        (None, 1)
+    };
+    let max_size = match config.config.get("max-size").map(String::as_str) {
+        None | Some("") => default_size,
+        Some("-1") => None,
+        Some(text) => Some(human_size(text).filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid value for log opt max-size: {:?} (a size such as 10m, 512k or 1g)",
+                bounded(text)
+            ))
+        })?),
+    };
+    let max_files = match config.config.get("max-file").map(String::as_str) {
+        None | Some("") => default_files,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if n < 1 => return Err(ApiError::bad_request("max-file cannot be less than 1")),
+            Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid value for log opt max-file: {:?}",
+                    bounded(text)
+                )))
+            }
+        },
+    };
+    match max_size {
+        Some(max_size) => Ok(Some(crate::monitor::rotate::LogRotation {
+            max_size,
+            max_files,
+        })),
+        None if max_files > 1 => Err(ApiError::bad_request(
+            "max-file can only be set when max-size is set",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A size as dockerd's `units.RAMInBytes` reads it: a number, then an optional
+/// binary unit (k, m, g, t, p; case and a trailing `b`/`ib` ignored).
+fn human_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim() {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        "p" => 1 << 50,
+        _ => return None,
+    };
+    let bytes = number * multiplier as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 /// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -688,6 +799,7 @@ pub fn specs(
             )))
         }
     };
+    let log_rotation = log_rotation(host.log_config.as_ref())?;
     let dns = DnsConfig {
         servers: host.dns.clone().unwrap_or_default(),
         searches: host.dns_search.clone().unwrap_or_default(),
@@ -854,6 +966,7 @@ pub fn specs(
         labels: request.labels.clone().unwrap_or_default(),
         annotations: HashMap::new(),
         log_path,
+        log_rotation,
         stdin: request.open_stdin,
         // dockerd closes the stdin of a StdinOnce container when an attach's input
         // ends only without a TTY: a terminal's session outlives its client (and a
@@ -875,6 +988,63 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn log_opts_give_the_rotation_dockerd_would() {
+        use crate::monitor::rotate::LogRotation;
+        let rotation = |kind: &str, opts: &[(&str, &str)]| {
+            log_rotation(Some(&LogConfig {
+                kind: kind.into(),
+                config: opts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }))
+        };
+        assert_eq!(rotation("json-file", &[]).unwrap(), None);
+        assert_eq!(
+            rotation("", &[("max-size", "10m"), ("max-file", "3")]).unwrap(),
+            Some(LogRotation {
+                max_size: 10 << 20,
+                max_files: 3
+            })
+        );
+        assert_eq!(
+            rotation("json-file", &[("max-size", "1.5KiB")]).unwrap(),
+            Some(LogRotation {
+                max_size: 1536,
+                max_files: 1
+            })
+        );
+        assert_eq!(
+            rotation("local", &[]).unwrap(),
+            Some(LogRotation {
+                max_size: 20 << 20,
+                max_files: 5
+            })
+        );
+        for (opts, words) in [
+            (vec![("max-size", "ten")], "max-size"),
+            (vec![("max-size", "0")], "max-size"),
+            (vec![("max-file", "0")], "max-file cannot be less than 1"),
+            (
+                vec![("max-file", "3")],
+                "max-file can only be set when max-size is set",
+            ),
+            (
+                vec![("max-sise", "1m")],
+                "unknown log opt 'max-sise' for json-file",
+            ),
+        ] {
+            let err = rotation("json-file", &opts).unwrap_err().to_string();
+            assert!(err.contains(words), "{opts:?}: {err}");
+        }
+        assert!(rotation("none", &[("max-size", "1m")]).is_err());
+        assert_eq!(human_size("512k"), Some(512 << 10));
+        assert_eq!(human_size("2g"), Some(2 << 30));
+        assert_eq!(human_size("100"), Some(100));
+        assert_eq!(human_size("1x"), None);
+    }
 
     fn specs_of(json: serde_json::Value) -> Result<(PodSpec, ContainerSpec), ApiError> {
         let request: CreateRequest = serde_json::from_value(json).unwrap();

@@ -184,25 +184,37 @@ pub(super) async fn logs(
                 return;
             }
         };
+        // Files the monitor rotated (`--log-opt max-size`) come first, oldest first;
+        // each ends with a whole line.
         let mut pending: Vec<u8> = Vec::new();
+        for rotated in crate::monitor::rotate::rotated_files(&path) {
+            match tokio::fs::read(&rotated).await {
+                Ok(bytes) => pending.extend_from_slice(&bytes),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(path = %rotated.display(), "reading a container log: {err}");
+                    return;
+                }
+            }
+        }
         let mut buf = vec![0u8; 64 * 1024];
         // The tail: the last N selected lines of what is there now.
         let mut first_pass = true;
         loop {
             let mut read_any = false;
             if let Some(f) = file.as_mut() {
-                loop {
-                    match f.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            read_any = true;
-                            pending.extend_from_slice(&buf[..n]);
-                        }
-                        Err(err) => {
-                            tracing::warn!("reading a container log: {err}");
-                            return;
-                        }
+                if let Err(err) = read_to_end(f, &mut buf, &mut pending, &mut read_any).await {
+                    tracing::warn!("reading a container log: {err}");
+                    return;
+                }
+                // Rotated while followed: what the old file got last, then the new one.
+                if follow && !read_any && replaced(f, &path).await {
+                    if let Err(err) = read_to_end(f, &mut buf, &mut pending, &mut read_any).await {
+                        tracing::warn!("reading a container log: {err}");
+                        return;
                     }
+                    file = tokio::fs::File::open(&path).await.ok();
+                    read_any = true;
                 }
             }
             let complete = pending
@@ -264,6 +276,36 @@ pub(super) async fn logs(
         .header("content-type", content_type)
         .body(Body::from_stream(stream))
         .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// Appends what is left in `file` to `pending` (`read_any` set when there was some).
+async fn read_to_end(
+    file: &mut tokio::fs::File,
+    buf: &mut [u8],
+    pending: &mut Vec<u8>,
+    read_any: &mut bool,
+) -> std::io::Result<()> {
+    loop {
+        match file.read(buf).await? {
+            0 => return Ok(()),
+            n => {
+                *read_any = true;
+                pending.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// Whether `path` is no longer the file `file` has open (the monitor rotated it).
+async fn replaced(file: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(open), current) = (file.metadata().await, tokio::fs::metadata(path).await) else {
+        return false;
+    };
+    match current {
+        Ok(current) => (current.dev(), current.ino()) != (open.dev(), open.ino()),
+        Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Writes the selected lines of the log at `path`, from byte `from` (a line's start)

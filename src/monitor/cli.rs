@@ -73,6 +73,12 @@ pub struct RunArgs {
     /// Longer lines are split into partial (P) lines of this many bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_LOG_LINE, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_log_line: u64,
+    /// Rotate the log once it holds this many bytes (Docker's `max-size`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_max_size: Option<u64>,
+    /// Files kept by that rotation, the current one included (Docker's `max-file`).
+    #[arg(long, requires = "log_max_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_max_files: u32,
     /// Give the container a stdin that stays open (a pipe the monitor holds) for
     /// clients of the control channel (CRI `stdin`).
     #[arg(long)]

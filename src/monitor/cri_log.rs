@@ -40,6 +40,11 @@ pub struct CriLogWriter<W: Write> {
     stderr_pending: Vec<u8>,
     // Reused for formatting so each line is one write without a fresh allocation.
     scratch: Vec<u8>,
+    /// Bytes in the sink (its size when it was set, plus what was written since).
+    size: u64,
+    /// With a size limit (Docker's `max-size`), lines stop going out once the sink
+    /// holds this much: [`CriLogWriter::full`] says so, the caller rotates.
+    limit: Option<u64>,
 }
 
 impl<W: Write> CriLogWriter<W> {
@@ -51,11 +56,27 @@ impl<W: Write> CriLogWriter<W> {
             stdout_pending: Vec::new(),
             stderr_pending: Vec::new(),
             scratch: Vec::new(),
+            size: 0,
+            limit: None,
         }
     }
 
-    /// Swaps the sink (log reopen after rotation) and returns the old one.
-    pub fn replace_sink(&mut self, sink: W) -> W {
+    /// Holds lines back once the sink has `limit` bytes (of which it has `size` now).
+    pub fn set_limit(&mut self, limit: Option<u64>, size: u64) {
+        self.limit = limit;
+        self.size = size;
+    }
+
+    /// The sink reached the limit: complete lines wait in the buffers until the sink
+    /// is replaced (rotation) and the writer is fed again.
+    pub fn full(&self) -> bool {
+        self.limit.is_some_and(|limit| self.size >= limit)
+    }
+
+    /// Swaps the sink (log reopen after rotation), which holds `size` bytes, and
+    /// returns the old one.
+    pub fn replace_sink(&mut self, sink: W, size: u64) -> W {
+        self.size = size;
         std::mem::replace(&mut self.sink, sink)
     }
 
@@ -82,24 +103,33 @@ impl<W: Write> CriLogWriter<W> {
     ) -> io::Result<()> {
         let timestamp = format_timestamp(now);
         let max_line = self.max_line;
+        let limit = self.limit.unwrap_or(u64::MAX);
+        let mut size = self.size;
         let (pending, sink, scratch) = self.parts(stream);
         pending.extend_from_slice(data);
 
         let mut first_error = None;
         let mut consumed = 0;
         loop {
+            if size >= limit {
+                break;
+            }
             let rest = &pending[consumed..];
             let (text, tag, advance) = match rest.iter().position(|&b| b == b'\n') {
                 Some(newline) if newline <= max_line => (&rest[..newline], Tag::Full, newline + 1),
                 _ if rest.len() > max_line => (&rest[..max_line], Tag::Partial, max_line),
                 _ => break,
             };
-            if let Err(err) = write_line(sink, scratch, &timestamp, stream, tag, text) {
-                first_error.get_or_insert(err);
+            match write_line(sink, scratch, &timestamp, stream, tag, text) {
+                Ok(()) => size += scratch.len() as u64,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
             }
             consumed += advance;
         }
         pending.drain(..consumed);
+        self.size = size;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -111,7 +141,11 @@ impl<W: Write> CriLogWriter<W> {
             return Ok(());
         }
         let result = write_line(sink, scratch, &timestamp, stream, Tag::Full, pending);
+        let written = scratch.len() as u64;
         pending.clear();
+        if result.is_ok() {
+            self.size += written;
+        }
         result
     }
 
@@ -173,6 +207,25 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn lines_wait_at_the_limit_until_the_sink_is_replaced() {
+        let mut w = CriLogWriter::new(Vec::new(), 64);
+        let line = format!("{TS} stdout F 0123456789\n").len() as u64;
+        w.set_limit(Some(2 * line), 0);
+        w.write_output(Stream::Stdout, b"0123456789\n".repeat(5).as_slice(), &at())
+            .expect("write");
+        assert!(w.full());
+        assert_eq!(lines(&w).len(), 2, "two lines fit");
+        let first = w.replace_sink(Vec::new(), 0);
+        assert_eq!(first.len() as u64, 2 * line);
+        w.write_output(Stream::Stdout, b"", &at()).expect("write");
+        assert_eq!(lines(&w).len(), 2, "two more");
+        w.replace_sink(Vec::new(), 0);
+        w.write_output(Stream::Stdout, b"", &at()).expect("write");
+        assert_eq!(lines(&w).len(), 1, "the last");
+        assert!(!w.full());
     }
 
     #[test]

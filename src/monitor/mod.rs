@@ -82,6 +82,7 @@ pub use files::{error_chain, parse_parent_pid, parse_start_time};
 pub mod oci;
 pub mod oom;
 pub mod pause;
+pub mod rotate;
 pub mod run;
 pub mod watch;
 

@@ -22,9 +22,9 @@ use serde::Serialize;
 use super::cli::{RunArgs, RuntimeKind};
 use super::control::console::{self, ConsoleSocket};
 use super::control::server::{Input, Server, StdinMode};
-use super::cri_log::CriLogWriter;
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
+use super::rotate::LogRotation;
 use super::watch::{self, Monitor};
 
 /// The daemon passes the write end of the sync pipe as stdout (so it can spawn the
@@ -101,6 +101,7 @@ struct Options {
     runtime_root: PathBuf,
     log_path: PathBuf,
     max_log_line: usize,
+    rotation: Option<LogRotation>,
     stdin: StdinMode,
     tty: bool,
 }
@@ -117,6 +118,10 @@ impl Options {
             runtime_root: absolute(args.runtime_root)?,
             log_path: absolute(args.log_path)?,
             max_log_line: usize::try_from(args.max_log_line).unwrap_or(usize::MAX),
+            rotation: args.log_max_size.map(|max_size| LogRotation {
+                max_size,
+                max_files: args.log_max_files,
+            }),
             stdin: StdinMode {
                 enabled: args.stdin,
                 once: args.stdin && args.stdin_once,
@@ -390,10 +395,11 @@ fn start(options: &Options) -> Result<Monitor, StartFailure> {
     Ok(Monitor {
         id: options.id.clone(),
         max_log_line: options.max_log_line,
+        rotation: options.rotation,
         bundle: options.bundle.clone(),
         log_path: options.log_path.clone(),
         signals,
-        log: CriLogWriter::new(log_file, options.max_log_line),
+        log: watch::log_writer(log_file, options.max_log_line, options.rotation),
         log_failing: false,
         stdout: Some(stdout_read),
         stderr: Some(stderr_read),

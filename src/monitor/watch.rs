@@ -52,6 +52,7 @@ use super::control::server::{Context, Input, OutputPosition, Server, Source, Std
 use super::cri_log::{format_timestamp, CriLogWriter, Stream};
 use super::files::{self, error_chain};
 use super::oom::{self, OomCounters};
+use super::rotate::LogRotation;
 use super::run::{EXIT_FILE, MONITOR_LOG_FILE};
 
 /// File name of the watcher binary, looked up next to `wharf-monitor`.
@@ -83,6 +84,18 @@ pub(super) fn signal_fd() -> Result<SignalFd, Errno> {
     let signals = monitor_signals();
     signals.thread_block()?;
     SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+}
+
+/// The log writer on `file`, holding lines back at the rotation's size.
+pub(super) fn log_writer(
+    file: File,
+    max_log_line: usize,
+    rotation: Option<LogRotation>,
+) -> CriLogWriter<File> {
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut writer = CriLogWriter::new(file, max_log_line);
+    writer.set_limit(rotation.map(|r| r.max_size), size);
+    writer
 }
 
 /// Opens (creating) the CRI log file for appending, close-on-exec.
@@ -140,6 +153,7 @@ pub struct WatchArgs {
     pub bundle: PathBuf,
     pub log_path: PathBuf,
     pub max_log_line: usize,
+    pub rotation: Option<LogRotation>,
     pub init_pid: i32,
     pub stdout_fd: RawFd,
     pub stderr_fd: RawFd,
@@ -164,6 +178,10 @@ impl WatchArgs {
         push("--bundle", self.bundle.clone().into_os_string());
         push("--log-path", self.log_path.clone().into_os_string());
         push("--max-log-line", self.max_log_line.to_string().into());
+        if let Some(rotation) = &self.rotation {
+            push("--log-max-size", rotation.max_size.to_string().into());
+            push("--log-max-files", rotation.max_files.to_string().into());
+        }
         push("--init-pid", self.init_pid.to_string().into());
         push("--stdout-fd", self.stdout_fd.to_string().into());
         push("--stderr-fd", self.stderr_fd.to_string().into());
@@ -190,7 +208,7 @@ impl WatchArgs {
     /// Decodes the arguments after argv[0]: `--flag value` pairs, each flag once, all
     /// but `--cgroup` and the stdio ones required.
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, WatchError> {
-        const FLAGS: [&str; 14] = [
+        const FLAGS: [&str; 16] = [
             "--id",
             "--bundle",
             "--log-path",
@@ -205,8 +223,10 @@ impl WatchArgs {
             "--stdin",
             "--stdin-fd",
             "--pty-fd",
+            "--log-max-size",
+            "--log-max-files",
         ];
-        let mut values: [Option<OsString>; 14] = Default::default();
+        let mut values: [Option<OsString>; 16] = Default::default();
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let index = FLAGS
@@ -255,6 +275,27 @@ impl WatchArgs {
             .take()
             .map(|v| number(FLAGS[13], v))
             .transpose()?;
+        let rotation = match (values[14].take(), values[15].take()) {
+            (None, None) => None,
+            (Some(size), files) => {
+                let max_size: u64 = number(FLAGS[14], size)?;
+                let max_files: u32 = files.map_or(Ok(1), |f| number(FLAGS[15], f))?;
+                if max_size == 0 || max_files == 0 {
+                    return Err(WatchError::Usage(
+                        "--log-max-size and --log-max-files must be at least 1".into(),
+                    ));
+                }
+                Some(LogRotation {
+                    max_size,
+                    max_files,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(WatchError::Usage(
+                    "--log-max-files needs --log-max-size".into(),
+                ))
+            }
+        };
         for (flag, path) in [("--bundle", &bundle), ("--log-path", &log_path)] {
             if !path.is_absolute() {
                 return Err(WatchError::Usage(format!(
@@ -267,6 +308,7 @@ impl WatchArgs {
             bundle,
             log_path,
             max_log_line,
+            rotation,
             init_pid,
             stdout_fd,
             stderr_fd,
@@ -362,6 +404,8 @@ struct ExitRecord {
 pub(super) struct Monitor {
     pub(super) id: String,
     pub(super) max_log_line: usize,
+    /// Docker's size-based rotation of the log; None for CRI logs (kubelet's).
+    pub(super) rotation: Option<LogRotation>,
     pub(super) bundle: PathBuf,
     pub(super) log_path: PathBuf,
     pub(super) signals: SignalFd,
@@ -703,15 +747,22 @@ impl Monitor {
 
     fn log_result(&mut self, result: io::Result<()>) {
         match result {
-            Ok(()) => self.log_failing = false,
-            Err(err) if !self.log_failing => {
-                self.log_failing = true;
-                self.note(&format!(
-                    "writing log {} failed: {err}",
-                    self.log_path.display()
-                ));
+            Ok(()) => {
+                self.log_failing = false;
+                self.rotate_if_full();
             }
-            Err(_) => {}
+            Err(err) => self.log_error(err),
+        }
+    }
+
+    /// Notes a failed log write once (a full disk fails every write).
+    fn log_error(&mut self, err: io::Error) {
+        if !self.log_failing {
+            self.log_failing = true;
+            self.note(&format!(
+                "writing log {} failed: {err}",
+                self.log_path.display()
+            ));
         }
     }
 
@@ -720,7 +771,9 @@ impl Monitor {
             match self.signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGCHLD) => self.reap_children(buffer),
-                    Ok(Signal::SIGUSR1) => self.reopen_log(),
+                    Ok(Signal::SIGUSR1) => {
+                        let _ = self.reopen_log(); // noted
+                    }
                     // SIGTERM, SIGINT, SIGHUP: the monitor lives as long as its container.
                     _ => {}
                 },
@@ -771,15 +824,48 @@ impl Monitor {
         }
     }
 
+    /// Rotates the log once it holds `max_size` bytes (Docker's `max-size`), then
+    /// writes the lines that waited for the new file (as many rotations as they fill).
+    fn rotate_if_full(&mut self) {
+        let Some(rotation) = self.rotation else {
+            return;
+        };
+        while self.log.full() {
+            let rotated = rotation
+                .rotate(&self.log_path)
+                .map_err(|err| err.to_string());
+            if let Err(err) = rotated.and_then(|()| self.reopen_log()) {
+                // Never hold output back without bound: log on, unrotated.
+                self.log.set_limit(None, 0);
+                self.note(&format!(
+                    "rotating log {} failed, writing on without rotation: {err}",
+                    self.log_path.display()
+                ));
+                return;
+            }
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                if let Err(err) = self.log.write_output(stream, &[], &Utc::now()) {
+                    self.log_error(err);
+                }
+            }
+        }
+    }
+
     /// kubelet renames the log file, then asks for a reopen; keep the old file when the
     /// new one cannot be opened, rather than losing output.
-    fn reopen_log(&mut self) {
+    fn reopen_log(&mut self) -> Result<(), String> {
         match open_log(&self.log_path) {
             Ok(file) => {
-                drop(self.log.replace_sink(file));
+                let size = file.metadata().map_or(0, |m| m.len());
+                drop(self.log.replace_sink(file, size));
                 self.log_failing = false;
+                Ok(())
             }
-            Err(err) => self.note(&error_chain(&err)),
+            Err(err) => {
+                let message = error_chain(&err);
+                self.note(&message);
+                Err(message)
+            }
         }
     }
 
@@ -841,10 +927,11 @@ impl Monitor {
         Ok(Self {
             id: args.id,
             max_log_line: args.max_log_line,
+            rotation: args.rotation,
             bundle: args.bundle,
             log_path: args.log_path,
             signals,
-            log: CriLogWriter::new(log_file, args.max_log_line),
+            log: log_writer(log_file, args.max_log_line, args.rotation),
             log_failing: false,
             stdout: Some(stdout),
             stderr: Some(stderr),
@@ -876,6 +963,7 @@ impl Monitor {
             bundle: self.bundle.clone(),
             log_path: self.log_path.clone(),
             max_log_line: self.max_log_line,
+            rotation: self.rotation,
             init_pid: self.init_pid.as_raw(),
             stdout_fd: stdout.as_raw_fd(),
             stderr_fd: stderr.as_raw_fd(),
@@ -933,6 +1021,7 @@ mod tests {
             bundle: "/run/wharf/c1".into(),
             log_path: "/var/log/pods/p/c/0.log".into(),
             max_log_line: 16384,
+            rotation: None,
             init_pid: 4242,
             stdout_fd: 5,
             stderr_fd: 7,
@@ -967,6 +1056,10 @@ mod tests {
         let with_tty = WatchArgs {
             stdin_fd: None,
             pty_fd: Some(10),
+            rotation: Some(LogRotation {
+                max_size: 10 << 20,
+                max_files: 3,
+            }),
             ..sample()
         };
         assert_eq!(

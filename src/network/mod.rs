@@ -418,15 +418,22 @@ impl NetworkRegistry {
         };
         let mut tables = Tables::default();
         for record in store
-            .list::<NetworkRecord>(None, Kind::Network)
+            .list::<serde_json::Value>(None, Kind::Network)
             .map_err(load("loading networks"))?
         {
             // The built-in bridge remembers its subnet under kind network in the
-            // network namespace, in another shape: not a user network.
+            // network namespace, in another shape: not a user network (decoded as one,
+            // it failed every start after the default bridge had been used).
             if record.namespace == crate::store::NETWORK_NAMESPACE {
                 continue;
             }
-            let value = record.value;
+            let value: NetworkRecord = serde_json::from_value(record.value).map_err(|source| {
+                load("loading networks")(StoreError::Corrupt {
+                    kind: Kind::Network,
+                    id: record.id.clone(),
+                    source,
+                })
+            })?;
             let bridge = BridgeNetwork::new(bridge_spec(&value, ip_forward), store.clone())
                 .map_err(|source| NetworkError::Bridge {
                     network: value.name.clone(),

@@ -314,6 +314,7 @@ impl Runtime {
             stdin: record.spec.stdin,
             stdin_once: record.spec.stdin_once,
             tty: record.spec.tty,
+            log_rotation: record.spec.log_rotation,
         };
         let images = self.images.clone();
         let chain = record.chain_ids.clone();
@@ -540,6 +541,7 @@ impl Runtime {
             stdin: container.spec.stdin,
             stdin_once: container.spec.stdin_once,
             tty: container.spec.tty,
+            log_rotation: container.spec.log_rotation,
         };
         {
             let volumes = self.volumes.clone();

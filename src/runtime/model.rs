@@ -384,6 +384,10 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
     /// The log file, relative to the pod's log directory; empty: no log.
     pub log_path: String,
+    /// Size-based rotation of that log by its monitor (Docker's `max-size` and
+    /// `max-file`); None: never (kubelet rotates CRI logs itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_rotation: Option<crate::monitor::rotate::LogRotation>,
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,

@@ -90,6 +90,8 @@ pub struct StdioOptions {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// The log's size-based rotation (Docker's `--log-opt max-size/max-file`).
+    pub log_rotation: Option<crate::monitor::rotate::LogRotation>,
 }
 
 /// Where the monitor binary is: configured, or next to the running executable.
@@ -134,6 +136,14 @@ pub async fn create(
         .args(stdio.stdin.then_some("--stdin"))
         .args((stdio.stdin && stdio.stdin_once).then_some("--stdin-once"))
         .args(stdio.tty.then_some("--tty"))
+        .args(stdio.log_rotation.iter().flat_map(|r| {
+            [
+                "--log-max-size".to_string(),
+                r.max_size.to_string(),
+                "--log-max-files".to_string(),
+                r.max_files.to_string(),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::from(write_end))
         .stderr(Stdio::null());
