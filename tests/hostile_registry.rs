@@ -334,6 +334,79 @@ async fn a_huge_entry_path_gives_a_bounded_error() {
     );
 }
 
+/// Exhaustion: a layer blob that does not end where its manifest says (a stream with no
+/// Content-Length that never ends; a Content-Length one byte past the size) is cut or
+/// refused at the manifest's size. The pull fails naming the digest and both sizes,
+/// nothing is stored, and wharf hung up after about the declared size, not the stream.
+#[tokio::test]
+async fn a_blob_past_its_manifest_size_is_cut_there() {
+    let endless_image = small_image("endless");
+    let longer_image = small_image("longer");
+    let serve_past = |image: &OciImage, endless: bool| {
+        let digest = image.layers[0].digest.clone();
+        let mut body = image.read_blob(&digest);
+        if !endless {
+            body.push(0);
+        }
+        (digest, body, endless)
+    };
+    let past = [
+        serve_past(&endless_image, true),
+        serve_past(&longer_image, false),
+    ];
+    let routes = Routes::for_image("evil/endless", "latest", &endless_image).image(
+        "evil/longer",
+        "latest",
+        &longer_image,
+    );
+    let registry = HostileServer::start("127.0.0.1:0", move |req| {
+        for (digest, body, endless) in &past {
+            if req.route().ends_with(&format!("/blobs/{digest}")) {
+                let mut response = Response::new(200)
+                    .header("Content-Type", MEDIA_TYPE_LAYER_GZIP)
+                    .body(body.clone());
+                response.endless = *endless;
+                return response;
+            }
+        }
+        routes.serve(req)
+    })
+    .await;
+    let daemon = Daemon::start().await;
+    let mut client = daemon.image_client().await;
+    for (repo, image) in [
+        ("evil/endless", &endless_image),
+        ("evil/longer", &longer_image),
+    ] {
+        let layer = &image.layers[0];
+        let started = std::time::Instant::now();
+        let err = pull(
+            &mut client,
+            &format!("{}/{repo}:latest", registry.host()),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_refused(
+            &err,
+            Code::DataLoss,
+            &[&layer.digest, &format!("expected {}", layer.size)],
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{repo}: refused in {:?}",
+            started.elapsed()
+        );
+        assert_nothing_stored(&daemon, &mut client).await;
+    }
+    let sent = support::hostile::ENDLESS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("the endless blob: wharf hung up after the server had sent {sent} bytes");
+    assert!(
+        sent < 64 << 20,
+        "wharf read {sent} bytes of the endless blob before it hung up"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. limits
 
@@ -523,4 +596,70 @@ async fn not_found_on_a_mirror_beats_an_unreachable_registry() {
         ],
     );
     assert_nothing_stored(&daemon, &mut client).await;
+}
+
+/// Bytes in use on the filesystem at `path` (statvfs).
+fn used_bytes(path: &std::path::Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    (stat.blocks() - stat.blocks_free()) * stat.fragment_size()
+}
+
+/// Exhaustion: the disk fills during a pull (wharf's root on a 24 MiB tmpfs, an image
+/// of 60 MiB to store). The pull fails with an error that names the layer and the
+/// cause, nothing is stored or half-written, the space comes back, and the daemon
+/// pulls a small image afterwards.
+#[tokio::test]
+async fn a_disk_that_fills_during_a_pull_fails_it_cleanly() {
+    let big = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("small", "small"))
+        .layer(LayerBuilder::new().file("big", support::incompressible(30 << 20, 24)))
+        .build();
+    let small = small_image("after");
+    let routes =
+        Routes::for_image("full/big", "latest", &big).image("full/small", "latest", &small);
+    let registry = HostileServer::start("127.0.0.1:0", move |req| routes.serve(req)).await;
+    let mut daemon = Daemon::start().await;
+    daemon.stop();
+    let root = daemon.paths.root.clone();
+    std::fs::remove_dir_all(&root).expect("empty the root");
+    std::fs::create_dir_all(&root).expect("make the root");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m,mode=0711", "wharf-full"])
+        .arg(&root)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mount a 24 MiB tmpfs on {}",
+        root.display()
+    );
+    daemon.restart().await;
+    let mut client = daemon.image_client().await;
+    let baseline = used_bytes(&root);
+
+    let err = pull(
+        &mut client,
+        &format!("{}/full/big:latest", registry.host()),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_refused(
+        &err,
+        Code::ResourceExhausted,
+        &[&big.layers[1].digest, "No space left on device"],
+    );
+    assert_nothing_stored(&daemon, &mut client).await;
+    assert!(
+        used_bytes(&root) <= baseline + (1 << 20),
+        "the space came back: {} bytes used, {baseline} before",
+        used_bytes(&root)
+    );
+    pull(
+        &mut client,
+        &format!("{}/full/small:latest", registry.host()),
+        None,
+    )
+    .await
+    .expect("a small image pulls after the disk filled");
 }

@@ -36,6 +36,23 @@ pub enum ContentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Storing a blob failed: a full disk is ResourceExhausted (the pull can be
+    /// retried once there is room), anything else Internal.
+    #[error("storing blob {digest} in {path}: {source}")]
+    Write {
+        digest: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A write failed for want of space (ENOSPC) or quota (EDQUOT).
+pub fn out_of_space(err: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        err.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOSPC | Errno::EDQUOT)
+    ) || err.kind() == std::io::ErrorKind::StorageFull
 }
 
 impl crate::error::HasKind for ContentError {
@@ -48,6 +65,10 @@ impl crate::error::HasKind for ContentError {
                 ErrorKind::DataLoss
             }
             ContentError::Io { .. } => ErrorKind::Internal,
+            ContentError::Write { source, .. } if out_of_space(source) => {
+                ErrorKind::ResourceExhausted
+            }
+            ContentError::Write { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -327,7 +348,11 @@ impl Ingest {
             path: temp.clone(),
             source: std::io::Error::other("ingest already finished"),
         })?;
-        file.write_all(data).map_err(io_err(&temp))?;
+        file.write_all(data).map_err(|source| ContentError::Write {
+            digest: self.digest.clone(),
+            path: temp.clone(),
+            source,
+        })?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         if let Some(expected) = self.expected_size {
@@ -371,11 +396,16 @@ impl Ingest {
                 actual,
             });
         }
-        file.flush().map_err(io_err(&self.temp))?;
+        let write_error = |source| ContentError::Write {
+            digest: self.digest.clone(),
+            path: self.temp.clone(),
+            source,
+        };
+        file.flush().map_err(&write_error)?;
         let file = file
             .into_inner()
-            .map_err(|err| io_err(&self.temp)(err.into_error()))?;
-        file.sync_all().map_err(io_err(&self.temp))?;
+            .map_err(|err| write_error(err.into_error()))?;
+        file.sync_all().map_err(&write_error)?;
         std::fs::rename(&self.temp, &self.target).map_err(io_err(&self.target))?;
         File::open(&self.blobs_dir)
             .and_then(|dir| dir.sync_all())

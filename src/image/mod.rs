@@ -116,6 +116,20 @@ impl ImageError {
     }
 }
 
+/// Whether `error`, or an error it was caused by, is a write that found no space.
+fn out_of_space_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if content::out_of_space(io) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
 /// How much of any text taken from input (a registry's answer, a layer's entry path)
 /// errors and logs show.
 pub const MAX_ECHO: usize = 256;
@@ -469,9 +483,11 @@ impl ImageService {
             }
         }
         if let Err(error) = &result {
-            if error.is_limit() {
+            if error.is_limit() || out_of_space_in_chain(error) {
                 // A refused image leaves nothing: the layers it did unpack go too (the
-                // pull's lease is gone; other pulls' layers keep theirs).
+                // pull's lease is gone; other pulls' layers keep theirs). So does one
+                // that filled the disk: the space comes back. (Other failures keep
+                // what was verified, so a retry resumes.)
                 if let Err(gc) = self.gc().await {
                     tracing::warn!(%reference, error = %gc, "cleaning up after a refused pull");
                 }

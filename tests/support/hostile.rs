@@ -50,11 +50,15 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// After the body, bytes without end (no Content-Length: the body ends when the
+    /// connection does) until the client hangs up; the count sent is recorded.
+    pub endless: bool,
 }
 
 impl Response {
     pub fn new(status: u16) -> Response {
         Response {
+            endless: false,
             status,
             headers: Vec::new(),
             body: Vec::new(),
@@ -204,14 +208,31 @@ async fn serve(mut stream: TcpStream, handler: Arc<Handler>, requests: Arc<Mutex
     } else {
         response.body.clone()
     };
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        response.body.len()
-    ));
+    if response.endless {
+        out.push_str("Connection: close\r\n\r\n");
+    } else {
+        out.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            response.body.len()
+        ));
+    }
     let _ = stream.write_all(out.as_bytes()).await;
     let _ = stream.write_all(&body).await;
+    if response.endless && request.method != "HEAD" {
+        // At most 4 GiB: a client that never stops reading fails the test's timeout,
+        // not the machine's disk.
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut sent = body.len() as u64;
+        while sent < 4 << 30 && stream.write_all(&chunk).await.is_ok() {
+            sent += chunk.len() as u64;
+        }
+        ENDLESS_SENT.fetch_max(sent, Ordering::SeqCst);
+    }
     let _ = stream.shutdown().await;
 }
+
+/// The most bytes one endless response sent before its client hung up.
+pub static ENDLESS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A registry's read-only routes for images: `/v2/`, manifests by tag or digest, blobs.
 #[derive(Clone, Default)]
