@@ -296,3 +296,98 @@ async fn containers_get_dockers_capabilities_seccomp_and_masks() {
     let seen = docker.run(&["run", "--rm", &image, "ls", &state, &socket]);
     assert_ne!(seen.status, 0, "{seen:?}");
 }
+
+/// The default seccomp profile, syscall by syscall: each call runs in a container with
+/// Docker's default capabilities, once under wharf's default profile and once with
+/// `seccomp=unconfined`. The profile's refusal is EPERM (ENOSYS for clone3, so libc
+/// falls back to clone, whose flags the filter sees); unconfined the same call answers
+/// otherwise, which shows the filter refused it, not a missing capability. Calls the
+/// profile allows answer alike both ways.
+#[tokio::test]
+async fn the_default_seccomp_profile_refuses_what_dockers_refuses() {
+    const EPERM: i32 = 1;
+    const ENOSYS: i32 = 38;
+    // Docker's default profile refuses these to a container without extra capabilities
+    // (dockerd 20.10's profile; later ones allow name_to_handle_at, and 25.0 and later
+    // refuse io_uring too).
+    let refused: &[(&str, i32)] = &[
+        ("keyctl", EPERM),
+        ("add_key", EPERM),
+        ("request_key", EPERM),
+        ("perf_event_open", EPERM),
+        ("get_mempolicy", EPERM),
+        ("set_mempolicy", EPERM),
+        ("mbind", EPERM),
+        ("move_pages", EPERM),
+        ("userfaultfd", EPERM),
+        ("uselib", EPERM),
+        ("name_to_handle_at", EPERM),
+        ("kcmp", EPERM),
+        ("process_vm_readv", EPERM),
+        ("process_vm_writev", EPERM),
+        ("unshare", EPERM),
+        ("setns", EPERM),
+        ("clock_adjtime", EPERM),
+        ("sysfs", EPERM),
+        ("ustat", EPERM),
+        ("quotactl", EPERM),
+        ("io_uring_setup", EPERM),
+        ("open_tree", EPERM),
+        ("clone3", ENOSYS),
+    ];
+    let allowed = ["getpid", "uname"];
+    let probe = support::go_tools::go_tool("syscall-probe");
+    let docker = DockerEnv::start_pulled().await;
+    let names: Vec<&str> = refused
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(allowed)
+        .collect();
+    let run = |seccomp: Option<&str>| -> std::collections::BTreeMap<String, i32> {
+        let mount = format!("{}:/probe:ro", probe.display());
+        let mut args = vec!["run", "--rm", "-v", mount.as_str()];
+        if let Some(option) = seccomp {
+            args.extend(["--security-opt", option]);
+        }
+        args.push(docker.image.as_str());
+        args.push("/probe");
+        args.extend(names.iter().copied());
+        docker
+            .ok(&args)
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, errno)| (name.to_string(), errno.parse().unwrap_or(-1)))
+            .collect()
+    };
+    let confined = run(None);
+    let unconfined = run(Some("seccomp=unconfined"));
+    let mut table = String::from("syscall            default  unconfined\n");
+    for name in &names {
+        table.push_str(&format!(
+            "{name:<18} {:>7}  {:>10}\n",
+            confined.get(*name).copied().unwrap_or(-1),
+            unconfined.get(*name).copied().unwrap_or(-1)
+        ));
+    }
+    eprintln!("{table}");
+    for (name, errno) in refused {
+        assert_eq!(
+            confined.get(*name),
+            Some(errno),
+            "{name} is refused by the default profile:\n{table}"
+        );
+        assert_ne!(
+            unconfined.get(*name),
+            Some(errno),
+            "{name}: unconfined it answers otherwise (the profile, not a capability, \
+             refused it):\n{table}"
+        );
+    }
+    for name in allowed {
+        assert_eq!(
+            confined.get(name),
+            unconfined.get(name),
+            "{name} is allowed:\n{table}"
+        );
+    }
+}

@@ -7,6 +7,8 @@
 #                 (SPDY/3.1, WebSocket) on the CRI streaming URLs, as kubectl uses them
 #   gpu-e2e       tests/go/gpu-e2e: the CRI + Docker API driver of e2e/gpu.sh (static,
 #                 to be carried to a GPU host)
+#   syscall-probe tests/go/syscall-probe: one raw syscall per name, printing its errno
+#                 (static: tests/privilege.rs runs it inside containers)
 #   stream-bench  tests/go/stream-bench: exec round trips, port-forward throughput and
 #                 per-session memory of a CRI streaming server (bench/compare-streaming.sh)
 #   docker-compose Compose v2, github.com/docker/compose/v5 (the `tool` of
@@ -30,6 +32,7 @@ go build -o "$out/stream-client" ./stream-client
 go test -c -o "$out/critest" -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" sigs.k8s.io/cri-tools/cmd/critest
 go build -o "$out/stream-bench" ./stream-bench
 CGO_ENABLED=0 go build -o "$out/gpu-e2e" ./gpu-e2e
+CGO_ENABLED=0 go build -o "$out/syscall-probe" ./syscall-probe
 compose_version=$(cd ../compose && go list -m -f '{{.Version}}' github.com/docker/compose/v5)
 (cd ../compose && go build -o "../../target/go-tools/docker-compose" \
   -ldflags "-X github.com/docker/compose/v5/internal.Version=$compose_version" \
