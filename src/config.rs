@@ -361,6 +361,10 @@ pub struct CriConfig {
     pub socket: PathBuf,
     /// How long a SIGTERM waits for in-flight calls before the daemon exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// Connections the socket holds open at most; one more is refused with an HTTP/2
+    /// GOAWAY naming this setting (clients that connect and stay cannot spend the
+    /// daemon's descriptors).
+    pub max_connections: usize,
     /// The streaming server of Exec, Attach and PortForward (src/streaming/).
     pub streaming: StreamingConfig,
 }
@@ -479,7 +483,14 @@ pub struct DockerConfig {
     /// PEM CA whose client certificates are accepted (and required).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
+    /// Connections each listener holds open at most; one more is answered 503 naming
+    /// this setting.
+    pub max_connections: usize,
 }
+
+/// Connections an API socket holds open at most, by default: far above what kubelet
+/// or the docker CLI open, far below wharfd's descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 impl Default for DockerConfig {
     fn default() -> Self {
@@ -491,6 +502,7 @@ impl Default for DockerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -660,6 +672,7 @@ impl Default for CriConfig {
         CriConfig {
             socket: PathBuf::from("/run/wharf/wharf.sock"),
             shutdown_timeout_secs: 30,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             streaming: StreamingConfig::default(),
         }
     }

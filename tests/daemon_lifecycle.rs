@@ -314,6 +314,69 @@ async fn many_idle_clients_do_not_exhaust_the_daemon() {
     drop(idle);
 }
 
+/// Clients that connect and stay (slow, idle or hostile) hold at most
+/// `max_connections` of a socket: the next is refused with an error that says why (the
+/// docker CLI shows dockerd-style JSON of a 503; crictl, a grpc-go client, the GOAWAY's
+/// debug data), and once some go the socket serves again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_are_refused_with_a_clear_error() {
+    use std::io::{Read, Write};
+    let docker = support::docker::DockerEnv::start_with_config(
+        "[cri]\nmax_connections = 24\n[docker]\nmax_connections = 24\n",
+    )
+    .await;
+    let cri_socket = docker.env.daemon.paths.cri_socket.clone();
+    // Fill both sockets.
+    let connect = |path: &std::path::Path| {
+        std::os::unix::net::UnixStream::connect(path).expect("an idle client")
+    };
+    let mut idle_docker: Vec<_> = (0..24).map(|_| connect(&docker.socket())).collect();
+    let mut idle_cri: Vec<_> = (0..24).map(|_| connect(&cri_socket)).collect();
+    // Half a request each: slow clients that never finish their headers.
+    for stream in &mut idle_docker {
+        stream
+            .write_all(b"GET /_ping HTTP/1.1\r\nHost: d")
+            .expect("a slow client");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut refused = connect(&docker.socket());
+    refused
+        .write_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+        .expect("send a request");
+    let mut answer = String::new();
+    refused
+        .read_to_string(&mut answer)
+        .expect("read the refusal");
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("[docker] max_connections"),
+        "{answer}"
+    );
+    let cli = docker.run(&["version", "--format", "{{.Server.Version}}"]);
+    assert!(
+        cli.status != 0 && cli.stderr.contains("too many connections"),
+        "docker version at the limit: {cli:?}"
+    );
+    let crictl = support::go_tools::crictl(&cri_socket, &["--timeout", "5s", "version"]);
+    let crictl_err = String::from_utf8_lossy(&crictl.stderr);
+    assert!(
+        !crictl.status.success() && crictl_err.contains("too many connections"),
+        "crictl at the limit: {crictl:?}"
+    );
+
+    // Some clients go: the sockets serve again.
+    idle_docker.truncate(20);
+    idle_cri.truncate(20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        docker.ok(&["version", "--format", "{{.Server.Version}}"]),
+        docker.ok(&["version", "--format", "{{.Server.Version}}"])
+    );
+    support::go_tools::crictl_ok(&cri_socket, &["version"]);
+    drop(idle_docker);
+    drop(idle_cri);
+}
+
 /// A container that forks until its pids limit stays within it, and neither wharfd nor
 /// the removal of the container suffers.
 #[tokio::test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::{self, CriServer};
@@ -18,6 +17,7 @@ use crate::docker;
 use crate::engine::{Engine, EngineError};
 
 mod in_flight;
+pub mod limit;
 mod memory;
 pub mod notify;
 
@@ -121,7 +121,8 @@ pub async fn run(config: Config, notifier: Option<notify::Notifier>) -> Result<(
         .then(|| docker::DockerServer::new(engine.clone()));
     let mut docker_server = match (&docker_socket, &docker_front) {
         (Some(docker_socket), Some(front)) => {
-            let listener = docker_socket.listener()?;
+            let listener =
+                limit::LimitedListener::new(docker_socket.listener()?, docker_limit(&config));
             let server = front.clone();
             Some(tokio::spawn(docker::serve(
                 listener,
@@ -222,9 +223,13 @@ pub async fn run(config: Config, notifier: Option<notify::Notifier>) -> Result<(
                             address: address.to_string(),
                             source,
                         })?;
+                    let listener = limit::LimitedListener::new(listener, docker_limit(&config));
                     tokio::spawn(docker::serve(listener, server, in_flight.layer(), shutdown))
                 }
-                None => tokio::spawn(docker::serve(listener, server, in_flight.layer(), shutdown)),
+                None => {
+                    let listener = limit::LimitedListener::new(listener, docker_limit(&config));
+                    tokio::spawn(docker::serve(listener, server, in_flight.layer(), shutdown))
+                }
             };
             tracing::info!(%address, tls = acceptor.is_some(), "Docker API listening on TCP");
             docker_tcp.push(task);
@@ -277,9 +282,15 @@ pub async fn run(config: Config, notifier: Option<notify::Notifier>) -> Result<(
         .layer(cri_metrics)
         .add_service(runtime_service)
         .add_service(image_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(socket.listener()?), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            limit::limited_incoming(
+                socket.listener()?,
+                limit::ConnectionLimit::new(config.cri.max_connections, "[cri] max_connections"),
+            ),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let mut server = tokio::spawn(server);
     let trimmer = tokio::spawn(memory::trim_when_idle(
         in_flight.clone(),
@@ -557,6 +568,11 @@ fn raise_open_file_limit() {
         Ok(_) => {}
         Err(err) => tracing::warn!("reading the open-file limit: {err}"),
     }
+}
+
+/// The connection cap of one Docker API listener.
+fn docker_limit(config: &Config) -> limit::ConnectionLimit {
+    limit::ConnectionLimit::new(config.docker.max_connections, "[docker] max_connections")
 }
 
 #[cfg(test)]
