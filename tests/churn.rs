@@ -121,12 +121,7 @@ fn processes_mentioning(path: &Path, daemon: u32) -> usize {
 }
 
 fn store_rows(root: &Path) -> BTreeMap<String, i64> {
-    let db = root.join("metadata.db");
-    let conn = rusqlite::Connection::open_with_flags(
-        &db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .unwrap_or_else(|err| panic!("open {}: {err}", db.display()));
+    let conn = support::net::open_store(root);
     let mut stmt = conn
         .prepare("SELECT kind, count(*) FROM objects GROUP BY kind ORDER BY kind")
         .expect("count the store's rows");

@@ -232,17 +232,24 @@ fn assert_no_cri_errors(kubelet: &Kubelet, log: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_kubelet_runs_static_pods_on_wharf() {
-    let binaries = k8s_binaries();
-    let _one = ONE_KUBELET.lock().await;
-    let bridge = TestBridge::new(80);
+/// A node for a standalone kubelet: wharfd on a bridge of its own (`index`), and the
+/// busybox test image in a local registry (its reference).
+async fn node(index: u32) -> (TestBridge, Registry, String, Daemon) {
+    let bridge = TestBridge::new(index);
     let registry = Registry::start().await;
     registry
         .push("e2e/busybox", "latest", &busybox_image())
         .await;
     let image = format!("{}/e2e/busybox:latest", registry.host());
     let daemon = Daemon::start_with_config(&bridge.config()).await;
+    (bridge, registry, image, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_kubelet_runs_static_pods_on_wharf() {
+    let binaries = k8s_binaries();
+    let _one = ONE_KUBELET.lock().await;
+    let (_bridge, _registry, image, daemon) = node(80).await;
     let kubelet = Kubelet::start(
         &binaries.kubelet,
         KubeletOptions {
@@ -423,13 +430,7 @@ async fn standalone_kubelet_runs_static_pods_on_wharf() {
 async fn kill_9_of_wharfd_under_kubelet_restarts_and_loses_nothing() {
     let binaries = k8s_binaries();
     let _one = ONE_KUBELET.lock().await;
-    let bridge = TestBridge::new(81);
-    let registry = Registry::start().await;
-    registry
-        .push("e2e/busybox", "latest", &busybox_image())
-        .await;
-    let image = format!("{}/e2e/busybox:latest", registry.host());
-    let mut daemon = Daemon::start_with_config(&bridge.config()).await;
+    let (_bridge, _registry, image, mut daemon) = node(81).await;
     let kubelet = Kubelet::start(
         &binaries.kubelet,
         KubeletOptions {

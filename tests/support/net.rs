@@ -211,14 +211,19 @@ pub fn stored_leases(root: &Path) -> Vec<String> {
     stored_ids(root, "lease")
 }
 
-/// The IDs of the stored objects of `kind` (`lease`, `pod`...), sorted.
-pub fn stored_ids(root: &Path, kind: &str) -> Vec<String> {
+/// The daemon's store under `root`, read-only (beside the running daemon).
+pub fn open_store(root: &Path) -> rusqlite::Connection {
     let db = root.join("metadata.db");
-    let conn = rusqlite::Connection::open_with_flags(
+    rusqlite::Connection::open_with_flags(
         &db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .unwrap_or_else(|err| panic!("open {}: {err}", db.display()));
+    .unwrap_or_else(|err| panic!("open {}: {err}", db.display()))
+}
+
+/// The IDs of the stored objects of `kind` (`lease`, `pod`...), sorted.
+pub fn stored_ids(root: &Path, kind: &str) -> Vec<String> {
+    let conn = open_store(root);
     let mut stmt = conn
         .prepare("SELECT id FROM objects WHERE kind = ?1 ORDER BY id")
         .expect("query the store");
