@@ -286,6 +286,14 @@ async fn churn_on_the_bridge_leaves_nothing_behind() {
     churn(&mut env, "bridge", &name, &prefix, &leases).await;
 }
 
+struct CniRules(String);
+
+impl Drop for CniRules {
+    fn drop(&mut self) {
+        support::net::remove_cni_rules(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn churn_through_cni_leaves_nothing_behind() {
     support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
@@ -297,6 +305,8 @@ async fn churn_through_cni_leaves_nothing_behind() {
         bridge: bridge.clone(),
         subnet_prefix: format!("{prefix}."),
     };
+    // The plugins' masquerade rules of pods a failed run did not remove.
+    let _rules_cleanup = CniRules(format!("wharf-churn-{pid}"));
     let dir = tempfile::Builder::new()
         .prefix("wharf-churn-cni-")
         .tempdir()

@@ -138,29 +138,8 @@ impl TestNetwork {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        // Host-port rules of pods a failed test did not remove (portmap's per-pod
-        // chains are named in a rule that carries the network's name).
-        let nat = Command::new("iptables-save")
-            .args(["-t", "nat"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
-        for rule in nat
-            .lines()
-            .filter(|l| l.contains(&format!("\\\"{}\\\"", self.name)))
-        {
-            let Some(chain) = rule.split_whitespace().skip_while(|w| *w != "-j").nth(1) else {
-                continue;
-            };
-            let delete = format!(
-                "iptables -t nat -D {} ; iptables -t nat -F {chain}; iptables -t nat -X {chain}",
-                &rule[3..]
-            );
-            let _ = Command::new("sh")
-                .args(["-c", &delete])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+        // Host-port rules of pods a failed test did not remove.
+        support::net::remove_cni_rules(&self.name);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())

@@ -183,6 +183,27 @@ pub fn delete_rules_containing(table: &str, needles: &[String]) {
     let _ = child.wait();
 }
 
+/// Removes the NAT rules CNI plugins made for network `name` and pods a failed test
+/// did not remove (portmap's and the bridge plugin's ipMasq per-pod chains are named
+/// in a rule that carries the network's name): each such rule, and the chain it jumps
+/// to.
+pub fn remove_cni_rules(name: &str) {
+    let needle = format!("\\\"{name}\\\"");
+    for rule in iptables_save("nat").lines().filter(|l| l.contains(&needle)) {
+        let Some(chain) = rule.split_whitespace().skip_while(|w| *w != "-j").nth(1) else {
+            continue;
+        };
+        let delete = format!(
+            "iptables -t nat -D {} ; iptables -t nat -F {chain}; iptables -t nat -X {chain}",
+            &rule[3..]
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &delete])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Removes a built-in bridge network a test made, even when the test failed half-way:
 /// the bridge link and every rule naming it or leading into its subnet.
 pub struct BridgeCleanup {
