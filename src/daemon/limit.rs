@@ -13,10 +13,16 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+/// Refused connections answered at once, at most; more are closed unanswered.
+const MAX_ANSWERING: usize = 64;
+
 /// The open connections of one socket, and how many it may hold.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
     open: Arc<AtomicUsize>,
+    /// Refusals being answered: past [`MAX_ANSWERING`] a connection is closed at
+    /// once, so a flood cannot spend descriptors on its answers either.
+    answering: Arc<AtomicUsize>,
     max: usize,
     /// The setting that holds `max`, for the error.
     setting: &'static str,
@@ -26,6 +32,7 @@ impl ConnectionLimit {
     pub fn new(max: usize, setting: &'static str) -> ConnectionLimit {
         ConnectionLimit {
             open: Arc::new(AtomicUsize::new(0)),
+            answering: Arc::new(AtomicUsize::new(0)),
             max: max.max(1),
             setting,
         }
@@ -72,12 +79,36 @@ impl ConnectionLimit {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        tracing::warn!(
-            limit = self.max,
-            setting = self.setting,
-            "refused a connection: too many open"
-        );
-        tokio::spawn(answer_and_close(io, response.into_bytes()));
+        let Some(answering) = self.start_answer() else {
+            return;
+        };
+        tokio::spawn(async move {
+            answer_and_close(io, response.into_bytes()).await;
+            drop(answering);
+        });
+    }
+
+    /// Counts a refusal about to be answered (and logs it); None when
+    /// [`MAX_ANSWERING`] are under way: the caller then drops the connection.
+    fn start_answer(&self) -> Option<Counted<()>> {
+        let admitted = self
+            .answering
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ANSWERING).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            // (Not when a flood has this many under way: no log line per connection.)
+            tracing::warn!(
+                limit = self.max,
+                setting = self.setting,
+                "refused a connection: too many open"
+            );
+        }
+        admitted.then(|| Counted {
+            io: (),
+            open: self.answering.clone(),
+        })
     }
 
     /// Answers a gRPC connection past the cap: every call it makes within 5 s fails
@@ -87,11 +118,9 @@ impl ConnectionLimit {
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        tracing::warn!(
-            limit = self.max,
-            setting = self.setting,
-            "refused a connection: too many open"
-        );
+        let Some(answering) = self.start_answer() else {
+            return;
+        };
         let message = self.message();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
@@ -109,6 +138,7 @@ impl ConnectionLimit {
                 hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(io), service);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+            drop(answering);
         });
     }
 }
