@@ -87,6 +87,10 @@ impl crate::error::HasKind for ImageError {
             // it as ErrImagePull with the message, like any pull failure.
             err if err.is_limit() => ErrorKind::ResourceExhausted,
             ImageError::TooManyLayers { .. } => ErrorKind::ResourceExhausted,
+            // A full disk while a layer unpacks: retried once there is room.
+            err @ ImageError::Unpack { .. } if out_of_space_in_chain(err) => {
+                ErrorKind::ResourceExhausted
+            }
             ImageError::InvalidImage { .. } | ImageError::Unpack { .. } => {
                 ErrorKind::FailedPrecondition
             }
@@ -1252,4 +1256,40 @@ fn timed_unpack<T, E>(
         timer.stop_and_discard();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ErrorKind, HasKind};
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_wherever_the_pull_meets_it() {
+        let full = || std::io::Error::from_raw_os_error(28); // ENOSPC
+        let unpacking = ImageError::Unpack {
+            digest: "sha256:aa".into(),
+            source: UnpackError::Apply {
+                path: "big".into(),
+                op: "writing the file".into(),
+                source: full(),
+            },
+        };
+        assert_eq!(unpacking.kind(), ErrorKind::ResourceExhausted);
+        assert!(out_of_space_in_chain(&unpacking));
+        let storing = ImageError::Content(ContentError::Write {
+            digest: "sha256:aa".into(),
+            path: "ingest".into(),
+            source: full(),
+        });
+        assert_eq!(storing.kind(), ErrorKind::ResourceExhausted);
+        let other = ImageError::Unpack {
+            digest: "sha256:aa".into(),
+            source: UnpackError::Apply {
+                path: "big".into(),
+                op: "writing the file".into(),
+                source: std::io::Error::from_raw_os_error(5), // EIO
+            },
+        };
+        assert_eq!(other.kind(), ErrorKind::FailedPrecondition);
+    }
 }
