@@ -81,6 +81,18 @@ impl Engine {
             events.clone(),
         )
         .await?;
+        // Blobs and layers that nothing references any more: a crash between an
+        // image's removal and its garbage collection (or a failed pull's verified
+        // blobs) left them. Containers hold their layers from Runtime::open on.
+        match images.gc().await {
+            Ok(stats) if stats.blobs_removed + stats.snapshots_removed > 0 => tracing::info!(
+                blobs = stats.blobs_removed,
+                snapshots = stats.snapshots_removed,
+                "removed image data nothing references"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!("image garbage collection at start: {err}"),
+        }
         let mut collectors = store.metric_collectors();
         collectors.extend(images.metric_collectors());
         collectors.extend(runtime.metric_collectors());

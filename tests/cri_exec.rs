@@ -376,3 +376,37 @@ async fn shared_pid_pod_creates_containers_after_many_execs() {
     }
     env.remove_pod(&pod_id).await;
 }
+
+/// Execs leave no file behind in the container's runtime state: the vendored
+/// libcontainer left a `tenant-notify-*.sock` per exec (found by tests/crash_random.rs).
+#[tokio::test(flavor = "multi_thread")]
+async fn execs_leave_no_files_in_the_runtime_state() {
+    let mut env = PodEnv::start().await;
+    let (pod_id, id) = sleeper(&mut env, "no-litter", "").await;
+    let state = env.daemon.paths.state.join("runtime/builtin").join(&id);
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .expect("the container's runtime state")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    for i in 0..5 {
+        assert_eq!(
+            env.exec_ok(&id, &["echo", &i.to_string()]).await,
+            i.to_string()
+        );
+    }
+    assert_eq!(
+        listing(),
+        before,
+        "files the execs left in {}",
+        state.display()
+    );
+    env.remove_container(&id).await;
+    env.stop_pod(&pod_id).await;
+    env.remove_pod(&pod_id).await;
+}

@@ -222,7 +222,10 @@ pub async fn run(invocation: Invocation<'_>, timeout: Duration) -> Result<Vec<u8
     };
     let ((stdout, stdout_overflow), (stderr, _), status) =
         match tokio::time::timeout(timeout, io).await {
-            Ok(done) => done,
+            Ok(done) => {
+                crate::crash_point::reached("cni.after_plugin");
+                done
+            }
             Err(_) => {
                 if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                     // The child is not reaped yet, so its pid (= its group) is still ours.

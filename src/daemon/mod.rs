@@ -312,6 +312,7 @@ pub async fn run(config: Config, notifier: Option<notify::Notifier>) -> Result<(
     if let Some(notifier) = &notifier {
         notifier.notify_or_warn("READY=1\nSTATUS=serving");
     }
+    crate::crash_point::serving();
     let docker_failed = async {
         match docker_server.as_mut() {
             Some(server) => server.await,

@@ -802,7 +802,7 @@ pub(super) async fn remove(
             &image.id.trim_start_matches("sha256:")[..12]
         )));
     }
-    server.images.remove(NAMESPACE, &query).await?;
+    let pruned = remove_image(&server, &query, prune).await?;
     for tag in &tags {
         answer.push(json!({ "Untagged": familiar(tag) }));
     }
@@ -811,40 +811,32 @@ pub(super) async fn remove(
             answer.push(json!({ "Untagged": familiar(digest) }));
         }
         answer.push(json!({ "Deleted": image.id }));
-        if prune {
-            remove_unused_parents(&server, image.parent.clone(), &mut answer).await?;
+        for parent in pruned {
+            answer.push(json!({ "Deleted": parent }));
         }
     }
     Ok(Json(answer))
 }
 
-/// dockerd's parent pruning after a delete: each parent up the chain that is now an
-/// untagged image with no other child and no container goes too (a build's steps).
-pub(super) async fn remove_unused_parents(
+/// Removes the image `query` names and, with `prune`, dockerd's parent pruning: each
+/// parent up the chain that is then an untagged image with no other child and no
+/// container goes too (a build's steps), in the same store transaction. Returns the
+/// parents removed.
+pub(super) async fn remove_image(
     server: &DockerServer,
-    mut next: Option<String>,
-    answer: &mut Vec<Value>,
-) -> Result<(), ApiError> {
-    while let Some(id) = next.take() {
-        let Some(parent) = server.images.get(NAMESPACE, &id) else {
-            break;
-        };
-        let mut used = false;
-        server.runtime.for_each_container(NAMESPACE, |c| {
-            used |= c.image_id == parent.id;
-        });
-        if used
-            || !parent.repo_tags.is_empty()
-            || !parent.repo_digests.is_empty()
-            || !server.images.children(NAMESPACE, &parent.id).is_empty()
-        {
-            break;
-        }
-        server.images.remove(NAMESPACE, &parent.id).await?;
-        answer.push(json!({ "Deleted": parent.id }));
-        next = parent.parent;
-    }
-    Ok(())
+    query: &str,
+    prune: bool,
+) -> Result<Vec<String>, ApiError> {
+    let mut used = std::collections::HashSet::new();
+    server.runtime.for_each_container(NAMESPACE, |c| {
+        used.insert(c.image_id.clone());
+    });
+    let in_use = move |id: &str| used.contains(id);
+    let pruned = server
+        .images
+        .remove_pruning(NAMESPACE, query, prune.then_some(&in_use as _))
+        .await?;
+    Ok(pruned.unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -352,21 +352,21 @@ pub(super) async fn prune_images(
         if in_use {
             continue;
         }
-        match server.images.remove(NAMESPACE, &image.id).await {
-            Ok(true) => {
+        if server.images.get(NAMESPACE, &image.id).is_none() {
+            // Pruned already, as a parent of an image removed before it.
+            continue;
+        }
+        match super::images::remove_image(&server, &image.id, true).await {
+            Ok(parents) => {
                 for reference in image.repo_tags.iter().chain(&image.repo_digests) {
                     answer.push(json!({ "Untagged": familiar(reference) }));
                 }
                 answer.push(json!({ "Deleted": image.id }));
-                if let Err(err) =
-                    super::images::remove_unused_parents(&server, image.parent.clone(), &mut answer)
-                        .await
-                {
-                    tracing::warn!(image = %image.id, "failed to prune its parents: {}", err.message);
+                for parent in parents {
+                    answer.push(json!({ "Deleted": parent }));
                 }
             }
-            Ok(false) => {}
-            Err(err) => tracing::warn!(image = %image.id, "failed to prune image: {err}"),
+            Err(err) => tracing::warn!(image = %image.id, "failed to prune image: {}", err.message),
         }
     }
     let after = server.images.usage().map(|(bytes, _)| bytes).unwrap_or(0);

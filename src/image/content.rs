@@ -410,6 +410,7 @@ impl Ingest {
         File::open(&self.blobs_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(io_err(&self.blobs_dir))?;
+        crate::crash_point::reached("content.after_commit");
         Ok(())
     }
 }

@@ -919,10 +919,25 @@ impl ImageService {
     /// false if nothing matched (removal is idempotent, as in containerd's CRI).
     /// Blobs and snapshots no image needs any more are garbage-collected.
     pub async fn remove(&self, namespace: &str, query: &str) -> Result<bool, ImageError> {
+        Ok(self.remove_pruning(namespace, query, None).await?.is_some())
+    }
+
+    /// [`Self::remove`], and when the image goes and `prune_parents` is given,
+    /// dockerd's parent pruning: each parent up the chain that is then untagged, has no
+    /// other child and is not `in_use` (by a container) goes too (a build's steps). All
+    /// in one store transaction, so a crash removes the whole chain or none of it.
+    /// Returns None if nothing matched, else the IDs of the parents removed.
+    pub async fn remove_pruning(
+        &self,
+        namespace: &str,
+        query: &str,
+        prune_parents: Option<&(dyn Fn(&str) -> bool + Sync)>,
+    ) -> Result<Option<Vec<String>>, ImageError> {
+        let mut pruned = Vec::new();
         {
             let _records = self.records.lock().await;
             let Some(image) = self.get(namespace, query) else {
-                return Ok(false);
+                return Ok(None);
             };
             let normalized = ImageReference::parse(query).ok().map(|r| r.to_string());
             let mut remaining = image.clone();
@@ -947,12 +962,35 @@ impl ImageService {
                     .is_some_and(|index| index.children(&image.id).next().is_some())
             };
             let keep = !remaining.repo_tags.is_empty() || has_children;
+            if let (false, Some(in_use)) = (keep, prune_parents) {
+                let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(index) = namespaces.get(namespace) {
+                    let mut gone = vec![image.id.clone()];
+                    let mut next = image.parent.clone();
+                    while let Some(parent) = next.take().and_then(|id| index.by_id.get(&id)) {
+                        let prunable = parent.repo_tags.is_empty()
+                            && parent.repo_digests.is_empty()
+                            && !in_use(&parent.id)
+                            && index.children(&parent.id).all(|c| gone.contains(&c.id));
+                        if !prunable {
+                            break;
+                        }
+                        gone.push(parent.id.clone());
+                        pruned.push(parent.id.clone());
+                        next = parent.parent.clone();
+                    }
+                }
+            }
             self.store.update(|tx| {
                 if keep {
-                    tx.replace(namespace, Kind::Image, &image.id, &remaining)
+                    tx.replace(namespace, Kind::Image, &image.id, &remaining)?;
                 } else {
-                    tx.delete(namespace, Kind::Image, &image.id)
+                    tx.delete(namespace, Kind::Image, &image.id)?;
                 }
+                for parent in &pruned {
+                    tx.delete(namespace, Kind::Image, parent)?;
+                }
+                Ok::<_, ImageError>(())
             })?;
             let mut namespaces = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
             if let Some(index) = namespaces.get_mut(namespace) {
@@ -960,15 +998,21 @@ impl ImageService {
                 if keep {
                     index.insert(remaining);
                 }
+                for parent in &pruned {
+                    index.remove(parent);
+                }
             }
             drop(namespaces);
             self.image_event(namespace, "untag", &image.id, query);
             if !keep {
                 self.image_event(namespace, "delete", &image.id, query);
             }
+            for parent in &pruned {
+                self.image_event(namespace, "delete", parent, parent);
+            }
         }
         self.gc().await?;
-        Ok(true)
+        Ok(Some(pruned))
     }
 
     /// Tags the image `query` names as `reference` (normalized as Docker does; a tag,

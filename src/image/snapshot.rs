@@ -255,6 +255,7 @@ impl Snapshotter {
                 pending.committed = true;
                 sync_dir(&self.layers)?;
                 tracing::debug!(chain_id, "snapshot committed");
+                crate::crash_point::reached("snapshot.after_commit");
                 Ok(())
             }
             Err(err) if matches!(err.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
@@ -281,6 +282,7 @@ impl Snapshotter {
             Err(err) => return Err(io_err("removing", &committed)(err)),
         }
         sync_dir(&self.layers)?;
+        crate::crash_point::reached("snapshot.remove.after_rename");
         fs::remove_dir_all(&trash).map_err(io_err("removing", &trash))?;
         tracing::debug!(chain_id, "snapshot removed");
         Ok(())

@@ -348,6 +348,7 @@ impl Runtime {
             tracing::debug_span!("rootfs.mount").in_scope(|| {
                 snapshot::mount_rootfs(images.snapshots(), &chain, &data_dir, &rootfs, false)
             })?;
+            crate::crash_point::reached("rootfs.after_mount");
             tracing::debug_span!("volumes.copy_up")
                 .in_scope(|| super::volumes::copy_up_volumes(&rootfs, &config.mounts))?;
             let spec_span = tracing::debug_span!("spec.write").entered();
@@ -381,6 +382,7 @@ impl Runtime {
         )
         .instrument(tracing::debug_span!("monitor.create"))
         .await?;
+        crate::crash_point::reached("monitor.after_create");
         Ok(info)
     }
 

@@ -295,7 +295,9 @@ impl Store {
             .map_err(StoreError::from)?;
         let mut txn = Txn { tx };
         let result = change(&mut txn)?;
+        crate::crash_point::reached("store.before_commit");
         txn.tx.commit().map_err(StoreError::from)?;
+        crate::crash_point::reached("store.after_commit");
         Ok(result)
     }
 

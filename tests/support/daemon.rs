@@ -271,6 +271,28 @@ impl Daemon {
         self.wait_for_exit("by itself")
     }
 
+    /// The daemon's exit status if it exits within `timeout` (a crash point's kill),
+    /// None if it still runs then.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("poll wharfd") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the daemon process runs (it was started and has not been seen to exit).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL: the crash every component must survive.
     pub fn kill9(&mut self) -> ExitStatus {
         self.signal_and_wait(Signal::SIGKILL)

@@ -2,6 +2,7 @@
 //! test images. Each test binary uses a subset, hence the allow.
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod cleanup;
 pub mod compose;
 pub mod daemon;

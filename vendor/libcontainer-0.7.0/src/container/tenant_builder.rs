@@ -289,10 +289,15 @@ impl TenantContainerBuilder {
             process_label: self.process_label,
         };
 
-        let pid = builder_impl.create()?;
-
-        let mut notify_socket = NotifySocket::new(notify_path);
-        notify_socket.notify_container_start()?;
+        // wharf: the notify socket serves this one start; upstream left its file in
+        // the container's directory, one more with every exec.
+        let started = builder_impl.create().and_then(|pid| {
+            let mut notify_socket = NotifySocket::new(notify_path.clone());
+            notify_socket.notify_container_start()?;
+            Ok(pid)
+        });
+        let _ = fs::remove_file(&notify_path);
+        let pid = started?;
 
         // Explicitly close the write end of the pipe here to notify the
         // `read_end` that the init process is able to move forward. Closing one
