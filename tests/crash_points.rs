@@ -242,3 +242,169 @@ async fn a_container_whose_runtime_state_is_torn_can_be_removed() {
     env.stop_pod(&pod_id).await;
     env.remove_pod(&pod_id).await;
 }
+
+const UNKNOWN: i32 = cri::ContainerState::ContainerUnknown as i32;
+
+/// The monitor's record of a container's processes (`<bundle>/monitor.json`): the
+/// monitor's pid and the init's.
+fn monitor_and_init(state: &Path, id: &str) -> (i32, i32) {
+    let path = state.join("containers").join(id).join("monitor.json");
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())),
+    )
+    .expect("monitor.json");
+    let pid = |key: &str| info[key].as_i64().expect("a pid in monitor.json") as i32;
+    (pid("monitor_pid"), pid("pid"))
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("SIGKILL {pid}: {e}"));
+}
+
+/// Whether `pid` still runs (a zombie does not: its parent has yet to reap it).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat[stat.rfind(')')? + 1..].trim_start().to_string();
+            after.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+async fn wait_not_running(env: &mut PodEnv, id: &str, what: &str) -> cri::ContainerStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = env.status(id).await;
+        if status.state != RUNNING {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still reported running: {status:?}\n--- wharfd log:\n{}",
+            env.daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The container init and the monitor killed from outside (SIGKILL), with wharfd up
+/// and while it is down: the runtime reports what happened. A killed init exited 137
+/// (the monitor saw it). A killed monitor leaves a container nobody can log or wait
+/// for: wharf kills it too, as containerd kills a task whose shim died, and reports
+/// 137 with the reason. Both killed while wharfd was down: nobody saw the init's exit
+/// status, so the container is Unknown (exit code 255). Each is removed completely.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_inits_and_monitors_are_reported_as_what_happened() {
+    let mut env = PodEnv::start().await;
+    let state = env.daemon.paths.state.clone();
+    let pod = env.pod_config("kills");
+    let pod_id = env.run_pod(&pod).await;
+    let mut containers = Vec::new();
+    for name in [
+        "init-up",
+        "monitor-up",
+        "init-down",
+        "monitor-down",
+        "both-down",
+    ] {
+        let config = env.container_config(name, &["sleep", "100000"]);
+        let id = env.run(&pod_id, &pod, &config).await;
+        let (monitor, init) = monitor_and_init(&state, &id);
+        containers.push((name, id, monitor, init));
+    }
+    let find = |name: &str| {
+        containers
+            .iter()
+            .find(|c| c.0 == name)
+            .map(|c| (c.1.clone(), c.2, c.3))
+            .expect("a container of the test")
+    };
+
+    // wharfd up.
+    let (id, _, init) = find("init-up");
+    sigkill(init);
+    let status = wait_not_running(&mut env, &id, "init killed").await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (EXITED, 137, "Error"),
+        "init killed: {status:?}"
+    );
+    let (id, monitor, init) = find("monitor-up");
+    sigkill(monitor);
+    let status = wait_not_running(&mut env, &id, "monitor killed").await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (EXITED, 137, "Error"),
+        "monitor killed: {status:?}"
+    );
+    assert!(
+        status.message.contains("monitor"),
+        "the message says why: {status:?}"
+    );
+    assert!(
+        !runs(init),
+        "the init of a container whose monitor died still runs"
+    );
+
+    // wharfd down.
+    env.daemon.kill9();
+    let (_, _, init) = find("init-down");
+    sigkill(init);
+    let (_, monitor, monitor_down_init) = find("monitor-down");
+    sigkill(monitor);
+    let (_, monitor, init) = find("both-down");
+    sigkill(monitor);
+    // The monitor's death reparents the init; wait until it is gone before the init.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while runs(monitor) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sigkill(init);
+    env.daemon.restart().await;
+    env.rt = env.daemon.runtime_client().await;
+
+    let (id, _, _) = find("init-down");
+    let status = wait_not_running(&mut env, &id, "init killed while wharfd was down").await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (EXITED, 137, "Error"),
+        "init killed while wharfd was down: {status:?}"
+    );
+    let (id, _, _) = find("monitor-down");
+    let status = wait_not_running(&mut env, &id, "monitor killed while wharfd was down").await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (EXITED, 137, "Error"),
+        "monitor killed while wharfd was down: {status:?}"
+    );
+    assert!(
+        !runs(monitor_down_init),
+        "the init of a container whose monitor died while wharfd was down still runs"
+    );
+    let (id, _, _) = find("both-down");
+    let status = wait_not_running(&mut env, &id, "both killed while wharfd was down").await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (UNKNOWN, 255, "Unknown"),
+        "monitor and init killed while wharfd was down: {status:?}"
+    );
+
+    for (_, id, _, _) in &containers {
+        env.remove_container(id).await;
+    }
+    env.stop_pod(&pod_id).await;
+    env.remove_pod(&pod_id).await;
+    let left = processes_of(&state);
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for (name, id, _, _) in &containers {
+        assert!(!mounts.contains(id.as_str()), "{name}: mounts left");
+        let cgroups = cgroups_named(&env.daemon.cgroup_parent, id);
+        assert!(cgroups.is_empty(), "{name}: cgroups left: {cgroups:?}");
+    }
+}

@@ -535,8 +535,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// A kill -9 of wharfd in the middle of a build: the next start removes what the
-/// build left (its context and mounts), the steps it had committed are the cache of
-/// the next build, and the RUN's container is an ordinary container to remove.
+/// build left (its context, mounts and the RUN's container), and the steps it had
+/// committed are the cache of the next build.
 #[tokio::test]
 async fn kill9_mid_build_leaves_nothing_a_restart_does_not_clean() {
     let mut docker = DockerEnv::start_pulled().await;
@@ -564,8 +564,26 @@ async fn kill9_mid_build_leaves_nothing_a_restart_does_not_clean() {
         !mounts.contains(builds.to_str().unwrap()),
         "a build mount survived the restart"
     );
-    // The RUN's container is an ordinary one.
-    docker.ok(&["rm", "-f", running.lines().next().unwrap()]);
+    // The RUN's container, which the build would have removed, goes too (dockerd
+    // leaves it): the build was cut, and leaves no trace but its committed steps.
+    let container = running.lines().next().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !docker
+        .ok(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("id={container}"),
+        ])
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut build's container {container} is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // The COPY committed before the crash is the next build's cache.
     copy_step_is_the_cache_of_the_next_build(&docker, ctx.path(), &image);
 }

@@ -172,7 +172,7 @@ pub(super) struct CreateQuery {
 }
 
 /// A random `adjective_surname` name, as dockerd's namesgenerator (a shorter list).
-fn random_name(taken: impl Fn(&str) -> bool) -> String {
+pub(super) fn random_name(taken: impl Fn(&str) -> bool) -> String {
     const LEFT: &[&str] = &[
         "admiring", "bold", "brave", "calm", "clever", "eager", "elastic", "festive", "gallant",
         "happy", "jolly", "keen", "lucid", "nifty", "quirky", "serene", "sharp", "tender",
@@ -208,7 +208,7 @@ fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-fn name_taken(server: &DockerServer, name: &str) -> Option<String> {
+pub(super) fn name_taken(server: &DockerServer, name: &str) -> Option<String> {
     let mut owner = None;
     server.runtime.for_each_container(NAMESPACE, |c| {
         if c.spec.name == name {

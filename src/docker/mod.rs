@@ -100,8 +100,14 @@ impl DockerServer {
         events::start_housekeeping(server.clone());
         // What builds cut short by a crash left (mounts, contexts), before the socket
         // serves: a new build never meets them.
-        build::clean_leftovers(&build::builds_dir(&server));
+        let build_containers = build::clean_leftovers(&build::builds_dir(&server));
         containers::reconcile_cut_creates(&server);
+        if !build_containers.is_empty() {
+            let server = server.clone();
+            tokio::spawn(async move {
+                build::remove_build_containers(&server, build_containers).await;
+            });
+        }
         server
     }
 }

@@ -89,7 +89,10 @@ impl Runtime {
                     }
                     self.watch(id, info)
                 }
-                _ => self.record_exit(&id)?,
+                _ => {
+                    self.kill_orphaned(&id).await;
+                    self.record_exit(&id)?
+                }
             }
         }
         for container in interrupted {

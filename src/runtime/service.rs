@@ -157,6 +157,9 @@ pub struct Runtime {
     container_writes: Mutex<()>,
     /// Bumped whenever a container exits, to wake whoever waits for one.
     pub(super) exits: tokio::sync::watch::Sender<u64>,
+    /// Containers `kill_orphaned` killed, by ID, with their dead monitor's pid: their
+    /// exit is that kill's.
+    orphans_killed: Mutex<HashMap<String, i32>>,
     /// What happened to containers, for the front ends' event streams.
     pub(super) events: Arc<EventBus>,
     /// Health of the containers that have a check.
@@ -245,6 +248,7 @@ impl Runtime {
             locks: Mutex::new(HashMap::new()),
             container_writes: Mutex::new(()),
             exits,
+            orphans_killed: Mutex::default(),
             events,
             health: Default::default(),
             layer_usage: Default::default(),
@@ -589,6 +593,7 @@ impl Runtime {
                 _ = monitor::wait_exit(info.monitor_pid, info.monitor_start_time) => {}
                 _ = monitor::wait_exit_recorded(&bundle, info.pid, info.pid_start_time) => {}
             }
+            runtime.kill_orphaned(&id).await;
             if let Err(err) = runtime.record_exit(&id) {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
@@ -654,13 +659,65 @@ impl Runtime {
         }
     }
 
-    /// Reads the exit the monitor left (or marks the container Unknown when there is
-    /// none) and wakes waiters.
+    /// A container whose monitor died while its init runs can no longer be logged,
+    /// attached or waited for (its exit status goes to whoever reaps the orphan): it is
+    /// killed, as containerd kills a task whose shim died, and its exit is recorded as
+    /// that kill (`record_exit`). Does nothing while the monitor lives or once the
+    /// init is gone.
+    pub(super) async fn kill_orphaned(&self, id: &str) {
+        const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(10);
+        let Some(container) = self.container(id) else {
+            return;
+        };
+        let Some(info) = container.monitor else {
+            return;
+        };
+        if monitor::alive(info.monitor_pid, info.monitor_start_time)
+            || !monitor::alive(info.pid, info.pid_start_time)
+            || monitor::read_exit(&container.bundle).is_some()
+        {
+            return;
+        }
+        tracing::warn!(container = %id, monitor_pid = info.monitor_pid, "the container's monitor is gone while the container runs; killing the container");
+        if let Err(err) = monitor::signal(info.pid, info.pid_start_time, nix::libc::SIGKILL) {
+            tracing::warn!(container = %id, "killing the init of a container without a monitor: {err}");
+        }
+        // The init's own children die with its PID namespace; in a pod's shared one
+        // they are the runtime's to find, in the container's cgroup.
+        if let Ok(runtime) = self.oci_runtime(&container.runtime_handler) {
+            if let Err(err) = runtime.kill_all(id, nix::libc::SIGKILL).await {
+                tracing::debug!(container = %id, "kill --all of a container without a monitor: {err}");
+            }
+        }
+        if tokio::time::timeout(
+            ORPHAN_KILL_WAIT,
+            monitor::wait_exit(info.pid, info.pid_start_time),
+        )
+        .await
+        .is_err()
+        {
+            tracing::error!(container = %id, pid = info.pid, "the init of a container without a monitor outlived SIGKILL");
+            return;
+        }
+        self.orphans_killed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), info.monitor_pid);
+    }
+
+    /// Reads the exit the monitor left (or, for a container whose monitor died, the
+    /// kill `kill_orphaned` made; or marks the container Unknown when nobody saw how
+    /// it ended) and wakes waiters.
     pub(super) fn record_exit(&self, id: &str) -> Result<()> {
         let Some(current) = self.container(id) else {
             return Ok(());
         };
         let exit = monitor::read_exit(&current.bundle);
+        let orphan_killed = self
+            .orphans_killed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let changed = self.update_container(id, |c| {
             if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                 return false;
@@ -680,6 +737,17 @@ impl Runtime {
                         "Error"
                     }
                     .to_string();
+                }
+                None if orphan_killed.is_some() => {
+                    c.state = ContainerState::Exited;
+                    c.exit_code = 128 + nix::libc::SIGKILL;
+                    c.finished_at = super::records::now_nanos();
+                    c.reason = "Error".to_string();
+                    c.message = format!(
+                        "the container's monitor (pid {}) died while it ran; wharf killed the \
+                         container, which could no longer be logged or waited for",
+                        orphan_killed.unwrap_or_default()
+                    );
                 }
                 None => {
                     c.state = ContainerState::Unknown;

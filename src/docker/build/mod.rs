@@ -254,15 +254,27 @@ pub(super) fn builds_dir(server: &DockerServer) -> PathBuf {
     server.config.root.join("docker").join("builds")
 }
 
+/// The file of a build's directory that names the containers of its RUN steps, a
+/// line each, written before each is made.
+const CONTAINERS_FILE: &str = "containers";
+
 /// Removes what builds of an earlier run of the daemon left (a kill -9 mid-build):
-/// mounts first, then the files.
-pub(super) fn clean_leftovers(dir: &Path) {
+/// mounts first, then the files. Returns the names of the RUN containers they made,
+/// for the caller to remove (`remove_build_containers`).
+pub(super) fn clean_leftovers(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
+    let mut containers = Vec::new();
     for build in entries.flatten() {
+        if let Ok(names) = std::fs::read_to_string(build.path().join(CONTAINERS_FILE)) {
+            containers.extend(names.lines().filter(|n| !n.is_empty()).map(str::to_string));
+        }
         if let Ok(steps) = std::fs::read_dir(build.path()) {
             for step in steps.flatten() {
+                if !step.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
                 let rootfs = step.path().join("rootfs");
                 if let Err(err) = crate::image::snapshot::unmount_rootfs(&rootfs) {
                     tracing::warn!("unmounting a build's leftover {}: {err}", rootfs.display());
@@ -276,11 +288,52 @@ pub(super) fn clean_leftovers(dir: &Path) {
             );
         }
     }
+    containers
+}
+
+/// Removes the RUN containers of builds a crash cut (named by `clean_leftovers`),
+/// those that were made.
+pub(super) async fn remove_build_containers(server: &DockerServer, names: Vec<String>) {
+    for name in names {
+        let mut found = None;
+        server.runtime.for_each_container(NAMESPACE, |c| {
+            if c.spec.name == name {
+                found = Some(c.clone());
+            }
+        });
+        let Some(record) = found else {
+            continue;
+        };
+        tracing::warn!(container = %record.id, name = %name, "removing the container of a build step a crash cut");
+        if let Err(err) = super::containers::remove_container(server, &record, true).await {
+            tracing::error!(container = %record.id, "removing a cut build's container: {}", err.message);
+        }
+    }
 }
 
 /// One build's directory, removed (mounts first) when dropped.
 pub(super) struct BuildDir {
     pub path: PathBuf,
+}
+
+impl BuildDir {
+    /// Notes (synced) that this build makes a container named `name`.
+    pub(super) async fn record_container(&self, name: &str) -> Result<(), BuildError> {
+        let file = self.path.join(CONTAINERS_FILE);
+        let line = format!("{name}\n");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)?;
+            out.write_all(line.as_bytes())?;
+            out.sync_all()
+        })
+        .await
+        .map_err(|err| BuildError::new(format!("recording a build container: {err}")))?
+        .map_err(|err| BuildError::new(format!("recording a build container's name: {err}")))
+    }
 }
 
 impl Drop for BuildDir {
@@ -301,7 +354,10 @@ impl Drop for BuildDir {
 
 fn clean_leftovers_of(path: &Path) {
     if let Ok(steps) = std::fs::read_dir(path) {
-        for step in steps.flatten() {
+        for step in steps
+            .flatten()
+            .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
+        {
             let _ = crate::image::snapshot::unmount_rootfs(&step.path().join("rootfs"));
         }
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::steps::{short, string_list, Builder, Stage, PROXY_ARGS};
 use super::BuildError;
-use crate::docker::containers::{create_container, remove_container};
+use crate::docker::containers::{create_container, name_taken, random_name, remove_container};
 use crate::docker::NAMESPACE;
 use crate::image::build::dockerfile::CommandLine;
 use crate::image::rwlayer::RUNTIME_MOUNTPOINTS;
@@ -62,7 +62,12 @@ impl<'a> Builder<'a> {
             }
         }
         let request = self.run_request(state, &parent, &cmd, &env);
-        let id = create_container(self.server, None, request).await?;
+        // Named before it is made, and the name kept in the build's directory: a
+        // daemon killed mid-step finds the container there at its next start and
+        // removes it (`clean_leftovers`).
+        let name = random_name(|n| name_taken(self.server, n).is_some());
+        self.dir.record_container(&name).await?;
+        let id = create_container(self.server, Some(name), request).await?;
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         self.output
             .stream(format!(" ---> Running in {}\n", short(&id)))
