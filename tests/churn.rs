@@ -12,7 +12,7 @@ mod support;
 use std::time::Instant;
 
 use support::audit::{sample, FD_SLACK};
-use support::net::TestBridge;
+use support::net::{CniBridgeNet, TestBridge};
 use support::pods::PodEnv;
 
 const LIVE_PODS: usize = 50;
@@ -134,66 +134,11 @@ async fn churn_on_the_bridge_leaves_nothing_behind() {
     churn(&mut env, "bridge", &name, &prefix, &leases).await;
 }
 
-struct CniRules(String);
-
-impl Drop for CniRules {
-    fn drop(&mut self) {
-        support::net::remove_cni_rules(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn churn_through_cni_leaves_nothing_behind() {
-    support::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
-    let _forwarding = support::IpForwardGuard::new();
-    let pid = std::process::id();
-    let bridge = format!("wt{}n84", pid % 100_000);
-    let prefix = format!("10.{}.{}", 160 + 84, pid % 250);
-    let _bridge_cleanup = support::net::BridgeCleanup {
-        bridge: bridge.clone(),
-        subnet_prefix: format!("{prefix}."),
-    };
-    // The plugins' masquerade rules of pods a failed run did not remove.
-    let _rules_cleanup = CniRules(format!("wharf-churn-{pid}"));
-    let dir = tempfile::Builder::new()
-        .prefix("wharf-churn-cni-")
-        .tempdir()
-        .expect("the CNI dirs");
-    let (conf, ipam) = (dir.path().join("net.d"), dir.path().join("ipam"));
-    std::fs::create_dir_all(&conf).expect("create the CNI conf dir");
-    std::fs::write(
-        conf.join("10-churn.conflist"),
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": format!("wharf-churn-{pid}"),
-            "plugins": [{
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
-                    "dataDir": ipam,
-                }
-            }, {"type": "portmap", "capabilities": {"portMappings": true}}]
-        })
-        .to_string(),
-    )
-    .expect("write the conflist");
-    let config = format!(
-        "[network]\nmode = \"cni\"\n[cni]\nconf_dir = {:?}\n",
-        conf.display().to_string()
-    );
-    let mut env = PodEnv::start_with_config(&config).await;
-    // host-local keeps a file per address (and last_reserved_ip, a lock) per network.
-    let prefix_dot = format!("{prefix}.");
-    let lease_prefix = prefix_dot.clone();
-    let leases = move || {
-        support::entries(&ipam.join(format!("wharf-churn-{pid}")))
-            .iter()
-            .filter(|f| f.starts_with(&lease_prefix))
-            .count()
-    };
-    churn(&mut env, "cni", &bridge, &prefix_dot, &leases).await;
+    let net = CniBridgeNet::new(84, "churn");
+    let mut env = PodEnv::start_with_config(&net.config()).await;
+    let leases = net.leases();
+    let prefix = format!("{}.", net.prefix);
+    churn(&mut env, "cni", &net.bridge, &prefix, &leases).await;
 }

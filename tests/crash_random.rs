@@ -33,7 +33,7 @@ use support::audit::{differences, sample, Audit};
 use support::daemon::Daemon;
 use support::docker::DockerEnv;
 use support::images::{ImageBuilder, LayerBuilder};
-use support::net::TestBridge;
+use support::net::{CniBridgeNet, TestBridge};
 use support::pods::{unique, PodEnv};
 
 const CRASH_ENV: &str = "WHARF_TEST_CRASH_AT";
@@ -155,7 +155,10 @@ async fn cut_at_random<S: Sequence>(sequence: &mut S, label: &str) {
     trace.clear();
     sequence.reset();
     let started = Instant::now();
+    // The census's points of each step: [first, end) in the trace.
+    let mut spans = Vec::new();
     for step in 0..steps {
+        let first = trace.points().len();
         if let Err(err) = sequence.run(step).await {
             panic!(
                 "{label}: {} failed uncut: {err}\n--- wharfd log:\n{}",
@@ -169,8 +172,12 @@ async fn cut_at_random<S: Sequence>(sequence: &mut S, label: &str) {
             "{label}: after {}",
             sequence.step_names()[step]
         );
+        spans.push(first..trace.points().len());
     }
     let census = trace.points();
+    // Draws pick an operation (one that passes a point), then one of its points: each
+    // operation is cut as often, however many points it passes.
+    let cuttable: Vec<usize> = (0..steps).filter(|&s| !spans[s].is_empty()).collect();
     let mut by_name = BTreeMap::<&str, usize>::new();
     for point in &census {
         *by_name.entry(point.as_str()).or_default() += 1;
@@ -191,7 +198,8 @@ async fn cut_at_random<S: Sequence>(sequence: &mut S, label: &str) {
 
     let mut cut_steps = BTreeMap::<&str, usize>::new();
     for trial in 1..=trials() {
-        let n = rng.one_to(census.len());
+        let span = &spans[cuttable[rng.one_to(cuttable.len()) - 1]];
+        let n = span.start + rng.one_to(span.len());
         sequence.reset();
         trace.clear();
         restart_with(
@@ -297,9 +305,20 @@ struct CriView {
     container: Option<i32>,
 }
 
+/// The pods' network: a bridge (wharf's own, or the CNI bridge plugin's), its
+/// subnet and how its leases are counted; the guard removes it when dropped.
+struct PodNetwork {
+    bridge: String,
+    /// e.g. `10.204.7.`
+    prefix: String,
+    leases: Box<dyn Fn() -> usize>,
+    _guard: Box<dyn std::any::Any>,
+}
+
 struct CriSequence {
+    // Before the network: the daemon stops before its network goes.
     env: PodEnv,
-    bridge: TestBridge,
+    network: PodNetwork,
     image: String,
     bystander: String,
     pod: cri::PodSandboxConfig,
@@ -525,17 +544,14 @@ impl Sequence for CriSequence {
     }
 
     fn audit(&self) -> Audit {
-        let root = self.env.daemon.paths.root.clone();
-        let leases = move || support::net::stored_leases(&root).len();
-        let prefix = format!("{}.", self.bridge.prefix);
-        sample(&self.env, self.bridge.name(), &prefix, &leases).audit
+        let net = &self.network;
+        sample(&self.env, &net.bridge, &net.prefix, &*net.leases).audit
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cri_operations_cut_at_random_points_lose_and_leak_nothing() {
-    let bridge = TestBridge::new(44);
-    let mut env = PodEnv::start_with_config(&bridge.config()).await;
+/// The CRI sequence on `config`'s daemon, its pods on `network`.
+async fn cri_sequence(label: &str, config: &str, network: PodNetwork) {
+    let mut env = PodEnv::start_with_config(config).await;
     let image = format!("{}/test/crash-cri:1", env.registry.host());
     env.registry
         .push(
@@ -553,18 +569,45 @@ async fn cri_operations_cut_at_random_points_lose_and_leak_nothing() {
     let pod = env.pod_config("cut");
     let mut sequence = CriSequence {
         env,
-        bridge,
+        network,
         image,
         bystander,
         pod,
         pod_id: None,
         container_id: None,
     };
-    cut_at_random(&mut sequence, "CRI").await;
+    cut_at_random(&mut sequence, label).await;
     let env = &mut sequence.env;
     env.remove_container(&sequence.bystander).await;
     env.stop_pod(&pod_id).await;
     env.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_operations_cut_at_random_points_lose_and_leak_nothing() {
+    let bridge = TestBridge::new(44);
+    let config = bridge.config();
+    let network = PodNetwork {
+        bridge: bridge.name().to_string(),
+        prefix: format!("{}.", bridge.prefix),
+        // The built-in bridge's leases are store rows, counted with the others.
+        leases: Box::new(|| 0),
+        _guard: Box::new(bridge),
+    };
+    cri_sequence("CRI", &config, network).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_operations_through_cni_cut_at_random_points_lose_and_leak_nothing() {
+    let net = CniBridgeNet::new(46, "crash");
+    let config = net.config();
+    let network = PodNetwork {
+        bridge: net.bridge.clone(),
+        prefix: format!("{}.", net.prefix),
+        leases: Box::new(net.leases()),
+        _guard: Box::new(net),
+    };
+    cri_sequence("CRI through CNI", &config, network).await;
 }
 
 // ---- The Docker sequence ----

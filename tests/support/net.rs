@@ -297,3 +297,103 @@ impl TestBridge {
             .collect()
     }
 }
+
+/// A CNI network of the reference plugins (bridge + host-local + portmap) in a conf
+/// dir of its own: its bridge, subnet and the daemon config that selects it. The
+/// bridge, its rules and the plugins' masquerade chains go when it is dropped (after
+/// the daemon: declare it first).
+pub struct CniBridgeNet {
+    // Dropped in this order: the rules, the bridge, then the forwarding setting.
+    _rules_cleanup: CniRulesCleanup,
+    _bridge_cleanup: BridgeCleanup,
+    _forwarding: super::IpForwardGuard,
+    dir: tempfile::TempDir,
+    /// The network's name in its conflist.
+    pub name: String,
+    pub bridge: String,
+    /// e.g. `10.244.7`
+    pub prefix: String,
+}
+
+/// Removes the plugins' masquerade rules of network `.0` that a failed run left.
+struct CniRulesCleanup(String);
+
+impl Drop for CniRulesCleanup {
+    fn drop(&mut self) {
+        remove_cni_rules(&self.0);
+    }
+}
+
+impl CniBridgeNet {
+    /// `index` picks the subnet (`10.<160 + index>.<pid>.0/24`) and bridge name as
+    /// [`TestBridge::new`] does; `tag` names the network.
+    pub fn new(index: u32, tag: &str) -> CniBridgeNet {
+        super::require_installed("/usr/lib/cni/bridge", "containernetworking-plugins");
+        let forwarding = super::IpForwardGuard::new();
+        let pid = std::process::id();
+        let bridge = format!("wt{}n{index}", pid % 100_000);
+        let prefix = format!("10.{}.{}", 160 + index, pid % 250);
+        let name = format!("wharf-{tag}-{pid}");
+        let bridge_cleanup = BridgeCleanup {
+            bridge: bridge.clone(),
+            subnet_prefix: format!("{prefix}."),
+        };
+        let rules_cleanup = CniRulesCleanup(name.clone());
+        let dir = tempfile::Builder::new()
+            .prefix("wharf-cni-")
+            .tempdir()
+            .expect("the CNI dirs");
+        let conf = dir.path().join("net.d");
+        std::fs::create_dir_all(&conf).expect("create the CNI conf dir");
+        std::fs::write(
+            conf.join("10-test.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": name,
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": true,
+                    "ipMasq": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
+                        "dataDir": dir.path().join("ipam"),
+                    }
+                }, {"type": "portmap", "capabilities": {"portMappings": true}}]
+            })
+            .to_string(),
+        )
+        .expect("write the conflist");
+        CniBridgeNet {
+            _rules_cleanup: rules_cleanup,
+            _bridge_cleanup: bridge_cleanup,
+            _forwarding: forwarding,
+            dir,
+            name,
+            bridge,
+            prefix,
+        }
+    }
+
+    /// The daemon config selecting this network (CNI mode, its conf dir).
+    pub fn config(&self) -> String {
+        format!(
+            "[network]\nmode = \"cni\"\n[cni]\nconf_dir = {:?}\n",
+            self.dir.path().join("net.d").display().to_string()
+        )
+    }
+
+    /// Counts host-local's leases: a file per address (beside last_reserved_ip and
+    /// a lock) in the network's data dir.
+    pub fn leases(&self) -> impl Fn() -> usize + 'static {
+        let dir = self.dir.path().join("ipam").join(&self.name);
+        let prefix = format!("{}.", self.prefix);
+        move || {
+            super::entries(&dir)
+                .iter()
+                .filter(|f| f.starts_with(&prefix))
+                .count()
+        }
+    }
+}
