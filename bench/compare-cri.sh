@@ -16,7 +16,10 @@
 # ratio wharf / containerd. Everything it started or made is stopped and removed at the
 # end, also on failure or Ctrl-C.
 #
-# Usage (root): bench/compare-cri.sh [--rounds N] [--out DIR] [-- wharf-bench args...]
+# Usage (root): bench/compare-cri.sh [--rounds N] [--out DIR] [--anchor A] [-- wharf-bench args...]
+#   --anchor A   containerd-2 (default: containerd v2.4 + runc v1.5 built from their Go
+#                modules by bench/build-containerd2.sh, cached) or containerd-1.6
+#                (Debian's containerd 1.6 + runc 1.1)
 #   --rounds N   rounds per runtime (default 3, minimum 3)
 #   --out DIR    keep the JSON of every run, summary.txt and the daemons' logs (logs/)
 #                in DIR (default: a temp dir that is printed and kept)
@@ -26,13 +29,15 @@ cd "$(dirname "$0")/.."
 
 rounds=3
 out=""
+anchor=containerd-2
 bench_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --anchor) anchor="$2"; shift 2 ;;
     --) shift; bench_args=("$@"); break ;;
-    *) echo "unknown argument $1 (usage: $0 [--rounds N] [--out DIR] [-- wharf-bench args])" >&2; exit 2 ;;
+    *) echo "unknown argument $1 (usage: $0 [--rounds N] [--out DIR] [--anchor containerd-2|containerd-1.6] [-- wharf-bench args])" >&2; exit 2 ;;
   esac
 done
 if ! [[ "$rounds" =~ ^[0-9]+$ ]] || (( rounds < 3 )); then
@@ -51,7 +56,8 @@ registry_bin=$(bench/cri-registry-bin.sh)
 # After the registry helper: a release build's wharfd is the one laid out by
 # link/wharfd.symbol-order (link/README.md).
 cargo build --release --locked --bins --example wharf-bench
-compare_init compare wcmp 10.198
+# A /22: room for 500 live pods (`-- --live 0,100,250,500`).
+compare_init compare wcmp 10.198 22
 wharf_bench="$target_dir/release/examples/wharf-bench"
 bench_runs=()  # pids of wharf-bench runs: their pods carry the label wharf-bench.run=<pid>
 
@@ -115,15 +121,16 @@ jq -n -r --slurpfile w <(jq -s . "${wharf_json[@]}") --slurpfile c <(jq -s . "${
       | ["daemon RSS, idle between rounds (start of rounds 2..)", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
     (mem($W; 0; select(.point == "live") | .daemon_rss_mib) as $a | mem($C; 0; select(.point == "live") | .daemon_rss_mib) as $b
       | ["daemon RSS, 0 pods 0.5 s after the waves", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
-    (mem($W; 50; .daemon_rss_mib) as $a | mem($C; 50; .daemon_rss_mib) as $b
-      | ["daemon RSS, 50 pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
-    (mem($W; 50; .per_pod_pss_mib) as $a | mem($C; 50; .per_pod_pss_mib) as $b
-      | ["per-pod PSS (monitor / shim+pause)", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
-    (mem($W; 50; .per_pod_rss_mib) as $a | mem($C; 50; .per_pod_rss_mib) as $b
-      | ["per-pod RSS (monitor / shim+pause)", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv)
+    ([$W[].memory[] | select(.point == "live") | .live_pods] | unique | .[] | select(. > 0)) as $l
+      | ((mem($W; $l; .daemon_rss_mib) as $a | mem($C; $l; .daemon_rss_mib) as $b
+          | ["daemon RSS, \($l) pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
+         (mem($W; $l; .per_pod_pss_mib) as $a | mem($C; $l; .per_pod_pss_mib) as $b
+          | ["per-pod PSS (monitor / shim+pause), \($l) pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv),
+         (mem($W; $l; .per_pod_rss_mib) as $a | mem($C; $l; .per_pod_rss_mib) as $b
+          | ["per-pod RSS (monitor / shim+pause), \($l) pods", ($a | fmt), ($b | fmt), ratio($a; $b)] | @tsv))
 ' | column -t -s $'\t' | tee "$out/summary.txt"
 {
   echo
-  echo "wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $containerd_version; $(runc --version | head -1)"
+  echo "wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $containerd_version"
   echo "kernel $(uname -r), $(nproc) cores"
 } | tee -a "$out/summary.txt"

@@ -150,7 +150,7 @@ jq -n -r --slurpfile w <(jq -s . "${wharf_json[@]}") --slurpfile c <(jq -s . "${
 ' | column -t -s $'\t' | tee "$out/summary.txt"
 {
   echo
-  echo "wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $containerd_version; $(runc --version | head -1)"
+  echo "wharf $(git describe --always --dirty 2>/dev/null || echo unknown); $containerd_version"
   echo "client: $(cd tests/go && go list -m -f '{{.Path}} {{.Version}}' k8s.io/client-go google.golang.org/grpc | paste -sd ' ' -); $(go version)"
   echo "kernel $(uname -r), $(nproc) cores"
 } | tee -a "$out/summary.txt"

@@ -778,7 +778,18 @@ impl Bench {
                         self.stop_pod(&pod).await?;
                     }
                 }
-                self.grow(&mut live, level, args.setup_concurrency).await?;
+                if level > live.len() {
+                    // The wall time to bring the pods up (setup_concurrency at a time).
+                    let from = live.len();
+                    let started = Instant::now();
+                    self.grow(&mut live, level, args.setup_concurrency).await?;
+                    report.add(
+                        &format!("start pods {from} -> {level} (wall)"),
+                        None,
+                        Some(level),
+                        &[started.elapsed()],
+                    );
+                }
                 // Let start-up work settle before memory is read.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 report
@@ -790,12 +801,22 @@ impl Bench {
             Ok::<(), String>(())
         }
         .await;
-        // Orderly teardown of the live pods (untimed); leftovers go to the cleanup sweep.
+        // Orderly teardown of the live pods (its wall time reported); leftovers go to
+        // the cleanup sweep.
+        let (count, started) = (live.len(), Instant::now());
         let teardown = stream::iter(live)
             .map(|pod| async move { self.stop_pod(&pod).await })
             .buffer_unordered(args.setup_concurrency)
             .collect::<Vec<_>>()
             .await;
+        if result.is_ok() && count > 0 {
+            report.add(
+                &format!("stop and remove {count} pods (wall)"),
+                None,
+                Some(count),
+                &[started.elapsed()],
+            );
+        }
         result?;
         teardown
             .into_iter()

@@ -82,9 +82,15 @@ impl Engine {
         )
         .await?;
         // Blobs and layers that nothing references any more: a crash between an
-        // image's removal and its garbage collection (or a failed pull's verified
-        // blobs) left them. Containers hold their layers from Runtime::open on.
-        match images.gc().await {
+        // image's removal and its garbage collection left them. Containers hold
+        // their layers from Runtime::open on. (Not otherwise: the verified blobs of a
+        // pull a crash cut stay, so that its retry resumes.)
+        let collect = if images.gc_pending() {
+            images.gc().await
+        } else {
+            Ok(Default::default())
+        };
+        match collect {
             Ok(stats) if stats.blobs_removed + stats.snapshots_removed > 0 => tracing::info!(
                 blobs = stats.blobs_removed,
                 snapshots = stats.snapshots_removed,

@@ -6,9 +6,10 @@
 # cleanup that removes all of it, also on failure or Ctrl-C (the logs of the daemons and
 # the registry are kept in $out/logs).
 #
-#   compare_init NAME BRIDGE_PREFIX SUBNET_PREFIX
+#   compare_init NAME BRIDGE_PREFIX SUBNET_PREFIX [BITS]
 #                                     work dir /tmp/wharf-NAME-XXXXXX, bridge
-#                                     BRIDGE_PREFIX<tag>, subnet SUBNET_PREFIX.<n>.0/24,
+#                                     BRIDGE_PREFIX<tag>, subnet SUBNET_PREFIX.<n>.0/24
+#                                     (/BITS when given, BITS <= 24),
 #                                     wharfd's cgroup parent /wharf-NAME-<tag>, the trap
 #                                     on EXIT; a function compare_cleanup_extra, if the
 #                                     script defines one, runs first in the cleanup
@@ -35,7 +36,13 @@ compare_init() {
   octet=$(( $$ % 250 ))
   bridge="$2$tag"
   cgroup_parent="wharf-$name-$tag"
-  subnet="$compare_subnet_prefix.$octet.0/24"
+  # A prefix length under 24 (the 4th argument; the CRI bench's 500 live pods need a
+  # /22) takes the block of third octets around $octet.
+  compare_subnet_bits=${4:-24}
+  local block=$(( 1 << (24 - compare_subnet_bits) ))
+  local base=$(( octet / block * block ))
+  subnet="$compare_subnet_prefix.$base.0/$compare_subnet_bits"
+  subnet_octets=$(seq -s'|' "$base" $(( base + block - 1 )))
   ip_forward_before=$(cat /proc/sys/net/ipv4/ip_forward)
   wharf_state="$work/wharf/state"
   wharf_sock="$wharf_state/wharf.sock"
@@ -69,7 +76,7 @@ compare_cleanup() {
   ip link del "$bridge" 2>/dev/null
   local prefix=${compare_subnet_prefix//./\\.}
   for table in nat filter; do
-    iptables-save -t "$table" | grep -- "-A " | grep -E "$prefix\.$octet\.|\"$bridge\"|$bridge" |
+    iptables-save -t "$table" | grep -- "-A " | grep -E "$prefix\.($subnet_octets)\.|\"$bridge\"|$bridge" |
       sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule" 2>/dev/null; done
   done
   echo "$ip_forward_before" > /proc/sys/net/ipv4/ip_forward
@@ -115,7 +122,32 @@ compare_write_cni() {
 EOF
 }
 
+# The containerd the bench compares with: `anchor` (set before compare_init) is
+# containerd-2 (default: containerd v2.4 and runc v1.5 built from their Go modules by
+# bench/build-containerd2.sh, config version 3) or containerd-1.6 (Debian's containerd
+# 1.6 and runc 1.1, config version 2).
+compare_anchor_binaries() {
+  case "${anchor:=containerd-2}" in
+    containerd-2)
+      containerd_dir=$(bench/build-containerd2.sh)
+      containerd_bin="$containerd_dir/containerd"
+      runc_bin="$containerd_dir/runc"
+      ;;
+    containerd-1.6)
+      containerd_dir=""
+      containerd_bin=$(command -v containerd)
+      runc_bin=$(command -v runc)
+      ;;
+    *) echo "unknown anchor $anchor (containerd-2 or containerd-1.6)" >&2; exit 2 ;;
+  esac
+}
+
 compare_start_containerd() {
+  compare_anchor_binaries
+  if [[ $anchor == containerd-2 ]]; then
+    compare_start_containerd2
+    return
+  fi
   mkdir -p "$work/containerd/certs.d/$registry_host"
   cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
 server = "http://$registry_host"
@@ -148,7 +180,54 @@ state = "$work/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "$work/containerd/certs.d"
 EOF
-  containerd --config "$work/containerd/config.toml" > "$work/containerd.log" 2>&1 &
+  "$containerd_bin" --config "$work/containerd/config.toml" > "$work/containerd.log" 2>&1 &
+  containerd_pid=$!
+  pids+=("$containerd_pid")
+}
+
+# containerd 2.x: the same settings in config version 3, where the CRI plugin is split
+# into images, runtime and the gRPC service (docs/cri/config.md of containerd v2).
+# Its shim and runc come from the same directory (PATH, and runc by BinaryName).
+compare_start_containerd2() {
+  mkdir -p "$work/containerd/certs.d/$registry_host"
+  cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
+server = "http://$registry_host"
+[host."http://$registry_host"]
+  capabilities = ["pull", "resolve"]
+EOF
+  cat > "$work/containerd/config.toml" <<EOF
+version = 3
+root = "$work/containerd/root"
+state = "$work/containerd/state"
+[grpc]
+  address = "$work/containerd/containerd.sock"
+[ttrpc]
+  address = "$work/containerd/containerd.sock.ttrpc"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$pause"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "$work/containerd/certs.d"
+[plugins.'io.containerd.cri.v1.runtime']
+  # No CAP_SYS_RESOURCE on the test machines: never lower oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$runc_bin"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$work/net.d"
+[plugins.'io.containerd.grpc.v1.cri']
+  # The streaming server (Exec, Attach, PortForward URLs): loopback, a free port.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+EOF
+  PATH="$containerd_dir:$PATH" "$containerd_bin" --config "$work/containerd/config.toml" \
+    > "$work/containerd.log" 2>&1 &
   containerd_pid=$!
   pids+=("$containerd_pid")
 }
@@ -179,6 +258,6 @@ compare_wait_sockets() {
     for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.2; done
     [[ -S $sock ]] || { echo "no socket $sock; logs in $work" >&2; exit 1; }
   done
-  containerd_version=$(containerd --version)
+  containerd_version="$("$containerd_bin" --version); $("$runc_bin" --version | head -1)"
   echo "== registry $registry_host, image $image, containerd: $containerd_version" >&2
 }

@@ -313,6 +313,10 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// Store meta key, "1" from an image record's removal until a garbage collection
+/// completes after it ([`ImageService::gc_pending`]).
+const GC_PENDING: &str = "image_gc_pending";
+
 /// What a garbage collection removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcStats {
@@ -795,6 +799,9 @@ impl ImageService {
             image
         };
         let is_new = self.get(namespace, &image.id).is_none();
+        if !dropped.is_empty() {
+            self.store.set_meta(GC_PENDING, "1")?;
+        }
         self.store.update(|tx| -> Result<(), StoreError> {
             if is_new {
                 tx.insert(namespace, Kind::Image, &image.id, None, &image)?;
@@ -981,6 +988,9 @@ impl ImageService {
                     }
                 }
             }
+            if !keep || !pruned.is_empty() {
+                self.store.set_meta(GC_PENDING, "1")?;
+            }
             self.store.update(|tx| {
                 if keep {
                     tx.replace(namespace, Kind::Image, &image.id, &remaining)?;
@@ -1093,6 +1103,9 @@ impl ImageService {
     /// no in-flight pull references.
     pub async fn gc(&self) -> Result<GcStats, ImageError> {
         let _records = self.records.lock().await;
+        // Removals mark themselves under the records lock, which this collection
+        // holds to its end: it collects every removal marked before it.
+        let pending = self.gc_pending();
         let (blobs, chains): (HashSet<String>, HashSet<String>) = {
             let namespaces = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
             let images = namespaces.values().flat_map(|index| index.by_id.values());
@@ -1136,7 +1149,22 @@ impl ImageService {
                 "image garbage collection"
             );
         }
+        if pending {
+            self.store.set_meta(GC_PENDING, "0")?;
+        }
         Ok(stats)
+    }
+
+    /// Whether an image was removed and no garbage collection completed since (a crash
+    /// in between left data that nothing references: the next start collects it).
+    /// Only then: a start must keep the verified blobs of a pull a crash cut, so that
+    /// its retry resumes.
+    pub fn gc_pending(&self) -> bool {
+        self.store
+            .meta(GC_PENDING)
+            .ok()
+            .flatten()
+            .is_some_and(|v| v == "1")
     }
 
     /// Bytes and inodes used by images on disk (content store and snapshots).
