@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 use prost::Message;
 use tonic::Status;
 
-use super::records::{container_config, container_list_fields, pod_list_fields};
+use super::records::{container_config, pod_list_fields};
 use super::status::{self, from_runtime};
 use super::{labels_match, CriServer, NAMESPACE};
 use crate::runtime::{ContainerRecord, ContainerState, RuntimeError};
@@ -103,8 +103,11 @@ pub(super) fn list_containers(
     request: cri::ListContainersRequest,
 ) -> cri::ListContainersResponse {
     let filter = request.filter.unwrap_or_default();
-    let mut containers = Vec::new();
+    let mut fields = server.container_fields.hold("container");
+    let mut containers = Vec::with_capacity(fields.expected());
+    let mut order = Vec::with_capacity(fields.expected());
     server.runtime.for_each_container(NAMESPACE, |c| {
+        fields.visit();
         if c.state == ContainerState::Creating
             || (!filter.id.is_empty() && !c.id.starts_with(&filter.id))
             || (!filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id))
@@ -115,7 +118,7 @@ pub(super) fn list_containers(
         {
             return;
         }
-        let config = match container_list_fields(c) {
+        let config = match fields.get(&c.id, &c.extension) {
             Ok(config) => config,
             Err(err) => {
                 tracing::error!(container = %c.id, "ListContainers skips it: {err}");
@@ -125,21 +128,30 @@ pub(super) fn list_containers(
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }
+        order.push((c.created_at, containers.len()));
         containers.push(cri::Container {
             id: c.id.clone(),
             pod_sandbox_id: c.pod_id.clone(),
-            metadata: config.metadata,
+            metadata: config.metadata.clone(),
             image: Some(image_spec(c)),
             image_ref: c.image_ref.clone(),
             state: container_state(c.state),
             created_at: c.created_at,
-            labels: config.labels,
-            annotations: config.annotations,
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
             image_id: c.image_id.clone(),
         });
     });
-    containers.sort_by_key(|c| c.created_at);
-    cri::ListContainersResponse { containers }
+    fields.done(|| {
+        let mut live = std::collections::HashSet::new();
+        server.runtime.for_each_container(NAMESPACE, |c| {
+            live.insert(c.id.clone());
+        });
+        live
+    });
+    cri::ListContainersResponse {
+        containers: super::ordered_by_key(containers, order),
+    }
 }
 
 pub(super) fn container_status(

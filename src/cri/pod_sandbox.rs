@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 use prost::Message;
 use tonic::Status;
 
-use super::records::{pod_config, pod_list_fields};
+use super::records::pod_config;
 use super::status::{self, from_runtime};
 use super::{labels_match, CriServer, NAMESPACE};
 use crate::runtime::{PodRecord, PodState};
@@ -157,8 +157,11 @@ pub(super) fn list_pod_sandbox(
     request: cri::ListPodSandboxRequest,
 ) -> cri::ListPodSandboxResponse {
     let filter = request.filter.unwrap_or_default();
-    let mut items = Vec::new();
+    let mut fields = server.pod_fields.hold("pod sandbox");
+    let mut items = Vec::with_capacity(fields.expected());
+    let mut order = Vec::with_capacity(fields.expected());
     server.runtime.for_each_pod(NAMESPACE, |pod| {
+        fields.visit();
         if pod.state == PodState::Creating
             || (!filter.id.is_empty() && !pod.id.starts_with(&filter.id))
             || filter
@@ -168,7 +171,7 @@ pub(super) fn list_pod_sandbox(
         {
             return;
         }
-        let config = match pod_list_fields(pod) {
+        let config = match fields.get(&pod.id, &pod.extension) {
             Ok(config) => config,
             Err(err) => {
                 // Skipped and logged, rather than failing kubelet's whole list.
@@ -179,16 +182,25 @@ pub(super) fn list_pod_sandbox(
         if !labels_match(&config.labels, &filter.label_selector) {
             return;
         }
+        order.push((pod.created_at, items.len()));
         items.push(cri::PodSandbox {
             id: pod.id.clone(),
-            metadata: config.metadata,
+            metadata: config.metadata.clone(),
             state: pod_state(pod.state),
             created_at: pod.created_at,
-            labels: config.labels,
-            annotations: config.annotations,
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
             runtime_handler: pod.runtime_handler.clone(),
         });
     });
-    items.sort_by_key(|p| p.created_at);
-    cri::ListPodSandboxResponse { items }
+    fields.done(|| {
+        let mut live = std::collections::HashSet::new();
+        server.runtime.for_each_pod(NAMESPACE, |pod| {
+            live.insert(pod.id.clone());
+        });
+        live
+    });
+    cri::ListPodSandboxResponse {
+        items: super::ordered_by_key(items, order),
+    }
 }

@@ -4,7 +4,8 @@
 //! extensions). Also the one-time upgrade of records stored before the core had its
 //! own types, when the CRI config was the whole record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
 use k8s_cri::v1 as cri;
@@ -49,6 +50,91 @@ pub(super) struct ContainerListFields {
     pub labels: HashMap<String, String>,
     #[prost(map = "string, string", tag = "10")]
     pub annotations: HashMap<String, String>,
+}
+
+/// The decoded list fields of pods or containers, by ID. A create's config never
+/// changes after it, and kubelet lists every pod and container every second: each is
+/// decoded once (its fields are then cloned into each answer). Entries of objects
+/// that are gone are dropped after a list that saw fewer objects than entries.
+pub(super) struct ListFieldCache<T> {
+    entries: Mutex<HashMap<String, Arc<T>>>,
+}
+
+impl<T> std::fmt::Debug for ListFieldCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.entries.lock().map(|e| e.len()).unwrap_or_default();
+        f.debug_struct("ListFieldCache")
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
+impl<T> Default for ListFieldCache<T> {
+    fn default() -> Self {
+        ListFieldCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One list's hold on a [`ListFieldCache`].
+pub(super) struct ListFields<'a, T> {
+    cache: &'a ListFieldCache<T>,
+    entries: MutexGuard<'a, HashMap<String, Arc<T>>>,
+    kind: &'static str,
+    /// Objects this list went over (filtered out or not).
+    visited: usize,
+}
+
+impl<T> ListFieldCache<T> {
+    /// Locked for one list (taken before the runtime's records: always in that order).
+    pub(super) fn hold(&self, kind: &'static str) -> ListFields<'_, T> {
+        ListFields {
+            cache: self,
+            entries: self.entries.lock().unwrap_or_else(|p| p.into_inner()),
+            kind,
+            visited: 0,
+        }
+    }
+}
+
+impl<T: Message + Default> ListFields<'_, T> {
+    /// About how many objects the list will go over: what the cache holds.
+    pub(super) fn expected(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Counts one object the list went over.
+    pub(super) fn visit(&mut self) {
+        self.visited += 1;
+    }
+
+    /// The fields of object `id`, stored as `bytes`.
+    pub(super) fn get(&mut self, id: &str, bytes: &[u8]) -> Result<Arc<T>, CorruptRecord> {
+        if let Some(fields) = self.entries.get(id) {
+            return Ok(fields.clone());
+        }
+        let fields = Arc::new(decode::<T>(self.kind, id, bytes)?);
+        self.entries.insert(id.to_string(), fields.clone());
+        Ok(fields)
+    }
+
+    /// Ends the list. When it went over fewer objects than there are entries, some
+    /// objects are gone: `live` (the IDs that exist, gathered once the lock is
+    /// released) says which entries stay.
+    pub(super) fn done(self, live: impl FnOnce() -> HashSet<String>) {
+        let stale = self.entries.len() > self.visited;
+        let cache = self.cache;
+        drop(self);
+        if stale {
+            let live = live();
+            cache
+                .entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|id, _| live.contains(id));
+        }
+    }
 }
 
 pub(super) fn pod_config(pod: &PodRecord) -> Result<cri::PodSandboxConfig, CorruptRecord> {
