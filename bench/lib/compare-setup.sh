@@ -142,26 +142,33 @@ compare_anchor_binaries() {
   esac
 }
 
-compare_start_containerd() {
-  compare_anchor_binaries
-  if [[ $anchor == containerd-2 ]]; then
-    compare_start_containerd2
-    return
-  fi
-  mkdir -p "$work/containerd/certs.d/$registry_host"
-  cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
-server = "http://$registry_host"
-[host."http://$registry_host"]
-  capabilities = ["pull", "resolve"]
-EOF
-  cat > "$work/containerd/config.toml" <<EOF
-version = 2
+# The head of containerd's config (version $1): its root, state and sockets.
+compare_containerd_config_head() {
+  cat <<EOF
+version = $1
 root = "$work/containerd/root"
 state = "$work/containerd/state"
 [grpc]
   address = "$work/containerd/containerd.sock"
 [ttrpc]
   address = "$work/containerd/containerd.sock.ttrpc"
+EOF
+}
+
+compare_start_containerd() {
+  compare_anchor_binaries
+  # Plain HTTP to the local registry, for both versions.
+  mkdir -p "$work/containerd/certs.d/$registry_host"
+  cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
+server = "http://$registry_host"
+[host."http://$registry_host"]
+  capabilities = ["pull", "resolve"]
+EOF
+  if [[ $anchor == containerd-2 ]]; then
+    compare_start_containerd2
+    return
+  fi
+  { compare_containerd_config_head 2; cat <<EOF
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$pause"
   # No CAP_SYS_RESOURCE on the test machines: never lower oom_score_adj.
@@ -180,6 +187,7 @@ state = "$work/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "$work/containerd/certs.d"
 EOF
+} > "$work/containerd/config.toml"
   "$containerd_bin" --config "$work/containerd/config.toml" > "$work/containerd.log" 2>&1 &
   containerd_pid=$!
   pids+=("$containerd_pid")
@@ -189,20 +197,7 @@ EOF
 # into images, runtime and the gRPC service (docs/cri/config.md of containerd v2).
 # Its shim and runc come from the same directory (PATH, and runc by BinaryName).
 compare_start_containerd2() {
-  mkdir -p "$work/containerd/certs.d/$registry_host"
-  cat > "$work/containerd/certs.d/$registry_host/hosts.toml" <<EOF
-server = "http://$registry_host"
-[host."http://$registry_host"]
-  capabilities = ["pull", "resolve"]
-EOF
-  cat > "$work/containerd/config.toml" <<EOF
-version = 3
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-[grpc]
-  address = "$work/containerd/containerd.sock"
-[ttrpc]
-  address = "$work/containerd/containerd.sock.ttrpc"
+  { compare_containerd_config_head 3; cat <<EOF
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -226,6 +221,7 @@ state = "$work/containerd/state"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 EOF
+} > "$work/containerd/config.toml"
   PATH="$containerd_dir:$PATH" "$containerd_bin" --config "$work/containerd/config.toml" \
     > "$work/containerd.log" 2>&1 &
   containerd_pid=$!

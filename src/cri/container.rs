@@ -142,13 +142,7 @@ pub(super) fn list_containers(
             image_id: c.image_id.clone(),
         });
     });
-    fields.done(|| {
-        let mut live = std::collections::HashSet::new();
-        server.runtime.for_each_container(NAMESPACE, |c| {
-            live.insert(c.id.clone());
-        });
-        live
-    });
+    fields.done(|| server.runtime.container_ids(NAMESPACE));
     cri::ListContainersResponse {
         containers: super::ordered_by_key(containers, order),
     }

@@ -193,13 +193,7 @@ pub(super) fn list_pod_sandbox(
             runtime_handler: pod.runtime_handler.clone(),
         });
     });
-    fields.done(|| {
-        let mut live = std::collections::HashSet::new();
-        server.runtime.for_each_pod(NAMESPACE, |pod| {
-            live.insert(pod.id.clone());
-        });
-        live
-    });
+    fields.done(|| server.runtime.pod_ids(NAMESPACE));
     cri::ListPodSandboxResponse {
         items: super::ordered_by_key(items, order),
     }

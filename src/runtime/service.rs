@@ -415,6 +415,24 @@ impl Runtime {
         containers.values().for_each(f);
     }
 
+    /// The IDs of the pods of `namespace`.
+    pub fn pod_ids(&self, namespace: &str) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        self.for_each_pod(namespace, |pod| {
+            ids.insert(pod.id.clone());
+        });
+        ids
+    }
+
+    /// The IDs of the containers of `namespace`.
+    pub fn container_ids(&self, namespace: &str) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        self.for_each_container(namespace, |c| {
+            ids.insert(c.id.clone());
+        });
+        ids
+    }
+
     /// Calls `f` with each pod of `namespace`, under the read lock.
     pub fn for_each_pod(&self, namespace: &str, mut f: impl FnMut(&PodRecord)) {
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
