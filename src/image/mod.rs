@@ -313,6 +313,9 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// How long a refused pull waits before its second garbage collection (see `pull`).
+const REFUSED_PULL_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Store meta key, "1" from an image record's removal until a garbage collection
 /// completes after it ([`ImageService::gc_pending`]).
 const GC_PENDING: &str = "image_gc_pending";
@@ -496,6 +499,13 @@ impl ImageService {
                 // pull's lease is gone; other pulls' layers keep theirs). So does one
                 // that filled the disk: the space comes back. (Other failures keep
                 // what was verified, so a retry resumes.)
+                if let Err(gc) = self.gc().await {
+                    tracing::warn!(%reference, error = %gc, "cleaning up after a refused pull");
+                }
+                // A blob commit or an unpack of another layer of this pull that was
+                // already running on a blocking thread cannot be cancelled and may land
+                // after that collection: collect once more when it has had time to.
+                tokio::time::sleep(REFUSED_PULL_SETTLE).await;
                 if let Err(gc) = self.gc().await {
                     tracing::warn!(%reference, error = %gc, "cleaning up after a refused pull");
                 }
