@@ -361,9 +361,9 @@ pub struct CriConfig {
     pub socket: PathBuf,
     /// How long a SIGTERM waits for in-flight calls before the daemon exits anyway.
     pub shutdown_timeout_secs: u64,
-    /// Connections the socket holds open at most; one more is refused with an HTTP/2
-    /// GOAWAY naming this setting (clients that connect and stay cannot spend the
-    /// daemon's descriptors).
+    /// Connections the socket holds open at most; the calls of one more fail with
+    /// gRPC UNAVAILABLE naming this setting (clients that connect and stay cannot spend
+    /// the daemon's descriptors).
     pub max_connections: usize,
     /// The streaming server of Exec, Attach and PortForward (src/streaming/).
     pub streaming: StreamingConfig,

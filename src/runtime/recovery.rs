@@ -90,8 +90,8 @@ impl Runtime {
                     self.watch(id, info)
                 }
                 _ => {
-                    self.kill_orphaned(&id).await;
-                    self.record_exit(&id)?
+                    let orphan_killed = self.kill_orphaned(&id).await;
+                    self.record_exit(&id, orphan_killed)?
                 }
             }
         }

@@ -157,9 +157,6 @@ pub struct Runtime {
     container_writes: Mutex<()>,
     /// Bumped whenever a container exits, to wake whoever waits for one.
     pub(super) exits: tokio::sync::watch::Sender<u64>,
-    /// Containers `kill_orphaned` killed, by ID, with their dead monitor's pid: their
-    /// exit is that kill's.
-    orphans_killed: Mutex<HashMap<String, i32>>,
     /// What happened to containers, for the front ends' event streams.
     pub(super) events: Arc<EventBus>,
     /// Health of the containers that have a check.
@@ -248,7 +245,6 @@ impl Runtime {
             locks: Mutex::new(HashMap::new()),
             container_writes: Mutex::new(()),
             exits,
-            orphans_killed: Mutex::default(),
             events,
             health: Default::default(),
             layer_usage: Default::default(),
@@ -611,8 +607,8 @@ impl Runtime {
                 _ = monitor::wait_exit(info.monitor_pid, info.monitor_start_time) => {}
                 _ = monitor::wait_exit_recorded(&bundle, info.pid, info.pid_start_time) => {}
             }
-            runtime.kill_orphaned(&id).await;
-            if let Err(err) = runtime.record_exit(&id) {
+            let orphan_killed = runtime.kill_orphaned(&id).await;
+            if let Err(err) = runtime.record_exit(&id, orphan_killed) {
                 tracing::error!(container = %id, "recording container exit: {err}");
             }
             runtime.withdraw_ports_after_exit(&id).await;
@@ -680,21 +676,17 @@ impl Runtime {
     /// A container whose monitor died while its init runs can no longer be logged,
     /// attached or waited for (its exit status goes to whoever reaps the orphan): it is
     /// killed, as containerd kills a task whose shim died, and its exit is recorded as
-    /// that kill (`record_exit`). Does nothing while the monitor lives or once the
-    /// init is gone.
-    pub(super) async fn kill_orphaned(&self, id: &str) {
+    /// that kill: the dead monitor's pid is returned for `record_exit`. Does nothing
+    /// (None) while the monitor lives or once the init is gone.
+    pub(super) async fn kill_orphaned(&self, id: &str) -> Option<i32> {
         const ORPHAN_KILL_WAIT: Duration = Duration::from_secs(10);
-        let Some(container) = self.container(id) else {
-            return;
-        };
-        let Some(info) = container.monitor else {
-            return;
-        };
+        let container = self.container(id)?;
+        let info = container.monitor?;
         if monitor::alive(info.monitor_pid, info.monitor_start_time)
             || !monitor::alive(info.pid, info.pid_start_time)
             || monitor::read_exit(&container.bundle).is_some()
         {
-            return;
+            return None;
         }
         tracing::warn!(container = %id, monitor_pid = info.monitor_pid, "the container's monitor is gone while the container runs; killing the container");
         if let Err(err) = monitor::signal(info.pid, info.pid_start_time, nix::libc::SIGKILL) {
@@ -715,34 +707,26 @@ impl Runtime {
         .is_err()
         {
             tracing::error!(container = %id, pid = info.pid, "the init of a container without a monitor outlived SIGKILL");
-            return;
+            return None;
         }
-        self.orphans_killed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), info.monitor_pid);
+        Some(info.monitor_pid)
     }
 
-    /// Reads the exit the monitor left (or, for a container whose monitor died, the
-    /// kill `kill_orphaned` made; or marks the container Unknown when nobody saw how
-    /// it ended) and wakes waiters.
-    pub(super) fn record_exit(&self, id: &str) -> Result<()> {
+    /// Reads the exit the monitor left (or, with `orphan_killed` (the dead monitor's
+    /// pid), the kill `kill_orphaned` made; or marks the container Unknown when nobody
+    /// saw how it ended) and wakes waiters.
+    pub(super) fn record_exit(&self, id: &str, orphan_killed: Option<i32>) -> Result<()> {
         let Some(current) = self.container(id) else {
             return Ok(());
         };
         let exit = monitor::read_exit(&current.bundle);
-        let orphan_killed = self
-            .orphans_killed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
         let changed = self.update_container(id, |c| {
             if matches!(c.state, ContainerState::Exited | ContainerState::Unknown) {
                 return false;
             }
             c.paused = false;
-            match &exit {
-                Some(exit) => {
+            match (&exit, orphan_killed) {
+                (Some(exit), _) => {
                     c.state = ContainerState::Exited;
                     c.exit_code = exit.exit_code;
                     c.finished_at =
@@ -756,18 +740,17 @@ impl Runtime {
                     }
                     .to_string();
                 }
-                None if orphan_killed.is_some() => {
+                (None, Some(monitor_pid)) => {
                     c.state = ContainerState::Exited;
                     c.exit_code = 128 + nix::libc::SIGKILL;
                     c.finished_at = super::records::now_nanos();
                     c.reason = "Error".to_string();
                     c.message = format!(
-                        "the container's monitor (pid {}) died while it ran; wharf killed the \
-                         container, which could no longer be logged or waited for",
-                        orphan_killed.unwrap_or_default()
+                        "the container's monitor (pid {monitor_pid}) died while it ran; wharf killed the \
+                         container, which could no longer be logged or waited for"
                     );
                 }
-                None => {
+                (None, None) => {
                     c.state = ContainerState::Unknown;
                     c.exit_code = 255;
                     c.finished_at = super::records::now_nanos();

@@ -295,13 +295,9 @@ pub(super) fn clean_leftovers(dir: &Path) -> Vec<String> {
 /// those that were made.
 pub(super) async fn remove_build_containers(server: &DockerServer, names: Vec<String>) {
     for name in names {
-        let mut found = None;
-        server.runtime.for_each_container(NAMESPACE, |c| {
-            if c.spec.name == name {
-                found = Some(c.clone());
-            }
-        });
-        let Some(record) = found else {
+        let Some(record) = super::containers::name_taken(server, &name)
+            .and_then(|id| server.runtime.find_container(NAMESPACE, &id))
+        else {
             continue;
         };
         tracing::warn!(container = %record.id, name = %name, "removing the container of a build step a crash cut");
