@@ -197,7 +197,27 @@ async fn create_start_wait_and_exit_codes() {
         "{{.Status}}",
     ]);
     assert!(status.starts_with("Exited (3)"), "{status}");
+    // The name with dockerd's leading slash: the CLI's path is /containers//NAME/json.
+    let named = docker.ok(&["inspect", "-f", "{{.Name}}", &format!("/{name}")]);
+    assert_eq!(named, format!("/{name}"));
     docker.ok(&["rm", &id[..8]]);
+
+    // A command the runtime cannot execute: dockerd's words, from which the CLI makes
+    // 127 (missing) and 126 (not executable); --rm leaves nothing.
+    let run = docker.run(&["run", "--rm", &image, "no-such-command"]);
+    assert_eq!(run.status, 127, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("exec: \"no-such-command\": executable file not found in $PATH"),
+        "{run:?}"
+    );
+    let run = docker.run(&["run", "--rm", &image, "/no/such"]);
+    assert_eq!(run.status, 127, "{run:?}");
+    assert!(run.stderr.contains("no such file or directory"), "{run:?}");
+    let run = docker.run(&["run", "--rm", &image, "/etc"]);
+    assert_eq!(run.status, 126, "{run:?}");
+    assert!(run.stderr.contains("permission denied"), "{run:?}");
+    assert_eq!(docker.ok(&["ps", "-aq"]), "");
 }
 
 #[tokio::test]
@@ -251,7 +271,10 @@ async fn dockerd_errors_and_refusals() {
     assert_eq!(status, 400, "{body}");
     let (status, _, _) = docker.http("POST", "/v1.41/containers/no-such/start", None);
     assert_eq!(status, 404);
-    docker.ok(&["rm", &name]);
+    // Names with slashes reach the lookup (dockerd routes /containers/{name:.*}/...).
+    let err = docker.fails(&["stop", "no/such"]);
+    assert!(err.contains("No such container: no/such"), "{err}");
+    docker.ok(&["rm", &format!("/{name}")]);
 }
 
 #[tokio::test]

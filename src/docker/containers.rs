@@ -244,7 +244,10 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let raw: Value = parse_json(&body)?;
-    let id = create_container(&server, query.name, raw).await?;
+    // libcontainer looks for the command at create, where runc does at start.
+    let id = create_container(&server, query.name, raw)
+        .await
+        .map_err(with_dockerd_exec_words)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "Id": id, "Warnings": [] })),
@@ -768,9 +771,41 @@ pub(super) async fn start(
                 tracing::warn!(container = %c.id, "removing an auto-remove container whose start failed: {cleanup}");
             }
         }
-        return Err(err);
+        return Err(with_dockerd_exec_words(err));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// dockerd's words for a command the runtime could not execute, which the docker CLI
+/// reads for `docker run`'s exit code (of a failed create or start): 127 for "executable file not found" or "no such
+/// file or directory", 126 for "permission denied", else 125. libcontainer says
+/// "executable 'X' not found in $PATH" and "executable 'X' at path ... does not have
+/// correct permissions"; other errors are left as they are.
+fn with_dockerd_exec_words(mut err: ApiError) -> ApiError {
+    const MARK: &str = "executable '";
+    let Some(start) = err.message.find(MARK) else {
+        return err;
+    };
+    let rest = &err.message[start + MARK.len()..];
+    let Some((command, after)) = rest.split_once('\'') else {
+        return err;
+    };
+    let cause = if after.starts_with(" not found") {
+        if command.contains('/') {
+            format!("stat {command}: no such file or directory")
+        } else {
+            "executable file not found in $PATH".to_string()
+        }
+    } else if after.contains("does not have correct permissions") {
+        "permission denied".to_string()
+    } else {
+        return err;
+    };
+    err.message = format!(
+        "failed to create task for container: OCI runtime create failed: unable to start \
+         container process: exec: \"{command}\": {cause}: unknown"
+    );
+    err
 }
 
 /// POST `/containers/{id}/restart?t=`: stop (as `stop`), then start again; 204.
@@ -1180,6 +1215,31 @@ pub(super) async fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_exec_failures_get_dockerd_words() {
+        let words = |message: &str| {
+            with_dockerd_exec_words(ApiError::bad_request(format!(
+                "container create failed: failed to create container c1: {message}"
+            )))
+            .message
+        };
+        assert!(
+            words("error in executing process : executable 'nosuch' not found in $PATH")
+                .ends_with("exec: \"nosuch\": executable file not found in $PATH: unknown")
+        );
+        assert!(words("executable '/no/such' not found in $PATH")
+            .ends_with("exec: \"/no/such\": stat /no/such: no such file or directory: unknown"));
+        assert!(
+            words("executable '/etc' at path '\"/etc\"' does not have correct permissions")
+                .ends_with("exec: \"/etc\": permission denied: unknown")
+        );
+        let other = words("cgroup: no space left on device");
+        assert!(
+            other.ends_with("cgroup: no space left on device"),
+            "{other}"
+        );
+    }
 
     #[test]
     fn durations_read_as_dockers() {

@@ -259,6 +259,7 @@ where
     use axum::ServiceExt;
     let service = tower::ServiceBuilder::new()
         .map_request(version::strip_prefix)
+        .map_request(version::escape_container_name)
         .layer(layer)
         .service(routes(server));
     axum::serve(listener, service.into_make_service())
