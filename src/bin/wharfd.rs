@@ -41,6 +41,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    wharf::daemon::memory::limit_arenas();
     let args = Args::parse();
     // Before any thread exists: it takes the variable out of the environment.
     let notifier = wharf::daemon::notify::Notifier::take_from_env();

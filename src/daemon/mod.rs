@@ -18,7 +18,7 @@ use crate::engine::{Engine, EngineError};
 
 mod in_flight;
 pub mod limit;
-mod memory;
+pub mod memory;
 pub mod notify;
 
 use in_flight::InFlight;
