@@ -108,7 +108,9 @@ fn compile_protos() {
 /// (link/README.md). The kernel maps a binary's pages 64 KB at a time around each page
 /// a fault touches, so code spread over the whole 15 MB text made most of it resident.
 /// Release builds with rustc's bundled lld only: GNU ld has no such option, and the
-/// list names release symbols, so in other builds it would match nothing.
+/// list names release symbols, so in other builds it would match nothing. link/cc (the
+/// linker driver .cargo/config.toml names) matches the list's names to this build's
+/// symbols, whose crate hashes differ from the profiled build's.
 fn order_wharfd_functions() {
     let order = Path::new("link/wharfd.symbol-order");
     println!("cargo:rerun-if-changed={}", order.display());

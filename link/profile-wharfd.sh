@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates link/wharfd.symbol-order: which of wharfd's functions run at start-up and
-# under the CRI benchmark, counted with one uprobe per function (link/function-profile.py).
+# Regenerates link/wharfd.symbol-order: which of wharfd's functions run at start-up,
+# under the CRI benchmark and under a Docker API workload, counted with one uprobe per function (link/function-profile.py).
 #
 #   link/profile-wharfd.sh        as root; ~40 minutes on 2 cores, 25 of them the kernel
 #                                 removing the ~28k probes at the end
 #
 # A release wharfd is copied to a work dir (the probes attach to that file only) and run
-# twice against a local registry, each time under wharf-bench: on the built-in bridge,
-# then in CNI mode with the bridge + host-local + portmap plugins (bench/compare-cri.sh's
+# twice against a local registry, each time under wharf-bench: on the built-in bridge
+# (then the docker CLI's workload, docker_workload), then in CNI mode with the bridge + host-local + portmap plugins (bench/compare-cri.sh's
 # setup). Start-up is the state 3 s after the first daemon's socket appears.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ if [[ ! -e /sys/kernel/tracing/uprobe_events ]]; then
 fi
 export FUNCTION_PROFILE_NAMES=$work/names
 octet=$(( $$ % 250 ))
-bridges=("wpb$(( $$ % 100000 ))" "wpc$(( $$ % 100000 ))")
+bridges=("wpb$(( $$ % 100000 ))" "wpc$(( $$ % 100000 ))" "wpn$(( $$ % 100000 ))")
 pids=()
 daemon=""  # the running wharfd, ended by profile_run or by cleanup
 cleanup() {
@@ -47,7 +47,7 @@ cleanup() {
   for bridge in "${bridges[@]}"; do
     ip link del "$bridge" 2>/dev/null
     for table in nat filter; do
-      iptables-save -t "$table" | grep -- "-A " | grep -E "10\.19[45]\.$octet\.|$bridge" |
+      iptables-save -t "$table" | grep -- "-A " | grep -E "10\.19[456]\.$octet\.|$bridge" |
         sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule"; done
     done
   done
@@ -91,6 +91,45 @@ EOF
 
 python3 link/function-profile.py register "$work/bin/wharfd"
 
+# What bench/compare-docker.sh does through the Docker API (issue 18's figures), in
+# small: runs, a wave of detached containers, lists, execs, logs, stats, removal,
+# pulls; and a classic build (cached too), a user network and a volume.
+docker_workload() {
+  local sock=$1 image wave=()
+  image=$(cat "$work/image.ref")
+  export DOCKER_HOST="unix://$sock" DOCKER_BUILDKIT=0 DOCKER_CONFIG="$work/docker-config"
+  docker version
+  docker pull "$image"
+  for _ in $(seq 5); do docker run --rm "$image" true; done
+  for i in $(seq 10); do docker run -d --name "profile-$i" "$image" sleep 600 & wave+=($!); done
+  wait "${wave[@]}"
+  for _ in $(seq 20); do curl -sf --unix-socket "$sock" http://localhost/v1.41/containers/json >/dev/null; done
+  docker ps
+  for _ in $(seq 5); do docker exec profile-1 true; done
+  docker inspect profile-1 >/dev/null
+  docker logs profile-1
+  docker stats --no-stream
+  docker top profile-1
+  docker rm -f $(docker ps -aq)
+  docker rmi "$image"
+  docker pull "$image"
+  docker network create --subnet "10.196.$octet.0/24" \
+    -o "com.docker.network.bridge.name=${bridges[2]}" "profile-net-$$"
+  docker volume create "profile-vol-$$"
+  docker run --rm --network "profile-net-$$" -v "profile-vol-$$:/data" -p 127.0.0.1::80 "$image" \
+    sh -c 'echo data > /data/file'
+  docker network rm "profile-net-$$"
+  docker volume rm "profile-vol-$$"
+  mkdir -p "$work/build"
+  printf 'FROM %s\nENV A=1\nCOPY file /file\nRUN cat /file\nCMD ["true"]\n' "$image" > "$work/build/Dockerfile"
+  echo content > "$work/build/file"
+  docker build -t "profile-build-$$" "$work/build"
+  docker build -t "profile-build-$$" "$work/build"
+  docker save "profile-build-$$" | docker load
+  docker rmi "profile-build-$$"
+  unset DOCKER_HOST DOCKER_BUILDKIT DOCKER_CONFIG
+}
+
 # profile_run NAME SNAPSHOT_AT_START WHARF_BENCH_ARGS...
 profile_run() {
   local name=$1 snapshot=$2
@@ -107,6 +146,10 @@ profile_run() {
   fi
   target/release/examples/wharf-bench --endpoint "unix://$work/$name/state/wharf.sock" \
     --image "$(cat "$work/image.ref")" --log-root "$work/logs-$name" "$@" > "$work/bench-$name.txt"
+  if [[ $name == bridge ]]; then
+    docker_workload "$work/$name/state/docker.sock" > "$work/docker-$name.txt" 2>&1 \
+      || echo "== the docker workload failed: $(tail -3 "$work/docker-$name.txt")" >&2
+  fi
   kill -TERM "$daemon"
   wait "$daemon" || true
   daemon=""  # reaped: its pid may be reused, so cleanup must not signal it
