@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Regenerates link/wharfd.symbol-order: which of wharfd's functions run at start-up,
-# under the CRI benchmark and under a Docker API workload, counted with one uprobe per function (link/function-profile.py).
+# under the CRI benchmark and under a Docker API workload, counted with one uprobe per
+# function (link/function-profile.py).
 #
-#   link/profile-wharfd.sh        as root; ~40 minutes on 2 cores, 25 of them the kernel
-#                                 removing the ~28k probes at the end
+#   link/profile-wharfd.sh        as root; ~15 minutes on 2 cores, then the kernel
+#                                 removes the ~50k probes in the background (~40 min)
 #
 # A release wharfd is copied to a work dir (the probes attach to that file only) and run
 # twice against a local registry, each time under wharf-bench: on the built-in bridge
-# (then the docker CLI's workload, docker_workload), then in CNI mode with the bridge + host-local + portmap plugins (bench/compare-cri.sh's
-# setup). Start-up is the state 3 s after the first daemon's socket appears.
+# (then the docker CLI's workload, docker_workload), then in CNI mode with the bridge +
+# host-local + portmap plugins (bench/compare-cri.sh's setup). Start-up is the state 3 s
+# after the first daemon's socket appears.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then
@@ -24,11 +26,14 @@ cargo build --release --locked --bin wharfd --bin wharf-monitor --bin wharf-moni
   --example wharf-bench
 
 work=$(mktemp -d /tmp/wharf-profile-XXXXXX)
-tracefs_mounted_here=""
 if [[ ! -e /sys/kernel/tracing/uprobe_events ]]; then
   mount -t tracefs nodev /sys/kernel/tracing
-  tracefs_mounted_here=yes
 fi
+# The probes of a run before this one may still be going (see cleanup).
+while pgrep -f "function-profile.py clear" > /dev/null; do
+  echo "== waiting for the removal of an earlier run's probes" >&2
+  sleep 30
+done
 export FUNCTION_PROFILE_NAMES=$work/names
 octet=$(( $$ % 250 ))
 bridges=("wpb$(( $$ % 100000 ))" "wpc$(( $$ % 100000 ))" "wpn$(( $$ % 100000 ))")
@@ -51,9 +56,10 @@ cleanup() {
         sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule"; done
     done
   done
-  echo "== removing the probes (the kernel takes minutes)" >&2
-  python3 link/function-profile.py clear
-  [[ -n $tracefs_mounted_here ]] && umount /sys/kernel/tracing
+  # The kernel waits for an RCU grace period per probe it disables: about 40 minutes
+  # for wharfd's ~50k functions. The list is written by then; the next run waits.
+  echo "== the probes are removed in the background (the kernel takes ~40 minutes)" >&2
+  nohup python3 link/function-profile.py clear > /dev/null 2>&1 &
   rm -rf "$work"
 }
 trap cleanup EXIT
