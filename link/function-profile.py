@@ -22,7 +22,9 @@ import subprocess
 import sys
 
 TRACEFS = "/sys/kernel/tracing"
-GROUP = "wharf_profile"
+# One group per run (profile-wharfd.sh sets it), so a run can start while the kernel
+# still removes an earlier run's probes.
+GROUP = os.environ.get("FUNCTION_PROFILE_GROUP", "wharf_profile")
 
 
 def ensure_tracefs():
