@@ -3,7 +3,9 @@
 # under the CRI benchmark and under a Docker API workload, counted with one uprobe per
 # function (link/function-profile.py).
 #
-#   link/profile-wharfd.sh        as root; ~20 minutes on 2 cores
+#   link/profile-wharfd.sh        as root; the list is written after ~25 minutes on 2
+#                                 cores, then the kernel takes ~40 more to disable the
+#                                 ~50k probes
 #
 # A release wharfd is copied to a work dir (the probes attach to that file only) and run
 # twice against a local registry, each time under wharf-bench: on the built-in bridge
@@ -55,9 +57,10 @@ cleanup() {
         sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t $table $rule"; done
     done
   done
-  # The kernel waits for an RCU grace period for each probe it removes: 20 a second,
-  # 40 minutes for wharfd's ~50k functions, unless grace periods are expedited
-  # (/sys/kernel/rcu_expedited) while it does: 500 a second.
+  # The kernel waits for an RCU tasks-trace grace period for each probe it disables
+  # (~40 minutes for ~50k), then for a normal one for each it removes: 20 a second,
+  # unless grace periods are expedited (/sys/kernel/rcu_expedited) while it does:
+  # about 500 a second.
   echo "== removing the probes" >&2
   local expedited
   expedited=$(cat /sys/kernel/rcu_expedited 2>/dev/null || echo "")
