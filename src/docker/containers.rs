@@ -777,10 +777,11 @@ pub(super) async fn start(
 }
 
 /// dockerd's words for a command the runtime could not execute, which the docker CLI
-/// reads for `docker run`'s exit code (of a failed create or start): 127 for "executable file not found" or "no such
-/// file or directory", 126 for "permission denied", else 125. libcontainer says
-/// "executable 'X' not found in $PATH" and "executable 'X' at path ... does not have
-/// correct permissions"; other errors are left as they are.
+/// reads for `docker run`'s exit code when a create or start fails: 127 for
+/// "executable file not found" or "no such file or directory", 126 for "permission
+/// denied", else 125. libcontainer says "executable 'X' not found in $PATH" and
+/// "executable 'X' at path ... does not have correct permissions"; other errors are
+/// left as they are.
 fn with_dockerd_exec_words(mut err: ApiError) -> ApiError {
     const MARK: &str = "executable '";
     let Some(start) = err.message.find(MARK) else {

@@ -206,6 +206,48 @@ fn routes(server: Arc<DockerServer>) -> Router {
         .with_state(server)
 }
 
+/// The actions of `/containers/{name}/ACTION`, which dockerd routes as
+/// `/containers/{name:.*}/ACTION`: a name there may hold slashes.
+const CONTAINER_ACTIONS: &[&str] = &[
+    "json", "start", "stop", "restart", "rename", "update", "top", "attach", "resize", "exec",
+    "stats", "kill", "pause", "unpause", "wait", "logs", "changes", "export", "archive",
+];
+
+/// Escapes the slashes of a container name in the path, so that `{id}` (one segment)
+/// matches it and `Path` hands the handler the name as sent: `docker inspect /web`
+/// sends `/containers//web/json`, and dockerd looks up "/web" (its `{name:.*}` takes
+/// any slashes). Other paths are left as they are.
+fn escape_container_name(mut request: axum::extract::Request) -> axum::extract::Request {
+    let path = request.uri().path();
+    let Some(rest) = path.strip_prefix("/containers/") else {
+        return request;
+    };
+    let (name, action) = if request.method() == axum::http::Method::DELETE {
+        (rest, "")
+    } else {
+        match rest.rsplit_once('/') {
+            Some((name, action)) if CONTAINER_ACTIONS.contains(&action) => (name, action),
+            _ => return request,
+        }
+    };
+    if !name.contains('/') {
+        return request;
+    }
+    let mut new_path = format!("/containers/{}", name.replace('/', "%2F"));
+    if !action.is_empty() {
+        new_path.push('/');
+        new_path.push_str(action);
+    }
+    if let Some(query) = request.uri().query() {
+        new_path.push('?');
+        new_path.push_str(query);
+    }
+    if let Ok(uri) = new_path.parse::<axum::http::Uri>() {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
 /// Counts each call in the engine's metrics by HTTP method and route template (never
 /// by the IDs and names in the path), with its status.
 async fn count_call(
@@ -259,10 +301,53 @@ where
     use axum::ServiceExt;
     let service = tower::ServiceBuilder::new()
         .map_request(version::strip_prefix)
-        .map_request(version::escape_container_name)
+        .map_request(escape_container_name)
         .layer(layer)
         .service(routes(server));
     axum::serve(listener, service.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slashes_of_container_names_are_escaped() {
+        let escaped = |method: &str, uri: &str| {
+            let request = axum::extract::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            escape_container_name(request).uri().to_string()
+        };
+        assert_eq!(
+            escaped("GET", "/containers//web/json?size=1"),
+            "/containers/%2Fweb/json?size=1"
+        );
+        assert_eq!(
+            escaped("POST", "/containers/a/b/stop"),
+            "/containers/a%2Fb/stop"
+        );
+        assert_eq!(
+            escaped("DELETE", "/containers//web?force=1"),
+            "/containers/%2Fweb?force=1"
+        );
+        // Names without slashes and the fixed routes are left alone.
+        assert_eq!(
+            escaped("GET", "/containers/web/json"),
+            "/containers/web/json"
+        );
+        assert_eq!(escaped("DELETE", "/containers/web"), "/containers/web");
+        assert_eq!(escaped("GET", "/containers/json"), "/containers/json");
+        assert_eq!(escaped("POST", "/containers/create"), "/containers/create");
+        // Not an action: the router's 404.
+        assert_eq!(
+            escaped("GET", "/containers/a/b/bogus"),
+            "/containers/a/b/bogus"
+        );
+        assert_eq!(escaped("GET", "/images/a/b/json"), "/images/a/b/json");
+    }
 }

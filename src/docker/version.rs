@@ -63,48 +63,6 @@ pub(super) fn strip_prefix(mut request: Request) -> Request {
     request
 }
 
-/// The actions of `/containers/{name}/ACTION`, which dockerd routes as
-/// `/containers/{name:.*}/ACTION`: a name there may hold slashes.
-const CONTAINER_ACTIONS: &[&str] = &[
-    "json", "start", "stop", "restart", "rename", "update", "top", "attach", "resize", "exec",
-    "stats", "kill", "pause", "unpause", "wait", "logs", "changes", "export", "archive",
-];
-
-/// Escapes the slashes of a container name in the path, so that `{id}` (one segment)
-/// matches it and `Path` hands the handler the name as sent: `docker inspect /web`
-/// sends `/containers//web/json`, and dockerd looks up "/web" (its `{name:.*}` takes
-/// any slashes). Other paths are left as they are.
-pub(super) fn escape_container_name(mut request: Request) -> Request {
-    let path = request.uri().path();
-    let Some(rest) = path.strip_prefix("/containers/") else {
-        return request;
-    };
-    let (name, action) = if request.method() == axum::http::Method::DELETE {
-        (rest, "")
-    } else {
-        match rest.rsplit_once('/') {
-            Some((name, action)) if CONTAINER_ACTIONS.contains(&action) => (name, action),
-            _ => return request,
-        }
-    };
-    if !name.contains('/') {
-        return request;
-    }
-    let mut new_path = format!("/containers/{}", name.replace('/', "%2F"));
-    if !action.is_empty() {
-        new_path.push('/');
-        new_path.push_str(action);
-    }
-    if let Some(query) = request.uri().query() {
-        new_path.push('?');
-        new_path.push_str(query);
-    }
-    if let Ok(uri) = new_path.parse::<Uri>() {
-        *request.uri_mut() = uri;
-    }
-    request
-}
-
 /// dockerd's answer to a version it does not serve.
 pub(super) async fn refuse(axum::extract::Path(version): axum::extract::Path<String>) -> ApiError {
     let message = match parse(&version) {
@@ -145,44 +103,6 @@ mod tests {
             request.uri().to_string(),
             request.extensions().get::<RequestedVersion>().copied(),
         )
-    }
-
-    #[test]
-    fn slashes_of_container_names_are_escaped() {
-        let escaped = |method: &str, uri: &str| {
-            let request = Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            escape_container_name(request).uri().to_string()
-        };
-        assert_eq!(
-            escaped("GET", "/containers//web/json?size=1"),
-            "/containers/%2Fweb/json?size=1"
-        );
-        assert_eq!(
-            escaped("POST", "/containers/a/b/stop"),
-            "/containers/a%2Fb/stop"
-        );
-        assert_eq!(
-            escaped("DELETE", "/containers//web?force=1"),
-            "/containers/%2Fweb?force=1"
-        );
-        // Names without slashes and the fixed routes are left alone.
-        assert_eq!(
-            escaped("GET", "/containers/web/json"),
-            "/containers/web/json"
-        );
-        assert_eq!(escaped("DELETE", "/containers/web"), "/containers/web");
-        assert_eq!(escaped("GET", "/containers/json"), "/containers/json");
-        assert_eq!(escaped("POST", "/containers/create"), "/containers/create");
-        // Not an action: the router's 404.
-        assert_eq!(
-            escaped("GET", "/containers/a/b/bogus"),
-            "/containers/a/b/bogus"
-        );
-        assert_eq!(escaped("GET", "/images/a/b/json"), "/images/a/b/json");
     }
 
     #[test]
